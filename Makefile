@@ -1,0 +1,77 @@
+# chainbench: `make bench` (the main job) and `make test` each set up what
+# they need first: Debian packages (ci/install-deps.sh) and a venv at .venv.
+
+CLANG      ?= clang-19
+BPFTOOL    ?= bpftool
+PYTHON     ?= python3
+VENV       := .venv
+VPY        := $(VENV)/bin/python
+BUILD      := build
+BPF_OUT    := $(BUILD)/bpf
+VMLINUX_H  := $(BUILD)/vmlinux.h
+ARCH       := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+
+BPF_SRCS   := $(wildcard bpf_src/*.bpf.c)
+TEST_SRCS  := $(wildcard tests/bpf/*.bpf.c)
+BPF_OBJS   := $(patsubst bpf_src/%.bpf.c,$(BPF_OUT)/%.bpf.o,$(BPF_SRCS))
+TEST_OBJS  := $(patsubst tests/bpf/%.bpf.c,$(BPF_OUT)/tests/%.bpf.o,$(TEST_SRCS))
+
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Wextra -Werror \
+              -Wno-unused-parameter -I$(BUILD) -Ibpf_src -MMD -MP
+
+PYTEST_ARGS ?=
+BENCH_ARGS  ?=
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+.DELETE_ON_ERROR:
+.PHONY: all setup deps venv build test bench clean distclean
+
+all: build
+
+setup: deps venv
+
+deps:
+	$(Q)ci/install-deps.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(Q)test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(Q)$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(Q)touch $@
+
+build: $(BPF_OBJS) $(TEST_OBJS)
+
+$(VMLINUX_H):
+	$(Q)mkdir -p $(dir $@)
+	@echo "  BTF     $@"
+	$(Q)$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BPF_OUT)/%.bpf.o: bpf_src/%.bpf.c $(VMLINUX_H)
+	$(Q)mkdir -p $(dir $@)
+	@echo "  BPF     $@"
+	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(BPF_OUT)/tests/%.bpf.o: tests/bpf/%.bpf.c $(VMLINUX_H)
+	$(Q)mkdir -p $(dir $@)
+	@echo "  BPF     $@"
+	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+-include $(BPF_OBJS:.o=.d) $(TEST_OBJS:.o=.d)
+
+test: setup build
+	$(Q)ci/run-tests.sh $(PYTEST_ARGS)
+
+bench: setup build
+	$(Q)$(VENV)/bin/chainbench bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(BUILD)
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

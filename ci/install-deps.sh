@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install the Debian packages chainbench needs, only those missing (idempotent).
+set -euo pipefail
+
+PACKAGES=(
+  clang-19 llvm-19 libbpf-dev bpftool      # CO-RE build of bpf_src/
+  iproute2 iptables nftables               # namespaces, tc, baselines
+  containernetworking-plugins              # the primary CNI (ptp, bridge, host-local, portmap)
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install-deps: missing Debian packages: ${missing[*]} (run as root, or install them)" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null

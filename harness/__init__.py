@@ -1,0 +1,1 @@
+"""chainbench: a chained eBPF datapath and its benchmark harness."""

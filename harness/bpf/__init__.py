@@ -1,0 +1,20 @@
+"""Our object model over libbpf (via ctypes), shaped like cilium/ebpf.
+
+Collection.load(path) -> .programs[name] (Program), .maps[name] (Map);
+Program.test_run(); attach_tc / attach_xdp / attach_cgroup; RingBuffer.
+"""
+from .attach import Link, TcAttachment, XdpAttachment, attach_cgroup, attach_tc, attach_xdp
+from .collection import Collection
+from .errors import (BpfError, KeyNotFoundError, NotSupportedError, StructMismatchError,
+                     VerifierError)
+from .layout import CStruct, check_layout
+from .maps import ANY, EXIST, NOEXIST, Map
+from .programs import Program, RunResult, verdict_name
+from .ringbuf import RingBuffer
+
+__all__ = [
+    "ANY", "EXIST", "NOEXIST", "BpfError", "CStruct", "Collection", "KeyNotFoundError", "Link",
+    "Map", "NotSupportedError", "Program", "RingBuffer", "RunResult", "StructMismatchError",
+    "TcAttachment", "VerifierError", "XdpAttachment", "attach_cgroup", "attach_tc", "attach_xdp",
+    "check_layout", "verdict_name",
+]

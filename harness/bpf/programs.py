@@ -1,0 +1,111 @@
+"""Loaded BPF programs: BPF_PROG_TEST_RUN, verdict names, pinning.
+
+``Program.test_run`` is the harness's way of running a packet through a
+program in the real kernel without any network: data in, data and return
+code out, plus the kernel's own per-run duration.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+from dataclasses import dataclass
+
+from . import _libbpf as L
+from .errors import BpfError, NotSupportedError, check
+
+# enum bpf_prog_type (uapi/linux/bpf.h), the ones the project uses or meets
+PROG_TYPES = {
+    1: "socket_filter", 2: "kprobe", 3: "sched_cls", 4: "sched_act", 5: "tracepoint",
+    6: "xdp", 7: "perf_event", 8: "cgroup_skb", 9: "cgroup_sock", 10: "lwt_in",
+    13: "sock_ops", 14: "sk_skb", 15: "cgroup_device", 16: "sk_msg",
+    18: "cgroup_sock_addr", 26: "tracing", 30: "syscall",
+}
+
+TC_VERDICTS = {-1: "TC_ACT_UNSPEC", 0: "TC_ACT_OK", 1: "TC_ACT_RECLASSIFY", 2: "TC_ACT_SHOT",
+               3: "TC_ACT_PIPE", 4: "TC_ACT_STOLEN", 5: "TC_ACT_QUEUED", 6: "TC_ACT_REPEAT",
+               7: "TC_ACT_REDIRECT"}
+XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
+CGROUP_VERDICTS = {0: "DROP", 1: "ALLOW"}
+
+# The kernel copies back at most data_size_out bytes and fails with ENOSPC if
+# the packet grew past it; leave room for encapsulation headers.
+_OUT_HEADROOM = 512
+_ENOTSUPP = 524   # kernel-internal "not supported for this program type"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Outcome of one BPF_PROG_TEST_RUN call (``repeat`` runs of the same input)."""
+    retval: int
+    data_out: bytes
+    ctx_out: bytes | None
+    duration_ns: int        # the kernel's average per run, truncated to whole ns
+    verdict: str
+
+
+def verdict_name(prog_type: str, retval: int) -> str:
+    """Name a program's return code as its hook understands it."""
+    if prog_type in ("sched_cls", "sched_act"):
+        signed = ctypes.c_int32(retval).value
+        return TC_VERDICTS.get(signed, f"TC_ACT_{signed}")
+    if prog_type == "xdp":
+        return XDP_VERDICTS.get(retval, f"XDP_{retval}")
+    if prog_type.startswith("cgroup"):
+        return CGROUP_VERDICTS.get(retval, str(retval))
+    return str(retval)
+
+
+class Program:
+    def __init__(self, name: str, fd: int, prog_type: int, section: str, handle: int | None = None):
+        self.name = name
+        self.fd = fd
+        self.type = PROG_TYPES.get(prog_type, str(prog_type))
+        self.section = section
+        self._handle = handle          # struct bpf_program *, for libbpf's attach calls
+        self._out = ctypes.create_string_buffer(4096)
+
+    def test_run(self, data: bytes, ctx: bytes | ctypes.Structure | None = None,
+                 repeat: int = 1) -> RunResult:
+        """Run the program *repeat* times on *data* with BPF_PROG_TEST_RUN.
+
+        For tc programs *ctx* may be a ``struct __sk_buff`` (only the fields the
+        kernel lets test_run set: mark, priority, ifindex, cb, tstamp, ...).
+        """
+        if repeat < 1:
+            raise ValueError("repeat must be >= 1")
+        data = bytes(data)
+        need = len(data) + _OUT_HEADROOM
+        if len(self._out) < need:
+            self._out = ctypes.create_string_buffer(need)
+        din = ctypes.create_string_buffer(data, len(data))
+        opt = L.opts(L.TestRunOpts, data_in=ctypes.addressof(din), data_size_in=len(data),
+                     data_out=ctypes.addressof(self._out), data_size_out=len(self._out),
+                     repeat=repeat)
+        cin = cout = None
+        if ctx is not None:
+            raw = bytes(ctx)
+            cin = ctypes.create_string_buffer(raw, len(raw))
+            cout = ctypes.create_string_buffer(len(raw))
+            opt.ctx_in, opt.ctx_size_in = ctypes.addressof(cin), len(raw)
+            opt.ctx_out, opt.ctx_size_out = ctypes.addressof(cout), len(raw)
+        rc = L.bpf_prog_test_run_opts(self.fd, ctypes.byref(opt))
+        if rc < 0:
+            if -rc in (_ENOTSUPP, _errno.EOPNOTSUPP):
+                raise NotSupportedError(f"test_run of {self.type} program {self.name}", -rc)
+            detail = ""
+            if -rc == _errno.EINVAL and self.type in ("sched_cls", "sched_act"):
+                detail = ("the kernel's tc test_run wants at least an Ethernet header and, "
+                          "for IPv4/IPv6, the whole IP header")
+            raise BpfError(f"test_run of program {self.name}", -rc, detail)
+        out = self._out.raw[:opt.data_size_out]
+        ctx_out = cout.raw[:opt.ctx_size_out] if cout is not None else None
+        return RunResult(opt.retval, out, ctx_out, opt.duration,
+                         verdict_name(self.type, opt.retval))
+
+    def pin(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        check(L.bpf_obj_pin(self.fd, path.encode()), f"pin program {self.name} at {path}")
+
+    def __repr__(self) -> str:
+        return f"Program({self.name!r}, {self.type}, section={self.section!r})"

@@ -1,0 +1,250 @@
+"""The ``chainbench`` command line: one ``cmd_<name>`` function per subcommand.
+
+Only this module prints and chooses exit codes: 0 success, 1 a failure of the
+thing being run (kernel refusal, failed check), 2 bad input (usage, a bad
+file or field), 130 interrupted.  Errors are one line, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from harness import paths
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+# --- subcommands ----------------------------------------------------------------
+
+def cmd_build(args) -> int:
+    cmd = ["make", "-C", str(paths.ROOT), "build"] + (["V=1"] if args.verbose else [])
+    if args.clean:
+        subprocess.run(["make", "-C", str(paths.ROOT), "clean"], check=False)
+    return EXIT_OK if subprocess.run(cmd).returncode == 0 else EXIT_FAIL
+
+
+def cmd_programs(args) -> int:
+    from harness.bpf.collection import list_programs
+    objects = paths.datapath_objects()
+    if not objects:
+        raise UsageError(f"no compiled objects in {paths.bpf_objects_dir()} (run `make build`)")
+    rows = [(o.name.removesuffix(".bpf.o"), name, ptype)
+            for o in objects for name, ptype in sorted(list_programs(str(o)).items())]
+    _print_table(("OBJECT", "PROGRAM", "TYPE"), rows)
+    return EXIT_OK
+
+
+def _parse_rodata(items: list[str]) -> dict:
+    values = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--rodata {item!r}: expected NAME=VALUE")
+        lowered = raw.lower()
+        if lowered in ("true", "false"):
+            values[name] = lowered == "true"
+        else:
+            try:
+                values[name] = int(raw, 0)
+            except ValueError:
+                raise UsageError(f"--rodata {item!r}: VALUE must be an integer or true/false") from None
+    return values
+
+
+def cmd_test_run(args) -> int:
+    from harness import programming, testrun
+    from harness.bpf import Collection
+    obj, prog = testrun.resolve_program(args.program)
+    scenario = endpoint = None
+    if args.endpoint and not args.scenario:
+        raise UsageError("--endpoint needs --scenario (the endpoint is a pod of the scenario)")
+    if args.scenario:
+        from harness.scenario import load_scenario
+        scenario = load_scenario(args.scenario)
+        if args.endpoint:
+            endpoint = scenario.pod(args.endpoint)
+    if args.repeat < 1:
+        raise UsageError("--repeat must be >= 1")
+    packets = list(testrun.read_pcap(args.pcap))
+    with Collection.load(str(obj), rodata=_parse_rodata(args.rodata)) as coll:
+        if scenario is not None:
+            programming.program_maps(coll, scenario, endpoint)
+        runner = testrun.Runner(coll, prog)
+        results = []
+        for i, pkt in enumerate(packets):
+            results.append(runner.run(pkt, i, args.repeat))
+            if args.json:
+                print(json.dumps(results[-1].to_json()), flush=True)
+    if not args.json:
+        _print_test_run_table(results)
+    return EXIT_OK
+
+
+def _print_test_run_table(results) -> None:
+    from scapy.layers.l2 import Ether
+
+    from harness import drop_reasons
+    rows = []
+    for r in results:
+        reason = f"{r.drop_reason} ({drop_reasons.describe(r.drop_reason)})" if r.drop_reason else ""
+        rows.append((str(r.index), r.verdict, reason, str(r.duration_ns), str(len(r.packet_out)),
+                     Ether(r.packet_out).summary()))
+    _print_table(("#", "VERDICT", "DROP REASON", "NS", "LEN", "PACKET OUT"), rows)
+
+
+def cmd_bench(args) -> int:
+    from bench import micro, results
+    if args.suite != "micro":
+        raise UsageError(f"unknown suite {args.suite!r}")
+    if args.samples < 5 or args.repeat < 100_000:
+        print("note: fewer than 5 samples or 100000 runs per sample: figures are indicative only",
+              file=sys.stderr)
+    cases = micro.discover_cases()
+    if not cases:
+        raise UsageError(f"no compiled programs in {paths.bpf_objects_dir()} (run `make build`)")
+    suite = _with_progress(lambda progress: micro.run(cases, args.samples, args.repeat,
+                                                      progress=progress),
+                           f"micro: {len(cases)} programs x {args.samples} samples")
+    doc = results.new_document({"micro": suite})
+    _print_table(("PROGRAM", "VERDICT", "NS/PKT", "MAD", "KERNEL NS", "VS EMPTY"),
+                 micro.table(suite))
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    if not args.no_write:
+        path = results.write(doc, args.out)
+        print(f"results written to {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _with_progress(work, description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task(description, total=None)
+        return work(lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _stderr_console():
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def cmd_scenario_check(args) -> int:
+    from harness.scenario import load_scenario
+    for path in args.files:
+        s = load_scenario(path)
+        print(f"{path}: {len(s.pods)} pods, {len(s.services)} services, "
+              f"{len(s.endpoint_slices)} endpoint slices, {len(s.network_policies)} "
+              f"network policies, {len(s.cilium_network_policies)} cilium network policies")
+    return EXIT_OK
+
+
+def cmd_down(args) -> int:
+    from harness import cleanup
+    removed = cleanup.down()
+    total = sum(len(v) for v in removed.values())
+    for kind, items in removed.items():
+        for item in items:
+            print(f"removed {kind[:-1]} {item}")
+    if not total:
+        print("nothing to remove")
+    return EXIT_OK
+
+
+# --- plumbing ----------------------------------------------------------------------
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else \
+        [len(h) for h in header]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chainbench",
+        description="A chained eBPF datapath and its kernel-side benchmark harness.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show full logs (the verifier's, make's) on failure")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("build", help="compile bpf_src/ (CO-RE, clang-19) into build/bpf/")
+    p.add_argument("--clean", action="store_true", help="remove build/ first")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("programs", help="list the compiled programs and their types")
+    p.set_defaults(func=cmd_programs)
+
+    p = sub.add_parser("test-run", help="run every packet of a pcap through a program "
+                                        "(BPF_PROG_TEST_RUN)")
+    p.add_argument("program", help="PROGRAM, or OBJECT:PROGRAM (OBJECT: bpf_src/OBJECT.bpf.c "
+                                   "or a path to a .bpf.o)")
+    p.add_argument("--pcap", required=True, help="input packets (pcap or pcapng; Ethernet or raw IP)")
+    p.add_argument("--scenario", help="Kubernetes-style YAML whose objects program the maps")
+    p.add_argument("--endpoint", metavar="NS/POD",
+                   help="the pod whose program runs (sender for from_container, "
+                        "receiver for to_container)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per packet (duration is the average)")
+    p.add_argument("--rodata", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a const volatile knob before load (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON object per packet")
+    p.set_defaults(func=cmd_test_run)
+
+    p = sub.add_parser("bench", help="run a benchmark suite and write results/")
+    p.add_argument("suite", nargs="?", default="micro", choices=["micro"])
+    p.add_argument("--samples", type=int, default=7, help="interleaved samples per program (>= 5)")
+    p.add_argument("--repeat", type=int, default=100_000, help="runs per sample (>= 100000)")
+    p.add_argument("--out", help=f"results directory (default {paths.RESULTS})")
+    p.add_argument("--no-write", action="store_true", help="print only, write no result file")
+    p.add_argument("--json", action="store_true", help="also print the result document")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("scenario", help="work with scenario files")
+    ssub = p.add_subparsers(dest="scenario_command", required=True, metavar="COMMAND")
+    c = ssub.add_parser("check", help="validate scenario files")
+    c.add_argument("files", nargs="+")
+    c.set_defaults(func=cmd_scenario_check)
+
+    p = sub.add_parser("down", help="remove every namespace, cgroup and pin chainbench left behind")
+    p.set_defaults(func=cmd_down)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
+    from harness.testrun import PcapError, ProgramNotFound
+    try:
+        from harness.scenario import ScenarioError
+    except ImportError:        # scenario support not installed: nothing can raise it
+        ScenarioError = UsageError
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UsageError, ScenarioError, ProgramNotFound, PcapError, ConfigError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except VerifierError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        if args.verbose:
+            print(exc.log, file=sys.stderr)
+        else:
+            print("       (run with -v for the verifier log)", file=sys.stderr)
+        return EXIT_FAIL
+    except (BpfError, StructMismatchError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
