@@ -5,6 +5,7 @@ set -euo pipefail
 PACKAGES=(
   clang-19 llvm-19 libbpf-dev bpftool      # CO-RE build of bpf_src/
   iproute2 iptables nftables               # namespaces, tc, baselines
+  iputils-ping                             # ICMP checks inside namespaces
   containernetworking-plugins              # the primary CNI (ptp, bridge, host-local, portmap)
 )
 

@@ -112,7 +112,7 @@ def cmd_bench(args) -> int:
                                                       progress=progress),
                            f"micro: {len(cases)} programs x {args.samples} samples")
     doc = results.new_document({"micro": suite})
-    _print_table(("PROGRAM", "VERDICT", "NS/PKT", "MAD", "KERNEL NS", "VS EMPTY"),
+    _print_table(("PROGRAM", "VERDICT", "NS/PKT", "MAD", "CLOCK", "KERNEL NS", "VS EMPTY"),
                  micro.table(suite))
     if args.json:
         print(json.dumps(doc, indent=1))

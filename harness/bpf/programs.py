@@ -103,6 +103,15 @@ class Program:
         return RunResult(opt.retval, out, ctx_out, opt.duration,
                          verdict_name(self.type, opt.retval))
 
+    @property
+    def id(self) -> int:
+        """The kernel's id of this program (as `bpftool prog` and `tc filter show` print it)."""
+        info = (ctypes.c_uint32 * 2)()           # struct bpf_prog_info starts {type, id}
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        check(L.bpf_obj_get_info_by_fd(self.fd, info, ctypes.byref(size)),
+              f"read info of program {self.name}")
+        return info[1]
+
     def pin(self, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         check(L.bpf_obj_pin(self.fd, path.encode()), f"pin program {self.name} at {path}")

@@ -1,0 +1,149 @@
+"""The command line as a user runs it: a subprocess, stdout/stderr, exit codes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.utils import wrpcap
+
+from harness.testing import eth
+
+V4 = dict(src="198.18.0.10", dst="198.19.0.1")
+
+
+def chainbench(*args: str, check_rc: int | None = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stderr
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines and lines[0].startswith("ERROR: ")
+    return lines[0]
+
+
+@pytest.fixture
+def pcap(tmp_path):
+    packets = [
+        eth() / IP(**V4) / TCP(dport=80, flags="S"),
+        eth() / IP(**V4) / UDP(dport=53),
+        bytes(eth() / IP(**V4) / TCP())[:14 + 20 + 6],          # TCP header cut short
+    ]
+    path = tmp_path / "in.pcap"
+    wrpcap(str(path), [eth().__class__(bytes(p)) for p in packets])
+    return path, [bytes(p) for p in packets]
+
+
+def test_test_run_json(pcap):
+    path, packets = pcap
+    proc = chainbench("test-run", "tc_parse_stats", "--pcap", str(path), "--json",
+                      "--rodata", "drop_malformed=true", "--repeat", "10")
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert set(rows[0]) >= {"index", "retval", "verdict", "drop_reason", "duration_ns", "packet_out"}
+    assert [r["verdict"] for r in rows] == ["TC_ACT_OK", "TC_ACT_OK", "TC_ACT_SHOT"]
+    assert [r["drop_reason"] for r in rows] == [None, None, 134]
+    assert rows[2]["drop_reason_desc"] == "Invalid packet"
+    assert [bytes.fromhex(r["packet_out"]) for r in rows] == packets
+    assert all(isinstance(r["duration_ns"], int) for r in rows)
+
+
+def test_test_run_table(pcap):
+    path, _ = pcap
+    proc = chainbench("test-run", "parse_stats:xdp_parse_stats", "--pcap", str(path))
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["#", "VERDICT", "DROP"]
+    assert len(lines) == 4 and "XDP_PASS" in lines[1]
+
+
+def test_test_run_raw_ip_pcap(tmp_path):
+    from scapy.utils import PcapWriter
+    path = tmp_path / "raw.pcap"
+    with PcapWriter(str(path), linktype=101) as w:      # DLT_RAW: no Ethernet header
+        w.write(IP(**V4) / UDP(dport=53))
+    proc = chainbench("test-run", "tc_parse_stats", "--pcap", str(path), "--json")
+    row = json.loads(proc.stdout)
+    assert row["verdict"] == "TC_ACT_OK"
+    assert bytes.fromhex(row["packet_out"])[12:14] == b"\x08\x00"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["test-run", "no_such_prog", "--pcap", "x.pcap"], "no program 'no_such_prog'"),
+    (["test-run", "empty:empty_tc", "--pcap", "/nonexistent.pcap"], "/nonexistent.pcap: no such file"),
+    (["test-run", "nothere:prog", "--pcap", "x.pcap"], "no compiled object"),
+    (["test-run", "empty_tc", "--pcap", "PCAP", "--endpoint", "default/x"], "--endpoint needs --scenario"),
+    (["test-run", "empty_tc", "--pcap", "PCAP", "--rodata", "nope"], "expected NAME=VALUE"),
+    (["test-run", "tc_parse_stats", "--pcap", "PCAP", "--rodata", "nope=1"],
+     "no const volatile variable nope"),
+    (["test-run", "empty_tc", "--pcap", "PCAP", "--repeat", "0"], "--repeat must be >= 1"),
+])
+def test_bad_input_is_one_line_exit_2(pcap, args, message):
+    path, _ = pcap
+    args = [str(path) if a == "PCAP" else a for a in args]
+    line = one_line_error(chainbench(*args, check_rc=2))
+    assert message in line
+
+
+def test_not_a_pcap(tmp_path):
+    bogus = tmp_path / "bogus.pcap"
+    bogus.write_text("hello")
+    line = one_line_error(chainbench("test-run", "empty_tc", "--pcap", str(bogus), check_rc=2))
+    assert "not a pcap/pcapng file" in line
+
+
+def test_verifier_error_is_reported_not_traced(tmp_path, pcap):
+    from .support import object_path
+    path, _ = pcap
+    proc = chainbench("test-run", f"{object_path('verifier_reject')}:unchecked_read", "--pcap",
+                      str(path), check_rc=1)
+    assert "program unchecked_read" in one_line_error(proc)
+    assert "-v" in proc.stderr
+    verbose = chainbench("-v", "test-run", f"{object_path('verifier_reject')}:unchecked_read",
+                         "--pcap", str(path), check_rc=1)
+    assert "BEGIN PROG LOAD LOG" in verbose.stderr
+
+
+def test_programs_lists_objects():
+    out = chainbench("programs").stdout
+    assert "parse_stats  tc_parse_stats   sched_cls" in out
+    assert "empty        empty_xdp        xdp" in out
+
+
+def test_bench_micro_tiny(tmp_path):
+    proc = chainbench("bench", "micro", "--samples", "2", "--repeat", "2000", "--out", str(tmp_path))
+    assert "parse_stats:tc_parse_stats" in proc.stdout
+    assert "floor" in proc.stdout
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert "latest.json" in written and len(written) == 2
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert doc["schema_version"] == 1
+    results = {r["name"]: r for r in doc["suites"]["micro"]["results"]}
+    assert results["parse_stats:tc_parse_stats"]["floor"] == "empty:empty_tc"
+    assert len(results["parse_stats:tc_parse_stats"]["samples_ns"]) == 2
+    assert results["parse_stats:tc_parse_stats"]["ratio_to_floor"]["median"] > 0
+
+
+def test_down_removes_every_leftover(load):
+    import os
+
+    from harness import bpffs, cgroups, netns
+    ns = f"cb-down-{os.getpid()}"
+    netns.create(ns)
+    netns.run(ns, "ip", "link", "add", "cbd0", "type", "veth", "peer", "name", "cbd1")
+    cg = cgroups.create(f"cb-down-{os.getpid()}")
+    pin = bpffs.pin_path("down-test", "hash_map")
+    load("loader_fixture").maps["hash_map"].pin(pin)
+
+    out = chainbench("down").stdout
+    assert f"removed namespace {ns}" in out
+    assert f"removed cgroup {cg}" in out
+    assert f"removed pin {pin}" in out
+    assert not netns.exists(ns) and not os.path.exists(cg) and not os.path.exists(bpffs.PIN_ROOT)
+    assert chainbench("down").stdout.strip() == "nothing to remove"
