@@ -9,6 +9,7 @@ Topology (both ends inside project namespaces, nothing in the root one):
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -115,6 +116,27 @@ def test_cgroup_attach_only_to_project_cgroups(load):
         attach_cgroup(prog, cgroups.cgroup2_mount())
     with pytest.raises(cgroups.CgroupError, match="named cb-"):
         cgroups.create("elsewhere")
+
+
+def test_cgroup_skb_counts_only_its_cgroup(load, veth_pair):
+    a, _ = veth_pair
+    coll = load("loader_fixture")
+    counter = coll.maps["array_map"]
+    path = cgroups.create(f"cb-test-{os.getpid()}")
+    try:
+        with attach_cgroup(coll.programs["fixture_cgroup_egress"], path):
+            ping(a, "198.18.250.2", 2)                   # outside the cgroup: not counted
+            assert counter.lookup(1) == 0
+            proc = subprocess.run(
+                ["ip", "netns", "exec", a, "ping", "-c", "3", "-i", "0.05", "-W", "1",
+                 "198.18.250.2"],
+                preexec_fn=lambda: cgroups.enter(path), capture_output=True, timeout=30)
+            assert proc.returncode == 0, proc.stderr
+            assert counter.lookup(1) == 3                # three echo requests
+        ping(a, "198.18.250.2", 1)
+    finally:
+        cgroups.remove(path)
+    assert counter.lookup(1) == 3
 
 
 def test_project_cgroup_lifecycle():

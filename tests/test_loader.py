@@ -44,7 +44,8 @@ def test_verifier_rejection_carries_the_log():
 
 def test_programs_and_maps_by_name(load):
     coll = load("loader_fixture")
-    assert set(coll.programs) == {"fixture_tc"}
+    assert set(coll.programs) == {"fixture_tc", "fixture_cgroup_egress"}
+    assert coll.programs["fixture_cgroup_egress"].type == "cgroup_skb"
     assert coll.programs["fixture_tc"].type == "sched_cls"
     assert {"hash_map", "array_map", "percpu_map", "lru_map", "events"} <= set(coll.maps)
     m = coll.maps["hash_map"]

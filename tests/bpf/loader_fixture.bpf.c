@@ -77,3 +77,15 @@ int fixture_tc(struct __sk_buff *skb)
 	}
 	return verdict;
 }
+
+/* Counts packets that processes of the cgroup it is attached to send. */
+SEC("cgroup_skb/egress")
+int fixture_cgroup_egress(struct __sk_buff *skb)
+{
+	__u32 key = 1;
+	__u64 *count = bpf_map_lookup_elem(&array_map, &key);
+
+	if (count)
+		__sync_fetch_and_add(count, 1);
+	return 1;	/* allow */
+}
