@@ -7,7 +7,9 @@ C names exactly; explicit padding fields are named ``pad``.
 """
 from __future__ import annotations
 
-from ctypes import c_uint8, c_uint16, c_uint64
+import ctypes
+import ipaddress
+from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 
 from harness.bpf.layout import CStruct
 
@@ -22,3 +24,114 @@ class MetricsKey(CStruct):
     """lib/metrics.h: (reason, direction) key of cb_metrics."""
     _c_name_ = "metrics_key"
     _fields_ = [("reason", c_uint8), ("dir", c_uint8), ("pad", c_uint16)]
+
+
+# --- lib/common.h -----------------------------------------------------------------
+
+class V6Addr(ctypes.Union):
+    """union v6addr: an IPv6 address (IPv4 addresses use the first 4 bytes)."""
+    _fields_ = [("addr", c_uint8 * 16), ("p", c_uint32 * 4), ("d", c_uint64 * 2)]
+
+    @classmethod
+    def of(cls, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> "V6Addr":
+        ip = ipaddress.ip_address(address)
+        value = cls()
+        ctypes.memmove(ctypes.addressof(value), ip.packed, len(ip.packed))
+        return value
+
+    def ipv6(self) -> ipaddress.IPv6Address:
+        return ipaddress.IPv6Address(bytes(self.addr))
+
+    def ipv4(self) -> ipaddress.IPv4Address:
+        return ipaddress.IPv4Address(bytes(self.addr[:4]))
+
+
+def be32(address: str | ipaddress.IPv4Address) -> int:
+    """An IPv4 address as the __be32 a BPF program reads (network-order bytes in a u32)."""
+    return int.from_bytes(ipaddress.IPv4Address(address).packed, "little")
+
+
+def from_be32(value: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(value.to_bytes(4, "little"))
+
+
+def be16(port: int) -> int:
+    """A port as the __be16 a BPF program reads."""
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
+
+
+def from_be16(value: int) -> int:
+    return int.from_bytes(value.to_bytes(2, "little"), "big")
+
+
+# --- lib/lb.h -----------------------------------------------------------------------
+
+class Lb4Key(CStruct):
+    _c_name_ = "lb4_key"
+    _fields_ = [("address", c_uint32), ("dport", c_uint16), ("backend_slot", c_uint16),
+                ("proto", c_uint8), ("scope", c_uint8), ("pad", c_uint8 * 2)]
+
+
+class Lb6Key(CStruct):
+    _c_name_ = "lb6_key"
+    _fields_ = [("address", V6Addr), ("dport", c_uint16), ("backend_slot", c_uint16),
+                ("proto", c_uint8), ("scope", c_uint8), ("pad", c_uint8 * 2)]
+
+
+class LbService(CStruct):
+    _c_name_ = "lb_service"
+    _fields_ = [("backend_id", c_uint32), ("affinity_timeout", c_uint32),
+                ("rev_nat_index", c_uint32), ("count", c_uint16), ("flags", c_uint16)]
+
+
+class Lb4Backend(CStruct):
+    _c_name_ = "lb4_backend"
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("proto", c_uint8), ("state", c_uint8)]
+
+
+class Lb6Backend(CStruct):
+    _c_name_ = "lb6_backend"
+    _fields_ = [("address", V6Addr), ("port", c_uint16), ("proto", c_uint8), ("state", c_uint8)]
+
+
+class Lb4ReverseNat(CStruct):
+    _c_name_ = "lb4_reverse_nat"
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("pad", c_uint16)]
+
+
+class Lb6ReverseNat(CStruct):
+    _c_name_ = "lb6_reverse_nat"
+    _fields_ = [("address", V6Addr), ("port", c_uint16), ("pad", c_uint16)]
+
+
+class LbAffinityKey(CStruct):
+    _c_name_ = "lb_affinity_key"
+    _fields_ = [("client", V6Addr), ("rev_nat_index", c_uint32), ("family", c_uint8),
+                ("pad", c_uint8 * 3)]
+
+
+class LbAffinityVal(CStruct):
+    _c_name_ = "lb_affinity_val"
+    _fields_ = [("last_used", c_uint64), ("backend_id", c_uint32), ("pad", c_uint32)]
+
+
+# --- lib/ct.h -------------------------------------------------------------------------
+
+class Ct4Tuple(CStruct):
+    _c_name_ = "ct4_tuple"
+    _fields_ = [("daddr", c_uint32), ("saddr", c_uint32), ("dport", c_uint16),
+                ("sport", c_uint16), ("nexthdr", c_uint8), ("flags", c_uint8), ("pad", c_uint16)]
+
+
+class Ct6Tuple(CStruct):
+    _c_name_ = "ct6_tuple"
+    _fields_ = [("daddr", V6Addr), ("saddr", V6Addr), ("dport", c_uint16), ("sport", c_uint16),
+                ("nexthdr", c_uint8), ("flags", c_uint8), ("pad", c_uint16)]
+
+
+class CtEntry(CStruct):
+    _c_name_ = "ct_entry"
+    _fields_ = [("tx_packets", c_uint64), ("tx_bytes", c_uint64), ("rx_packets", c_uint64),
+                ("rx_bytes", c_uint64), ("lifetime", c_uint32), ("created", c_uint32),
+                ("backend_id", c_uint32), ("rev_nat_index", c_uint32), ("src_sec_id", c_uint32),
+                ("flags", c_uint16), ("tx_flags_seen", c_uint8), ("rx_flags_seen", c_uint8)]

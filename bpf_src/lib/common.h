@@ -6,6 +6,8 @@
 #ifndef CB_COMMON_H
 #define CB_COMMON_H
 
+#include <bpf/bpf_core_read.h>
+
 #define TC_ACT_UNSPEC	(-1)
 #define TC_ACT_OK	0
 #define TC_ACT_SHOT	2
@@ -39,8 +41,27 @@
 #define __always_inline inline __attribute__((always_inline))
 #endif
 
+/* barrier_var(var) (bpf_helpers.h) hides a value from the compiler's range
+ * analysis, so a bounds check the verifier needs is kept: the verifier does
+ * not bound the result of a modulo, the compiler does. */
+#ifndef barrier_var
+#define barrier_var(var)	asm volatile("" : "+r"(var))
+#endif
+
 #define likely(x)	__builtin_expect(!!(x), 1)
 #define unlikely(x)	__builtin_expect(!!(x), 0)
+
+#define NSEC_PER_SEC	1000000000ULL
+
+/* Monotonic seconds, the clock of every lifetime in the maps (CLOCK_MONOTONIC:
+ * the harness's GC compares with time.clock_gettime(CLOCK_MONOTONIC)).  The
+ * coarse clock is cheaper; kernels before 5.11 lack it, and CO-RE tells. */
+static __always_inline __u32 cb_now_sec(void)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_ktime_get_coarse_ns))
+		return (__u32)(bpf_ktime_get_coarse_ns() / NSEC_PER_SEC);
+	return (__u32)(bpf_ktime_get_ns() / NSEC_PER_SEC);
+}
 
 /* One IPv6 address, viewable as bytes, words or double words. */
 union v6addr {

@@ -17,6 +17,12 @@
 #define CB_IPV6_MAX_EXTHDRS 4	/* Cilium walks the same number */
 #endif
 
+/* Header offsets recorded in pkt_meta stay below this, so that code adding
+ * them to a packet pointer can mask them (the verifier only tracks packet
+ * ranges for offsets it can bound well below 64 KiB). */
+#define CB_PKT_OFF_MASK		0x3ff
+#define PKT_OFF(off)		((off) & CB_PKT_OFF_MASK)
+
 /* pkt_meta.flags */
 #define PKT_F_FRAGMENT		(1 << 0)	/* part of a fragmented datagram */
 #define PKT_F_LATER_FRAGMENT	(1 << 1)	/* not the first fragment: no L4 header */
@@ -41,6 +47,8 @@ struct pkt_meta {
 static __always_inline int __parse_l4(void *data, void *l4, void *data_end,
 				      struct pkt_meta *m)
 {
+	if (l4 - data > CB_PKT_OFF_MASK)
+		return -DROP_INVALID;
 	m->l4_off = (__u16)(l4 - data);
 	switch (m->l4_proto) {
 	case IPPROTO_TCP: {

@@ -171,6 +171,10 @@ _set_print = _fn("libbpf_set_print", c_void_p, PrintFn)
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 
 _capture = threading.local()
+# libbpf hands a whole verifier log to one print call; size for the largest
+# (the kernel caps a log at 16 MiB less one byte).
+_PRINT_BUF = ctypes.create_string_buffer(16 << 20)
+_print_lock = threading.Lock()
 _log_lines: list[str] = []   # most recent messages when nobody captures (bounded)
 
 
@@ -180,9 +184,9 @@ def _print_cb(level: int, fmt: bytes, va_list: int) -> int:
     try:
         if level > LIBBPF_INFO and not getattr(_capture, "debug", False):
             return 0
-        buf = ctypes.create_string_buffer(4096)
-        _vsnprintf(buf, len(buf), fmt, va_list)
-        text = buf.value.decode(errors="replace")
+        with _print_lock:
+            _vsnprintf(_PRINT_BUF, len(_PRINT_BUF), fmt, va_list)
+            text = _PRINT_BUF.value.decode(errors="replace")
         sink = getattr(_capture, "sink", None)
         if sink is not None:
             sink.append(text)

@@ -91,14 +91,14 @@ class _StrictLoader(_YamlBase):  # type: ignore[misc, valid-type]
 _DOC_START = re.compile(r"^---[ \t\r]*$", re.M)
 
 
-class _NotJson(ValueError):
-    pass
+class _NotJson(Exception):
+    """The stream is not made of one-line JSON documents: read it as YAML instead."""
 
 
 def _json_pairs(pairs: list[tuple[str, Any]]) -> dict:
     d = dict(pairs)
     if len(d) != len(pairs):
-        raise _NotJson("duplicate key")  # let the YAML path report it with a line number
+        raise _NotJson("duplicate key")  # the YAML path reports it with a line number
     return d
 
 
@@ -110,22 +110,33 @@ def _comment_only(chunk: str) -> bool:
     return all(not line.strip() or line.lstrip().startswith("#") for line in chunk.splitlines())
 
 
-def _json_documents(text: str) -> list[Any] | None:
-    """The documents of *text* if each is a JSON object on its own; None otherwise."""
-    docs: list[Any] = []
-    for i, chunk in enumerate(_DOC_START.split(text)):
-        body = chunk.strip()
-        if not body or (body[0] == "#" and _comment_only(body)):
-            if i:  # an empty document after '---' still counts; the preamble does not
-                docs.append(None)
-            continue
-        if body[0] != "{":
-            return None
-        try:
-            docs.append(json.loads(body, object_pairs_hook=_json_pairs, parse_constant=_json_constant))
-        except (ValueError, RecursionError):
-            return None
-    return docs
+def _json_document(chunk: str) -> Any:
+    body = chunk.strip()
+    if not body or (body[0] == "#" and _comment_only(body)):
+        return None
+    if body[0] != "{":
+        raise _NotJson("not a JSON object")
+    try:
+        return json.loads(body, object_pairs_hook=_json_pairs, parse_constant=_json_constant)
+    except (ValueError, RecursionError):
+        raise _NotJson("invalid JSON") from None
+
+
+def _json_documents(text: str) -> Iterator[Any]:
+    """The documents of *text*, lazily, if each is a JSON object; raises _NotJson otherwise.
+
+    Document boundaries are lines that are exactly ``---``; an empty document
+    after a ``---`` yields None (and counts), an empty preamble does not.
+    """
+    pos = 0
+    for match in _DOC_START.finditer(text):
+        doc = _json_document(text[pos:match.start()])
+        if pos or doc is not None:
+            yield doc
+        pos = match.end()
+    doc = _json_document(text[pos:])
+    if pos or doc is not None:
+        yield doc
 
 
 def _yaml_error(err: yaml.YAMLError, text: str, source: str) -> ScenarioError:
@@ -157,13 +168,6 @@ def _yaml_documents(text: str, source: str) -> Iterator[Any]:
         loader.dispose()
 
 
-def _documents(text: str, source: str) -> Iterable[Any]:
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    docs = _json_documents(text)
-    return docs if docs is not None else _yaml_documents(text, source)
-
-
 class _GcPaused:
     """Pause the cyclic GC while building large object graphs (halves load time)."""
 
@@ -178,8 +182,13 @@ class _GcPaused:
 
 def load_scenario_text(text: str, source: str = "<string>") -> Scenario:
     """Parse and validate a multi-document YAML scenario given as text."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
     with _GcPaused():
-        return scenario_from_documents(_documents(text, source), source)
+        try:
+            return scenario_from_documents(_json_documents(text), source)
+        except _NotJson:
+            return scenario_from_documents(_yaml_documents(text, source), source)
 
 
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:
@@ -498,7 +507,7 @@ def _ip_list(status: dict, list_key: str, single_key: str) -> tuple[IPAddress, .
     return tuple(ips)
 
 
-def _parse_pod(obj: dict, meta: ObjectMeta) -> Pod:
+def _parse_pod(obj: dict, meta: ObjectMeta, cache: dict) -> Pod:
     spec = _mapping(obj.get("spec") or {}, "spec")
     _check_keys(spec, "spec", _POD_SPEC_KEYS | _POD_SPEC_IGNORED, hints=_POD_SPEC_KEYS)
     node_name = _str(spec, "nodeName", "spec")
@@ -684,7 +693,7 @@ def _service_addresses(spec: dict, stype: str) -> tuple[bool, tuple[IPAddress, .
     return headless, explicit, tuple(families), policy
 
 
-def _parse_service(obj: dict, meta: ObjectMeta) -> _ServiceDraft:
+def _parse_service(obj: dict, meta: ObjectMeta, cache: dict) -> _ServiceDraft:
     spec = _mapping(obj.get("spec") or {}, "spec")
     _check_keys(spec, "spec", _SERVICE_SPEC_KEYS | _SERVICE_SPEC_IGNORED, _SERVICE_SPEC_UNSUPPORTED,
                 hints=_SERVICE_SPEC_KEYS)
@@ -733,59 +742,69 @@ _ENDPOINT_ALLOWED = _ENDPOINT_KEYS | _ENDPOINT_IGNORED
 _CONDITION_KEYS = frozenset({"ready", "serving", "terminating"})
 _TARGET_REF_KEYS = frozenset({"kind", "namespace", "name"})
 _TARGET_REF_IGNORED = frozenset({"uid", "apiVersion", "resourceVersion", "fieldPath"})
+_TARGET_REF_ALLOWED = _TARGET_REF_KEYS | _TARGET_REF_IGNORED
 _ENDPOINT_PORT_KEYS = frozenset({"name", "protocol", "port"})
 _ENDPOINT_PORT_IGNORED = frozenset({"appProtocol"})
 
 
-def _parse_endpoint(raw: object, path: str, version: int, address_type: str, namespace: str) -> Endpoint:
-    ep = _mapping(raw, path)
-    _check_keys(ep, path, _ENDPOINT_ALLOWED, hints=_ENDPOINT_KEYS)
+def _parse_endpoint(raw: object, path: str, version: int, address_type: str, namespace: str,
+                    interned: dict[tuple, Endpoint]) -> Endpoint:
+    """One endpoint.  Hot path (a million calls for 100k services): paths are built only on error,
+    and equal endpoints are interned, so services sharing backends share Endpoint objects."""
+    ep = raw if type(raw) is dict else _mapping(raw, path)
+    if not ep.keys() <= _ENDPOINT_ALLOWED:
+        _check_keys(ep, path, _ENDPOINT_ALLOWED, hints=_ENDPOINT_KEYS)
     raw_addrs = ep.get("addresses")
-    if not isinstance(raw_addrs, list) or not raw_addrs:
-        raise FieldError(f"{path}.addresses", "at least one address is required" if not raw_addrs
-                         else f"must be a list, got {_type_name(raw_addrs)}")
-    if len(raw_addrs) > 100:
-        raise FieldError(f"{path}.addresses", "at most 100 addresses")
+    if type(raw_addrs) is not list or not raw_addrs or len(raw_addrs) > 100:
+        if raw_addrs is not None and not isinstance(raw_addrs, list):
+            raise FieldError(f"{path}.addresses", f"must be a list, got {_type_name(raw_addrs)}")
+        raise FieldError(f"{path}.addresses", "at most 100 addresses" if raw_addrs
+                         else "at least one address is required")
     addrs = []
-    for i, value in enumerate(raw_addrs):
-        addr = _address(value, f"{path}.addresses[{i}]")
-        if addr.version != version:
-            raise FieldError(f"{path}.addresses[{i}]", f"{addr} is not an {address_type} address (addressType is {address_type})")
+    for value in raw_addrs:
+        addr = _checked_address(value) if type(value) is str else None
+        if addr is None or type(addr) is str or addr.version != version:  # type: ignore[union-attr]
+            apath = f"{path}.addresses[{len(addrs)}]"
+            addr = _address(value, apath)
+            raise FieldError(apath, f"{addr} is not an {address_type} address (addressType is {address_type})")
         addrs.append(addr)
 
-    ready, serving, terminating = True, None, False
     cond = ep.get("conditions")
-    if cond is not None:
+    if cond is None:
+        ready, serving, terminating = True, True, False
+    else:
         cpath = f"{path}.conditions"
         cond = _mapping(cond, cpath)
         _check_keys(cond, cpath, _CONDITION_KEYS)
         ready = _bool(cond, "ready", cpath, True)
         serving = _bool(cond, "serving", cpath, None)
+        serving = ready if serving is None else serving
         terminating = _bool(cond, "terminating", cpath, False)
     node_name = ep.get("nodeName")
-    if node_name is not None:
-        if not isinstance(node_name, str):
-            raise FieldError(f"{path}.nodeName", f"must be a string, got {_type_name(node_name)}")
-        _name(node_name, f"{path}.nodeName", "dns-subdomain")
+    if node_name is not None and (type(node_name) is not str or _name_problem("dns-subdomain", node_name)):
+        _name(_str(ep, "nodeName", path), f"{path}.nodeName", "dns-subdomain")  # type: ignore[arg-type]
     ref_ns = ref_name = None
     ref = ep.get("targetRef")
     if ref is not None:
         rpath = f"{path}.targetRef"
         ref = _mapping(ref, rpath)
-        _check_keys(ref, rpath, _TARGET_REF_KEYS | _TARGET_REF_IGNORED, hints=_TARGET_REF_KEYS)
+        if not ref.keys() <= _TARGET_REF_ALLOWED:
+            _check_keys(ref, rpath, _TARGET_REF_ALLOWED, hints=_TARGET_REF_KEYS)
         kind = _str(ref, "kind", rpath)
         if kind not in (None, "Pod"):
             raise FieldError(f"{rpath}.kind", f"only Pod targetRefs are supported, got {kind!r}")
-        ref_name = _str(ref, "name", rpath, required=True)
-        _name(ref_name, f"{rpath}.name", "dns-subdomain")  # type: ignore[arg-type]
+        ref_name = _name(_str(ref, "name", rpath, required=True), f"{rpath}.name", "dns-subdomain")  # type: ignore[arg-type]
         ref_ns = _str(ref, "namespace", rpath) or namespace
         _name(ref_ns, f"{rpath}.namespace", "dns-label")
     zone = _str(ep, "zone", path)
-    return Endpoint(tuple(addrs), ready, ready if serving is None else serving, terminating,  # type: ignore[arg-type]
-                    node_name, ref_ns, ref_name, zone)
+    key = (tuple(raw_addrs), ready, serving, terminating, node_name, ref_ns, ref_name, zone)
+    endpoint = interned.get(key)
+    if endpoint is None:
+        endpoint = interned[key] = Endpoint(tuple(addrs), *key[1:])  # type: ignore[arg-type]
+    return endpoint
 
 
-def _parse_endpoint_slice(obj: dict, meta: ObjectMeta) -> EndpointSlice:
+def _parse_endpoint_slice(obj: dict, meta: ObjectMeta, cache: dict) -> EndpointSlice:
     service_name = meta.labels.get(SERVICE_NAME_LABEL)
     if service_name is None:
         raise FieldError("metadata.labels", f"missing label {SERVICE_NAME_LABEL} naming the Service")
@@ -800,7 +819,7 @@ def _parse_endpoint_slice(obj: dict, meta: ObjectMeta) -> EndpointSlice:
     if len(raw_endpoints) > 1000:
         raise FieldError("endpoints", "at most 1000 endpoints per EndpointSlice")
     endpoints = tuple(
-        _parse_endpoint(raw, f"endpoints[{i}]", version, address_type, meta.namespace)
+        _parse_endpoint(raw, f"endpoints[{i}]", version, address_type, meta.namespace, cache)
         for i, raw in enumerate(raw_endpoints)
     )
     ports: list[EndpointPort] = []
@@ -945,7 +964,7 @@ def _np_rules(spec: dict, section: str, peers_key: str, keys: frozenset[str]) ->
             _port_range(port, ppath, digits_ok=False, protocols=PROTOCOLS, required=False)
 
 
-def _parse_network_policy(obj: dict, meta: ObjectMeta) -> NetworkPolicy:
+def _parse_network_policy(obj: dict, meta: ObjectMeta, cache: dict) -> NetworkPolicy:
     if obj.get("spec") is None:
         raise FieldError("spec", "required")
     spec = _mapping(obj["spec"], "spec")
@@ -1101,7 +1120,7 @@ def _cnp_rule(rule: object, path: str) -> dict:
     return rule
 
 
-def _parse_cilium_network_policy(obj: dict, meta: ObjectMeta) -> CiliumNetworkPolicy:
+def _parse_cilium_network_policy(obj: dict, meta: ObjectMeta, cache: dict) -> CiliumNetworkPolicy:
     spec = obj.get("spec")
     specs = obj.get("specs")
     if spec is None and not specs:
@@ -1121,7 +1140,7 @@ class _Kind:
     kind: str
     name_rule: str
     top_keys: frozenset[str]
-    parse: Callable[[dict, ObjectMeta], Any]
+    parse: Callable[[dict, ObjectMeta, dict], Any]  # cache: per-load interning of shared values
 
 
 _OBJECT_KEYS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
@@ -1152,6 +1171,7 @@ class _Builder:
         self.cilium_policies: list[CiliumNetworkPolicy] = []
         self.pod_ip_owner: dict[IPAddress, Pod] = {}
         self.node_host_ip: dict[str, Pod] = {}
+        self.cache: dict = {}
 
     # -- errors
 
@@ -1199,7 +1219,7 @@ class _Builder:
             _check_keys(obj, "", spec.top_keys)
             meta = _meta(obj, spec.name_rule, document, prefix)
             ref = meta.ref
-            parsed = spec.parse(obj, meta)
+            parsed = spec.parse(obj, meta, self.cache)
         except FieldError as err:
             raise self.fail_at(document, prefix, shown_kind, ref, err.field, err.message) from None
         key = (spec.kind, meta.namespace, meta.name)

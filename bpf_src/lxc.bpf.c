@@ -1,0 +1,334 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The programs on a pod's veth (host side), as Cilium attaches them in
+ * chaining mode:
+ *
+ *   pod eth0 ==veth== host lxc*  --tc ingress--> from_container (pod -> world)
+ *                                <--tc egress--- to_container   (world -> pod)
+ *
+ * from_container load-balances packets to service frontends (DNAT to a
+ * backend, with a service conntrack entry), answers pings to service VIPs,
+ * drops traffic to a ClusterIP on a port it does not serve, and tracks
+ * connections.  to_container tracks connections and reverse-NATs replies
+ * (and ICMP errors about service flows) so the pod sees the frontend.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "lib/common.h"
+#include "lib/ct.h"
+#include "lib/drop.h"
+#include "lib/lb.h"
+#include "lib/nat.h"
+#include "lib/parse.h"
+#include "lib/svc.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set per endpoint by the loader. */
+const volatile __u32 endpoint_id = 0;
+
+static __always_inline bool is_l4_lb_proto(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
+}
+
+/* A ping to a service VIP is answered here, as Cilium does, when the
+ * service has a backend; it never reaches a backend. */
+static __always_inline int vip_echo_reply(struct __sk_buff *skb, const struct pkt_meta *m,
+					  const struct lb_service *vip, bool v6)
+{
+	int ret;
+
+	if (!vip->count)
+		return -DROP_NO_SERVICE;
+	ret = v6 ? icmp6_echo_reply(skb, m) : icmp4_echo_reply(skb, m);
+	if (ret < 0)
+		return ret;
+	/* Back out of the host-side veth, into the pod. */
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+{
+	struct ct_state st = {}, reply = {};
+	struct lb_service *svc = NULL;
+	struct ct4_tuple t = {};
+	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
+	int ret;
+
+	if (is_l4_lb_proto(m->l4_proto) && (m->flags & PKT_F_L4))
+		svc = lb4_lookup_service(m->daddr.p[0], m->dport, m->l4_proto);
+	if (svc) {
+		ret = svc4_translate(skb, m, svc, &st, 0, now);
+		if (ret < 0)
+			return ret;
+	} else {
+		struct lb_service *vip = svc4_is_vip(m->daddr.p[0]);
+
+		if (vip) {
+			if (m->l4_proto == IPPROTO_ICMP && icmp_type == ICMP_ECHO &&
+			    (m->flags & PKT_F_L4))
+				return vip_echo_reply(skb, m, vip, false);
+			if (m->flags & PKT_F_LATER_FRAGMENT)
+				return -DROP_FRAG_NOSUPPORT;
+			return -DROP_IS_CLUSTER_IP;
+		}
+	}
+
+	if (!ct_tuple_ports(m, &t.sport, &t.dport))
+		return TC_ACT_OK;
+	t.daddr = m->daddr.p[0];
+	t.saddr = m->saddr.p[0];
+	t.nexthdr = m->l4_proto;
+	t.flags = CT_EGRESS;
+	switch (ct4_lookup(&t, false, m->tcp_flags, skb->len, now, &reply)) {
+	case CT_NEW:
+		ret = ct4_create(&t, &st, m->tcp_flags, skb->len, now);
+		if (ret < 0)
+			return ret;
+		break;
+	case CT_REPLY:
+		/* A reply of a connection into this pod that was DNATed on its
+		 * way in (NodePort/HostPort from outside): restore the frontend. */
+		if (reply.rev_nat_index) {
+			struct lb4_reverse_nat *rn;
+
+			rn = bpf_map_lookup_elem(&cb_lb4_reverse_nat, &reply.rev_nat_index);
+			if (!rn)
+				return -DROP_NAT_NO_MAPPING;
+			return nat4_rewrite_src(skb, m, rn->address, rn->port);
+		}
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+{
+	struct ct_state st = {}, reply = {};
+	struct lb_service *svc = NULL;
+	struct ct6_tuple t = {};
+	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
+	int ret;
+
+	if (is_l4_lb_proto(m->l4_proto) && (m->flags & PKT_F_L4))
+		svc = lb6_lookup_service(&m->daddr, m->dport, m->l4_proto);
+	if (svc) {
+		ret = svc6_translate(skb, m, svc, &st, 0, now);
+		if (ret < 0)
+			return ret;
+	} else {
+		struct lb_service *vip = svc6_is_vip(&m->daddr);
+
+		if (vip) {
+			if (m->l4_proto == IPPROTO_ICMPV6 && icmp_type == ICMPV6_ECHO_REQUEST &&
+			    (m->flags & PKT_F_L4))
+				return vip_echo_reply(skb, m, vip, true);
+			if (m->flags & PKT_F_LATER_FRAGMENT)
+				return -DROP_FRAG_NOSUPPORT;
+			return -DROP_IS_CLUSTER_IP;
+		}
+	}
+
+	if (!ct_tuple_ports(m, &t.sport, &t.dport))
+		return TC_ACT_OK;
+	t.daddr = m->daddr;
+	t.saddr = m->saddr;
+	t.nexthdr = m->l4_proto;
+	t.flags = CT_EGRESS;
+	switch (ct6_lookup(&t, false, m->tcp_flags, skb->len, now, &reply)) {
+	case CT_NEW:
+		ret = ct6_create(&t, &st, m->tcp_flags, skb->len, now);
+		if (ret < 0)
+			return ret;
+		break;
+	case CT_REPLY:
+		if (reply.rev_nat_index) {
+			struct lb6_reverse_nat *rn;
+
+			rn = bpf_map_lookup_elem(&cb_lb6_reverse_nat, &reply.rev_nat_index);
+			if (!rn)
+				return -DROP_NAT_NO_MAPPING;
+			return nat6_rewrite_src(skb, m, &rn->address, rn->port);
+		}
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+/* An ICMP error about a flow this pod started to a service: make it speak
+ * of the frontend. */
+static __always_inline int to_container_icmp4_error(struct __sk_buff *skb,
+						    const struct pkt_meta *m, __u32 now)
+{
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	struct icmp_inner in = {};
+	struct ct4_tuple t = {};
+	struct ct_entry *e;
+	struct lb4_reverse_nat *rn;
+
+	if (icmp4_error_inner(data, data_end, m, &in) < 0)
+		return 0;	/* not about a flow we translate: deliver as is */
+	t.daddr = in.daddr.p[0];
+	t.saddr = in.saddr.p[0];
+	t.dport = in.dport;
+	t.sport = in.sport;
+	t.nexthdr = in.proto;
+	t.flags = CT_EGRESS;
+	e = bpf_map_lookup_elem(&cb_ct4, &t);
+	if (!e || e->lifetime < now || !e->rev_nat_index)
+		return 0;
+	rn = bpf_map_lookup_elem(&cb_lb4_reverse_nat, &e->rev_nat_index);
+	if (!rn)
+		return -DROP_NAT_NO_MAPPING;
+	return nat4_rewrite_icmp_error(skb, m, &in, rn->address, rn->port);
+}
+
+static __always_inline int to_container_icmp6_error(struct __sk_buff *skb,
+						    const struct pkt_meta *m, __u32 now)
+{
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	struct icmp_inner in = {};
+	struct ct6_tuple t = {};
+	struct ct_entry *e;
+	struct lb6_reverse_nat *rn;
+
+	if (icmp6_error_inner(data, data_end, m, &in) < 0)
+		return 0;
+	t.daddr = in.daddr;
+	t.saddr = in.saddr;
+	t.dport = in.dport;
+	t.sport = in.sport;
+	t.nexthdr = in.proto;
+	t.flags = CT_EGRESS;
+	e = bpf_map_lookup_elem(&cb_ct6, &t);
+	if (!e || e->lifetime < now || !e->rev_nat_index)
+		return 0;
+	rn = bpf_map_lookup_elem(&cb_lb6_reverse_nat, &e->rev_nat_index);
+	if (!rn)
+		return -DROP_NAT_NO_MAPPING;
+	return nat6_rewrite_icmp_error(skb, m, &in, &rn->address, rn->port);
+}
+
+static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+{
+	struct ct_state st = {};
+	struct ct4_tuple t = {};
+	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
+
+	if (m->l4_proto == IPPROTO_ICMP && (m->flags & PKT_F_L4) && icmp4_is_error(icmp_type))
+		return to_container_icmp4_error(skb, m, now);
+	if (!ct_tuple_ports(m, &t.sport, &t.dport))
+		return 0;
+	t.daddr = m->daddr.p[0];
+	t.saddr = m->saddr.p[0];
+	t.nexthdr = m->l4_proto;
+	t.flags = CT_INGRESS;
+	switch (ct4_lookup(&t, true, m->tcp_flags, skb->len, now, &st)) {
+	case CT_NEW:
+		return ct4_create(&t, &st, m->tcp_flags, skb->len, now);
+	case CT_REPLY:
+		if (st.rev_nat_index) {
+			struct lb4_reverse_nat *rn;
+
+			rn = bpf_map_lookup_elem(&cb_lb4_reverse_nat, &st.rev_nat_index);
+			if (!rn)
+				return -DROP_NAT_NO_MAPPING;
+			return nat4_rewrite_src(skb, m, rn->address, rn->port);
+		}
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+{
+	struct ct_state st = {};
+	struct ct6_tuple t = {};
+	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
+
+	if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4) && icmp6_is_error(icmp_type))
+		return to_container_icmp6_error(skb, m, now);
+	if (!ct_tuple_ports(m, &t.sport, &t.dport))
+		return 0;
+	t.daddr = m->daddr;
+	t.saddr = m->saddr;
+	t.nexthdr = m->l4_proto;
+	t.flags = CT_INGRESS;
+	switch (ct6_lookup(&t, true, m->tcp_flags, skb->len, now, &st)) {
+	case CT_NEW:
+		return ct6_create(&t, &st, m->tcp_flags, skb->len, now);
+	case CT_REPLY:
+		if (st.rev_nat_index) {
+			struct lb6_reverse_nat *rn;
+
+			rn = bpf_map_lookup_elem(&cb_lb6_reverse_nat, &st.rev_nat_index);
+			if (!rn)
+				return -DROP_NAT_NO_MAPPING;
+			return nat6_rewrite_src(skb, m, &rn->address, rn->port);
+		}
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+static __always_inline int parse_skb(struct __sk_buff *skb, struct pkt_meta *m)
+{
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+
+	/* Headers may sit outside the linear part of a real skb. */
+	if (data + 128 > data_end && data_end - data < skb->len) {
+		bpf_skb_pull_data(skb, 128);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	return parse_packet(data, data_end, m);
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	struct pkt_meta m = {};
+	int ret = parse_skb(skb, &m);
+	__u32 now;
+
+	if (ret < 0)
+		return drop_packet(skb->len, -ret, CB_DIR_EGRESS);
+	now = cb_now_sec();
+	if (m.l3_proto == ETH_P_IP)
+		ret = from_container4(skb, &m, now);
+	else if (m.l3_proto == ETH_P_IPV6)
+		ret = from_container6(skb, &m, now);
+	else
+		return TC_ACT_OK;
+	if (ret < 0)
+		return drop_packet(skb->len, -ret, CB_DIR_EGRESS);
+	return ret == TC_ACT_REDIRECT ? TC_ACT_REDIRECT : TC_ACT_OK;
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *skb)
+{
+	struct pkt_meta m = {};
+	int ret = parse_skb(skb, &m);
+	__u32 now;
+
+	if (ret < 0)
+		return drop_packet(skb->len, -ret, CB_DIR_INGRESS);
+	now = cb_now_sec();
+	if (m.l3_proto == ETH_P_IP)
+		ret = to_container4(skb, &m, now);
+	else if (m.l3_proto == ETH_P_IPV6)
+		ret = to_container6(skb, &m, now);
+	else
+		return TC_ACT_OK;
+	if (ret < 0)
+		return drop_packet(skb->len, -ret, CB_DIR_INGRESS);
+	return TC_ACT_OK;
+}
