@@ -68,3 +68,23 @@ def node_pod_cidr_v6(node: int) -> ipaddress.IPv6Network:
     if not 0 <= node <= 0xFFFF:
         raise AddressPlanError(f"node index {node} out of range")
     return ipaddress.ip_network(f"2001:db8:1:{node:x}::/64")
+
+
+def node_index(name: str) -> int:
+    """Index of node ``cb-node<i>`` (the naming every scenario and topology uses)."""
+    prefix = "cb-node"
+    if not name.startswith(prefix) or not name[len(prefix):].isdigit():
+        raise AddressPlanError(f"node name {name!r}: nodes are named {prefix}<index>")
+    return int(name[len(prefix):])
+
+
+def node_ip4(node: int) -> ipaddress.IPv4Address:
+    """Underlay address of node *node*: 198.19.128.<node + 1>."""
+    if not 0 <= node <= 253:
+        raise AddressPlanError(f"node index {node} out of range 0-253")
+    return NODE_UNDERLAY_V4[node + 1]
+
+
+def node_ip6(node: int) -> ipaddress.IPv6Address:
+    """Underlay address of node *node*: 2001:db8:3::<node + 1>."""
+    return NODE_UNDERLAY_V6[node + 1]

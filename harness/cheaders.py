@@ -41,3 +41,19 @@ def enum_members(header: str, enum: str) -> tuple[EnumMember, ...]:
             members.append(EnumMember(m.group(1), value, m.group(3) or ""))
         return tuple(members)
     raise KeyError(f"{header}: no enum {enum}")
+
+
+_DEFINE = re.compile(r"^#define\s+(\w+)\s+\(?\s*(?:(0x[0-9a-fA-F]+|\d+)|1\s*<<\s*(\d+))\s*\)?\s*(?:/\*.*)?$",
+                     re.M)
+
+
+@functools.cache
+def defines(header: str, prefix: str) -> dict[str, int]:
+    """``#define PREFIX... value`` constants of ``bpf_src/<header>`` whose value is
+    a number or ``(1 << n)``, by name."""
+    text = (BPF_SRC / header).read_text()
+    out = {}
+    for m in _DEFINE.finditer(text):
+        if m.group(1).startswith(prefix):
+            out[m.group(1)] = int(m.group(2), 0) if m.group(2) else 1 << int(m.group(3))
+    return out

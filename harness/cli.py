@@ -220,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
     from harness.testrun import PcapError, ProgramNotFound
-    try:
-        from harness.scenario import ScenarioError
-    except ImportError:        # scenario support not installed: nothing can raise it
-        ScenarioError = UsageError
+    from harness.scenario import ScenarioError
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -71,6 +71,13 @@ class TcOpts(Structure):
                 ("prog_id", c_uint32), ("handle", c_uint32), ("priority", c_uint32)]
 
 
+class MapCreateOpts(Structure):
+    _fields_ = [("sz", c_size_t), ("btf_fd", c_uint32), ("btf_key_type_id", c_uint32),
+                ("btf_value_type_id", c_uint32), ("btf_vmlinux_value_type_id", c_uint32),
+                ("inner_map_fd", c_uint32), ("map_flags", c_uint32), ("map_extra", c_uint64),
+                ("numa_node", c_uint32), ("map_ifindex", c_uint32)]
+
+
 def opts(struct_type, **fields):
     """Build an opts struct with ``sz`` set, as libbpf requires."""
     value = struct_type(**fields)
@@ -128,6 +135,8 @@ bpf_map_delete_batch = _fn("bpf_map_delete_batch", c_int, c_int, c_void_p,
                            POINTER(c_uint32), POINTER(MapBatchOpts))
 bpf_map_lookup_batch = _fn("bpf_map_lookup_batch", c_int, c_int, c_void_p, c_void_p,
                            c_void_p, c_void_p, POINTER(c_uint32), POINTER(MapBatchOpts))
+bpf_map_create = _fn("bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uint32, c_uint32,
+                     POINTER(MapCreateOpts))
 bpf_obj_get = _fn("bpf_obj_get", c_int, c_char_p)
 bpf_obj_pin = _fn("bpf_obj_pin", c_int, c_int, c_char_p)
 bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, POINTER(c_uint32))

@@ -294,6 +294,24 @@ class Map:
                 return out
             in_batch = ctypes.create_string_buffer(out_batch.raw, len(out_batch))
 
+    # -- creation -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, map_type: str, name: str, key_size: int, value_size: int,
+               max_entries: int, key_type: type | None = None, value_type: type | None = None,
+               flags: int = 0) -> "Map":
+        """Create a map outside any object (e.g. the inner maps of a map-in-map).
+        The returned Map owns its fd: close() it once it is stored elsewhere."""
+        types = {v: k for k, v in MAP_TYPES.items()}
+        if map_type not in types:
+            raise ValueError(f"unknown map type {map_type!r}")
+        opt = L.opts(L.MapCreateOpts, map_flags=flags)
+        fd = L.bpf_map_create(types[map_type], name.encode()[:15], key_size, value_size,
+                              max_entries, ctypes.byref(opt))
+        if fd < 0:
+            raise BpfError(f"create {map_type} map {name}", -fd)
+        return cls(name, fd, types[map_type], key_size, value_size, max_entries, key_type,
+                   value_type, owns_fd=True)
+
     # -- pinning ---------------------------------------------------------------------------
     def pin(self, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -604,7 +604,10 @@ def _service_ports(spec: dict, stype: str, headless: bool) -> tuple[list[Service
     seen: set[tuple[int, str]] = set()
     node_ports: set[tuple[int, str]] = set()
     external = stype in ("NodePort", "LoadBalancer")
-    allocate = external and _bool(spec, "allocateLoadBalancerNodePorts", "spec", True) is not False
+    allocate_lb = _bool(spec, "allocateLoadBalancerNodePorts", "spec", None)
+    if allocate_lb is not None and stype != "LoadBalancer":
+        raise FieldError("spec.allocateLoadBalancerNodePorts", "may only be set when type is LoadBalancer")
+    allocate = stype == "NodePort" or (stype == "LoadBalancer" and allocate_lb is not False)
     for i, raw in enumerate(raw_ports):
         path = f"spec.ports[{i}]"
         raw = _mapping(raw, path)
@@ -1044,7 +1047,7 @@ def _cnp_port_rules(items: list, path: str, deny: bool) -> None:
             ppath = f"{ipath}.ports[{j}]"
             port = _mapping(port, ppath)
             _check_keys(port, ppath, _CNP_PORT_KEYS)
-            _port_range(port, ppath, digits_ok=True, protocols=_CNP_PROTOCOLS, required=True)
+            _port_range(port, ppath, digits_ok=True, protocols=_CNP_PROTOCOLS, required=False)
 
 
 def _cnp_icmps(items: list, path: str) -> None:

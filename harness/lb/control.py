@@ -1,0 +1,345 @@
+"""Programming the load balancer maps: diff, ordered batch writes, rollback.
+
+``LbControl`` holds what it last wrote (as Cilium's agent does) and turns a
+new desired state, for all services or just some, into the smallest set of
+map writes, in an order the datapath can never trip over:
+
+  1. backends (new, or changed state)     4. service entries (slot 0)
+  2. reverse-NAT entries                  5. ClusterIP address-only entries
+  3. Maglev tables; backend slots 1..n    6. deletions: service entries before
+                                             their slots, reverse NAT, Maglev
+                                             tables, backends nobody uses
+
+A packet therefore never finds a service entry whose slots, backends or
+reverse-NAT entry are missing.  Writes go out as one batch per map and
+phase.  If any write fails, every write already made is undone from the
+journal of the values it replaced, and LbApplyError is raised: the maps and
+the LbControl are left exactly as they were before the call.
+
+Cost is proportional to what changes: changing one service of 100,000
+touches that service's entries only.
+"""
+from __future__ import annotations
+
+import errno as _errno
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from harness.bpf import BpfError, KeyNotFoundError, Map
+from harness.lb import entries as E
+from harness.lb.state import Frontend, LbState
+
+MaglevInstall = Callable[[int, list[int]], None]
+MaglevRemove = Callable[[int], None]
+
+
+class LbApplyError(RuntimeError):
+    """Programming failed; every change of the failed call was rolled back."""
+
+    def __init__(self, message: str, cause: BaseException):
+        super().__init__(message)
+        self.cause = cause
+
+
+@dataclass
+class _FrontendRecord:
+    frontend: Frontend
+    rev_nat_index: int
+    backend_ids: list[int]              # selectable backends, in slot order
+    entries: dict[bytes, bytes]         # its services-map entries
+
+
+@dataclass
+class ApplyStats:
+    writes: int = 0
+    deletes: int = 0
+    frontends_added: int = 0
+    frontends_changed: int = 0
+    frontends_removed: int = 0
+    maglev_tables: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.frontends_added} frontends added, {self.frontends_changed} changed, "
+                f"{self.frontends_removed} removed; {self.writes} map writes, "
+                f"{self.deletes} deletes, {self.maglev_tables} Maglev tables")
+
+
+class _Ids:
+    """Smallest-free-first id allocator (ids start at 1)."""
+
+    def __init__(self):
+        self.used: set[int] = set()
+        self._next = 1
+
+    def copy(self) -> "_Ids":
+        c = _Ids()
+        c.used, c._next = set(self.used), self._next
+        return c
+
+    def take(self) -> int:
+        while self._next in self.used:
+            self._next += 1
+        self.used.add(self._next)
+        return self._next
+
+    def give(self, value: int) -> None:
+        self.used.discard(value)
+        self._next = min(self._next, value)
+
+
+@dataclass
+class _Plan:
+    # (phase, map name) -> {key: value or None (delete)}, executed in insertion order
+    phases: dict[tuple[str, str], dict[bytes, bytes | None]] = field(default_factory=dict)
+    maglev_install: dict[int, list[int]] = field(default_factory=dict)
+    maglev_remove: list[int] = field(default_factory=list)
+    records: dict[tuple, _FrontendRecord | None] = field(default_factory=dict)
+    backend_ids: dict[tuple, int] = field(default_factory=dict)    # new or released (-id)
+    refs: dict[int, int] = field(default_factory=dict)
+    fe_ids: _Ids | None = None
+    be_ids: _Ids | None = None
+    stats: ApplyStats = field(default_factory=ApplyStats)
+
+    def put(self, phase: str, mapname: str, key: bytes, value: bytes | None) -> None:
+        self.phases.setdefault((phase, mapname), {})[key] = value
+
+
+# Phases in execution order (see the module docstring).
+_PHASES = ("backends", "revnat", "slots", "masters", "vips",
+           "del-masters", "del-slots", "del-revnat", "del-backends")
+
+
+class LbControl:
+    """The LB maps of one datapath and what was last programmed into them."""
+
+    def __init__(self, maps: Mapping[str, Map], maglev_install: MaglevInstall | None = None,
+                 maglev_remove: MaglevRemove | None = None):
+        missing = [m for f in (4, 6) for m in (E.services_map(f), E.backends_map(f),
+                                               E.reverse_nat_map(f)) if m not in maps]
+        if missing:
+            raise ValueError(f"not an LB datapath: maps {', '.join(missing)} missing")
+        self.maps = maps
+        self._maglev_install = maglev_install
+        self._maglev_remove = maglev_remove
+        self._fe: dict[tuple, _FrontendRecord] = {}
+        self._by_addr: dict[object, set[tuple]] = {}        # address -> frontend keys
+        self._fe_ids, self._be_ids = _Ids(), _Ids()
+        self._backend_id: dict[tuple, int] = {}             # backend key -> id
+        self._refs: dict[int, int] = {}                     # backend id -> frontends using it
+        self._kernel: dict[tuple[str, bytes], bytes] = {}   # (map, key) -> value we wrote
+
+    # -- queries ----------------------------------------------------------------------
+    @property
+    def state(self) -> LbState:
+        return LbState(tuple(r.frontend for r in self._fe.values()))
+
+    def frontend_id(self, frontend_key: tuple) -> int:
+        return self._fe[frontend_key].rev_nat_index
+
+    def backend_id(self, backend_key: tuple) -> int:
+        return self._backend_id[backend_key]
+
+    def records(self) -> list[tuple[Frontend, int, list[int]]]:
+        """(frontend, rev_nat_index, slot backend ids) of everything programmed."""
+        return [(r.frontend, r.rev_nat_index, list(r.backend_ids)) for r in self._fe.values()]
+
+    def entry_count(self) -> dict[str, int]:
+        """Entries written per map."""
+        counts: dict[str, int] = {}
+        for name, _ in self._kernel:
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    # -- applying -----------------------------------------------------------------------
+    def apply(self, desired: LbState, services: Iterable[str] | None = None) -> ApplyStats:
+        """Make the maps hold *desired*.  With *services*, only those services are
+        touched: their frontends in *desired* replace theirs, others stay."""
+        scope = None if services is None else set(services)
+        plan = self._plan(desired, scope)
+        journal: list[tuple] = []
+        try:
+            self._execute(plan, journal)
+        except (BpfError, OSError, ValueError) as exc:
+            self._rollback(journal)
+            raise LbApplyError(f"LB programming failed and was rolled back: {exc}", exc) from exc
+        self._commit(plan)
+        return plan.stats
+
+    def _plan(self, desired: LbState, scope: set[str] | None) -> _Plan:
+        plan = _Plan(fe_ids=self._fe_ids.copy(), be_ids=self._be_ids.copy())
+        want = {f.key: f for f in desired.frontends if scope is None or f.service in scope}
+        have = {k: r for k, r in self._fe.items() if scope is None or r.frontend.service in scope}
+        ids = dict(self._backend_id)
+        refs: dict[int, int] = {}
+
+        def ref(frontend: Frontend, delta: int) -> None:
+            for b in frontend.backends:
+                bid = ids[b.key]
+                refs[bid] = refs.get(bid, self._refs.get(bid, 0)) + delta
+
+        for key, rec in have.items():
+            new = want.get(key)
+            if new == rec.frontend:
+                continue
+            ref(rec.frontend, -1)
+            if new is None:
+                f = rec.frontend
+                for k in rec.entries:
+                    plan.put("del-slots" if _slot_of(f.family, k) else "del-masters",
+                             E.services_map(f.family), k, None)
+                plan.put("del-revnat", E.reverse_nat_map(f.family), E.u32(rec.rev_nat_index), None)
+                if f.maglev:
+                    plan.maglev_remove.append(rec.rev_nat_index)
+                plan.records[key] = None
+                plan.fe_ids.give(rec.rev_nat_index)
+                plan.stats.frontends_removed += 1
+
+        for key, f in want.items():
+            old = have.get(key)
+            if old is not None and old.frontend == f:
+                continue
+            for b in f.backends:
+                bid = ids.get(b.key)
+                if bid is None:
+                    bid = ids[b.key] = plan.be_ids.take()
+                    plan.backend_ids[b.key] = bid
+                bmap = E.backends_map(b.address.version)
+                value = E.backend_value(b)
+                if self._kernel.get((bmap, E.u32(bid))) != value:
+                    plan.put("backends", bmap, E.u32(bid), value)
+            ref(f, +1)
+            if old is None:
+                rid = plan.fe_ids.take()
+                plan.put("revnat", E.reverse_nat_map(f.family), E.u32(rid), E.reverse_nat_value(f))
+                plan.stats.frontends_added += 1
+            else:
+                rid = old.rev_nat_index
+                plan.stats.frontends_changed += 1
+            slot_ids = [ids[b.key] for b in f.selectable()]
+            new_entries = E.frontend_entries(f, rid, slot_ids)
+            old_entries = old.entries if old else {}
+            smap = E.services_map(f.family)
+            for k, v in new_entries.items():
+                if old_entries.get(k) != v:
+                    plan.put("slots" if _slot_of(f.family, k) else "masters", smap, k, v)
+            for k in old_entries:
+                if k not in new_entries:
+                    plan.put("del-slots", smap, k, None)
+            if f.maglev and slot_ids:
+                if not (old and old.frontend.maglev and old.backend_ids == slot_ids):
+                    plan.maglev_install[rid] = slot_ids
+            elif old is not None and old.frontend.maglev:
+                plan.maglev_remove.append(rid)
+            plan.records[key] = _FrontendRecord(f, rid, slot_ids, new_entries)
+
+        # Backends whose last user went away in this plan.
+        by_id = {bid: bkey for bkey, bid in ids.items()}
+        for bid, count in refs.items():
+            if count <= 0:
+                bkey = by_id[bid]
+                plan.put("del-backends", E.backends_map(bkey[0].version), E.u32(bid), None)
+                plan.backend_ids[bkey] = -bid
+                plan.be_ids.give(bid)
+        plan.refs = refs
+        self._plan_vips(plan)
+        plan.stats.maglev_tables = len(plan.maglev_install)
+        return plan
+
+    def _plan_vips(self, plan: _Plan) -> None:
+        """Recompute the address-only entries of the ClusterIPs this plan touches."""
+        touched: dict[object, set[tuple]] = {}
+        for key in plan.records:
+            addr = key[0]
+            if addr not in touched:
+                touched[addr] = set(self._by_addr.get(addr, ()))
+            if plan.records[key] is None:
+                touched[addr].discard(key)
+            else:
+                touched[addr].add(key)
+        for addr, keys in touched.items():
+            recs = [plan.records[k] if k in plan.records else self._fe[k] for k in keys]
+            cluster = [r for r in recs if r.frontend.type == "ClusterIP"]
+            k, v = E.vip_entry(addr.version, addr, sum(len(r.backend_ids) for r in cluster))
+            smap = E.services_map(addr.version)
+            if cluster:
+                if self._kernel.get((smap, k)) != v:
+                    plan.put("vips", smap, k, v)
+            elif (smap, k) in self._kernel:
+                plan.put("del-masters", smap, k, None)
+
+    # -- execution ---------------------------------------------------------------------------
+    def _execute(self, plan: _Plan, journal: list) -> None:
+        for phase in _PHASES:
+            if phase == "slots":
+                for rid, ids in plan.maglev_install.items():
+                    if self._maglev_install is None:
+                        raise ValueError("a Maglev service needs a datapath with Maglev tables")
+                    journal.append(("maglev", rid, None))
+                    self._maglev_install(rid, ids)
+            if phase == "del-backends":
+                for rid in plan.maglev_remove:
+                    if self._maglev_remove is not None:
+                        self._maglev_remove(rid)
+            for (ph, mapname), changes in plan.phases.items():
+                if ph != phase or not changes:
+                    continue
+                m = self.maps[mapname]
+                keys = list(changes)
+                for k in keys:
+                    journal.append((m, k, self._kernel.get((mapname, k))))
+                if phase.startswith("del-"):
+                    m.delete_batch(keys)
+                    plan.stats.deletes += len(keys)
+                else:
+                    m.update_batch(keys, [changes[k] for k in keys])
+                    plan.stats.writes += len(keys)
+
+    def _rollback(self, journal: list) -> None:
+        for m, key, old in reversed(journal):
+            try:
+                if m == "maglev":
+                    if self._maglev_remove is not None:
+                        self._maglev_remove(key)
+                elif old is None:
+                    m.delete(key)
+                else:
+                    m.update(key, old)
+            except KeyNotFoundError:
+                pass
+            except BpfError as exc:
+                if exc.errno != _errno.ENOENT:
+                    raise
+
+    def _commit(self, plan: _Plan) -> None:
+        for (_, mapname), changes in plan.phases.items():
+            for k, v in changes.items():
+                if v is None:
+                    self._kernel.pop((mapname, k), None)
+                else:
+                    self._kernel[(mapname, k)] = v
+        for key, rec in plan.records.items():
+            addr_keys = self._by_addr.setdefault(key[0], set())
+            if rec is None:
+                self._fe.pop(key, None)
+                addr_keys.discard(key)
+            else:
+                self._fe[key] = rec
+                addr_keys.add(key)
+            if not addr_keys:
+                del self._by_addr[key[0]]
+        for bkey, bid in plan.backend_ids.items():
+            if bid < 0:
+                self._backend_id.pop(bkey, None)
+                self._refs.pop(-bid, None)
+            else:
+                self._backend_id[bkey] = bid
+        for bid, count in plan.refs.items():
+            if count > 0:
+                self._refs[bid] = count
+        self._fe_ids, self._be_ids = plan.fe_ids, plan.be_ids
+
+
+def _slot_of(family: int, key: bytes) -> int:
+    """backend_slot of a services-map key (after the address and the port)."""
+    offset = 6 if family == 4 else 18
+    return int.from_bytes(key[offset:offset + 2], "little")

@@ -1,0 +1,214 @@
+"""The load balancer's desired state, derived from a scenario's Kubernetes objects.
+
+What kube-proxy (or Cilium's agent) computes from Services and EndpointSlices:
+one Frontend per (address, port, protocol) a service answers on, each with its
+backends and their states.
+
+- ClusterIP: every cluster IP (each family) x every service port.
+- NodePort / LoadBalancer: every node address x nodePort.  Each node's
+  frontends are in every node's maps, so a pod translates a NodePort at its
+  own veth wherever the node is; externalTrafficPolicy: Local keeps only the
+  backends on the frontend's own node.
+- ExternalIPs: every external IP x service port.
+- HostPort: a pod's containerPort with hostPort, on its node's address.
+
+Backends come from EndpointSlices of the service's family, matched by port
+name and protocol: ready endpoints are active; serving-but-terminating ones
+are terminating (kept for established flows, chosen for new ones only when no
+endpoint is ready, as kube-proxy falls back since ProxyTerminatingEndpoints);
+not-serving ones are left out.  The annotation
+``service.cilium.io/lb-algorithm: maglev`` selects Maglev, as in Cilium.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from harness.addressing import node_index, node_ip4, node_ip6
+from harness.scenario import Scenario, Service
+from harness.scenario.model import IPAddress
+
+LB_ALGORITHM_ANNOTATION = "service.cilium.io/lb-algorithm"
+
+ACTIVE, TERMINATING, MAINTENANCE = "active", "terminating", "maintenance"
+BACKEND_STATES = {ACTIVE: 0, TERMINATING: 1, "quarantined": 2, MAINTENANCE: 3}
+PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+
+FRONTEND_TYPES = ("ClusterIP", "NodePort", "ExternalIP", "LoadBalancer", "HostPort")
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    address: IPAddress
+    port: int
+    protocol: str
+    state: str = ACTIVE
+    node: str | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> tuple:
+        """Identity of the backend in the backends map: address, port, protocol."""
+        return (self.address, self.port, self.protocol)
+
+
+@dataclass(frozen=True)
+class Frontend:
+    service: str                 # namespace/name (HostPort: namespace/pod)
+    port_name: str
+    type: str                    # one of FRONTEND_TYPES
+    address: IPAddress
+    port: int
+    protocol: str
+    backends: tuple[Backend, ...]
+    affinity_timeout: int = 0    # seconds; 0: no session affinity
+    maglev: bool = False
+    local_scope: bool = False
+
+    @property
+    def key(self) -> tuple:
+        """Identity of the frontend in the services map."""
+        return (self.address, self.port, self.protocol)
+
+    @property
+    def family(self) -> int:
+        return self.address.version
+
+    def selectable(self) -> tuple[Backend, ...]:
+        """Backends new flows may go to, in a stable order."""
+        active = tuple(sorted(b for b in self.backends if b.state == ACTIVE))
+        if active:
+            return active
+        return tuple(sorted(b for b in self.backends if b.state == TERMINATING))
+
+
+@dataclass(frozen=True)
+class LbState:
+    frontends: tuple[Frontend, ...]
+
+    def by_key(self) -> dict[tuple, Frontend]:
+        return {f.key: f for f in self.frontends}
+
+    def services(self) -> tuple[str, ...]:
+        return tuple(sorted({f.service for f in self.frontends}))
+
+    def only(self, services: Iterable[str]) -> "LbState":
+        wanted = set(services)
+        return LbState(tuple(f for f in self.frontends if f.service in wanted))
+
+
+def node_addresses(scenario: Scenario) -> dict[str, tuple[IPAddress, ...]]:
+    """Addresses of every node the scenario places pods on: the underlay plan's."""
+    return {n: (node_ip4(node_index(n)), node_ip6(node_index(n))) for n in scenario.nodes}
+
+
+def _endpoint_state(ready: bool, serving: bool, terminating: bool) -> str | None:
+    if ready and not terminating:
+        return ACTIVE
+    if serving and terminating:
+        return TERMINATING
+    if ready:
+        return ACTIVE
+    return None
+
+
+def _backends_for(scenario: Scenario, svc: Service, family: int, port_name: str,
+                  protocol: str) -> tuple[Backend, ...]:
+    out: dict[tuple, Backend] = {}
+    for eps in scenario.endpoint_slices_for(svc):
+        if (eps.address_type == "IPv4") != (family == 4):
+            continue
+        ports = [p for p in eps.ports if p.name == port_name and p.protocol == protocol]
+        for ep_port in ports:
+            if ep_port.port is None:
+                continue
+            for ep in eps.endpoints:
+                state = _endpoint_state(ep.ready, ep.serving, ep.terminating)
+                if state is None:
+                    continue
+                for addr in ep.addresses:
+                    b = Backend(addr, ep_port.port, protocol, state, ep.node_name)
+                    # The same endpoint in two slices: the more serving state wins.
+                    prev = out.get(b.key)
+                    if prev is None or prev.state != ACTIVE:
+                        out[b.key] = b
+    return tuple(sorted(out.values()))
+
+
+def _service_frontends(scenario: Scenario, svc: Service,
+                       nodes: Mapping[str, tuple[IPAddress, ...]]) -> list[Frontend]:
+    if svc.headless:
+        return []
+    timeout = svc.affinity_timeout_seconds if svc.session_affinity == "ClientIP" else 0
+    maglev = svc.meta.annotations.get(LB_ALGORITHM_ANNOTATION, "").lower() == "maglev"
+    out = []
+    for sp in svc.ports:
+        for ip in svc.cluster_ips:
+            backends = _backends_for(scenario, svc, ip.version, sp.name, sp.protocol)
+            out.append(Frontend(svc.ref, sp.name, "ClusterIP", ip, sp.port, sp.protocol,
+                                backends, timeout, maglev))
+            for ext in svc.external_ips:
+                if ext.version == ip.version:
+                    out.append(Frontend(svc.ref, sp.name, "ExternalIP", ext, sp.port,
+                                        sp.protocol, backends, timeout, maglev))
+            if sp.node_port is None or svc.type not in ("NodePort", "LoadBalancer"):
+                continue
+            local = svc.external_traffic_policy == "Local"
+            for node, addrs in sorted(nodes.items()):
+                for addr in addrs:
+                    if addr.version != ip.version:
+                        continue
+                    chosen = tuple(b for b in backends if b.node == node) if local else backends
+                    out.append(Frontend(svc.ref, sp.name, "NodePort", addr, sp.node_port,
+                                        sp.protocol, chosen, timeout, maglev, local))
+    return out
+
+
+def _hostport_frontends(scenario: Scenario,
+                        nodes: Mapping[str, tuple[IPAddress, ...]]) -> list[Frontend]:
+    out = []
+    for pod in scenario.pods:
+        if pod.host_network or not pod.node_name:
+            continue
+        for cp in pod.container_ports:
+            if not cp.host_port:
+                continue
+            for pod_ip in pod.pod_ips:
+                host = next((a for a in ([pod.host_ip] if pod.host_ip else [])
+                             + list(nodes.get(pod.node_name, ())) if a.version == pod_ip.version),
+                            None)
+                if host is None:
+                    continue
+                be = Backend(pod_ip, cp.container_port, cp.protocol, ACTIVE, pod.node_name)
+                out.append(Frontend(pod.ref, cp.name, "HostPort", host, cp.host_port,
+                                    cp.protocol, (be,)))
+    return out
+
+
+class LbStateError(ValueError):
+    """Two objects claim the same frontend."""
+
+
+def desired_state(scenario: Scenario,
+                  nodes: Mapping[str, tuple[IPAddress, ...]] | None = None) -> LbState:
+    """Every frontend the scenario's objects ask for."""
+    nodes = node_addresses(scenario) if nodes is None else nodes
+    frontends: dict[tuple, Frontend] = {}
+    for f in [fe for svc in scenario.services for fe in _service_frontends(scenario, svc, nodes)] \
+            + _hostport_frontends(scenario, nodes):
+        prev = frontends.get(f.key)
+        if prev is not None:
+            raise LbStateError(f"{f.type} {_fmt(f.key)} of {f.service} is already "
+                               f"{prev.type} of {prev.service}")
+        frontends[f.key] = f
+    return LbState(tuple(frontends.values()))
+
+
+def _fmt(key: tuple) -> str:
+    addr, port, proto = key
+    host = f"[{addr}]" if isinstance(addr, ipaddress.IPv6Address) else str(addr)
+    return f"{host}:{port}/{proto}"
+
+
+def format_frontend(f: Frontend) -> str:
+    return _fmt(f.key)
