@@ -16,7 +16,7 @@ TEST_SRCS  := $(wildcard tests/bpf/*.bpf.c)
 BPF_OBJS   := $(patsubst bpf_src/%.bpf.c,$(BPF_OUT)/%.bpf.o,$(BPF_SRCS))
 TEST_OBJS  := $(patsubst tests/bpf/%.bpf.c,$(BPF_OUT)/tests/%.bpf.o,$(TEST_SRCS))
 
-BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Wextra -Werror \
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -fno-strict-aliasing -Wall -Wextra -Werror \
               -Wno-unused-parameter -I$(BUILD) -Ibpf_src -MMD -MP
 
 PYTEST_ARGS ?=
@@ -52,12 +52,12 @@ $(VMLINUX_H):
 	@echo "  BTF     $@"
 	$(Q)$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
-$(BPF_OUT)/%.bpf.o: bpf_src/%.bpf.c $(VMLINUX_H)
+$(BPF_OUT)/%.bpf.o: bpf_src/%.bpf.c $(VMLINUX_H) Makefile
 	$(Q)mkdir -p $(dir $@)
 	@echo "  BPF     $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
-$(BPF_OUT)/tests/%.bpf.o: tests/bpf/%.bpf.c $(VMLINUX_H)
+$(BPF_OUT)/tests/%.bpf.o: tests/bpf/%.bpf.c $(VMLINUX_H) Makefile
 	$(Q)mkdir -p $(dir $@)
 	@echo "  BPF     $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@

@@ -278,19 +278,6 @@ static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta 
 	}
 }
 
-static __always_inline int parse_skb(struct __sk_buff *skb, struct pkt_meta *m)
-{
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
-
-	/* Headers may sit outside the linear part of a real skb. */
-	if (data + 128 > data_end && data_end - data < skb->len) {
-		bpf_skb_pull_data(skb, 128);
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
-	return parse_packet(data, data_end, m);
-}
-
 SEC("tc")
 int from_container(struct __sk_buff *skb)
 {

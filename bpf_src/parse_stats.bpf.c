@@ -18,10 +18,6 @@ char LICENSE[] SEC("license") = "GPL";
 /* Set before load by the harness (Collection.load(rodata=...)). */
 const volatile bool drop_malformed = false;
 
-/* Linear bytes wanted before parsing: Ethernet + VLAN + IPv6 + 4 extension
- * headers' common case + TCP with options. */
-#define PARSE_PULL_LEN 128
-
 static __always_inline void count(enum stat_class cls, __u32 bytes)
 {
 	__u32 key = cls;
@@ -76,12 +72,14 @@ static __always_inline int classify(void *data, void *data_end, __u32 len)
 SEC("tc")
 int tc_parse_stats(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data, *data_end;
 	int ret;
 
 	/* A real skb may carry headers outside its linear part; test_run's never does. */
-	if (data + PARSE_PULL_LEN > data_end && data_end - data < skb->len) {
-		bpf_skb_pull_data(skb, PARSE_PULL_LEN);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + CB_PARSE_PULL_LEN > data_end && data_end - data < skb->len) {
+		bpf_skb_pull_data(skb, CB_PARSE_PULL_LEN);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}

@@ -135,3 +135,32 @@ class CtEntry(CStruct):
                 ("rx_bytes", c_uint64), ("lifetime", c_uint32), ("created", c_uint32),
                 ("backend_id", c_uint32), ("rev_nat_index", c_uint32), ("src_sec_id", c_uint32),
                 ("flags", c_uint16), ("tx_flags_seen", c_uint8), ("rx_flags_seen", c_uint8)]
+
+
+# --- lib/sock_lb.h (socket LB: reverse-socket maps) ---------------------------------
+# Appended by the socket-LB work; keys: (socket cookie, backend, backend port),
+# values: (frontend, frontend port, rev_nat_index).
+
+class Sock4RevnatKey(CStruct):
+    _c_name_ = "sock4_revnat_key"
+    _fields_ = [("cookie", c_uint64), ("address", c_uint32), ("port", c_uint16), ("pad", c_uint16)]
+
+
+class Sock4RevnatVal(CStruct):
+    _c_name_ = "sock4_revnat_val"
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("pad", c_uint16),
+                ("rev_nat_index", c_uint32)]
+
+
+class Sock6RevnatKey(CStruct):
+    _c_name_ = "sock6_revnat_key"
+    _fields_ = [("cookie", c_uint64), ("address", V6Addr), ("port", c_uint16),
+                ("pad", c_uint8 * 6)]
+
+
+class Sock6RevnatVal(CStruct):
+    _c_name_ = "sock6_revnat_val"
+    _fields_ = [("address", V6Addr), ("port", c_uint16), ("pad", c_uint16),
+                ("rev_nat_index", c_uint32)]
+
+# --- end lib/sock_lb.h ----------------------------------------------------------------

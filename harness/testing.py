@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import IPv6, _ICMPv6
+from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror, UDPerror
+from scapy.layers.inet6 import IPerror6, _ICMPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
@@ -46,22 +46,28 @@ def run_scapy(runner: Runner, pkt: Packet | bytes, repeat: int = 1) -> ScapyRun:
 
 
 _CHECKSUMMED = (IP, TCP, UDP, ICMP, _ICMPv6)
+_QUOTED = (IPerror, TCPerror, UDPerror, ICMPerror, IPerror6)
 
 
-def checksum_errors(pkt: Packet) -> list[str]:
+def checksum_errors(pkt: Packet, quoted: bool = False) -> list[str]:
     """Layers whose checksum differs from what scapy computes for the same bytes.
 
-    Empty list means every IPv4/TCP/UDP/ICMP/ICMPv6 checksum in the packet is valid.
+    Empty list means every IPv4/TCP/UDP/ICMP/ICMPv6 checksum in the packet is
+    valid.  The packet an ICMP error quotes is left out unless *quoted* (it is
+    usually cut short, so its L4 checksum cannot be recomputed).
     """
     raw = bytes(pkt)
     parsed = Ether(raw)
     fresh = Ether(raw)
+    def checked(layer) -> bool:
+        return (isinstance(layer, _CHECKSUMMED) and hasattr(layer, "chksum")
+                and (quoted or not isinstance(layer, _QUOTED)))
     for layer in fresh.iterpayloads():
-        if isinstance(layer, _CHECKSUMMED) and hasattr(layer, "chksum"):
+        if checked(layer):
             layer.chksum = None
     recomputed = Ether(bytes(fresh))
     errors = []
     for have, want in zip(parsed.iterpayloads(), recomputed.iterpayloads()):
-        if isinstance(have, _CHECKSUMMED) and hasattr(have, "chksum") and have.chksum != want.chksum:
+        if checked(have) and have.chksum != want.chksum:
             errors.append(f"{have.name} checksum {have.chksum:#06x}, expected {want.chksum:#06x}")
     return errors

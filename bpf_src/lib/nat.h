@@ -299,11 +299,39 @@ static __always_inline int icmp6_error_inner(void *data, void *data_end,
 	return 0;
 }
 
+/* The quoted L4 checksum, if the quote reaches it: account for the new
+ * destination address and port, and carry its change into the ICMP checksum. */
+static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end,
+						 const struct icmp_inner *in, __sum16 *icmp_check,
+						 __be32 old4, __be32 new4, const union v6addr *old6,
+						 const union v6addr *new6, __be16 old_port,
+						 __be16 new_port)
+{
+	int off = l4_csum_off(in->proto);
+	__sum16 *check, before;
+
+	if (off < 0)
+		return;
+	check = data + PKT_OFF(in->l4_off) + off;
+	if ((void *)(check + 1) > data_end)
+		return;
+	if (in->proto == IPPROTO_UDP && *check == 0 && !old6)
+		return;
+	before = *check;
+	if (old6)
+		csum_replace16(check, old6, new6);
+	else
+		csum_replace4(check, old4, new4);
+	csum_replace2(check, old_port, new_port);
+	csum_replace2(icmp_check, before, *check);
+}
+
 /* Reverse-translate an ICMP error about a service flow: the quoted packet
  * went client -> backend; make it read client -> frontend, and make the
- * error come from the frontend if the backend sent it.  The quoted L4
- * checksum is left alone (it is usually truncated and nobody verifies it);
- * the quoted IP header's checksum and the ICMP checksum are fixed. */
+ * error come from the frontend if the backend sent it.  Every checksum the
+ * rewrite touches is fixed: the outer IP header's, the quoted IP header's,
+ * the quoted L4 header's when it was quoted far enough to hold it, and the
+ * ICMP checksum over all of that. */
 static __always_inline int nat4_rewrite_icmp_error(struct __sk_buff *skb,
 						   const struct pkt_meta *m,
 						   const struct icmp_inner *in,
@@ -331,6 +359,8 @@ static __always_inline int nat4_rewrite_icmp_error(struct __sk_buff *skb,
 	/* The ICMP checksum covers the whole quoted packet. */
 	csum_replace4(&ic->checksum, old_inner_daddr, vip);
 	csum_replace2(&ic->checksum, old_inner_check, inner->check);
+	__icmp_fix_quoted_l4(data, data_end, in, &ic->checksum, old_inner_daddr, vip, NULL, NULL,
+			     *inner_dport, vport);
 	csum_replace2(&ic->checksum, *inner_dport, vport);
 	*inner_dport = vport;
 	return 0;
@@ -360,6 +390,8 @@ static __always_inline int nat6_rewrite_icmp_error(struct __sk_buff *skb,
 	}
 	csum_replace16(&ic->icmp6_cksum, &old_inner_daddr, vip);
 	__builtin_memcpy(&inner->daddr, vip, sizeof(*vip));
+	__icmp_fix_quoted_l4(data, data_end, in, &ic->icmp6_cksum, 0, 0, &old_inner_daddr, vip,
+			     *inner_dport, vport);
 	csum_replace2(&ic->icmp6_cksum, *inner_dport, vport);
 	*inner_dport = vport;
 	return 0;

@@ -219,4 +219,22 @@ static __always_inline int parse_packet(void *data, void *data_end, struct pkt_m
 	return 0;
 }
 
+/* Linear bytes wanted before parsing an skb: Ethernet, a VLAN tag, IPv6 with
+ * common extension headers, and TCP with options. */
+#define CB_PARSE_PULL_LEN	128
+
+/* parse_packet() on an skb, first pulling headers that a real (non-linear)
+ * skb may hold outside its linear part; test_run's skbs are always linear. */
+static __always_inline int parse_skb(struct __sk_buff *skb, struct pkt_meta *m)
+{
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+
+	if (data + CB_PARSE_PULL_LEN > data_end && data_end - data < skb->len) {
+		bpf_skb_pull_data(skb, CB_PARSE_PULL_LEN);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	return parse_packet(data, data_end, m);
+}
+
 #endif /* CB_PARSE_H */

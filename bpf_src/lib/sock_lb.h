@@ -37,6 +37,7 @@
 #ifndef CB_SOCK_LB_H
 #define CB_SOCK_LB_H
 
+#include <bpf/bpf_endian.h>
 #include "lib/common.h"
 #include "lib/lb.h"
 

@@ -53,7 +53,8 @@ class Collection:
     def load(cls, path: str, rodata: dict[str, Any] | None = None,
              mirrors: dict[str, type] | None = None,
              max_entries: dict[str, int] | None = None,
-             programs: list[str] | None = None) -> "Collection":
+             programs: list[str] | None = None,
+             pin_dir: str | None = None) -> "Collection":
         """Load the object at *path*.
 
         rodata: values for ``const volatile`` globals, by variable name.
@@ -62,6 +63,10 @@ class Collection:
             StructMismatchError before anything reaches the kernel.
         max_entries: resize maps before load, by map name.
         programs: load only these programs (others are left out).
+        pin_dir: share maps through this bpffs directory: a map already pinned
+            there under its name is reused (libbpf checks it is compatible),
+            any other is created and pinned, so every collection loaded with
+            the same pin_dir works on the same maps.
         """
         if not os.path.isfile(path):
             raise BpfError(f"open object {path}", _errno.ENOENT,
@@ -75,13 +80,15 @@ class Collection:
             raise BpfError(f"open object {path}", L.errno_now() or _errno.EINVAL,
                            log.text.strip().splitlines()[-1] if log.text.strip() else "")
         try:
-            return cls._load_opened(path, obj, rodata or {}, mirrors, max_entries or {}, programs)
+            return cls._load_opened(path, obj, rodata or {}, mirrors, max_entries or {}, programs,
+                                    pin_dir)
         except BaseException:
             L.bpf_object__close(obj)
             raise
 
     @classmethod
-    def _load_opened(cls, path, obj, rodata, mirrors, max_entries, wanted) -> "Collection":
+    def _load_opened(cls, path, obj, rodata, mirrors, max_entries, wanted,
+                     pin_dir) -> "Collection":
         btf = Btf(L.bpf_object__btf(obj))
         checked = check_registered(btf, mirrors)
         map_handles = _walk(L.bpf_object__next_map, obj)
@@ -95,6 +102,15 @@ class Collection:
                 raise ConfigError(f"{os.path.basename(path)}: max_entries for unknown map {name}")
             if L.bpf_map__set_max_entries(handle, entries) < 0:
                 raise BpfError(f"resize map {name}", L.errno_now() or _errno.EINVAL)
+        if pin_dir is not None:
+            os.makedirs(pin_dir, exist_ok=True)
+            for handle in map_handles:
+                if L.bpf_map__is_internal(handle):
+                    continue        # .rodata/.bss belong to the object, not the node
+                name = L.bpf_map__name(handle).decode()
+                rc = L.bpf_map__set_pin_path(handle, os.path.join(pin_dir, name).encode())
+                if rc < 0:
+                    raise BpfError(f"set pin path of map {name}", -rc)
         if wanted is not None:
             names = {L.bpf_program__name(p).decode(): p for p in prog_handles}
             unknown = set(wanted) - names.keys()

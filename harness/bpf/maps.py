@@ -128,9 +128,10 @@ class Map:
                              f"got {len(values)}")
         buf = ctypes.create_string_buffer(self._value_stride * self.ncpus)
         for cpu, item in enumerate(values):
+            # Keep the converted value referenced until memmove has read it.
+            converted = self._to_c(item, self.value_type, self.value_size, "value")
             ctypes.memmove(ctypes.addressof(buf) + cpu * self._value_stride,
-                           ctypes.addressof(self._to_c(item, self.value_type, self.value_size,
-                                                       "value")), self.value_size)
+                           ctypes.addressof(converted), self.value_size)
         return buf
 
     def _decode_value(self, buf):
@@ -220,8 +221,11 @@ class Map:
     def _pack(self, items: Sequence, ctype: type, size: int, what: str):
         buf = ctypes.create_string_buffer(size * len(items))
         for i, item in enumerate(items):
-            ctypes.memmove(ctypes.addressof(buf) + i * size,
-                           ctypes.addressof(self._to_c(item, ctype, size, what)), size)
+            if isinstance(item, (bytes, bytearray)) and len(item) == size:
+                ctypes.memmove(ctypes.addressof(buf) + i * size, bytes(item), size)
+                continue
+            converted = self._to_c(item, ctype, size, what)   # referenced until copied
+            ctypes.memmove(ctypes.addressof(buf) + i * size, ctypes.addressof(converted), size)
         return buf
 
     def update_batch(self, keys: Sequence, values: Sequence, flags: int = ANY) -> int:

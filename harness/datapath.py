@@ -1,0 +1,106 @@
+"""Loading the datapath objects the way a node runs them.
+
+A node's programs (``lxc`` on every pod veth, ``netdev`` on the external
+device) share one set of maps: services, backends, conntrack, NAT.  Loaded
+with a node name, every map is pinned by name under
+``/sys/fs/bpf/chainbench/<node>/`` and every further object of that node
+reuses it; loaded without one (tests, test-run), each collection has maps of
+its own.  The ``const volatile`` configuration (service CIDRs, the node's
+address and pod CIDR) comes from the address plan.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any
+
+from harness import addressing, bpffs, paths, programming
+from harness.bpf import Collection
+from harness.structs import V6Addr, be32
+
+#: Map sizes for large scales (bench): frontends + slots, backends, ...
+SCALE_MAPS = ("cb_lb4_services", "cb_lb6_services", "cb_lb4_backends", "cb_lb6_backends",
+              "cb_lb4_reverse_nat", "cb_lb6_reverse_nat", "cb_lb_stats")
+
+
+def _hi64(net: ipaddress.IPv6Network) -> int:
+    return int.from_bytes(net.network_address.packed[:8], "little")
+
+
+def _mask_hi64(net: ipaddress.IPv6Network) -> int:
+    return int.from_bytes(net.netmask.packed[:8], "little")
+
+
+def service_rodata() -> dict[str, Any]:
+    """Service CIDRs, so a miss inside them can be told from a non-service packet."""
+    v4, v6 = addressing.SERVICE_CIDR_V4, addressing.SERVICE_CIDR_V6
+    if v6.prefixlen < 64:
+        raise ValueError(f"IPv6 service CIDR {v6} must be /64 or longer")
+    return {
+        "service_net4": be32(v4.network_address), "service_mask4": be32(v4.netmask),
+        "service_net6_hi": _hi64(v6), "service_mask6_hi": _mask_hi64(v6),
+    }
+
+
+def node_rodata(node: str) -> dict[str, Any]:
+    """The node's own addresses and pod CIDR, for from_netdev."""
+    i = addressing.node_index(node)
+    pods4, pods6 = addressing.node_pod_cidr_v4(i), addressing.node_pod_cidr_v6(i)
+    return {
+        "node_ip4": be32(addressing.node_ip4(i)),
+        "node_ip6": bytes(V6Addr.of(addressing.node_ip6(i))),
+        "node_pod_net4": be32(pods4.network_address), "node_pod_mask4": be32(pods4.netmask),
+        "node_pod_net6_hi": _hi64(pods6),
+    }
+
+
+def rodata_for(obj: str, node: str | None = None) -> dict[str, Any]:
+    if obj == "lxc":
+        return service_rodata()
+    if obj == "netdev":
+        return {**service_rodata(), **(node_rodata(node) if node else {})}
+    return {}
+
+
+def pin_dir(node: str) -> str:
+    return bpffs.pin_path(node)
+
+
+def load(obj: str, node: str | None = None, pinned: bool = False,
+         max_entries: dict[str, int] | None = None, **rodata: Any) -> Collection:
+    """Load bpf_src/<obj>.bpf.c configured for *node*; with *pinned*, share the
+    node's maps through bpffs."""
+    values = {**rodata_for(obj, node), **rodata}
+    directory = pin_dir(node) if (pinned and node) else None
+    return Collection.load(str(paths.bpf_object(obj)), rodata=values or None,
+                           max_entries=max_entries, pin_dir=directory)
+
+
+def scaled_max_entries(frontends: int, backends_per_frontend: int) -> dict[str, int]:
+    """Map sizes that hold *frontends* x *backends_per_frontend* (with headroom)."""
+    slots = frontends * (backends_per_frontend + 1) + frontends  # slots + masters + VIPs
+    sizes = {"cb_lb4_services": slots, "cb_lb6_services": 1024,
+             "cb_lb4_backends": max(65536, frontends * backends_per_frontend),
+             "cb_lb6_backends": 1024,
+             "cb_lb4_reverse_nat": frontends + 1024, "cb_lb6_reverse_nat": 1024,
+             "cb_lb_stats": frontends + 1024}
+    return {k: max(v, 1024) for k, v in sizes.items()}
+
+
+def lb_control(coll: Collection):
+    """An LbControl for a loaded lxc/netdev collection, Maglev tables included."""
+    from harness.lb import maglev
+    from harness.lb.control import LbControl
+    return LbControl(coll.maps,
+                     maglev_install=lambda rid, ids: maglev.install_table(coll, rid, ids),
+                     maglev_remove=lambda rid: maglev.remove_table(coll, rid))
+
+
+@programming.register("service load balancing", "cb_lb4_services", "cb_lb6_services")
+def _program_lb(coll: Collection, scenario, endpoint) -> None:
+    from harness.lb.state import desired_state
+    lb_control(coll).apply(desired_state(scenario))
+
+
+def node_is_pinned(node: str) -> bool:
+    return os.path.isdir(os.path.join(bpffs.PIN_ROOT, node))
