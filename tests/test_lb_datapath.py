@@ -114,10 +114,11 @@ def test_no_backend_drops_with_no_service(load):
 
 
 def test_ping_to_vip_is_answered(dp):
-    req = K.eth() / IP(src=CLIENT4, dst=VIP, ttl=64) / ICMP(type=8, id=0x1234, seq=3) / b"ping!"
+    req = K.built(K.eth() / IP(src=CLIENT4, dst=VIP, ttl=17) / ICMP(type=8, id=0x1234, seq=3)
+                  / b"ping!")
     res, out = dp.run("from_container", req)
     assert res.verdict == "TC_ACT_REDIRECT"
-    assert (out[IP].src, out[IP].dst) == (VIP, CLIENT4)
+    assert (out[IP].src, out[IP].dst, out[IP].ttl) == (VIP, CLIENT4, 64)
     assert (out[ICMP].type, out[ICMP].code, out[ICMP].id, out[ICMP].seq) == (0, 0, 0x1234, 3)
     assert bytes(out[ICMP].payload) == b"ping!"
     assert (out.src, out.dst) == (req.dst, req.src)

@@ -167,19 +167,31 @@ def _timed(fn, *args) -> float:
 
 # --- disruption -------------------------------------------------------------------------------
 #
-# A removed backend's slots must move (1/N of them); Maglev also moves some
-# slots between surviving backends, because a survivor's preference list now
-# meets different filled slots.  Measured over 20 random backend sets each,
-# M = 16381 (changed slots / M, worst case):
+# A removed backend's slots must move (1/N of the table, the minimum); Maglev
+# also moves some slots between surviving backends, because a survivor's
+# preference list now meets different filled slots.  The paper promises
+# near-minimal, not minimal, disruption.  Changed slots / M, measured on the
+# 20 random backend sets each test below draws (M = 16381):
 #
-#   remove 1 of N:  N=3  0.337 (1/N 0.333)   N=10 0.112 (0.100)   N=50 0.033 (0.020)
-#   add 1 to N:     N=3  0.256 (1/(N+1) 0.250)  N=10 0.099 (0.091)  N=50 0.031 (0.020)
+#   remove 1 of N:  N=3  mean 0.3348 max 0.3499 (1/N 0.3333)
+#                   N=10 mean 0.1049 max 0.1067 (1/N 0.1000)
+#                   N=50 mean 0.0300 max 0.0314 (1/N 0.0200)
+#   add 1 to N:     N=3  mean 0.2515 max 0.2540 (1/(N+1) 0.2500)
+#                   N=10 mean 0.0960 max 0.0982 (1/(N+1) 0.0909)
+#                   N=50 mean 0.0299 max 0.0310 (1/(N+1) 0.0196)
 #
-# i.e. the excess over the minimum is at most ~1.3% of the table, growing with
-# N/M (the paper's advice is M >> N, at least 100x).  The bound asserted is
-# minimum + 2% of the table.
+# The excess grows with N/M (the paper asks for M >> N, at least 100x).  Over
+# 200 further sets the excess (beyond the removed backend's own slots) had
+# p99 0.5% (N=3), 1.2% (N=5), 1.1% (N=10), and 1.7% at N=50 (60 sets), with
+# one outlier of 7.9% at N=10: two backends had drawn the same skip, so they
+# walk the same cycle and push each other around when the turn order changes.
+# That happens with probability about N^2 / 2M (0.3% at N=10, 7% at N=50) and
+# is inherent in the paper's permutations (Cilium's tables share it).  The
+# bounds asserted: every set here within minimum + 2% of the table, and the
+# mean excess at most 1.5%.
 
 EXCESS = 0.02
+MEAN_EXCESS = 0.015
 
 
 def changed_fraction(before: list[int], before_keys: list, after: list[int],
@@ -190,21 +202,24 @@ def changed_fraction(before: list[int], before_keys: list, after: list[int],
 @pytest.mark.parametrize("n", [3, 10, 50])
 def test_removing_a_backend_moves_about_one_nth(n):
     rng = random.Random(n)
+    excess = []
     for _ in range(20):
         keys = random_backends(rng, n)
         table = maglev.build_table(keys)
         gone = rng.randrange(n)
         rest = keys[:gone] + keys[gone + 1:]
-        after = maglev.build_table(rest)
+        changed = changed_fraction(table, keys, maglev.build_table(rest), rest)
         owned = table.count(gone) / M
-        changed = changed_fraction(table, keys, after, rest)
         assert changed >= owned                       # the removed backend's slots all move
         assert changed <= 1 / n + EXCESS, (n, changed)
+        excess.append(changed - owned)
+    assert sum(excess) / len(excess) <= MEAN_EXCESS
 
 
 @pytest.mark.parametrize("n", [3, 10, 50])
 def test_adding_a_backend_moves_about_one_in_n_plus_one(n):
     rng = random.Random(100 + n)
+    excess = []
     for _ in range(20):
         keys = random_backends(rng, n + 1)
         added = keys.pop(rng.randrange(n + 1))
@@ -212,8 +227,11 @@ def test_adding_a_backend_moves_about_one_in_n_plus_one(n):
         grown = keys + [added]
         after = maglev.build_table(grown)
         changed = changed_fraction(table, keys, after, grown)
-        assert changed >= after.count(n) / M        # the new backend's slots all changed
+        gained = after.count(n) / M
+        assert changed >= gained                      # the new backend's slots all changed
         assert changed <= 1 / (n + 1) + EXCESS, (n, changed)
+        excess.append(changed - gained)
+    assert sum(excess) / len(excess) <= MEAN_EXCESS
 
 
 # --- the flow hash ----------------------------------------------------------------------------

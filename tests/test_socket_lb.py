@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cgroups, netns
+from harness import bpffs, cgroups, netns
 from harness.bpf import Collection, attach_cgroup, attach_tc
 from harness.cheaders import defines
 from harness.structs import (Lb4Backend, Lb4Key, Lb4ReverseNat, Lb6Backend, Lb6Key,
@@ -176,9 +177,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def socket_lb_env(sock_rodata: dict | None = None, tag: str = ""):
+def socket_lb_env(sock_rodata: dict | None = None, tag: str = "", pin_dir: str | None = None):
     """Namespaces, veth, backend servers, the sock collection programmed and attached
-    to a fresh cb- cgroup.  Everything is undone on exit, also on failure."""
+    to a fresh cb- cgroup (its maps shared through *pin_dir* if given).  Everything
+    is undone on exit, also on failure."""
     base = f"cb-slb{os.getpid()}{tag}"
     c, s = f"{base}-c", f"{base}-s"
     with contextlib.ExitStack() as stack:
@@ -213,7 +215,7 @@ def socket_lb_env(sock_rodata: dict | None = None, tag: str = ""):
         cg = cgroups.create(base)
         stack.callback(cgroups.remove, cg)
 
-        sock = Collection.load(str(object_path("sock")), rodata=sock_rodata)
+        sock = Collection.load(str(object_path("sock")), rodata=sock_rodata, pin_dir=pin_dir)
         stack.callback(sock.close)
         program_all(sock)
         for name in SOCK_PROGRAMS:
@@ -378,6 +380,24 @@ def test_per_packet_lb_does_not_translate_twice(env):
                 assert lb_packets(lxc, REV_TCP4) > 0
                 assert [t for t, _ in lxc.maps["cb_ct4"].items() if t.flags & CT_SERVICE]
                 assert lb_packets(env.sock, REV_TCP4) == 5
+
+
+def test_node_maps_shared_with_lxc_count_socket_lb():
+    """Loaded with a node's pin directory (harness.datapath.load(..., pinned=True)),
+    sock shares the service maps and cb_lb_stats with lxc: the node's counters, and
+    so `chainbench services`, include socket-LB translations."""
+    pins = bpffs.pin_path(f"cb-slb{os.getpid()}-node")
+    try:
+        with Collection.load(str(object_path("lxc")), pin_dir=pins) as lxc, \
+             socket_lb_env(pin_dir=pins) as e:
+            results = e.client("tcp", VIP4, count=3)          # programmed through sock ...
+            assert all(r["peer"] == [VIP4, VIP_PORT] for r in results)
+            assert lb_packets(lxc, REV_TCP4) == 3             # ... counted in the node's map
+            assert lxc.maps["cb_lb4_services"].get(
+                Lb4Key(address=be32(VIP4), dport=be16(VIP_PORT), proto=TCP)) is not None
+    finally:
+        shutil.rmtree(pins, ignore_errors=True)
+    assert not os.path.exists(pins)
 
 
 def test_cleanup_leaves_nothing_behind():

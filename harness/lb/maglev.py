@@ -24,6 +24,12 @@ Fast and Reliable Software Network Load Balancer" (NSDI 2016), section 3.4,
   giving a backend its next preferred slot that is still empty, until every
   slot is filled.  Each backend therefore gets floor(M/N) or ceil(M/N) slots.
 
+Disruption: removing one of N backends moves its own floor/ceil(M/N) slots
+and, typically, well under 2% of the table more (measured in
+tests/test_maglev.py: mean excess 0.15% at N=3, 0.5% at N=10, 1.0% at N=50
+for M=16381); two backends that draw the same skip (probability about
+N^2 / 2M) can move several percent more, as in the paper's scheme.
+
 Weights follow Cilium (pkg/maglev): a backend takes a turn only while its
 slot count stays within its share ``M * weight / sum(weights)``; otherwise the
 turn passes to the next backend.  Equal weights give exactly the unweighted
