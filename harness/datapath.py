@@ -92,7 +92,8 @@ def lb_control(coll: Collection):
     from harness.lb import maglev
     from harness.lb.control import LbControl
     return LbControl(coll.maps,
-                     maglev_install=lambda rid, ids: maglev.install_table(coll, rid, ids),
+                     maglev_install=lambda rid, ids, keys: maglev.install_table(
+                         coll, rid, ids, keys=keys),
                      maglev_remove=lambda rid: maglev.remove_table(coll, rid))
 
 

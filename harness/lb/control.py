@@ -29,7 +29,9 @@ from harness.bpf import BpfError, KeyNotFoundError, Map
 from harness.lb import entries as E
 from harness.lb.state import Frontend, LbState
 
-MaglevInstall = Callable[[int, list[int]], None]
+#: (rev_nat_index, backend ids, backend keys): the keys name backends in the
+#: Maglev permutation, so a table does not depend on how ids were assigned.
+MaglevInstall = Callable[[int, list[int], list[tuple]], None]
 MaglevRemove = Callable[[int], None]
 
 
@@ -91,7 +93,7 @@ class _Ids:
 class _Plan:
     # (phase, map name) -> {key: value or None (delete)}, executed in insertion order
     phases: dict[tuple[str, str], dict[bytes, bytes | None]] = field(default_factory=dict)
-    maglev_install: dict[int, list[int]] = field(default_factory=dict)
+    maglev_install: dict[int, tuple[list[int], list[tuple]]] = field(default_factory=dict)
     maglev_remove: list[int] = field(default_factory=list)
     records: dict[tuple, _FrontendRecord | None] = field(default_factory=dict)
     backend_ids: dict[tuple, int] = field(default_factory=dict)    # new or released (-id)
@@ -215,7 +217,8 @@ class LbControl:
             else:
                 rid = old.rev_nat_index
                 plan.stats.frontends_changed += 1
-            slot_ids = [ids[b.key] for b in f.selectable()]
+            selectable = f.selectable()
+            slot_ids = [ids[b.key] for b in selectable]
             new_entries = E.frontend_entries(f, rid, slot_ids)
             old_entries = old.entries if old else {}
             smap = E.services_map(f.family)
@@ -227,7 +230,7 @@ class LbControl:
                     plan.put("del-slots", smap, k, None)
             if f.maglev and slot_ids:
                 if not (old and old.frontend.maglev and old.backend_ids == slot_ids):
-                    plan.maglev_install[rid] = slot_ids
+                    plan.maglev_install[rid] = (slot_ids, [b.key for b in selectable])
             elif old is not None and old.frontend.maglev:
                 plan.maglev_remove.append(rid)
             plan.records[key] = _FrontendRecord(f, rid, slot_ids, new_entries)
@@ -271,11 +274,11 @@ class LbControl:
     def _execute(self, plan: _Plan, journal: list) -> None:
         for phase in _PHASES:
             if phase == "slots":
-                for rid, ids in plan.maglev_install.items():
+                for rid, (ids, keys) in plan.maglev_install.items():
                     if self._maglev_install is None:
                         raise ValueError("a Maglev service needs a datapath with Maglev tables")
                     journal.append(("maglev", rid, None))
-                    self._maglev_install(rid, ids)
+                    self._maglev_install(rid, ids, keys)
             if phase == "del-backends":
                 for rid in plan.maglev_remove:
                     if self._maglev_remove is not None:
