@@ -50,40 +50,29 @@ static __always_inline enum stat_class l4_class(__u8 proto)
 	}
 }
 
-/* Returns 0 to pass, or a negative drop reason. */
-static __always_inline int classify(void *data, void *data_end, __u32 len)
+/* Count a parsed packet; returns 0 to pass, or a negative drop reason. */
+static __always_inline int count_parsed(int ret, const struct pkt_meta *m, __u32 len)
 {
-	struct pkt_meta m = {};
-	int ret = parse_packet(data, data_end, &m);
-
 	if (ret < 0) {
 		count(STAT_MALFORMED, len);
 		return drop_malformed ? ret : 0;
 	}
-	count(l3_class(m.l3_proto), len);
-	if (m.flags & PKT_F_FRAGMENT)
+	count(l3_class(m->l3_proto), len);
+	if (m->flags & PKT_F_FRAGMENT)
 		count(STAT_FRAGMENT, len);
-	if ((m.l3_proto == ETH_P_IP || m.l3_proto == ETH_P_IPV6) &&
-	    !(m.flags & PKT_F_LATER_FRAGMENT))
-		count(l4_class(m.l4_proto), len);
+	if ((m->l3_proto == ETH_P_IP || m->l3_proto == ETH_P_IPV6) &&
+	    !(m->flags & PKT_F_LATER_FRAGMENT))
+		count(l4_class(m->l4_proto), len);
 	return 0;
 }
 
 SEC("tc")
 int tc_parse_stats(struct __sk_buff *skb)
 {
-	void *data, *data_end;
-	int ret;
+	struct pkt_meta m = {};
+	int ret = parse_skb(skb, &m);
 
-	/* A real skb may carry headers outside its linear part; test_run's never does. */
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	if (data + CB_PARSE_PULL_LEN > data_end && data_end - data < skb->len) {
-		bpf_skb_pull_data(skb, CB_PARSE_PULL_LEN);
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
-	ret = classify(data, data_end, skb->len);
+	ret = count_parsed(ret, &m, skb->len);
 	if (ret < 0)
 		return drop_packet(skb->len, -ret, CB_DIR_INGRESS);
 	return TC_ACT_OK;
@@ -93,7 +82,10 @@ SEC("xdp")
 int xdp_parse_stats(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
-	int ret = classify(data, data_end, data_end - data);
+	struct pkt_meta m = {};
+	int ret = parse_packet(data, data_end, data_end - data, &m);
+
+	ret = count_parsed(ret, &m, data_end - data);
 
 	if (ret < 0) {
 		drop_packet(data_end - data, -ret, CB_DIR_INGRESS);

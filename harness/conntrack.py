@@ -1,7 +1,8 @@
 """Reading and cleaning the conntrack maps (``chainbench ct list|flush|gc``).
 
-Entries carry absolute expiry times in monotonic seconds (the clock
-bpf_ktime_get_*ns() reads, CLOCK_MONOTONIC); ``gc`` deletes every entry whose
+Entries carry absolute expiry times in monotonic seconds (the clock the
+datapath reads: CLOCK_MONOTONIC_COARSE via bpf_ktime_get_coarse_ns, which
+may trail CLOCK_MONOTONIC by a tick); ``gc`` deletes every entry whose
 lifetime has passed, as Cilium's agent does on its GC interval.  The
 datapath already treats expired entries as absent; GC gives their slots back.
 """
@@ -25,9 +26,12 @@ _PROTOS = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6", 132: "SCTP"}
 _TCP_FLAGS = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"))
 
 
+_CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # Linux's value
+
+
 def now() -> int:
-    """Monotonic seconds, the clock of every lifetime in the maps."""
-    return int(time.clock_gettime(time.CLOCK_MONOTONIC))
+    """Monotonic seconds as the datapath reads them."""
+    return int(time.clock_gettime(_CLOCK_MONOTONIC_COARSE))
 
 
 @dataclass(frozen=True)

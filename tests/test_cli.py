@@ -111,9 +111,11 @@ def test_verifier_error_is_reported_not_traced(tmp_path, pcap):
 
 
 def test_programs_lists_objects():
-    out = chainbench("programs").stdout
-    assert "parse_stats  tc_parse_stats   sched_cls" in out
-    assert "empty        empty_xdp        xdp" in out
+    rows = [line.split() for line in chainbench("programs").stdout.splitlines()]
+    assert rows[0] == ["OBJECT", "PROGRAM", "TYPE"]
+    assert ["parse_stats", "tc_parse_stats", "sched_cls"] in rows
+    assert ["empty", "empty_xdp", "xdp"] in rows
+    assert ["lxc", "from_container", "sched_cls"] in rows
 
 
 def test_bench_micro_tiny(tmp_path):

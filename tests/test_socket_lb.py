@@ -214,8 +214,7 @@ def socket_lb_env(sock_rodata: dict | None = None, tag: str = "", pin_dir: str |
         cg = cgroups.create(base)
         stack.callback(cgroups.remove, cg)
 
-        sock = Collection.load(str(object_path("sock")), rodata=sock_rodata, pin_dir=pin_dir,
-                               mirrors={} if pin_dir else None)
+        sock = Collection.load(str(object_path("sock")), rodata=sock_rodata, pin_dir=pin_dir)
         stack.callback(sock.close)
         if pin_dir is None:
             program_all(sock)

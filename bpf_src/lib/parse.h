@@ -3,9 +3,13 @@
  * up to CB_IPV6_MAX_EXTHDRS extension headers), and the TCP, UDP, ICMP and
  * ICMPv6 headers, into a struct pkt_meta.  Every read is bounds-checked
  * against data_end; a packet whose headers are cut short or inconsistent is
- * reported as DROP_INVALID and never read past its end.
+ * reported as DROP_INVALID and never read past its end.  Lengths in the IP
+ * headers are checked against the whole packet (pkt_len), which may extend
+ * past data_end: a real skb keeps its payload in pages, outside the linear
+ * part the program can read directly.
  *
- * API: parse_packet(data, data_end, &meta) -> 0 or -DROP_INVALID
+ * API: parse_packet(data, data_end, pkt_len, &meta) -> 0 or -DROP_INVALID
+ *      parse_skb(skb, &meta)
  */
 #ifndef CB_PARSE_H
 #define CB_PARSE_H
@@ -91,7 +95,7 @@ static __always_inline int __parse_l4(void *data, void *l4, void *data_end,
 	return 0;
 }
 
-static __always_inline int __parse_ipv4(void *data, void *l3, void *data_end,
+static __always_inline int __parse_ipv4(void *data, void *l3, void *data_end, __u32 pkt_len,
 					struct pkt_meta *m)
 {
 	struct iphdr *ip4 = l3;
@@ -103,7 +107,7 @@ static __always_inline int __parse_ipv4(void *data, void *l3, void *data_end,
 	if (ip4->version != 4 || hlen < sizeof(*ip4))
 		return -DROP_INVALID;
 	if (l3 + hlen > data_end || bpf_ntohs(ip4->tot_len) < hlen ||
-	    l3 + bpf_ntohs(ip4->tot_len) > data_end)
+	    (l3 - data) + bpf_ntohs(ip4->tot_len) > pkt_len)
 		return -DROP_INVALID;
 	m->l4_proto = ip4->protocol;
 	m->saddr.p[0] = ip4->saddr;
@@ -121,7 +125,7 @@ static __always_inline int __parse_ipv4(void *data, void *l3, void *data_end,
 	return __parse_l4(data, l3 + hlen, data_end, m);
 }
 
-static __always_inline int __parse_ipv6(void *data, void *l3, void *data_end,
+static __always_inline int __parse_ipv6(void *data, void *l3, void *data_end, __u32 pkt_len,
 					struct pkt_meta *m)
 {
 	struct ipv6hdr *ip6 = l3;
@@ -132,7 +136,7 @@ static __always_inline int __parse_ipv6(void *data, void *l3, void *data_end,
 	if ((void *)(ip6 + 1) > data_end)
 		return -DROP_INVALID;
 	if (ip6->version != 6 ||
-	    (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > data_end)
+	    (l3 - data) + sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > pkt_len)
 		return -DROP_INVALID;
 	__builtin_memcpy(&m->saddr, &ip6->saddr, sizeof(m->saddr));
 	__builtin_memcpy(&m->daddr, &ip6->daddr, sizeof(m->daddr));
@@ -192,7 +196,8 @@ done:
 	return __parse_l4(data, cursor, data_end, m);
 }
 
-static __always_inline int parse_packet(void *data, void *data_end, struct pkt_meta *m)
+static __always_inline int parse_packet(void *data, void *data_end, __u32 pkt_len,
+					struct pkt_meta *m)
 {
 	struct ethhdr *eth = data;
 	void *l3 = eth + 1;
@@ -213,9 +218,9 @@ static __always_inline int parse_packet(void *data, void *data_end, struct pkt_m
 	m->l3_proto = proto;
 	m->l3_off = (__u16)(l3 - data);
 	if (proto == ETH_P_IP)
-		return __parse_ipv4(data, l3, data_end, m);
+		return __parse_ipv4(data, l3, data_end, pkt_len, m);
 	if (proto == ETH_P_IPV6)
-		return __parse_ipv6(data, l3, data_end, m);
+		return __parse_ipv6(data, l3, data_end, pkt_len, m);
 	return 0;
 }
 
@@ -230,11 +235,12 @@ static __always_inline int parse_skb(struct __sk_buff *skb, struct pkt_meta *m)
 	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 
 	if (data + CB_PARSE_PULL_LEN > data_end && data_end - data < skb->len) {
-		bpf_skb_pull_data(skb, CB_PARSE_PULL_LEN);
+		/* Pulling more than the packet holds fails: ask for what there is. */
+		bpf_skb_pull_data(skb, skb->len < CB_PARSE_PULL_LEN ? skb->len : CB_PARSE_PULL_LEN);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}
-	return parse_packet(data, data_end, m);
+	return parse_packet(data, data_end, skb->len, m);
 }
 
 #endif /* CB_PARSE_H */

@@ -120,6 +120,10 @@ class Collection:
             for name, handle in names.items():
                 L.bpf_program__set_autoload(handle, name in wanted)
 
+        # Read the maps' BTF type ids now: once a pinned map is reused, libbpf
+        # reports the ids of the object that created it, not of this one.
+        type_ids = {h: (L.bpf_map__btf_key_type_id(h), L.bpf_map__btf_value_type_id(h))
+                    for h in map_handles}
         with L.captured_log() as log:
             rc = L.bpf_object__load(obj)
         if rc < 0:
@@ -130,7 +134,7 @@ class Collection:
 
         maps = {}
         for handle in map_handles:
-            m = _make_map(btf, handle, mirrors)
+            m = _make_map(btf, handle, mirrors, *type_ids[handle])
             maps[m.name] = m
         programs = {}
         for handle in prog_handles:
@@ -227,10 +231,11 @@ def _btf_ctype(btf: Btf, type_id: int, size: int, mirrors: dict[str, type]) -> t
     return None
 
 
-def _make_map(btf: Btf, handle: int, mirrors: dict[str, type]) -> Map:
+def _make_map(btf: Btf, handle: int, mirrors: dict[str, type], key_type_id: int,
+              value_type_id: int) -> Map:
     key_size, value_size = L.bpf_map__key_size(handle), L.bpf_map__value_size(handle)
-    key_type = _btf_ctype(btf, L.bpf_map__btf_key_type_id(handle), key_size, mirrors)
-    value_type = _btf_ctype(btf, L.bpf_map__btf_value_type_id(handle), value_size, mirrors)
+    key_type = _btf_ctype(btf, key_type_id, key_size, mirrors)
+    value_type = _btf_ctype(btf, value_type_id, value_size, mirrors)
     name = L.bpf_map__name(handle).decode()
     if key_type is not None and ctypes.sizeof(key_type) != key_size:
         raise StructMismatchError(f"map {name}: key type is {ctypes.sizeof(key_type)} bytes, "

@@ -100,6 +100,8 @@ class _Plan:
     refs: dict[int, int] = field(default_factory=dict)
     fe_ids: _Ids | None = None
     be_ids: _Ids | None = None
+    freed_fe_ids: list[int] = field(default_factory=list)
+    freed_be_ids: list[int] = field(default_factory=list)
     stats: ApplyStats = field(default_factory=ApplyStats)
 
     def put(self, phase: str, mapname: str, key: bytes, value: bytes | None) -> None:
@@ -193,7 +195,9 @@ class LbControl:
                 if f.maglev:
                     plan.maglev_remove.append(rec.rev_nat_index)
                 plan.records[key] = None
-                plan.fe_ids.give(rec.rev_nat_index)
+                # Freed at commit, not now: reused within this plan, the id's
+                # new entries would be written before the old ones are deleted.
+                plan.freed_fe_ids.append(rec.rev_nat_index)
                 plan.stats.frontends_removed += 1
 
         for key, f in want.items():
@@ -242,7 +246,7 @@ class LbControl:
                 bkey = by_id[bid]
                 plan.put("del-backends", E.backends_map(bkey[0].version), E.u32(bid), None)
                 plan.backend_ids[bkey] = -bid
-                plan.be_ids.give(bid)
+                plan.freed_be_ids.append(bid)
         plan.refs = refs
         self._plan_vips(plan)
         plan.stats.maglev_tables = len(plan.maglev_install)
@@ -340,6 +344,10 @@ class LbControl:
             if count > 0:
                 self._refs[bid] = count
         self._fe_ids, self._be_ids = plan.fe_ids, plan.be_ids
+        for rid in plan.freed_fe_ids:
+            self._fe_ids.give(rid)
+        for bid in plan.freed_be_ids:
+            self._be_ids.give(bid)
 
 
 def _slot_of(family: int, key: bytes) -> int:
