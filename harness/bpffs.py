@@ -41,3 +41,9 @@ def pin_path(*parts: str) -> str:
     if os.path.commonpath([root, os.path.realpath(path)]) != root:
         raise BpffsError(f"pin path {path} escapes {root}")
     return path
+
+
+def prune() -> None:
+    """Remove the project's pin root if nothing is pinned below it any more."""
+    if os.path.isdir(PIN_ROOT) and not os.listdir(PIN_ROOT):
+        os.rmdir(PIN_ROOT)

@@ -58,7 +58,7 @@ def _parse_rodata(items: list[str]) -> dict:
 
 
 def cmd_test_run(args) -> int:
-    from harness import programming, testrun
+    from harness import datapath, programming, testrun
     from harness.bpf import Collection
     obj, prog = testrun.resolve_program(args.program)
     scenario = endpoint = None
@@ -72,7 +72,10 @@ def cmd_test_run(args) -> int:
     if args.repeat < 1:
         raise UsageError("--repeat must be >= 1")
     packets = list(testrun.read_pcap(args.pcap))
-    with Collection.load(str(obj), rodata=_parse_rodata(args.rodata)) as coll:
+    node = endpoint.node_name if endpoint is not None else None
+    rodata = {**datapath.rodata_for(obj.name.removesuffix(".bpf.o"), node),
+              **_parse_rodata(args.rodata)}
+    with Collection.load(str(obj), rodata=rodata or None) as coll:
         if scenario is not None:
             programming.program_maps(coll, scenario, endpoint)
         runner = testrun.Runner(coll, prog)
@@ -133,6 +136,75 @@ def _with_progress(work, description: str):
 def _stderr_console():
     from rich.console import Console
     return Console(stderr=True)
+
+
+def cmd_lb_apply(args) -> int:
+    from harness import datapath
+    from harness.lb.state import desired_state
+    from harness.scenario import load_scenario
+    scenario = load_scenario(args.file)
+    state = desired_state(scenario)
+    node = args.node
+    with datapath.load("lxc", node, pinned=True) as coll:
+        control = datapath.lb_control(coll)
+        restored = control.restore()
+        stats = control.apply(state)
+    print(f"{node}: {len(state.frontends)} frontends from {args.file}"
+          f"{f' ({restored} restored from the maps)' if restored else ''}; {stats}")
+    return EXIT_OK
+
+
+def _pinned_maps(args):
+    from harness import datapath
+    return datapath.open_pinned(datapath.resolve_node(args.node))
+
+
+def cmd_services(args) -> int:
+    from harness.lb import listing
+    maps = _pinned_maps(args)
+    try:
+        rows = listing.read_services(maps)
+    finally:
+        for m in maps.values():
+            m.close()
+    if args.output == "json":
+        print(json.dumps([r.to_json() for r in rows], indent=1))
+    else:
+        _print_table(("ID", "FRONTEND", "SERVICE TYPE", "BACKEND", "PACKETS", "BYTES"),
+                     listing.format_table(rows))
+    return EXIT_OK
+
+
+def cmd_ct(args) -> int:
+    from harness import conntrack
+    maps = _pinned_maps(args)
+    try:
+        if args.ct_command == "list":
+            records = list(conntrack.records(maps))
+            if args.output == "json":
+                print(json.dumps([r.to_json() for r in records], indent=1))
+                return EXIT_OK
+            rows = [(f"{r.protocol}", r.direction,
+                     f"{_hostport(r.saddr, r.sport)} -> {_hostport(r.daddr, r.dport)}",
+                     f"{r.expires_in}s", f"{r.tx_packets}/{r.rx_packets}",
+                     str(r.rev_nat_index or ""), ",".join(r.flags), r.tcp_flags_seen)
+                    for r in records]
+            _print_table(("PROTO", "DIR", "TUPLE", "EXPIRES", "PKTS TX/RX", "REVNAT", "FLAGS",
+                          "TCP FLAGS"), rows)
+        elif args.ct_command == "gc":
+            removed = conntrack.gc(maps)
+            print(", ".join(f"{name}: {n} expired entries removed" for name, n in removed.items()))
+        else:
+            removed = conntrack.flush(maps)
+            print(", ".join(f"{name}: {n} entries removed" for name, n in removed.items()))
+    finally:
+        for m in maps.values():
+            m.close()
+    return EXIT_OK
+
+
+def _hostport(addr, port: int) -> str:
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
 def cmd_scenario_check(args) -> int:
@@ -211,6 +283,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("files", nargs="+")
     c.set_defaults(func=cmd_scenario_check)
 
+    p = sub.add_parser("lb", help="program the service load balancer of a node")
+    lsub = p.add_subparsers(dest="lb_command", required=True, metavar="COMMAND")
+    c = lsub.add_parser("apply", help="program a node's pinned LB maps from a scenario "
+                                      "(only the differences are written)")
+    c.add_argument("-f", "--file", required=True, help="scenario YAML")
+    c.add_argument("--node", default="cb-node0", help="node whose maps to program (cb-node0)")
+    c.set_defaults(func=cmd_lb_apply)
+
+    p = sub.add_parser("services", help="list services as the LB maps hold them "
+                                        "(like `cilium service list`)")
+    p.add_argument("--node", help="node (default: the only node with pinned maps)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_services)
+
+    p = sub.add_parser("ct", help="conntrack entries of a node")
+    p.add_argument("ct_command", choices=["list", "flush", "gc"],
+                   help="list entries, delete all, or delete expired ones")
+    p.add_argument("--node", help="node (default: the only node with pinned maps)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_ct)
+
     p = sub.add_parser("down", help="remove every namespace, cgroup and pin chainbench left behind")
     p.set_defaults(func=cmd_down)
     return parser
@@ -219,14 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
+    from harness.datapath import NodeNotFound
+    from harness.lb.control import LbApplyError
+    from harness.lb.state import LbStateError
     from harness.testrun import PcapError, ProgramNotFound
+    from harness.addressing import AddressPlanError
     from harness.scenario import ScenarioError
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, ScenarioError, ProgramNotFound, PcapError, ConfigError) as exc:
+    except (UsageError, ScenarioError, ProgramNotFound, PcapError, ConfigError, NodeNotFound,
+            LbStateError, AddressPlanError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except VerifierError as exc:
@@ -236,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("       (run with -v for the verifier log)", file=sys.stderr)
         return EXIT_FAIL
-    except (BpfError, StructMismatchError) as exc:
+    except (BpfError, StructMismatchError, LbApplyError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except BrokenPipeError:

@@ -103,5 +103,55 @@ def _program_lb(coll: Collection, scenario, endpoint) -> None:
     lb_control(coll).apply(desired_state(scenario))
 
 
-def node_is_pinned(node: str) -> bool:
-    return os.path.isdir(os.path.join(bpffs.PIN_ROOT, node))
+def pinned_nodes() -> list[str]:
+    """Nodes whose datapath maps are pinned."""
+    if not os.path.isdir(bpffs.PIN_ROOT):
+        return []
+    return sorted(n for n in os.listdir(bpffs.PIN_ROOT)
+                  if os.path.isdir(os.path.join(bpffs.PIN_ROOT, n)))
+
+
+def _pinned_types() -> dict[str, tuple[type, type]]:
+    import ctypes
+
+    from harness import structs as S
+    u32 = ctypes.c_uint32
+    return {
+        "cb_lb4_services": (S.Lb4Key, S.LbService), "cb_lb6_services": (S.Lb6Key, S.LbService),
+        "cb_lb4_backends": (u32, S.Lb4Backend), "cb_lb6_backends": (u32, S.Lb6Backend),
+        "cb_lb4_reverse_nat": (u32, S.Lb4ReverseNat), "cb_lb6_reverse_nat": (u32, S.Lb6ReverseNat),
+        "cb_lb_stats": (u32, S.TrafficCounter), "cb_ct4": (S.Ct4Tuple, S.CtEntry),
+        "cb_ct6": (S.Ct6Tuple, S.CtEntry), "cb_metrics": (S.MetricsKey, S.TrafficCounter),
+        "cb_lb_affinity": (S.LbAffinityKey, S.LbAffinityVal),
+    }
+
+
+class NodeNotFound(LookupError):
+    pass
+
+
+def resolve_node(node: str | None) -> str:
+    """The node named, or the only node with pinned maps."""
+    nodes = pinned_nodes()
+    if node is not None:
+        if node not in nodes:
+            raise NodeNotFound(f"no datapath is pinned for node {node} "
+                               f"(pinned: {', '.join(nodes) or 'none'})")
+        return node
+    if len(nodes) != 1:
+        raise NodeNotFound("no datapath is pinned (run `chainbench lb apply` or `chainbench up`)"
+                           if not nodes else f"several nodes are pinned ({', '.join(nodes)}): "
+                           "name one with --node")
+    return nodes[0]
+
+
+def open_pinned(node: str) -> dict:
+    """The node's pinned maps, typed with the struct mirrors; close() each when done."""
+    from harness.bpf import Map
+    directory = os.path.join(bpffs.PIN_ROOT, node)
+    maps = {}
+    for name, (key_type, value_type) in _pinned_types().items():
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            maps[name] = Map.from_pin(path, key_type, value_type)
+    return maps

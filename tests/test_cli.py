@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -149,3 +150,44 @@ def test_down_removes_every_leftover(load):
     assert f"removed pin {pin}" in out
     assert not netns.exists(ns) and not os.path.exists(cg) and not os.path.exists(bpffs.PIN_ROOT)
     assert chainbench("down").stdout.strip() == "nothing to remove"
+
+
+@pytest.fixture
+def pinned_node():
+    import shutil
+
+    from harness import bpffs
+    node = f"cb-node{100 + os.getpid() % 100}"
+    yield node
+    shutil.rmtree(os.path.join(bpffs.PIN_ROOT, node), ignore_errors=True)
+    bpffs.prune()
+
+
+def test_lb_apply_services_and_ct(pinned_node, tmp_path):
+    from harness.scenario import SCENARIO_DIR
+    scenario = str(SCENARIO_DIR / "minimal.yaml")
+    out = chainbench("lb", "apply", "-f", scenario, "--node", pinned_node).stdout
+    assert "1 frontends added" in out and "7 map writes" in out
+    again = chainbench("lb", "apply", "-f", scenario, "--node", pinned_node).stdout
+    assert "1 restored from the maps" in again and "0 map writes" in again
+    table = chainbench("services", "--node", pinned_node).stdout.splitlines()
+    assert table[0].split() == ["ID", "FRONTEND", "SERVICE", "TYPE", "BACKEND", "PACKETS", "BYTES"]
+    assert "198.19.0.10:80/TCP" in table[1] and "198.18.0.10:8080/TCP (active)" in table[1]
+    assert "198.18.1.10:8080/TCP (active)" in table[2]
+    rows = json.loads(chainbench("services", "--node", pinned_node, "-o", "json").stdout)
+    assert [r["frontend"] for r in rows] == ["198.19.0.10:80/TCP"]
+    assert len(rows[0]["backends"]) == 2
+    assert chainbench("ct", "list", "--node", pinned_node).stdout.split()[:2] == ["PROTO", "DIR"]
+    assert "0 entries removed" in chainbench("ct", "flush", "--node", pinned_node).stdout
+
+
+def test_services_without_a_datapath_is_a_clear_error(tmp_path):
+    line = one_line_error(chainbench("services", "--node", "cb-node-none", check_rc=2))
+    assert "no datapath is pinned for node cb-node-none" in line
+
+
+def test_lb_apply_bad_scenario(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  ports: [{port: 70000}]\n")
+    line = one_line_error(chainbench("lb", "apply", "-f", str(bad), "--node", "cb-node98", check_rc=2))
+    assert "bad.yaml: document 1 (Service default/x): spec.ports[0].port" in line

@@ -161,11 +161,11 @@ def test_pin_and_reopen(maps):
     finally:
         os.unlink(path)
         os.rmdir(os.path.dirname(path))
-        os.rmdir(bpffs.PIN_ROOT)
+        bpffs.prune()
 
 
 def test_from_pin_missing():
     with pytest.raises(BpfError) as info:
         Map.from_pin(bpffs.pin_path("does-not-exist"))
-    os.rmdir(bpffs.PIN_ROOT)
+    bpffs.prune()
     assert info.value.errno == 2

@@ -22,6 +22,7 @@ touches that service's entries only.
 from __future__ import annotations
 
 import errno as _errno
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
@@ -154,6 +155,57 @@ class LbControl:
             counts[name] = counts.get(name, 0) + 1
         return counts
 
+    # -- restoring ----------------------------------------------------------------------
+    def restore(self) -> int:
+        """Adopt what the maps already hold (pinned maps programmed by an earlier run),
+        so the next apply writes only differences.  Returns the frontends adopted.
+
+        Restored frontends lack their service names (the maps do not keep them);
+        a full apply() reconciles them, an apply() for some services only leaves
+        them alone."""
+        from harness.lb.listing import read_services
+        from harness.lb.state import ACTIVE, Backend
+
+        if self._fe:
+            raise ValueError("restore() is for a fresh LbControl")
+        rows = read_services(self.maps)
+        for name in (E.services_map(4), E.services_map(6), E.backends_map(4),
+                     E.backends_map(6), E.reverse_nat_map(4), E.reverse_nat_map(6)):
+            for k, v in self.maps[name].items():
+                key = bytes(k) if not isinstance(k, int) else E.u32(k)
+                self._kernel[(name, key)] = bytes(v)
+        for bkey_bytes in [k for (n, k) in self._kernel if "_backends" in n]:
+            self._be_ids.used.add(int.from_bytes(bkey_bytes, "little"))
+        for r in rows:
+            addr = ipaddress.ip_address(r.address)
+            backends = tuple(Backend(ipaddress.ip_address(b.address), b.port, b.protocol,
+                                     b.state if b.state != "quarantined" else ACTIVE)
+                             for b in r.backends)
+            f = Frontend("", "", r.type, addr, r.port, r.protocol, backends,
+                         r.affinity_timeout if "affinity" in r.flags else 0,
+                         "maglev" in r.flags, "local" in r.flags)
+            ids = [b.id for b in r.backends]
+            rid = r.id
+            entries = {k: v for k, v in E.frontend_entries(f, rid, ids).items()}
+            # Keep the bytes the kernel holds (the service entry may differ in detail).
+            smap = E.services_map(addr.version)
+            entries = {k: self._kernel.get((smap, k), v) for k, v in entries.items()}
+            self._fe[f.key] = _FrontendRecord(f, rid, ids, entries)
+            self._by_addr.setdefault(addr, set()).add(f.key)
+            self._fe_ids.used.add(rid)
+            for b, bid in zip(backends, ids):
+                self._backend_id[b.key] = bid
+                self._refs[bid] = self._refs.get(bid, 0) + 1
+        # Backends no slot names (terminating ones, or leftovers): known, unreferenced;
+        # the next full apply keeps those it wants and deletes the rest.
+        from harness.lb.listing import read_backends
+        for bid, b in read_backends(self.maps).items():
+            key = (ipaddress.ip_address(b.address), b.port, b.protocol)
+            if key not in self._backend_id:
+                self._backend_id[key] = bid
+                self._refs[bid] = 0
+        return len(rows)
+
     # -- applying -----------------------------------------------------------------------
     def apply(self, desired: LbState, services: Iterable[str] | None = None) -> ApplyStats:
         """Make the maps hold *desired*.  With *services*, only those services are
@@ -174,7 +226,9 @@ class LbControl:
         want = {f.key: f for f in desired.frontends if scope is None or f.service in scope}
         have = {k: r for k, r in self._fe.items() if scope is None or r.frontend.service in scope}
         ids = dict(self._backend_id)
-        refs: dict[int, int] = {}
+        # Unreferenced backends (adopted by restore()) go unless this apply wants them.
+        refs: dict[int, int] = {bid: 0 for bid, n in self._refs.items() if n == 0} \
+            if scope is None else {}
 
         def ref(frontend: Frontend, delta: int) -> None:
             for b in frontend.backends:

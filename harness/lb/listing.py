@@ -1,0 +1,133 @@
+"""Reading services back out of the LB maps, for ``chainbench services``.
+
+Decodes the services, backends and counter maps as the kernel holds them
+(whoever programmed them), into rows like ``cilium service list`` prints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from harness.bpf import Map
+from harness.lb.entries import SVC_FLAGS
+from harness.lb.state import BACKEND_STATES, PROTOCOLS
+from harness.structs import from_be16, from_be32
+
+_PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
+_STATE_NAMES = {v: k for k, v in BACKEND_STATES.items()}
+_TYPES = (("SVC_F_NODEPORT", "NodePort"), ("SVC_F_HOSTPORT", "HostPort"),
+          ("SVC_F_EXTERNAL_IP", "ExternalIP"), ("SVC_F_LOADBALANCER", "LoadBalancer"),
+          ("SVC_F_CLUSTERIP", "ClusterIP"))
+_EXTRAS = (("SVC_F_AFFINITY", "affinity"), ("SVC_F_MAGLEV", "maglev"),
+           ("SVC_F_LOCAL_SCOPE", "local"))
+
+
+@dataclass
+class BackendRow:
+    id: int
+    address: str
+    port: int
+    protocol: str
+    state: str
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}/{self.protocol} ({self.state})"
+
+
+@dataclass
+class ServiceRow:
+    id: int
+    address: str
+    port: int
+    protocol: str
+    type: str
+    flags: list[str]
+    affinity_timeout: int
+    backends: list[BackendRow] = field(default_factory=list)
+    packets: int = 0
+    bytes: int = 0
+
+    @property
+    def frontend(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}/{self.protocol}"
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "frontend": self.frontend, "type": self.type, "flags": self.flags,
+                "affinity_timeout": self.affinity_timeout, "packets": self.packets,
+                "bytes": self.bytes,
+                "backends": [b.__dict__ for b in self.backends]}
+
+
+def _address(family: int, raw) -> str:
+    if family == 4:
+        return str(from_be32(raw))
+    return str(raw.ipv6())
+
+
+def _type(flags: int) -> tuple[str, list[str]]:
+    kind = next((name for flag, name in _TYPES if flags & SVC_FLAGS[flag]), "unknown")
+    return kind, [name for flag, name in _EXTRAS if flags & SVC_FLAGS[flag]]
+
+
+def read_backends(maps: Mapping[str, Map]) -> dict[int, BackendRow]:
+    """Every backend of both families, by id."""
+    rows = {}
+    for family in (4, 6):
+        for bid, b in maps[f"cb_lb{family}_backends"].items():
+            rows[bid] = BackendRow(bid, _address(family, b.address), from_be16(b.port),
+                                   _PROTO_NAMES.get(b.proto, str(b.proto)),
+                                   _STATE_NAMES.get(b.state, str(b.state)))
+    return rows
+
+
+def read_services(maps: Mapping[str, Map]) -> list[ServiceRow]:
+    rows: list[ServiceRow] = []
+    stats = maps.get("cb_lb_stats")
+    for family in (4, 6):
+        services, backends = maps[f"cb_lb{family}_services"], maps[f"cb_lb{family}_backends"]
+        entries = list(services.items())
+        masters = {}
+        slots: dict[tuple, dict[int, int]] = {}
+        for k, v in entries:
+            frontend = (bytes(k.address) if family == 6 else k.address, k.dport, k.proto)
+            if k.backend_slot == 0:
+                if k.dport == 0 and k.proto == 0:
+                    continue              # the address-only entry of a ClusterIP
+                masters[frontend] = (k, v)
+            else:
+                slots.setdefault(frontend, {})[k.backend_slot] = v.backend_id
+        backend_rows = {bid: BackendRow(bid, _address(family, b.address), from_be16(b.port),
+                                        _PROTO_NAMES.get(b.proto, str(b.proto)),
+                                        _STATE_NAMES.get(b.state, str(b.state)))
+                        for bid, b in backends.items()}
+        for frontend, (k, v) in masters.items():
+            kind, extras = _type(v.flags)
+            row = ServiceRow(v.rev_nat_index, _address(family, k.address), from_be16(k.dport),
+                             _PROTO_NAMES.get(k.proto, str(k.proto)), kind, extras,
+                             v.affinity_timeout)
+            for slot in range(1, v.count + 1):
+                bid = slots.get(frontend, {}).get(slot)
+                if bid in backend_rows:
+                    row.backends.append(backend_rows[bid])
+            if stats is not None:
+                per_cpu = stats.get(v.rev_nat_index) or []
+                row.packets = sum(c.packets for c in per_cpu)
+                row.bytes = sum(c.bytes for c in per_cpu)
+            rows.append(row)
+    rows.sort(key=lambda r: r.id)
+    return rows
+
+
+def format_table(rows: list[ServiceRow]) -> list[tuple[str, ...]]:
+    """Rows of ID, FRONTEND, TYPE, BACKENDS (one per line), PACKETS, BYTES."""
+    out = []
+    for r in rows:
+        kind = r.type + (f" ({', '.join(r.flags)})" if r.flags else "")
+        first = f"1 => {r.backends[0]}" if r.backends else "(no backends)"
+        out.append((str(r.id), r.frontend, kind, first, str(r.packets), str(r.bytes)))
+        for i, b in enumerate(r.backends[1:], start=2):
+            out.append(("", "", "", f"{i} => {b}", "", ""))
+    return out
+
