@@ -101,8 +101,18 @@ def _print_test_run_table(results) -> None:
     _print_table(("#", "VERDICT", "DROP REASON", "NS", "LEN", "PACKET OUT"), rows)
 
 
+def _service_scales(text: str) -> list[int]:
+    try:
+        scales = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--services {text!r}: expected numbers separated by commas") from None
+    if any(n < 1 or n > 1_000_000 for n in scales):
+        raise UsageError(f"--services {text!r}: each scale must be 1..1000000")
+    return scales
+
+
 def cmd_bench(args) -> int:
-    from bench import micro, results
+    from bench import lb_cases, micro, results
     if args.suite != "micro":
         raise UsageError(f"unknown suite {args.suite!r}")
     if args.samples < 5 or args.repeat < 100_000:
@@ -111,11 +121,13 @@ def cmd_bench(args) -> int:
     cases = micro.discover_cases()
     if not cases:
         raise UsageError(f"no compiled programs in {paths.bpf_objects_dir()} (run `make build`)")
+    for n in _service_scales(args.services):
+        cases += lb_cases.cases(n)
     suite = _with_progress(lambda progress: micro.run(cases, args.samples, args.repeat,
                                                       progress=progress),
-                           f"micro: {len(cases)} programs x {args.samples} samples")
+                           f"micro: {len(cases)} cases x {args.samples} samples")
     doc = results.new_document({"micro": suite})
-    _print_table(("PROGRAM", "VERDICT", "NS/PKT", "MAD", "CLOCK", "KERNEL NS", "VS EMPTY"),
+    _print_table(("CASE", "VERDICT", "NS/PKT", "MAD", "CLOCK", "EMPTY NS", "VS EMPTY"),
                  micro.table(suite))
     if args.json:
         print(json.dumps(doc, indent=1))
@@ -272,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", nargs="?", default="micro", choices=["micro"])
     p.add_argument("--samples", type=int, default=7, help="interleaved samples per program (>= 5)")
     p.add_argument("--repeat", type=int, default=100_000, help="runs per sample (>= 100000)")
+    p.add_argument("--services", default="1,10000",
+                   help="service counts (x 10 backends) for the LB cases (default 1,10000)")
     p.add_argument("--out", help=f"results directory (default {paths.RESULTS})")
     p.add_argument("--no-write", action="store_true", help="print only, write no result file")
     p.add_argument("--json", action="store_true", help="also print the result document")

@@ -128,6 +128,7 @@ class LbControl:
         self._maglev_remove = maglev_remove
         self._fe: dict[tuple, _FrontendRecord] = {}
         self._by_addr: dict[object, set[tuple]] = {}        # address -> frontend keys
+        self._by_service: dict[str, set[tuple]] = {}        # service -> frontend keys
         self._fe_ids, self._be_ids = _Ids(), _Ids()
         self._backend_id: dict[tuple, int] = {}             # backend key -> id
         self._refs: dict[int, int] = {}                     # backend id -> frontends using it
@@ -192,6 +193,7 @@ class LbControl:
             entries = {k: self._kernel.get((smap, k), v) for k, v in entries.items()}
             self._fe[f.key] = _FrontendRecord(f, rid, ids, entries)
             self._by_addr.setdefault(addr, set()).add(f.key)
+            self._by_service.setdefault(f.service, set()).add(f.key)
             self._fe_ids.used.add(rid)
             for b, bid in zip(backends, ids):
                 self._backend_id[b.key] = bid
@@ -224,7 +226,10 @@ class LbControl:
     def _plan(self, desired: LbState, scope: set[str] | None) -> _Plan:
         plan = _Plan(fe_ids=self._fe_ids.copy(), be_ids=self._be_ids.copy())
         want = {f.key: f for f in desired.frontends if scope is None or f.service in scope}
-        have = {k: r for k, r in self._fe.items() if scope is None or r.frontend.service in scope}
+        if scope is None:
+            have = dict(self._fe)
+        else:       # by index: changing one service of 100,000 must not walk them all
+            have = {k: self._fe[k] for svc in scope for k in self._by_service.get(svc, ())}
         ids = dict(self._backend_id)
         # Unreferenced backends (adopted by restore()) go unless this apply wants them.
         refs: dict[int, int] = {bid: 0 for bid, n in self._refs.items() if n == 0} \
@@ -379,6 +384,9 @@ class LbControl:
                 else:
                     self._kernel[(mapname, k)] = v
         for key, rec in plan.records.items():
+            old = self._fe.get(key)
+            if old is not None:
+                self._unindex(old.frontend.service, key)
             addr_keys = self._by_addr.setdefault(key[0], set())
             if rec is None:
                 self._fe.pop(key, None)
@@ -386,6 +394,7 @@ class LbControl:
             else:
                 self._fe[key] = rec
                 addr_keys.add(key)
+                self._by_service.setdefault(rec.frontend.service, set()).add(key)
             if not addr_keys:
                 del self._by_addr[key[0]]
         for bkey, bid in plan.backend_ids.items():
@@ -402,6 +411,14 @@ class LbControl:
             self._fe_ids.give(rid)
         for bid in plan.freed_be_ids:
             self._be_ids.give(bid)
+
+
+    def _unindex(self, service: str, key: tuple) -> None:
+        keys = self._by_service.get(service)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_service[service]
 
 
 def _slot_of(family: int, key: bytes) -> int:
