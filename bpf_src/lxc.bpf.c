@@ -56,7 +56,8 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 	int ret;
 
-	if (is_l4_lb_proto(m->l4_proto) && (m->flags & PKT_F_L4))
+	if (is_l4_lb_proto(m->l4_proto) && (m->flags & PKT_F_L4) &&
+	    svc4_may_be_frontend(m->daddr.p[0]))
 		svc = lb4_lookup_service(m->daddr.p[0], m->dport, m->l4_proto);
 	if (svc) {
 		ret = svc4_translate(skb, m, svc, &st, 0, now);
@@ -113,7 +114,8 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 	int ret;
 
-	if (is_l4_lb_proto(m->l4_proto) && (m->flags & PKT_F_L4))
+	if (is_l4_lb_proto(m->l4_proto) && (m->flags & PKT_F_L4) &&
+	    svc6_may_be_frontend(&m->daddr))
 		svc = lb6_lookup_service(&m->daddr, m->dport, m->l4_proto);
 	if (svc) {
 		ret = svc6_translate(skb, m, svc, &st, 0, now);
@@ -165,7 +167,7 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 static __always_inline int to_container_icmp4_error(struct __sk_buff *skb,
 						    const struct pkt_meta *m, __u32 now)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct icmp_inner in = {};
 	struct ct4_tuple t = {};
 	struct ct_entry *e;
@@ -191,7 +193,7 @@ static __always_inline int to_container_icmp4_error(struct __sk_buff *skb,
 static __always_inline int to_container_icmp6_error(struct __sk_buff *skb,
 						    const struct pkt_meta *m, __u32 now)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct icmp_inner in = {};
 	struct ct6_tuple t = {};
 	struct ct_entry *e;

@@ -32,13 +32,17 @@ def _mask_hi64(net: ipaddress.IPv6Network) -> int:
 
 
 def service_rodata() -> dict[str, Any]:
-    """Service CIDRs, so a miss inside them can be told from a non-service packet."""
+    """Service CIDRs (a miss inside them is a ClusterIP's unknown port) and pod CIDRs
+    (destinations there are pods, never frontends: no service lookup)."""
     v4, v6 = addressing.SERVICE_CIDR_V4, addressing.SERVICE_CIDR_V6
     if v6.prefixlen < 64:
         raise ValueError(f"IPv6 service CIDR {v6} must be /64 or longer")
+    pods4, pods6 = addressing.POD_CIDR_V4, addressing.POD_CIDR_V6
     return {
         "service_net4": be32(v4.network_address), "service_mask4": be32(v4.netmask),
         "service_net6_hi": _hi64(v6), "service_mask6_hi": _mask_hi64(v6),
+        "pod_net4": be32(pods4.network_address), "pod_mask4": be32(pods4.netmask),
+        "pod_net6_hi": _hi64(pods6), "pod_mask6_hi": _mask_hi64(pods6),
     }
 
 

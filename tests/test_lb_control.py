@@ -156,3 +156,10 @@ def test_maglev_tables_do_not_depend_on_backend_ids(load, lxc):
 
     ctl.apply(desired_state(K.scenario()))
     assert list(lxc.maps["cb_lb_maglev"].keys()) == []
+
+
+def test_frontend_inside_the_pod_cidr_is_refused():
+    from harness.lb.state import LbStateError
+    scen = K.scenario(svc(1, ["198.18.1.20"], external_ips=["198.18.5.5"]))
+    with pytest.raises(LbStateError, match="lies in the pod CIDR"):
+        desired_state(scen)

@@ -63,6 +63,30 @@ static __always_inline __u32 cb_now_sec(void)
 	return (__u32)(bpf_ktime_get_ns() / NSEC_PER_SEC);
 }
 
+/* skb->data and skb->data_end, each read with one direct load from the
+ * context.  Left to itself, clang may compute &skb->data once and load
+ * through the modified pointer after a helper call, which the verifier
+ * refuses ("dereference of modified ctx ptr"); the asm pins the access form. */
+static __always_inline void *ctx_data(const struct __sk_buff *skb)
+{
+	void *ptr;
+
+	asm volatile("%[ptr] = *(u32 *)(%[ctx] + %[off])"
+		     : [ptr] "=r"(ptr)
+		     : [ctx] "r"(skb), [off] "i"(__builtin_offsetof(struct __sk_buff, data)));
+	return ptr;
+}
+
+static __always_inline void *ctx_data_end(const struct __sk_buff *skb)
+{
+	void *ptr;
+
+	asm volatile("%[ptr] = *(u32 *)(%[ctx] + %[off])"
+		     : [ptr] "=r"(ptr)
+		     : [ctx] "r"(skb), [off] "i"(__builtin_offsetof(struct __sk_buff, data_end)));
+	return ptr;
+}
+
 /* One IPv6 address, viewable as bytes, words or double words. */
 union v6addr {
 	__u8  addr[16];

@@ -126,13 +126,18 @@ static __always_inline void ct_update(struct ct_entry *e, bool reply, __u8 proto
 	__u32 lifetime;
 	__u16 flags = e->flags;
 
+	/* Plain adds, not atomics: each direction has its own counters, and the
+	 * packets of one direction of a flow are normally handled one CPU at a
+	 * time, so a lost update is rare and only makes a statistic approximate.
+	 * The two atomic adds cost ~13 ns a packet (measured, test_run, this
+	 * kind of machine): more than the rest of the conntrack update. */
 	if (reply) {
-		__sync_fetch_and_add(&e->rx_packets, 1);
-		__sync_fetch_and_add(&e->rx_bytes, len);
+		e->rx_packets += 1;
+		e->rx_bytes += len;
 		e->rx_flags_seen |= tcp_flags;
 	} else {
-		__sync_fetch_and_add(&e->tx_packets, 1);
-		__sync_fetch_and_add(&e->tx_bytes, len);
+		e->tx_packets += 1;
+		e->tx_bytes += len;
 		e->tx_flags_seen |= tcp_flags;
 	}
 	if (proto != IPPROTO_TCP) {

@@ -90,7 +90,7 @@ static __always_inline __be16 *__l4_port(void *data, void *data_end, const struc
 static __always_inline int __nat4_rewrite(struct __sk_buff *skb, const struct pkt_meta *m,
 					  bool dst, __be32 addr, __be16 port)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct iphdr *ip4 = data + PKT_OFF(m->l3_off);
 	__be32 *field, old;
 	__be16 *l4port;
@@ -124,7 +124,7 @@ static __always_inline int nat4_rewrite_src(struct __sk_buff *skb, const struct 
 static __always_inline int __nat6_rewrite(struct __sk_buff *skb, const struct pkt_meta *m,
 					  bool dst, const union v6addr *addr, __be16 port)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct ipv6hdr *ip6 = data + PKT_OFF(m->l3_off);
 	union v6addr old, *field;
 	__be16 *l4port;
@@ -174,7 +174,7 @@ static __always_inline void __swap_macs(struct ethhdr *eth)
  * place (the caller sends it back where it came from). */
 static __always_inline int icmp4_echo_reply(struct __sk_buff *skb, const struct pkt_meta *m)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct ethhdr *eth = data;
 	struct iphdr *ip4 = data + PKT_OFF(m->l3_off);
 	struct icmphdr *ic = data + PKT_OFF(m->l4_off);
@@ -201,7 +201,7 @@ static __always_inline int icmp4_echo_reply(struct __sk_buff *skb, const struct 
 
 static __always_inline int icmp6_echo_reply(struct __sk_buff *skb, const struct pkt_meta *m)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = data + PKT_OFF(m->l3_off);
 	struct icmp6hdr *ic = data + PKT_OFF(m->l4_off);
@@ -337,7 +337,7 @@ static __always_inline int nat4_rewrite_icmp_error(struct __sk_buff *skb,
 						   const struct icmp_inner *in,
 						   __be32 vip, __be16 vport)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct iphdr *outer = data + PKT_OFF(m->l3_off);
 	struct icmphdr *ic = data + PKT_OFF(m->l4_off);
 	struct iphdr *inner = data + PKT_OFF(in->l3_off);
@@ -371,7 +371,7 @@ static __always_inline int nat6_rewrite_icmp_error(struct __sk_buff *skb,
 						   const struct icmp_inner *in,
 						   const union v6addr *vip, __be16 vport)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct ipv6hdr *outer = data + PKT_OFF(m->l3_off);
 	struct icmp6hdr *ic = data + PKT_OFF(m->l4_off);
 	struct ipv6hdr *inner = data + PKT_OFF(in->l3_off);

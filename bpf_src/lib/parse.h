@@ -232,13 +232,13 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 pkt_le
  * skb may hold outside its linear part; test_run's skbs are always linear. */
 static __always_inline int parse_skb(struct __sk_buff *skb, struct pkt_meta *m)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 
 	if (data + CB_PARSE_PULL_LEN > data_end && data_end - data < skb->len) {
 		/* Pulling more than the packet holds fails: ask for what there is. */
 		bpf_skb_pull_data(skb, skb->len < CB_PARSE_PULL_LEN ? skb->len : CB_PARSE_PULL_LEN);
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
+		data = ctx_data(skb);
+		data_end = ctx_data_end(skb);
 	}
 	return parse_packet(data, data_end, skb->len, m);
 }

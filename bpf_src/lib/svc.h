@@ -25,6 +25,24 @@ const volatile __be32 service_mask4 = 0;
 const volatile __u64 service_net6_hi = 0;	/* first 64 bits, network order */
 const volatile __u64 service_mask6_hi = 0;	/* service CIDRs are /64 or longer */
 
+/* The cluster's pod CIDRs: a destination inside them is a pod, never a
+ * frontend (the control plane refuses frontends there), so pod-to-pod
+ * packets skip the service lookup.  Mask 0: no such shortcut. */
+const volatile __be32 pod_net4 = 0;
+const volatile __be32 pod_mask4 = 0;
+const volatile __u64 pod_net6_hi = 0;
+const volatile __u64 pod_mask6_hi = 0;
+
+static __always_inline bool svc4_may_be_frontend(__be32 daddr)
+{
+	return !pod_mask4 || (daddr & pod_mask4) != pod_net4;
+}
+
+static __always_inline bool svc6_may_be_frontend(const union v6addr *daddr)
+{
+	return !pod_mask6_hi || (daddr->d[0] & pod_mask6_hi) != pod_net6_hi;
+}
+
 /* The address-only entry of a VIP, if daddr is one. */
 static __always_inline struct lb_service *svc4_is_vip(__be32 daddr)
 {

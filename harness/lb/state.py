@@ -25,7 +25,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from harness.addressing import node_index, node_ip4, node_ip6
+from harness.addressing import POD_CIDR_V4, POD_CIDR_V6, node_index, node_ip4, node_ip6
 from harness.scenario import Scenario, Service
 from harness.scenario.model import IPAddress
 
@@ -196,6 +196,10 @@ def desired_state(scenario: Scenario,
     frontends: dict[tuple, Frontend] = {}
     for f in [fe for svc in scenario.services for fe in _service_frontends(scenario, svc, nodes)] \
             + _hostport_frontends(scenario, nodes):
+        if any(f.address in net for net in (POD_CIDR_V4, POD_CIDR_V6)):
+            # The datapath skips the service lookup for pod destinations.
+            raise LbStateError(f"{f.type} {_fmt(f.key)} of {f.service} lies in the pod CIDR "
+                               f"({POD_CIDR_V4}, {POD_CIDR_V6}): not a valid frontend")
         prev = frontends.get(f.key)
         if prev is not None:
             raise LbStateError(f"{f.type} {_fmt(f.key)} of {f.service} is already "

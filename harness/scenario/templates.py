@@ -17,6 +17,7 @@ an error (it would otherwise be ignored silently, e.g. a typo like ``service=``)
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import ipaddress
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from harness.scenario.parse import load_scenario_text
 __all__ = ["SCENARIO_DIR", "render_template", "load_template_scenario", "template_path"]
 
 #: Where scenario files and templates live.
-SCENARIO_DIR = Path(bench.__file__).resolve().parent / "scenarios"
+SCENARIO_DIR = Path(str(importlib.resources.files(bench).joinpath("scenarios")))
 
 _SERVICE_BASE = int(SERVICE_CIDR_V4.network_address) + 1
 SERVICE_VIPS = SERVICE_CIDR_V4.num_addresses - 2
