@@ -7,9 +7,12 @@
  *
  * from_container load-balances packets to service frontends (DNAT to a
  * backend, with a service conntrack entry), answers pings to service VIPs,
- * drops traffic to a ClusterIP on a port it does not serve, and tracks
- * connections.  to_container tracks connections and reverse-NATs replies
- * (and ICMP errors about service flows) so the pod sees the frontend.
+ * drops traffic to a ClusterIP on a port it does not serve, enforces the
+ * endpoint's egress policy on new connections, and tracks connections.
+ * to_container enforces ingress policy on new connections, tracks them, and
+ * reverse-NATs replies (and ICMP errors about service flows) so the pod sees
+ * the frontend.  Replies of allowed connections pass; an established
+ * connection is checked again when the endpoint's policy revision changes.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -17,15 +20,36 @@
 #include "lib/common.h"
 #include "lib/ct.h"
 #include "lib/drop.h"
+#include "lib/ipcache.h"
 #include "lib/lb.h"
 #include "lib/nat.h"
 #include "lib/parse.h"
+#include "lib/policy.h"
 #include "lib/svc.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 /* Set per endpoint by the loader. */
 const volatile __u32 endpoint_id = 0;
+
+/* The "port" policy rules match: the destination port, or the ICMP type. */
+static __always_inline __u16 policy_port(const struct pkt_meta *m)
+{
+	if (!(m->flags & PKT_F_L4))
+		return 0;
+	if (m->l4_proto == IPPROTO_ICMP || m->l4_proto == IPPROTO_ICMPV6)
+		return bpf_ntohs(m->dport) >> 8;
+	return bpf_ntohs(m->dport);
+}
+
+/* Policy for a new connection, or an established one whose verdict predates
+ * the endpoint's current policy revision.  0, or a negative drop reason. */
+static __always_inline int policy_verdict(const struct endpoint_info *ep, bool egress,
+					  __u32 identity, const struct pkt_meta *m, __u32 len)
+{
+	return policy_check(endpoint_id, ep, egress, identity, m->l4_proto, policy_port(m),
+			    m->flags & PKT_F_LATER_FRAGMENT, len);
+}
 
 static __always_inline bool is_l4_lb_proto(__u8 proto)
 {
@@ -51,6 +75,7 @@ static __always_inline int vip_echo_reply(struct __sk_buff *skb, const struct pk
 static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct ct_state st = {}, reply = {};
+	struct endpoint_info *ep;
 	struct lb_service *svc = NULL;
 	struct ct4_tuple t = {};
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
@@ -82,11 +107,27 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 	t.saddr = m->saddr.p[0];
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_EGRESS;
+	ep = endpoint_lookup(endpoint_id);
 	switch (ct4_lookup(&t, false, m->tcp_flags, skb->len, now, &reply)) {
 	case CT_NEW:
+		if (ep) {
+			st.src_sec_id = ipcache_lookup4(t.daddr);
+			ret = policy_verdict(ep, true, st.src_sec_id, m, skb->len);
+			if (ret < 0)
+				return ret;
+			st.policy_rev = ep->policy_revision;
+		}
 		ret = ct4_create(&t, &st, m->tcp_flags, skb->len, now);
 		if (ret < 0)
 			return ret;
+		break;
+	case CT_ESTABLISHED:
+		if (ep && reply.policy_rev != ep->policy_revision) {
+			ret = policy_verdict(ep, true, ipcache_lookup4(t.daddr), m, skb->len);
+			if (ret < 0)
+				return ret;
+			ct4_set_policy_rev(&t, false, ep->policy_revision);
+		}
 		break;
 	case CT_REPLY:
 		/* A reply of a connection into this pod that was DNATed on its
@@ -109,6 +150,7 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct ct_state st = {}, reply = {};
+	struct endpoint_info *ep;
 	struct lb_service *svc = NULL;
 	struct ct6_tuple t = {};
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
@@ -140,11 +182,27 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 	t.saddr = m->saddr;
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_EGRESS;
+	ep = endpoint_lookup(endpoint_id);
 	switch (ct6_lookup(&t, false, m->tcp_flags, skb->len, now, &reply)) {
 	case CT_NEW:
+		if (ep) {
+			st.src_sec_id = ipcache_lookup6(&t.daddr);
+			ret = policy_verdict(ep, true, st.src_sec_id, m, skb->len);
+			if (ret < 0)
+				return ret;
+			st.policy_rev = ep->policy_revision;
+		}
 		ret = ct6_create(&t, &st, m->tcp_flags, skb->len, now);
 		if (ret < 0)
 			return ret;
+		break;
+	case CT_ESTABLISHED:
+		if (ep && reply.policy_rev != ep->policy_revision) {
+			ret = policy_verdict(ep, true, ipcache_lookup6(&t.daddr), m, skb->len);
+			if (ret < 0)
+				return ret;
+			ct6_set_policy_rev(&t, false, ep->policy_revision);
+		}
 		break;
 	case CT_REPLY:
 		if (reply.rev_nat_index) {
@@ -220,6 +278,8 @@ static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta 
 {
 	struct ct_state st = {};
 	struct ct4_tuple t = {};
+	struct endpoint_info *ep;
+	int ret;
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 
 	if (m->l4_proto == IPPROTO_ICMP && (m->flags & PKT_F_L4) && icmp4_is_error(icmp_type))
@@ -230,9 +290,25 @@ static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta 
 	t.saddr = m->saddr.p[0];
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_INGRESS;
+	ep = endpoint_lookup(endpoint_id);
 	switch (ct4_lookup(&t, true, m->tcp_flags, skb->len, now, &st)) {
 	case CT_NEW:
+		if (ep) {
+			st.src_sec_id = ipcache_lookup4(t.saddr);
+			ret = policy_verdict(ep, false, st.src_sec_id, m, skb->len);
+			if (ret < 0)
+				return ret;
+			st.policy_rev = ep->policy_revision;
+		}
 		return ct4_create(&t, &st, m->tcp_flags, skb->len, now);
+	case CT_ESTABLISHED:
+		if (ep && st.policy_rev != ep->policy_revision) {
+			ret = policy_verdict(ep, false, ipcache_lookup4(t.saddr), m, skb->len);
+			if (ret < 0)
+				return ret;
+			ct4_set_policy_rev(&t, false, ep->policy_revision);
+		}
+		return 0;
 	case CT_REPLY:
 		if (st.rev_nat_index) {
 			struct lb4_reverse_nat *rn;
@@ -252,6 +328,8 @@ static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta 
 {
 	struct ct_state st = {};
 	struct ct6_tuple t = {};
+	struct endpoint_info *ep;
+	int ret;
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 
 	if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4) && icmp6_is_error(icmp_type))
@@ -262,9 +340,25 @@ static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta 
 	t.saddr = m->saddr;
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_INGRESS;
+	ep = endpoint_lookup(endpoint_id);
 	switch (ct6_lookup(&t, true, m->tcp_flags, skb->len, now, &st)) {
 	case CT_NEW:
+		if (ep) {
+			st.src_sec_id = ipcache_lookup6(&t.saddr);
+			ret = policy_verdict(ep, false, st.src_sec_id, m, skb->len);
+			if (ret < 0)
+				return ret;
+			st.policy_rev = ep->policy_revision;
+		}
 		return ct6_create(&t, &st, m->tcp_flags, skb->len, now);
+	case CT_ESTABLISHED:
+		if (ep && st.policy_rev != ep->policy_revision) {
+			ret = policy_verdict(ep, false, ipcache_lookup6(&t.saddr), m, skb->len);
+			if (ret < 0)
+				return ret;
+			ct6_set_policy_rev(&t, false, ep->policy_revision);
+		}
+		return 0;
 	case CT_REPLY:
 		if (st.rev_nat_index) {
 			struct lb6_reverse_nat *rn;
@@ -288,7 +382,7 @@ int from_container(struct __sk_buff *skb)
 	__u32 now;
 
 	if (ret < 0)
-		return drop_packet(skb->len, -ret, CB_DIR_EGRESS);
+		return drop_endpoint_packet(endpoint_id, skb->len, -ret, CB_DIR_EGRESS);
 	now = cb_now_sec();
 	if (m.l3_proto == ETH_P_IP)
 		ret = from_container4(skb, &m, now);
@@ -297,7 +391,7 @@ int from_container(struct __sk_buff *skb)
 	else
 		return TC_ACT_OK;
 	if (ret < 0)
-		return drop_packet(skb->len, -ret, CB_DIR_EGRESS);
+		return drop_endpoint_packet(endpoint_id, skb->len, -ret, CB_DIR_EGRESS);
 	return ret == TC_ACT_REDIRECT ? TC_ACT_REDIRECT : TC_ACT_OK;
 }
 
@@ -309,7 +403,7 @@ int to_container(struct __sk_buff *skb)
 	__u32 now;
 
 	if (ret < 0)
-		return drop_packet(skb->len, -ret, CB_DIR_INGRESS);
+		return drop_endpoint_packet(endpoint_id, skb->len, -ret, CB_DIR_INGRESS);
 	now = cb_now_sec();
 	if (m.l3_proto == ETH_P_IP)
 		ret = to_container4(skb, &m, now);
@@ -318,6 +412,6 @@ int to_container(struct __sk_buff *skb)
 	else
 		return TC_ACT_OK;
 	if (ret < 0)
-		return drop_packet(skb->len, -ret, CB_DIR_INGRESS);
+		return drop_endpoint_packet(endpoint_id, skb->len, -ret, CB_DIR_INGRESS);
 	return TC_ACT_OK;
 }

@@ -21,9 +21,9 @@ class TrafficCounter(CStruct):
 
 
 class MetricsKey(CStruct):
-    """lib/metrics.h: (reason, direction) key of cb_metrics."""
+    """lib/metrics.h: (reason, direction, endpoint) key of cb_metrics."""
     _c_name_ = "metrics_key"
-    _fields_ = [("reason", c_uint8), ("dir", c_uint8), ("pad", c_uint16)]
+    _fields_ = [("reason", c_uint8), ("dir", c_uint8), ("endpoint_id", c_uint16)]
 
 
 # --- lib/common.h -----------------------------------------------------------------
@@ -134,7 +134,8 @@ class CtEntry(CStruct):
     _fields_ = [("tx_packets", c_uint64), ("tx_bytes", c_uint64), ("rx_packets", c_uint64),
                 ("rx_bytes", c_uint64), ("lifetime", c_uint32), ("created", c_uint32),
                 ("backend_id", c_uint32), ("rev_nat_index", c_uint32), ("src_sec_id", c_uint32),
-                ("flags", c_uint16), ("tx_flags_seen", c_uint8), ("rx_flags_seen", c_uint8)]
+                ("flags", c_uint16), ("tx_flags_seen", c_uint8), ("rx_flags_seen", c_uint8),
+                ("policy_rev", c_uint32), ("pad", c_uint32)]
 
 
 # --- lib/sock_lb.h (socket LB: reverse-socket maps) ---------------------------------
@@ -164,3 +165,36 @@ class Sock6RevnatVal(CStruct):
                 ("rev_nat_index", c_uint32)]
 
 # --- end lib/sock_lb.h ----------------------------------------------------------------
+
+
+# --- lib/ipcache.h, lib/policy.h ----------------------------------------------------------
+
+class IpcacheKey(CStruct):
+    _c_name_ = "ipcache_key"
+    _fields_ = [("prefixlen", c_uint32), ("family", c_uint8), ("pad", c_uint8 * 3),
+                ("addr", V6Addr)]
+
+
+class IpcacheEntry(CStruct):
+    _c_name_ = "ipcache_entry"
+    _fields_ = [("identity", c_uint32), ("tunnel_endpoint", c_uint32)]
+
+
+class EndpointInfo(CStruct):
+    _c_name_ = "endpoint_info"
+    _fields_ = [("identity", c_uint32), ("policy_revision", c_uint32), ("flags", c_uint16),
+                ("pad", c_uint16)]
+
+
+class PolicyKey(CStruct):
+    """lib/policy.h: fields after prefixlen are big-endian (an LPM key); use the
+    helpers in harness.policy.entries rather than setting them by hand."""
+    _c_name_ = "policy_key"
+    _fields_ = [("prefixlen", c_uint32), ("ep_gen", c_uint16), ("deny", c_uint8),
+                ("egress", c_uint8), ("identity", c_uint32), ("proto", c_uint8), ("pad", c_uint8),
+                ("dport", c_uint16)]
+
+
+class PolicyEntry(CStruct):
+    _c_name_ = "policy_entry"
+    _fields_ = [("packets", c_uint64), ("bytes", c_uint64)]

@@ -83,6 +83,8 @@ struct ct_entry {
 	__u16 flags;		/* CT_F_* */
 	__u8  tx_flags_seen;	/* TCP flags seen in each direction */
 	__u8  rx_flags_seen;
+	__u32 policy_rev;	/* endpoint policy revision the verdict was taken at */
+	__u32 pad;
 };
 
 /* Result of a lookup, copied out of the entry. */
@@ -90,6 +92,7 @@ struct ct_state {
 	__u32 rev_nat_index;
 	__u32 backend_id;
 	__u32 src_sec_id;
+	__u32 policy_rev;
 	__u16 flags;
 	__u16 pad;
 };
@@ -174,6 +177,7 @@ static __always_inline void __ct_copy_state(struct ct_state *st, const struct ct
 	st->rev_nat_index = e->rev_nat_index;
 	st->backend_id = e->backend_id;
 	st->src_sec_id = e->src_sec_id;
+	st->policy_rev = e->policy_rev;
 	st->flags = e->flags;
 }
 
@@ -310,6 +314,44 @@ static __always_inline bool ct_tuple_ports(const struct pkt_meta *m, __be16 *spo
 	}
 }
 
+/* Record that the entry of *t* (looked up as *reply* or not) was re-checked
+ * against policy revision *rev*. */
+static __always_inline void ct4_set_policy_rev(struct ct4_tuple *t, bool reply, __u32 rev)
+{
+	struct ct_entry *e;
+	__u8 dir = t->flags;
+
+	if (reply) {
+		ct4_swap(t);
+		t->flags = ct_opposite(dir);
+	}
+	e = bpf_map_lookup_elem(&cb_ct4, t);
+	if (reply) {
+		ct4_swap(t);
+		t->flags = dir;
+	}
+	if (e)
+		e->policy_rev = rev;
+}
+
+static __always_inline void ct6_set_policy_rev(struct ct6_tuple *t, bool reply, __u32 rev)
+{
+	struct ct_entry *e;
+	__u8 dir = t->flags;
+
+	if (reply) {
+		ct6_swap(t);
+		t->flags = ct_opposite(dir);
+	}
+	e = bpf_map_lookup_elem(&cb_ct6, t);
+	if (reply) {
+		ct6_swap(t);
+		t->flags = dir;
+	}
+	if (e)
+		e->policy_rev = rev;
+}
+
 /* Service entries are looked up in the forward direction only. */
 static __always_inline struct ct_entry *ct4_lookup_service(struct ct4_tuple *t, __u32 now)
 {
@@ -328,6 +370,7 @@ static __always_inline void __ct_init(struct ct_entry *e, const struct ct_state 
 	e->backend_id = st->backend_id;
 	e->rev_nat_index = st->rev_nat_index;
 	e->src_sec_id = st->src_sec_id;
+	e->policy_rev = st->policy_rev;
 	e->flags = st->flags;
 	ct_update(e, false, proto, tcp_flags, len, now);
 }

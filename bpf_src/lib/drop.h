@@ -6,8 +6,9 @@
  * the names and descriptions from this file, so keep one entry per line in
  * the form `NAME = CODE, / * description * /`.
  *
- * API: drop_packet(ctx_len, reason, dir) counts the drop in the metrics map
- * and returns TC_ACT_SHOT.
+ * API: drop_packet(ctx_len, reason, dir) and drop_endpoint_packet(endpoint_id,
+ * ctx_len, reason, dir) count the drop in the metrics map and return
+ * TC_ACT_SHOT.
  */
 #ifndef CB_DROP_H
 #define CB_DROP_H
@@ -38,10 +39,16 @@ enum drop_reason {
 	DROP_AUTH_REQUIRED = 189,	/* Authentication required */
 };
 
+static __always_inline int drop_endpoint_packet(__u16 endpoint_id, __u32 ctx_len,
+						enum drop_reason reason, __u8 dir)
+{
+	metrics_count(endpoint_id, (__u8)reason, dir, ctx_len);
+	return TC_ACT_SHOT;
+}
+
 static __always_inline int drop_packet(__u32 ctx_len, enum drop_reason reason, __u8 dir)
 {
-	metrics_count((__u8)reason, dir, ctx_len);
-	return TC_ACT_SHOT;
+	return drop_endpoint_packet(0, ctx_len, reason, dir);
 }
 
 #endif /* CB_DROP_H */

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Per-CPU packet and byte counters by (reason, direction), as Cilium's
- * metrics map keeps them: reason 0 is "forwarded", any other value is a drop
- * reason from drop.h.  The harness reads this map to name a packet's drop
- * reason and to print per-reason counters.
+/* Per-CPU packet and byte counters by (endpoint, reason, direction), as
+ * Cilium's metrics map keeps them per reason: reason 0 is "forwarded", any
+ * other value is a drop reason from drop.h.  The harness reads this map to
+ * name a packet's drop reason and to print counters per endpoint and reason.
  *
- * API: metrics_count(reason, dir, bytes)
+ * API: metrics_count(endpoint_id, reason, dir, bytes)
  */
 #ifndef CB_METRICS_H
 #define CB_METRICS_H
@@ -14,9 +14,9 @@
 #define METRIC_FORWARDED 0
 
 struct metrics_key {
-	__u8  reason;	/* 0 = forwarded, else enum drop_reason */
-	__u8  dir;	/* CB_DIR_INGRESS / CB_DIR_EGRESS */
-	__u16 pad;
+	__u8  reason;		/* 0 = forwarded, else enum drop_reason */
+	__u8  dir;		/* CB_DIR_INGRESS / CB_DIR_EGRESS */
+	__u16 endpoint_id;	/* 0: not an endpoint's program (the node's, the parser's) */
 };
 
 #ifndef CB_METRICS_MAX
@@ -30,9 +30,9 @@ struct {
 	__type(value, struct traffic_counter);
 } cb_metrics SEC(".maps");
 
-static __always_inline void metrics_count(__u8 reason, __u8 dir, __u32 bytes)
+static __always_inline void metrics_count(__u16 endpoint_id, __u8 reason, __u8 dir, __u32 bytes)
 {
-	struct metrics_key key = { .reason = reason, .dir = dir };
+	struct metrics_key key = { .reason = reason, .dir = dir, .endpoint_id = endpoint_id };
 	struct traffic_counter *val, init = { .packets = 1, .bytes = bytes };
 
 	val = bpf_map_lookup_elem(&cb_metrics, &key);

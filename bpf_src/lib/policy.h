@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* L3/L4 policy: per-endpoint configuration and the policy map.
+ *
+ * cb_endpoints (array, by endpoint id): the endpoint's identity, whether each
+ * direction is enforced, the active rule generation and the policy revision.
+ *
+ * cb_policy (LPM trie): one entry per rule block, keyed big-endian as
+ *   endpoint id and generation | deny | direction | remote identity | protocol | port
+ * so a prefix ending after the identity matches every protocol, one ending
+ * after the protocol every port, and a port range is a few prefixes.  A
+ * verdict takes up to four lookups: deny for the remote identity, deny for
+ * any identity, then allow for each; a deny wins over every allow.
+ *
+ * An endpoint's rules change atomically: the control plane writes the new
+ * rules under the other generation, flips the generation (one array write)
+ * and bumps the revision, then deletes the old ones.  Conntrack entries
+ * remember the revision their verdict was taken at; a packet of an
+ * established connection is checked again only when it changed.
+ *
+ * Later fragments carry no ports: they are checked as protocol/port 0, so
+ * only rules for any port can allow them, and they are dropped outright in
+ * a direction that has any deny rule (a port deny could not be applied).
+ *
+ * API: endpoint_lookup(id), policy_check(ep, egress, identity, proto, port, later_fragment)
+ */
+#ifndef CB_POLICY_H
+#define CB_POLICY_H
+
+#include "lib/common.h"
+#include "lib/drop.h"
+
+#ifndef CB_ENDPOINTS_MAX
+#define CB_ENDPOINTS_MAX	4096
+#endif
+#ifndef CB_POLICY_MAX
+#define CB_POLICY_MAX		1048576
+#endif
+
+#define CB_IDENTITY_ANY		0
+
+/* endpoint_info.flags */
+#define EP_F_MANAGED		(1 << 0)
+#define EP_F_INGRESS_ENFORCED	(1 << 1)
+#define EP_F_EGRESS_ENFORCED	(1 << 2)
+#define EP_F_INGRESS_DENIES	(1 << 3)	/* ingress has deny rules */
+#define EP_F_EGRESS_DENIES	(1 << 4)
+#define EP_F_GENERATION		(1 << 5)	/* which rule generation is live */
+
+/* Bits of a policy key after the fixed part (endpoint..identity). */
+#define POLICY_PREFIX_FIXED	64
+#define POLICY_PREFIX_PROTO	72
+#define POLICY_PREFIX_FULL	88
+
+struct endpoint_info {
+	__u32 identity;
+	__u32 policy_revision;
+	__u16 flags;		/* EP_F_* */
+	__u16 pad;
+};
+
+struct policy_key {
+	__u32 prefixlen;	/* bits of the fields below that must match */
+	__be16 ep_gen;		/* endpoint id << 1 | generation */
+	__u8  deny;		/* 1: deny rule */
+	__u8  egress;		/* 1: egress, 0: ingress */
+	__be32 identity;	/* remote identity; CB_IDENTITY_ANY: every one */
+	__u8  proto;		/* IPPROTO_*; covered by the prefix or not */
+	__u8  pad;
+	__be16 dport;		/* ICMP: the type */
+};
+
+struct policy_entry {
+	__u64 packets;		/* connections (and re-checks) this entry decided */
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CB_ENDPOINTS_MAX);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+} cb_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, CB_POLICY_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+} cb_policy SEC(".maps");
+
+static __always_inline struct endpoint_info *endpoint_lookup(__u32 id)
+{
+	return id ? bpf_map_lookup_elem(&cb_endpoints, &id) : NULL;
+}
+
+static __always_inline struct policy_entry *__policy_lookup(__u16 ep_gen, __u8 deny, __u8 egress,
+							    __u32 identity, __u8 proto,
+							    __u16 port)
+{
+	struct policy_key key = {
+		.prefixlen = POLICY_PREFIX_FULL, .ep_gen = bpf_htons(ep_gen), .deny = deny,
+		.egress = egress, .identity = bpf_htonl(identity), .proto = proto,
+		.dport = bpf_htons(port),
+	};
+
+	return bpf_map_lookup_elem(&cb_policy, &key);
+}
+
+/* 0 to allow, or -DROP_POLICY (no rule allows) / -DROP_POLICY_DENY (a deny rule). */
+static __always_inline int policy_check(__u32 ep_id, const struct endpoint_info *ep, bool egress,
+					__u32 identity, __u8 proto, __u16 port, bool later_fragment,
+					__u32 len)
+{
+	__u16 enforced = egress ? EP_F_EGRESS_ENFORCED : EP_F_INGRESS_ENFORCED;
+	__u16 denies = egress ? EP_F_EGRESS_DENIES : EP_F_INGRESS_DENIES;
+	__u16 ep_gen = (__u16)(ep_id << 1) | !!(ep->flags & EP_F_GENERATION);
+	struct policy_entry *e;
+	int pass;
+
+	if (later_fragment) {
+		if (ep->flags & denies)
+			return -DROP_FRAG_NOSUPPORT;
+		proto = 0;
+		port = 0;
+	}
+#pragma unroll
+	for (pass = 0; pass < 4; pass++) {
+		__u8 deny = pass < 2;
+
+		if (deny && !(ep->flags & denies))
+			continue;
+		if (!deny && !(ep->flags & enforced))
+			return 0;
+		e = __policy_lookup(ep_gen, deny, egress, (pass & 1) ? CB_IDENTITY_ANY : identity,
+				    proto, port);
+		if (e) {
+			__sync_fetch_and_add(&e->packets, 1);
+			__sync_fetch_and_add(&e->bytes, len);
+			return deny ? -DROP_POLICY_DENY : 0;
+		}
+	}
+	return -DROP_POLICY;
+}
+
+#endif /* CB_POLICY_H */
