@@ -191,7 +191,7 @@ class PolicyKey(CStruct):
     helpers in harness.policy.entries rather than setting them by hand."""
     _c_name_ = "policy_key"
     _fields_ = [("prefixlen", c_uint32), ("ep_gen", c_uint16), ("deny", c_uint8),
-                ("egress", c_uint8), ("identity", c_uint32), ("proto", c_uint8), ("pad", c_uint8),
+                ("egress", c_uint8), ("identity", c_uint32), ("pad", c_uint8), ("proto", c_uint8),
                 ("dport", c_uint16)]
 
 

@@ -46,10 +46,11 @@
 #define EP_F_EGRESS_DENIES	(1 << 4)
 #define EP_F_GENERATION		(1 << 5)	/* which rule generation is live */
 
-/* Bits of a policy key after the fixed part (endpoint..identity). */
-#define POLICY_PREFIX_FIXED	64
-#define POLICY_PREFIX_PROTO	72
-#define POLICY_PREFIX_FULL	88
+/* Prefix lengths of policy keys: everything up to the identity (and the pad
+ * byte after it), then the protocol, then the 16 bits of the port. */
+#define POLICY_PREFIX_FIXED	72
+#define POLICY_PREFIX_PROTO	80
+#define POLICY_PREFIX_FULL	96
 
 struct endpoint_info {
 	__u32 identity;
@@ -64,8 +65,8 @@ struct policy_key {
 	__u8  deny;		/* 1: deny rule */
 	__u8  egress;		/* 1: egress, 0: ingress */
 	__be32 identity;	/* remote identity; CB_IDENTITY_ANY: every one */
+	__u8  pad;		/* always 0, inside the fixed prefix */
 	__u8  proto;		/* IPPROTO_*; covered by the prefix or not */
-	__u8  pad;
 	__be16 dport;		/* ICMP: the type */
 };
 

@@ -1,0 +1,142 @@
+"""Rendering resolved policy as map entries: ipcache prefixes, endpoint
+configuration, and LPM policy keys (bpf_src/lib/ipcache.h, lib/policy.h).
+
+A rule becomes one LPM key per prefix-aligned block of its port range: a
+range is split into the fewest (value, prefix length) blocks that cover it
+exactly, as routing tables split address ranges.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from harness.cheaders import defines
+from harness.policy.model import ANY_IDENTITY, ANY_PROTO, EndpointPolicy, IpcacheEntry, Rule
+from harness.structs import EndpointInfo, IpcacheEntry as IpcacheValue, IpcacheKey, PolicyKey, V6Addr
+
+_P = defines("lib/policy.h", "POLICY_PREFIX_")
+EP_FLAGS = defines("lib/policy.h", "EP_F_")
+IPCACHE_PREFIX_BASE = defines("lib/ipcache.h", "IPCACHE_PREFIX_BASE")["IPCACHE_PREFIX_BASE"]
+PREFIX_FIXED, PREFIX_PROTO, PREFIX_FULL = (_P["POLICY_PREFIX_FIXED"], _P["POLICY_PREFIX_PROTO"],
+                                           _P["POLICY_PREFIX_FULL"])
+
+
+def port_blocks(lo: int, hi: int) -> list[tuple[int, int]]:
+    """(start, prefix bits of 16) blocks covering exactly lo..hi."""
+    if not 0 <= lo <= hi <= 0xFFFF:
+        raise ValueError(f"bad port range {lo}-{hi}")
+    blocks = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        blocks.append((lo, 16 - size.bit_length() + 1))
+        lo += size
+    return blocks
+
+
+@dataclass(frozen=True)
+class PolicyEntryKey:
+    """A policy map key in readable form."""
+    endpoint_id: int
+    generation: int
+    deny: bool
+    egress: bool
+    identity: int
+    proto: int | None        # None: any protocol
+    port: int | None         # None: any port (with proto None or a proto)
+    port_prefix: int = 16    # bits of port that matter
+
+    def to_bytes(self) -> bytes:
+        if self.proto is None:
+            prefixlen = PREFIX_FIXED
+        elif self.port is None:
+            prefixlen = PREFIX_PROTO
+        else:
+            prefixlen = PREFIX_PROTO + self.port_prefix
+        key = PolicyKey(prefixlen=prefixlen,
+                        ep_gen=_be16((self.endpoint_id << 1) | self.generation),
+                        deny=int(self.deny), egress=int(self.egress),
+                        identity=_be32(self.identity), proto=self.proto or 0,
+                        dport=_be16(self.port or 0))
+        return bytes(key)
+
+    @classmethod
+    def from_key(cls, key: PolicyKey) -> "PolicyEntryKey":
+        ep_gen = _from_be16(key.ep_gen)
+        proto = key.proto if key.prefixlen >= PREFIX_PROTO else None
+        port = _from_be16(key.dport) if key.prefixlen > PREFIX_PROTO else None
+        return cls(ep_gen >> 1, ep_gen & 1, bool(key.deny), bool(key.egress),
+                   int.from_bytes(key.identity.to_bytes(4, "little"), "big"), proto, port,
+                   max(0, key.prefixlen - PREFIX_PROTO))
+
+    def ports_text(self) -> str:
+        if self.proto is None:
+            return "ANY"
+        if self.port is None:
+            return f"{self.proto}/ANY"
+        span = 1 << (16 - self.port_prefix)
+        last = self.port + span - 1
+        return f"{self.proto}/{self.port}" + (f"-{last}" if span > 1 else "")
+
+
+def rule_keys(endpoint_id: int, generation: int, egress: bool, rule: Rule) -> list[PolicyEntryKey]:
+    identity = rule.identity if rule.identity != ANY_IDENTITY else ANY_IDENTITY
+    if rule.proto == ANY_PROTO:
+        return [PolicyEntryKey(endpoint_id, generation, rule.deny, egress, identity, None, None)]
+    if (rule.ports.lo, rule.ports.hi) == (0, 0xFFFF):
+        return [PolicyEntryKey(endpoint_id, generation, rule.deny, egress, identity, rule.proto,
+                               None)]
+    return [PolicyEntryKey(endpoint_id, generation, rule.deny, egress, identity, rule.proto,
+                           start, bits)
+            for start, bits in port_blocks(rule.ports.lo, rule.ports.hi)]
+
+
+def endpoint_keys(endpoint_id: int, generation: int, ep: EndpointPolicy) -> list[PolicyEntryKey]:
+    keys: dict[bytes, PolicyEntryKey] = {}
+    for egress, rules in ((False, ep.ingress), (True, ep.egress)):
+        for rule in rules:
+            for k in rule_keys(endpoint_id, generation, egress, rule):
+                keys[k.to_bytes()] = k
+    return list(keys.values())
+
+
+def endpoint_flags(ep: EndpointPolicy, generation: int) -> int:
+    flags = EP_FLAGS["EP_F_MANAGED"]
+    if ep.ingress_enforced:
+        flags |= EP_FLAGS["EP_F_INGRESS_ENFORCED"]
+    if ep.egress_enforced:
+        flags |= EP_FLAGS["EP_F_EGRESS_ENFORCED"]
+    if any(r.deny for r in ep.ingress):
+        flags |= EP_FLAGS["EP_F_INGRESS_DENIES"]
+    if any(r.deny for r in ep.egress):
+        flags |= EP_FLAGS["EP_F_EGRESS_DENIES"]
+    if generation:
+        flags |= EP_FLAGS["EP_F_GENERATION"]
+    return flags
+
+
+def endpoint_value(ep: EndpointPolicy, generation: int, revision: int) -> bytes:
+    return bytes(EndpointInfo(identity=ep.identity, policy_revision=revision,
+                              flags=endpoint_flags(ep, generation)))
+
+
+def ipcache_key(prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bytes:
+    return bytes(IpcacheKey(prefixlen=IPCACHE_PREFIX_BASE + prefix.prefixlen,
+                            family=prefix.version, addr=V6Addr.of(prefix.network_address)))
+
+
+def ipcache_value(entry: IpcacheEntry) -> bytes:
+    return bytes(IpcacheValue(identity=entry.identity))
+
+
+def _be16(v: int) -> int:
+    return int.from_bytes(v.to_bytes(2, "big"), "little")
+
+
+def _from_be16(v: int) -> int:
+    return int.from_bytes(v.to_bytes(2, "little"), "big")
+
+
+def _be32(v: int) -> int:
+    return int.from_bytes(v.to_bytes(4, "big"), "little")
