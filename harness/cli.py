@@ -112,7 +112,7 @@ def _service_scales(text: str) -> list[int]:
 
 
 def cmd_bench(args) -> int:
-    from bench import lb_cases, micro, results
+    from bench import lb_cases, micro, policy_cases, results
     if args.suite != "micro":
         raise UsageError(f"unknown suite {args.suite!r}")
     if args.samples < 5 or args.repeat < 100_000:
@@ -123,6 +123,8 @@ def cmd_bench(args) -> int:
         raise UsageError(f"no compiled programs in {paths.bpf_objects_dir()} (run `make build`)")
     for n in _service_scales(args.services):
         cases += lb_cases.cases(n)
+    for n in _service_scales(args.identities):
+        cases += policy_cases.cases(n)
     suite = _with_progress(lambda progress: micro.run(cases, args.samples, args.repeat,
                                                       progress=progress),
                            f"micro: {len(cases)} cases x {args.samples} samples")
@@ -286,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=100_000, help="runs per sample (>= 100000)")
     p.add_argument("--services", default="1,10000",
                    help="service counts (x 10 backends) for the LB cases (default 1,10000)")
+    p.add_argument("--identities", default="1,1000,16000",
+                   help="identity x rule counts for the policy cases (default 1,1000,16000)")
     p.add_argument("--out", help=f"results directory (default {paths.RESULTS})")
     p.add_argument("--no-write", action="store_true", help="print only, write no result file")
     p.add_argument("--json", action="store_true", help="also print the result document")

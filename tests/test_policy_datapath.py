@@ -149,7 +149,7 @@ def test_generations_swap_atomically(s):
     s.apply(policy(ingress=[Rule(False, CLIENT_ID, TCP_, PortRange(81, 81))]))
     second = read_rules(s.coll.maps, EP)
     assert [(k.generation, k.port) for k, *_ in second] == [(1, 81)]
-    assert len(s.coll.maps["cb_policy"]) == 1          # the old generation is gone
+    assert len(s.coll.maps["cb_policy_exact"]) + len(s.coll.maps["cb_policy"]) == 1  # old gone
     assert s.ctl.revision(EP) == 2
     unchanged = s.apply(policy(ingress=[Rule(False, CLIENT_ID, TCP_, PortRange(81, 81))]))
     assert unchanged.endpoints_changed == 0 and s.ctl.revision(EP) == 2
@@ -217,4 +217,4 @@ def test_endpoint_removed_means_unmanaged(s):
     assert s.ingress(tcp_in(22)) == DROP["DROP_POLICY"]
     s.ctl.apply(PolicyState((), ipcache(), ()), {})
     assert s.ingress(tcp_in(22, sport=36000)) == "allow"
-    assert len(s.coll.maps["cb_policy"]) == 0
+    assert len(s.coll.maps["cb_policy"]) == len(s.coll.maps["cb_policy_exact"]) == 0

@@ -70,6 +70,11 @@ class PolicyEntryKey:
                    int.from_bytes(key.identity.to_bytes(4, "little"), "big"), proto, port,
                    max(0, key.prefixlen - PREFIX_PROTO))
 
+    @property
+    def exact(self) -> bool:
+        """A single-port rule: kept in the exact-match hash map."""
+        return self.proto is not None and self.port is not None and self.port_prefix == 16
+
     def ports_text(self) -> str:
         if self.proto is None:
             return "ANY"
@@ -111,6 +116,9 @@ def endpoint_flags(ep: EndpointPolicy, generation: int) -> int:
         flags |= EP_FLAGS["EP_F_INGRESS_DENIES"]
     if any(r.deny for r in ep.egress):
         flags |= EP_FLAGS["EP_F_EGRESS_DENIES"]
+    for egress, rules in ((False, ep.ingress), (True, ep.egress)):
+        if any(not k.exact for r in rules for k in rule_keys(0, 0, egress, r)):
+            flags |= EP_FLAGS["EP_F_EGRESS_WIDE" if egress else "EP_F_INGRESS_WIDE"]
     if generation:
         flags |= EP_FLAGS["EP_F_GENERATION"]
     return flags
@@ -119,6 +127,11 @@ def endpoint_flags(ep: EndpointPolicy, generation: int) -> int:
 def endpoint_value(ep: EndpointPolicy, generation: int, revision: int) -> bytes:
     return bytes(EndpointInfo(identity=ep.identity, policy_revision=revision,
                               flags=endpoint_flags(ep, generation)))
+
+
+def ipcache_map(prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """Host prefixes go to the hash map, shorter ones to the trie (lib/ipcache.h)."""
+    return "cb_ipcache_hosts" if prefix.prefixlen == prefix.max_prefixlen else "cb_ipcache"
 
 
 def ipcache_key(prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bytes:

@@ -52,11 +52,12 @@ class PolicyStats:
 
 class PolicyControl:
     def __init__(self, maps: Mapping[str, Map]):
-        missing = [m for m in ("cb_ipcache", "cb_endpoints", "cb_policy") if m not in maps]
+        missing = [m for m in ("cb_ipcache", "cb_ipcache_hosts", "cb_endpoints", "cb_policy",
+                               "cb_policy_exact") if m not in maps]
         if missing:
             raise ValueError(f"not a policy datapath: maps {', '.join(missing)} missing")
         self.maps = maps
-        self._ipcache: dict[bytes, bytes] = {}
+        self._ipcache: dict[tuple[str, bytes], bytes] = {}     # (map, key) -> value
         self._endpoints: dict[int, _Endpoint] = {}
 
     def apply(self, state: PolicyState, ids: Mapping[str, int]) -> PolicyStats:
@@ -72,19 +73,19 @@ class PolicyControl:
 
     # -- ipcache: new and changed prefixes first, stale ones last --------------------------
     def _apply_ipcache(self, state: PolicyState, stats: PolicyStats) -> None:
-        want = {E.ipcache_key(e.prefix): E.ipcache_value(e) for e in state.ipcache}
-        m = self.maps["cb_ipcache"]
-        for k, v in want.items():
-            if self._ipcache.get(k) != v:
-                m.update(k, v)
-                self._ipcache[k] = v
+        want = {(E.ipcache_map(e.prefix), E.ipcache_key(e.prefix)): E.ipcache_value(e)
+                for e in state.ipcache}
+        for (name, k), v in want.items():
+            if self._ipcache.get((name, k)) != v:
+                self.maps[name].update(k, v)
+                self._ipcache[(name, k)] = v
                 stats.ipcache_writes += 1
-        for k in [k for k in self._ipcache if k not in want]:
+        for name, k in [mk for mk in self._ipcache if mk not in want]:
             try:
-                m.delete(k)
+                self.maps[name].delete(k)
             except KeyNotFoundError:
                 pass
-            del self._ipcache[k]
+            del self._ipcache[(name, k)]
             stats.ipcache_deletes += 1
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -95,17 +96,17 @@ class PolicyControl:
         gen = 1 - cur.generation if cur else 0
         revision = (cur.revision + 1) if cur else 1
         new_keys = {k.to_bytes(): k for k in E.endpoint_keys(eid, gen, ep)}
-        pol = self.maps["cb_policy"]
-        written: list[bytes] = []
+        written: list[tuple[Map, bytes]] = []
         try:
-            for raw in new_keys:
-                pol.update(raw, bytes(16))
-                written.append(raw)
+            for raw, key in new_keys.items():
+                m = self._rule_map(key)
+                m.update(raw, bytes(16))
+                written.append((m, raw))
             self.maps["cb_endpoints"].update(eid, E.endpoint_value(ep, gen, revision))
         except (BpfError, ValueError) as exc:
-            for raw in written:
+            for m, raw in written:
                 try:
-                    pol.delete(raw)
+                    m.delete(raw)
                 except KeyNotFoundError:
                     pass
             raise PolicyApplyError(f"policy of endpoint {eid} ({ep.pod}) not changed: {exc}") \
@@ -122,11 +123,14 @@ class PolicyControl:
         stats.rule_deletes += self._delete_keys(cur.keys)
         stats.endpoints_changed += 1
 
+    def _rule_map(self, key: E.PolicyEntryKey) -> Map:
+        return self.maps["cb_policy_exact" if key.exact else "cb_policy"]
+
     def _delete_keys(self, keys: Mapping[bytes, E.PolicyEntryKey]) -> int:
-        pol, n = self.maps["cb_policy"], 0
-        for raw in keys:
+        n = 0
+        for raw, key in keys.items():
             try:
-                pol.delete(raw)
+                self._rule_map(key).delete(raw)
                 n += 1
             except KeyNotFoundError:
                 pass
@@ -142,10 +146,11 @@ def read_rules(maps: Mapping[str, Map], eid: int) -> list[tuple[E.PolicyEntryKey
     info = maps["cb_endpoints"].lookup(eid)
     gen = 1 if info.flags & E.EP_FLAGS["EP_F_GENERATION"] else 0
     out = []
-    for k, v in maps["cb_policy"].items():
-        key = E.PolicyEntryKey.from_key(PolicyKey.from_buffer_copy(bytes(k)))
-        if key.endpoint_id == eid and key.generation == gen:
-            out.append((key, v.packets, v.bytes))
+    for name in ("cb_policy_exact", "cb_policy"):
+        for k, v in maps[name].items():
+            key = E.PolicyEntryKey.from_key(PolicyKey.from_buffer_copy(bytes(k)))
+            if key.endpoint_id == eid and key.generation == gen:
+                out.append((key, v.packets, v.bytes))
     out.sort(key=lambda r: (r[0].egress, r[0].deny, r[0].identity, r[0].proto or 0,
                             r[0].port or 0))
     return out
