@@ -1,15 +1,15 @@
 """Removing whatever chainbench left behind: ``chainbench down``.
 
 Project namespaces (``cb-*``), project cgroups (``cb-*`` under the cgroup2
-mount) and pins under the project's bpffs directory.  Safe to run any time;
-it touches nothing else.
+mount), pins under the project's bpffs directory and the node state under
+/run/chainbench.  Safe to run any time; it touches nothing else.
 """
 from __future__ import annotations
 
 import os
 import shutil
 
-from harness import cgroups, netns
+from harness import cgroups, endpoints, netns
 from harness.bpffs import PIN_ROOT
 
 
@@ -18,7 +18,10 @@ def leftovers() -> dict[str, list[str]]:
     if os.path.isdir(PIN_ROOT):
         for dirpath, _dirs, files in os.walk(PIN_ROOT):
             pins.extend(os.path.join(dirpath, f) for f in files)
-    return {"namespaces": netns.list_project(), "cgroups": cgroups.list_project(), "pins": pins}
+    state = [os.path.join(endpoints.STATE_ROOT, n) for n in os.listdir(endpoints.STATE_ROOT)] \
+        if os.path.isdir(endpoints.STATE_ROOT) else []
+    return {"namespaces": netns.list_project(), "cgroups": cgroups.list_project(), "pins": pins,
+            "states": state}
 
 
 def down() -> dict[str, list[str]]:
@@ -31,4 +34,5 @@ def down() -> dict[str, list[str]]:
     if os.path.isdir(PIN_ROOT):
         # Unlinking a pin drops the kernel's reference; the object goes when unused.
         shutil.rmtree(PIN_ROOT)
+    endpoints.remove_state()
     return found

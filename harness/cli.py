@@ -73,8 +73,10 @@ def cmd_test_run(args) -> int:
         raise UsageError("--repeat must be >= 1")
     packets = list(testrun.read_pcap(args.pcap))
     node = endpoint.node_name if endpoint is not None else None
-    rodata = {**datapath.rodata_for(obj.name.removesuffix(".bpf.o"), node),
-              **_parse_rodata(args.rodata)}
+    rodata = datapath.rodata_for(obj.name.removesuffix(".bpf.o"), node)
+    if endpoint is not None and obj.name == "lxc.bpf.o":
+        rodata["endpoint_id"] = datapath.test_run_endpoint_ids(scenario).get(endpoint.ref, 0)
+    rodata.update(_parse_rodata(args.rodata))
     with Collection.load(str(obj), rodata=rodata or None) as coll:
         if scenario is not None:
             programming.program_maps(coll, scenario, endpoint)
@@ -165,6 +167,89 @@ def cmd_lb_apply(args) -> int:
         stats = control.apply(state)
     print(f"{node}: {len(state.frontends)} frontends from {args.file}"
           f"{f' ({restored} restored from the maps)' if restored else ''}; {stats}")
+    return EXIT_OK
+
+
+def cmd_identities(args) -> int:
+    from harness.policy.resolve import format_identities, resolve
+    from harness.scenario import load_scenario
+    state = resolve(load_scenario(args.file))
+    rows = format_identities(state)
+    if args.output == "json":
+        print(json.dumps([{"id": int(i), "labels": labels} for i, labels in rows], indent=1))
+    else:
+        _print_table(("ID", "LABELS"), rows)
+    return EXIT_OK
+
+
+def cmd_policy_apply(args) -> int:
+    from harness import datapath
+    from harness.endpoints import EndpointRegistry
+    from harness.policy.program import PolicyControl
+    from harness.policy.resolve import resolve
+    from harness.scenario import load_scenario
+    scenario = load_scenario(args.file)
+    state = resolve(scenario, local_node=args.node)
+    registry = EndpointRegistry(args.node)
+    local = {p.ref for p in scenario.pods if p.node_name == args.node and not p.host_network}
+    for ep in state.endpoints:
+        if ep.pod in local:
+            rec = registry.ensure(ep.pod)
+            rec.identity = ep.identity
+            pod = scenario.pod(ep.pod)
+            rec.ipv4 = str(pod.ipv4) if pod.ipv4 else None
+            rec.ipv6 = str(pod.ipv6) if pod.ipv6 else None
+    for pod in [p for p in registry.records if p not in local]:
+        registry.remove(pod)
+    with datapath.load("lxc", args.node, pinned=True) as coll:
+        control = PolicyControl(coll.maps)
+        control.restore(range(1, 4096))
+        stats = control.apply(state, registry.ids())
+    registry.save()
+    registry.save_identities({i.id: ",".join(i.labels) for i in state.identities})
+    print(f"{args.node}: {len(registry.records)} endpoints, {len(state.identities)} identities, "
+          f"{len(state.ipcache)} ipcache entries; {stats}")
+    return EXIT_OK
+
+
+def cmd_policy_get(args) -> int:
+    from harness import datapath
+    from harness.endpoints import EndpointRegistry
+    from harness.policy.program import read_rules
+    node = datapath.resolve_node(args.node)
+    registry = EndpointRegistry(node)
+    ref = args.endpoint if "/" in args.endpoint else f"default/{args.endpoint}"
+    if ref not in registry.records:
+        raise UsageError(f"no endpoint {ref} on {node} (known: "
+                         f"{', '.join(sorted(registry.records)) or 'none'})")
+    rec = registry.records[ref]
+    maps = datapath.open_pinned(node)
+    try:
+        info = maps["cb_endpoints"].lookup(rec.id)
+        rules = read_rules(maps, rec.id)
+    finally:
+        for m in maps.values():
+            m.close()
+    from harness.policy import entries as PE
+    flags = PE.EP_FLAGS
+    header = (f"endpoint {ref} (id {rec.id}, identity {info.identity}, policy revision "
+              f"{info.policy_revision}); ingress "
+              f"{'enforced' if info.flags & flags['EP_F_INGRESS_ENFORCED'] else 'allow-all'}, "
+              f"egress {'enforced' if info.flags & flags['EP_F_EGRESS_ENFORCED'] else 'allow-all'}")
+    labels = registry.identity_labels()
+    rows = [("Deny" if k.deny else "Allow", "Egress" if k.egress else "Ingress",
+             "ANY" if k.identity == 0 else f"{k.identity} {labels.get(k.identity, '')}".strip(),
+             k.ports_text(), str(b), str(p))
+            for k, p, b in rules]
+    if args.output == "json":
+        print(json.dumps({"endpoint": ref, "id": rec.id, "identity": info.identity,
+                          "revision": info.policy_revision,
+                          "rules": [dict(zip(("verdict", "direction", "identity", "port_proto",
+                                              "bytes", "packets"), r)) for r in rows]}, indent=1))
+    else:
+        print(header)
+        _print_table(("POLICY", "DIRECTION", "IDENTITY (LABELS)", "PROTO/PORT", "BYTES", "PACKETS"),
+                     rows)
     return EXIT_OK
 
 
@@ -309,6 +394,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--node", default="cb-node0", help="node whose maps to program (cb-node0)")
     c.set_defaults(func=cmd_lb_apply)
 
+    p = sub.add_parser("identities", help="security identities of a scenario's pods, reserved "
+                                          "and CIDR identities")
+    p.add_argument("-f", "--file", required=True, help="scenario YAML")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_identities)
+
+    p = sub.add_parser("policy", help="L3/L4 policy of a node's endpoints")
+    psub = p.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    c = psub.add_parser("apply", help="resolve a scenario's policies and program a node's "
+                                      "pinned maps (each endpoint switches atomically)")
+    c.add_argument("-f", "--file", required=True, help="scenario YAML")
+    c.add_argument("--node", default="cb-node0")
+    c.set_defaults(func=cmd_policy_apply)
+    c = psub.add_parser("get", help="an endpoint's live policy entries with hit counters "
+                                    "(like `cilium bpf policy get`)")
+    c.add_argument("endpoint", metavar="NS/POD")
+    c.add_argument("--node", help="node (default: the only node with pinned maps)")
+    c.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    c.set_defaults(func=cmd_policy_get)
+
     p = sub.add_parser("services", help="list services as the LB maps hold them "
                                         "(like `cilium service list`)")
     p.add_argument("--node", help="node (default: the only node with pinned maps)")
@@ -332,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
     from harness.datapath import NodeNotFound
     from harness.lb.control import LbApplyError
+    from harness.policy.program import PolicyApplyError
     from harness.lb.state import LbStateError
     from harness.testrun import PcapError, ProgramNotFound
     from harness.addressing import AddressPlanError
@@ -352,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("       (run with -v for the verifier log)", file=sys.stderr)
         return EXIT_FAIL
-    except (BpfError, StructMismatchError, LbApplyError) as exc:
+    except (BpfError, StructMismatchError, LbApplyError, PolicyApplyError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except BrokenPipeError:

@@ -107,6 +107,22 @@ def _program_lb(coll: Collection, scenario, endpoint) -> None:
     lb_control(coll).apply(desired_state(scenario))
 
 
+def test_run_endpoint_ids(scenario) -> dict[str, int]:
+    """Endpoint ids when a scenario runs without a topology (test-run): every
+    non-hostNetwork pod, numbered in namespace/name order from 1."""
+    from harness.policy.program import endpoint_ids
+    return endpoint_ids(p.ref for p in scenario.pods if not p.host_network)
+
+
+@programming.register("policy", "cb_policy", "cb_endpoints", "cb_ipcache")
+def _program_policy(coll: Collection, scenario, endpoint) -> None:
+    from harness.policy.program import PolicyControl
+    from harness.policy.resolve import resolve
+    node = endpoint.node_name if endpoint is not None else None
+    PolicyControl(coll.maps).apply(resolve(scenario, local_node=node),
+                                   test_run_endpoint_ids(scenario))
+
+
 def pinned_nodes() -> list[str]:
     """Nodes whose datapath maps are pinned."""
     if not os.path.isdir(bpffs.PIN_ROOT):
@@ -127,6 +143,9 @@ def _pinned_types() -> dict[str, tuple[type, type]]:
         "cb_lb_stats": (u32, S.TrafficCounter), "cb_ct4": (S.Ct4Tuple, S.CtEntry),
         "cb_ct6": (S.Ct6Tuple, S.CtEntry), "cb_metrics": (S.MetricsKey, S.TrafficCounter),
         "cb_lb_affinity": (S.LbAffinityKey, S.LbAffinityVal),
+        "cb_endpoints": (u32, S.EndpointInfo), "cb_policy": (S.PolicyKey, S.PolicyEntry),
+        "cb_policy_exact": (S.PolicyKey, S.PolicyEntry),
+        "cb_ipcache": (S.IpcacheKey, S.IpcacheEntry), "cb_ipcache_hosts": (S.IpcacheKey, S.IpcacheEntry),
     }
 
 

@@ -30,7 +30,7 @@ def endpoint_ids(pods: Iterable[str]) -> dict[str, int]:
 
 @dataclass
 class _Endpoint:
-    policy: EndpointPolicy
+    policy: EndpointPolicy | None       # None: adopted from the maps by restore()
     generation: int
     revision: int
     keys: dict[bytes, E.PolicyEntryKey] = field(default_factory=dict)
@@ -135,6 +135,26 @@ class PolicyControl:
             except KeyNotFoundError:
                 pass
         return n
+
+    # -- restoring --------------------------------------------------------------------------
+    def restore(self, ids: Iterable[int]) -> int:
+        """Adopt what the maps hold for endpoints *ids* and the ipcache (pinned maps
+        programmed by an earlier run); returns the endpoints adopted.  Their next
+        apply writes a new generation, since the maps do not say which policy
+        produced the old one."""
+        for name in ("cb_ipcache", "cb_ipcache_hosts"):
+            for k, v in self.maps[name].items():
+                self._ipcache[(name, bytes(k))] = bytes(v)
+        adopted = 0
+        for eid in ids:
+            info = self.maps["cb_endpoints"].get(eid)
+            if info is None or not info.flags & E.EP_FLAGS["EP_F_MANAGED"]:
+                continue
+            gen = 1 if info.flags & E.EP_FLAGS["EP_F_GENERATION"] else 0
+            keys = {k.to_bytes(): k for k, _, _ in read_rules(self.maps, eid)}
+            self._endpoints[eid] = _Endpoint(None, gen, info.policy_revision, keys)
+            adopted += 1
+        return adopted
 
     # -- reading back ---------------------------------------------------------------------
     def revision(self, eid: int) -> int:

@@ -1,0 +1,89 @@
+"""The endpoints of a node: pod -> endpoint id, kept beside its pinned maps.
+
+Endpoint ids index ``cb_endpoints`` and prefix the policy keys; they are
+assigned smallest-free-first and kept in ``/run/chainbench/<node>/endpoints.json``
+so every later command (``policy get``, ``endpoints``) finds the same ones.
+``chainbench down`` removes the state directory with everything else.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+
+STATE_ROOT = "/run/chainbench"
+MAX_ENDPOINT_ID = 4095          # cb_endpoints holds 4096 slots; id 0 means "no endpoint"
+
+
+@dataclass
+class EndpointRecord:
+    pod: str                    # namespace/name
+    id: int
+    identity: int = 0
+    ipv4: str | None = None
+    ipv6: str | None = None
+    interface: str | None = None   # host-side veth, when a topology runs
+    state: str = "ready"
+
+
+class EndpointRegistry:
+    def __init__(self, node: str, root: str = STATE_ROOT):
+        self.node = node
+        self.path = os.path.join(root, node, "endpoints.json")
+        self.records: dict[str, EndpointRecord] = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for item in json.load(f):
+                    rec = EndpointRecord(**item)
+                    self.records[rec.pod] = rec
+
+    def ensure(self, pod: str) -> EndpointRecord:
+        """The pod's record, creating it with the smallest free id."""
+        rec = self.records.get(pod)
+        if rec is None:
+            used = {r.id for r in self.records.values()}
+            free = next((i for i in range(1, MAX_ENDPOINT_ID + 1) if i not in used), None)
+            if free is None:
+                raise RuntimeError(f"node {self.node}: no free endpoint id (max {MAX_ENDPOINT_ID})")
+            rec = self.records[pod] = EndpointRecord(pod, free)
+        return rec
+
+    def remove(self, pod: str) -> EndpointRecord | None:
+        return self.records.pop(pod, None)
+
+    def ids(self) -> dict[str, int]:
+        return {pod: r.id for pod, r in self.records.items()}
+
+    @property
+    def identities_path(self) -> str:
+        return os.path.join(os.path.dirname(self.path), "identities.json")
+
+    def save_identities(self, labels: dict[int, str]) -> None:
+        """Identity -> labels, so commands reading the maps can name identities."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.identities_path, "w") as f:
+            json.dump({str(k): v for k, v in labels.items()}, f, indent=1)
+
+    def identity_labels(self) -> dict[int, str]:
+        if not os.path.exists(self.identities_path):
+            return {}
+        with open(self.identities_path) as f:
+            return {int(k): v for k, v in json.load(f).items()}
+
+    def save(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump([asdict(r) for r in sorted(self.records.values(), key=lambda r: r.id)], f,
+                      indent=1)
+        os.replace(tmp, self.path)
+
+
+def remove_state() -> list[str]:
+    """Remove every node's state directory; return the nodes removed."""
+    if not os.path.isdir(STATE_ROOT):
+        return []
+    nodes = sorted(os.listdir(STATE_ROOT))
+    shutil.rmtree(STATE_ROOT)
+    return nodes

@@ -1,0 +1,561 @@
+"""Policy resolution: a scenario's pods and policies -> identities, ipcache, per-endpoint rules.
+
+``resolve(scenario, nodes, local_node)`` compiles every CiliumNetworkPolicy
+rule and NetworkPolicy into entries (allow or deny; peers; ports), then, for
+each endpoint (a non-hostNetwork pod with an IP), evaluates which policies
+select it and expands their entries into model.Rule values over numeric
+identities.  The semantics follow Cilium (pkg/policy, pkg/k8s):
+
+Enforcement
+    A CNP rule whose endpointSelector matches the endpoint enforces ingress
+    when its ``ingress`` or ``ingressDeny`` list is non-empty (Cilium's
+    Sanitize: ``len(Ingress) > 0 || len(IngressDeny) > 0``; so ``ingress: []``
+    enforces nothing and ``ingress: [{}]`` enforces while allowing nothing);
+    likewise egress.  A NetworkPolicy enforces the directions of its
+    policyTypes, defaulted as the API server does (Ingress, plus Egress if
+    ``egress`` has at least one rule); rules of a direction not in
+    policyTypes are ignored, as Kubernetes specifies.
+
+Peers of one CNP entry
+    At most one of fromEndpoints / fromCIDR / fromCIDRSet / fromEntities
+    (to...) may be non-empty, else error (Cilium rejects the combination).
+    No peer field but toPorts or icmps: every peer (wildcard).  No peer field
+    and no ports (``{}``): nothing.  A peer field present but empty (``[]``):
+    nothing (as Cilium's newer releases).  Endpoint selectors match every
+    identity (pods, reserved, CIDR) by its labels.  Entities: see
+    selectors.ENTITY_SELECTORS; ``world`` selects reserved:world and every
+    CIDR identity (they carry reserved:world); ``all`` is the wildcard;
+    ``world-ipv4`` / ``world-ipv6`` are treated as CIDRs 0.0.0.0/0 and ::/0.
+
+CIDRs (fromCIDR, fromCIDRSet, ipBlock)
+    Every prefix a policy names (cidr and except alike) gets its own CIDR
+    identity and ipcache entry; a CIDR peer selects the CIDR identities whose
+    prefix lies inside its cidr and inside none of its excepts.  With the
+    ipcache's longest-prefix match this selects exactly the addresses in
+    cidr minus excepts (Cilium's "carve-out": except prefixes are
+    ``DoesNotExist cidr:<except>`` requirements).  CIDR peers never select
+    pods or nodes (Cilium's default policy-cidr-match-mode): their /32 and
+    /128 entries are longer and carry their own identities.  A /0 prefix
+    also gets a CIDR identity (and an ipcache entry), so ``0.0.0.0/0``
+    selects all IPv4 outside the cluster but no IPv6: the model has one
+    world identity for both families where Cilium in dual-stack mode has
+    world-ipv4 / world-ipv6.  Addresses without an entry are world.
+
+Ports
+    No toPorts/icmps (NetworkPolicy: no ports): every protocol and port.
+    Protocol ANY expands to TCP, UDP and SCTP (not ICMP), as Cilium does.
+    A port without a number is every port of its protocol.  endPort makes a
+    range.  Named ports resolve, as in Cilium's NamedPortMultiMap: on
+    ingress against the endpoint's own container ports; on egress per
+    destination identity (one rule per identity, with its port), skipping an
+    identity whose pods give the name different numbers and every non-pod
+    identity; a wildcard peer expands to every pod identity with the name.
+    An ICMP type T (``icmps``) becomes proto ICMP (family IPv4) or ICMPv6
+    with PortRange(T, T): the datapath matches the ICMP type as the port.
+
+Host
+    Cilium's default ``allow-localhost`` (auto = always in Kubernetes mode)
+    lets the local host reach every endpoint: with ``allow_localhost`` an
+    endpoint with ingress enforced gets an allow from ID_HOST for everything
+    (an explicit deny still wins).
+
+Unsupported fields (L7 rules, toFQDNs, toServices, from/toRequires,
+from/toNodes, nodeSelector, selector keys of other sources, ...) raise a
+one-line ScenarioError naming the field.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harness.policy.errors import PolicyFieldError
+from harness.policy.identity import (
+    RESERVED_LABELS,
+    IdentityAllocator,
+    allocate_cidr_identities,
+    cidr_label,
+    node_identities,
+    security_labels,
+)
+from harness.policy.model import (
+    ANY_IDENTITY,
+    ANY_PORT,
+    ANY_PROTO,
+    ID_HOST,
+    PROTOCOLS,
+    Direction,
+    EndpointPolicy,
+    Identity,
+    IpcacheEntry,
+    IPNetwork,
+    PolicyState,
+    PortRange,
+    Rule,
+)
+from harness.policy.selectors import (
+    ENTITY_SELECTORS,
+    LabelView,
+    Selector,
+    cnp_peer_selector,
+    cnp_subject_selector,
+    np_peer_selector,
+    np_pod_selector,
+)
+from harness.scenario.errors import ScenarioError
+from harness.scenario.model import CiliumNetworkPolicy, IPAddress, NetworkPolicy, Pod, Scenario
+
+__all__ = ["resolve", "format_identities", "ICMP_TYPES", "ALLOW_LOCALHOST_SOURCE"]
+
+ALLOW_LOCALHOST_SOURCE = "allow-localhost"
+_TCP, _UDP, _SCTP = PROTOCOLS["TCP"], PROTOCOLS["UDP"], PROTOCOLS["SCTP"]
+_ANY_L4 = (_TCP, _UDP, _SCTP)
+
+#: ICMP type names Cilium accepts (pkg/policy/api/icmp.go), per family.
+ICMP_TYPES: dict[str, dict[str, int]] = {
+    "IPv4": {
+        "EchoReply": 0, "DestinationUnreachable": 3, "Redirect": 5, "Echo": 8, "EchoRequest": 8,
+        "RouterAdvertisement": 9, "RouterSelection": 10, "TimeExceeded": 11, "ParameterProblem": 12,
+        "Timestamp": 13, "TimestampReply": 14, "Photuris": 40, "ExtendedEchoRequest": 42,
+        "ExtendedEchoReply": 43,
+    },
+    "IPv6": {
+        "DestinationUnreachable": 1, "PacketTooBig": 2, "TimeExceeded": 3, "ParameterProblem": 4,
+        "EchoRequest": 128, "EchoReply": 129, "MulticastListenerQuery": 130, "MulticastListenerReport": 131,
+        "MulticastListenerDone": 132, "RouterSolicitation": 133, "RouterAdvertisement": 134,
+        "NeighborSolicitation": 135, "NeighborAdvertisement": 136, "RedirectMessage": 137,
+        "RouterRenumbering": 138, "ICMPNodeInformationQuery": 139, "ICMPNodeInformationResponse": 140,
+        "InverseNeighborDiscoverySolicitation": 141, "InverseNeighborDiscoveryAdvertisement": 142,
+        "HomeAgentAddressDiscoveryRequest": 144, "HomeAgentAddressDiscoveryReply": 145,
+        "MobilePrefixSolicitation": 146, "MobilePrefixAdvertisement": 147,
+        "DuplicateAddressRequestCodeSuffix": 157, "DuplicateAddressConfirmationCodeSuffix": 158,
+        "ExtendedEchoRequest": 160, "ExtendedEchoReply": 161,
+    },
+}
+
+# ================================================================ compiled form
+
+
+@dataclass(frozen=True)
+class _Peer:
+    """One peer term: the wildcard, a selector, a CIDR with excepts, or an entity."""
+    kind: str                                # "any" | "selector" | "cidr" | "entity"
+    selector: Selector | None = None
+    cidr: IPNetwork | None = None
+    excepts: tuple[IPNetwork, ...] = ()
+    entity: str = ""
+
+
+_ANY_PEER = _Peer("any")
+
+
+@dataclass(frozen=True)
+class _Port:
+    proto: int
+    lo: int = 0
+    hi: int = 65535
+    name: str = ""                           # a named port, resolved per endpoint or peer
+
+
+@dataclass(frozen=True)
+class _Entry:
+    deny: bool
+    peers: tuple[_Peer, ...]                 # () selects nothing
+    ports: tuple[_Port, ...] | None          # None: every protocol and port
+
+
+@dataclass(frozen=True)
+class _Policy:
+    source: str
+    subject: Selector
+    enforces: frozenset[str]                 # directions
+    entries: tuple[tuple[Direction, _Entry], ...]
+
+
+# ------------------------------------------------------------- CNP compilation
+
+_CNP_RULE_KEYS = frozenset({"endpointSelector", "ingress", "egress", "ingressDeny", "egressDeny",
+                            "description", "labels"})
+_PEER_KEYS: dict[str, tuple[str, ...]] = {
+    "ingress": ("fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities"),
+    "egress": ("toEndpoints", "toCIDR", "toCIDRSet", "toEntities"),
+}
+_UNSUPPORTED: dict[str, str] = {
+    "nodeSelector": "host policies (nodeSelector) are not supported by chainbench",
+    "enableDefaultDeny": "not supported by chainbench",
+    "fromRequires": "not supported by chainbench (deprecated in Cilium)",
+    "toRequires": "not supported by chainbench (deprecated in Cilium)",
+    "fromNodes": "not supported by chainbench (needs Cilium's node selector labels)",
+    "toNodes": "not supported by chainbench (needs Cilium's node selector labels)",
+    "toServices": "not supported by chainbench",
+    "toFQDNs": "DNS-based policy is not supported by chainbench (no DNS proxy)",
+    "fromGroups": "not supported by chainbench",
+    "toGroups": "not supported by chainbench",
+    "authentication": "not supported by chainbench",
+    "rules": "L7 rules are not supported by chainbench (no L7 proxy)",
+    "serverNames": "TLS SNI rules are not supported by chainbench (no L7 proxy)",
+    "listener": "not supported by chainbench (no L7 proxy)",
+    "originatingTLS": "not supported by chainbench (no L7 proxy)",
+    "terminatingTLS": "not supported by chainbench (no L7 proxy)",
+    "cidrGroupRef": "not supported by chainbench",
+    "cidrGroupSelector": "not supported by chainbench",
+}
+
+
+def _check_keys(m: Mapping[str, Any], path: str, allowed: Iterable[str]) -> None:
+    allowed = set(allowed)
+    for key, value in m.items():
+        if key not in allowed and value is not None:
+            raise PolicyFieldError(f"{path}.{key}", _UNSUPPORTED.get(key, "not supported by chainbench"))
+
+
+def _net(value: str) -> IPNetwork:
+    return ipaddress.ip_network(value, strict=False)
+
+
+def _cnp_ports(item: Mapping[str, Any], path: str) -> tuple[_Port, ...] | None:
+    to_ports = item.get("toPorts") or []
+    icmps = item.get("icmps") or []
+    if to_ports and icmps:
+        raise PolicyFieldError(f"{path}.icmps", "icmps may only be used without toPorts (Cilium rejects the "
+                                                "combination); write a separate rule")
+    if not to_ports and not icmps:
+        return None
+    ports: list[_Port] = []
+    for j, port_rule in enumerate(to_ports):
+        ppath = f"{path}.toPorts[{j}]"
+        _check_keys(port_rule, ppath, ("ports",))
+        for k, p in enumerate(port_rule.get("ports") or []):
+            _check_keys(p, f"{ppath}.ports[{k}]", ("port", "endPort", "protocol"))
+            proto = p.get("protocol") or "ANY"
+            protos = _ANY_L4 if proto == "ANY" else (PROTOCOLS[proto],)
+            raw, end = p.get("port"), p.get("endPort")
+            for num in protos:
+                if raw is None:
+                    ports.append(_Port(num))
+                elif isinstance(raw, str) and not raw.isdigit():
+                    ports.append(_Port(num, name=raw.lower()))
+                else:
+                    ports.append(_Port(num, int(raw), int(end) if end else int(raw)))
+    for j, icmp in enumerate(icmps):
+        ipath = f"{path}.icmps[{j}]"
+        _check_keys(icmp, ipath, ("fields",))
+        for k, fld in enumerate(icmp.get("fields") or []):
+            family = fld.get("family") or "IPv4"
+            raw = fld.get("type")
+            if isinstance(raw, str):
+                if raw.isdigit():
+                    code = int(raw)
+                elif raw in ICMP_TYPES[family]:
+                    code = ICMP_TYPES[family][raw]
+                else:
+                    raise PolicyFieldError(f"{ipath}.fields[{k}].type", f"{raw!r} is not an {family} ICMP type name "
+                                           f"(known: {', '.join(ICMP_TYPES[family])})")
+            else:
+                code = int(raw)
+            ports.append(_Port(PROTOCOLS["ICMP" if family == "IPv4" else "ICMPv6"], code, code))
+    return tuple(ports)
+
+
+def _cnp_peers(item: Mapping[str, Any], path: str, direction: str, namespace: str,
+               has_ports: bool) -> tuple[_Peer, ...]:
+    keys = _PEER_KEYS[direction]
+    present = [k for k in keys if item.get(k) is not None]
+    filled = [k for k in present if item[k]]
+    if len(filled) > 1:
+        raise PolicyFieldError(path, f"combining {filled[0]} and {filled[1]} in one rule is not supported "
+                                     "(Cilium rejects it); write separate rules")
+    if not present:
+        return (_ANY_PEER,) if has_ports else ()
+    if len(filled) < len(present):
+        return ()
+    key = filled[0]
+    values = item[key]
+    if key.endswith("Endpoints"):
+        return tuple(_Peer("selector", selector=cnp_peer_selector(sel, namespace, f"{path}.{key}[{i}]"))
+                     for i, sel in enumerate(values))
+    if key.endswith("CIDR"):
+        return tuple(_Peer("cidr", cidr=_net(c)) for c in values)
+    if key.endswith("CIDRSet"):
+        out = []
+        for i, rule in enumerate(values):
+            _check_keys(rule, f"{path}.{key}[{i}]", ("cidr", "except"))
+            out.append(_Peer("cidr", cidr=_net(rule["cidr"]),
+                             excepts=tuple(_net(e) for e in rule.get("except") or ())))
+        return tuple(out)
+    out = []
+    for i, entity in enumerate(values):
+        if entity == "world-ipv4":
+            out.append(_Peer("cidr", cidr=_net("0.0.0.0/0")))
+        elif entity == "world-ipv6":
+            out.append(_Peer("cidr", cidr=_net("::/0")))
+        elif entity in ENTITY_SELECTORS:
+            out.append(_Peer("entity", entity=entity))
+        else:
+            raise PolicyFieldError(f"{path}.{key}[{i}]", f"unknown entity {entity!r}")
+    return tuple(out)
+
+
+def _cnp_entry(item: Mapping[str, Any], path: str, direction: str, deny: bool, namespace: str) -> _Entry:
+    _check_keys(item, path, _PEER_KEYS[direction] + ("toPorts", "icmps"))
+    ports = _cnp_ports(item, path)
+    return _Entry(deny, _cnp_peers(item, path, direction, namespace, ports is not None), ports)
+
+
+def _compile_cnp(cnp: CiliumNetworkPolicy) -> list[_Policy]:
+    source = f"{cnp.KIND} {cnp.ref}"
+    ns = cnp.meta.namespace
+    rules = ([("spec", cnp.spec)] if cnp.spec is not None else []) + \
+        [(f"specs[{i}]", r) for i, r in enumerate(cnp.specs)]
+    out = []
+    for path, rule in rules:
+        _check_keys(rule, path, _CNP_RULE_KEYS)
+        if rule.get("endpointSelector") is None:
+            raise PolicyFieldError(f"{path}.endpointSelector", "required")
+        subject = cnp_subject_selector(rule["endpointSelector"], ns, f"{path}.endpointSelector")
+        entries: list[tuple[Direction, _Entry]] = []
+        enforces = set()
+        for direction in ("ingress", "egress"):
+            for section, deny in ((direction, False), (direction + "Deny", True)):
+                items = rule.get(section) or []
+                if items:
+                    enforces.add(direction)
+                for i, item in enumerate(items):
+                    entries.append((direction, _cnp_entry(item, f"{path}.{section}[{i}]", direction, deny, ns)))
+        out.append(_Policy(source, subject, frozenset(enforces), tuple(entries)))
+    return out
+
+
+# -------------------------------------------------------------- NP compilation
+
+
+def _np_ports(rule: Mapping[str, Any]) -> tuple[_Port, ...] | None:
+    raw_ports = rule.get("ports") or []
+    if not raw_ports:
+        return None
+    out = []
+    for p in raw_ports:
+        proto = PROTOCOLS[p.get("protocol") or "TCP"]
+        raw, end = p.get("port"), p.get("endPort")
+        if raw is None:
+            out.append(_Port(proto))
+        elif isinstance(raw, str):
+            out.append(_Port(proto, name=raw.lower()))
+        else:
+            out.append(_Port(proto, raw, end if end else raw))
+    return tuple(out)
+
+
+def _compile_np(np: NetworkPolicy) -> _Policy:
+    spec = np.spec
+    ns = np.meta.namespace
+    types = spec.get("policyTypes") or (["Ingress"] + (["Egress"] if spec.get("egress") else []))
+    subject = np_pod_selector(spec.get("podSelector") or {}, ns, "spec.podSelector")
+    entries: list[tuple[Direction, _Entry]] = []
+    enforces = set()
+    for direction, ptype, peers_key in (("ingress", "Ingress", "from"), ("egress", "Egress", "to")):
+        if ptype not in types:
+            continue
+        enforces.add(direction)
+        for i, rule in enumerate(spec.get(direction) or []):
+            path = f"spec.{direction}[{i}]"
+            peers: list[_Peer] = []
+            for j, peer in enumerate(rule.get(peers_key) or []):
+                block = peer.get("ipBlock")
+                if block is not None:
+                    peers.append(_Peer("cidr", cidr=_net(block["cidr"]),
+                                       excepts=tuple(_net(e) for e in block.get("except") or ())))
+                else:
+                    peers.append(_Peer("selector", selector=np_peer_selector(peer, ns, f"{path}.{peers_key}[{j}]")))
+            entries.append((direction, _Entry(False, tuple(peers) or (_ANY_PEER,), _np_ports(rule))))  # type: ignore[arg-type]
+    return _Policy(f"{np.KIND} {np.ref}", subject, frozenset(enforces), tuple(entries))
+
+
+def _compile(scenario: Scenario) -> list[_Policy]:
+    out: list[_Policy] = []
+    for np in scenario.network_policies:
+        try:
+            out.append(_compile_np(np))
+        except PolicyFieldError as err:
+            raise scenario.error(np, err.field, err.message) from None
+    for cnp in scenario.cilium_network_policies:
+        try:
+            out.extend(_compile_cnp(cnp))
+        except PolicyFieldError as err:
+            raise scenario.error(cnp, err.field, err.message) from None
+    return out
+
+
+# ================================================================== resolution
+
+
+def _host_net(addr: IPAddress) -> IPNetwork:
+    return ipaddress.ip_network((addr, addr.max_prefixlen))
+
+
+def _policy_prefixes(policies: Iterable[_Policy]) -> set[IPNetwork]:
+    out: set[IPNetwork] = set()
+    for policy in policies:
+        for _, entry in policy.entries:
+            for peer in entry.peers:
+                if peer.kind == "cidr":
+                    out.add(peer.cidr)  # type: ignore[arg-type]
+                    out.update(peer.excepts)
+    return out
+
+
+class _Resolver:
+    """Everything per-scenario the per-endpoint expansion needs."""
+
+    def __init__(self, scenario: Scenario, endpoints: list[Pod], policies: list[_Policy]) -> None:
+        self.endpoints = endpoints
+        self.labels = {p.ref: security_labels(p) for p in endpoints}
+        self.ids = IdentityAllocator().allocate(self.labels.values())
+        self.cidr_ids = allocate_cidr_identities(_policy_prefixes(policies))
+        self.views: dict[int, LabelView] = {i: LabelView(lbls) for i, lbls in RESERVED_LABELS.items()}
+        self.endpoint_ids = set()
+        for lbls, i in self.ids.items():
+            self.views[i] = LabelView(lbls)
+            self.endpoint_ids.add(i)
+        for prefix, i in self.cidr_ids.items():
+            self.views[i] = LabelView((cidr_label(prefix), "reserved:world"))
+        # (name, proto) -> ports, per endpoint and per identity
+        self.pod_ports: dict[str, dict[tuple[str, int], set[int]]] = {}
+        self.id_ports: dict[int, dict[tuple[str, int], set[int]]] = {}
+        for pod in endpoints:
+            mine = self.pod_ports.setdefault(pod.ref, {})
+            theirs = self.id_ports.setdefault(self.identity(pod), {})
+            for cp in pod.container_ports:
+                if cp.name:
+                    key = (cp.name.lower(), PROTOCOLS[cp.protocol])
+                    mine.setdefault(key, set()).add(cp.container_port)
+                    theirs.setdefault(key, set()).add(cp.container_port)
+        self._selected: dict[_Peer, frozenset[int]] = {}
+
+    def identity(self, pod: Pod) -> int:
+        return self.ids[self.labels[pod.ref]]
+
+    def select(self, peer: _Peer) -> frozenset[int]:
+        """Identities one peer term selects ({ANY_IDENTITY} for the wildcard)."""
+        cached = self._selected.get(peer)
+        if cached is not None:
+            return cached
+        if peer.kind == "any" or (peer.kind == "entity" and ENTITY_SELECTORS[peer.entity] is None):
+            result = frozenset({ANY_IDENTITY})
+        elif peer.kind == "cidr":
+            cidr = peer.cidr
+            result = frozenset(
+                i for prefix, i in self.cidr_ids.items()
+                if prefix.version == cidr.version and prefix.subnet_of(cidr)  # type: ignore[union-attr, arg-type]
+                and not any(prefix.subnet_of(e) for e in peer.excepts)  # type: ignore[arg-type]
+            )
+        else:
+            selectors = (peer.selector,) if peer.kind == "selector" else ENTITY_SELECTORS[peer.entity]
+            result = frozenset(i for i, view in self.views.items()
+                               if any(s.matches(view) for s in selectors))  # type: ignore[union-attr]
+        self._selected[peer] = result
+        return result
+
+    @staticmethod
+    def _single(ports: set[int] | None) -> int | None:
+        return next(iter(ports)) if ports is not None and len(ports) == 1 else None
+
+    def rules(self, pod: Pod, direction: Direction, entry: _Entry, source: str) -> list[Rule]:
+        ids: set[int] = set()
+        for peer in entry.peers:
+            ids |= self.select(peer)
+        if not ids:
+            return []
+        if entry.ports is None:
+            return [Rule(entry.deny, i, ANY_PROTO, ANY_PORT, source) for i in ids]
+        out = []
+        for port in entry.ports:
+            if not port.name:
+                out += [Rule(entry.deny, i, port.proto, PortRange(port.lo, port.hi), source) for i in ids]
+            elif direction == "ingress":
+                number = self._single(self.pod_ports[pod.ref].get((port.name, port.proto)))
+                if number is not None:
+                    out += [Rule(entry.deny, i, port.proto, PortRange(number, number), source) for i in ids]
+            else:
+                targets = ids & self.endpoint_ids
+                for i in targets:
+                    number = self._single(self.id_ports[i].get((port.name, port.proto)))
+                    if number is not None:
+                        out.append(Rule(entry.deny, i, port.proto, PortRange(number, number), source))
+        return out
+
+
+def _endpoint_policy(r: _Resolver, pod: Pod, policies: list[_Policy], allow_localhost: bool) -> EndpointPolicy:
+    view = LabelView(r.labels[pod.ref])
+    enforced: set[str] = set()
+    rules: dict[str, dict[Rule, Rule]] = {"ingress": {}, "egress": {}}
+    for policy in policies:
+        if not policy.subject.matches(view):
+            continue
+        enforced |= policy.enforces
+        for direction, entry in policy.entries:
+            for rule in r.rules(pod, direction, entry, policy.source):
+                rules[direction].setdefault(rule, rule)
+    if allow_localhost and "ingress" in enforced:
+        rule = Rule(False, ID_HOST, ANY_PROTO, ANY_PORT, ALLOW_LOCALHOST_SOURCE)
+        rules["ingress"].setdefault(rule, rule)
+    return EndpointPolicy(
+        pod=pod.ref,
+        identity=r.identity(pod),
+        ingress_enforced="ingress" in enforced,
+        egress_enforced="egress" in enforced,
+        ingress=tuple(sorted(rules["ingress"].values())),
+        egress=tuple(sorted(rules["egress"].values())),
+    )
+
+
+def _ipcache(scenario: Scenario, r: _Resolver, nodes: Mapping[str, Iterable[IPAddress]] | None,
+             local_node: str | None) -> tuple[IpcacheEntry, ...]:
+    entries: dict[IPNetwork, int] = dict(r.cidr_ids)
+    try:
+        owners = node_identities(scenario, nodes, local_node)
+    except ValueError as err:
+        raise ScenarioError(str(err), source=scenario.source) from None
+    for addr, ident in owners.items():
+        entries[_host_net(addr)] = ident
+    for pod in r.endpoints:
+        for addr in pod.pod_ips:
+            if addr in owners:
+                raise scenario.error(pod, "status.podIPs", f"{addr} is also an address of a node")
+            entries[_host_net(addr)] = r.identity(pod)
+    order = sorted(entries, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    return tuple(IpcacheEntry(n, entries[n]) for n in order)
+
+
+def resolve(
+    scenario: Scenario,
+    nodes: Mapping[str, tuple[IPAddress, ...]] | None = None,
+    local_node: str | None = None,
+    *,
+    allow_localhost: bool = True,
+) -> PolicyState:
+    """Resolve *scenario*'s policies for the datapath.
+
+    *nodes* maps node names to addresses (default: the address plan's for
+    the nodes the pods name, see identity.node_addresses); *local_node*'s
+    addresses get ID_HOST, every other node's ID_REMOTE_NODE (all of them
+    when *local_node* is None).  Raises ScenarioError for policies using
+    unsupported fields.
+    """
+    policies = _compile(scenario)
+    endpoints = sorted((p for p in scenario.pods if not p.host_network and p.pod_ips), key=lambda p: p.ref)
+    r = _Resolver(scenario, endpoints, policies)
+    identities = [Identity(i, lbls, "reserved") for i, lbls in RESERVED_LABELS.items()]
+    identities += [Identity(i, lbls, "endpoint") for lbls, i in r.ids.items()]
+    identities += [Identity(i, (cidr_label(p), "reserved:world"), "cidr") for p, i in r.cidr_ids.items()]
+    return PolicyState(
+        identities=tuple(sorted(identities)),
+        ipcache=_ipcache(scenario, r, nodes, local_node),
+        endpoints=tuple(_endpoint_policy(r, pod, policies, allow_localhost) for pod in endpoints),
+    )
+
+
+def format_identities(state: PolicyState) -> list[tuple[str, str]]:
+    """``(ID, LABELS)`` rows for ``chainbench identities``, sorted by id; labels comma-separated."""
+    return [(str(ident.id), ",".join(ident.labels)) for ident in sorted(state.identities, key=lambda i: i.id)]

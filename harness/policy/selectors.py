@@ -1,0 +1,206 @@
+"""Label selectors as Cilium evaluates them: compiled once, matched against identity labels.
+
+A selector is a conjunction of requirements on ``(source, key)`` labels.
+``matchLabels`` entries become ``In`` requirements; ``matchExpressions``
+keep their operator (In, NotIn, Exists, DoesNotExist with Kubernetes'
+meaning: NotIn and DoesNotExist hold when the label is absent).  An empty
+selector matches everything.
+
+Sources
+    A Cilium selector key may carry a source prefix: ``k8s:app`` matches
+    only labels from Kubernetes, ``reserved:host`` only reserved labels,
+    ``any:app`` or a bare ``app`` a label of any source.  Other sources
+    (``cidr``, ``fqdn``, ``container``, ...) raise PolicyFieldError: chainbench
+    has no such labels to select.  NetworkPolicy selectors are Kubernetes
+    selectors: their keys are ``k8s`` labels.
+
+Namespaces (pkg/k8s/apis/cilium.io/utils, pkg/k8s/network_policy.go)
+    - CNP endpointSelector: always restricted to the policy's namespace
+      (Cilium overrides any namespace the selector names).
+    - CNP fromEndpoints/toEndpoints: restricted to the policy's namespace
+      unless the selector has a ``reserved:`` key, a
+      ``io.kubernetes.pod.namespace`` key (k8s or any source) or a key under
+      ``io.cilium.k8s.namespace.labels.``; so ``{}`` means every pod of the
+      policy's namespace.
+    - NetworkPolicy podSelector (spec and peers): the policy's namespace.
+    - NetworkPolicy namespaceSelector: its keys are namespace labels, i.e.
+      ``io.cilium.k8s.namespace.labels.<key>`` pod labels; ``{}`` requires a
+      namespace label (every pod, no host or world); with a podSelector the
+      two are ANDed.  Scenarios have no Namespace objects, so only
+      ``kubernetes.io/metadata.name`` can match.
+
+Entities (pkg/policy/api/entity.go) are selectors too: see ENTITY_SELECTORS.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harness.policy.errors import PolicyFieldError
+from harness.policy.identity import CLUSTER_LABEL, CLUSTER_NAME, NAMESPACE_LABEL, NAMESPACE_META_PREFIX
+
+__all__ = [
+    "ENTITY_SELECTORS",
+    "LabelView",
+    "Requirement",
+    "Selector",
+    "cnp_peer_selector",
+    "cnp_subject_selector",
+    "np_peer_selector",
+    "np_pod_selector",
+    "parse_selector",
+]
+
+#: Sources a selector key may name.
+SELECTABLE_SOURCES = frozenset({"k8s", "reserved", "any"})
+
+
+class LabelView:
+    """Labels of one identity, indexed for matching: ``(source, key) -> value``."""
+
+    def __init__(self, labels: Iterable[str]) -> None:
+        self.exact: dict[tuple[str, str], str] = {}
+        self.by_key: dict[str, str] = {}
+        for label in sorted(labels):
+            source, _, rest = label.partition(":")
+            key, _, value = rest.partition("=")
+            self.exact[(source, key)] = value
+            self.by_key.setdefault(key, value)
+
+    def get(self, source: str, key: str) -> str | None:
+        """The value of *key* from *source* (``any``: from whichever source has it), or None."""
+        if source == "any":
+            return self.by_key.get(key)
+        return self.exact.get((source, key))
+
+
+@dataclass(frozen=True)
+class Requirement:
+    source: str
+    key: str
+    op: str                       # In, NotIn, Exists, DoesNotExist
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: LabelView) -> bool:
+        value = labels.get(self.source, self.key)
+        if self.op == "In":
+            return value is not None and value in self.values
+        if self.op == "NotIn":
+            return value is None or value not in self.values
+        if self.op == "Exists":
+            return value is not None
+        return value is None
+
+
+@dataclass(frozen=True)
+class Selector:
+    requirements: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: LabelView) -> bool:
+        return all(r.matches(labels) for r in self.requirements)
+
+    def has_key(self, key: str, sources: Iterable[str]) -> bool:
+        wanted = set(sources)
+        return any(r.key == key and r.source in wanted for r in self.requirements)
+
+    def has_key_prefix(self, prefix: str, sources: Iterable[str]) -> bool:
+        wanted = set(sources)
+        return any(r.key.startswith(prefix) and r.source in wanted for r in self.requirements)
+
+    def has_source(self, source: str) -> bool:
+        return any(r.source == source for r in self.requirements)
+
+    def __and__(self, other: Selector) -> Selector:
+        return Selector(self.requirements + other.requirements)
+
+
+def _split_key(key: str, where: str, cilium: bool) -> tuple[str, str]:
+    if cilium and ":" in key:
+        source, _, name = key.partition(":")
+        if source not in SELECTABLE_SOURCES:
+            raise PolicyFieldError(where, f"label source {source!r} in a selector is not supported by chainbench "
+                                          f"(only k8s, reserved and any)")
+        return source, name
+    return ("any" if cilium else "k8s"), key
+
+
+def parse_selector(sel: Mapping[str, Any] | None, where: str, *, cilium: bool, key_prefix: str = "") -> Selector:
+    """Compile a LabelSelector; *key_prefix* is put before every key (namespace selectors)."""
+    reqs: list[Requirement] = []
+    if not sel:
+        return Selector()
+    for key, value in (sel.get("matchLabels") or {}).items():
+        source, name = _split_key(key, f"{where}.matchLabels[{key}]", cilium)
+        reqs.append(Requirement(source, key_prefix + name, "In", frozenset({value})))
+    for i, expr in enumerate(sel.get("matchExpressions") or []):
+        source, name = _split_key(expr["key"], f"{where}.matchExpressions[{i}].key", cilium)
+        reqs.append(Requirement(source, key_prefix + name, expr["operator"], frozenset(expr.get("values") or ())))
+    return Selector(tuple(reqs))
+
+
+def _in_namespace(namespace: str) -> Selector:
+    return Selector((Requirement("k8s", NAMESPACE_LABEL, "In", frozenset({namespace})),))
+
+
+def cnp_subject_selector(sel: Mapping[str, Any], namespace: str, where: str) -> Selector:
+    """A CNP endpointSelector, always confined to the policy's namespace.
+
+    As in Cilium, a ``k8s:io.kubernetes.pod.namespace`` matchLabels entry is
+    overwritten with the policy's namespace; other requirements are ANDed.
+    """
+    if sel and sel.get("matchLabels"):
+        sel = {**sel, "matchLabels": {k: v for k, v in sel["matchLabels"].items() if k != "k8s:" + NAMESPACE_LABEL}}
+    return parse_selector(sel, where, cilium=True) & _in_namespace(namespace)
+
+
+def cnp_peer_selector(sel: Mapping[str, Any], namespace: str, where: str) -> Selector:
+    """A CNP fromEndpoints/toEndpoints selector, namespaced as Cilium's getEndpointSelector does."""
+    selector = parse_selector(sel, where, cilium=True)
+    if selector.has_source("reserved"):
+        return selector
+    if selector.has_key(NAMESPACE_LABEL, ("k8s", "any")):
+        return selector
+    if selector.has_key_prefix(NAMESPACE_META_PREFIX, ("k8s", "any")):
+        return selector
+    return selector & _in_namespace(namespace)
+
+
+def np_pod_selector(sel: Mapping[str, Any], namespace: str, where: str) -> Selector:
+    """A NetworkPolicy podSelector (spec or peer without namespaceSelector): the policy's namespace."""
+    return parse_selector(sel, where, cilium=False) & _in_namespace(namespace)
+
+
+def np_peer_selector(peer: Mapping[str, Any], namespace: str, where: str) -> Selector:
+    """A NetworkPolicy peer with podSelector and/or namespaceSelector (not ipBlock)."""
+    ns_sel = peer.get("namespaceSelector")
+    pod_sel = peer.get("podSelector")
+    if ns_sel is None:
+        return np_pod_selector(pod_sel or {}, namespace, f"{where}.podSelector")
+    namespaces = parse_selector(ns_sel, f"{where}.namespaceSelector", cilium=False, key_prefix=NAMESPACE_META_PREFIX)
+    if not namespaces.requirements:
+        namespaces = Selector((Requirement("k8s", NAMESPACE_LABEL, "Exists"),))
+    return namespaces & parse_selector(pod_sel, f"{where}.podSelector", cilium=False)
+
+
+def _reserved(name: str) -> Selector:
+    return Selector((Requirement("reserved", name, "Exists"),))
+
+
+#: Entity -> selectors (any one matching selects); None for ``all`` (every identity, wildcard).
+#: world-ipv4 / world-ipv6 are not here: the resolver treats them as 0.0.0.0/0 and ::/0.
+ENTITY_SELECTORS: dict[str, tuple[Selector, ...] | None] = {
+    "all": None,
+    "world": (_reserved("world"),),
+    "host": (_reserved("host"),),
+    "remote-node": (_reserved("remote-node"),),
+    "kube-apiserver": (_reserved("kube-apiserver"),),
+    "init": (_reserved("init"),),
+    "health": (_reserved("health"),),
+    "unmanaged": (_reserved("unmanaged"),),
+    "ingress": (_reserved("ingress"),),
+    "none": (_reserved("none"),),
+    "cluster": tuple(_reserved(n) for n in ("host", "remote-node", "init", "ingress", "health", "unmanaged",
+                                            "kube-apiserver"))
+               + (Selector((Requirement("k8s", CLUSTER_LABEL, "In", frozenset({CLUSTER_NAME})),)),),
+}
