@@ -478,7 +478,7 @@ class _Resolver:
                 if number is not None:
                     out += [Rule(entry.deny, i, port.proto, PortRange(number, number), source) for i in ids]
             else:
-                targets = ids & self.endpoint_ids
+                targets = self.endpoint_ids if ANY_IDENTITY in ids else ids & self.endpoint_ids
                 for i in targets:
                     number = self._single(self.id_ports[i].get((port.name, port.proto)))
                     if number is not None:
