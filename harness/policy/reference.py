@@ -37,8 +37,8 @@ _NS_META = "io.cilium.k8s.namespace.labels."
 class _Remote:
     kind: str                                   # "pod" | "host" | "remote-node" | "world"
     ip: IPAddress
+    labels: dict[str, dict[str, str]]           # source -> {key: value}
     pod: Pod | None = None
-    labels: dict = None                         # type: ignore[assignment]  # source -> {key: value}
 
 
 def _labels_of(pod: Pod) -> dict[str, dict[str, str]]:
@@ -95,12 +95,12 @@ def _classify(scenario: Scenario, ip: IPAddress, nodes: Mapping[str, Iterable[IP
               local_node: str | None) -> _Remote:
     for pod in scenario.pods:
         if not pod.host_network and ip in pod.pod_ips:
-            return _Remote("pod", ip, pod, _labels_of(pod))
+            return _Remote("pod", ip, _labels_of(pod), pod)
     for name, addrs in node_addresses(scenario, nodes, local_node).items():
         if ip in addrs:
             kind = "host" if name == local_node else "remote-node"
-            return _Remote(kind, ip, None, {"reserved": {kind: ""}})
-    return _Remote("world", ip, None, {"reserved": {"world": ""}})
+            return _Remote(kind, ip, {"reserved": {kind: ""}})
+    return _Remote("world", ip, {"reserved": {"world": ""}})
 
 
 # ------------------------------------------------------------------- ports
@@ -185,14 +185,14 @@ def _entity_matches(entity: str, remote: _Remote) -> bool:
 
 def _cnp_endpoint_selector_matches(sel: Mapping[str, Any], namespace: str, remote: _Remote) -> bool:
     reqs = _requirements(sel, cilium=True)
-    namespaced = not any(
-        source == "reserved"
-        or (source in ("k8s", "any") and (key == _NS or key.startswith(_NS_META)))
-        for source, key, _, _ in reqs
-    )
-    if namespaced:
-        reqs.append(("k8s", _NS, "In", {namespace}))
-    return _holds(reqs, remote.labels)
+    reserved = any(source == "reserved" for source, _, _, _ in reqs)
+    named_namespace = any(source in ("k8s", "any") and (key == _NS or key.startswith(_NS_META))
+                          for source, key, _, _ in reqs)
+    if reserved:
+        return _holds(reqs, remote.labels)
+    if named_namespace:
+        return remote.kind == "pod" and _holds(reqs, remote.labels)
+    return remote.kind == "pod" and remote.pod.meta.namespace == namespace and _holds(reqs, remote.labels)
 
 
 def _cnp_peer_matches(item: Mapping[str, Any], direction: str, namespace: str, remote: _Remote) -> bool:

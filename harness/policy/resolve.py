@@ -21,8 +21,10 @@ Peers of one CNP entry
     (to...) may be non-empty, else error (Cilium rejects the combination).
     No peer field but toPorts or icmps: every peer (wildcard).  No peer field
     and no ports (``{}``): nothing.  A peer field present but empty (``[]``):
-    nothing (as Cilium's newer releases).  Endpoint selectors match every
-    identity (pods, reserved, CIDR) by its labels.  Entities: see
+    nothing (as Cilium's newer releases).  Endpoint selectors are matched
+    against every identity's labels (pods, reserved, CIDR), namespaced as
+    selectors.py describes (without a ``reserved:`` key they select pods
+    only).  Entities: see
     selectors.ENTITY_SELECTORS; ``world`` selects reserved:world and every
     CIDR identity (they carry reserved:world); ``all`` is the wildcard;
     ``world-ipv4`` / ``world-ipv6`` are treated as CIDRs 0.0.0.0/0 and ::/0.

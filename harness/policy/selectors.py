@@ -18,15 +18,19 @@ Namespaces (pkg/k8s/apis/cilium.io/utils, pkg/k8s/network_policy.go)
     - CNP endpointSelector: always restricted to the policy's namespace
       (Cilium overrides any namespace the selector names).
     - CNP fromEndpoints/toEndpoints: restricted to the policy's namespace
-      unless the selector has a ``reserved:`` key, a
-      ``io.kubernetes.pod.namespace`` key (k8s or any source) or a key under
-      ``io.cilium.k8s.namespace.labels.``; so ``{}`` means every pod of the
-      policy's namespace.
+      unless the selector has a ``reserved:`` key (then it is used as is),
+      a ``io.kubernetes.pod.namespace`` key (k8s or any source) or a key
+      under ``io.cilium.k8s.namespace.labels.``; so ``{}`` means every pod of
+      the policy's namespace.  A selector naming namespaces still requires
+      the namespace label to exist, so ``NotIn`` a namespace selects pods of
+      the other namespaces, never host or world (cilium/cilium#46996 fixed
+      this over-selection; chainbench follows the fix).
     - NetworkPolicy podSelector (spec and peers): the policy's namespace.
     - NetworkPolicy namespaceSelector: its keys are namespace labels, i.e.
-      ``io.cilium.k8s.namespace.labels.<key>`` pod labels; ``{}`` requires a
-      namespace label (every pod, no host or world); with a podSelector the
-      two are ANDed.  Scenarios have no Namespace objects, so only
+      ``io.cilium.k8s.namespace.labels.<key>`` pod labels, and it always
+      requires the namespace label to exist: it selects pods only, never host
+      or world (``{}``: every pod; as Kubernetes specifies, and Cilium since
+      cilium/cilium#46996); with a podSelector the two are ANDed.  Scenarios have no Namespace objects, so only
       ``kubernetes.io/metadata.name`` can match.
 
 Entities (pkg/policy/api/entity.go) are selectors too: see ENTITY_SELECTORS.
@@ -143,6 +147,10 @@ def _in_namespace(namespace: str) -> Selector:
     return Selector((Requirement("k8s", NAMESPACE_LABEL, "In", frozenset({namespace})),))
 
 
+def _some_namespace() -> Selector:
+    return Selector((Requirement("k8s", NAMESPACE_LABEL, "Exists"),))
+
+
 def cnp_subject_selector(sel: Mapping[str, Any], namespace: str, where: str) -> Selector:
     """A CNP endpointSelector, always confined to the policy's namespace.
 
@@ -159,10 +167,9 @@ def cnp_peer_selector(sel: Mapping[str, Any], namespace: str, where: str) -> Sel
     selector = parse_selector(sel, where, cilium=True)
     if selector.has_source("reserved"):
         return selector
-    if selector.has_key(NAMESPACE_LABEL, ("k8s", "any")):
-        return selector
-    if selector.has_key_prefix(NAMESPACE_META_PREFIX, ("k8s", "any")):
-        return selector
+    if selector.has_key(NAMESPACE_LABEL, ("k8s", "any")) or selector.has_key_prefix(NAMESPACE_META_PREFIX,
+                                                                                     ("k8s", "any")):
+        return selector & _some_namespace()
     return selector & _in_namespace(namespace)
 
 
@@ -178,9 +185,7 @@ def np_peer_selector(peer: Mapping[str, Any], namespace: str, where: str) -> Sel
     if ns_sel is None:
         return np_pod_selector(pod_sel or {}, namespace, f"{where}.podSelector")
     namespaces = parse_selector(ns_sel, f"{where}.namespaceSelector", cilium=False, key_prefix=NAMESPACE_META_PREFIX)
-    if not namespaces.requirements:
-        namespaces = Selector((Requirement("k8s", NAMESPACE_LABEL, "Exists"),))
-    return namespaces & parse_selector(pod_sel, f"{where}.podSelector", cilium=False)
+    return namespaces & _some_namespace() & parse_selector(pod_sel, f"{where}.podSelector", cilium=False)
 
 
 def _reserved(name: str) -> Selector:
