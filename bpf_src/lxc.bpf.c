@@ -72,6 +72,58 @@ static __always_inline int vip_echo_reply(struct __sk_buff *skb, const struct pk
 	return bpf_redirect(skb->ifindex, 0);
 }
 
+/* Is the ICMP error *m* about a connection this endpoint has?  The quoted
+ * packet Q was sent by the pod (to_pod) or to it (!to_pod); its connection
+ * is keyed in the direction that created it, so Q's tuple is tried as is
+ * and swapped.  Returns the entry, with *in filled, or NULL. */
+static __always_inline struct ct_entry *icmp4_related(void *data, void *data_end,
+						      const struct pkt_meta *m, bool to_pod,
+						      __u32 now, struct icmp_inner *in)
+{
+	struct ct4_tuple t = {};
+	struct ct_entry *e;
+
+	if (icmp4_error_inner(data, data_end, m, in) < 0)
+		return NULL;
+	t.daddr = in->daddr.p[0];
+	t.saddr = in->saddr.p[0];
+	t.dport = in->dport;
+	t.sport = in->sport;
+	t.nexthdr = in->proto;
+	t.flags = to_pod ? CT_EGRESS : CT_INGRESS;
+	e = bpf_map_lookup_elem(&cb_ct4, &t);
+	if (e && e->lifetime >= now)
+		return e;
+	ct4_swap(&t);
+	t.flags = to_pod ? CT_INGRESS : CT_EGRESS;
+	e = bpf_map_lookup_elem(&cb_ct4, &t);
+	return e && e->lifetime >= now ? e : NULL;
+}
+
+static __always_inline struct ct_entry *icmp6_related(void *data, void *data_end,
+						      const struct pkt_meta *m, bool to_pod,
+						      __u32 now, struct icmp_inner *in)
+{
+	struct ct6_tuple t = {};
+	struct ct_entry *e;
+
+	if (icmp6_error_inner(data, data_end, m, in) < 0)
+		return NULL;
+	t.daddr = in->daddr;
+	t.saddr = in->saddr;
+	t.dport = in->dport;
+	t.sport = in->sport;
+	t.nexthdr = in->proto;
+	t.flags = to_pod ? CT_EGRESS : CT_INGRESS;
+	e = bpf_map_lookup_elem(&cb_ct6, &t);
+	if (e && e->lifetime >= now)
+		return e;
+	ct6_swap(&t);
+	t.flags = to_pod ? CT_INGRESS : CT_EGRESS;
+	e = bpf_map_lookup_elem(&cb_ct6, &t);
+	return e && e->lifetime >= now ? e : NULL;
+}
+
 static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct ct_state st = {}, reply = {};
@@ -101,6 +153,13 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 		}
 	}
 
+	if (m->l4_proto == IPPROTO_ICMP && (m->flags & PKT_F_L4) && icmp4_is_error(icmp_type)) {
+		struct icmp_inner in = {};
+
+		/* The pod reports an error about a connection it has: related. */
+		if (icmp4_related(ctx_data(skb), ctx_data_end(skb), m, false, now, &in))
+			return 0;
+	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
 		return TC_ACT_OK;
 	t.daddr = m->daddr.p[0];
@@ -176,6 +235,12 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 		}
 	}
 
+	if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4) && icmp6_is_error(icmp_type)) {
+		struct icmp_inner in = {};
+
+		if (icmp6_related(ctx_data(skb), ctx_data_end(skb), m, false, now, &in))
+			return 0;
+	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
 		return TC_ACT_OK;
 	t.daddr = m->daddr;
@@ -220,58 +285,49 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 	return 0;
 }
 
-/* An ICMP error about a flow this pod started to a service: make it speak
- * of the frontend. */
+/* An ICMP error to the pod about one of its connections is related traffic:
+ * it passes without a policy check, and when the connection went to a
+ * service it is made to speak of the frontend.  1 if handled (related), 0
+ * if unrelated (the caller treats it as any other packet), or a negative
+ * drop reason. */
 static __always_inline int to_container_icmp4_error(struct __sk_buff *skb,
 						    const struct pkt_meta *m, __u32 now)
 {
-	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct icmp_inner in = {};
-	struct ct4_tuple t = {};
-	struct ct_entry *e;
 	struct lb4_reverse_nat *rn;
+	struct ct_entry *e;
+	int ret;
 
-	if (icmp4_error_inner(data, data_end, m, &in) < 0)
-		return 0;	/* not about a flow we translate: deliver as is */
-	t.daddr = in.daddr.p[0];
-	t.saddr = in.saddr.p[0];
-	t.dport = in.dport;
-	t.sport = in.sport;
-	t.nexthdr = in.proto;
-	t.flags = CT_EGRESS;
-	e = bpf_map_lookup_elem(&cb_ct4, &t);
-	if (!e || e->lifetime < now || !e->rev_nat_index)
+	e = icmp4_related(ctx_data(skb), ctx_data_end(skb), m, true, now, &in);
+	if (!e)
 		return 0;
+	if (!e->rev_nat_index || in.saddr.p[0] != m->daddr.p[0])
+		return 1;
 	rn = bpf_map_lookup_elem(&cb_lb4_reverse_nat, &e->rev_nat_index);
 	if (!rn)
 		return -DROP_NAT_NO_MAPPING;
-	return nat4_rewrite_icmp_error(skb, m, &in, rn->address, rn->port);
+	ret = nat4_rewrite_icmp_error(skb, m, &in, rn->address, rn->port);
+	return ret < 0 ? ret : 1;
 }
 
 static __always_inline int to_container_icmp6_error(struct __sk_buff *skb,
 						    const struct pkt_meta *m, __u32 now)
 {
-	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct icmp_inner in = {};
-	struct ct6_tuple t = {};
-	struct ct_entry *e;
 	struct lb6_reverse_nat *rn;
+	struct ct_entry *e;
+	int ret;
 
-	if (icmp6_error_inner(data, data_end, m, &in) < 0)
+	e = icmp6_related(ctx_data(skb), ctx_data_end(skb), m, true, now, &in);
+	if (!e)
 		return 0;
-	t.daddr = in.daddr;
-	t.saddr = in.saddr;
-	t.dport = in.dport;
-	t.sport = in.sport;
-	t.nexthdr = in.proto;
-	t.flags = CT_EGRESS;
-	e = bpf_map_lookup_elem(&cb_ct6, &t);
-	if (!e || e->lifetime < now || !e->rev_nat_index)
-		return 0;
+	if (!e->rev_nat_index || in.saddr.d[0] != m->daddr.d[0] || in.saddr.d[1] != m->daddr.d[1])
+		return 1;
 	rn = bpf_map_lookup_elem(&cb_lb6_reverse_nat, &e->rev_nat_index);
 	if (!rn)
 		return -DROP_NAT_NO_MAPPING;
-	return nat6_rewrite_icmp_error(skb, m, &in, &rn->address, rn->port);
+	ret = nat6_rewrite_icmp_error(skb, m, &in, &rn->address, rn->port);
+	return ret < 0 ? ret : 1;
 }
 
 static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
@@ -282,8 +338,11 @@ static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta 
 	int ret;
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 
-	if (m->l4_proto == IPPROTO_ICMP && (m->flags & PKT_F_L4) && icmp4_is_error(icmp_type))
-		return to_container_icmp4_error(skb, m, now);
+	if (m->l4_proto == IPPROTO_ICMP && (m->flags & PKT_F_L4) && icmp4_is_error(icmp_type)) {
+		ret = to_container_icmp4_error(skb, m, now);
+		if (ret != 0)
+			return ret < 0 ? ret : 0;
+	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
 		return 0;
 	t.daddr = m->daddr.p[0];
@@ -332,8 +391,11 @@ static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta 
 	int ret;
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 
-	if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4) && icmp6_is_error(icmp_type))
-		return to_container_icmp6_error(skb, m, now);
+	if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4) && icmp6_is_error(icmp_type)) {
+		ret = to_container_icmp6_error(skb, m, now);
+		if (ret != 0)
+			return ret < 0 ? ret : 0;
+	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
 		return 0;
 	t.daddr = m->daddr;

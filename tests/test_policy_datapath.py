@@ -218,3 +218,27 @@ def test_endpoint_removed_means_unmanaged(s):
     s.ctl.apply(PolicyState((), ipcache(), ()), {})
     assert s.ingress(tcp_in(22, sport=36000)) == "allow"
     assert len(s.coll.maps["cb_policy"]) == len(s.coll.maps["cb_policy_exact"]) == 0
+
+
+def test_icmp_errors_pass_only_when_related(s):
+    s.apply(policy(egress=[Rule(False, CLIENT_ID, UDP_, PortRange(53, 53))],
+                   ingress_enforced=True))
+    query = eth() / IP(src=POD, dst=REMOTE) / UDP(sport=5000, dport=53) / b"q"
+    assert s.egress(query) == "allow"
+    related = eth() / IP(src=REMOTE, dst=POD) / ICMP(type=3, code=3) / bytes(query[IP])
+    assert s.ingress(related) == "allow"
+    stranger = eth() / IP(src=REMOTE, dst=POD) / ICMP(type=3, code=3) / bytes(
+        IP(src=POD, dst=REMOTE) / UDP(sport=5001, dport=53) / b"q")
+    assert s.ingress(stranger) == DROP["DROP_POLICY"]
+
+
+def test_pod_may_report_errors_about_its_allowed_connections(s):
+    s.apply(policy(ingress=[Rule(False, CLIENT_ID, UDP_, PortRange(9000, 9000))],
+                   egress_enforced=True))
+    datagram = eth() / IP(src=REMOTE, dst=POD) / UDP(sport=6000, dport=9000) / b"d"
+    assert s.ingress(datagram) == "allow"
+    unreachable = eth() / IP(src=POD, dst=REMOTE) / ICMP(type=3, code=3) / bytes(datagram[IP])
+    assert s.egress(unreachable) == "allow"
+    unrelated = eth() / IP(src=POD, dst=REMOTE) / ICMP(type=3, code=3) / bytes(
+        IP(src=OTHER, dst=POD) / UDP(sport=6001, dport=9000) / b"d")
+    assert s.egress(unrelated) == DROP["DROP_POLICY"]

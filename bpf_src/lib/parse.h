@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* Safe parsing of Ethernet, one VLAN tag, IPv4 (with options), IPv6 (with
- * up to CB_IPV6_MAX_EXTHDRS extension headers), and the TCP, UDP, ICMP and
- * ICMPv6 headers, into a struct pkt_meta.  Every read is bounds-checked
+ * up to CB_IPV6_MAX_EXTHDRS extension headers), and the TCP, UDP, SCTP, ICMP
+ * and ICMPv6 headers, into a struct pkt_meta.  Every read is bounds-checked
  * against data_end; a packet whose headers are cut short or inconsistent is
  * reported as DROP_INVALID and never read past its end.  Lengths in the IP
  * headers are checked against the whole packet (pkt_len), which may extend
@@ -75,6 +75,16 @@ static __always_inline int __parse_l4(void *data, void *l4, void *data_end,
 			return -DROP_INVALID;
 		m->sport = uh->source;
 		m->dport = uh->dest;
+		break;
+	}
+	case IPPROTO_SCTP: {
+		/* The common header: source port, destination port, tag, checksum. */
+		__be16 *ports = l4;
+
+		if (l4 + 12 > data_end)
+			return -DROP_INVALID;
+		m->sport = ports[0];
+		m->dport = ports[1];
 		break;
 	}
 	case IPPROTO_ICMP:
