@@ -316,15 +316,64 @@ def cmd_scenario_check(args) -> int:
     return EXIT_OK
 
 
+def cmd_up(args) -> int:
+    import time
+
+    from harness import chaining
+    start = time.monotonic()
+    state = chaining.up(args.file, args.nodes, args.routing, args.datapath,
+                        progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else None)
+    pods = [p for p in state.pods if not p.host_network]
+    print(f"up: {len(state.nodes)} nodes, {len(pods)} pods, routing {state.routing}, datapath "
+          f"{state.datapath} in {time.monotonic() - start:.1f} s")
+    return EXIT_OK
+
+
 def cmd_down(args) -> int:
-    from harness import cleanup
-    removed = cleanup.down()
+    from harness import chaining
+    removed = chaining.down()
+    errors = removed.pop("errors", [])
     total = sum(len(v) for v in removed.values())
     for kind, items in removed.items():
         for item in items:
-            print(f"removed {kind[:-1]} {item}")
+            print(f"removed {kind.rstrip('s')} {item}")
+    for err in errors:
+        print(f"warning: {err}", file=sys.stderr)
     if not total:
         print("nothing to remove")
+    return EXIT_OK
+
+
+def cmd_endpoints(args) -> int:
+    from harness import datapath
+    from harness.endpoints import EndpointRegistry
+    from harness.policy import entries as PE
+    rows = []
+    for node in datapath.pinned_nodes():
+        registry = EndpointRegistry(node)
+        maps = datapath.open_pinned(node)
+        try:
+            for rec in sorted(registry.records.values(), key=lambda r: r.id):
+                info = maps["cb_endpoints"].get(rec.id) if rec.state == "ready" else None
+                flags = info.flags if info is not None else 0
+                rows.append({
+                    "name": rec.pod, "node": node, "endpoint_id": rec.id,
+                    "identity_id": info.identity if info is not None else None,
+                    "ingress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_INGRESS_ENFORCED"]),
+                    "egress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_EGRESS_ENFORCED"]),
+                    "state": rec.state, "ipv4": rec.ipv4, "ipv6": rec.ipv6,
+                    "interface": rec.interface})
+        finally:
+            for m in maps.values():
+                m.close()
+    if args.output == "json":
+        print(json.dumps(rows, indent=1))
+        return EXIT_OK
+    _print_table(("NAME", "ENDPOINT ID", "IDENTITY ID", "INGRESS ENFORCEMENT", "EGRESS ENFORCEMENT",
+                  "ENDPOINT STATE", "IPV4", "IPV6"),
+                 [(r["name"], str(r["endpoint_id"]), str(r["identity_id"] or "<none>"),
+                   str(r["ingress_enforcement"]).lower(), str(r["egress_enforcement"]).lower(),
+                   r["state"], r["ipv4"] or "", r["ipv6"] or "") for r in rows])
     return EXIT_OK
 
 
@@ -427,7 +476,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_ct)
 
-    p = sub.add_parser("down", help="remove every namespace, cgroup and pin chainbench left behind")
+    p = sub.add_parser("up", help="build the topology: nodes, pods through the real primary CNI, "
+                                  "the datapath chained after it")
+    p.add_argument("-f", "--file", required=True, help="scenario YAML")
+    p.add_argument("--nodes", type=int, help="number of nodes (default: the scenario's)")
+    p.add_argument("--routing", choices=["native", "vxlan"], default="native")
+    p.add_argument("--datapath", choices=["bpf", "iptables", "nftables"], default="bpf")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("endpoints", help="endpoints of every node (like `kubectl get cep`)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_endpoints)
+
+    p = sub.add_parser("down", help="tear the topology down and remove every namespace, cgroup, "
+                                    "pin and state chainbench left behind")
     p.set_defaults(func=cmd_down)
     return parser
 
@@ -435,7 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
+    from harness.cni.runtime import CNIError
     from harness.datapath import NodeNotFound
+    from harness.topology.build import TopologyError
+    from harness.topology.plan import PlanError
     from harness.lb.control import LbApplyError
     from harness.policy.program import PolicyApplyError
     from harness.lb.state import LbStateError
@@ -448,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (UsageError, ScenarioError, ProgramNotFound, PcapError, ConfigError, NodeNotFound,
-            LbStateError, AddressPlanError) as exc:
+            LbStateError, AddressPlanError, PlanError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except VerifierError as exc:
@@ -458,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("       (run with -v for the verifier log)", file=sys.stderr)
         return EXIT_FAIL
-    except (BpfError, StructMismatchError, LbApplyError, PolicyApplyError) as exc:
+    except (BpfError, StructMismatchError, LbApplyError, PolicyApplyError, TopologyError,
+            CNIError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except BrokenPipeError:

@@ -149,6 +149,10 @@ def _pinned_types() -> dict[str, tuple[type, type]]:
     }
 
 
+def node_is_pinned_dir(node: str) -> bool:
+    return os.path.isdir(os.path.join(bpffs.PIN_ROOT, node))
+
+
 class NodeNotFound(LookupError):
     pass
 

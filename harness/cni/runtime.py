@@ -290,6 +290,7 @@ class CNIRuntime:
         self.timeout = timeout
         self._memory_cache: dict[str, dict] = {}
         self._ip = shutil.which("ip", path=PLUGIN_PATH) or "ip"
+        self._nsenter = shutil.which("nsenter", path=PLUGIN_PATH) or "nsenter"
 
     # -- plugins
 
@@ -309,7 +310,7 @@ class CNIRuntime:
         path = self.find_plugin(plugin_type)
         self._require_host_netns(plugin_type, "VERSION")
         env = {"PATH": PLUGIN_PATH, "CNI_COMMAND": "VERSION"}
-        out = self._run([self._ip, "netns", "exec", self.host_netns, path], env,
+        out = self._run(self._in_host_netns(path), env,
                         {"cniVersion": CNI_VERSION}, plugin_type, "VERSION")
         try:
             info = json.loads(out)
@@ -445,8 +446,14 @@ class CNIRuntime:
         env = {"PATH": PLUGIN_PATH, "CNI_COMMAND": command, "CNI_CONTAINERID": rt.container_id,
                "CNI_NETNS": rt.netns, "CNI_IFNAME": rt.ifname, "CNI_ARGS": rt.cni_args(),
                "CNI_PATH": ":".join(self.cni_path)}
-        cmd = [self._ip, "netns", "exec", self.host_netns, path]
-        return self._run(cmd, env, self._plugin_config(conf, plugin, rt, prev), ptype, command)
+        return self._run(self._in_host_netns(path), env,
+                         self._plugin_config(conf, plugin, rt, prev), ptype, command)
+
+    def _in_host_netns(self, path: str) -> list[str]:
+        """Run a plugin in the host (node) network namespace, as a kubelet's runtime runs
+        it in the host's: only the network namespace changes.  (`ip netns exec` would
+        also remount /sys, hiding the bpffs the chained plugin pins maps in.)"""
+        return [self._nsenter, f"--net=/run/netns/{self.host_netns}", "--", path]
 
     def _run(self, cmd: list[str], env: dict[str, str], stdin: Mapping[str, Any], ptype: str,
              command: str) -> bytes:

@@ -1,0 +1,61 @@
+"""``chainbench up``/``down`` with the BPF datapath chained after the primary CNI.
+
+up: build the topology (harness.topology) with ``chainbench-cni`` appended to
+every node's conflist (it attaches from_container/to_container to each pod
+veth as the pod is added), attach from_netdev to every node's uplink, then
+sync every node's maps once all pods exist (each node needs every pod's
+address).  down: the orderly topology teardown (CNI DEL runs our DEL too),
+then every other leftover.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from harness import datapath
+from harness.bpf import attach_tc
+from harness.node_sync import node_lock, sync_node
+from harness.scenario import load_scenario
+from harness.topology import build as topology
+from harness.topology.state import TopologyState, scenario_with_real_addresses
+
+PLUGIN = "chainbench-cni"
+
+
+def plugin_dir() -> str:
+    found = shutil.which(PLUGIN) or os.path.join(os.path.dirname(sys.executable), PLUGIN)
+    if not os.path.exists(found):
+        raise FileNotFoundError(f"{PLUGIN} is not installed (make test/bench installs it)")
+    return os.path.dirname(os.path.abspath(found))
+
+
+def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
+       datapath_kind: str = "bpf", progress=None) -> TopologyState:
+    from harness.cni.runtime import discover_cni_path
+    path = os.path.abspath(scenario_path)
+    chained = [{"type": PLUGIN, "scenario": path, "datapath": datapath_kind}]
+    state = topology.up(path, nodes, routing, datapath_kind, chained=chained,
+                        cni_path=discover_cni_path() + [plugin_dir()], progress=progress)
+    try:
+        if datapath_kind == "bpf":
+            attach_node_programs(state)
+            scenario = scenario_with_real_addresses(load_scenario(path), state)
+            for node in state.nodes:
+                with node_lock(node.name):
+                    sync_node(node.name, scenario)
+    except BaseException:
+        down()
+        raise
+    return state
+
+
+def attach_node_programs(state: TopologyState) -> None:
+    """from_netdev on every node's uplink, with the node's shared maps."""
+    for node in state.nodes:
+        with datapath.load("netdev", node.name, pinned=True) as coll:
+            attach_tc(coll.programs["from_netdev"], node.uplink, "ingress", node.netns)
+
+
+def down() -> dict[str, list[str]]:
+    return topology.down()

@@ -1,0 +1,56 @@
+"""Bringing a node's pinned datapath maps in line with the cluster.
+
+Every node holds the whole cluster's services (it load-balances at its pods'
+veths) and the whole cluster's ipcache, and policy rules for its own
+endpoints.  ``sync_node`` programs all three from the scenario, with the
+topology's real pod addresses, adopting what the pinned maps already hold so
+only differences are written.  Callers serialise per node with
+``node_lock``.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from typing import Iterator
+
+from harness import datapath
+from harness.endpoints import STATE_ROOT, EndpointRegistry
+from harness.lb.state import desired_state, node_addresses
+from harness.policy.program import PolicyControl
+from harness.policy.resolve import resolve
+from harness.scenario import Scenario
+
+
+@contextlib.contextmanager
+def node_lock(node: str) -> Iterator[None]:
+    """An exclusive lock on a node's datapath state (CNI ADDs may run concurrently)."""
+    directory = os.path.join(STATE_ROOT, node)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def sync_node(node: str, scenario: Scenario) -> str:
+    """Program *node*'s LB and policy maps for *scenario* (real addresses); returns a summary."""
+    registry = EndpointRegistry(node)
+    with datapath.load("lxc", node, pinned=True) as coll:
+        lb = datapath.lb_control(coll)
+        lb.restore()
+        lb_stats = lb.apply(desired_state(scenario, node_addresses(scenario)))
+        state = resolve(scenario, local_node=node)
+        for ep in state.endpoints:
+            rec = registry.records.get(ep.pod)
+            if rec is not None:
+                rec.identity = ep.identity
+        policy = PolicyControl(coll.maps)
+        policy.restore(r.id for r in registry.records.values())
+        policy_stats = policy.apply(state, {p: r.id for p, r in registry.records.items()
+                                            if r.state == "ready"})
+    registry.save()
+    registry.save_identities({i.id: ",".join(i.labels) for i in state.identities})
+    return f"{node}: LB {lb_stats}; policy {policy_stats}"
