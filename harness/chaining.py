@@ -40,6 +40,7 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     try:
         if datapath_kind == "bpf":
             attach_node_programs(state)
+            attach_host_socket_lb(state)
             scenario = scenario_with_real_addresses(load_scenario(path), state)
             for node in state.nodes:
                 with node_lock(node.name):
@@ -55,6 +56,27 @@ def attach_node_programs(state: TopologyState) -> None:
     for node in state.nodes:
         with datapath.load("netdev", node.name, pinned=True) as coll:
             attach_tc(coll.programs["from_netdev"], node.uplink, "ingress", node.netns)
+
+
+SOCK_PROGRAMS = ("sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeername",
+                 "sock6_connect", "sock6_sendmsg", "sock6_recvmsg", "sock6_getpeername")
+
+
+def attach_host_socket_lb(state: TopologyState) -> None:
+    """Socket LB for each node's host-network processes: the sock programs on the
+    node's ``cb-<node>-host`` cgroup (host clients run in it), links pinned so
+    they outlive this process (``chainbench down`` unpins them)."""
+    from harness import bpffs, cgroups
+    from harness.bpf import attach_cgroup
+    from harness.connectivity import host_cgroup
+    for node in state.nodes:
+        path = host_cgroup(node.name)
+        cgroups.create(os.path.basename(path))
+        with datapath.load("sock", node.name, pinned=True) as coll:
+            for name in SOCK_PROGRAMS:
+                link = attach_cgroup(coll.programs[name], path)
+                link.pin(bpffs.pin_path(node.name, "links", f"host-{name}"))
+                link.detach()       # the pin keeps the attachment
 
 
 def down() -> dict[str, list[str]]:

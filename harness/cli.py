@@ -344,6 +344,29 @@ def cmd_down(args) -> int:
     return EXIT_OK
 
 
+def cmd_connectivity(args) -> int:
+    from harness import connectivity
+    from harness.scenario import load_scenario
+    from harness.topology.state import load_state, scenario_with_real_addresses
+    state = load_state()
+    if state is None:
+        raise UsageError("no topology is up: run `chainbench up -f "
+                         "bench/scenarios/connectivity-check.yaml` first")
+    scenario = scenario_with_real_addresses(load_scenario(state.scenario), state)
+    results = connectivity.run(state, scenario, args.datapath)
+    if args.output == "json":
+        print(json.dumps([{"check": r.check.name, "status": r.status, "expect": r.check.expect,
+                           "detail": r.detail, "seconds": round(r.seconds, 3)} for r in results],
+                         indent=1))
+    else:
+        _print_table(("CHECK", "EXPECT", "RESULT", "TIME", "DETAIL"),
+                     [(r.check.name, r.check.expect, r.status, f"{r.seconds:.2f}s", r.detail)
+                      for r in results])
+        failed = [r for r in results if not r.ok]
+        print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAIL
+
+
 def cmd_endpoints(args) -> int:
     from harness import datapath
     from harness.endpoints import EndpointRegistry
@@ -483,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--routing", choices=["native", "vxlan"], default="native")
     p.add_argument("--datapath", choices=["bpf", "iptables", "nftables"], default="bpf")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("connectivity", help="run the connectivity-check suite on the topology")
+    p.add_argument("--datapath", choices=["bpf", "iptables", "nftables"],
+                   help="the datapath to judge against (default: the topology's)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_connectivity)
 
     p = sub.add_parser("endpoints", help="endpoints of every node (like `kubectl get cep`)")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
