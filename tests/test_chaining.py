@@ -1,0 +1,132 @@
+"""The datapath chained after the real primary CNI, end to end.
+
+`chainbench up` builds two nodes (ptp + host-local, then chainbench-cni),
+the connectivity-check suite runs over real TCP/HTTP and ICMP, endpoints are
+listed, and `chainbench down` (or an interrupted run) leaves nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import cgroups, chaining, connectivity, netns
+from harness.bpffs import PIN_ROOT
+from harness.cni.runtime import CNIError
+from harness.endpoints import STATE_ROOT
+from harness.scenario import SCENARIO_DIR, load_scenario
+from harness.topology.build import node_runtime, pod_runtime_conf
+from harness.topology.state import load_state, scenario_with_real_addresses
+
+SCENARIO = str(SCENARIO_DIR / "connectivity-check.yaml")
+
+
+def nothing_left() -> list[str]:
+    left = [n for n in netns.list_project()]
+    left += cgroups.list_project()
+    if os.path.isdir(PIN_ROOT):
+        left.append(PIN_ROOT)
+    if os.path.isdir(STATE_ROOT) and os.listdir(STATE_ROOT):
+        left.append(STATE_ROOT)
+    return left
+
+
+@pytest.fixture
+def topology(request):
+    routing = request.param
+    if nothing_left():
+        pytest.fail(f"leftovers before the test: {nothing_left()}")
+    try:
+        state = chaining.up(SCENARIO, routing=routing)
+        yield state
+    finally:
+        chaining.down()
+    assert nothing_left() == []
+
+
+@pytest.mark.parametrize("topology", ["native", "vxlan"], indirect=True)
+def test_connectivity_check_passes(topology):
+    scenario = scenario_with_real_addresses(load_scenario(SCENARIO), topology)
+    results = connectivity.run(topology, scenario)
+    failed = [(r.check.name, r.detail) for r in results if not r.ok]
+    assert not failed
+    assert len(results) == len(connectivity.CHECKS) and all(r.status == "PASS" for r in results)
+
+
+@pytest.mark.parametrize("topology", ["native"], indirect=True)
+def test_endpoints_and_cni_check(topology):
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "endpoints", "-o", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {r["name"]: r for r in json.loads(out)}
+    pods = [p for p in topology.pods if not p.host_network]
+    assert set(rows) == {p.ref for p in pods}
+    deny = rows["default/echo-ingress-deny"]
+    assert deny["ingress_enforcement"] and not deny["egress_enforcement"]
+    assert rows["default/echo-a"]["state"] == "ready" and rows["default/echo-a"]["identity_id"]
+    assert all(r["ipv4"] == topology.pod(r["name"]).ipv4 for r in rows.values())
+    # CNI CHECK runs the chain (ptp, then our plugin, which verifies its programs).
+    pod = topology.pod("default/echo-a")
+    node = topology.node(pod.node)
+    runtime = node_runtime(topology, node)
+    with open(node.conflist) as f:
+        conflist = json.load(f)
+    runtime.check(conflist, pod_runtime_conf(pod))
+    # Remove our programs by hand: CHECK must notice.
+    netns.run(node.netns, "tc", "qdisc", "del", "dev", pod.host_ifname, "clsact")
+    with pytest.raises(CNIError, match="programs are not attached"):
+        runtime.check(conflist, pod_runtime_conf(pod))
+
+
+def run_plugin(command: str, conf: dict, env_extra: dict | None = None) -> tuple[int, dict | None]:
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "x", "CNI_NETNS": "/run/netns/none",
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
+           "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=echo-a", **(env_extra or {}),
+           "PATH": os.environ["PATH"]}
+    proc = subprocess.run([chaining.plugin_dir() + "/chainbench-cni"], input=json.dumps(conf),
+                          capture_output=True, text=True, env=env, timeout=60)
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def test_plugin_error_paths():
+    base = {"cniVersion": "1.0.0", "name": "chainbench", "type": "chainbench-cni",
+            "scenario": SCENARIO, "node": "cb-node0"}
+    rc, err = run_plugin("ADD", base)
+    assert rc == 1 and err["code"] == 7 and "needs prevResult" in err["msg"]
+    rc, err = run_plugin("ADD", {**base, "prevResult": {"cniVersion": "1.0.0", "interfaces": []}})
+    assert rc == 1 and "no host-side interface" in err["msg"]
+    rc, err = run_plugin("ADD", {**base, "prevResult": {"interfaces": [{"name": "v"}]}},
+                         {"CNI_ARGS": "IgnoreUnknown=1"})
+    assert rc == 1 and err["code"] == 4
+    proc = subprocess.run([chaining.plugin_dir() + "/chainbench-cni"], input="{not json",
+                          capture_output=True, text=True, env={"CNI_COMMAND": "ADD",
+                                                                "PATH": os.environ["PATH"]})
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 6
+    rc, err = run_plugin("ADD", {**base, "node": None,
+                                 "prevResult": {"interfaces": [{"name": "v"}]}})
+    assert rc == 1 and "cannot tell the node" in err["msg"]
+    rc, out = run_plugin("VERSION", {})
+    assert rc == 0 and out["supportedVersions"] == ["1.0.0"]
+
+
+def test_interrupted_up_leaves_nothing():
+    if nothing_left():
+        pytest.fail(f"leftovers before the test: {nothing_left()}")
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "up", "-f", SCENARIO],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Interrupt once the build is under way (namespaces exist).
+    deadline = time.monotonic() + 20
+    while not netns.list_project() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    try:
+        assert proc.returncode != 0
+        assert "Traceback" not in err
+        assert nothing_left() == []
+    finally:
+        chaining.down()
