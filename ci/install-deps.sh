@@ -7,6 +7,7 @@ PACKAGES=(
   iproute2 iptables nftables               # namespaces, tc, baselines
   iputils-ping                             # ICMP checks inside namespaces
   containernetworking-plugins              # the primary CNI (ptp, bridge, host-local, portmap)
+  nginx-light wrk                          # pods' HTTP server, HTTP load
 )
 
 missing=()
@@ -26,5 +27,12 @@ fi
 
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages like nginx start their service on install; chainbench runs servers
+# only inside its own namespaces, so keep services from starting meanwhile.
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+  trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -q >/dev/null
 apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null

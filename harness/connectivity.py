@@ -3,8 +3,8 @@
 Each check is one real exchange with a deadline (an HTTP GET, or a ping) from
 a client pod (or a node's host network) to a target, with an expected
 outcome: most must succeed, the policy checks must fail.  Servers are
-started for the run (the echo pods, the host-network echo, the world) and
-stopped after it.  Host-network clients run in the node's ``cb-<node>-host``
+started for the run (nginx in the echo pods, the host-network echo and the
+world; harness/servers/nginx.py says why nginx) and stopped after it.  Host-network clients run in the node's ``cb-<node>-host``
 cgroup, where socket LB translates service addresses, as Cilium's
 kube-proxy replacement does for host processes.
 
@@ -157,10 +157,17 @@ class Servers:
     def __init__(self, state: TopologyState):
         self.state = state
         self.procs: list[subprocess.Popen] = []
+        self.scratch: list[str] = []
 
-    def _start(self, netns: str, port: int, name: str, bind: str = "") -> None:
-        cmd = ["nsenter", f"--net=/run/netns/{netns}", "--", _python(), "-m",
-               "harness.servers.echo_http", "--port", str(port), "--name", name, "--bind", bind]
+    def _start(self, netns: str, port: int, name: str) -> None:
+        from harness.servers import nginx
+        if nginx.available():
+            server, directory = nginx.command(port, name)
+            self.scratch.append(directory)
+        else:
+            server = [_python(), "-m", "harness.servers.echo_http", "--port", str(port),
+                      "--name", name]
+        cmd = ["nsenter", f"--net=/run/netns/{netns}", "--", *server]
         self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                            stderr=subprocess.DEVNULL, start_new_session=True,
                                            env={**os.environ, "PYTHONPATH": _pythonpath()}))
@@ -203,6 +210,9 @@ class Servers:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        from harness.servers import nginx
+        for directory in self.scratch:
+            nginx.stop_scratch(directory)
 
 
 def run(state: TopologyState, scenario, datapath: str | None = None,

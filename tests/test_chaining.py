@@ -29,7 +29,7 @@ SCENARIO = str(SCENARIO_DIR / "connectivity-check.yaml")
 def nothing_left() -> list[str]:
     left = [n for n in netns.list_project()]
     left += cgroups.list_project()
-    if os.path.isdir(PIN_ROOT):
+    if os.path.isdir(PIN_ROOT) and os.listdir(PIN_ROOT):
         left.append(PIN_ROOT)
     if os.path.isdir(STATE_ROOT) and os.listdir(STATE_ROOT):
         left.append(STATE_ROOT)
