@@ -116,7 +116,6 @@ def test_service_flags_and_affinity(lxc):
     ctl.apply(desired_state(K.scenario(svc(1, ["198.18.1.20"], affinity=300))))
     master = next(v for k, v in lxc.maps["cb_lb4_services"].items()
                   if k.backend_slot == 0 and k.dport != 0)
-    flags = {n: v for n, v in datapath.__dict__.items()} and None
     from harness.lb.entries import SVC_FLAGS
     assert master.flags == SVC_FLAGS["SVC_F_CLUSTERIP"] | SVC_FLAGS["SVC_F_AFFINITY"]
     assert master.affinity_timeout == 300 and master.count == 1
