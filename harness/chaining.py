@@ -34,7 +34,8 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
        datapath_kind: str = "bpf", progress=None) -> TopologyState:
     from harness.cni.runtime import discover_cni_path
     path = os.path.abspath(scenario_path)
-    chained = [{"type": PLUGIN, "scenario": path, "datapath": datapath_kind}]
+    # Each node is synced once all pods exist (below), not once per pod.
+    chained = [{"type": PLUGIN, "scenario": path, "datapath": datapath_kind, "deferSync": True}]
     state = topology.up(path, nodes, routing, datapath_kind, chained=chained,
                         cni_path=discover_cni_path() + [plugin_dir()], progress=progress)
     try:

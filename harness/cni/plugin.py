@@ -14,7 +14,9 @@ reachable and load-balanced to, without policy or LB of its own traffic).
 
 Plugin configuration keys: ``scenario`` (path), ``datapath`` (``bpf``;
 anything else: pass through), ``node`` (optional: by default the node is the
-``cb-node*`` network namespace the plugin runs in).  Errors are CNI error
+``cb-node*`` network namespace the plugin runs in), ``deferSync`` (true while
+``chainbench up`` adds many pods: it syncs every node once at the end instead
+of once per pod).  Errors are CNI error
 objects on stdout with a non-zero exit.
 """
 from __future__ import annotations
@@ -126,7 +128,8 @@ def cmd_add(conf: dict, prev: dict) -> dict:
             # The filters keep the programs alive after this process exits.
             attach_tc(coll.programs["from_container"], veth, "ingress")
             attach_tc(coll.programs["to_container"], veth, "egress")
-        sync_node(node, scenario)
+        if not conf.get("deferSync"):
+            sync_node(node, scenario)
     return prev
 
 
