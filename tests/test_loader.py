@@ -150,3 +150,10 @@ def test_close_releases_fds(load):
     with pytest.raises(OSError):
         import os
         os.fstat(fd)
+
+
+def test_a_program_keeps_its_collection_alive():
+    import gc
+    prog = Collection.load(str(object_path("empty"))).programs["empty_tc"]
+    gc.collect()
+    assert prog.test_run(bytes(60)).verdict == "TC_ACT_OK"

@@ -144,7 +144,12 @@ class Collection:
             p = Program(L.bpf_program__name(handle).decode(), fd, L.bpf_program__type(handle),
                         L.bpf_program__section_name(handle).decode(), handle)
             programs[p.name] = p
-        return cls(path, obj, btf, programs, maps, checked)
+        coll = cls(path, obj, btf, programs, maps, checked)
+        # A Program or Map handed out keeps its collection (and so its fds)
+        # alive; only close() or the last reference releases them.
+        for item in (*programs.values(), *maps.values()):
+            item._owner = coll
+        return coll
 
     def close(self) -> None:
         """Release every fd of the object (programs stay attached only through links/pins)."""
