@@ -120,6 +120,41 @@ class Btf:
             is_bitfield = bool(bit_size) or bit_off % 8 != 0
             out.append(Field(name, base + bit_off // 8, self.size(member_type), is_bitfield))
 
+    def member_types(self, type_id: int) -> dict[str, int]:
+        """Member name -> member type id of a struct or union (unresolved)."""
+        rid = self.resolve(type_id)
+        t = self._type(rid)
+        if (t.info >> 24) & 0x1F not in (KIND_STRUCT, KIND_UNION):
+            raise TypeError(f"BTF type {rid} is not a struct or union")
+        first = ctypes.addressof(t) + ctypes.sizeof(_BtfType)
+        out = {}
+        for i in range(t.info & 0xFFFF):
+            m = _BtfMember.from_address(first + i * ctypes.sizeof(_BtfMember))
+            raw = L.btf__name_by_offset(self._h, m.name_off)
+            out[raw.decode() if raw else ""] = m.type
+        return out
+
+    def pointee(self, type_id: int) -> int:
+        """The type a pointer type points at."""
+        rid = self.resolve(type_id)
+        if self.kind(rid) != KIND_PTR:
+            raise TypeError(f"BTF type {rid} is not a pointer")
+        return self._type(rid).size_or_type
+
+    def array(self, type_id: int) -> tuple[int, int]:
+        """(element type id, number of elements) of an array type."""
+        rid = self.resolve(type_id)
+        if self.kind(rid) != KIND_ARRAY:
+            raise TypeError(f"BTF type {rid} is not an array")
+        arr = _BtfArray.from_address(ctypes.addressof(self._type(rid)) + ctypes.sizeof(_BtfType))
+        return arr.type, arr.nelems
+
+    def var_type(self, var_id: int) -> int:
+        """The type of a variable (a BTF VAR, e.g. a map definition)."""
+        if self.kind(var_id) != KIND_VAR:
+            raise TypeError(f"BTF type {var_id} is not a variable")
+        return self._type(var_id).size_or_type
+
     def datasec_variables(self, section: str) -> dict[str, Variable]:
         """Variables of a data section such as '.rodata', by name."""
         sec_id = self.find(section, KIND_DATASEC)

@@ -51,7 +51,6 @@ half-written table.
 from __future__ import annotations
 
 import array
-import ctypes
 import hashlib
 import ipaddress
 import sys
@@ -59,9 +58,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from harness.bpf import Collection, KeyNotFoundError, Map
-from harness.bpf import _libbpf as L
-from harness.bpf.btf import (KIND_ARRAY, KIND_PTR, KIND_STRUCT, KIND_VAR, Btf, _BtfArray,
-                             _BtfMember, _BtfType)
+from harness.bpf.btf import KIND_VAR, Btf
 from harness.bpf.maps import MAP_TYPES
 from harness.structs import Lb4Backend, Lb6Backend, from_be16, from_be32
 
@@ -247,50 +244,33 @@ class InnerMapDef:
 
 class _MapDefReader:
     """Reads libbpf's BTF map definition syntax: ``__uint(x, N)`` is ``int (*x)[N]``,
-    ``__type(x, T)`` is ``T *x``, ``__array(values, struct s)`` is ``struct s *values[]``.
-
-    ``harness.bpf.Btf`` has no accessor for a member's type or an array's
-    length, so this reads the BTF records behind it (``Btf._type`` and the
-    record layouts of ``harness.bpf.btf``)."""
+    ``__type(x, T)`` is ``T *x``, ``__array(values, struct s)`` is ``struct s *values[]``."""
 
     def __init__(self, btf: Btf):
         self.btf = btf
 
-    def record(self, type_id: int) -> _BtfType:
-        return self.btf._type(type_id)
-
-    def _after(self, record: _BtfType) -> int:
-        return ctypes.addressof(record) + ctypes.sizeof(_BtfType)
-
     def members(self, type_id: int) -> dict[str, int]:
-        """Member name -> member type id of a struct."""
-        rid = self.btf.resolve(type_id)
-        if self.btf.kind(rid) != KIND_STRUCT:
-            raise LookupError(f"BTF type {rid} is not a map definition struct")
-        t = self.record(rid)
-        first = self._after(t)
-        out = {}
-        for i in range(t.info & 0xFFFF):
-            mem = _BtfMember.from_address(first + i * ctypes.sizeof(_BtfMember))
-            raw = L.btf__name_by_offset(self.btf._h, mem.name_off)
-            out[raw.decode() if raw else ""] = mem.type
-        return out
+        """Member name -> member type id of a map definition struct."""
+        try:
+            return self.btf.member_types(type_id)
+        except TypeError as exc:
+            raise LookupError(str(exc)) from None
 
     def pointee(self, type_id: int) -> int:
-        rid = self.btf.resolve(type_id)
-        if self.btf.kind(rid) != KIND_PTR:
-            raise LookupError(f"BTF type {rid} is not a pointer")
-        return self.record(rid).size_or_type
+        try:
+            return self.btf.pointee(type_id)
+        except TypeError as exc:
+            raise LookupError(str(exc)) from None
 
-    def array(self, type_id: int) -> _BtfArray:
-        rid = self.btf.resolve(type_id)
-        if self.btf.kind(rid) != KIND_ARRAY:
-            raise LookupError(f"BTF type {rid} is not an array")
-        return _BtfArray.from_address(self._after(self.record(rid)))
+    def array(self, type_id: int) -> tuple[int, int]:
+        try:
+            return self.btf.array(type_id)
+        except TypeError as exc:
+            raise LookupError(str(exc)) from None
 
     def uint(self, type_id: int) -> int:
         """The N of ``__uint(x, N)``."""
-        return self.array(self.pointee(type_id)).nelems
+        return self.array(self.pointee(type_id))[1]
 
     def sized(self, members: dict[str, int], name: str) -> int:
         """A key or value size: ``__type(name, T)`` or ``__uint(name_size, N)``."""
@@ -309,10 +289,10 @@ def inner_map_def(collection: Collection, outer: str = MAGLEV_MAP) -> InnerMapDe
     var_id = collection.btf.find(outer, KIND_VAR)
     if var_id is None:
         raise LookupError(f"{collection.path}: map {outer} is not defined in BTF")
-    outer_members = reader.members(reader.record(var_id).size_or_type)
+    outer_members = reader.members(collection.btf.var_type(var_id))
     if "values" not in outer_members:
         raise LookupError(f"{collection.path}: map {outer} declares no inner map (__array)")
-    inner_def = reader.pointee(reader.array(outer_members["values"]).type)
+    inner_def = reader.pointee(reader.array(outer_members["values"])[0])
     members = reader.members(inner_def)
     type_code = reader.uint(members["type"])
     return InnerMapDef(
