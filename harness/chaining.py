@@ -1,11 +1,17 @@
-"""``chainbench up``/``down`` with the BPF datapath chained after the primary CNI.
+"""``chainbench up``/``down`` with the chosen service datapath.
 
-up: build the topology (harness.topology) with ``chainbench-cni`` appended to
-every node's conflist (it attaches from_container/to_container to each pod
-veth as the pod is added), attach from_netdev to every node's uplink, then
-sync every node's maps once all pods exist (each node needs every pod's
-address).  down: the orderly topology teardown (CNI DEL runs our DEL too),
-then every other leftover.
+bpf: build the topology (harness.topology) with ``chainbench-cni`` appended
+to every node's conflist (it attaches from_container/to_container to each pod
+veth as the pod is added), attach from_netdev to every node's uplink and
+socket LB to its host cgroup, then sync every node's maps once all pods exist
+(each node needs every pod's address).
+
+iptables / nftables (the kube-proxy baselines): the same topology and primary
+CNI, with the portmap plugin for hostPorts instead of our plugin, and
+kube-proxy's rules (harness/kubeproxy) loaded in every node namespace from
+the same Services and EndpointSlices.
+
+down: the orderly topology teardown (CNI DEL), then every other leftover.
 """
 from __future__ import annotations
 
@@ -34,22 +40,49 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
        datapath_kind: str = "bpf", progress=None) -> TopologyState:
     from harness.cni.runtime import discover_cni_path
     path = os.path.abspath(scenario_path)
-    # Each node is synced once all pods exist (below), not once per pod.
-    chained = [{"type": PLUGIN, "scenario": path, "datapath": datapath_kind, "deferSync": True}]
-    state = topology.up(path, nodes, routing, datapath_kind, chained=chained,
-                        cni_path=discover_cni_path() + [plugin_dir()], progress=progress)
+    if datapath_kind == "bpf":
+        # Each node is synced once all pods exist (below), not once per pod.
+        chained = [{"type": PLUGIN, "scenario": path, "datapath": datapath_kind,
+                    "deferSync": True}]
+        state = topology.up(path, nodes, routing, datapath_kind, chained=chained,
+                            cni_path=discover_cni_path() + [plugin_dir()], progress=progress)
+    else:
+        state = topology.up(path, nodes, routing, datapath_kind, portmap=True,
+                            progress=progress)
     try:
+        scenario = scenario_with_real_addresses(load_scenario(path), state)
         if datapath_kind == "bpf":
             attach_node_programs(state)
             attach_host_socket_lb(state)
-            scenario = scenario_with_real_addresses(load_scenario(path), state)
             for node in state.nodes:
                 with node_lock(node.name):
                     sync_node(node.name, scenario)
+        else:
+            apply_kube_proxy(state, scenario, datapath_kind)
     except BaseException:
         down()
         raise
     return state
+
+
+def apply_kube_proxy(state: TopologyState, scenario, mode: str) -> dict[str, float]:
+    """kube-proxy's rules for *scenario* in every node namespace; seconds per node."""
+    from harness import addressing, netns
+    from harness.kubeproxy import apply as kp
+    from harness.lb.state import desired_state, node_addresses
+    lb_state = desired_state(scenario, node_addresses(scenario))
+    took = {}
+    for node in state.nodes:
+        # Host processes reach ClusterIPs through the OUTPUT chain, which DNATs
+        # after the first route lookup: as a node's default route would, give
+        # the service range a route (the DNAT re-routes to the backend).
+        netns.run(node.netns, "ip", "route", "replace", str(addressing.SERVICE_CIDR_V4),
+                  "dev", node.uplink)
+        if mode == "iptables":
+            took[node.name] = kp.apply_iptables(node.netns, lb_state)
+        else:
+            took[node.name] = kp.apply_nft(node.netns, lb_state)
+    return took
 
 
 def attach_node_programs(state: TopologyState) -> None:

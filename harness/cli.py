@@ -367,6 +367,18 @@ def cmd_connectivity(args) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAIL
 
 
+def cmd_kube_proxy_render(args) -> int:
+    from harness.lb.state import desired_state
+    from harness.scenario import load_scenario
+    state = desired_state(load_scenario(args.file))
+    if args.mode == "iptables":
+        from harness.kubeproxy import iptables as renderer
+    else:
+        from harness.kubeproxy import nftables as renderer
+    sys.stdout.write(renderer.render(state))
+    return EXIT_OK
+
+
 def cmd_endpoints(args) -> int:
     from harness import datapath
     from harness.endpoints import EndpointRegistry
@@ -506,6 +518,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--routing", choices=["native", "vxlan"], default="native")
     p.add_argument("--datapath", choices=["bpf", "iptables", "nftables"], default="bpf")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("kube-proxy", help="kube-proxy's rule sets, the baselines")
+    ksub = p.add_subparsers(dest="kp_command", required=True, metavar="COMMAND")
+    c = ksub.add_parser("render", help="print the iptables-restore input or nft script kube-proxy "
+                                       "would program for a scenario")
+    c.add_argument("--mode", choices=["iptables", "nftables"], required=True)
+    c.add_argument("-f", "--file", required=True, help="scenario YAML")
+    c.set_defaults(func=cmd_kube_proxy_render)
 
     p = sub.add_parser("connectivity", help="run the connectivity-check suite on the topology")
     p.add_argument("--datapath", choices=["bpf", "iptables", "nftables"],

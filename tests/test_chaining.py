@@ -38,11 +38,11 @@ def nothing_left() -> list[str]:
 
 @pytest.fixture
 def topology(request):
-    routing = request.param
+    routing, datapath = (request.param, "bpf") if isinstance(request.param, str) else request.param
     if nothing_left():
         pytest.fail(f"leftovers before the test: {nothing_left()}")
     try:
-        state = chaining.up(SCENARIO, routing=routing)
+        state = chaining.up(SCENARIO, routing=routing, datapath_kind=datapath)
         yield state
     finally:
         chaining.down()
@@ -56,6 +56,19 @@ def test_connectivity_check_passes(topology):
     failed = [(r.check.name, r.detail) for r in results if not r.ok]
     assert not failed
     assert len(results) == len(connectivity.CHECKS) and all(r.status == "PASS" for r in results)
+
+
+@pytest.mark.parametrize("topology", [("native", "iptables"), ("vxlan", "iptables"),
+                                      ("native", "nftables"), ("vxlan", "nftables")],
+                         indirect=True)
+def test_kube_proxy_baselines_pass_the_non_policy_checks(topology):
+    scenario = scenario_with_real_addresses(load_scenario(SCENARIO), topology)
+    results = connectivity.run(topology, scenario)
+    by_status = {r.check.name: r.status for r in results}
+    assert {n for n, s in by_status.items() if s == "N/A"} == \
+        {c.name for c in connectivity.CHECKS if c.needs_policy}
+    failed = [(r.check.name, r.detail) for r in results if r.status == "FAIL"]
+    assert not failed
 
 
 @pytest.mark.parametrize("topology", ["native"], indirect=True)

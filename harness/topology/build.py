@@ -82,7 +82,19 @@ def _runtime_conf(pod: PodState) -> RuntimeConf:
         container_id=pod.container_id, netns=f"/run/netns/{pod.netns}", ifname=pod.ifname,
         args=(("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", pod.namespace), ("K8S_POD_NAME", pod.name),
               ("K8S_POD_INFRA_CONTAINER_ID", pod.container_id)),
-        capability_args={"ips": list(pod.requested_ips)} if pod.requested_ips else {})
+        capability_args=_capability_args(pod))
+
+
+def _capability_args(pod: PodState) -> dict:
+    """runtimeConfig as kubelet passes it: requested IPs, hostPort mappings (portmap);
+    each plugin receives only the capabilities it declares."""
+    args: dict = {}
+    if pod.requested_ips:
+        args["ips"] = list(pod.requested_ips)
+    if pod.port_mappings:
+        args["portMappings"] = [{"hostPort": h, "containerPort": c, "protocol": proto}
+                                for h, c, proto in pod.port_mappings]
+    return args
 
 
 def node_runtime(state: TopologyState, node: NodeState, timeout: float = DEFAULT_TIMEOUT) -> CNIRuntime:
@@ -135,7 +147,8 @@ def _initial_state(plan: TopologyPlan, cni_path: list[str]) -> TopologyState:
                                  ipv6=node.ipv6, status="ready"))
         else:
             pods.append(PodState(p.namespace, p.name, p.node, p.netns, False, container_id=p.container_id,
-                                 ifname=p.ifname, requested_ips=list(p.requested_ips)))
+                                 ifname=p.ifname, requested_ips=list(p.requested_ips),
+                                 port_mappings=[list(m) for m in p.port_mappings]))
     return TopologyState(
         routing=plan.routing, datapath=plan.datapath, ipv6=plan.ipv6, scenario=plan.scenario,
         cni_path=cni_path, underlay_netns=plan.underlay_netns,

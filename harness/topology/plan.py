@@ -148,6 +148,8 @@ class PodPlan:
     container_id: str | None
     requested_ips: tuple[str, ...] = ()     # "addr/prefix", asked of IPAM
     ifname: str = POD_IFNAME
+    #: hostPorts as CNI's portMappings capability describes them (portmap plugin)
+    port_mappings: tuple[tuple[int, int, str], ...] = ()    # (hostPort, containerPort, protocol)
 
     @property
     def ref(self) -> str:
@@ -343,8 +345,11 @@ def plan_topology(scenario: Scenario, nodes: int | None = None, routing: str = "
             requested = tuple(
                 f"{ip}/{(addressing.node_pod_cidr_v4(i) if ip.version == 4 else addressing.node_pod_cidr_v6(i)).prefixlen}"
                 for ip in pod.pod_ips if ip_counts[ip] == 1 and _requestable(ip, i, ipv6))
+        mappings = tuple((cp.host_port, cp.container_port, cp.protocol.lower())
+                         for cp in pod.container_ports if cp.host_port)
         pods.append(PodPlan(pod.meta.namespace, pod.meta.name, f"cb-node{i}", names[ref],
-                            f"{pod.meta.namespace}_{pod.meta.name}", requested))
+                            f"{pod.meta.namespace}_{pod.meta.name}", requested,
+                            port_mappings=mappings))
     return TopologyPlan(routing=routing, datapath=datapath, ipv6=ipv6,
                         nodes=tuple(_node_plan(i, indices, routing, ipv6) for i in indices),
                         pods=tuple(pods), world=_world_plan(indices, ipv6), scenario=scenario.source)

@@ -55,6 +55,8 @@ class PodState:
     ipv6: str | None = None
     requested_ips: list[str] = field(default_factory=list)
     status: str = "pending"            # pending -> adding -> ready
+    #: [hostPort, containerPort, protocol] of the pod's hostPorts
+    port_mappings: list[list] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
