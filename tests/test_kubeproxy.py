@@ -278,9 +278,10 @@ def test_traffic_spreads_over_three_backends(topology, method):
     else:
         apply.apply_iptables(node, state, method.split("-", 1)[1])
     start = time.monotonic()
-    out = netns.run(client, sys.executable, "-c", CLIENT, str(VIP), "300", timeout=120).stdout
+    out = netns.run(client, sys.executable, "-c", CLIENT, str(VIP), "3000", timeout=300).stdout
     counts = collections.Counter(json.loads(out))
     assert time.monotonic() - start < 120
-    assert sum(counts.values()) == 300 and set(counts) == {"be0", "be1", "be2"}
-    # Binomial(300, 1/3): mean 100, sd 8.2; 60..140 is beyond 4.8 sd.
-    assert all(60 <= c <= 140 for c in counts.values()), counts
+    assert sum(counts.values()) == 3000 and set(counts) == {"be0", "be1", "be2"}
+    # Chi-square, 2 degrees of freedom: 13.82 is the p = 0.001 critical value.
+    chi2 = sum((c - 1000) ** 2 / 1000 for c in counts.values())
+    assert chi2 < 13.82, counts
