@@ -80,12 +80,11 @@ def cmd_test_run(args) -> int:
     with Collection.load(str(obj), rodata=rodata or None) as coll:
         if scenario is not None:
             programming.program_maps(coll, scenario, endpoint)
-        runner = testrun.Runner(coll, prog)
         results = []
-        for i, pkt in enumerate(packets):
-            results.append(runner.run(pkt, i, args.repeat))
+        for result in testrun.run_packets(testrun.Runner(coll, prog), packets, args.repeat):
+            results.append(result)
             if args.json:
-                print(json.dumps(results[-1].to_json()), flush=True)
+                print(json.dumps(result.to_json()), flush=True)
     if not args.json:
         _print_test_run_table(results)
     return EXIT_OK

@@ -136,23 +136,12 @@ class Runner:
                             result.data_out)
 
 
-def run_pcap(object_path: Path, program: str, pcap: str | Path, repeat: int = 1,
-             collection: Collection | None = None) -> Iterator[PacketResult]:
-    """Load *object_path* (unless a loaded collection is given) and run every packet of *pcap*."""
-    packets = list(read_pcap(pcap))
-    own = collection is None
-    coll = collection or Collection.load(str(object_path))
-    try:
-        runner = Runner(coll, program)
-        for i, pkt in enumerate(packets):
-            try:
-                yield runner.run(pkt, i, repeat)
-            except BpfError as exc:
-                if exc.errno == _errno.EINVAL:
-                    raise BpfError(f"packet {i} ({len(pkt)} bytes)", exc.errno,
-                                   str(exc)) from None
-                raise
-    finally:
-        if own:
-            coll.close()
-
+def run_packets(runner: Runner, packets: list[bytes], repeat: int = 1) -> Iterator[PacketResult]:
+    """Run *packets* in order; a packet the kernel refuses is named in the error."""
+    for i, pkt in enumerate(packets):
+        try:
+            yield runner.run(pkt, i, repeat)
+        except BpfError as exc:
+            if exc.errno == _errno.EINVAL:
+                raise BpfError(f"packet {i} ({len(pkt)} bytes)", exc.errno, str(exc)) from None
+            raise

@@ -253,14 +253,11 @@ static __always_inline int icmp4_error_inner(void *data, void *data_end,
 					     const struct pkt_meta *m, struct icmp_inner *in)
 {
 	struct iphdr *ip4 = data + PKT_OFF(m->l4_off) + 8;	/* after the 8-byte ICMP header */
+	int hlen = ipv4_hdr_len(ip4, data_end);
 	__be16 *ports;
-	__u32 hlen;
 
-	if ((void *)(ip4 + 1) > data_end)
-		return -DROP_INVALID;
-	hlen = ip4->ihl * 4;
-	if (ip4->version != 4 || hlen < sizeof(*ip4))
-		return -DROP_INVALID;
+	if (hlen < 0)
+		return hlen;
 	in->l3_off = m->l4_off + 8;
 	in->l4_off = in->l3_off + hlen;
 	in->proto = ip4->protocol;

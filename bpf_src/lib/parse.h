@@ -105,24 +105,35 @@ static __always_inline int __parse_l4(void *data, void *l4, void *data_end,
 	return 0;
 }
 
-static __always_inline int __parse_ipv4(void *data, void *l3, void *data_end, __u32 pkt_len,
-					struct pkt_meta *m)
+/* Length of the IPv4 header at *ip4*, or -DROP_INVALID if its fixed part is
+ * cut short or it is not a sane IPv4 header (version, IHL). */
+static __always_inline int ipv4_hdr_len(const struct iphdr *ip4, const void *data_end)
 {
-	struct iphdr *ip4 = l3;
 	__u32 hlen;
 
-	if ((void *)(ip4 + 1) > data_end)
+	if ((const void *)(ip4 + 1) > data_end)
 		return -DROP_INVALID;
 	hlen = ip4->ihl * 4;
 	if (ip4->version != 4 || hlen < sizeof(*ip4))
 		return -DROP_INVALID;
+	return hlen;
+}
+
+static __always_inline int __parse_ipv4(void *data, void *l3, void *data_end, __u32 pkt_len,
+					struct pkt_meta *m)
+{
+	struct iphdr *ip4 = l3;
+	int hlen = ipv4_hdr_len(ip4, data_end);
+
+	if (hlen < 0)
+		return hlen;
 	if (l3 + hlen > data_end || bpf_ntohs(ip4->tot_len) < hlen ||
 	    (l3 - data) + bpf_ntohs(ip4->tot_len) > pkt_len)
 		return -DROP_INVALID;
 	m->l4_proto = ip4->protocol;
 	m->saddr.p[0] = ip4->saddr;
 	m->daddr.p[0] = ip4->daddr;
-	if (hlen > sizeof(*ip4))
+	if (hlen > (int)sizeof(*ip4))
 		m->flags |= PKT_F_IP_OPTIONS;
 	if (ip4->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
 		m->flags |= PKT_F_FRAGMENT;

@@ -213,6 +213,3 @@ def _fmt(key: tuple) -> str:
     host = f"[{addr}]" if isinstance(addr, ipaddress.IPv6Address) else str(addr)
     return f"{host}:{port}/{proto}"
 
-
-def format_frontend(f: Frontend) -> str:
-    return _fmt(f.key)
