@@ -8,6 +8,7 @@ PACKAGES=(
   iputils-ping                             # ICMP checks inside namespaces
   containernetworking-plugins              # the primary CNI (ptp, bridge, host-local, portmap)
   nginx-light wrk                          # pods' HTTP server, HTTP load
+  chromium                                 # the dashboard test renders results/index.html headless
 )
 
 missing=()
