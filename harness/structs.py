@@ -48,7 +48,9 @@ class V6Addr(ctypes.Union):
 
 def be32(address: str | ipaddress.IPv4Address) -> int:
     """An IPv4 address as the __be32 a BPF program reads (network-order bytes in a u32)."""
-    return int.from_bytes(ipaddress.IPv4Address(address).packed, "little")
+    if not isinstance(address, ipaddress.IPv4Address):      # parsing is the slow part
+        address = ipaddress.IPv4Address(address)
+    return int.from_bytes(address.packed, "little")
 
 
 def from_be32(value: int) -> ipaddress.IPv4Address:

@@ -219,6 +219,9 @@ class Map:
 
     # -- batch operations --------------------------------------------------------------
     def _pack(self, items: Sequence, ctype: type, size: int, what: str):
+        if all(type(item) is bytes and len(item) == size for item in items):
+            joined = b"".join(items)            # the common case, without a per-item copy
+            return ctypes.create_string_buffer(joined, len(joined))
         buf = ctypes.create_string_buffer(size * len(items))
         for i, item in enumerate(items):
             if isinstance(item, (bytes, bytearray)) and len(item) == size:

@@ -57,10 +57,18 @@ def service_key(family: int, address, port: int, protocol: str | None, slot: int
 def frontend_entries(f: Frontend, rev_nat_index: int, backend_ids: list[int]) -> dict[bytes, bytes]:
     """Services-map entries of one frontend: slots 1..n then the service entry (slot 0)."""
     entries = {}
+    # One key and one value struct, re-serialised per slot: a full sync of 100k
+    # services builds over a million of these.
+    key = (Lb4Key(address=be32(f.address), dport=be16(f.port), proto=PROTOCOLS[f.protocol])
+           if f.family == 4 else
+           Lb6Key(address=V6Addr.of(f.address), dport=be16(f.port), proto=PROTOCOLS[f.protocol]))
+    slot_value = LbService()
     for slot, bid in enumerate(backend_ids, start=1):
-        entries[service_key(f.family, f.address, f.port, f.protocol, slot)] = \
-            bytes(LbService(backend_id=bid))
-    entries[service_key(f.family, f.address, f.port, f.protocol, 0)] = bytes(LbService(
+        key.backend_slot = slot
+        slot_value.backend_id = bid
+        entries[bytes(key)] = bytes(slot_value)
+    key.backend_slot = 0
+    entries[bytes(key)] = bytes(LbService(
         count=len(backend_ids), rev_nat_index=rev_nat_index, flags=frontend_flags(f),
         affinity_timeout=f.affinity_timeout))
     return entries

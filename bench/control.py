@@ -1,0 +1,286 @@
+"""Control-plane benchmark: how long programming N services x 10 endpoints takes.
+
+Methods, each timed on the same synthetic LB state (bench.lb_cases.synthetic_state):
+
+  bpf              LbControl.apply on a freshly loaded lxc collection sized for N
+                   services: diff, then one batch write per map (BPF_MAP_UPDATE_BATCH).
+                   ``seconds`` includes our Python planning (not the object load);
+                   ``write_seconds`` is the map writes alone (the syscalls).
+  iptables-legacy  kube-proxy's iptables-restore input (harness.kubeproxy) loaded with
+  iptables-nft     ``iptables-restore -w --noflush --counters`` on that backend, in a
+                   fresh ``cb-ctl-*`` namespace.  Rendering is timed separately
+                   (render_seconds) and not included: kube-proxy's restore is the cost
+                   the kernel side and the xtables lock see.
+  nft              kube-proxy's nftables-mode table through one ``nft -f`` transaction.
+
+Operations per method and scale:
+  full        a full sync from nothing;
+  change-one  then one service changes (its first endpoint is replaced): BPF applies
+              that service only (LbControl.apply(..., services=[name])), kube-proxy
+              a partial sync (the changed service's chains plus the top-level chains).
+
+Size of what was programmed: ``entries`` (BPF: map entries written; iptables: rules
+in ``iptables-save``; nft: rules + set/map elements in ``nft list table``) and
+``bytes`` (BPF: the kernel's memlock figure of the LB maps; iptables/nft: size of
+the ``iptables-save`` / ``nft list`` text).
+
+Rounds interleave the methods (a different order each round) so the shared
+machine's noise hits all of them alike; ratios to bpf are taken within a round.
+Every load has a timeout: a method that exceeds it at one scale is reported
+``timeout`` there and ``skipped`` at larger scales (it would only be slower).
+Namespaces are created and removed per sample, also on failure and Ctrl-C.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import time
+from typing import Callable
+
+from bench.lb_cases import synthetic_state
+from bench.stats import summary
+from harness import datapath, netns, paths
+from harness.bpf import Collection
+from harness.kubeproxy import apply as kp
+from harness.kubeproxy import iptables as ipt
+from harness.kubeproxy import nftables as nft
+from harness.lb.state import LbState
+
+METHODS = ("bpf", "iptables-legacy", "iptables-nft", "nft")
+ENDPOINTS = 10
+#: Spare pod address the changed service's first endpoint moves to (never used by the pool).
+CHANGED_ENDPOINT = ipaddress.IPv4Address("198.18.1.250")
+
+
+class Timeout(Exception):
+    """A load exceeded the suite's timeout."""
+
+
+def available(method: str) -> str | None:
+    """None when *method* can run here, else why not (one line)."""
+    if method == "bpf":
+        return None if paths.bpf_object("lxc").exists() else "lxc.bpf.o not built (make build)"
+    if method == "nft":
+        return None if shutil.which("nft") else "nft is not installed"
+    backend = method.split("-", 1)[1]
+    return None if backend in kp.available_backends() else f"{method}: backend not installed"
+
+
+def changed_state(state: LbState) -> tuple[LbState, str]:
+    """*state* with the last service's first endpoint replaced; (new state, service)."""
+    last = state.frontends[-1]
+    backends = (dataclasses.replace(last.backends[0], address=CHANGED_ENDPOINT),
+                *last.backends[1:])
+    new_last = dataclasses.replace(last, backends=backends)
+    return LbState((*state.frontends[:-1], new_last)), last.service
+
+
+# -- one sample per method ---------------------------------------------------------------
+def _memlock(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("memlock:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _sample_bpf(state: LbState, new: LbState, service: str, timeout: float,
+                measure_size: bool) -> dict:
+    sizes = datapath.scaled_max_entries(len(state.frontends), ENDPOINTS)
+    coll = Collection.load(str(paths.bpf_object("lxc")), rodata=datapath.service_rodata(),
+                           max_entries=sizes)
+    try:
+        ctl = datapath.lb_control(coll)
+        start = time.perf_counter()
+        stats = ctl.apply(state)
+        out = {"full": time.perf_counter() - start, "full-writes": stats.write_seconds}
+        if measure_size:
+            counts = ctl.entry_count()
+            out["entries"] = sum(counts.values())
+            out["bytes"] = sum(_memlock(m.fd) for name, m in coll.maps.items()
+                               if name.startswith("cb_lb"))
+        start = time.perf_counter()
+        stats = ctl.apply(new, services=[service])
+        out["change-one"] = time.perf_counter() - start
+        out["change-one-writes"] = stats.write_seconds
+        return out
+    finally:
+        coll.close()
+
+
+def _count_save(ns: str, backend: str) -> tuple[int, int]:
+    cli = kp.BACKENDS[backend][0]
+    text = netns.run(ns, f"{cli}-save", timeout=300).stdout
+    return sum(1 for line in text.splitlines() if line.startswith("-A ")), len(text.encode())
+
+
+def _count_nft(ns: str) -> tuple[int, int]:
+    """(rules + set/map elements, bytes of ``nft list table``) of kube-proxy's table."""
+    family, name = nft.TABLE.split()
+    text = netns.run(ns, "nft", "list", "table", family, name, timeout=300).stdout
+    listing = json.loads(netns.run(ns, "nft", "-j", "list", "table", family, name,
+                                   timeout=300).stdout)
+    count = 0
+    for obj in listing.get("nftables", []):
+        if "rule" in obj:
+            count += 1
+        for kind in ("set", "map"):
+            if kind in obj:
+                count += len(obj[kind].get("elem", []))
+    return count, len(text.encode())
+
+
+def _guard(fn: Callable[[], float], timeout_note: str) -> float:
+    try:
+        return fn()
+    except subprocess.TimeoutExpired as exc:
+        raise Timeout(timeout_note) from exc
+
+
+def _sample_kube_proxy(method: str, state: LbState, new: LbState, timeout: float,
+                       measure_size: bool, ns: str) -> dict:
+    out: dict = {}
+    netns.create(ns)
+    try:
+        if method == "nft":
+            start = time.perf_counter()
+            text = nft.render(state)
+            out["render"] = time.perf_counter() - start
+            out["full"] = _guard(lambda: kp.nft_load(ns, text, timeout),
+                                 f"nft -f > {timeout:.0f} s")
+            if measure_size:
+                out["entries"], out["bytes"] = _count_nft(ns)
+            out["change-one"] = _guard(lambda: kp.incremental_nft(ns, state, new, timeout),
+                                       f"nft -f partial > {timeout:.0f} s")
+        else:
+            backend = method.split("-", 1)[1]
+            start = time.perf_counter()
+            text = ipt.render(state)
+            out["render"] = time.perf_counter() - start
+            out["full"] = _guard(lambda: kp.restore(ns, text, backend, timeout),
+                                 f"iptables-restore > {timeout:.0f} s")
+            if measure_size:
+                out["entries"], out["bytes"] = _count_save(ns, backend)
+            out["change-one"] = _guard(
+                lambda: kp.incremental_iptables(ns, state, new, backend, timeout),
+                f"iptables-restore partial > {timeout:.0f} s")
+        return out
+    finally:
+        netns.delete(ns)
+
+
+def sample(method: str, state: LbState, new: LbState, service: str, timeout: float,
+           measure_size: bool) -> dict:
+    """Seconds of a full sync and of a one-service change with *method* (plus sizes)."""
+    if method == "bpf":
+        return _sample_bpf(state, new, service, timeout, measure_size)
+    return _sample_kube_proxy(method, state, new, timeout, measure_size,
+                              f"cb-ctl-{os.getpid()}")
+
+
+# -- the suite ----------------------------------------------------------------------------
+def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
+        timeout: float = 300, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Time every method at every scale in *rounds* interleaved rounds."""
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown control method(s): {', '.join(sorted(unknown))}")
+    reasons = {m: available(m) for m in methods}
+    timed_out: dict[str, str] = {}
+    results: list[dict] = []
+    total = len(scales) * rounds * len(methods)
+    done = 0
+    for n in scales:
+        state = synthetic_state(n, ENDPOINTS)
+        new, service = changed_state(state)
+        per: dict[str, dict] = {m: {"full": [], "change-one": [], "render": [], "full-writes": [],
+                                    "change-one-writes": [], "entries": None,
+                                    "bytes": None, "status": "ok", "detail": None}
+                                for m in methods}
+        for m in methods:
+            if reasons[m]:
+                per[m].update(status="unavailable", detail=reasons[m])
+            elif m in timed_out:
+                per[m].update(status="skipped", detail=f"timed out at a smaller scale "
+                                                       f"({timed_out[m]})")
+        for r in range(rounds):
+            order = list(methods[r % len(methods):] + methods[:r % len(methods)])
+            for m in order:
+                done += 1
+                rec = per[m]
+                if rec["status"] != "ok":
+                    continue
+                if progress:
+                    progress(done - 1, total, f"control: {m} @ {n} services, round {r + 1}")
+                try:
+                    got = sample(m, state, new, service, timeout, measure_size=(r == 0))
+                except Timeout as exc:
+                    rec.update(status="timeout", detail=str(exc))
+                    timed_out[m] = f"{n} services: {exc}"
+                    continue
+                except (kp.ApplyError, OSError) as exc:
+                    rec.update(status="error", detail=str(exc).splitlines()[0][:300])
+                    continue
+                for op in ("full", "change-one", "render", "full-writes", "change-one-writes"):
+                    if op in got:
+                        rec[op].append(got[op])
+                if "entries" in got:
+                    rec["entries"], rec["bytes"] = got["entries"], got["bytes"]
+        if progress:
+            progress(done, total, f"control: {n} services done")
+        results += _summarise(n, per)
+    return {"config": {"scales": scales, "rounds": rounds, "methods": list(methods),
+                       "endpoints_per_service": ENDPOINTS, "timeout_s": timeout,
+                       "method": "full sync from nothing, then one service changed; methods "
+                                 "interleaved per round; kube-proxy rendering excluded "
+                                 "(render_seconds)"},
+            "results": results}
+
+
+def _summarise(n: int, per: dict[str, dict]) -> list[dict]:
+    out = []
+    bpf = per.get("bpf", {})
+    for m, rec in per.items():
+        for op in ("full", "change-one"):
+            samples = rec[op]
+            ok = rec["status"] == "ok" and samples
+            ratio = None
+            if ok and m != "bpf" and bpf.get("status") == "ok" and bpf[op]:
+                pairs = list(zip(samples, bpf[op]))
+                ratio = summary([a / b for a, b in pairs]) if pairs else None
+            out.append({
+                "method": m, "services": n, "endpoints_per_service": ENDPOINTS,
+                "operation": op,
+                "status": rec["status"] if rec["status"] != "ok" or samples else "error",
+                "detail": rec["detail"],
+                "seconds": summary(samples) if ok else None,
+                "samples_s": list(samples),
+                "render_seconds": summary(rec["render"]) if rec["render"] and op == "full"
+                else None,
+                "write_seconds": summary(rec[f"{op}-writes"]) if rec[f"{op}-writes"] else None,
+                "entries": rec["entries"], "bytes": rec["bytes"],
+                "ratio_to_bpf": ratio,
+            })
+    return out
+
+
+def table(suite: dict) -> list[tuple[str, ...]]:
+    """Rows: services, operation, method, status, median s, MAD %, x bpf, entries, bytes."""
+    rows = []
+    for r in suite["results"]:
+        s = r["seconds"]
+        ratio = r["ratio_to_bpf"]
+        rows.append((str(r["services"]), r["operation"], r["method"],
+                     r["status"] if r["status"] == "ok" else f"{r['status']}: {r['detail']}",
+                     f"{s['median']:.4f}" if s else "-",
+                     f"{s['mad_pct']:.1f}%" if s else "-",
+                     f"{ratio['median']:.1f}x" if ratio else "-",
+                     str(r["entries"]) if r["entries"] is not None else "-",
+                     str(r["bytes"]) if r["bytes"] is not None else "-"))
+    return rows
