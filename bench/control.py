@@ -1,6 +1,7 @@
 """Control-plane benchmark: how long programming N services x 10 endpoints takes.
 
-Methods, each timed on the same synthetic LB state (bench.lb_cases.synthetic_state):
+Methods, each timed on the same synthetic LB state (bench.lb_cases.synthetic_state,
+IPv4 ClusterIPs only: what kube-proxy's renderers here cover):
 
   bpf              LbControl.apply on a freshly loaded lxc collection sized for N
                    services: diff, then one batch write per map (BPF_MAP_UPDATE_BATCH).
@@ -8,10 +9,17 @@ Methods, each timed on the same synthetic LB state (bench.lb_cases.synthetic_sta
                    ``write_seconds`` is the map writes alone (the syscalls).
   iptables-legacy  kube-proxy's iptables-restore input (harness.kubeproxy) loaded with
   iptables-nft     ``iptables-restore -w --noflush --counters`` on that backend, in a
-                   fresh ``cb-ctl-*`` namespace.  Rendering is timed separately
-                   (render_seconds) and not included: kube-proxy's restore is the cost
-                   the kernel side and the xtables lock see.
+                   fresh ``cb-ctl-*`` namespace, as kube-proxy runs it.  Rendering is
+                   timed separately (render_seconds) and not included.
+  iptables-nft-flush  the same input without --noflush (tables replaced whole): not
+                   kube-proxy's invocation, but what iptables-nft 1.8.x can load at
+                   10k services (with --noflush it keeps a sorted linked list of every
+                   chain name it meets, walked per line: super-quadratic, README).
+                   Its change-one is kube-proxy's partial sync (with --noflush).
   nft              kube-proxy's nftables-mode table through one ``nft -f`` transaction.
+
+For the kube-proxy methods ``cpu_seconds`` gives the loader's own user and system
+time (the machine is shared: wall time alone overstates a busy moment).
 
 Operations per method and scale:
   full        a full sync from nothing;
@@ -36,6 +44,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -50,7 +59,7 @@ from harness.kubeproxy import iptables as ipt
 from harness.kubeproxy import nftables as nft
 from harness.lb.state import LbState
 
-METHODS = ("bpf", "iptables-legacy", "iptables-nft", "nft")
+METHODS = ("bpf", "iptables-legacy", "iptables-nft", "iptables-nft-flush", "nft")
 ENDPOINTS = 10
 #: Spare pod address the changed service's first endpoint moves to (never used by the pool).
 CHANGED_ENDPOINT = ipaddress.IPv4Address("198.18.1.250")
@@ -66,7 +75,7 @@ def available(method: str) -> str | None:
         return None if paths.bpf_object("lxc").exists() else "lxc.bpf.o not built (make build)"
     if method == "nft":
         return None if shutil.which("nft") else "nft is not installed"
-    backend = method.split("-", 1)[1]
+    backend = method.split("-")[1]
     return None if backend in kp.available_backends() else f"{method}: backend not installed"
 
 
@@ -134,16 +143,22 @@ def _count_nft(ns: str) -> tuple[int, int]:
     return count, len(text.encode())
 
 
-def _guard(fn: Callable[[], float], timeout_note: str) -> float:
+def _guard(fn: Callable[[], float], timeout_note: str, cpu: list | None = None) -> float:
+    """fn()'s seconds; its child processes' user + system CPU seconds appended to *cpu*."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        return fn()
+        seconds = fn()
     except subprocess.TimeoutExpired as exc:
         raise Timeout(timeout_note) from exc
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append((after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime))
+    return seconds
 
 
 def _sample_kube_proxy(method: str, state: LbState, new: LbState, timeout: float,
                        measure_size: bool, ns: str) -> dict:
-    out: dict = {}
+    out: dict = {"cpu": []}
     netns.create(ns)
     try:
         if method == "nft":
@@ -151,18 +166,20 @@ def _sample_kube_proxy(method: str, state: LbState, new: LbState, timeout: float
             text = nft.render(state)
             out["render"] = time.perf_counter() - start
             out["full"] = _guard(lambda: kp.nft_load(ns, text, timeout),
-                                 f"nft -f > {timeout:.0f} s")
+                                 f"nft -f > {timeout:.0f} s", out["cpu"])
             if measure_size:
                 out["entries"], out["bytes"] = _count_nft(ns)
             out["change-one"] = _guard(lambda: kp.incremental_nft(ns, state, new, timeout),
                                        f"nft -f partial > {timeout:.0f} s")
         else:
-            backend = method.split("-", 1)[1]
+            backend = method.split("-")[1]
+            noflush = not method.endswith("-flush")
             start = time.perf_counter()
             text = ipt.render(state)
             out["render"] = time.perf_counter() - start
-            out["full"] = _guard(lambda: kp.restore(ns, text, backend, timeout),
-                                 f"iptables-restore > {timeout:.0f} s")
+            out["full"] = _guard(lambda: kp.restore(ns, text, backend, timeout, noflush),
+                                 f"iptables-restore > {timeout:.0f} s", out["cpu"])
+            kp.ensure_jumps(ns, backend)
             if measure_size:
                 out["entries"], out["bytes"] = _count_save(ns, backend)
             out["change-one"] = _guard(
@@ -197,10 +214,10 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
     total = len(scales) * rounds * len(methods)
     done = 0
     for n in scales:
-        state = synthetic_state(n, ENDPOINTS)
+        state = synthetic_state(n, ENDPOINTS, ipv6=False, nodeport=False)   # kube-proxy: IPv4 ClusterIPs
         new, service = changed_state(state)
         per: dict[str, dict] = {m: {"full": [], "change-one": [], "render": [], "full-writes": [],
-                                    "change-one-writes": [], "entries": None,
+                                    "change-one-writes": [], "cpu": [], "entries": None,
                                     "bytes": None, "status": "ok", "detail": None}
                                 for m in methods}
         for m in methods:
@@ -230,6 +247,7 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
                 for op in ("full", "change-one", "render", "full-writes", "change-one-writes"):
                     if op in got:
                         rec[op].append(got[op])
+                rec["cpu"] += got.get("cpu", [])
                 if "entries" in got:
                     rec["entries"], rec["bytes"] = got["entries"], got["bytes"]
         if progress:
@@ -264,6 +282,9 @@ def _summarise(n: int, per: dict[str, dict]) -> list[dict]:
                 "render_seconds": summary(rec["render"]) if rec["render"] and op == "full"
                 else None,
                 "write_seconds": summary(rec[f"{op}-writes"]) if rec[f"{op}-writes"] else None,
+                "cpu_seconds": ({"user": summary([u for u, _ in rec["cpu"]]),
+                                 "system": summary([s for _, s in rec["cpu"]])}
+                                if rec["cpu"] and op == "full" else None),
                 "entries": rec["entries"], "bytes": rec["bytes"],
                 "ratio_to_bpf": ratio,
             })

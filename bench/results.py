@@ -1,6 +1,7 @@
 """Writing benchmark results: ``results/<timestamp>-<git-sha>.json`` plus
-``results/latest.json``, each a document of schema_version 1 (described in
-``results/schema/results.schema.json``)."""
+``results/latest.json`` (quick profile), each a document of schema_version 2,
+described by ``results/schema/results.schema.json``.  Version 1 documents
+(micro only, no profile) are still read by the dashboard."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from harness import machine, paths
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def git_state() -> dict:
@@ -22,18 +23,30 @@ def git_state() -> dict:
     return {"sha": sha, "dirty": dirty}
 
 
-def new_document(suites: dict) -> dict:
+def new_document(suites: dict, profile: str = "custom", notes: list[str] | None = None) -> dict:
     now = _dt.datetime.now(_dt.timezone.utc)
     return {
         "schema_version": SCHEMA_VERSION,
         "created": now.isoformat(timespec="seconds"),
         "git": git_state(),
+        "profile": profile,
+        "notes": list(notes or []),
         "machine": machine.info(),
         "suites": suites,
     }
 
 
+class InvalidDocument(ValueError):
+    """A result document does not match results/schema/results.schema.json."""
+
+
 def write(doc: dict, out_dir: Path | None = None, latest: bool = True) -> Path:
+    from bench import schema
+    errors = schema.validate(doc, schema.load())
+    if errors:
+        raise InvalidDocument(f"result document does not match {schema.SCHEMA_PATH.name}: "
+                              f"{errors[0]}" + (f" (and {len(errors) - 1} more)"
+                                                if len(errors) > 1 else ""))
     out_dir = Path(out_dir or paths.RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = doc["created"].replace(":", "").replace("-", "").replace("+0000", "Z")

@@ -37,42 +37,76 @@ def plugin_dir() -> str:
 
 
 def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
-       datapath_kind: str = "bpf", progress=None) -> TopologyState:
+       datapath_kind: str = "bpf", progress=None, *,
+       node_datapaths: dict[str, str] | None = None,
+       lb_map_max: int | None = None) -> TopologyState:
+    """Build the topology with *datapath_kind* on every node, or, with
+    *node_datapaths* ({node: bpf|iptables|nftables|none}; the topology's datapath is
+    then "mixed"), each node its own (none: the primary CNI only, no service
+    handling: a node that only hosts backends).  *lb_map_max* sizes the LB maps of
+    BPF nodes (Cilium's --bpf-lb-map-max)."""
     from harness.cni.runtime import discover_cni_path
+    from harness.topology.plan import plan_topology
     path = os.path.abspath(scenario_path)
-    if datapath_kind == "bpf":
-        # Each node is synced once all pods exist (below), not once per pod.
-        chained = [{"type": PLUGIN, "scenario": path, "datapath": datapath_kind,
-                    "deferSync": True}]
-        state = topology.up(path, nodes, routing, datapath_kind, chained=chained,
-                            cni_path=discover_cni_path() + [plugin_dir()], progress=progress)
-    else:
-        state = topology.up(path, nodes, routing, datapath_kind, portmap=True,
-                            progress=progress)
+    scenario = load_scenario(path)
+    plan = plan_topology(scenario, nodes, routing, "mixed" if node_datapaths else datapath_kind)
+    kinds = {n.name: (node_datapaths or {}).get(n.name, datapath_kind if not node_datapaths
+                                                 else "none") for n in plan.nodes}
+    bad = {k for k in kinds.values() if k not in NODE_DATAPATHS}
+    if bad:
+        raise ValueError(f"node datapath {sorted(bad)[0]!r}: expected one of "
+                         f"{', '.join(NODE_DATAPATHS)}")
+    if node_datapaths and set(node_datapaths) - set(kinds):
+        raise ValueError(f"node {sorted(set(node_datapaths) - set(kinds))[0]} is not in the "
+                         "topology")
+    # Each BPF node is synced once all pods exist (below), not once per pod.
+    chained = ({"type": PLUGIN, "scenario": path, "datapath": "bpf", "deferSync": True},)
+    per_node = {name: topology.NodePlugins(kind, portmap=kind in ("iptables", "nftables"),
+                                           chained=chained if kind == "bpf" else ())
+                for name, kind in kinds.items()}
+    cni_path = discover_cni_path() + ([plugin_dir()] if "bpf" in kinds.values() else [])
     try:
-        scenario = scenario_with_real_addresses(load_scenario(path), state)
-        if datapath_kind == "bpf":
-            attach_node_programs(state)
-            attach_host_socket_lb(state)
-            for node in state.nodes:
-                with node_lock(node.name):
-                    sync_node(node.name, scenario)
-        else:
-            apply_kube_proxy(state, scenario, datapath_kind)
+        if lb_map_max is not None:
+            from harness import node_config
+            for name, kind in kinds.items():
+                if kind == "bpf":
+                    node_config.save(name, lb_map_max)
+        state = topology.build(plan, cni_path=cni_path, progress=progress, per_node=per_node)
+    except BaseException:
+        if lb_map_max is not None:
+            from harness import endpoints
+            endpoints.remove_state()
+        raise
+    try:
+        scenario = scenario_with_real_addresses(scenario, state)
+        bpf_nodes = [n for n in state.nodes if kinds[n.name] == "bpf"]
+        attach_node_programs(state, bpf_nodes)
+        attach_host_socket_lb(state, bpf_nodes)
+        for node in bpf_nodes:
+            with node_lock(node.name):
+                sync_node(node.name, scenario)
+        for mode in ("iptables", "nftables"):
+            apply_kube_proxy(state, scenario, mode,
+                             [n for n in state.nodes if kinds[n.name] == mode])
     except BaseException:
         down()
         raise
     return state
 
 
-def apply_kube_proxy(state: TopologyState, scenario, mode: str) -> dict[str, float]:
-    """kube-proxy's rules for *scenario* in every node namespace; seconds per node."""
+NODE_DATAPATHS = ("bpf", "iptables", "nftables", "none")
+
+
+def apply_kube_proxy(state: TopologyState, scenario, mode: str,
+                     nodes: list | None = None) -> dict[str, float]:
+    """kube-proxy's rules for *scenario* in each of *nodes* (default: every node);
+    seconds per node."""
     from harness import addressing, netns
     from harness.kubeproxy import apply as kp
     from harness.lb.state import desired_state, node_addresses
     lb_state = desired_state(scenario, node_addresses(scenario))
     took = {}
-    for node in state.nodes:
+    for node in state.nodes if nodes is None else nodes:
         # Host processes reach ClusterIPs through the OUTPUT chain, which DNATs
         # after the first route lookup: as a node's default route would, give
         # the service range a route (the DNAT re-routes to the backend).
@@ -85,9 +119,9 @@ def apply_kube_proxy(state: TopologyState, scenario, mode: str) -> dict[str, flo
     return took
 
 
-def attach_node_programs(state: TopologyState) -> None:
-    """from_netdev on every node's uplink, with the node's shared maps."""
-    for node in state.nodes:
+def attach_node_programs(state: TopologyState, nodes: list | None = None) -> None:
+    """from_netdev on each node's uplink (default: every node), with its shared maps."""
+    for node in state.nodes if nodes is None else nodes:
         with datapath.load("netdev", node.name, pinned=True) as coll:
             attach_tc(coll.programs["from_netdev"], node.uplink, "ingress", node.netns)
 
@@ -96,14 +130,14 @@ SOCK_PROGRAMS = ("sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpe
                  "sock6_connect", "sock6_sendmsg", "sock6_recvmsg", "sock6_getpeername")
 
 
-def attach_host_socket_lb(state: TopologyState) -> None:
+def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> None:
     """Socket LB for each node's host-network processes: the sock programs on the
     node's ``cb-<node>-host`` cgroup (host clients run in it), links pinned so
     they outlive this process (``chainbench down`` unpins them)."""
     from harness import bpffs, cgroups
     from harness.bpf import attach_cgroup
     from harness.connectivity import host_cgroup
-    for node in state.nodes:
+    for node in state.nodes if nodes is None else nodes:
         path = host_cgroup(node.name)
         cgroups.create(os.path.basename(path))
         with datapath.load("sock", node.name, pinned=True) as coll:
@@ -115,3 +149,20 @@ def attach_host_socket_lb(state: TopologyState) -> None:
 
 def down() -> dict[str, list[str]]:
     return topology.down()
+
+
+def teardown(state: TopologyState) -> dict[str, list[str]]:
+    """Remove one topology and what its nodes own (pins, node state, host cgroups),
+    leaving any other project object alone (``down`` removes everything)."""
+    import shutil
+
+    from harness import bpffs, cgroups
+    from harness.connectivity import host_cgroup
+    from harness.endpoints import STATE_ROOT
+    summary = topology.teardown(state)         # CNI DEL first: it needs the pins
+    for node in state.nodes:
+        shutil.rmtree(bpffs.pin_path(node.name), ignore_errors=True)
+        shutil.rmtree(os.path.join(STATE_ROOT, node.name), ignore_errors=True)
+        if os.path.isdir(host_cgroup(node.name)):
+            cgroups.remove(host_cgroup(node.name))
+    return summary

@@ -7,9 +7,11 @@ file or field), 130 interrupted.  Errors are one line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from harness import paths
 
@@ -113,39 +115,111 @@ def _service_scales(text: str) -> list[int]:
 
 
 def cmd_bench(args) -> int:
-    from bench import lb_cases, micro, policy_cases, results
-    if args.suite != "micro":
-        raise UsageError(f"unknown suite {args.suite!r}")
-    if args.samples < 5 or args.repeat < 100_000:
-        print("note: fewer than 5 samples or 100000 runs per sample: figures are indicative only",
-              file=sys.stderr)
-    cases = micro.discover_cases()
-    if not cases:
+    from dataclasses import replace
+
+    from bench import profiles, results
+    profile = profiles.get(args.profile)
+    micro_s, control_s, macro_s = profile.micro, profile.control, profile.macro
+    if args.services:
+        micro_s = replace(micro_s, services=tuple(_service_scales(args.services)))
+    if args.identities:
+        micro_s = replace(micro_s, identities=tuple(_service_scales(args.identities)))
+    if args.samples is not None:
+        micro_s = replace(micro_s, samples=args.samples)
+    if args.repeat is not None:
+        micro_s = replace(micro_s, repeat=args.repeat)
+    if args.scales:
+        scales = tuple(_service_scales(args.scales))
+        control_s = replace(control_s, scales=scales)
+        macro_s = replace(macro_s, scales=scales)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise UsageError("--rounds must be >= 1")
+        micro_s, control_s, macro_s = (replace(micro_s, rounds=args.rounds),
+                                       replace(control_s, rounds=args.rounds),
+                                       replace(macro_s, rounds=args.rounds))
+    if args.seconds is not None:
+        macro_s = replace(macro_s, seconds=args.seconds)
+    if args.timeout is not None:
+        control_s = replace(control_s, timeout=args.timeout)
+    wanted = ("micro", "control", "macro") if args.suite == "all" else (args.suite,)
+    if "micro" in wanted and (micro_s.samples < 5 or micro_s.repeat < 100_000):
+        print("note: fewer than 5 samples or 100000 runs per sample: micro figures are "
+              "indicative only", file=sys.stderr)
+    if not paths.bpf_object("lxc").exists():
         raise UsageError(f"no compiled programs in {paths.bpf_objects_dir()} (run `make build`)")
-    for n in _service_scales(args.services):
-        cases += lb_cases.cases(n)
-    for n in _service_scales(args.identities):
-        cases += policy_cases.cases(n)
-    suite = _with_progress(lambda progress: micro.run(cases, args.samples, args.repeat,
-                                                      progress=progress),
-                           f"micro: {len(cases)} cases x {args.samples} samples")
-    doc = results.new_document({"micro": suite})
-    _print_table(("CASE", "VERDICT", "NS/PKT", "MAD", "CLOCK", "EMPTY NS", "VS EMPTY"),
-                 micro.table(suite))
+    suites: dict = {}
+    with _progress_bar() as update:
+        if "micro" in wanted:
+            from bench import micro
+            suites["micro"] = micro.suite(list(micro_s.services), list(micro_s.identities),
+                                          samples=micro_s.samples, repeat=micro_s.repeat,
+                                          rounds=micro_s.rounds,
+                                          progress=lambda d, t: update(d, t, "micro"))
+        if "control" in wanted:
+            from bench import control
+            suites["control"] = control.run(list(control_s.scales), control_s.rounds,
+                                            timeout=control_s.timeout, progress=update)
+        if "macro" in wanted:
+            from bench import macro
+            suites["macro"] = macro.run(list(macro_s.scales), macro_s.rounds, macro_s.seconds,
+                                        macro_s.connections,
+                                        locust_seconds=macro_s.locust_seconds,
+                                        locust_users=macro_s.locust_users, progress=update)
+    doc = results.new_document(suites, profile=profile.name, notes=profile.notes)
+    _print_bench_tables(suites)
     if args.json:
         print(json.dumps(doc, indent=1))
     if not args.no_write:
-        path = results.write(doc, args.out)
+        path = results.write(doc, args.out, latest=(profile.name == "quick"))
         print(f"results written to {path}", file=sys.stderr)
+        if not args.no_dashboard:
+            from bench import dashboard
+            page = dashboard.render(path.parent)
+            print(f"dashboard written to {page}", file=sys.stderr)
     return EXIT_OK
 
 
-def _with_progress(work, description: str):
+def _print_bench_tables(suites: dict) -> None:
+    if "micro" in suites:
+        from bench import micro
+        _print_table(("CASE", "VERDICT", "NS/PKT", "MAD", "CLOCK", "EMPTY NS", "VS EMPTY"),
+                     micro.table(suites["micro"]))
+    if "control" in suites:
+        from bench import control
+        print()
+        _print_table(("SERVICES", "OPERATION", "METHOD", "STATUS", "SECONDS", "MAD", "VS BPF",
+                      "ENTRIES", "BYTES"), control.table(suites["control"]))
+    if "macro" in suites:
+        from bench import macro
+        print()
+        _print_table(("SERVICES", "TARGET", "MODE", "DATAPATH", "REQ/S", "MAD", "P50 US",
+                      "P99 US", "CPU US/REQ", "VS IPTABLES", "ERRORS"),
+                     macro.table(suites["macro"]))
+
+
+@contextlib.contextmanager
+def _progress_bar():
+    """update(done, total, description) for a rich progress bar on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), transient=True, console=_stderr_console()) as bar:
-        task = bar.add_task(description, total=None)
-        return work(lambda done, total: bar.update(task, completed=done, total=total))
+        task = bar.add_task("bench", total=None)
+
+        def update(done: int, total: int, description: str) -> None:
+            bar.update(task, completed=done, total=total, description=description)
+        yield update
+
+
+def cmd_dashboard(args) -> int:
+    from bench import dashboard
+    try:
+        page = dashboard.render(Path(args.results or paths.RESULTS),
+                                Path(args.out) if args.out else None)
+    except dashboard.DashboardError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"dashboard written to {page}")
+    return EXIT_OK
 
 
 def _stderr_console():
@@ -320,8 +394,11 @@ def cmd_up(args) -> int:
 
     from harness import chaining
     start = time.monotonic()
+    if args.bpf_lb_map_max is not None and not 1024 <= args.bpf_lb_map_max <= 1 << 24:
+        raise UsageError(f"--bpf-lb-map-max {args.bpf_lb_map_max}: expected 1024..16777216")
     state = chaining.up(args.file, args.nodes, args.routing, args.datapath,
-                        progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else None)
+                        progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else None,
+                        lb_map_max=args.bpf_lb_map_max)
     pods = [p for p in state.pods if not p.host_network]
     print(f"up: {len(state.nodes)} nodes, {len(pods)} pods, routing {state.routing}, datapath "
           f"{state.datapath} in {time.monotonic() - start:.1f} s")
@@ -450,18 +527,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per packet")
     p.set_defaults(func=cmd_test_run)
 
-    p = sub.add_parser("bench", help="run a benchmark suite and write results/")
-    p.add_argument("suite", nargs="?", default="micro", choices=["micro"])
-    p.add_argument("--samples", type=int, default=7, help="interleaved samples per program (>= 5)")
-    p.add_argument("--repeat", type=int, default=100_000, help="runs per sample (>= 100000)")
-    p.add_argument("--services", default="1,10000",
-                   help="service counts (x 10 backends) for the LB cases (default 1,10000)")
-    p.add_argument("--identities", default="1,1000,16000",
-                   help="identity x rule counts for the policy cases (default 1,1000,16000)")
+    p = sub.add_parser("bench", help="run benchmark suites, write results/ and the dashboard")
+    p.add_argument("suite", nargs="?", default="all", choices=["micro", "control", "macro", "all"])
+    p.add_argument("--profile", choices=["quick", "full", "smoke"], default="quick",
+                   help="quick: 1 and 10k services, one round (make bench); full: every scale, "
+                        "3 rounds; smoke: tiny, for make test (default quick)")
+    p.add_argument("--services", help="micro: service counts (x 10 backends) of the LB cases")
+    p.add_argument("--identities", help="micro: identity x rule counts of the policy cases")
+    p.add_argument("--samples", type=int, help="micro: interleaved samples per case (>= 5)")
+    p.add_argument("--repeat", type=int, help="micro: runs per sample (>= 100000)")
+    p.add_argument("--scales", help="control and macro: service counts, e.g. 1,1000,10000")
+    p.add_argument("--rounds", type=int, help="interleaved rounds of every suite")
+    p.add_argument("--seconds", type=float, help="macro: seconds per wrk run")
+    p.add_argument("--timeout", type=float, help="control: seconds a load may take")
     p.add_argument("--out", help=f"results directory (default {paths.RESULTS})")
     p.add_argument("--no-write", action="store_true", help="print only, write no result file")
+    p.add_argument("--no-dashboard", action="store_true", help="do not re-render the dashboard")
     p.add_argument("--json", action="store_true", help="also print the result document")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("dashboard", help="render results/index.html from the result files")
+    p.add_argument("--results", help=f"results directory (default {paths.RESULTS})")
+    p.add_argument("--out", help="output file (default RESULTS/index.html)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("scenario", help="work with scenario files")
     ssub = p.add_subparsers(dest="scenario_command", required=True, metavar="COMMAND")
@@ -516,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, help="number of nodes (default: the scenario's)")
     p.add_argument("--routing", choices=["native", "vxlan"], default="native")
     p.add_argument("--datapath", choices=["bpf", "iptables", "nftables"], default="bpf")
+    p.add_argument("--bpf-lb-map-max", type=int, metavar="N",
+                   help="entries of each LB map on BPF nodes (as Cilium's flag; default 65536: "
+                        "about 5,000 services x 10 backends)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("kube-proxy", help="kube-proxy's rule sets, the baselines")
@@ -572,11 +663,16 @@ def main(argv: list[str] | None = None) -> int:
             print("       (run with -v for the verifier log)", file=sys.stderr)
         return EXIT_FAIL
     except (BpfError, StructMismatchError, LbApplyError, PolicyApplyError, TopologyError,
-            CNIError) as exc:
+            CNIError, _bench_errors()) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except BrokenPipeError:
         return EXIT_OK
+
+
+def _bench_errors() -> type[Exception]:
+    from bench.macro import MacroError
+    return MacroError
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ def load(obj: str, node: str | None = None, pinned: bool = False,
     node's maps through bpffs."""
     values = {**rodata_for(obj, node), **rodata}
     directory = pin_dir(node) if (pinned and node) else None
+    if directory and max_entries is None:
+        from harness import node_config
+        max_entries = node_config.max_entries(node, str(paths.bpf_object(obj)))
     return Collection.load(str(paths.bpf_object(obj)), rodata=values or None,
                            max_entries=max_entries, pin_dir=directory)
 

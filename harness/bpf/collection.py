@@ -190,6 +190,18 @@ def list_programs(path: str) -> dict[str, str]:
         L.bpf_object__close(obj)
 
 
+def list_maps(path: str) -> list[str]:
+    """Map names of an object file (without loading anything)."""
+    with L.captured_log() as log:
+        obj = L.bpf_object__open_file(path.encode(), None)
+    if not obj:
+        raise BpfError(f"open object {path}", L.errno_now() or _errno.EINVAL, log.text.strip())
+    try:
+        return [L.bpf_map__name(h).decode() for h in _walk(L.bpf_object__next_map, obj)]
+    finally:
+        L.bpf_object__close(obj)
+
+
 def _walk(next_fn, obj) -> list[int]:
     out, cur = [], None
     while True:

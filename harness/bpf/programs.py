@@ -34,6 +34,16 @@ _OUT_HEADROOM = 512
 _ENOTSUPP = 524   # kernel-internal "not supported for this program type"
 
 
+class _ProgInfo(ctypes.Structure):
+    # struct bpf_prog_info prefix (uapi/linux/bpf.h), up to the name
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_ubyte * 8),
+                ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+                ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
+                ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
+                ("name", ctypes.c_char * 16)]
+
+
 @dataclass(frozen=True)
 class RunResult:
     """Outcome of one BPF_PROG_TEST_RUN call (``repeat`` runs of the same input)."""
@@ -63,6 +73,7 @@ class Program:
         self.type = PROG_TYPES.get(prog_type, str(prog_type))
         self.section = section
         self._handle = handle          # struct bpf_program *, for libbpf's attach calls
+        self._owns_fd = False          # True when opened with from_pin
         self._out = ctypes.create_string_buffer(4096)
 
     def test_run(self, data: bytes, ctx: bytes | ctypes.Structure | None = None,
@@ -111,6 +122,31 @@ class Program:
         check(L.bpf_obj_get_info_by_fd(self.fd, info, ctypes.byref(size)),
               f"read info of program {self.name}")
         return info[1]
+
+    @classmethod
+    def from_pin(cls, path: str) -> "Program":
+        """Open a pinned program (name and type from the kernel); the Program owns
+        its fd: close() it."""
+        fd = L.bpf_obj_get(path.encode())
+        if fd < 0:
+            raise BpfError(f"open pinned program {path}", -fd)
+        info = _ProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        try:
+            check(L.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+                  f"read info of pinned program {path}")
+        except BaseException:
+            os.close(fd)
+            raise
+        prog = cls(info.name.decode(), fd, info.type, "")
+        prog._owns_fd = True
+        return prog
+
+    def close(self) -> None:
+        """Close the fd of a Program opened with from_pin (a Collection's are its own)."""
+        if self._owns_fd and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def pin(self, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -59,10 +59,17 @@ def _run(ns: str, cmd: list[str], data: str, timeout: float) -> float:
     return elapsed
 
 
-def restore(ns: str, text: str, backend: str = "nft", timeout: float = 900) -> float:
-    """Feed iptables-restore input to *backend* in *ns*; seconds taken."""
+def restore(ns: str, text: str, backend: str = "nft", timeout: float = 900,
+            noflush: bool = True) -> float:
+    """Feed iptables-restore input to *backend* in *ns*; seconds taken.
+
+    kube-proxy always passes --noflush.  Without it the tables are replaced
+    whole, which on iptables-nft 1.8.x avoids a per-chain name list that makes
+    --noflush restores of large inputs super-quadratic (README, kube-proxy
+    baselines)."""
     _, binary = BACKENDS[backend]
-    return _run(ns, [binary, "-w", "--noflush", "--counters"], text, timeout)
+    flags = ["-w", "--noflush", "--counters"] if noflush else ["-w", "--counters"]
+    return _run(ns, [binary, *flags], text, timeout)
 
 
 def ensure_jumps(ns: str, backend: str = "nft") -> None:

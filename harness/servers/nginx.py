@@ -28,12 +28,13 @@ http {{
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
   keepalive_requests 1000000;
-  server {{
+{servers}}}
+"""
+SERVER = """  server {{
     listen {bind4}{port} backlog=4096;
     listen [::]:{port} ipv6only=on backlog=4096;
     location / {{ default_type text/plain; return 200 "{name}\\n"; }}
   }}
-}}
 """
 
 
@@ -41,14 +42,17 @@ def available() -> bool:
     return shutil.which("nginx") is not None
 
 
-def command(port: int, name: str, bind4: str = "") -> tuple[list[str], str]:
-    """The command that runs nginx in the foreground, and its scratch directory
-    (the caller removes it after the process ends)."""
+def command(port: int, name: str, bind4: str = "",
+            extra_ports: tuple[int, ...] = ()) -> tuple[list[str], str]:
+    """The command that runs nginx in the foreground (answering on *port* and any
+    *extra_ports*), and its scratch directory (the caller removes it after the
+    process ends)."""
     directory = tempfile.mkdtemp(prefix=f"cb-nginx-{name}-")
     conf = os.path.join(directory, "nginx.conf")
+    servers = "".join(SERVER.format(port=p, name=name, bind4=f"{bind4}:" if bind4 else "")
+                      for p in (port, *extra_ports))
     with open(conf, "w") as f:
-        f.write(CONFIG.format(dir=directory, port=port, name=name,
-                              bind4=f"{bind4}:" if bind4 else ""))
+        f.write(CONFIG.format(dir=directory, servers=servers))
     return [shutil.which("nginx") or "nginx", "-c", conf, "-e", os.path.join(directory, "error.log")], directory
 
 

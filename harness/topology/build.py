@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from harness import cleanup, netns
@@ -211,12 +212,23 @@ def _build_network(plan: TopologyPlan, progress: Progress) -> None:
     _batch(world.netns, lines)
 
 
+def _node_plugins(node: str, portmap: bool, chained: Sequence[Mapping[str, Any]],
+                  per_node: Mapping[str, NodePlugins] | None) -> tuple[bool, Sequence]:
+    if per_node and node in per_node:
+        return per_node[node].portmap, per_node[node].chained
+    return portmap, chained
+
+
 def _write_conflists(plan: TopologyPlan, state: TopologyState, primary: Primary, portmap: bool,
-                     chained: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+                     chained: Sequence[Mapping[str, Any]],
+                     per_node: Mapping[str, NodePlugins] | None = None) -> dict[str, dict]:
     out = {}
     for node, ns in zip(plan.nodes, state.nodes):
+        node_portmap, node_chained = _node_plugins(node.name, portmap, chained, per_node)
+        if per_node and node.name in per_node:
+            ns.datapath = per_node[node.name].datapath
         conf = node_conflist(node.index, ipv6=plan.ipv6, mtu=node.pod_mtu, primary=primary,
-                             portmap=portmap, chained=chained)
+                             portmap=node_portmap, chained=node_chained)
         os.makedirs(os.path.dirname(ns.conflist), exist_ok=True)
         with open(ns.conflist, "w") as f:
             json.dump(conf, f, indent=1)
@@ -287,10 +299,19 @@ def _join(pool: ThreadPoolExecutor) -> None:
             continue
 
 
+@dataclass(frozen=True)
+class NodePlugins:
+    """One node's own chain (a topology whose nodes run different datapaths)."""
+    datapath: str
+    portmap: bool = False
+    chained: tuple[Mapping[str, Any], ...] = ()
+
+
 def build(plan: TopologyPlan, *, primary: Primary = "ptp", portmap: bool = False,
           chained: Sequence[Mapping[str, Any]] = (), cni_path: Sequence[str] | None = None,
           progress: Progress | None = None, timeout: float = DEFAULT_TIMEOUT,
-          state_path: str = STATE_PATH) -> TopologyState:
+          state_path: str = STATE_PATH,
+          per_node: Mapping[str, NodePlugins] | None = None) -> TopologyState:
     """Create *plan*; return its recorded state.  Undone entirely on any failure or interrupt.
 
     *chained* plugin entries follow the primary CNI in every node's conflist;
@@ -304,11 +325,13 @@ def build(plan: TopologyPlan, *, primary: Primary = "ptp", portmap: bool = False
     cni_dirs = [*(cni_path or ()), *discover_cni_path()]
     # Every plugin must be there before anything is made.
     probe = CNIRuntime(plan.nodes[0].netns, cni_dirs)
-    for plugin in node_conflist(plan.nodes[0].index, primary=primary, portmap=portmap,
-                                chained=chained)["plugins"]:
-        probe.find_plugin(plugin["type"])
-        if "ipam" in plugin:
-            probe.find_plugin(plugin["ipam"]["type"])
+    for node in plan.nodes:
+        node_portmap, node_chained = _node_plugins(node.name, portmap, chained, per_node)
+        for plugin in node_conflist(node.index, primary=primary, portmap=node_portmap,
+                                    chained=node_chained)["plugins"]:
+            probe.find_plugin(plugin["type"])
+            if "ipam" in plugin:
+                probe.find_plugin(plugin["ipam"]["type"])
     state = _initial_state(plan, cni_dirs)
     lock = threading.Lock()
 
@@ -319,7 +342,7 @@ def build(plan: TopologyPlan, *, primary: Primary = "ptp", portmap: bool = False
     save()
     with undo_on_failure(lambda: teardown(state, state_path=state_path)):
         _build_network(plan, report)
-        conflists = _write_conflists(plan, state, primary, portmap, chained)
+        conflists = _write_conflists(plan, state, primary, portmap, chained, per_node)
         _add_pods(plan, state, conflists, report, save, timeout)
         state.complete = True
         save()
@@ -331,7 +354,8 @@ def up(scenario_path: str | os.PathLike[str] | Scenario, nodes: int | None = Non
        routing: str = "native", datapath: str = "bpf", *, ipv6: bool | None = None,
        primary: Primary = "ptp", portmap: bool = False, chained: Sequence[Mapping[str, Any]] = (),
        cni_path: Sequence[str] | None = None, progress: Progress | None = None,
-       timeout: float = DEFAULT_TIMEOUT) -> TopologyState:
+       timeout: float = DEFAULT_TIMEOUT,
+       per_node: Mapping[str, NodePlugins] | None = None) -> TopologyState:
     """``chainbench up -f SCENARIO [--nodes N] [--routing native|vxlan] [--datapath ...]``.
 
     Raises ScenarioError (bad file), PlanError (options that make no
@@ -341,7 +365,7 @@ def up(scenario_path: str | os.PathLike[str] | Scenario, nodes: int | None = Non
     scenario = scenario_path if isinstance(scenario_path, Scenario) else load_scenario(scenario_path)
     plan = plan_topology(scenario, nodes, routing, datapath, ipv6)
     return build(plan, primary=primary, portmap=portmap, chained=chained, cni_path=cni_path,
-                 progress=progress, timeout=timeout)
+                 progress=progress, timeout=timeout, per_node=per_node)
 
 
 # ------------------------------------------------------------------- teardown

@@ -45,7 +45,7 @@ from harness import addressing
 from harness.scenario import Pod, Scenario
 
 ROUTING_MODES = ("native", "vxlan")
-DATAPATHS = ("bpf", "iptables", "nftables")
+DATAPATHS = ("bpf", "iptables", "nftables", "mixed")   # mixed: per node (bench/macro)
 Routing = Literal["native", "vxlan"]
 
 UNDERLAY_NETNS = "cb-underlay"

@@ -38,6 +38,8 @@ class NodeState:
     conflist: str                      # path of the conflist its pods were added with
     cni_cache: str                     # the runtime's result cache directory
     vxlan: str | None = None           # tunnel device, vxlan mode
+    #: This node's datapath when the topology's is "mixed" (bpf, iptables, nftables, none)
+    datapath: str | None = None
 
 
 @dataclass

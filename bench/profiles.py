@@ -1,0 +1,77 @@
+"""Benchmark profiles: what ``chainbench bench --profile quick|full|smoke`` runs.
+
+quick  ``make bench``: 1 and 10k services, one interleaved round, <= 15 min here.
+full   every scale of the issue, >= 3 rounds (a bare-metal runner's job).
+smoke  ``make test``: a tiny version of each suite, to prove they run end to end;
+       its figures are not benchmarks (short runs, few samples) and say so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class MicroSettings:
+    services: tuple[int, ...]
+    identities: tuple[int, ...]
+    samples: int
+    repeat: int
+    rounds: int
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    scales: tuple[int, ...]
+    rounds: int
+    timeout: float          # per load; a method that exceeds it is reported "timeout"
+
+
+@dataclass(frozen=True)
+class MacroSettings:
+    scales: tuple[int, ...]
+    rounds: int
+    seconds: float          # per wrk run
+    connections: int
+    locust_seconds: int     # 0: no locust
+    locust_users: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    micro: MicroSettings
+    control: ControlSettings
+    macro: MacroSettings
+    notes: list[str] = field(default_factory=list)
+
+
+PROFILES = {
+    "quick": Profile(
+        "quick",
+        MicroSettings(services=(1, 10_000), identities=(1, 16_000), samples=5, repeat=100_000,
+                      rounds=1),
+        ControlSettings(scales=(1, 10_000), rounds=1, timeout=120),
+        MacroSettings(scales=(1, 10_000), rounds=1, seconds=5, connections=32,
+                      locust_seconds=10, locust_users=50)),
+    "full": Profile(
+        "full",
+        MicroSettings(services=(1, 1_000, 10_000, 100_000), identities=(1, 1_000, 16_000),
+                      samples=7, repeat=100_000, rounds=3),
+        ControlSettings(scales=(1, 1_000, 10_000, 50_000), rounds=3, timeout=900),
+        MacroSettings(scales=(1, 1_000, 10_000), rounds=3, seconds=8, connections=32,
+                      locust_seconds=20, locust_users=100)),
+    "smoke": Profile(
+        "smoke",
+        MicroSettings(services=(1,), identities=(1,), samples=5, repeat=10_000, rounds=1),
+        ControlSettings(scales=(1, 100), rounds=1, timeout=60),
+        MacroSettings(scales=(1, 100), rounds=1, seconds=1, connections=8,
+                      locust_seconds=3, locust_users=5),
+        notes=["smoke profile: proves the suites run; its figures are not benchmarks"]),
+}
+
+
+def get(name: str, **overrides) -> Profile:
+    """Profile *name*, with suite settings overridden (e.g. micro=replace(...))."""
+    if name not in PROFILES:
+        raise KeyError(f"profile {name!r}: one of {', '.join(PROFILES)}")
+    return replace(PROFILES[name], **overrides)

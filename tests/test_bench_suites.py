@@ -1,0 +1,210 @@
+"""The control-plane and macro suites, and `chainbench bench` end to end, at smoke size.
+
+These assert behaviour (every method/datapath ran and did what it is named
+after, sizes were counted, nothing was left behind), never a timing.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from bench import control, macro
+from harness import cgroups, netns
+from harness.kubeproxy import apply as kp
+from harness.kubeproxy.model import service_ports
+
+BACKENDS = [ipaddress.IPv4Address(f"198.18.3.{10 + k}") for k in range(10)]
+
+
+# -- control ----------------------------------------------------------------------------
+def test_control_smoke_every_method_programs_and_counts():
+    suite = control.run([1, 100], rounds=1, timeout=120)
+    by = {(r["method"], r["services"], r["operation"]): r for r in suite["results"]}
+    methods = [m for m in control.METHODS if control.available(m) is None]
+    assert "bpf" in methods and "nft" in methods
+    for m in methods:
+        for n in (1, 100):
+            full, change = by[(m, n, "full")], by[(m, n, "change-one")]
+            assert full["status"] == "ok", full
+            assert change["status"] == "ok", change
+            assert full["seconds"]["median"] > 0 and change["seconds"]["median"] > 0
+            assert full["entries"] > 0 and full["bytes"] > 0
+            if m != "bpf":
+                assert full["ratio_to_bpf"]["median"] > 0
+                assert full["render_seconds"]["median"] > 0
+    # Sizes grow with the service count: 100 services x 10 endpoints hold more.
+    for m in methods:
+        assert by[(m, 100, "full")]["entries"] > by[(m, 1, "full")]["entries"]
+    # BPF: 100 services x (10 slots + 1 master) + 100 reverse NAT + 100 VIP entries + backends.
+    bpf100 = by[("bpf", 100, "full")]
+    assert bpf100["entries"] >= 100 * 11 + 100 + 100
+    assert bpf100["write_seconds"]["median"] <= bpf100["seconds"]["median"]
+    assert not [n for n in netns.list_project() if n.startswith("cb-ctl-")]
+
+
+def test_control_timeout_is_reported_and_later_scales_skipped():
+    suite = control.run([50, 100], rounds=1, methods=("bpf", "nft"), timeout=0.001)
+    by = {(r["method"], r["services"], r["operation"]): r for r in suite["results"]}
+    assert by[("nft", 50, "full")]["status"] == "timeout"
+    assert by[("nft", 50, "full")]["seconds"] is None
+    assert by[("nft", 100, "full")]["status"] == "skipped"
+    assert by[("bpf", 100, "full")]["status"] == "ok"
+    assert not [n for n in netns.list_project() if n.startswith("cb-ctl-")]
+
+
+def test_control_changed_state_changes_only_the_last_service():
+    from bench.lb_cases import synthetic_state
+    state = synthetic_state(5, ipv6=False, nodeport=False)
+    new, service = control.changed_state(state)
+    assert service == state.frontends[-1].service
+    assert new.frontends[:-1] == state.frontends[:-1]
+    assert new.frontends[-1].backends[0].address == control.CHANGED_ENDPOINT
+    assert new.frontends[-1].backends[1:] == state.frontends[-1].backends[1:]
+
+
+def test_control_rejects_unknown_method():
+    with pytest.raises(ValueError, match="unknown control method"):
+        control.run([1], methods=("ipvs",))
+
+
+# -- macro: pure parts ----------------------------------------------------------------------
+def test_macro_services_put_the_measured_one_last_in_iptables_order():
+    svcs = macro.services(2000, BACKENDS)
+    names = [sp.name for sp in service_ports(svcs.state)]
+    last = svcs.state.frontends[svcs.targets["last"]]
+    assert names[-1].startswith(last.service)
+    assert svcs.targets["random"] != svcs.targets["last"]
+    real = {b.address for b in last.backends}
+    assert real == set(BACKENDS)
+    # Each measured service reaches the backends on its own port (see bench/macro.py).
+    rnd = svcs.state.frontends[svcs.targets["random"]]
+    other = svcs.state.frontends[next(i for i in svcs.real if i not in svcs.targets.values())]
+    assert {b.port for b in last.backends} == {macro.TARGET_PORTS["last"]}
+    assert {b.port for b in rnd.backends} == {macro.TARGET_PORTS["random"]}
+    assert {b.port for b in other.backends} == {macro.LOCUST_PORT}
+    filler = svcs.state.frontends[1] if 1 not in svcs.real else svcs.state.frontends[2]
+    assert all(any(b.address in net for net in macro.FILLER_CIDRS) for b in filler.backends)
+    assert len(svcs.real) <= macro.LOCUST_SERVICES + 2
+    assert macro.services(1, BACKENDS).targets == {"last": 0}
+
+
+def test_macro_lb_map_max_holds_the_scale():
+    assert macro.lb_map_max(1) == 65536
+    assert macro.lb_map_max(10_000) >= 10_000 * 12
+    assert macro.lb_map_max(10_000) & (macro.lb_map_max(10_000) - 1) == 0
+
+
+WRK_OUT = """Running 1s test @ http://198.19.0.1:80/
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   283.24us  100.00us   2.00ms   90.00%
+  Latency Distribution
+     50%  250.00us
+     75%  300.00us
+     90%    1.20ms
+     99%    2.00s
+  20000 requests in 1.00s, 3.00MB read
+  Socket errors: connect 1, read 3, write 0, timeout 2
+  Non-2xx or 3xx responses: 4
+Requests/sec:  19990.20
+Transfer/sec:      3.53MB
+"""
+
+
+def test_parse_wrk_reads_rate_percentiles_and_errors():
+    got = macro.parse_wrk(WRK_OUT)
+    assert got == {"requests": 20000, "rps": 19990.2, "p50": 250.0, "p90": 1200.0,
+                   "p99": 2_000_000.0, "errors": 10}
+    with pytest.raises(ValueError, match="no summary"):
+        macro.parse_wrk("unable to connect to 198.19.0.1:80 Connection refused\n")
+
+
+def test_summarise_takes_ratios_within_rounds():
+    def run(dp, rnd, rps):
+        return {"datapath": dp, "services": 1, "target": "last", "mode": "new-conn",
+                "round": rnd, "rps": rps, "requests": int(rps), "errors": 0, "p50": 1.0,
+                "p90": 2.0, "p99": 3.0, "cpu_us_per_request": {"system": 1.0, "softirq": 2.0}}
+    rows = macro.summarise([run("iptables", 0, 100), run("bpf-tc", 0, 300),
+                            run("iptables", 1, 50), run("bpf-tc", 1, 200)])
+    bpf = next(r for r in rows if r["datapath"] == "bpf-tc")
+    assert bpf["ratio_to_iptables"]["median"] == pytest.approx(3.5)   # (3x, 4x)
+    ipt = next(r for r in rows if r["datapath"] == "iptables")
+    assert ipt["ratio_to_iptables"]["median"] == 1.0
+
+
+# -- macro and the CLI, end to end ----------------------------------------------------------
+@pytest.mark.skipif(not kp.available_backends(), reason="iptables-restore is not installed")
+def test_bench_all_smoke_writes_results_and_dashboard(tmp_path):
+    from harness.cli import main
+    from harness.topology.build import leftovers
+    rc = main(["bench", "all", "--profile", "smoke", "--out", str(tmp_path)])
+    assert rc == 0
+    docs = [p for p in tmp_path.glob("*.json") if p.name != "latest.json"]
+    assert len(docs) == 1
+    assert not (tmp_path / "latest.json").exists()       # only quick runs are "latest"
+    doc = json.loads(docs[0].read_text())
+    assert doc["schema_version"] == 2 and doc["profile"] == "smoke"
+    assert set(doc["suites"]) == {"micro", "control", "macro"}
+
+    m = doc["suites"]["macro"]
+    rows = {(r["datapath"], r["services"], r["target"], r["mode"]): r for r in m["results"]}
+    for dp in macro.DATAPATHS:
+        for n, target in ((1, "last"), (100, "last"), (100, "random")):
+            for mode in macro.MODES:
+                r = rows[(dp, n, target, mode)]
+                assert r["rps"]["median"] > 0 and r["errors"] == 0, r
+                assert r["ratio_to_iptables"]["median"] > 0
+    # Connection: close was honoured: about one connection per request in new-conn runs,
+    # and far fewer than requests with keep-alive.
+    for s in m["samples"]:
+        if s["mode"] == "new-conn":
+            assert s["connections_opened"] >= 0.9 * s["requests"], s
+        else:
+            assert s["connections_opened"] < 0.1 * s["requests"], s
+    assert {loc["datapath"] for loc in m["locust"]} == set(macro.DATAPATHS)
+    for loc in m["locust"]:
+        assert "error" not in loc, loc
+        assert loc["requests"] > 0 and loc["failures"] == 0
+
+    assert (tmp_path / "index.html").exists()
+    # Nothing of the run is left: no namespaces, cgroups or topology state.
+    assert leftovers() == []
+    assert not [c for c in cgroups.list_project()]
+
+
+def test_bench_macro_interrupted_leaves_nothing_behind(tmp_path):
+    """Ctrl-C (SIGINT to the process group) in the middle of the macro suite: exit 130,
+    and the topology, servers, cgroup and socket-LB links are gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from harness.topology.build import leftovers
+    from harness.topology.state import STATE_PATH
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "macro", "--profile",
+                             "smoke", "--no-write"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(STATE_PATH) or not os.path.isdir(
+                os.path.join(cgroups.cgroup2_mount(), macro.SOCK_CGROUP)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the macro topology did not come up"
+            time.sleep(0.2)
+        time.sleep(2)                       # into the wrk runs
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert leftovers() == []
+    assert cgroups.list_project() == []
+    ps = subprocess.run(["pgrep", "-f", "cb-nginx-"], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""
