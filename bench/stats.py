@@ -1,7 +1,11 @@
 """Summary statistics for benchmark samples: medians and robust spread.
 
 Benchmarks report the median, the median absolute deviation (MAD) and the
-min/max of their samples, never a single run.
+min/max of their samples, never a single run.  Timings are pyperf
+benchmarks, summarised by pyperf itself (``from_pyperf``); figures pyperf
+cannot hold (ratios: its units are seconds, bytes and integers) use
+``summary``, which computes the same quantities with the same definitions
+(MAD = median of |x - median|, stdev = sample standard deviation).
 """
 from __future__ import annotations
 
@@ -13,13 +17,32 @@ def summary(samples: list[float]) -> dict:
         raise ValueError("no samples")
     med = statistics.median(samples)
     mad = statistics.median(abs(s - med) for s in samples)
+    return _shape(len(samples), med, mad, min(samples), max(samples), statistics.fmean(samples),
+                  statistics.stdev(samples) if len(samples) > 1 else 0.0)
+
+
+def from_pyperf(bench, scale: float = 1.0) -> dict:
+    """The summary of a pyperf.Benchmark's values (all runs), from pyperf's own
+    statistics, multiplied by *scale* (1e9: seconds to ns)."""
+    values = bench.get_values()
+    if not values:
+        raise ValueError(f"pyperf benchmark {bench.get_name()} has no values")
+    stdev = bench.stdev() if len(values) > 1 else 0.0
+    return _shape(len(values), bench.median() * scale, bench.median_abs_dev() * scale,
+                  min(values) * scale, max(values) * scale, bench.mean() * scale, stdev * scale)
+
+
+def _shape(n: int, med: float, mad: float, lo: float, hi: float, mean: float,
+           stdev: float) -> dict:
+    # Rounded to 1e-6 (of a ns, for timings): far below any resolution, and it
+    # drops the float noise of unit conversions (12.000000000000002).
     return {
-        "n": len(samples),
-        "median": med,
-        "mad": mad,
-        "mad_pct": (100.0 * mad / med) if med else 0.0,
-        "min": min(samples),
-        "max": max(samples),
-        "mean": statistics.fmean(samples),
-        "stdev": statistics.stdev(samples) if len(samples) > 1 else 0.0,
+        "n": n,
+        "median": round(med, 6),
+        "mad": round(mad, 6),
+        "mad_pct": round(100.0 * mad / med, 6) if med else 0.0,
+        "min": round(lo, 6),
+        "max": round(hi, 6),
+        "mean": round(mean, 6),
+        "stdev": round(stdev, 6),
     }

@@ -165,4 +165,7 @@ def teardown(state: TopologyState) -> dict[str, list[str]]:
         shutil.rmtree(os.path.join(STATE_ROOT, node.name), ignore_errors=True)
         if os.path.isdir(host_cgroup(node.name)):
             cgroups.remove(host_cgroup(node.name))
+    bpffs.prune()
+    if os.path.isdir(STATE_ROOT) and not os.listdir(STATE_ROOT):
+        os.rmdir(STATE_ROOT)
     return summary

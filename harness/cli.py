@@ -143,7 +143,8 @@ def cmd_bench(args) -> int:
     if args.timeout is not None:
         control_s = replace(control_s, timeout=args.timeout)
     wanted = ("micro", "control", "macro") if args.suite == "all" else (args.suite,)
-    if "micro" in wanted and (micro_s.samples < 5 or micro_s.repeat < 100_000):
+    indicative = micro_s.samples < 5 or micro_s.repeat < 100_000
+    if "micro" in wanted and indicative:
         print("note: fewer than 5 samples or 100000 runs per sample: micro figures are "
               "indicative only", file=sys.stderr)
     if not paths.bpf_object("lxc").exists():
@@ -154,7 +155,7 @@ def cmd_bench(args) -> int:
             from bench import micro
             suites["micro"] = micro.suite(list(micro_s.services), list(micro_s.identities),
                                           samples=micro_s.samples, repeat=micro_s.repeat,
-                                          rounds=micro_s.rounds,
+                                          rounds=micro_s.rounds, indicative=indicative,
                                           progress=lambda d, t: update(d, t, "micro"))
         if "control" in wanted:
             from bench import control

@@ -121,20 +121,22 @@ def test_programs_lists_objects():
 
 def test_bench_micro_tiny(tmp_path):
     proc = chainbench("bench", "micro", "--samples", "2", "--repeat", "2000", "--services", "1,50",
-                      "--out", str(tmp_path))
+                      "--identities", "1", "--out", str(tmp_path))
+    assert "indicative only" in proc.stderr
     assert proc.stdout.splitlines()[0].split()[:3] == ["CASE", "VERDICT", "NS/PKT"]
     for name in ("parse_stats:tc_parse_stats", "lxc:from_container/established@1svc",
                  "lxc:from_container/new-flow@50svc", "lxc:from_container/non-service@50svc"):
         assert name in proc.stdout
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert "latest.json" in written and len(written) == 2
+    assert "latest.json" in written and "index.html" in written and len(written) == 3
     doc = json.loads((tmp_path / "latest.json").read_text())
-    assert doc["schema_version"] == 1 and doc["machine"]["cores"] >= 1
+    assert doc["schema_version"] == 2 and doc["machine"]["cores"] >= 1
     results = {r["name"]: r for r in doc["suites"]["micro"]["results"]}
     tc = results["parse_stats:tc_parse_stats"]
-    assert tc["floor"] == "empty:empty_tc" and tc["measure"] == "wall"
+    assert tc["floor"] == "empty:empty_tc" and tc["measure"] == "kernel"
     assert len(tc["samples_ns"]) == len(tc["floor_samples_ns"]) == len(tc["ratio_samples"]) == 2
-    assert results["parse_stats:xdp_parse_stats"]["measure"] == "kernel"
+    assert results["parse_stats:xdp_parse_stats"]["floor"] == "empty:empty_xdp"
+    assert results["lxc:from_container/established@50svc"]["scale"] == {"services": 50}
     est = results["lxc:from_container/established@1svc"]
     assert est["verdict"] == "TC_ACT_OK" and est["ratio_to_floor"]["median"] > 1
 
