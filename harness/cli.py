@@ -140,8 +140,8 @@ def cmd_bench(args) -> int:
                                        replace(macro_s, rounds=args.rounds))
     if args.seconds is not None:
         macro_s = replace(macro_s, seconds=args.seconds)
-    if args.timeout is not None:
-        control_s = replace(control_s, timeout=args.timeout)
+    if args.timeout is not None:          # one bound for every method
+        control_s = replace(control_s, timeout=args.timeout, method_timeouts=())
     wanted = ("micro", "control", "macro") if args.suite == "all" else (args.suite,)
     indicative = micro_s.samples < 5 or micro_s.repeat < 100_000
     if "micro" in wanted and indicative:
@@ -160,7 +160,8 @@ def cmd_bench(args) -> int:
         if "control" in wanted:
             from bench import control
             suites["control"] = control.run(list(control_s.scales), control_s.rounds,
-                                            timeout=control_s.timeout, progress=update)
+                                            timeout=control_s.timeout, progress=update,
+                                            method_timeouts=dict(control_s.method_timeouts))
         if "macro" in wanted:
             from bench import macro
             suites["macro"] = macro.run(list(macro_s.scales), macro_s.rounds, macro_s.seconds,

@@ -477,6 +477,13 @@ def test_pytest_summary_line():
     assert guest.pytest_summary_line("") == ""
 
 
+def test_progress_counts_of_a_killed_pytest():
+    out = "." * 40 + " [ 36%]\n" + "..F.sE\n"
+    assert guest.parse_progress(out) == {"passed": 43, "failed": 1, "errors": 1, "skipped": 1,
+                                         "tests": 46}
+    assert guest.parse_progress("ERROR: file or directory not found\n")["tests"] == 0
+
+
 # ---- the real thing (opt-in) -------------------------------------------------------
 
 @pytest.mark.skipif(os.environ.get("CHAINBENCH_KERNEL_MATRIX") != "1",
