@@ -14,16 +14,15 @@ packet by tc), ``bpf-sock`` (wrk in client-sock, inside a cb- cgroup with the
 socket-LB programs attached: connect() is translated once), ``iptables`` and
 ``nftables``.
 
-Why a client per datapath and a backend port per measured service: with
-``Connection: close`` the server closes first, so each finished connection leaves
-a TIME_WAIT socket on the backend for 60 s, and clients reuse ports long before
-that.  A SYN that meets a TIME_WAIT socket is accepted only if its sequence number
-(or timestamp) is newer; both are derived from the *client's* view of the tuple,
-so one client reaching the same backend tuple through two addresses (a VIP and a
-backend address, as tc LB and socket LB do, or two VIPs) sends "older" SYNs half
-the time, which get a challenge ACK, a reset and a 1 s SYN retransmit: measured
-here, new-connection rates collapsed from ~8,500/s to ~60-250/s.  Keeping each
-client's path to a backend port unique avoids measuring that artefact.
+A client pod per datapath and a backend port per measured service keep the
+paths independent: no client reaches one backend tuple through two frontends
+(or through a frontend and directly), so one datapath's runs leave no state
+(conntrack entries, the backends' TIME_WAIT sockets) in another's way.  This
+suite found a datapath bug that way: while tc-LB and socket-LB shared a client
+pod, new-connection rates through tc fell to 60-250/s from ~8,500/s, because
+a SYN on a reused tuple found the old connection's conntrack entry and kept its
+reverse-NAT frontend, so the SYN-ACK came back from the wrong address
+(fixed in bpf_src/lib/ct.h ct4_set_rev_nat; tests/test_lb_datapath.py).
 
 Services at scale N (all TCP port 80, 10 endpoints each): the measured ones
 ("last": the last in kube-proxy's iptables order, the worst case of the linear

@@ -181,6 +181,8 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 			return ret;
 		break;
 	case CT_ESTABLISHED:
+		if (unlikely(reply.rev_nat_index != st.rev_nat_index))
+			ct4_set_rev_nat(&t, st.rev_nat_index);	/* a reused tuple */
 		if (ep && reply.policy_rev != ep->policy_revision) {
 			ret = policy_verdict(ep, true, ipcache_lookup4(t.daddr), m, skb->len);
 			if (ret < 0)
@@ -262,6 +264,8 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 			return ret;
 		break;
 	case CT_ESTABLISHED:
+		if (unlikely(reply.rev_nat_index != st.rev_nat_index))
+			ct6_set_rev_nat(&t, st.rev_nat_index);	/* a reused tuple */
 		if (ep && reply.policy_rev != ep->policy_revision) {
 			ret = policy_verdict(ep, true, ipcache_lookup6(&t.daddr), m, skb->len);
 			if (ret < 0)

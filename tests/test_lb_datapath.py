@@ -63,6 +63,44 @@ def test_reply_is_reverse_nated(dp):
     assert_valid(back)
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_reused_tuple_is_reverse_nated_to_the_new_frontend(load, family):
+    """A client port reused towards another service (or straight to the backend) that
+    lands on the same backend tuple: the SYN finds the old, closing connection's
+    entry, and the replies must carry the new connection's source, not the old one's."""
+    if family == 4:
+        vips, backend, client, l3, pkt = ("198.19.0.10", "198.19.0.11"), BE[0], CLIENT4, IP, tcp4
+    else:
+        vips, backend, client, l3, pkt = (VIP6, "2001:db8:2::11"), BE6[0], CLIENT6, IPv6, tcp6
+    fam = "IPv4" if family == 4 else "IPv6"
+    dp = K.build(load, K.scenario(
+        service("one", vips[0], [("http", 80, 8080, "TCP")], [endpoint(backend)], family=fam),
+        service("two", vips[1], [("http", 80, 8080, "TCP")], [endpoint(backend)], family=fam)))
+
+    def reply_source() -> tuple[str, int]:
+        syn_ack = K.eth() / l3(src=backend, dst=client) / TCP(sport=8080, dport=40000,
+                                                              flags="SA", seq=5, ack=1001)
+        res, back = dp.run("to_container", syn_ack)
+        assert res.verdict == "TC_ACT_OK"
+        assert_valid(back)
+        return back[l3].src, back[TCP].sport
+
+    def connect(dst: str, dport: int) -> None:
+        res, out = dp.run("from_container", pkt(dst, dport))
+        assert res.verdict == "TC_ACT_OK"
+        assert (out[l3].dst, out[TCP].dport) == (backend, 8080)
+        assert reply_source() == (dst, dport)
+        # The connection ends: FIN both ways, the tuple's entry is closing.
+        dp.run("from_container", pkt(dst, dport, flags="FA"))
+        fin = K.eth() / l3(src=backend, dst=client) / TCP(sport=8080, dport=40000, flags="FA")
+        dp.run("to_container", fin)
+
+    connect(vips[0], 80)
+    connect(vips[1], 80)          # same client port, the other service, the same backend
+    connect(backend, 8080)        # and straight to the backend: no translation back
+    connect(vips[0], 80)
+
+
 def test_udp_dnat_and_reverse(dp):
     res, out = dp.run("from_container", udp4(VIP, 53))
     assert out[IP].dst in BE and out[UDP].dport == 5353

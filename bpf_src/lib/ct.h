@@ -352,6 +352,28 @@ static __always_inline void ct6_set_policy_rev(struct ct6_tuple *t, bool reply, 
 		e->policy_rev = rev;
 }
 
+/* Point the forward entry of *t* at frontend *rev_nat_index* (0: none).  A
+ * client port can be reused towards another service whose backend makes the
+ * same tuple as an earlier connection's (or straight to that backend): the
+ * SYN then finds the old entry, and its replies must be reverse-translated to
+ * what the new connection asked for, not to the old frontend.  (Netfilter
+ * avoids the same clash by remapping the source port.) */
+static __always_inline void ct4_set_rev_nat(const struct ct4_tuple *t, __u32 rev_nat_index)
+{
+	struct ct_entry *e = bpf_map_lookup_elem(&cb_ct4, t);
+
+	if (e)
+		e->rev_nat_index = rev_nat_index;
+}
+
+static __always_inline void ct6_set_rev_nat(const struct ct6_tuple *t, __u32 rev_nat_index)
+{
+	struct ct_entry *e = bpf_map_lookup_elem(&cb_ct6, t);
+
+	if (e)
+		e->rev_nat_index = rev_nat_index;
+}
+
 /* Service entries are looked up in the forward direction only. */
 static __always_inline struct ct_entry *ct4_lookup_service(struct ct4_tuple *t, __u32 now)
 {
