@@ -349,7 +349,7 @@ class LbControl:
                 for rid, (ids, keys) in plan.maglev_install.items():
                     if self._maglev_install is None:
                         raise ValueError("a Maglev service needs a datapath with Maglev tables")
-                    journal.append(("maglev", rid, None))
+                    journal.append(("maglev", rid))
                     self._maglev_install(rid, ids, keys)
             if phase == "del-backends":
                 for rid in plan.maglev_remove:
@@ -360,8 +360,8 @@ class LbControl:
                     continue
                 m = self.maps[mapname]
                 keys = list(changes)
-                for k in keys:
-                    journal.append((m, k, self._kernel.get((mapname, k))))
+                # What to restore is what _kernel holds: it changes only at commit.
+                journal.append((mapname, keys))
                 if phase.startswith("del-"):
                     m.delete_batch(keys)
                     plan.stats.deletes += len(keys)
@@ -370,20 +370,25 @@ class LbControl:
                     plan.stats.writes += len(keys)
 
     def _rollback(self, journal: list) -> None:
-        for m, key, old in reversed(journal):
-            try:
-                if m == "maglev":
-                    if self._maglev_remove is not None:
-                        self._maglev_remove(key)
-                elif old is None:
-                    m.delete(key)
-                else:
-                    m.update(key, old)
-            except KeyNotFoundError:
-                pass
-            except BpfError as exc:
-                if exc.errno != _errno.ENOENT:
-                    raise
+        for entry in reversed(journal):
+            if entry[0] == "maglev":
+                if self._maglev_remove is not None:
+                    self._maglev_remove(entry[1])
+                continue
+            mapname, keys = entry
+            m = self.maps[mapname]
+            for key in reversed(keys):
+                old = self._kernel.get((mapname, key))
+                try:
+                    if old is None:
+                        m.delete(key)
+                    else:
+                        m.update(key, old)
+                except KeyNotFoundError:
+                    pass
+                except BpfError as exc:
+                    if exc.errno != _errno.ENOENT:
+                        raise
 
     def _commit(self, plan: _Plan) -> None:
         for (_, mapname), changes in plan.phases.items():
