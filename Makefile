@@ -21,6 +21,7 @@ BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -fno-strict-aliasing -W
 
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
+KERNEL_MATRIX_ARGS ?=
 
 ifeq ($(V),1)
 Q :=
@@ -29,7 +30,7 @@ Q := @
 endif
 
 .DELETE_ON_ERROR:
-.PHONY: all setup deps venv build test bench clean distclean
+.PHONY: all setup deps venv build test bench kernel-matrix clean distclean
 
 all: build
 
@@ -67,8 +68,14 @@ $(BPF_OUT)/tests/%.bpf.o: tests/bpf/%.bpf.c $(VMLINUX_H) Makefile
 test: setup build
 	$(Q)ci/run-tests.sh $(PYTEST_ARGS)
 
+# All suites, quick profile (chainbench bench all --profile quick): results/ and
+# the dashboard results/index.html.
 bench: setup build
 	$(Q)$(VENV)/bin/chainbench bench $(BENCH_ARGS)
+
+# Release check: Debian kernels booted under qemu (ci/kernel-matrix/README.md).
+kernel-matrix: setup build
+	$(Q)ci/kernel-matrix/run.sh $(KERNEL_MATRIX_ARGS)
 
 clean:
 	rm -rf $(BUILD)
