@@ -129,34 +129,21 @@ def _accepted(out: Outcome) -> None:
                               f"(drop reason {out.drop_reason})")
 
 
-def _expect_translated(vip: ipaddress.IPv4Address):
+def _expect_translated(vip: ipaddress.IPv4Address | ipaddress.IPv6Address):
     def check(out: Outcome) -> None:
         from scapy.layers.inet import IP, TCP
-        from scapy.layers.l2 import Ether
-        _accepted(out)
-        pkt = Ether(out.packet)
-        if IP not in pkt or TCP not in pkt:
-            raise CaseCheckFailed(f"expected an IPv4 TCP packet, got {pkt.summary()}")
-        dst = ipaddress.IPv4Address(pkt[IP].dst)
-        if dst == vip or dst not in addressing.POD_CIDR_V4 or pkt[TCP].dport != BACKEND_PORT:
-            raise CaseCheckFailed(f"expected a DNAT of {vip} to a backend pod, got "
-                                  f"{dst}:{pkt[TCP].dport}")
-    return check
-
-
-def _expect_translated6(vip: ipaddress.IPv6Address):
-    def check(out: Outcome) -> None:
-        from scapy.layers.inet import TCP
         from scapy.layers.inet6 import IPv6
         from scapy.layers.l2 import Ether
         _accepted(out)
+        l3, pods = ((IP, addressing.POD_CIDR_V4) if vip.version == 4
+                    else (IPv6, addressing.POD_CIDR_V6))
         pkt = Ether(out.packet)
-        if IPv6 not in pkt or TCP not in pkt:
-            raise CaseCheckFailed(f"expected an IPv6 TCP packet, got {pkt.summary()}")
-        dst = ipaddress.IPv6Address(pkt[IPv6].dst)
-        if dst == vip or dst not in addressing.POD_CIDR_V6 or pkt[TCP].dport != BACKEND_PORT:
-            raise CaseCheckFailed(f"expected a DNAT of {vip} to a backend pod, got "
-                                  f"[{dst}]:{pkt[TCP].dport}")
+        if l3 not in pkt or TCP not in pkt:
+            raise CaseCheckFailed(f"expected an IPv{vip.version} TCP packet, got {pkt.summary()}")
+        dst = ipaddress.ip_address(pkt[l3].dst)
+        if dst == vip or dst not in pods or pkt[TCP].dport != BACKEND_PORT:
+            shown = f"{dst}:{pkt[TCP].dport}" if vip.version == 4 else f"[{dst}]:{pkt[TCP].dport}"
+            raise CaseCheckFailed(f"expected a DNAT of {vip} to a backend pod, got {shown}")
     return check
 
 
@@ -228,7 +215,7 @@ def cases(services: int, floor: str = "empty:empty_tc") -> list[Case]:
         case("non-service", "lxc", "from_container", base, "lb",
              _expect_unchanged(pkts["non-service"])),
         case("ipv6-established", "lxc", "from_container", base, "lb",
-             _expect_translated6(_vip6(services - 1)[0])),
+             _expect_translated(_vip6(services - 1)[0])),
         case("nodeport", "netdev", "from_netdev", netdev, "nodeport",
              _expect_nodeport_remote(NODE)),
     ]

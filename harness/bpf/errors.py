@@ -64,11 +64,11 @@ class StructMismatchError(ValueError):
     """A Python mirror of a C struct does not match the object's BTF."""
 
 
-def _summarise(log: str) -> str:
-    """The most telling line of a verifier log: the last line the verifier wrote
-    before libbpf's own trailer, else the last non-empty line."""
+def verifier_lines(log: str) -> tuple[list[str], list[str]]:
+    """(what the verifier wrote inside libbpf's PROG LOAD LOG markers, without
+    its statistics lines; every non-empty line of *log*), both stripped."""
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    inside = []
+    inside: list[str] = []
     capturing = False
     for line in lines:
         if "-- BEGIN PROG LOAD LOG --" in line:
@@ -79,9 +79,17 @@ def _summarise(log: str) -> str:
             continue
         if capturing:
             inside.append(line)
-    candidates = [ln for ln in inside if not ln.startswith(("processed ", "verification time"))]
-    if candidates:
-        return candidates[-1]
+    body = [ln for ln in inside
+            if not ln.startswith(("processed ", "verification time", "stack depth"))]
+    return body, lines
+
+
+def _summarise(log: str) -> str:
+    """The most telling line of a verifier log: the last line the verifier wrote
+    before libbpf's own trailer, else the last non-empty line."""
+    body, lines = verifier_lines(log)
+    if body:
+        return body[-1]
     return lines[-1] if lines else "no log"
 
 
