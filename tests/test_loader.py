@@ -157,3 +157,21 @@ def test_a_program_keeps_its_collection_alive():
     prog = Collection.load(str(object_path("empty"))).programs["empty_tc"]
     gc.collect()
     assert prog.test_run(bytes(60)).verdict == "TC_ACT_OK"
+
+
+def test_verifier_summary_keeps_the_error_before_a_trailing_hint():
+    """7.x verifiers end their log with a hint sentence; the summary must still
+    name the error (seen in the kernel matrix on Debian's 7.3)."""
+    from harness.bpf.errors import _summarise
+    log = "\n".join([
+        "libbpf: prog 'p': -- BEGIN PROG LOAD LOG --",
+        "1: (61) r2 = *(u32 *)(r1 +76)",
+        "R2 offset is outside of the packet",
+        "Add or adjust a bounds check that proves offset + access_size stays within the object.",
+        "processed 5 insns (limit 1000000) max_states_per_insn 0",
+        "-- END PROG LOAD LOG --",
+        "libbpf: prog 'p': failed to load: -13"])
+    assert _summarise(log).startswith("R2 offset is outside of the packet (Add or adjust")
+    assert _summarise(log.replace("Add or adjust a bounds check that proves offset + "
+                                  "access_size stays within the object.\n", "")) == \
+        "R2 offset is outside of the packet"
