@@ -42,8 +42,7 @@ def _wait_listening(ns: str, port: int, deadline: float) -> None:
 @pytest.fixture
 def servers():
     """A cb- namespace with three nginx servers on three addresses of a veth; yields (namespace, targets, access-log paths); removes everything."""
-    if not nginx.available():
-        pytest.skip("nginx is not installed")
+    assert nginx.available(), "nginx is not installed (make test installs nginx-light)"
     ns = f"cb-locust-test-{os.getpid()}"
     procs: list[subprocess.Popen] = []
     scratch: list[str] = []
