@@ -11,7 +11,11 @@ CNI, with the portmap plugin for hostPorts instead of our plugin, and
 kube-proxy's rules (harness/kubeproxy) loaded in every node namespace from
 the same Services and EndpointSlices.
 
-down: the orderly topology teardown (CNI DEL), then every other leftover.
+mixed (bench/macro.py): each node its own datapath (bpf, iptables, nftables or
+none), so several datapaths are up at once in one topology.
+
+down: the orderly topology teardown (CNI DEL), then every other leftover;
+teardown(state): one topology and what its nodes own, nothing else.
 """
 from __future__ import annotations
 
@@ -74,8 +78,9 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
         state = topology.build(plan, cni_path=cni_path, progress=progress, per_node=per_node)
     except BaseException:
         if lb_map_max is not None:
-            from harness import endpoints
-            endpoints.remove_state()
+            from harness import node_config
+            for name in kinds:
+                node_config.remove(name)
         raise
     try:
         scenario = scenario_with_real_addresses(scenario, state)

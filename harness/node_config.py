@@ -33,6 +33,15 @@ def save(node: str, lb_map_max: int) -> None:
         json.dump({"lb_map_max": lb_map_max}, f)
 
 
+def remove(node: str) -> None:
+    """Forget *node*'s settings (its state directory goes when empty)."""
+    try:
+        os.unlink(path(node))
+        os.rmdir(os.path.dirname(path(node)))
+    except OSError:
+        pass
+
+
 def max_entries(node: str, obj_path: str | None = None) -> dict[str, int] | None:
     """Map sizes for loads on *node* (None: the compiled-in defaults), for the
     maps the object at *obj_path* has (all LB maps when not given)."""

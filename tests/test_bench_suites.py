@@ -208,3 +208,26 @@ def test_bench_macro_interrupted_leaves_nothing_behind(tmp_path):
     assert cgroups.list_project() == []
     ps = subprocess.run(["pgrep", "-f", "cb-nginx-"], capture_output=True, text=True)
     assert ps.stdout.strip() == ""
+
+
+def test_bpf_lb_map_max_sizes_every_pinned_load_of_a_node():
+    """--bpf-lb-map-max is a node setting: every pinned load on the node (the plugin,
+    node programs, the CLI) creates or reuses LB maps of that size."""
+    import os
+    import shutil
+
+    from harness import bpffs, datapath, node_config
+    node = f"cb-mapmax-{os.getpid()}"
+    node_config.save(node, 131072)
+    try:
+        with datapath.load("lxc", node, pinned=True) as lxc:
+            assert lxc.maps["cb_lb4_services"].max_entries == 131072
+            assert lxc.maps["cb_lb_stats"].max_entries == 131072
+        with datapath.load("sock", node, pinned=True) as sock:    # reuses the pinned maps
+            assert sock.maps["cb_lb4_services"].max_entries == 131072
+    finally:
+        node_config.remove(node)
+        shutil.rmtree(bpffs.pin_path(node), ignore_errors=True)
+        bpffs.prune()
+    with pytest.raises(ValueError, match="bpf-lb-map-max"):
+        node_config.save(node, 10)
