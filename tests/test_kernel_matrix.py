@@ -310,6 +310,16 @@ def test_paths_the_guest_mounts_over_are_refused():
     km.check_visible_in_guest(Path("/runner/km"), "--work-dir")
 
 
+def test_one_run_per_work_dir(tmp_path):
+    held = km.lock_work_dir(tmp_path)
+    try:
+        with pytest.raises(km.MatrixError, match="another kernel-matrix run"):
+            km.lock_work_dir(tmp_path)
+    finally:
+        held.close()
+    km.lock_work_dir(tmp_path).close()
+
+
 # ---- guest output ----------------------------------------------------------------
 
 GUEST_OK = {

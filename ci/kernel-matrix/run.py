@@ -694,8 +694,8 @@ def summarize_guest(guest: dict) -> dict:
 def kernel_entry(spec: KernelSpec, *, kernel: str = "", status: str, detail: str,
                  duration_s: float, objects: dict | None = None, programs: dict | None = None,
                  passed: int = 0, failed: int = 0, skipped: int = 0, accel: str = "",
-                 log_dir: str = "", pytest_args: list[str] | None = None,
-                 tested_at: str | None = None) -> dict:
+                 log_dir: str = "", tests: list[str] | None = None,
+                 pytest_args: list[str] | None = None, tested_at: str | None = None) -> dict:
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {STATUSES}")
     return {"kernel": kernel or spec.kernel or spec.name, "name": spec.name, "suite": spec.suite,
@@ -703,7 +703,8 @@ def kernel_entry(spec: KernelSpec, *, kernel: str = "", status: str, detail: str
             "detail": one_line(detail), "objects": objects or {}, "programs": programs or {},
             "passed": passed, "failed": failed, "skipped": skipped,
             "duration_s": round(float(duration_s), 1), "accel": accel,
-            "pytest_args": list(pytest_args or []), "tested_at": tested_at or now_iso(),
+            "tests": list(tests or []), "pytest_args": list(pytest_args or []),
+            "tested_at": tested_at or now_iso(),
             "log_dir": log_dir}
 
 
@@ -830,6 +831,19 @@ def ensure_host_tools(install: bool) -> dict[str, str]:
     return tools
 
 
+def lock_work_dir(work: Path):
+    """An exclusive lock on *work*: two runs would share logs and scratch space."""
+    import fcntl
+    fh = open(work / ".lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise MatrixError(f"another kernel-matrix run is using {work} "
+                          "(wait for it, or pass another --work-dir)") from None
+    return fh
+
+
 def check_visible_in_guest(path: Path, what: str) -> None:
     p = str(path.resolve())
     for shadow in GUEST_SHADOWED:
@@ -875,7 +889,8 @@ def run_kernel(spec: KernelSpec, opts: RunOptions, run_dir: Path) -> dict:
         return kernel_entry(spec, kernel=kernel, status=status, detail=detail,
                             duration_s=time.monotonic() - t0, accel=accel,
                             log_dir=os.path.relpath(log_dir, REPO),
-                            pytest_args=opts.pytest_args if opts.tests else [], **kw)
+                            tests=opts.tests, pytest_args=opts.pytest_args if opts.tests else [],
+                            **kw)
 
     kdir = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=run_dir))
     try:
@@ -1048,11 +1063,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise MatrixError(f"test file {t} does not exist")
         pytest_args = shlex.split(args.pytest_args) if args.pytest_args is not None \
             else config.pytest_args
+        work.mkdir(parents=True, exist_ok=True)
+        lock = lock_work_dir(work)  # noqa: F841 - held until exit; the kernel drops it if we die
     except MatrixError as exc:
         print(f"kernel-matrix: ERROR: {exc}", file=sys.stderr)
         return 2
 
-    work.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob("run-*"):
+        log(f"removing {stale.name}, left behind by a run that was killed")
+        shutil.rmtree(stale, ignore_errors=True)
     timeout = args.timeout or (DEFAULT_TIMEOUT if kvm else DEFAULT_TCG_TIMEOUT)
     opts = RunOptions(cache=args.cache.resolve(), work=work, timeout=timeout, tools=tools,
                       kvm=kvm, tests=tests, pytest_args=pytest_args, guest_python=guest_python,
