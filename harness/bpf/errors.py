@@ -88,9 +88,12 @@ def _summarise(log: str) -> str:
     """The most telling line of a verifier log: the last line the verifier wrote
     before libbpf's own trailer, else the last non-empty line."""
     body, lines = verifier_lines(log)
-    if len(body) > 1 and body[-1].endswith("."):
-        # Newer verifiers (7.x) end with a hint sentence after the error itself.
-        return f"{body[-2]} ({body[-1]})"
+    # 7.x verifiers follow the error with a structured report ("Verification
+    # failed: ...", Reason, Source context, Suggestion): the error is before it.
+    for i, line in enumerate(body):
+        if line.startswith("Verification failed:") and i > 0:
+            body = body[:i]
+            break
     if body:
         return body[-1]
     return lines[-1] if lines else "no log"
