@@ -46,6 +46,7 @@ POD_POOL = 480
 EXPIRED = 0xFFFFFFFF     # now + 2^32 - 1 wraps to now - 1: every lookup finds it expired
 BACKEND_PORT = 8080
 CLIENT = "198.18.0.2"
+CLIENT_EP = 1
 CLIENT6 = str(addressing.node_pod_cidr_v6(0)[2])
 WORLD = "203.0.113.10"
 NODE = "cb-node0"                 # the node whose from_netdev is timed
@@ -197,7 +198,8 @@ def cases(services: int, floor: str = "empty:empty_tc") -> list[Case]:
     """The LB cases at *services* services; they share one set of maps."""
     pkts = packets(services)
     sizes = max_entries(services)
-    base = {**datapath.service_rodata()}
+    # The client is an endpoint as every pod is: its packets pass the source check.
+    base = {**datapath.service_rodata(), **datapath.endpoint_rodata(CLIENT_EP, CLIENT, CLIENT6)}
     expired = {**base, "ct_lifetime_tcp": EXPIRED, "ct_lifetime_nontcp": EXPIRED,
                "ct_lifetime_syn": EXPIRED, "ct_lifetime_close": EXPIRED}
     netdev = datapath.rodata_for("netdev", NODE)

@@ -99,7 +99,7 @@ def cases(identities: int, floor: str = "empty:empty_tc") -> list[Case]:
     if identities < 1:
         raise ValueError("identities must be >= 1")
     pkts = packets(identities)
-    base = {**datapath.service_rodata(), "endpoint_id": EP_ID}
+    base = {**datapath.service_rodata(), **datapath.endpoint_rodata(EP_ID, str(POD))}
     expired = {**base, "ct_lifetime_tcp": EXPIRED, "ct_lifetime_nontcp": EXPIRED,
                "ct_lifetime_syn": EXPIRED, "ct_lifetime_close": EXPIRED}
     tag = f"{identities}id"

@@ -13,6 +13,10 @@
  * reverse-NATs replies (and ICMP errors about service flows) so the pod sees
  * the frontend.  Replies of allowed connections pass; an established
  * connection is checked again when the endpoint's policy revision changes.
+ *
+ * The veth is a security boundary: a pod may only speak as itself (source
+ * check), may only call something a reply or an ICMP error when it is one of
+ * its own connections, and every other packet meets its policy.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -31,6 +35,77 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Set per endpoint by the loader. */
 const volatile __u32 endpoint_id = 0;
+
+/* The endpoint's own addresses, set with endpoint_id (Cilium compiles them
+ * in as LXC_IPV4/LXC_IPV6).  With an endpoint, a packet from the pod whose
+ * source is anything else is dropped (132): the conntrack map is shared by
+ * the node, so a forged source would plant entries under another pod's
+ * address (a "reply" to a flow its policy denies) or impersonate it to a
+ * backend.  An unset address (0, ::) means the pod has none of that family
+ * and may send none.  Programs loaded without an endpoint (test-run of the
+ * load balancer alone) check nothing. */
+const volatile __be32 endpoint_ip4 = 0;
+const volatile union v6addr endpoint_ip6 = {};
+
+/* The longest an ICMP error may be: RFC 1812 4.3.2.3 (576 bytes, IPv4) and
+ * RFC 4443 2.4(c) (the minimum IPv6 MTU).  A longer "error" is not related
+ * to anything: it is a way to carry data past policy. */
+#define ICMP4_ERROR_MAX_LEN	576
+#define ICMP6_ERROR_MAX_LEN	1280
+
+static __always_inline bool endpoint_owns4(__be32 addr)
+{
+	return addr == endpoint_ip4;
+}
+
+static __always_inline bool endpoint_owns6(const union v6addr *addr)
+{
+	return addr->d[0] == endpoint_ip6.d[0] && addr->d[1] == endpoint_ip6.d[1];
+}
+
+static __always_inline bool v6addr_equal(const union v6addr *a, const union v6addr *b)
+{
+	return a->d[0] == b->d[0] && a->d[1] == b->d[1];
+}
+
+/* IPv6 neighbour discovery (RFC 4861, types 133-137) is link-local control
+ * between the pod and its gateway, sent from link-local or unspecified
+ * addresses: it bypasses the source check, conntrack and policy, as in
+ * Cilium.  RFC 4861 has receivers discard NDP whose hop limit is not 255, so
+ * only such packets count; every other ICMPv6 type is policed. */
+static __always_inline bool icmp6_is_ndp(struct __sk_buff *skb, const struct pkt_meta *m)
+{
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
+	struct ipv6hdr *ip6 = data + PKT_OFF(m->l3_off);
+	__u8 type = bpf_ntohs(m->dport) >> 8;
+
+	if (m->l4_proto != IPPROTO_ICMPV6 || !(m->flags & PKT_F_L4) || type < 133 || type > 137)
+		return false;
+	if ((void *)(ip6 + 1) > data_end)
+		return false;
+	return ip6->hop_limit == 255;
+}
+
+/* Length of the IP packet (header included) as its header gives it. */
+static __always_inline __u32 ip4_total_len(struct __sk_buff *skb, const struct pkt_meta *m)
+{
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
+	struct iphdr *ip4 = data + PKT_OFF(m->l3_off);
+
+	if ((void *)(ip4 + 1) > data_end)
+		return 0xffff;
+	return bpf_ntohs(ip4->tot_len);
+}
+
+static __always_inline __u32 ip6_total_len(struct __sk_buff *skb, const struct pkt_meta *m)
+{
+	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
+	struct ipv6hdr *ip6 = data + PKT_OFF(m->l3_off);
+
+	if ((void *)(ip6 + 1) > data_end)
+		return 0xffff;
+	return sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+}
 
 /* The "port" policy rules match: the destination port, or the ICMP type. */
 static __always_inline __u16 policy_port(const struct pkt_meta *m)
@@ -65,6 +140,9 @@ static __always_inline int vip_echo_reply(struct __sk_buff *skb, const struct pk
 
 	if (!vip->count)
 		return -DROP_NO_SERVICE;
+	/* Answering one fragment would send back a lone fragment with MF set. */
+	if (m->flags & PKT_F_FRAGMENT)
+		return -DROP_FRAG_NOSUPPORT;
 	ret = v6 ? icmp6_echo_reply(skb, m) : icmp4_echo_reply(skb, m);
 	if (ret < 0)
 		return ret;
@@ -72,18 +150,37 @@ static __always_inline int vip_echo_reply(struct __sk_buff *skb, const struct pk
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* Is the ICMP error *m* about a connection this endpoint has?  The quoted
- * packet Q was sent by the pod (to_pod) or to it (!to_pod); its connection
- * is keyed in the direction that created it, so Q's tuple is tried as is
- * and swapped.  Returns the entry, with *in filled, or NULL. */
-static __always_inline struct ct_entry *icmp4_related(void *data, void *data_end,
+/* Is the ICMP error *m* related to a connection of this endpoint?  An error
+ * goes back to the source of the packet it quotes (Q), from Q's destination
+ * or from a router on the way (RFC 792, RFC 4443).  So, seen from the pod:
+ *  - an error the pod sends (!to_pod) quotes a packet the pod received: Q's
+ *    destination is the pod, the error's source; the error goes to Q's source;
+ *  - an error to the pod (to_pod) quotes a packet the pod sent: Q's source is
+ *    the pod, the error's destination; the error may come from any router.
+ * Q must name a live conntrack entry of that connection (keyed in the
+ * direction that created it, so Q's tuple is tried as is and swapped) that
+ * the endpoint's policy admitted, and the error must be no longer than an
+ * ICMP error can be.  Returns the entry, with *in filled, or NULL. */
+static __always_inline struct ct_entry *icmp4_related(struct __sk_buff *skb,
 						      const struct pkt_meta *m, bool to_pod,
 						      __u32 now, struct icmp_inner *in)
 {
 	struct ct4_tuple t = {};
 	struct ct_entry *e;
+	__be32 pod = to_pod ? m->daddr.p[0] : m->saddr.p[0];
+	__be32 peer = to_pod ? m->saddr.p[0] : m->daddr.p[0];
 
-	if (icmp4_error_inner(data, data_end, m, in) < 0)
+	if (ip4_total_len(skb, m) > ICMP4_ERROR_MAX_LEN)
+		return NULL;
+	if (icmp4_error_inner(ctx_data(skb), ctx_data_end(skb), m, in) < 0)
+		return NULL;
+	if (to_pod) {
+		if (in->saddr.p[0] != pod)
+			return NULL;
+	} else if (in->daddr.p[0] != pod || in->saddr.p[0] != peer) {
+		return NULL;
+	}
+	if (endpoint_id && !endpoint_owns4(pod))
 		return NULL;
 	t.daddr = in->daddr.p[0];
 	t.saddr = in->saddr.p[0];
@@ -91,23 +188,35 @@ static __always_inline struct ct_entry *icmp4_related(void *data, void *data_end
 	t.sport = in->sport;
 	t.nexthdr = in->proto;
 	t.flags = to_pod ? CT_EGRESS : CT_INGRESS;
-	e = bpf_map_lookup_elem(&cb_ct4, &t);
-	if (e && e->lifetime >= now)
-		return e;
-	ct4_swap(&t);
-	t.flags = to_pod ? CT_INGRESS : CT_EGRESS;
-	e = bpf_map_lookup_elem(&cb_ct4, &t);
-	return e && e->lifetime >= now ? e : NULL;
+	e = __ct4_get(&t, now);
+	if (!e) {
+		ct4_swap(&t);
+		t.flags = to_pod ? CT_INGRESS : CT_EGRESS;
+		e = __ct4_get(&t, now);
+	}
+	return e && !(e->flags & CT_F_UNVERIFIED) ? e : NULL;
 }
 
-static __always_inline struct ct_entry *icmp6_related(void *data, void *data_end,
+static __always_inline struct ct_entry *icmp6_related(struct __sk_buff *skb,
 						      const struct pkt_meta *m, bool to_pod,
 						      __u32 now, struct icmp_inner *in)
 {
+	const union v6addr *pod = to_pod ? &m->daddr : &m->saddr;
+	const union v6addr *peer = to_pod ? &m->saddr : &m->daddr;
 	struct ct6_tuple t = {};
 	struct ct_entry *e;
 
-	if (icmp6_error_inner(data, data_end, m, in) < 0)
+	if (ip6_total_len(skb, m) > ICMP6_ERROR_MAX_LEN)
+		return NULL;
+	if (icmp6_error_inner(ctx_data(skb), ctx_data_end(skb), m, in) < 0)
+		return NULL;
+	if (to_pod) {
+		if (!v6addr_equal(&in->saddr, pod))
+			return NULL;
+	} else if (!v6addr_equal(&in->daddr, pod) || !v6addr_equal(&in->saddr, peer)) {
+		return NULL;
+	}
+	if (endpoint_id && !endpoint_owns6(pod))
 		return NULL;
 	t.daddr = in->daddr;
 	t.saddr = in->saddr;
@@ -115,13 +224,23 @@ static __always_inline struct ct_entry *icmp6_related(void *data, void *data_end
 	t.sport = in->sport;
 	t.nexthdr = in->proto;
 	t.flags = to_pod ? CT_EGRESS : CT_INGRESS;
-	e = bpf_map_lookup_elem(&cb_ct6, &t);
-	if (e && e->lifetime >= now)
-		return e;
-	ct6_swap(&t);
-	t.flags = to_pod ? CT_INGRESS : CT_EGRESS;
-	e = bpf_map_lookup_elem(&cb_ct6, &t);
-	return e && e->lifetime >= now ? e : NULL;
+	e = __ct6_get(&t, now);
+	if (!e) {
+		ct6_swap(&t);
+		t.flags = to_pod ? CT_INGRESS : CT_EGRESS;
+		e = __ct6_get(&t, now);
+	}
+	return e && !(e->flags & CT_F_UNVERIFIED) ? e : NULL;
+}
+
+/* A packet conntrack leaves alone (ct_tuple_ports: ICMP other than echo,
+ * errors that are not related): the endpoint's policy decides each one. */
+static __always_inline int untracked_verdict(struct __sk_buff *skb, const struct pkt_meta *m,
+					     bool egress, __u32 remote_identity)
+{
+	struct endpoint_info *ep = endpoint_lookup(endpoint_id);
+
+	return ep ? policy_verdict(ep, egress, remote_identity, m, skb->len) : 0;
 }
 
 static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
@@ -131,8 +250,11 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 	struct lb_service *svc = NULL;
 	struct ct4_tuple t = {};
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
+	enum ct_status status;
 	int ret;
 
+	if (endpoint_id && !endpoint_owns4(m->saddr.p[0]))
+		return -DROP_INVALID_SIP;
 	if (is_l4_lb_proto(m->l4_proto) && (m->flags & PKT_F_L4) &&
 	    svc4_may_be_frontend(m->daddr.p[0]))
 		svc = lb4_lookup_service(m->daddr.p[0], m->dport, m->l4_proto);
@@ -157,17 +279,23 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 		struct icmp_inner in = {};
 
 		/* The pod reports an error about a connection it has: related. */
-		if (icmp4_related(ctx_data(skb), ctx_data_end(skb), m, false, now, &in))
+		if (icmp4_related(skb, m, false, now, &in))
 			return 0;
 	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
-		return TC_ACT_OK;
+		return untracked_verdict(skb, m, true, ipcache_lookup4(m->daddr.p[0]));
 	t.daddr = m->daddr.p[0];
 	t.saddr = m->saddr.p[0];
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_EGRESS;
 	ep = endpoint_lookup(endpoint_id);
-	switch (ct4_lookup(&t, false, m->tcp_flags, skb->len, now, &reply)) {
+	status = ct4_lookup(&t, false, m->tcp_flags, skb->len, now, &reply);
+	/* A "reply" on a tuple this pod's ingress policy never admitted (a
+	 * NodePort flow from_netdev recorded before the verdict) is the pod
+	 * starting a connection of its own. */
+	if (status == CT_REPLY && (reply.flags & CT_F_UNVERIFIED))
+		status = CT_NEW;
+	switch (status) {
 	case CT_NEW:
 		if (ep) {
 			st.src_sec_id = ipcache_lookup4(t.daddr);
@@ -215,8 +343,13 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 	struct lb_service *svc = NULL;
 	struct ct6_tuple t = {};
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
+	enum ct_status status;
 	int ret;
 
+	if (icmp6_is_ndp(skb, m))
+		return 0;
+	if (endpoint_id && !endpoint_owns6(&m->saddr))
+		return -DROP_INVALID_SIP;
 	if (is_l4_lb_proto(m->l4_proto) && (m->flags & PKT_F_L4) &&
 	    svc6_may_be_frontend(&m->daddr))
 		svc = lb6_lookup_service(&m->daddr, m->dport, m->l4_proto);
@@ -240,17 +373,23 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 	if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4) && icmp6_is_error(icmp_type)) {
 		struct icmp_inner in = {};
 
-		if (icmp6_related(ctx_data(skb), ctx_data_end(skb), m, false, now, &in))
+		if (icmp6_related(skb, m, false, now, &in))
 			return 0;
 	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
-		return TC_ACT_OK;
+		return untracked_verdict(skb, m, true, ipcache_lookup6(&m->daddr));
 	t.daddr = m->daddr;
 	t.saddr = m->saddr;
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_EGRESS;
 	ep = endpoint_lookup(endpoint_id);
-	switch (ct6_lookup(&t, false, m->tcp_flags, skb->len, now, &reply)) {
+	status = ct6_lookup(&t, false, m->tcp_flags, skb->len, now, &reply);
+	/* A "reply" on a tuple this pod's ingress policy never admitted (a
+	 * NodePort flow from_netdev recorded before the verdict) is the pod
+	 * starting a connection of its own. */
+	if (status == CT_REPLY && (reply.flags & CT_F_UNVERIFIED))
+		status = CT_NEW;
+	switch (status) {
 	case CT_NEW:
 		if (ep) {
 			st.src_sec_id = ipcache_lookup6(&t.daddr);
@@ -302,10 +441,10 @@ static __always_inline int to_container_icmp4_error(struct __sk_buff *skb,
 	struct ct_entry *e;
 	int ret;
 
-	e = icmp4_related(ctx_data(skb), ctx_data_end(skb), m, true, now, &in);
+	e = icmp4_related(skb, m, true, now, &in);
 	if (!e)
 		return 0;
-	if (!e->rev_nat_index || in.saddr.p[0] != m->daddr.p[0])
+	if (!e->rev_nat_index)
 		return 1;
 	rn = bpf_map_lookup_elem(&cb_lb4_reverse_nat, &e->rev_nat_index);
 	if (!rn)
@@ -322,10 +461,10 @@ static __always_inline int to_container_icmp6_error(struct __sk_buff *skb,
 	struct ct_entry *e;
 	int ret;
 
-	e = icmp6_related(ctx_data(skb), ctx_data_end(skb), m, true, now, &in);
+	e = icmp6_related(skb, m, true, now, &in);
 	if (!e)
 		return 0;
-	if (!e->rev_nat_index || in.saddr.d[0] != m->daddr.d[0] || in.saddr.d[1] != m->daddr.d[1])
+	if (!e->rev_nat_index)
 		return 1;
 	rn = bpf_map_lookup_elem(&cb_lb6_reverse_nat, &e->rev_nat_index);
 	if (!rn)
@@ -348,7 +487,7 @@ static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta 
 			return ret < 0 ? ret : 0;
 	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
-		return 0;
+		return untracked_verdict(skb, m, false, ipcache_lookup4(m->saddr.p[0]));
 	t.daddr = m->daddr.p[0];
 	t.saddr = m->saddr.p[0];
 	t.nexthdr = m->l4_proto;
@@ -365,11 +504,16 @@ static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta 
 		}
 		return ct4_create(&t, &st, m->tcp_flags, skb->len, now);
 	case CT_ESTABLISHED:
-		if (ep && st.policy_rev != ep->policy_revision) {
-			ret = policy_verdict(ep, false, ipcache_lookup4(t.saddr), m, skb->len);
-			if (ret < 0)
-				return ret;
-			ct4_set_policy_rev(&t, false, ep->policy_revision);
+		/* A flow from_netdev DNATed here (CT_F_UNVERIFIED) meets the
+		 * ingress policy on its first packet, like any new one. */
+		if ((st.flags & CT_F_UNVERIFIED) ||
+		    (ep && st.policy_rev != ep->policy_revision)) {
+			if (ep) {
+				ret = policy_verdict(ep, false, ipcache_lookup4(t.saddr), m, skb->len);
+				if (ret < 0)
+					return ret;
+			}
+			ct4_set_policy_rev(&t, false, ep ? ep->policy_revision : 0);
 		}
 		return 0;
 	case CT_REPLY:
@@ -395,13 +539,15 @@ static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta 
 	int ret;
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 
+	if (icmp6_is_ndp(skb, m))
+		return 0;
 	if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4) && icmp6_is_error(icmp_type)) {
 		ret = to_container_icmp6_error(skb, m, now);
 		if (ret != 0)
 			return ret < 0 ? ret : 0;
 	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
-		return 0;
+		return untracked_verdict(skb, m, false, ipcache_lookup6(&m->saddr));
 	t.daddr = m->daddr;
 	t.saddr = m->saddr;
 	t.nexthdr = m->l4_proto;
@@ -418,11 +564,16 @@ static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta 
 		}
 		return ct6_create(&t, &st, m->tcp_flags, skb->len, now);
 	case CT_ESTABLISHED:
-		if (ep && st.policy_rev != ep->policy_revision) {
-			ret = policy_verdict(ep, false, ipcache_lookup6(&t.saddr), m, skb->len);
-			if (ret < 0)
-				return ret;
-			ct6_set_policy_rev(&t, false, ep->policy_revision);
+		/* A flow from_netdev DNATed here (CT_F_UNVERIFIED) meets the
+		 * ingress policy on its first packet, like any new one. */
+		if ((st.flags & CT_F_UNVERIFIED) ||
+		    (ep && st.policy_rev != ep->policy_revision)) {
+			if (ep) {
+				ret = policy_verdict(ep, false, ipcache_lookup6(&t.saddr), m, skb->len);
+				if (ret < 0)
+					return ret;
+			}
+			ct6_set_policy_rev(&t, false, ep ? ep->policy_revision : 0);
 		}
 		return 0;
 	case CT_REPLY:

@@ -41,6 +41,42 @@ static __always_inline bool backend_is_local6(const union v6addr *addr)
 	return node_pod_net6_hi && addr->d[0] == node_pod_net6_hi;
 }
 
+/* The conntrack entry through which the local backend's from_container
+ * reverse-NATs its replies.  It is created CT_F_UNVERIFIED: the backend's
+ * ingress policy has not seen the flow yet, and until its to_container
+ * admits it, the backend's packets on the reversed tuple are not replies
+ * (else a client the policy denies would leave an entry that lets the
+ * backend answer past its egress policy, SNATed to the NodePort).  An
+ * existing entry is left to to_container, which accounts the packet; a
+ * reused tuple takes the new frontend. */
+static __always_inline int nodeport_ct4_record(struct ct4_tuple *t, struct ct_state *st,
+					       const struct pkt_meta *m, __u32 len, __u32 now)
+{
+	struct ct_entry *e = __ct4_get(t, now);
+
+	if (e) {
+		if (e->rev_nat_index != st->rev_nat_index)
+			e->rev_nat_index = st->rev_nat_index;
+		return 0;
+	}
+	st->flags |= CT_F_UNVERIFIED;
+	return ct4_create(t, st, m->tcp_flags, len, now);
+}
+
+static __always_inline int nodeport_ct6_record(struct ct6_tuple *t, struct ct_state *st,
+					       const struct pkt_meta *m, __u32 len, __u32 now)
+{
+	struct ct_entry *e = __ct6_get(t, now);
+
+	if (e) {
+		if (e->rev_nat_index != st->rev_nat_index)
+			e->rev_nat_index = st->rev_nat_index;
+		return 0;
+	}
+	st->flags |= CT_F_UNVERIFIED;
+	return ct6_create(t, st, m->tcp_flags, len, now);
+}
+
 static __always_inline int from_netdev4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct ct_state st = { .flags = CT_F_NODEPORT };
@@ -79,7 +115,7 @@ static __always_inline int from_netdev4(struct __sk_buff *skb, struct pkt_meta *
 			.nexthdr = m->l4_proto, .flags = CT_INGRESS,
 		};
 
-		return ct4_create(&t, &st, m->tcp_flags, skb->len, now);
+		return nodeport_ct4_record(&t, &st, m, skb->len, now);
 	}
 	port = snat4_assign(client, cport, m->daddr.p[0], m->dport, m->l4_proto, node_ip4,
 			    svc->rev_nat_index);
@@ -127,7 +163,7 @@ static __always_inline int from_netdev6(struct __sk_buff *skb, struct pkt_meta *
 
 		t.daddr = m->daddr;
 		t.saddr = client;
-		return ct6_create(&t, &st, m->tcp_flags, skb->len, now);
+		return nodeport_ct6_record(&t, &st, m, skb->len, now);
 	}
 	port = snat6_assign(&client, cport, &m->daddr, m->dport, m->l4_proto, &node,
 			    svc->rev_nat_index);

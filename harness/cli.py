@@ -77,7 +77,10 @@ def cmd_test_run(args) -> int:
     node = endpoint.node_name if endpoint is not None else None
     rodata = datapath.rodata_for(obj.name.removesuffix(".bpf.o"), node)
     if endpoint is not None and obj.name == "lxc.bpf.o":
-        rodata["endpoint_id"] = datapath.test_run_endpoint_ids(scenario).get(endpoint.ref, 0)
+        rodata.update(datapath.endpoint_rodata(
+            datapath.test_run_endpoint_ids(scenario).get(endpoint.ref, 0),
+            str(endpoint.ipv4) if endpoint.ipv4 else None,
+            str(endpoint.ipv6) if endpoint.ipv6 else None))
     rodata.update(_parse_rodata(args.rodata))
     with Collection.load(str(obj), rodata=rodata or None) as coll:
         if scenario is not None:

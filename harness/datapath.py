@@ -58,6 +58,18 @@ def node_rodata(node: str) -> dict[str, Any]:
     }
 
 
+def endpoint_rodata(endpoint_id: int, ipv4: str | None = None,
+                    ipv6: str | None = None) -> dict[str, Any]:
+    """An lxc program's endpoint: its id and its own addresses.  From_container
+    drops (132) a packet whose source is not one of them; a family without an
+    address may send nothing."""
+    return {
+        "endpoint_id": endpoint_id,
+        "endpoint_ip4": be32(ipaddress.IPv4Address(ipv4)) if ipv4 else 0,
+        "endpoint_ip6": bytes(V6Addr.of(ipaddress.IPv6Address(ipv6))) if ipv6 else bytes(16),
+    }
+
+
 def rodata_for(obj: str, node: str | None = None) -> dict[str, Any]:
     if obj == "lxc":
         return service_rodata()

@@ -342,6 +342,9 @@ def test_nodeport_from_outside_to_local_backend(load):
     # conntrack entry from_netdev made to the lxc collection, as pinning would.)
     for k, v in dp.netdev.maps["cb_ct4"].items():
         dp.lxc.maps["cb_ct4"].update(k, v)
+    # The backend's to_container admits the flow (its ingress verdict) on the way in.
+    admitted, _ = dp.run("to_container", out)
+    assert admitted.verdict == "TC_ACT_OK"
     reply = K.eth() / IP(src="198.18.0.20", dst=WORLD) / TCP(sport=8080, dport=50000, flags="SA")
     _, back = dp.run("from_container", reply)
     assert (back[IP].src, back[TCP].sport, back[IP].dst) == (NODE0, 31313, WORLD)

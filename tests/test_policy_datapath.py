@@ -50,7 +50,8 @@ def policy(ingress=(), egress=(), ingress_enforced=None, egress_enforced=None) -
 
 class Setup:
     def __init__(self, load):
-        self.coll = load("lxc", rodata={**datapath.rodata_for("lxc"), "endpoint_id": EP})
+        self.coll = load("lxc", rodata={**datapath.rodata_for("lxc"),
+                                        **datapath.endpoint_rodata(EP, POD, POD6)})
         self.ctl = PolicyControl(self.coll.maps)
         self.into = Runner(self.coll, "to_container")
         self.out = Runner(self.coll, "from_container")

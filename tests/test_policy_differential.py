@@ -91,7 +91,9 @@ def test_kernel_policy_agrees_with_reference(drawn, data):
     pod = scenario.pod(ref)
     state = resolve(scenario, local_node=local_node)
     ids = endpoint_ids(refs)
-    rodata = {**datapath.rodata_for("lxc"), "endpoint_id": ids[ref]}
+    rodata = {**datapath.rodata_for("lxc"),
+              **datapath.endpoint_rodata(ids[ref], str(pod.ipv4) if pod.ipv4 else None,
+                                         str(pod.ipv6) if pod.ipv6 else None)}
     pod_ips = [str(ip) for p in scenario.pods if not p.host_network for ip in p.pod_ips]
     with Collection.load(str(object_path("lxc")), rodata=rodata) as coll:
         PolicyControl(coll.maps).apply(state, ids)

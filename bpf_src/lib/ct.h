@@ -37,6 +37,10 @@
 #define CT_F_RX_CLOSING		(1 << 2)
 #define CT_F_NODEPORT		(1 << 3)	/* created by from_netdev for a NodePort/HostPort */
 #define CT_F_SNAT		(1 << 4)	/* the flow is source-NATed to the node (remote backend) */
+/* Created by from_netdev for a local backend before the backend's ingress
+ * policy has seen the flow: until to_container allows it (and clears the
+ * flag), the backend's packets on this tuple are not replies. */
+#define CT_F_UNVERIFIED		(1 << 5)
 
 #define TCP_FLAG_FIN	0x01
 #define TCP_FLAG_SYN	0x02
@@ -281,10 +285,15 @@ static __always_inline enum ct_status ct6_lookup(struct ct6_tuple *t, bool reply
 	return CT_NEW;
 }
 
-/* The ports of a packet as conntrack keys them: TCP/UDP ports; for ICMP
+/* The ports of a packet as conntrack keys them: TCP/UDP/SCTP ports; for ICMP
  * echo the identifier stands in the request's sport and the reply's dport,
  * so that a reply's swapped tuple names its request.  Returns false for
- * packets conntrack leaves alone (ICMPv6 neighbour discovery and routers). */
+ * packets conntrack leaves alone: ICMP messages other than echo carry no
+ * identifier that pairs a reply with its request, so keying them (by
+ * addresses alone) would let any message between two addresses count as
+ * the "reply" of any other.  The caller checks such packets against policy
+ * one by one; errors about a tracked connection are handled before this,
+ * as related. */
 static __always_inline bool ct_tuple_ports(const struct pkt_meta *m, __be16 *sport,
 					   __be16 *dport)
 {
@@ -300,13 +309,17 @@ static __always_inline bool ct_tuple_ports(const struct pkt_meta *m, __be16 *spo
 			*sport = m->sport;
 		else if (type == 0)	/* echo reply */
 			*dport = m->sport;
+		else
+			return false;
 		return true;
 	case IPPROTO_ICMPV6:
 		if (type == 128)
 			*sport = m->sport;
 		else if (type == 129)
 			*dport = m->sport;
-		return type < 133;
+		else
+			return false;
+		return true;
 	default:
 		*sport = m->sport;
 		*dport = m->dport;
@@ -314,8 +327,9 @@ static __always_inline bool ct_tuple_ports(const struct pkt_meta *m, __be16 *spo
 	}
 }
 
-/* Record that the entry of *t* (looked up as *reply* or not) was re-checked
- * against policy revision *rev*. */
+/* Record that the entry of *t* (looked up as *reply* or not) was checked
+ * against policy revision *rev*: the endpoint's verdict is now taken, so the
+ * entry stops being CT_F_UNVERIFIED. */
 static __always_inline void ct4_set_policy_rev(struct ct4_tuple *t, bool reply, __u32 rev)
 {
 	struct ct_entry *e;
@@ -330,8 +344,11 @@ static __always_inline void ct4_set_policy_rev(struct ct4_tuple *t, bool reply, 
 		ct4_swap(t);
 		t->flags = dir;
 	}
-	if (e)
+	if (e) {
 		e->policy_rev = rev;
+		if (e->flags & CT_F_UNVERIFIED)
+			e->flags &= ~CT_F_UNVERIFIED;
+	}
 }
 
 static __always_inline void ct6_set_policy_rev(struct ct6_tuple *t, bool reply, __u32 rev)
@@ -348,8 +365,11 @@ static __always_inline void ct6_set_policy_rev(struct ct6_tuple *t, bool reply, 
 		ct6_swap(t);
 		t->flags = dir;
 	}
-	if (e)
+	if (e) {
 		e->policy_rev = rev;
+		if (e->flags & CT_F_UNVERIFIED)
+			e->flags &= ~CT_F_UNVERIFIED;
+	}
 }
 
 /* Point the forward entry of *t* at frontend *rev_nat_index* (0: none).  A

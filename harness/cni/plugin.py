@@ -124,7 +124,8 @@ def cmd_add(conf: dict, prev: dict) -> dict:
         rec.ipv4 = str(pod.ipv4) if pod.ipv4 else None
         rec.ipv6 = str(pod.ipv6) if pod.ipv6 else None
         registry.save()
-        with datapath.load("lxc", node, pinned=True, endpoint_id=rec.id) as coll:
+        with datapath.load("lxc", node, pinned=True,
+                           **datapath.endpoint_rodata(rec.id, rec.ipv4, rec.ipv6)) as coll:
             # The filters keep the programs alive after this process exits.
             attach_tc(coll.programs["from_container"], veth, "ingress")
             attach_tc(coll.programs["to_container"], veth, "egress")
