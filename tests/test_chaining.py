@@ -95,6 +95,67 @@ def test_endpoints_and_cni_check(topology):
         runtime.check(conflist, pod_runtime_conf(pod))
 
 
+def _drops(node: str, reason: int) -> int:
+    from harness import datapath
+    maps = datapath.open_pinned(node)
+    try:
+        return sum(v.packets for k, per_cpu in maps["cb_metrics"].items() if k.reason == reason
+                   for v in per_cpu)
+    finally:
+        for m in maps.values():
+            m.close()
+
+
+def _send_udp(pod, src: str, dst: str, count: int) -> None:
+    """Send *count* UDP datagrams from inside *pod*'s namespace with source *src* (a raw
+    socket: the kernel lets the sender write any source address)."""
+    code = ("import sys; from scapy.all import IP, UDP, send; "
+            "send(IP(src=sys.argv[1], dst=sys.argv[2]) / UDP(sport=4321, dport=9) / b'cb', "
+            "count=int(sys.argv[3]), verbose=False)")
+    netns.run(pod.netns, sys.executable, "-c", code, src, dst, str(count), timeout=60)
+
+
+_LISTEN = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9))
+print("ready", flush=True)
+s.settimeout(0.2)
+seen, end = [], time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        seen.append(s.recvfrom(64)[1][0])
+    except socket.timeout:
+        pass
+print(" ".join(seen), flush=True)
+"""
+
+
+@pytest.mark.parametrize("topology", ["native"], indirect=True)
+def test_a_pod_cannot_send_with_another_pods_source(topology):
+    """The source check on real veths: a pod's raw packets carrying another pod's
+    address are dropped at its from_container (132) and never arrive; its own do."""
+    from harness import drop_reasons
+    sender = topology.pod("default/pod-to-a")
+    victim = topology.pod("default/echo-a")
+    target = topology.pod("default/echo-b")
+    invalid_sip = drop_reasons.CODES["DROP_INVALID_SIP"]
+    listener = subprocess.Popen(["ip", "netns", "exec", target.netns, sys.executable, "-c",
+                                 _LISTEN, "8"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        before = _drops(sender.node, invalid_sip)
+        _send_udp(sender, victim.ipv4, target.ipv4, 5)
+        assert _drops(sender.node, invalid_sip) - before >= 5
+        _send_udp(sender, sender.ipv4, target.ipv4, 3)
+        received = listener.communicate(timeout=30)[0].split()
+    finally:
+        listener.kill()
+        listener.wait()
+    assert received.count(sender.ipv4) == 3
+    assert victim.ipv4 not in received
+
+
 def run_plugin(command: str, conf: dict, env_extra: dict | None = None) -> tuple[int, dict | None]:
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "x", "CNI_NETNS": "/run/netns/none",
            "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",

@@ -90,6 +90,20 @@ def _host_veth(prev: dict) -> str:
     return host["name"]
 
 
+def _pod_addresses(prev: dict) -> tuple[str | None, str | None]:
+    """The pod's IPv4 and IPv6 addresses as the primary plugin assigned them (prevResult
+    ``ips``, CIDR notation): what the pod's packets must carry as their source."""
+    import ipaddress
+    found: dict[int, str] = {}
+    for entry in prev.get("ips") or []:
+        try:
+            addr = ipaddress.ip_interface(entry["address"]).ip
+        except (KeyError, TypeError, ValueError):
+            raise PluginError(7, f"prevResult has an unreadable address: {entry!r}") from None
+        found.setdefault(addr.version, str(addr))
+    return found.get(4), found.get(6)
+
+
 def _tc_filters(ifname: str, direction: str) -> str:
     proc = subprocess.run(["tc", "filter", "show", "dev", ifname, direction],
                           capture_output=True, text=True)
@@ -121,8 +135,7 @@ def cmd_add(conf: dict, prev: dict) -> dict:
         registry = EndpointRegistry(node)
         rec = registry.ensure(ref)
         rec.interface, rec.state = veth, "ready"
-        rec.ipv4 = str(pod.ipv4) if pod.ipv4 else None
-        rec.ipv6 = str(pod.ipv6) if pod.ipv6 else None
+        rec.ipv4, rec.ipv6 = _pod_addresses(prev)
         registry.save()
         with datapath.load("lxc", node, pinned=True,
                            **datapath.endpoint_rodata(rec.id, rec.ipv4, rec.ipv6)) as coll:
