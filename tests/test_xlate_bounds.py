@@ -22,6 +22,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6,
                                 IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
                                 IPv6ExtHdrRouting, IPerror6)
+from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP
 
 from harness import drop_reasons
@@ -76,6 +77,17 @@ def with_trailer(ip_packet: bytes, trailer: bytes):
     """An Ethernet frame holding *ip_packet* and then *trailer*, after the IP length."""
     ethertype = 0x86DD if ip_packet[0] >> 4 == 6 else 0x0800
     return bytes(K.eth())[:12] + ethertype.to_bytes(2, "big") + ip_packet + trailer
+
+
+def icmp6_checksum_valid(pkt) -> bool:
+    """Is the ICMPv6 checksum of *pkt* what scapy computes for the same bytes?  (Checked
+    here: harness.testing.checksum_errors reads `chksum`, which ICMPv6 layers lack, so
+    scapy hands it the quoted L4 header's field instead.)"""
+    parsed = Ether(bytes(pkt))
+    icmp = parsed[IPv6].payload
+    have = icmp.getfieldval("cksum")
+    icmp.cksum = None
+    return Ether(bytes(parsed))[IPv6].payload.getfieldval("cksum") == have
 
 
 def tcp4_syn(dst: str = VIP, dport: int = 80, **kw):
@@ -153,3 +165,71 @@ def test_padded_frame_is_translated_and_its_padding_kept(dp):
     assert res.verdict == "TC_ACT_OK"
     assert (out[IPv6].dst, out[TCP].dport, out[TCP].sport) == (BE6, 8080, 40100)
     assert_valid(out)
+
+
+# --- 2. ICMP error quotes end where the outer IP packet ends ------------------------------
+
+def ipv4_header_valid(header: bytes) -> bool:
+    fresh = IP(header)
+    fresh.chksum = None
+    return IP(bytes(fresh)).chksum == IP(header).chksum
+
+
+def quote_cut(dp, syn, quote_len: int, family: int = 4):
+    """Send *syn* through from_container, then build the backend's port-unreachable for
+    the translated packet, quoting *quote_len* bytes of it and carrying the rest of the
+    translated packet after the outer IP packet, as a frame trailer."""
+    res, out = dp.run("from_container", syn)
+    assert res.verdict == "TC_ACT_OK"
+    l3 = IP if family == 4 else IPv6
+    sent = bytes(out[l3])
+    quote, trailer = sent[:quote_len], sent[quote_len:]
+    if family == 4:
+        err = IP(src=out[IP].dst, dst=CLIENT4, ttl=64) / ICMP(type=3, code=3) / quote
+    else:
+        err = IPv6(src=out[IPv6].dst, dst=CLIENT6) / ICMPv6DestUnreach(code=4) / quote
+    frame = with_trailer(bytes(err), trailer)
+    return frame, trailer
+
+
+def test_icmp_error_quote_cut_before_tcp_checksum_keeps_the_trailer(dp):
+    frame, trailer = quote_cut(dp, tcp4_syn(sport=41000), 20 + 8)   # RFC 792's minimum
+    res, back = dp.run("to_container", frame)
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_OK", None)
+    assert bytes(back)[-len(trailer):] == trailer, "a frame trailer was rewritten"
+    assert (back[IP].src, back[IP].dst, back[IP].len) == (VIP, CLIENT4, 56)
+    assert (back[IPerror].src, back[IPerror].dst) == (CLIENT4, VIP)
+    assert (back[TCPerror].sport, back[TCPerror].dport) == (41000, 80)
+    assert ipv4_header_valid(bytes(back[IPerror])[:20])
+    assert_valid(back)                                      # outer IP and ICMP checksums
+
+
+def test_icmp_error_quote_cut_before_udp_checksum_keeps_the_trailer(dp):
+    frame, trailer = quote_cut(dp, K.udp4(VIP, 53, sport=41001), 20 + 4)   # ports only
+    res, back = dp.run("to_container", frame)
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_OK", None)
+    assert bytes(back)[-len(trailer):] == trailer, "a frame trailer was rewritten"
+    assert (back[IP].src, back[IPerror].dst) == (VIP, VIP)
+    assert bytes(back[IPerror])[20:24] == (41001).to_bytes(2, "big") + (53).to_bytes(2, "big")
+    assert ipv4_header_valid(bytes(back[IPerror])[:20])
+    assert_valid(back)
+
+
+def test_icmp_error_quoting_no_destination_port_is_not_translated(dp):
+    """The quote ends after the source port: the destination port in the trailer is
+    not the quote's, so the error is not known to be about the service flow."""
+    frame, trailer = quote_cut(dp, tcp4_syn(sport=41002), 20 + 2)
+    res, back = dp.run("to_container", frame)
+    assert res.verdict == "TC_ACT_OK"
+    assert bytes(back) == frame
+
+
+def test_icmpv6_error_quote_cut_before_tcp_checksum_keeps_the_trailer(dp):
+    frame, trailer = quote_cut(dp, tcp6_syn(sport=41003), 40 + 8, family=6)
+    res, back = dp.run("to_container", frame)
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_OK", None)
+    assert bytes(back)[-len(trailer):] == trailer, "a frame trailer was rewritten"
+    assert (back[IPv6].src, back[IPv6].dst, back[IPv6].plen) == (VIP6, CLIENT6, 56)
+    assert (back[IPerror6].src, back[IPerror6].dst) == (CLIENT6, VIP6)
+    assert bytes(back[IPerror6])[40:44] == (41003).to_bytes(2, "big") + (80).to_bytes(2, "big")
+    assert icmp6_checksum_valid(back)

@@ -237,7 +237,10 @@ static __always_inline bool icmp6_is_error(__u8 type)
 }
 
 /* The packet an ICMP error quotes: its header offsets (relative to the
- * outer packet), protocol, addresses and ports, as the original sender sent it. */
+ * outer packet), protocol, addresses and ports, as the original sender sent it.
+ * The quote ends where the outer IP packet ends (m->l3_end): every read and
+ * write inside it is bounded by that as well as by data_end, since bytes
+ * after it are a frame trailer, outside the ICMP checksum. */
 struct icmp_inner {
 	__u16 l3_off;
 	__u16 l4_off;
@@ -258,6 +261,8 @@ static __always_inline int icmp4_error_inner(void *data, void *data_end,
 
 	if (hlen < 0)
 		return hlen;
+	if (!pkt_within_l3(m->l4_off + 8, hlen, m->l3_end))
+		return -DROP_INVALID;
 	in->l3_off = m->l4_off + 8;
 	in->l4_off = in->l3_off + hlen;
 	in->proto = ip4->protocol;
@@ -266,7 +271,7 @@ static __always_inline int icmp4_error_inner(void *data, void *data_end,
 	if (in->proto != IPPROTO_TCP && in->proto != IPPROTO_UDP)
 		return -DROP_UNKNOWN_L4;
 	ports = (void *)ip4 + hlen;	/* RFC 792: at least 8 bytes of the datagram follow */
-	if ((void *)(ports + 2) > data_end)
+	if ((void *)(ports + 2) > data_end || !pkt_within_l3(in->l4_off, 4, m->l3_end))
 		return -DROP_INVALID;
 	in->sport = ports[0];
 	in->dport = ports[1];
@@ -279,7 +284,7 @@ static __always_inline int icmp6_error_inner(void *data, void *data_end,
 	struct ipv6hdr *ip6 = data + PKT_OFF(m->l4_off) + 8;
 	__be16 *ports;
 
-	if ((void *)(ip6 + 1) > data_end)
+	if ((void *)(ip6 + 1) > data_end || !pkt_within_l3(m->l4_off + 8, sizeof(*ip6), m->l3_end))
 		return -DROP_INVALID;
 	in->l3_off = m->l4_off + 8;
 	in->l4_off = in->l3_off + sizeof(*ip6);
@@ -289,16 +294,17 @@ static __always_inline int icmp6_error_inner(void *data, void *data_end,
 	if (in->proto != IPPROTO_TCP && in->proto != IPPROTO_UDP)
 		return -DROP_UNKNOWN_L4;
 	ports = (void *)(ip6 + 1);
-	if ((void *)(ports + 2) > data_end)
+	if ((void *)(ports + 2) > data_end || !pkt_within_l3(in->l4_off, 4, m->l3_end))
 		return -DROP_INVALID;
 	in->sport = ports[0];
 	in->dport = ports[1];
 	return 0;
 }
 
-/* The quoted L4 checksum, if the quote reaches it: account for the new
- * destination address and port, and carry its change into the ICMP checksum. */
-static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end,
+/* The quoted L4 checksum, if the quote (which ends at *end*) reaches it:
+ * account for the new destination address and port, and carry its change
+ * into the ICMP checksum. */
+static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end, __u32 end,
 						 const struct icmp_inner *in, __sum16 *icmp_check,
 						 __be32 old4, __be32 new4, const union v6addr *old6,
 						 const union v6addr *new6, __be16 old_port,
@@ -310,7 +316,7 @@ static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end,
 	if (off < 0)
 		return;
 	check = data + PKT_OFF(in->l4_off) + off;
-	if ((void *)(check + 1) > data_end)
+	if ((void *)(check + 1) > data_end || !pkt_within_l3(in->l4_off + off, sizeof(*check), end))
 		return;
 	if (in->proto == IPPROTO_UDP && *check == 0 && !old6)
 		return;
@@ -343,7 +349,8 @@ static __always_inline int nat4_rewrite_icmp_error(struct __sk_buff *skb,
 	__u16 old_inner_check;
 
 	if ((void *)(outer + 1) > data_end || (void *)(ic + 1) > data_end ||
-	    (void *)(inner + 1) > data_end || (void *)(inner_dport + 1) > data_end)
+	    (void *)(inner + 1) > data_end || (void *)(inner_dport + 1) > data_end ||
+	    !pkt_within_l3(in->l4_off, 4, m->l3_end))
 		return -DROP_INVALID;
 	old_inner_daddr = inner->daddr;
 	if (outer->saddr == old_inner_daddr) {
@@ -356,8 +363,8 @@ static __always_inline int nat4_rewrite_icmp_error(struct __sk_buff *skb,
 	/* The ICMP checksum covers the whole quoted packet. */
 	csum_replace4(&ic->checksum, old_inner_daddr, vip);
 	csum_replace2(&ic->checksum, old_inner_check, inner->check);
-	__icmp_fix_quoted_l4(data, data_end, in, &ic->checksum, old_inner_daddr, vip, NULL, NULL,
-			     *inner_dport, vport);
+	__icmp_fix_quoted_l4(data, data_end, m->l3_end, in, &ic->checksum, old_inner_daddr, vip,
+			     NULL, NULL, *inner_dport, vport);
 	csum_replace2(&ic->checksum, *inner_dport, vport);
 	*inner_dport = vport;
 	return 0;
@@ -376,7 +383,8 @@ static __always_inline int nat6_rewrite_icmp_error(struct __sk_buff *skb,
 	union v6addr old_inner_daddr, *outer_saddr;
 
 	if ((void *)(outer + 1) > data_end || (void *)(ic + 1) > data_end ||
-	    (void *)(inner + 1) > data_end || (void *)(inner_dport + 1) > data_end)
+	    (void *)(inner + 1) > data_end || (void *)(inner_dport + 1) > data_end ||
+	    !pkt_within_l3(in->l4_off, 4, m->l3_end))
 		return -DROP_INVALID;
 	__builtin_memcpy(&old_inner_daddr, &inner->daddr, sizeof(old_inner_daddr));
 	outer_saddr = (union v6addr *)&outer->saddr;
@@ -387,8 +395,8 @@ static __always_inline int nat6_rewrite_icmp_error(struct __sk_buff *skb,
 	}
 	csum_replace16(&ic->icmp6_cksum, &old_inner_daddr, vip);
 	__builtin_memcpy(&inner->daddr, vip, sizeof(*vip));
-	__icmp_fix_quoted_l4(data, data_end, in, &ic->icmp6_cksum, 0, 0, &old_inner_daddr, vip,
-			     *inner_dport, vport);
+	__icmp_fix_quoted_l4(data, data_end, m->l3_end, in, &ic->icmp6_cksum, 0, 0,
+			     &old_inner_daddr, vip, *inner_dport, vport);
 	csum_replace2(&ic->icmp6_cksum, *inner_dport, vport);
 	*inner_dport = vport;
 	return 0;

@@ -15,6 +15,7 @@
  * API: parse_packet(data, data_end, pkt_len, &meta) -> 0 or -DROP_INVALID
  *      parse_skb(skb, &meta)
  *      ipv6_skip_exthdrs(data, data_end, off, end, &nexthdr, &flags)
+ *      pkt_within_l3(off, len, end)
  */
 #ifndef CB_PARSE_H
 #define CB_PARSE_H
@@ -55,8 +56,9 @@ struct pkt_meta {
 	union v6addr daddr;
 };
 
-/* Does [off, off + len) lie within the IP packet, whose end is *end*? */
-static __always_inline bool __in_ip(__u32 off, __u32 len, __u32 end)
+/* Does [off, off + len) lie within the IP packet, which ends at offset *end*
+ * (pkt_meta.l3_end)?  Offsets are from the start of the packet. */
+static __always_inline bool pkt_within_l3(__u32 off, __u32 len, __u32 end)
 {
 	return off + len <= end;
 }
@@ -75,10 +77,10 @@ static __always_inline int __parse_l4(void *data, void *l4, void *data_end, __u3
 	case IPPROTO_TCP: {
 		struct tcphdr *th = l4;
 
-		if ((void *)(th + 1) > data_end || !__in_ip(off, sizeof(*th), end))
+		if ((void *)(th + 1) > data_end || !pkt_within_l3(off, sizeof(*th), end))
 			return -DROP_INVALID;
 		if (th->doff < 5 || l4 + th->doff * 4 > data_end ||
-		    !__in_ip(off, th->doff * 4, end))
+		    !pkt_within_l3(off, th->doff * 4, end))
 			return -DROP_INVALID;
 		m->sport = th->source;
 		m->dport = th->dest;
@@ -89,7 +91,7 @@ static __always_inline int __parse_l4(void *data, void *l4, void *data_end, __u3
 	case IPPROTO_UDP: {
 		struct udphdr *uh = l4;
 
-		if ((void *)(uh + 1) > data_end || !__in_ip(off, sizeof(*uh), end))
+		if ((void *)(uh + 1) > data_end || !pkt_within_l3(off, sizeof(*uh), end))
 			return -DROP_INVALID;
 		m->sport = uh->source;
 		m->dport = uh->dest;
@@ -99,7 +101,7 @@ static __always_inline int __parse_l4(void *data, void *l4, void *data_end, __u3
 		/* The common header: source port, destination port, tag, checksum. */
 		__be16 *ports = l4;
 
-		if (l4 + 12 > data_end || !__in_ip(off, 12, end))
+		if (l4 + 12 > data_end || !pkt_within_l3(off, 12, end))
 			return -DROP_INVALID;
 		m->sport = ports[0];
 		m->dport = ports[1];
@@ -110,7 +112,7 @@ static __always_inline int __parse_l4(void *data, void *l4, void *data_end, __u3
 		/* type, code, checksum, then the echo identifier. */
 		__u8 *ih = l4;
 
-		if ((void *)(ih + 8) > data_end || !__in_ip(off, 8, end))
+		if ((void *)(ih + 8) > data_end || !pkt_within_l3(off, 8, end))
 			return -DROP_INVALID;
 		m->dport = bpf_htons(((__u16)ih[0] << 8) | ih[1]);
 		m->sport = *(__be16 *)(ih + 4);
@@ -205,7 +207,7 @@ static __always_inline int ipv6_skip_exthdrs(void *data, void *data_end, __u32 o
 		if (off > CB_PKT_OFF_MASK)
 			return -DROP_INVALID;
 		if (*nexthdr == IPPROTO_FRAGMENT) {
-			if ((void *)(fh + 1) > data_end || !__in_ip(off, sizeof(*fh), end))
+			if ((void *)(fh + 1) > data_end || !pkt_within_l3(off, sizeof(*fh), end))
 				return -DROP_INVALID;
 			*nexthdr = fh->nexthdr;
 			*flags |= PKT_F_FRAGMENT | PKT_F_IP_OPTIONS;
@@ -225,7 +227,7 @@ static __always_inline int ipv6_skip_exthdrs(void *data, void *data_end, __u32 o
 			*nexthdr = opt->nexthdr;
 			*flags |= PKT_F_IP_OPTIONS;
 		}
-		if (!__in_ip(off, len, end))
+		if (!pkt_within_l3(off, len, end))
 			return -DROP_INVALID;
 		off += len;
 	}
