@@ -233,3 +233,42 @@ def test_icmpv6_error_quote_cut_before_tcp_checksum_keeps_the_trailer(dp):
     assert (back[IPerror6].src, back[IPerror6].dst) == (CLIENT6, VIP6)
     assert bytes(back[IPerror6])[40:44] == (41003).to_bytes(2, "big") + (80).to_bytes(2, "big")
     assert icmp6_checksum_valid(back)
+
+
+# --- 3. A zero UDP checksum over IPv6 stays zero ------------------------------------------
+
+def test_zero_udp_checksum_over_ipv6_stays_zero(dp):
+    query = K.built(K.eth() / IPv6(src=CLIENT6, dst=VIP6, hlim=63)
+                    / UDP(sport=42000, dport=53, chksum=0) / b"query")
+    res, out = dp.run("from_container", query)
+    assert res.verdict == "TC_ACT_OK"
+    assert (out[IPv6].src, out[IPv6].dst, out[UDP].sport, out[UDP].dport) == (
+        CLIENT6, BE6, 42000, 5353)
+    assert out[UDP].chksum == 0 and out[UDP].len == query[UDP].len
+    assert bytes(out[UDP].payload) == b"query"
+
+    reply = K.built(K.eth() / IPv6(src=BE6, dst=CLIENT6) / UDP(sport=5353, dport=42000, chksum=0)
+                    / b"answer")
+    res, back = dp.run("to_container", reply)
+    assert res.verdict == "TC_ACT_OK"
+    assert (back[IPv6].src, back[UDP].sport, back[IPv6].dst, back[UDP].dport) == (
+        VIP6, 53, CLIENT6, 42000)
+    assert back[UDP].chksum == 0
+
+    # The backend's port unreachable quoting the datagram: the quoted checksum stays 0.
+    err = K.built(K.eth() / IPv6(src=BE6, dst=CLIENT6) / ICMPv6DestUnreach(code=4)
+                  / bytes(out[IPv6]))
+    res, back = dp.run("to_container", err)
+    assert res.verdict == "TC_ACT_OK"
+    quoted = bytes(back[IPerror6])
+    assert (back[IPv6].src, back[IPerror6].dst) == (VIP6, VIP6)
+    assert quoted[40:44] == (42000).to_bytes(2, "big") + (53).to_bytes(2, "big")
+    assert quoted[46:48] == b"\x00\x00"
+    assert icmp6_checksum_valid(back)
+
+
+def test_udp_checksum_over_ipv6_is_still_updated(dp):
+    res, out = dp.run("from_container", K.built(
+        K.eth() / IPv6(src=CLIENT6, dst=VIP6) / UDP(sport=42001, dport=53) / b"query"))
+    assert res.verdict == "TC_ACT_OK" and out[UDP].dport == 5353 and out[UDP].chksum != 0
+    assert_valid(out)

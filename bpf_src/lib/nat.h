@@ -46,8 +46,9 @@ static __always_inline int l4_csum_off(__u8 proto)
 }
 
 /* Rewrite one address and one port of an L4 header's checksum.  A UDP
- * checksum of 0 means "none" over IPv4 and stays 0; a computed 0 is sent as
- * 0xffff (RFC 768). */
+ * checksum of 0 means "none" and stays 0: over IPv4 (RFC 768), and over IPv6
+ * too, where tunnels may send it (RFC 6936) and an update would turn it into
+ * a wrong non-zero value; a computed 0 is sent as 0xffff. */
 static __always_inline int __l4_fix(void *data, void *data_end, const struct pkt_meta *m,
 				    __be16 *port, __be16 new_port, __be32 old_a, __be32 new_a,
 				    const union v6addr *old6, const union v6addr *new6)
@@ -60,7 +61,7 @@ static __always_inline int __l4_fix(void *data, void *data_end, const struct pkt
 	check = data + PKT_OFF(m->l4_off) + off;
 	if ((void *)(check + 1) > data_end)
 		return -DROP_INVALID;
-	if (m->l4_proto == IPPROTO_UDP && *check == 0 && !old6) {
+	if (m->l4_proto == IPPROTO_UDP && *check == 0) {
 		*port = new_port;
 		return 0;
 	}
@@ -303,7 +304,7 @@ static __always_inline int icmp6_error_inner(void *data, void *data_end,
 
 /* The quoted L4 checksum, if the quote (which ends at *end*) reaches it:
  * account for the new destination address and port, and carry its change
- * into the ICMP checksum. */
+ * into the ICMP checksum.  A quoted UDP checksum of 0 stays 0, as in __l4_fix. */
 static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end, __u32 end,
 						 const struct icmp_inner *in, __sum16 *icmp_check,
 						 __be32 old4, __be32 new4, const union v6addr *old6,
@@ -318,7 +319,7 @@ static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end, __u
 	check = data + PKT_OFF(in->l4_off) + off;
 	if ((void *)(check + 1) > data_end || !pkt_within_l3(in->l4_off + off, sizeof(*check), end))
 		return;
-	if (in->proto == IPPROTO_UDP && *check == 0 && !old6)
+	if (in->proto == IPPROTO_UDP && *check == 0)
 		return;
 	before = *check;
 	if (old6)
@@ -326,6 +327,8 @@ static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end, __u
 	else
 		csum_replace4(check, old4, new4);
 	csum_replace2(check, old_port, new_port);
+	if (in->proto == IPPROTO_UDP && *check == 0)
+		*check = 0xffff;
 	csum_replace2(icmp_check, before, *check);
 }
 
