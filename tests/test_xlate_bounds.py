@@ -272,3 +272,84 @@ def test_udp_checksum_over_ipv6_is_still_updated(dp):
         K.eth() / IPv6(src=CLIENT6, dst=VIP6) / UDP(sport=42001, dport=53) / b"query"))
     assert res.verdict == "TC_ACT_OK" and out[UDP].dport == 5353 and out[UDP].chksum != 0
     assert_valid(out)
+
+
+# --- 4. ICMPv6 errors quoting extension headers are related -------------------------------
+
+def ingress_denied(dp):
+    """Make the client pod endpoint EP with ingress policy enforced and no rule: only
+    replies and related traffic may reach it."""
+    net = ipaddress.ip_network
+    ipcache = (IpcacheEntry(net(f"{CLIENT4}/32"), POD_ID),
+               IpcacheEntry(net(f"{CLIENT6}/128"), POD_ID))
+    ep = EndpointPolicy("default/client", POD_ID, True, False, (), ())
+    PolicyControl(dp.lxc.maps).apply(PolicyState((), ipcache, (ep,)), {"default/client": EP})
+
+
+@pytest.fixture
+def ep_dp(load):
+    dp = K.build(load, K.scenario(services()), endpoint_id=EP)
+    ingress_denied(dp)
+    return dp
+
+
+QUOTED_EXT = {
+    "hop-by-hop": lambda: IPv6ExtHdrHopByHop(),
+    "destination-options": lambda: IPv6ExtHdrDestOpt(),
+    "routing": lambda: IPv6ExtHdrRouting(addresses=[]),
+    "first-fragment": lambda: IPv6ExtHdrFragment(m=1, offset=0, id=9),
+    "dst-options-and-fragment": lambda: IPv6ExtHdrDestOpt() / IPv6ExtHdrFragment(m=1, id=9),
+}
+
+
+def ptb(src: str, quoted: bytes):
+    return K.built(K.eth() / IPv6(src=src, dst=CLIENT6) / ICMPv6PacketTooBig(mtu=1280) / quoted)
+
+
+@pytest.mark.parametrize("ext", sorted(QUOTED_EXT))
+def test_packet_too_big_quoting_extension_headers_is_related(ep_dp, ext):
+    syn = tcp6_syn(WORLD6, 443, sport=43000, ext=QUOTED_EXT[ext]())
+    res, out = ep_dp.run("from_container", syn)
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_OK", None)
+    err = ptb(ROUTER6, bytes(out[IPv6]))
+    res, back = ep_dp.run("to_container", err)
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_OK", None)
+    assert bytes(back) == bytes(err) and icmp6_checksum_valid(back)
+    # Policy is enforced: the same error about a connection the pod does not have is not.
+    other = tcp6_syn(WORLD6, 443, sport=43999, ext=QUOTED_EXT[ext]())
+    res, _ = ep_dp.run("to_container", ptb(ROUTER6, bytes(other[IPv6])))
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_SHOT", DROP["DROP_POLICY"])
+
+
+def test_packet_too_big_quoting_a_later_fragment_is_not_related(ep_dp):
+    res, _ = ep_dp.run("from_container", tcp6_syn(WORLD6, 443, sport=43100))
+    assert res.verdict == "TC_ACT_OK"
+    # A later fragment has no L4 header; its first bytes merely look like the flow's ports.
+    later = (IPv6(src=CLIENT6, dst=WORLD6, hlim=63)
+             / IPv6ExtHdrFragment(m=1, offset=185, id=11, nh=6)
+             / ((43100).to_bytes(2, "big") + (443).to_bytes(2, "big") + b"d" * 60))
+    res, _ = ep_dp.run("to_container", ptb(ROUTER6, bytes(later)))
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_SHOT", DROP["DROP_POLICY"])
+
+
+@pytest.mark.parametrize("ext", ["hop-by-hop", "destination-options", "first-fragment"])
+@pytest.mark.parametrize("sender", ["backend", "router"])
+def test_packet_too_big_about_a_service_flow_with_extension_headers(ep_dp, ext, sender):
+    syn = tcp6_syn(VIP6, 80, sport=44000, ext=QUOTED_EXT[ext]())
+    res, out = ep_dp.run("from_container", syn)
+    assert res.verdict == "TC_ACT_OK"
+    assert (out[IPv6].dst, out[TCP].dport) == (BE6, 8080)
+    assert_valid(out)
+    src = BE6 if sender == "backend" else ROUTER6
+    err = ptb(src, bytes(out[IPv6]))
+    res, back = ep_dp.run("to_container", err)
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_OK", None)
+    assert (back[IPv6].src, back[IPv6].dst) == (VIP6 if sender == "backend" else ROUTER6, CLIENT6)
+    assert back[ICMPv6PacketTooBig].mtu == 1280
+    quoted = bytes(back[IPerror6])
+    assert len(quoted) == len(bytes(out[IPv6]))
+    inner = IPv6(quoted)
+    assert (inner.src, inner.dst, inner[TCP].sport, inner[TCP].dport) == (CLIENT6, VIP6, 44000, 80)
+    # The quote is the client's packet again, byte for byte, checksums included.
+    assert quoted == bytes(syn[IPv6])
+    assert icmp6_checksum_valid(back)

@@ -279,23 +279,37 @@ static __always_inline int icmp4_error_inner(void *data, void *data_end,
 	return 0;
 }
 
+/* The quoted packet's extension headers are walked as the packet's own are
+ * (a Packet Too Big quotes whatever the sender put there); a quoted later
+ * fragment has no ports, so nothing can be said to be related to it. */
 static __always_inline int icmp6_error_inner(void *data, void *data_end,
 					     const struct pkt_meta *m, struct icmp_inner *in)
 {
 	struct ipv6hdr *ip6 = data + PKT_OFF(m->l4_off) + 8;
+	__u8 nexthdr, flags = 0;
 	__be16 *ports;
+	int off;
 
 	if ((void *)(ip6 + 1) > data_end || !pkt_within_l3(m->l4_off + 8, sizeof(*ip6), m->l3_end))
 		return -DROP_INVALID;
 	in->l3_off = m->l4_off + 8;
-	in->l4_off = in->l3_off + sizeof(*ip6);
-	in->proto = ip6->nexthdr;	/* quoted extension headers are not followed */
 	__builtin_memcpy(&in->saddr, &ip6->saddr, sizeof(in->saddr));
 	__builtin_memcpy(&in->daddr, &ip6->daddr, sizeof(in->daddr));
+	nexthdr = ip6->nexthdr;
+	off = ipv6_skip_exthdrs(data, data_end, in->l3_off + sizeof(*ip6), m->l3_end, &nexthdr,
+				&flags);
+	if (off < 0)
+		return off;
+	if (flags & PKT_F_LATER_FRAGMENT)
+		return -DROP_UNKNOWN_L4;
+	in->proto = nexthdr;
 	if (in->proto != IPPROTO_TCP && in->proto != IPPROTO_UDP)
 		return -DROP_UNKNOWN_L4;
-	ports = (void *)(ip6 + 1);
-	if ((void *)(ports + 2) > data_end || !pkt_within_l3(in->l4_off, 4, m->l3_end))
+	if (off > CB_PKT_OFF_MASK)
+		return -DROP_INVALID;
+	in->l4_off = off;
+	ports = data + PKT_OFF(off);
+	if ((void *)(ports + 2) > data_end || !pkt_within_l3(off, 4, m->l3_end))
 		return -DROP_INVALID;
 	in->sport = ports[0];
 	in->dport = ports[1];
