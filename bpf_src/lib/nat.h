@@ -46,8 +46,9 @@ static __always_inline int l4_csum_off(__u8 proto)
 }
 
 /* Rewrite one address and one port of an L4 header's checksum.  A UDP
- * checksum of 0 means "none" over IPv4 and stays 0; a computed 0 is sent as
- * 0xffff (RFC 768). */
+ * checksum of 0 means "none" and stays 0: over IPv4 (RFC 768), and over IPv6
+ * too, where tunnels may send it (RFC 6936) and an update would turn it into
+ * a wrong non-zero value; a computed 0 is sent as 0xffff. */
 static __always_inline int __l4_fix(void *data, void *data_end, const struct pkt_meta *m,
 				    __be16 *port, __be16 new_port, __be32 old_a, __be32 new_a,
 				    const union v6addr *old6, const union v6addr *new6)
@@ -60,7 +61,7 @@ static __always_inline int __l4_fix(void *data, void *data_end, const struct pkt
 	check = data + PKT_OFF(m->l4_off) + off;
 	if ((void *)(check + 1) > data_end)
 		return -DROP_INVALID;
-	if (m->l4_proto == IPPROTO_UDP && *check == 0 && !old6) {
+	if (m->l4_proto == IPPROTO_UDP && *check == 0) {
 		*port = new_port;
 		return 0;
 	}
@@ -237,7 +238,10 @@ static __always_inline bool icmp6_is_error(__u8 type)
 }
 
 /* The packet an ICMP error quotes: its header offsets (relative to the
- * outer packet), protocol, addresses and ports, as the original sender sent it. */
+ * outer packet), protocol, addresses and ports, as the original sender sent it.
+ * The quote ends where the outer IP packet ends (m->l3_end): every read and
+ * write inside it is bounded by that as well as by data_end, since bytes
+ * after it are a frame trailer, outside the ICMP checksum. */
 struct icmp_inner {
 	__u16 l3_off;
 	__u16 l4_off;
@@ -258,6 +262,8 @@ static __always_inline int icmp4_error_inner(void *data, void *data_end,
 
 	if (hlen < 0)
 		return hlen;
+	if (!pkt_within_l3(m->l4_off + 8, hlen, m->l3_end))
+		return -DROP_INVALID;
 	in->l3_off = m->l4_off + 8;
 	in->l4_off = in->l3_off + hlen;
 	in->proto = ip4->protocol;
@@ -266,39 +272,54 @@ static __always_inline int icmp4_error_inner(void *data, void *data_end,
 	if (in->proto != IPPROTO_TCP && in->proto != IPPROTO_UDP)
 		return -DROP_UNKNOWN_L4;
 	ports = (void *)ip4 + hlen;	/* RFC 792: at least 8 bytes of the datagram follow */
-	if ((void *)(ports + 2) > data_end)
+	if ((void *)(ports + 2) > data_end || !pkt_within_l3(in->l4_off, 4, m->l3_end))
 		return -DROP_INVALID;
 	in->sport = ports[0];
 	in->dport = ports[1];
 	return 0;
 }
 
+/* The quoted packet's extension headers are walked as the packet's own are
+ * (a Packet Too Big quotes whatever the sender put there); a quoted later
+ * fragment has no ports, so nothing can be said to be related to it. */
 static __always_inline int icmp6_error_inner(void *data, void *data_end,
 					     const struct pkt_meta *m, struct icmp_inner *in)
 {
 	struct ipv6hdr *ip6 = data + PKT_OFF(m->l4_off) + 8;
+	__u8 nexthdr, flags = 0;
 	__be16 *ports;
+	int off;
 
-	if ((void *)(ip6 + 1) > data_end)
+	if ((void *)(ip6 + 1) > data_end || !pkt_within_l3(m->l4_off + 8, sizeof(*ip6), m->l3_end))
 		return -DROP_INVALID;
 	in->l3_off = m->l4_off + 8;
-	in->l4_off = in->l3_off + sizeof(*ip6);
-	in->proto = ip6->nexthdr;	/* quoted extension headers are not followed */
 	__builtin_memcpy(&in->saddr, &ip6->saddr, sizeof(in->saddr));
 	__builtin_memcpy(&in->daddr, &ip6->daddr, sizeof(in->daddr));
+	nexthdr = ip6->nexthdr;
+	off = ipv6_skip_exthdrs(data, data_end, in->l3_off + sizeof(*ip6), m->l3_end, &nexthdr,
+				&flags);
+	if (off < 0)
+		return off;
+	if (flags & PKT_F_LATER_FRAGMENT)
+		return -DROP_UNKNOWN_L4;
+	in->proto = nexthdr;
 	if (in->proto != IPPROTO_TCP && in->proto != IPPROTO_UDP)
 		return -DROP_UNKNOWN_L4;
-	ports = (void *)(ip6 + 1);
-	if ((void *)(ports + 2) > data_end)
+	if (off > CB_PKT_OFF_MASK)
+		return -DROP_INVALID;
+	in->l4_off = off;
+	ports = data + PKT_OFF(off);
+	if ((void *)(ports + 2) > data_end || !pkt_within_l3(off, 4, m->l3_end))
 		return -DROP_INVALID;
 	in->sport = ports[0];
 	in->dport = ports[1];
 	return 0;
 }
 
-/* The quoted L4 checksum, if the quote reaches it: account for the new
- * destination address and port, and carry its change into the ICMP checksum. */
-static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end,
+/* The quoted L4 checksum, if the quote (which ends at *end*) reaches it:
+ * account for the new destination address and port, and carry its change
+ * into the ICMP checksum.  A quoted UDP checksum of 0 stays 0, as in __l4_fix. */
+static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end, __u32 end,
 						 const struct icmp_inner *in, __sum16 *icmp_check,
 						 __be32 old4, __be32 new4, const union v6addr *old6,
 						 const union v6addr *new6, __be16 old_port,
@@ -310,9 +331,9 @@ static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end,
 	if (off < 0)
 		return;
 	check = data + PKT_OFF(in->l4_off) + off;
-	if ((void *)(check + 1) > data_end)
+	if ((void *)(check + 1) > data_end || !pkt_within_l3(in->l4_off + off, sizeof(*check), end))
 		return;
-	if (in->proto == IPPROTO_UDP && *check == 0 && !old6)
+	if (in->proto == IPPROTO_UDP && *check == 0)
 		return;
 	before = *check;
 	if (old6)
@@ -320,6 +341,8 @@ static __always_inline void __icmp_fix_quoted_l4(void *data, void *data_end,
 	else
 		csum_replace4(check, old4, new4);
 	csum_replace2(check, old_port, new_port);
+	if (in->proto == IPPROTO_UDP && *check == 0)
+		*check = 0xffff;
 	csum_replace2(icmp_check, before, *check);
 }
 
@@ -343,7 +366,8 @@ static __always_inline int nat4_rewrite_icmp_error(struct __sk_buff *skb,
 	__u16 old_inner_check;
 
 	if ((void *)(outer + 1) > data_end || (void *)(ic + 1) > data_end ||
-	    (void *)(inner + 1) > data_end || (void *)(inner_dport + 1) > data_end)
+	    (void *)(inner + 1) > data_end || (void *)(inner_dport + 1) > data_end ||
+	    !pkt_within_l3(in->l4_off, 4, m->l3_end))
 		return -DROP_INVALID;
 	old_inner_daddr = inner->daddr;
 	if (outer->saddr == old_inner_daddr) {
@@ -356,8 +380,8 @@ static __always_inline int nat4_rewrite_icmp_error(struct __sk_buff *skb,
 	/* The ICMP checksum covers the whole quoted packet. */
 	csum_replace4(&ic->checksum, old_inner_daddr, vip);
 	csum_replace2(&ic->checksum, old_inner_check, inner->check);
-	__icmp_fix_quoted_l4(data, data_end, in, &ic->checksum, old_inner_daddr, vip, NULL, NULL,
-			     *inner_dport, vport);
+	__icmp_fix_quoted_l4(data, data_end, m->l3_end, in, &ic->checksum, old_inner_daddr, vip,
+			     NULL, NULL, *inner_dport, vport);
 	csum_replace2(&ic->checksum, *inner_dport, vport);
 	*inner_dport = vport;
 	return 0;
@@ -376,7 +400,8 @@ static __always_inline int nat6_rewrite_icmp_error(struct __sk_buff *skb,
 	union v6addr old_inner_daddr, *outer_saddr;
 
 	if ((void *)(outer + 1) > data_end || (void *)(ic + 1) > data_end ||
-	    (void *)(inner + 1) > data_end || (void *)(inner_dport + 1) > data_end)
+	    (void *)(inner + 1) > data_end || (void *)(inner_dport + 1) > data_end ||
+	    !pkt_within_l3(in->l4_off, 4, m->l3_end))
 		return -DROP_INVALID;
 	__builtin_memcpy(&old_inner_daddr, &inner->daddr, sizeof(old_inner_daddr));
 	outer_saddr = (union v6addr *)&outer->saddr;
@@ -387,8 +412,8 @@ static __always_inline int nat6_rewrite_icmp_error(struct __sk_buff *skb,
 	}
 	csum_replace16(&ic->icmp6_cksum, &old_inner_daddr, vip);
 	__builtin_memcpy(&inner->daddr, vip, sizeof(*vip));
-	__icmp_fix_quoted_l4(data, data_end, in, &ic->icmp6_cksum, 0, 0, &old_inner_daddr, vip,
-			     *inner_dport, vport);
+	__icmp_fix_quoted_l4(data, data_end, m->l3_end, in, &ic->icmp6_cksum, 0, 0,
+			     &old_inner_daddr, vip, *inner_dport, vport);
 	csum_replace2(&ic->icmp6_cksum, *inner_dport, vport);
 	*inner_dport = vport;
 	return 0;
