@@ -35,7 +35,9 @@
 
 #define CB_ECHO_REPLY_TTL	64
 
-/* Offset of the L4 checksum field, or -1 for protocols without ports. */
+/* Offset of the L4 checksum field, or -1 for protocols without ports.  SCTP
+ * has ports but its CRC32c does not cover the addresses: its translation is
+ * address only, and svc.h refuses port changes. */
 static __always_inline int l4_csum_off(__u8 proto)
 {
 	switch (proto) {
@@ -137,8 +139,9 @@ static __always_inline int __nat6_rewrite(struct __sk_buff *skb, const struct pk
 	l4port = __l4_port(data, data_end, m, dst);
 	if (l4port) {
 		ret = __l4_fix(data, data_end, m, l4port, port, 0, 0, &old, addr);
-	} else if (m->l4_proto == IPPROTO_ICMPV6) {
-		/* ICMPv6's checksum covers the pseudo-header, so the address too. */
+	} else if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4)) {
+		/* ICMPv6's checksum covers the pseudo-header, so the address too
+		 * (a later fragment has no ICMPv6 header to fix). */
 		__sum16 *check = data + PKT_OFF(m->l4_off) + 2;
 
 		if ((void *)(check + 1) > data_end)

@@ -33,6 +33,8 @@
 #define PKT_F_IP_OPTIONS	(1 << 2)	/* IPv4 options or IPv6 extension headers */
 #define PKT_F_VLAN		(1 << 3)
 #define PKT_F_L4		(1 << 4)	/* sport/dport (or ICMP fields) are valid */
+#define PKT_F_FRAG_PORTS	(1 << 5)	/* a later fragment's sport/dport, from its first
+						 * fragment (frag.h); still no L4 header */
 
 struct pkt_meta {
 	__u16 l3_proto;		/* ETH_P_IP, ETH_P_IPV6, else the ethertype (host order) */
@@ -44,6 +46,7 @@ struct pkt_meta {
 	__be16 dport;		/* ICMP: type in the high byte, code in the low byte */
 	__u8  tcp_flags;	/* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 */
 	__u8  pad[3];
+	__be32 frag_id;		/* fragments: the IP id (IPv4: 16 bits) or the fragment header's */
 	union v6addr saddr;	/* IPv4 addresses use p[0] */
 	union v6addr daddr;
 };
@@ -137,6 +140,7 @@ static __always_inline int __parse_ipv4(void *data, void *l3, void *data_end, __
 		m->flags |= PKT_F_IP_OPTIONS;
 	if (ip4->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
 		m->flags |= PKT_F_FRAGMENT;
+		m->frag_id = ip4->id;
 		if (ip4->frag_off & bpf_htons(IP_OFFSET)) {
 			m->flags |= PKT_F_LATER_FRAGMENT;
 			m->l4_off = (__u16)(l3 + hlen - data);
@@ -193,6 +197,7 @@ static __always_inline int __parse_ipv6(void *data, void *l3, void *data_end, __
 			nexthdr = fh->nexthdr;
 			cursor = fh + 1;
 			m->flags |= PKT_F_FRAGMENT | PKT_F_IP_OPTIONS;
+			m->frag_id = fh->identification;
 			if (fh->frag_off & bpf_htons(IP6_OFFSET)) {
 				m->flags |= PKT_F_LATER_FRAGMENT;
 				m->l4_proto = nexthdr;
@@ -243,6 +248,13 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 pkt_le
 	if (proto == ETH_P_IPV6)
 		return __parse_ipv6(data, l3, data_end, pkt_len, m);
 	return 0;
+}
+
+/* Are m->sport/m->dport the flow's ports: parsed here, or a later
+ * fragment's, recorded from its first fragment? */
+static __always_inline bool pkt_has_ports(const struct pkt_meta *m)
+{
+	return m->flags & (PKT_F_L4 | PKT_F_FRAG_PORTS);
 }
 
 /* Linear bytes wanted before parsing an skb: Ethernet, a VLAN tag, IPv6 with
