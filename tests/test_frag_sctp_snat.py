@@ -442,3 +442,35 @@ def test_snat_same_flow_keeps_its_port_and_traffic_refreshes_it(load):
     assert entry.lifetime - now_sec() <= 10                          # closing after RST
     stats = snat_stats(dp)
     assert (stats.allocated, stats.exhausted) == (41, 0)
+
+
+def test_snat_v6_finds_the_last_free_port_and_translates_the_reply(load):
+    from harness import snat
+    from harness.structs import Ct6Tuple
+    docs = service("np6", "2001:db8:2::20", [("http", 80, 8080, "TCP")],
+                   [endpoint(BE6, "cb-node1")], svc_type="NodePort",
+                   node_ports={"http": 31314}, family="IPv6")
+    dp = K.build(load, K.scenario(docs), netdev=True)
+    rid = dp.netdev_control.frontend_id((K.ip(NODE0_6), 31314, "TCP"))
+    ports = [p for p in range(SNAT_MIN, SNAT_MAX + 1) if p != 33333]
+    keys = [Ct6Tuple(daddr=V6Addr.of(NODE0_6), saddr=V6Addr.of(BE6), dport=be16(p),
+                     sport=be16(8080), nexthdr=6) for p in ports]
+    values = [SnatEntry(addr=V6Addr.of(WORLD6), port=be16(1000 + i % 60000), rev_nat_index=rid,
+                        lifetime=now_sec() + 3600) for i, p in enumerate(ports)]
+    assert dp.netdev.maps["cb_snat6_rev"].update_batch(keys, values) == len(ports)
+    res, out = dp.run("from_netdev", K.tcp6(NODE0_6, 31314, src=WORLD6, sport=50005))
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_OK", None)
+    assert (out[IPv6].src, out[TCP].sport, out[IPv6].dst, out[TCP].dport) == \
+        (NODE0_6, 33333, BE6, 8080)
+    assert_valid(out)
+    stats = snat.read_stats(dp.netdev.maps)
+    assert (stats[6].allocated, stats[6].exhausted, stats[4].allocated) == (1, 0, 0)
+    reply = K.eth() / IPv6(src=BE6, dst=NODE0_6) / TCP(sport=8080, dport=33333, flags="SA")
+    _, back = dp.run("from_netdev", reply)
+    assert (back[IPv6].src, back[TCP].sport, back[IPv6].dst, back[TCP].dport) == \
+        (NODE0_6, 31314, WORLD6, 50005)
+    assert_valid(back)
+    # With that port taken too, the next flow is refused and counted.
+    res, _ = dp.run("from_netdev", K.tcp6(NODE0_6, 31314, src=WORLD6, sport=50006))
+    assert res.drop_reason == DROP["DROP_NAT_NO_MAPPING"]
+    assert snat.read_stats(dp.netdev.maps)[6].exhausted == 1
