@@ -24,6 +24,7 @@
 #include "lib/common.h"
 #include "lib/ct.h"
 #include "lib/drop.h"
+#include "lib/frag.h"
 #include "lib/ipcache.h"
 #include "lib/lb.h"
 #include "lib/nat.h"
@@ -110,7 +111,7 @@ static __always_inline __u32 ip6_total_len(struct __sk_buff *skb, const struct p
 /* The "port" policy rules match: the destination port, or the ICMP type. */
 static __always_inline __u16 policy_port(const struct pkt_meta *m)
 {
-	if (!(m->flags & PKT_F_L4))
+	if (!pkt_has_ports(m))
 		return 0;
 	if (m->l4_proto == IPPROTO_ICMP || m->l4_proto == IPPROTO_ICMPV6)
 		return bpf_ntohs(m->dport) >> 8;
@@ -118,17 +119,18 @@ static __always_inline __u16 policy_port(const struct pkt_meta *m)
 }
 
 /* Policy for a new connection, or an established one whose verdict predates
- * the endpoint's current policy revision.  0, or a negative drop reason. */
+ * the endpoint's current policy revision.  0, or a negative drop reason.  A
+ * later fragment whose first fragment gave its ports is checked like it. */
 static __always_inline int policy_verdict(const struct endpoint_info *ep, bool egress,
 					  __u32 identity, const struct pkt_meta *m, __u32 len)
 {
 	return policy_check(endpoint_id, ep, egress, identity, m->l4_proto, policy_port(m),
-			    m->flags & PKT_F_LATER_FRAGMENT, len);
+			    (m->flags & PKT_F_LATER_FRAGMENT) && !(m->flags & PKT_F_FRAG_PORTS), len);
 }
 
 static __always_inline bool is_l4_lb_proto(__u8 proto)
 {
-	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
 }
 
 /* A ping to a service VIP is answered here, as Cilium does, when the
@@ -255,7 +257,8 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 
 	if (endpoint_id && !endpoint_owns4(m->saddr.p[0]))
 		return -DROP_INVALID_SIP;
-	if (is_l4_lb_proto(m->l4_proto) && (m->flags & PKT_F_L4) &&
+	frag_track(m);		/* after the source check: a forged packet records nothing */
+	if (is_l4_lb_proto(m->l4_proto) && pkt_has_ports(m) &&
 	    svc4_may_be_frontend(m->daddr.p[0]))
 		svc = lb4_lookup_service(m->daddr.p[0], m->dport, m->l4_proto);
 	if (svc) {
@@ -350,7 +353,8 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 		return 0;
 	if (endpoint_id && !endpoint_owns6(&m->saddr))
 		return -DROP_INVALID_SIP;
-	if (is_l4_lb_proto(m->l4_proto) && (m->flags & PKT_F_L4) &&
+	frag_track(m);
+	if (is_l4_lb_proto(m->l4_proto) && pkt_has_ports(m) &&
 	    svc6_may_be_frontend(&m->daddr))
 		svc = lb6_lookup_service(&m->daddr, m->dport, m->l4_proto);
 	if (svc) {
@@ -621,6 +625,7 @@ int to_container(struct __sk_buff *skb)
 
 	if (ret < 0)
 		return drop_endpoint_packet(endpoint_id, skb->len, -ret, CB_DIR_INGRESS);
+	frag_track(&m);
 	now = cb_now_sec();
 	if (m.l3_proto == ETH_P_IP)
 		ret = to_container4(skb, &m, now);

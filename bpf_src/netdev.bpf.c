@@ -16,6 +16,7 @@
 #include "lib/common.h"
 #include "lib/ct.h"
 #include "lib/drop.h"
+#include "lib/frag.h"
 #include "lib/lb.h"
 #include "lib/nat.h"
 #include "lib/parse.h"
@@ -85,11 +86,12 @@ static __always_inline int from_netdev4(struct __sk_buff *skb, struct pkt_meta *
 	__be16 cport = m->sport, port;
 	int ret;
 
-	if (!(m->flags & PKT_F_L4) || (m->l4_proto != IPPROTO_TCP && m->l4_proto != IPPROTO_UDP))
+	if (!pkt_has_ports(m) || (m->l4_proto != IPPROTO_TCP && m->l4_proto != IPPROTO_UDP &&
+				   m->l4_proto != IPPROTO_SCTP))
 		return 0;
 	if (m->daddr.p[0] == node_ip4) {
 		struct snat_entry *sn = snat4_lookup_reply(m->saddr.p[0], m->daddr.p[0], m->sport,
-							   m->dport, m->l4_proto);
+							   m->dport, m->l4_proto, m->tcp_flags, now);
 
 		if (sn) {
 			struct lb4_reverse_nat *rn;
@@ -118,7 +120,7 @@ static __always_inline int from_netdev4(struct __sk_buff *skb, struct pkt_meta *
 		return nodeport_ct4_record(&t, &st, m, skb->len, now);
 	}
 	port = snat4_assign(client, cport, m->daddr.p[0], m->dport, m->l4_proto, node_ip4,
-			    svc->rev_nat_index);
+			    svc->rev_nat_index, m->tcp_flags, now);
 	if (!port)
 		return -DROP_NAT_NO_MAPPING;
 	return nat4_rewrite_src(skb, m, node_ip4, port);
@@ -132,11 +134,12 @@ static __always_inline int from_netdev6(struct __sk_buff *skb, struct pkt_meta *
 	__be16 cport = m->sport, port;
 	int ret;
 
-	if (!(m->flags & PKT_F_L4) || (m->l4_proto != IPPROTO_TCP && m->l4_proto != IPPROTO_UDP))
+	if (!pkt_has_ports(m) || (m->l4_proto != IPPROTO_TCP && m->l4_proto != IPPROTO_UDP &&
+				   m->l4_proto != IPPROTO_SCTP))
 		return 0;
 	if (m->daddr.d[0] == node.d[0] && m->daddr.d[1] == node.d[1]) {
 		struct snat_entry *sn = snat6_lookup_reply(&m->saddr, &m->daddr, m->sport,
-							   m->dport, m->l4_proto);
+							   m->dport, m->l4_proto, m->tcp_flags, now);
 
 		if (sn) {
 			struct lb6_reverse_nat *rn;
@@ -166,7 +169,7 @@ static __always_inline int from_netdev6(struct __sk_buff *skb, struct pkt_meta *
 		return nodeport_ct6_record(&t, &st, m, skb->len, now);
 	}
 	port = snat6_assign(&client, cport, &m->daddr, m->dport, m->l4_proto, &node,
-			    svc->rev_nat_index);
+			    svc->rev_nat_index, m->tcp_flags, now);
 	if (!port)
 		return -DROP_NAT_NO_MAPPING;
 	return nat6_rewrite_src(skb, m, &node, port);
@@ -181,6 +184,7 @@ int from_netdev(struct __sk_buff *skb)
 
 	if (ret < 0)
 		return drop_packet(skb->len, -ret, CB_DIR_INGRESS);
+	frag_track(&m);
 	now = cb_now_sec();
 	if (m.l3_proto == ETH_P_IP)
 		ret = from_netdev4(skb, &m, now);

@@ -161,6 +161,9 @@ def _pinned_types() -> dict[str, tuple[type, type]]:
         "cb_endpoints": (u32, S.EndpointInfo), "cb_policy": (S.PolicyKey, S.PolicyEntry),
         "cb_policy_exact": (S.PolicyKey, S.PolicyEntry),
         "cb_ipcache": (S.IpcacheKey, S.IpcacheEntry), "cb_ipcache_hosts": (S.IpcacheKey, S.IpcacheEntry),
+        "cb_snat4_fwd": (S.Ct4Tuple, S.SnatEntry), "cb_snat4_rev": (S.Ct4Tuple, S.SnatEntry),
+        "cb_snat6_fwd": (S.Ct6Tuple, S.SnatEntry), "cb_snat6_rev": (S.Ct6Tuple, S.SnatEntry),
+        "cb_snat_stats": (u32, S.SnatStats),
     }
 
 

@@ -200,3 +200,38 @@ class PolicyKey(CStruct):
 class PolicyEntry(CStruct):
     _c_name_ = "policy_entry"
     _fields_ = [("packets", c_uint64), ("bytes", c_uint64)]
+
+
+# --- lib/frag.h ---------------------------------------------------------------------------
+
+class Frag4Key(CStruct):
+    _c_name_ = "frag4_key"
+    _fields_ = [("saddr", c_uint32), ("daddr", c_uint32), ("id", c_uint16), ("proto", c_uint8),
+                ("pad", c_uint8)]
+
+
+class Frag6Key(CStruct):
+    _c_name_ = "frag6_key"
+    _fields_ = [("saddr", V6Addr), ("daddr", V6Addr), ("id", c_uint32), ("proto", c_uint8),
+                ("pad", c_uint8 * 3)]
+
+
+class FragPorts(CStruct):
+    _c_name_ = "frag_ports"
+    _fields_ = [("sport", c_uint16), ("dport", c_uint16)]
+
+
+# --- lib/snat.h ---------------------------------------------------------------------------
+
+class SnatEntry(CStruct):
+    """Forward map: node address and port given; reverse map: the client, its port, and
+    the mapping's lifetime (monotonic seconds)."""
+    _c_name_ = "snat_entry"
+    _fields_ = [("addr", V6Addr), ("port", c_uint16), ("flags", c_uint8), ("pad", c_uint8),
+                ("rev_nat_index", c_uint32), ("lifetime", c_uint32), ("created", c_uint32)]
+
+
+class SnatStats(CStruct):
+    _c_name_ = "snat_stats"
+    _fields_ = [("allocated", c_uint64), ("collisions", c_uint64), ("reused", c_uint64),
+                ("exhausted", c_uint64)]

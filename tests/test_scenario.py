@@ -482,6 +482,8 @@ def services(draw) -> Service:
     ports = []
     for i, (port, proto) in enumerate(keys):
         target = draw(st.one_of(st.integers(1, 65535), st.from_regex(r"[a-z]{1,15}", fullmatch=True)))
+        if proto == "SCTP" and isinstance(target, int):
+            target = port                   # SCTP ports are not translated: must be equal
         name = names[i] if n_ports > 1 or draw(st.booleans()) else ""
         ports.append(ServicePort(name, proto, port, target, node_ports[i] if external else None))
     affinity = draw(st.sampled_from(["None", "ClientIP"]))

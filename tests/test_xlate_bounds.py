@@ -25,7 +25,7 @@ from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6Pack
 from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP
 
-from harness import drop_reasons
+from harness import datapath, drop_reasons
 from harness.policy.model import EndpointPolicy, IpcacheEntry, PolicyState
 from harness.policy.program import PolicyControl
 
@@ -288,7 +288,7 @@ def ingress_denied(dp):
 
 @pytest.fixture
 def ep_dp(load):
-    dp = K.build(load, K.scenario(services()), endpoint_id=EP)
+    dp = K.build(load, K.scenario(services()), **datapath.endpoint_rodata(EP, CLIENT4, CLIENT6))
     ingress_denied(dp)
     return dp
 

@@ -301,7 +301,7 @@ static __always_inline bool ct_tuple_ports(const struct pkt_meta *m, __be16 *spo
 
 	*sport = 0;
 	*dport = 0;
-	if (!(m->flags & PKT_F_L4))
+	if (!pkt_has_ports(m))
 		return true;
 	switch (m->l4_proto) {
 	case IPPROTO_ICMP:

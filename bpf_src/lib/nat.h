@@ -35,7 +35,9 @@
 
 #define CB_ECHO_REPLY_TTL	64
 
-/* Offset of the L4 checksum field, or -1 for protocols without ports. */
+/* Offset of the L4 checksum field, or -1 for protocols without ports.  SCTP
+ * has ports but its CRC32c does not cover the addresses: its translation is
+ * address only, and svc.h refuses port changes. */
 static __always_inline int l4_csum_off(__u8 proto)
 {
 	switch (proto) {
@@ -138,8 +140,9 @@ static __always_inline int __nat6_rewrite(struct __sk_buff *skb, const struct pk
 	l4port = __l4_port(data, data_end, m, dst);
 	if (l4port) {
 		ret = __l4_fix(data, data_end, m, l4port, port, 0, 0, &old, addr);
-	} else if (m->l4_proto == IPPROTO_ICMPV6) {
-		/* ICMPv6's checksum covers the pseudo-header, so the address too. */
+	} else if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4)) {
+		/* ICMPv6's checksum covers the pseudo-header, so the address too
+		 * (a later fragment has no ICMPv6 header to fix). */
 		__sum16 *check = data + PKT_OFF(m->l4_off) + 2;
 
 		if ((void *)(check + 1) > data_end)
@@ -287,6 +290,7 @@ static __always_inline int icmp6_error_inner(void *data, void *data_end,
 {
 	struct ipv6hdr *ip6 = data + PKT_OFF(m->l4_off) + 8;
 	__u8 nexthdr, flags = 0;
+	__be32 frag_id = 0;	/* unused: a quote is never reassembled */
 	__be16 *ports;
 	int off;
 
@@ -297,7 +301,7 @@ static __always_inline int icmp6_error_inner(void *data, void *data_end,
 	__builtin_memcpy(&in->daddr, &ip6->daddr, sizeof(in->daddr));
 	nexthdr = ip6->nexthdr;
 	off = ipv6_skip_exthdrs(data, data_end, in->l3_off + sizeof(*ip6), m->l3_end, &nexthdr,
-				&flags);
+				&flags, &frag_id);
 	if (off < 0)
 		return off;
 	if (flags & PKT_F_LATER_FRAGMENT)

@@ -14,7 +14,7 @@
  *
  * API: parse_packet(data, data_end, pkt_len, &meta) -> 0 or -DROP_INVALID
  *      parse_skb(skb, &meta)
- *      ipv6_skip_exthdrs(data, data_end, off, end, &nexthdr, &flags)
+ *      ipv6_skip_exthdrs(data, data_end, off, end, &nexthdr, &flags, &frag_id)
  *      pkt_within_l3(off, len, end)
  */
 #ifndef CB_PARSE_H
@@ -39,6 +39,8 @@
 #define PKT_F_IP_OPTIONS	(1 << 2)	/* IPv4 options or IPv6 extension headers */
 #define PKT_F_VLAN		(1 << 3)
 #define PKT_F_L4		(1 << 4)	/* sport/dport (or ICMP fields) are valid */
+#define PKT_F_FRAG_PORTS	(1 << 5)	/* a later fragment's sport/dport, from its first
+						 * fragment (frag.h); still no L4 header */
 
 struct pkt_meta {
 	__u16 l3_proto;		/* ETH_P_IP, ETH_P_IPV6, else the ethertype (host order) */
@@ -52,6 +54,8 @@ struct pkt_meta {
 	__u8  pad;
 	__u16 l3_end;		/* offset of the end of the IP packet (0xffff if further);
 				 * bytes from here on are a frame trailer */
+	__be32 frag_id;		/* fragments: the IP id (IPv4: 16 bits) or the fragment header's */
+	__u32 pad2;
 	union v6addr saddr;	/* IPv4 addresses use p[0] */
 	union v6addr daddr;
 };
@@ -166,6 +170,7 @@ static __always_inline int __parse_ipv4(void *data, void *l3, void *data_end, __
 		m->flags |= PKT_F_IP_OPTIONS;
 	if (ip4->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
 		m->flags |= PKT_F_FRAGMENT;
+		m->frag_id = ip4->id;
 		if (ip4->frag_off & bpf_htons(IP_OFFSET)) {
 			m->flags |= PKT_F_LATER_FRAGMENT;
 			m->l4_off = (__u16)(l3 + hlen - data);
@@ -192,7 +197,7 @@ static __always_inline bool ipv6_is_exthdr(__u8 nexthdr)
  * CB_IPV6_MAX_EXTHDRS precede the upper layer.  Used for a packet and for
  * the packet an ICMPv6 error quotes. */
 static __always_inline int ipv6_skip_exthdrs(void *data, void *data_end, __u32 off, __u32 end,
-					     __u8 *nexthdr, __u8 *flags)
+					     __u8 *nexthdr, __u8 *flags, __be32 *frag_id)
 {
 	int i;
 
@@ -211,6 +216,7 @@ static __always_inline int ipv6_skip_exthdrs(void *data, void *data_end, __u32 o
 				return -DROP_INVALID;
 			*nexthdr = fh->nexthdr;
 			*flags |= PKT_F_FRAGMENT | PKT_F_IP_OPTIONS;
+			*frag_id = fh->identification;
 			if (fh->frag_off & bpf_htons(IP6_OFFSET)) {
 				*flags |= PKT_F_LATER_FRAGMENT;
 				return off + sizeof(*fh);
@@ -255,7 +261,7 @@ static __always_inline int __parse_ipv6(void *data, void *l3, void *data_end, __
 	__builtin_memcpy(&m->daddr, &ip6->daddr, sizeof(m->daddr));
 	nexthdr = ip6->nexthdr;
 	off = ipv6_skip_exthdrs(data, data_end, (l3 - data) + sizeof(*ip6), end, &nexthdr,
-				&m->flags);
+				&m->flags, &m->frag_id);
 	if (off < 0)
 		return off;
 	m->l4_proto = nexthdr;
@@ -296,6 +302,13 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 pkt_le
 	if (proto == ETH_P_IPV6)
 		return __parse_ipv6(data, l3, data_end, pkt_len, m);
 	return 0;
+}
+
+/* Are m->sport/m->dport the flow's ports: parsed here, or a later
+ * fragment's, recorded from its first fragment? */
+static __always_inline bool pkt_has_ports(const struct pkt_meta *m)
+{
+	return m->flags & (PKT_F_L4 | PKT_F_FRAG_PORTS);
 }
 
 /* Linear bytes wanted before parsing an skb: Ethernet, a VLAN tag, IPv6 with

@@ -21,9 +21,10 @@
  * remember the revision their verdict was taken at; a packet of an
  * established connection is checked again only when it changed.
  *
- * Later fragments carry no ports: they are checked as protocol/port 0, so
- * only rules for any port can allow them, and they are dropped outright in
- * a direction that has any deny rule (a port deny could not be applied).
+ * Later fragments carry no ports; one whose first fragment left its ports
+ * (frag.h) is checked like it.  The others are checked as protocol/port 0,
+ * so only rules for any port can allow them, and they are dropped outright
+ * in a direction that has any deny rule (a port deny could not be applied).
  *
  * API: endpoint_lookup(id), policy_check(ep, egress, identity, proto, port, later_fragment)
  */

@@ -109,6 +109,12 @@ static __always_inline int svc4_translate(struct __sk_buff *skb, struct pkt_meta
 		if (ret < 0)
 			return ret;
 	}
+	/* SCTP's CRC32c covers the ports but not the addresses: an address-only
+	 * DNAT keeps it valid, a port change would need it recomputed over the
+	 * whole packet.  The control plane refuses such services; this is the
+	 * defence in depth. */
+	if (m->l4_proto == IPPROTO_SCTP && be->port != m->dport)
+		return -DROP_CSUM_L4;
 	st->backend_id = backend_id;
 	st->rev_nat_index = svc->rev_nat_index;
 	lb_count_service(svc->rev_nat_index, skb->len);
@@ -159,6 +165,12 @@ static __always_inline int svc6_translate(struct __sk_buff *skb, struct pkt_meta
 		if (ret < 0)
 			return ret;
 	}
+	/* SCTP's CRC32c covers the ports but not the addresses: an address-only
+	 * DNAT keeps it valid, a port change would need it recomputed over the
+	 * whole packet.  The control plane refuses such services; this is the
+	 * defence in depth. */
+	if (m->l4_proto == IPPROTO_SCTP && be->port != m->dport)
+		return -DROP_CSUM_L4;
 	st->backend_id = backend_id;
 	st->rev_nat_index = svc->rev_nat_index;
 	lb_count_service(svc->rev_nat_index, skb->len);

@@ -142,11 +142,12 @@ def _service_frontends(scenario: Scenario, svc: Service,
     timeout = svc.affinity_timeout_seconds if svc.session_affinity == "ClientIP" else 0
     maglev = svc.meta.annotations.get(LB_ALGORITHM_ANNOTATION, "").lower() == "maglev"
     out = []
-    for sp in svc.ports:
+    for j, sp in enumerate(svc.ports):
         for ip in svc.cluster_ips:
             backends = _backends_for(scenario, svc, ip.version, sp.name, sp.protocol)
-            out.append(Frontend(svc.ref, sp.name, "ClusterIP", ip, sp.port, sp.protocol,
-                                backends, timeout, maglev))
+            out.append(_sctp_checked(Frontend(svc.ref, sp.name, "ClusterIP", ip, sp.port,
+                                              sp.protocol, backends, timeout, maglev),
+                                     f"spec.ports[{j}].targetPort"))
             for ext in svc.external_ips:
                 if ext.version == ip.version:
                     out.append(Frontend(svc.ref, sp.name, "ExternalIP", ext, sp.port,
@@ -159,8 +160,10 @@ def _service_frontends(scenario: Scenario, svc: Service,
                     if addr.version != ip.version:
                         continue
                     chosen = tuple(b for b in backends if b.node == node) if local else backends
-                    out.append(Frontend(svc.ref, sp.name, "NodePort", addr, sp.node_port,
-                                        sp.protocol, chosen, timeout, maglev, local))
+                    out.append(_sctp_checked(Frontend(svc.ref, sp.name, "NodePort", addr,
+                                                      sp.node_port, sp.protocol, chosen, timeout,
+                                                      maglev, local),
+                                             f"spec.ports[{j}].nodePort"))
     return out
 
 
@@ -180,13 +183,27 @@ def _hostport_frontends(scenario: Scenario,
                 if host is None:
                     continue
                 be = Backend(pod_ip, cp.container_port, cp.protocol, ACTIVE, pod.node_name)
-                out.append(Frontend(pod.ref, cp.name, "HostPort", host, cp.host_port,
-                                    cp.protocol, (be,)))
+                out.append(_sctp_checked(Frontend(pod.ref, cp.name, "HostPort", host,
+                                                  cp.host_port, cp.protocol, (be,)),
+                                         "hostPort"))
     return out
 
 
 class LbStateError(ValueError):
-    """Two objects claim the same frontend."""
+    """Two objects claim the same frontend, or a frontend cannot be served."""
+
+
+def _sctp_checked(f: Frontend, field: str) -> Frontend:
+    """*f*, if the datapath can serve it: SCTP's CRC32c covers the ports but not the
+    addresses, so SCTP is translated by address only and every backend must listen on
+    the frontend's port.  *field* names what to change (the port field of the object)."""
+    if f.protocol == "SCTP":
+        for b in f.backends:
+            if b.port != f.port:
+                raise LbStateError(f"{f.service}: {field}: {f.type} {_fmt(f.key)} has a backend "
+                                   f"on port {b.port}; for SCTP the two must be equal (its CRC32c "
+                                   "covers the ports, chainbench translates addresses only)")
+    return f
 
 
 def desired_state(scenario: Scenario,

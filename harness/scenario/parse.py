@@ -632,6 +632,9 @@ def _service_ports(spec: dict, stype: str, headless: bool) -> tuple[list[Service
             _name(target, f"{path}.targetPort", "port-name")
         else:
             _int_value(target, f"{path}.targetPort", 1, 65535)
+            if protocol == "SCTP" and target != port:
+                raise FieldError(f"{path}.targetPort", f"must equal port ({port}) for SCTP, got {target}: "
+                                 "SCTP's CRC32c covers the ports, chainbench translates addresses only")
         node_port = raw.get("nodePort")
         if node_port is not None:
             if not external:
