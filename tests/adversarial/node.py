@@ -156,7 +156,8 @@ class Outcome:
 
     verdict: "TC_ACT_OK" / "TC_ACT_SHOT" / "TC_ACT_REDIRECT" / "TC_ACT_<n>" for any other
     return code / "REFUSED" when the kernel refused the frame before the program ran
-    (BPF_PROG_TEST_RUN wants at least an Ethernet header: frames < 14 bytes).
+    (BPF_PROG_TEST_RUN wants an Ethernet header and, for ethertype IPv4/IPv6, the
+    whole fixed IP header: see `kernel_refuses`).
     reason: the drop reason counted in cb_metrics by this run (None if none grew).
     grown: every cb_metrics drop reason that grew during the run, with its growth.
     data: the frame as the program left it.
@@ -278,7 +279,7 @@ class AdvNode:
         try:
             res = prog.test_run(data)
         except BpfError as exc:
-            if exc.errno == _errno.EINVAL and len(data) < 14:
+            if exc.errno == _errno.EINVAL:
                 return Outcome(program, pod, -1, "REFUSED", None, {}, b"")
             raise
         verdict = TC_ACT.get(res.retval, f"TC_ACT_{res.retval}")
@@ -319,6 +320,15 @@ class AdvNode:
 
     def close(self) -> None:
         self.node.close()
+
+
+def kernel_refuses(data: bytes) -> bool:
+    """Frames BPF_PROG_TEST_RUN refuses (EINVAL) before any program runs: shorter than
+    an Ethernet header, or ethertype IPv4/IPv6 (untagged) without the fixed IP header."""
+    if len(data) < 14:
+        return True
+    et = int.from_bytes(data[12:14], "big")
+    return (et == 0x0800 and len(data) < 34) or (et == 0x86DD and len(data) < 54)
 
 
 # -- decoding conntrack keys (for readable assertions) --------------------------------------
