@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from harness.policy.model import ID_WORLD, PortRange, Rule
 
 from .adversarial import invariants as I
 from .adversarial import node as N
+from .adversarial.corpus import _ext_bytes
 from .adversarial.node import CLIENT, CLIENT6, NODE4, PODS, WORLD, WORLD2, WORLD6
 
 ETH = Ether(src="02:cb:00:00:00:01", dst="02:cb:00:00:00:02")
@@ -216,3 +218,30 @@ def test_an_admitted_ingress_flow_is_rechecked_when_the_policy_changes(node, v6)
     # a rule for another port does not readmit it
     node.apply_policy(N.policy_state(web_ingress=(Rule(False, N.CLIENT_ID, N.TCP_, PortRange(81, 81)),)))
     assert run(node, "to_container", "web", tcp(c, web, 40010, 80, "A", v6)).short == 133
+
+
+# -- in-flight fixes, as definite cases -------------------------------------------------------
+
+@pytest.mark.parametrize("ext", [1, 2, 3, 4])
+def test_a_packet_too_big_quoting_extension_headers_is_related(node, ext):
+    """RFC 4443 2.4(c): the error quotes as much of the packet as fits, extension
+    headers included; the quoted tuple (past them) is the client's flow."""
+    open_client_flow(node, 40000, v6=True)
+    first, hdrs = _ext_bytes(ext, N.TCP_)
+    quote = bytes(IPv6(src=CLIENT6, dst=WORLD6, nh=first, plen=len(hdrs) + 20)) + hdrs + bytes(
+        TCP(sport=40000, dport=80, flags="A", seq=1001, ack=5001))
+    ptb = IPv6(src=N.ROUTER6, dst=CLIENT6) / ICMPv6PacketTooBig(mtu=1280) / Raw(quote)
+    assert run(node, "to_container", "client", ptb).short == "pass"
+
+
+def test_nodeport_snat_ports_are_allocated_in_range_and_distinct(node):
+    """Remote backend: SNAT to the node address and a port in [32768, 65535], one
+    per client flow (two clients with the same source port must not share one)."""
+    seen = {}
+    for i, client in enumerate(("203.0.113.9", "203.0.113.10", "203.0.113.11")):
+        out = run(node, "from_netdev", None, tcp(client, NODE4, 50000, N.NODEPORT_REMOTE, "S"))
+        o = Ether(out.data)
+        assert out.short == "pass" and (o[IP].src, o[IP].dst) == (NODE4, N.REMOTE_NP)
+        assert o[TCP].sport in N.SNAT_PORTS
+        seen[client] = o[TCP].sport
+    assert len(set(seen.values())) == len(seen), seen
