@@ -26,8 +26,8 @@ KNOWN = {
     "icmpv6-quote-ext": "ICMPv6 errors quoting extension headers",
     "sctp-services": "SCTP services",
 }
-# (fragment reverse NAT and SNAT port allocation have no corpus classifier: they are
-# covered by definite tests in test_adversarial_state.py instead)
+# (fragment reverse NAT and SNAT port allocation have no corpus classifier: SNAT ports
+# have a definite test in test_adversarial_state.py; fragment reverse NAT has none yet)
 
 
 @dataclass
