@@ -22,6 +22,7 @@ BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -fno-strict-aliasing -W
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 KERNEL_MATRIX_ARGS ?=
+FUZZ_ARGS  ?=
 
 ifeq ($(V),1)
 Q :=
@@ -30,7 +31,7 @@ Q := @
 endif
 
 .DELETE_ON_ERROR:
-.PHONY: all setup deps venv build test bench kernel-matrix clean distclean
+.PHONY: all setup deps venv build test bench kernel-matrix fuzz clean distclean
 
 all: build
 
@@ -76,6 +77,12 @@ bench: setup build
 # Release check: Debian kernels booted under qemu (ci/kernel-matrix/README.md).
 kernel-matrix: setup build
 	$(Q)ci/kernel-matrix/run.sh $(KERNEL_MATRIX_ARGS)
+
+# Adversarial fuzzing (tests/adversarial/fuzz.py): the malformed corpus, then seeded
+# random mutations, >= 1,000,000 packets in test-run, bounded to 28 minutes
+# (FUZZ_ARGS="--seed 2 --packets 2000000 --minutes 60").
+fuzz: setup build
+	$(Q)$(VPY) -m tests.adversarial.fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(BUILD)
