@@ -245,7 +245,8 @@ static __always_inline int untracked_verdict(struct __sk_buff *skb, const struct
 	return ep ? policy_verdict(ep, egress, remote_identity, m, skb->len) : 0;
 }
 
-static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+static __always_inline int __from_container4(struct __sk_buff *skb, struct pkt_meta *m,
+					     __u32 now, struct svc4_pending *pend)
 {
 	struct ct_state st = {}, reply = {};
 	struct endpoint_info *ep;
@@ -262,7 +263,7 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 	    svc4_may_be_frontend(m->daddr.p[0]))
 		svc = lb4_lookup_service(m->daddr.p[0], m->dport, m->l4_proto);
 	if (svc) {
-		ret = svc4_translate(skb, m, svc, &st, 0, now);
+		ret = svc4_translate(skb, m, svc, &st, 0, now, pend);
 		if (ret < 0)
 			return ret;
 	} else {
@@ -339,7 +340,8 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 	return 0;
 }
 
-static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+static __always_inline int __from_container6(struct __sk_buff *skb, struct pkt_meta *m,
+					     __u32 now, struct svc6_pending *pend)
 {
 	struct ct_state st = {}, reply = {};
 	struct endpoint_info *ep;
@@ -358,7 +360,7 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 	    svc6_may_be_frontend(&m->daddr))
 		svc = lb6_lookup_service(&m->daddr, m->dport, m->l4_proto);
 	if (svc) {
-		ret = svc6_translate(skb, m, svc, &st, 0, now);
+		ret = svc6_translate(skb, m, svc, &st, 0, now, pend);
 		if (ret < 0)
 			return ret;
 	} else {
@@ -430,6 +432,34 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
 		break;
 	}
 	return 0;
+}
+
+/* The pod's packet, and once it has passed, the service entry of a new
+ * service flow: a packet that is dropped leaves no conntrack state. */
+static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+{
+	struct svc4_pending pend = {};
+	int ret = __from_container4(skb, m, now, &pend), err;
+
+	if (ret >= 0 && pend.new_flow) {
+		err = svc4_commit(&pend, m, skb->len, now);
+		if (err < 0)
+			return err;
+	}
+	return ret;
+}
+
+static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+{
+	struct svc6_pending pend = {};
+	int ret = __from_container6(skb, m, now, &pend), err;
+
+	if (ret >= 0 && pend.new_flow) {
+		err = svc6_commit(&pend, m, skb->len, now);
+		if (err < 0)
+			return err;
+	}
+	return ret;
 }
 
 /* An ICMP error to the pod about one of its connections is related traffic:

@@ -108,7 +108,7 @@ static __always_inline int from_netdev4(struct __sk_buff *skb, struct pkt_meta *
 	svc = lb4_lookup_service(m->daddr.p[0], m->dport, m->l4_proto);
 	if (!svc || (svc->flags & SVC_F_CLUSTERIP))
 		return 0;
-	ret = svc4_translate(skb, m, svc, &st, 0, now);
+	ret = svc4_translate(skb, m, svc, &st, 0, now, NULL);
 	if (ret < 0)
 		return ret;
 	if (backend_is_local4(m->daddr.p[0])) {
@@ -156,7 +156,7 @@ static __always_inline int from_netdev6(struct __sk_buff *skb, struct pkt_meta *
 	svc = lb6_lookup_service(&m->daddr, m->dport, m->l4_proto);
 	if (!svc || (svc->flags & SVC_F_CLUSTERIP))
 		return 0;
-	ret = svc6_translate(skb, m, svc, &st, 0, now);
+	ret = svc6_translate(skb, m, svc, &st, 0, now, NULL);
 	if (ret < 0)
 		return ret;
 	if (backend_is_local6(&m->daddr)) {

@@ -1,6 +1,6 @@
 """Random differential stage of the adversarial suite: seeded flows and packet
 sequences through the real programs of one node, each compared byte for byte with
-an oracle written from the RFCs and semantics.md (tests/adversarial/oracle.py).
+an oracle written from the RFCs and SPEC.md (tests/adversarial/oracle.py).
 
 Knobs: CHAINBENCH_FUZZ_PACKETS (packets to compare, default 60,000; `make fuzz` runs
 >= 1,000,000), CHAINBENCH_FUZZ_SEED (first episode seed, default 1).  A mismatch is

@@ -284,3 +284,36 @@ def test_a_fragmented_ping_to_a_vip_is_not_answered(node):
     first = eth() / IP(src=CLIENT, dst=VIP, flags="MF", id=77) / ICMP(type=8, id=9) / (b"x" * 16)
     assert dropped(node.client.egress(first)[0], "DROP_FRAG_NOSUPPORT")
 
+
+
+# -- errors about pings (found by the differential stage) --------------------------------
+
+def test_an_error_about_the_pods_ping_is_related(node):
+    """An error quoting a tracked echo request names its entry by the identifier."""
+    ping = eth() / IP(src=CLIENT, dst=NODE0) / ICMP(type=8, id=77) / b"abcdefgh"
+    assert passes(node.client.egress(ping)[0])
+    quote = IP(src=CLIENT, dst=NODE0) / ICMP(type=8, id=77) / b"abcdefgh"
+    exceeded = eth() / IP(src=ROUTER, dst=CLIENT) / ICMP(type=11, code=0) / quote
+    assert passes(node.client.ingress(exceeded)[0])
+    other = IP(src=CLIENT, dst=NODE0) / ICMP(type=8, id=78) / b"abcdefgh"
+    assert dropped(node.client.ingress(eth() / IP(src=ROUTER, dst=CLIENT) / ICMP(
+        type=11, code=0) / other)[0], "DROP_POLICY")
+
+
+def test_an_icmpv6_error_about_the_pods_ping_is_related(node):
+    from dataclasses import replace
+
+    from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6TimeExceeded
+    state = policy()
+    eps = tuple(replace(ep, egress=ep.egress + (Rule(False, ID_WORLD, ICMP6_, ANY_PORT),))
+                if ep.pod == "default/client" else ep for ep in state.endpoints)
+    PolicyControl(node.coll.maps).apply(replace(state, endpoints=eps), IDS)
+    ping = eth() / IPv6(src=CLIENT6, dst=WORLD6) / ICMPv6EchoRequest(id=5, data=b"abcdefgh")
+    assert passes(node.client.egress(ping)[0])
+    quote = IPv6(src=CLIENT6, dst=WORLD6) / ICMPv6EchoRequest(id=5, data=b"abcdefgh")
+    err = eth() / IPv6(src=ROUTER6, dst=CLIENT6) / ICMPv6TimeExceeded() / quote
+    res, out = node.client.ingress(err)
+    assert passes(res) and bytes(out) == bytes(err)
+    other = IPv6(src=CLIENT6, dst=WORLD6) / ICMPv6EchoRequest(id=6, data=b"abcdefgh")
+    assert dropped(node.client.ingress(eth() / IPv6(src=ROUTER6, dst=CLIENT6) /
+                                       ICMPv6TimeExceeded() / other)[0], "DROP_POLICY")

@@ -256,12 +256,56 @@ struct icmp_inner {
 	__be16 dport;
 };
 
+/* The quoted packet's ports as conntrack keys its flow (ct_tuple_ports):
+ * TCP/UDP/SCTP ports; for a quoted ICMP echo request or reply, the
+ * identifier (request: source side, reply: destination side).  *l4* points
+ * at the quoted L4 header (RFC 792 quotes 8 bytes of it; ports and the echo
+ * identifier lie in the first 6).
+ * -DROP_UNKNOWN_L4 for anything else: no tracked flow can be named by it. */
+static __always_inline int __icmp_inner_ports(void *l4, void *data_end, __u32 l4_off,
+					      __u32 end, struct icmp_inner *in)
+{
+	__be16 *ports = l4;
+	__u8 type;
+
+	switch (in->proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		if ((void *)(ports + 2) > data_end || !pkt_within_l3(l4_off, 4, end))
+			return -DROP_INVALID;
+		in->sport = ports[0];
+		in->dport = ports[1];
+		return 0;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		/* Each case bounds its own reads: the verifier cannot carry "not
+		 * ICMP" from a shared check into the switch. */
+		if ((void *)(ports + 3) > data_end || !pkt_within_l3(l4_off, 6, end))
+			return -DROP_INVALID;
+		type = *(__u8 *)l4;
+		in->sport = 0;
+		in->dport = 0;
+		if (type == ICMP_ECHO || type == ICMPV6_ECHO_REQUEST)
+			in->sport = ports[2];
+		else if (type == ICMP_ECHOREPLY || type == ICMPV6_ECHO_REPLY)
+			in->dport = ports[2];
+		else
+			return -DROP_UNKNOWN_L4;
+		/* An ICMPv4 echo quoted as ICMPv6 (or the reverse) names nothing. */
+		if ((in->proto == IPPROTO_ICMP) != (type == ICMP_ECHO || type == ICMP_ECHOREPLY))
+			return -DROP_UNKNOWN_L4;
+		return 0;
+	default:
+		return -DROP_UNKNOWN_L4;
+	}
+}
+
 static __always_inline int icmp4_error_inner(void *data, void *data_end,
 					     const struct pkt_meta *m, struct icmp_inner *in)
 {
 	struct iphdr *ip4 = data + PKT_OFF(m->l4_off) + 8;	/* after the 8-byte ICMP header */
 	int hlen = ipv4_hdr_len(ip4, data_end);
-	__be16 *ports;
 
 	if (hlen < 0)
 		return hlen;
@@ -272,14 +316,8 @@ static __always_inline int icmp4_error_inner(void *data, void *data_end,
 	in->proto = ip4->protocol;
 	in->saddr.p[0] = ip4->saddr;
 	in->daddr.p[0] = ip4->daddr;
-	if (in->proto != IPPROTO_TCP && in->proto != IPPROTO_UDP)
-		return -DROP_UNKNOWN_L4;
-	ports = (void *)ip4 + hlen;	/* RFC 792: at least 8 bytes of the datagram follow */
-	if ((void *)(ports + 2) > data_end || !pkt_within_l3(in->l4_off, 4, m->l3_end))
-		return -DROP_INVALID;
-	in->sport = ports[0];
-	in->dport = ports[1];
-	return 0;
+	/* RFC 792: at least 8 bytes of the datagram follow its header. */
+	return __icmp_inner_ports((void *)ip4 + hlen, data_end, in->l4_off, m->l3_end, in);
 }
 
 /* The quoted packet's extension headers are walked as the packet's own are
@@ -291,7 +329,6 @@ static __always_inline int icmp6_error_inner(void *data, void *data_end,
 	struct ipv6hdr *ip6 = data + PKT_OFF(m->l4_off) + 8;
 	__u8 nexthdr, flags = 0;
 	__be32 frag_id = 0;	/* unused: a quote is never reassembled */
-	__be16 *ports;
 	int off;
 
 	if ((void *)(ip6 + 1) > data_end || !pkt_within_l3(m->l4_off + 8, sizeof(*ip6), m->l3_end))
@@ -307,17 +344,10 @@ static __always_inline int icmp6_error_inner(void *data, void *data_end,
 	if (flags & PKT_F_LATER_FRAGMENT)
 		return -DROP_UNKNOWN_L4;
 	in->proto = nexthdr;
-	if (in->proto != IPPROTO_TCP && in->proto != IPPROTO_UDP)
-		return -DROP_UNKNOWN_L4;
 	if (off > CB_PKT_OFF_MASK)
 		return -DROP_INVALID;
 	in->l4_off = off;
-	ports = data + PKT_OFF(off);
-	if ((void *)(ports + 2) > data_end || !pkt_within_l3(off, 4, m->l3_end))
-		return -DROP_INVALID;
-	in->sport = ports[0];
-	in->dport = ports[1];
-	return 0;
+	return __icmp_inner_ports(data + PKT_OFF(off), data_end, off, m->l3_end, in);
 }
 
 /* The quoted L4 checksum, if the quote (which ends at *end*) reaches it:

@@ -7,7 +7,8 @@
  * NodePort and HostPort seen from a pod) and from_netdev (NodePort and
  * HostPort from outside).
  *
- * API: svc4_translate(), svc6_translate(), svc4_is_vip(), svc6_is_vip()
+ * API: svc4_translate(), svc6_translate(), svc4_commit(), svc6_commit(),
+ *      svc4_is_vip(), svc6_is_vip()
  */
 #ifndef CB_SVC_H
 #define CB_SVC_H
@@ -58,6 +59,37 @@ static __always_inline struct lb_service *svc6_is_vip(const union v6addr *daddr)
 	return lb6_lookup_service(daddr, 0, 0);
 }
 
+/* A new flow's service entry, which the caller writes (svc*_commit) once the
+ * packet has passed every check after the translation: a packet that policy
+ * then drops must leave no state behind. */
+struct svc4_pending {
+	struct ct4_tuple t;
+	struct ct_state st;
+	bool new_flow;
+};
+
+struct svc6_pending {
+	struct ct6_tuple t;
+	struct ct_state st;
+	bool new_flow;
+};
+
+static __always_inline int svc4_commit(const struct svc4_pending *pend, const struct pkt_meta *m,
+				       __u32 len, __u32 now)
+{
+	struct ct4_tuple t = pend->t;
+
+	return pend->new_flow ? ct4_create(&t, &pend->st, m->tcp_flags, len, now) : 0;
+}
+
+static __always_inline int svc6_commit(const struct svc6_pending *pend, const struct pkt_meta *m,
+				       __u32 len, __u32 now)
+{
+	struct ct6_tuple t = pend->t;
+
+	return pend->new_flow ? ct6_create(&t, &pend->st, m->tcp_flags, len, now) : 0;
+}
+
 static __always_inline bool __svc_reselect(__u8 state, const struct pkt_meta *m)
 {
 	/* Existing connections stay with a terminating or maintained backend;
@@ -70,10 +102,12 @@ static __always_inline bool __svc_reselect(__u8 state, const struct pkt_meta *m)
 
 /* Translate *m* (to frontend svc) to a backend.  On return *st carries the
  * rev_nat_index and backend id for the flow's conntrack entry, and *m the
- * new destination.  0, or a negative drop reason. */
+ * new destination.  A new flow's service entry goes to *pend for the caller
+ * to commit, or is written here when pend is NULL (from_netdev, whose packet
+ * has no verdict left to take here).  0, or a negative drop reason. */
 static __always_inline int svc4_translate(struct __sk_buff *skb, struct pkt_meta *m,
 					  const struct lb_service *svc, struct ct_state *st,
-					  __u64 cookie, __u32 now)
+					  __u64 cookie, __u32 now, struct svc4_pending *pend)
 {
 	struct ct4_tuple t = {
 		.daddr = m->daddr.p[0], .saddr = m->saddr.p[0],
@@ -83,6 +117,7 @@ static __always_inline int svc4_translate(struct __sk_buff *skb, struct pkt_meta
 	struct lb4_backend *be = NULL;
 	struct ct_entry *ce;
 	__u32 backend_id = 0;
+	bool new_flow = false;
 	int ret;
 
 	ce = ct4_lookup_service(&t, now);
@@ -103,11 +138,7 @@ static __always_inline int svc4_translate(struct __sk_buff *skb, struct pkt_meta
 		be = lb4_lookup_backend(backend_id);
 		if (!be)
 			return -DROP_NO_SERVICE;
-		st->backend_id = backend_id;
-		st->rev_nat_index = svc->rev_nat_index;
-		ret = ct4_create(&t, st, m->tcp_flags, skb->len, now);
-		if (ret < 0)
-			return ret;
+		new_flow = true;
 	}
 	/* SCTP's CRC32c covers the ports but not the addresses: an address-only
 	 * DNAT keeps it valid, a port change would need it recomputed over the
@@ -117,6 +148,17 @@ static __always_inline int svc4_translate(struct __sk_buff *skb, struct pkt_meta
 		return -DROP_CSUM_L4;
 	st->backend_id = backend_id;
 	st->rev_nat_index = svc->rev_nat_index;
+	if (new_flow) {
+		if (pend) {
+			pend->t = t;
+			pend->st = *st;
+			pend->new_flow = true;
+		} else {
+			ret = ct4_create(&t, st, m->tcp_flags, skb->len, now);
+			if (ret < 0)
+				return ret;
+		}
+	}
 	lb_count_service(svc->rev_nat_index, skb->len);
 	ret = nat4_rewrite_dst(skb, m, be->address, be->port);
 	if (ret < 0)
@@ -128,7 +170,7 @@ static __always_inline int svc4_translate(struct __sk_buff *skb, struct pkt_meta
 
 static __always_inline int svc6_translate(struct __sk_buff *skb, struct pkt_meta *m,
 					  const struct lb_service *svc, struct ct_state *st,
-					  __u64 cookie, __u32 now)
+					  __u64 cookie, __u32 now, struct svc6_pending *pend)
 {
 	struct ct6_tuple t = {
 		.dport = m->dport, .sport = m->sport,
@@ -137,6 +179,7 @@ static __always_inline int svc6_translate(struct __sk_buff *skb, struct pkt_meta
 	struct lb6_backend *be = NULL;
 	struct ct_entry *ce;
 	__u32 backend_id = 0;
+	bool new_flow = false;
 	int ret;
 
 	t.daddr = m->daddr;
@@ -159,11 +202,7 @@ static __always_inline int svc6_translate(struct __sk_buff *skb, struct pkt_meta
 		be = lb6_lookup_backend(backend_id);
 		if (!be)
 			return -DROP_NO_SERVICE;
-		st->backend_id = backend_id;
-		st->rev_nat_index = svc->rev_nat_index;
-		ret = ct6_create(&t, st, m->tcp_flags, skb->len, now);
-		if (ret < 0)
-			return ret;
+		new_flow = true;
 	}
 	/* SCTP's CRC32c covers the ports but not the addresses: an address-only
 	 * DNAT keeps it valid, a port change would need it recomputed over the
@@ -173,6 +212,17 @@ static __always_inline int svc6_translate(struct __sk_buff *skb, struct pkt_meta
 		return -DROP_CSUM_L4;
 	st->backend_id = backend_id;
 	st->rev_nat_index = svc->rev_nat_index;
+	if (new_flow) {
+		if (pend) {
+			pend->t = t;
+			pend->st = *st;
+			pend->new_flow = true;
+		} else {
+			ret = ct6_create(&t, st, m->tcp_flags, skb->len, now);
+			if (ret < 0)
+				return ret;
+		}
+	}
 	lb_count_service(svc->rev_nat_index, skb->len);
 	ret = nat6_rewrite_dst(skb, m, &be->address, be->port);
 	if (ret < 0)

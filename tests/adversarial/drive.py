@@ -18,7 +18,7 @@ from . import node as N
 from . import wire as W
 
 #: fixes other engineers are merging now: failures in these buckets are expected
-#: until the lead merges them (semantics.md, "Findings" in the brief)
+#: until the lead merges them (SPEC.md, "Findings" in the brief)
 KNOWN = {
     "l4-past-tot-len": "L4 headers past tot_len (-> 134)",
     "icmp-quote-bounded": "ICMP quote writes bounded by tot_len",

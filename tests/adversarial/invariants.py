@@ -1,4 +1,4 @@
-"""The checks every packet's outcome must meet, from semantics.md "Invariants":
+"""The checks every packet's outcome must meet, from SPEC.md "Invariants":
 
 - the verdict is OK, SHOT or REDIRECT (REFUSED only for frames the kernel will not run:
   shorter than an Ethernet header);

@@ -1,4 +1,4 @@
-"""A model of one chainbench node written from semantics.md and the RFCs (not from
+"""A model of one chainbench node written from SPEC.md and the RFCs (not from
 harness/lb/reference.py or harness/policy/reference.py): given a frame and the
 program it enters, predict the verdict and the exact output bytes, keeping its own
 conntrack, SNAT and fragment tables.
@@ -146,7 +146,7 @@ class Oracle:
             self._ipc_cache[a] = got
         return got
 
-    # -- policy (semantics.md 5c, 5d) ---------------------------------------------------
+    # -- policy (SPEC.md 5c, 5d) ---------------------------------------------------
     @staticmethod
     def policy(d: DirPolicy, identity: int, proto: int, port: int, later: bool) -> object:
         has_deny = any(r.deny for r in d.rules)

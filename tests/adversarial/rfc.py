@@ -165,7 +165,7 @@ def segment(proto: int, v6: bool, src, dst, *, sport=0, dport=0, flags=0x02, pay
     return bytes(seg)
 
 
-# -- parsing (the spec's rules, semantics.md "Parsing") ----------------------------------
+# -- parsing (the spec's rules, SPEC.md "Parsing") ----------------------------------
 
 class Parsed:
     """What the spec's parser sees in a frame.  kind: "invalid" (134), "other"
