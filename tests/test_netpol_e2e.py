@@ -37,6 +37,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP, SCTPChunkInit, SCTPChunkInitAck
 
 from harness import datapath
+from harness.bpf import Collection
 from harness.lb.state import desired_state
 from harness.policy.program import PolicyControl, endpoint_ids
 from harness.policy.resolve import resolve
@@ -46,6 +47,7 @@ from harness.testing import checksum_errors, eth
 from . import lbkit as K
 from .netpol_e2e_cases import CASES, NAMESPACES, PODS, Case, IPBlock, Policy, Probe
 from .nodekit import Node, verdict
+from .support import object_path
 
 NODE = "cb-node0"
 IDS = endpoint_ids(PODS)
@@ -192,7 +194,9 @@ def run_probe(node: Node, eps: dict, probe: Probe, family: int, via_service: boo
         for to in PODS:
             if frm == to:
                 continue            # upstream: ignoreLoopback
-            why = connect(node, eps, frm, to, probe.protocol, probe.port, next(sports), family, via_service)
+            sport = next(sports)
+            assert sport <= 65535, "out of client source ports: give the cells fewer ports each"
+            why = connect(node, eps, frm, to, probe.protocol, probe.port, sport, family, via_service)
             got = why == "ok"
             marks[(frm, to)] = ("." if got else "X") if got == expected[(frm, to)] else "*"
             if got != expected[(frm, to)]:
@@ -204,25 +208,47 @@ def run_probe(node: Node, eps: dict, probe: Probe, family: int, via_service: boo
     return [table(marks, how)] + wrong
 
 
+class _Cluster:
+    """The node, its nine endpoints, one PolicyControl and the client source ports."""
+
+    def __init__(self, load) -> None:
+        self.node = Node(load)
+        self.eps = {ref: self.node.endpoint(IDS[ref], IP4[ref], IP6[ref]) for ref in PODS}
+        datapath.lb_control(self.node.coll).apply(desired_state(services_scenario()))
+        self.control = PolicyControl(self.node.coll.maps)
+        self.sports = itertools.count(1024)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One node for every case: loading nine lxc programs takes about 4 s, so a node
+    per case would make this file take minutes.  Cases stay independent: each step's
+    apply() programs the complete policy state (ipcache and every endpoint), and every
+    cell of the module is a connection with a source port of its own, so no conntrack
+    entry of one cell (or case) is ever looked up by another."""
+    opened: list[Collection] = []
+
+    def load(name: str, **kwargs) -> Collection:
+        opened.append(Collection.load(str(object_path(name)), **kwargs))
+        return opened[-1]
+    c = _Cluster(load)
+    yield c
+    c.node.close()
+    for coll in opened:
+        coll.close()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_netpol_e2e(load, case: Case):
-    node = Node(load)
-    try:
-        eps = {ref: node.endpoint(IDS[ref], IP4[ref], IP6[ref]) for ref in PODS}
-        datapath.lb_control(node.coll).apply(desired_state(services_scenario()))
-        control = PolicyControl(node.coll.maps)
-        sports = itertools.count(1024)
-        failures: list[str] = []
-        cells = 0
-        for i, step in enumerate(case.steps):
-            for family in (4, 6):
-                control.apply(resolve(scenario(case, i, family), local_node=NODE), IDS)
-                for probe in step.probes:
-                    for via_service in (False, True):
-                        cells += len(PODS) * (len(PODS) - 1)
-                        failures += run_probe(node, eps, probe, family, via_service, sports)
-        mismatched = sum(1 for f in failures if " -> " in f)
-        print(f"{case.name}: {cells - mismatched}/{cells} cells match")
-        assert not failures, f"{mismatched}/{cells} cells differ from upstream\n" + "\n".join(failures)
-    finally:
-        node.close()
+def test_netpol_e2e(cluster, case: Case):
+    failures: list[str] = []
+    cells = 0
+    for i, step in enumerate(case.steps):
+        for family in (4, 6):
+            cluster.control.apply(resolve(scenario(case, i, family), local_node=NODE), IDS)
+            for probe in step.probes:
+                for via_service in (False, True):
+                    cells += len(PODS) * (len(PODS) - 1)
+                    failures += run_probe(cluster.node, cluster.eps, probe, family, via_service, cluster.sports)
+    mismatched = sum(1 for f in failures if " -> " in f)
+    print(f"{case.name}: {cells - mismatched}/{cells} cells match")
+    assert not failures, f"{mismatched}/{cells} cells differ from upstream\n" + "\n".join(failures)
