@@ -1171,7 +1171,6 @@ class _Kind:
 
 _OBJECT_KEYS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 _KINDS: dict[tuple[str, str], _Kind] = {
-    ("v1", "Namespace"): _Kind("Namespace", "dns-label", _OBJECT_KEYS, _parse_namespace),
     ("v1", "Pod"): _Kind("Pod", "dns-subdomain", _OBJECT_KEYS, _parse_pod),
     ("v1", "Service"): _Kind("Service", "dns-1035", _OBJECT_KEYS, _parse_service),
     ("discovery.k8s.io/v1", "EndpointSlice"): _Kind("EndpointSlice", "dns-subdomain", _SLICE_KEYS,
@@ -1180,6 +1179,7 @@ _KINDS: dict[tuple[str, str], _Kind] = {
                                                      _parse_network_policy),
     ("cilium.io/v2", "CiliumNetworkPolicy"): _Kind("CiliumNetworkPolicy", "dns-subdomain",
                                                    _OBJECT_KEYS | {"specs"}, _parse_cilium_network_policy),
+    ("v1", "Namespace"): _Kind("Namespace", "dns-label", _OBJECT_KEYS, _parse_namespace),
 }
 _KNOWN = ", ".join(f"{api} {kind}" for api, kind in _KINDS) + ", v1 List"
 _LIST_KEYS = frozenset({"apiVersion", "kind", "items", "metadata"})
