@@ -43,12 +43,13 @@ def plugin_dir() -> str:
 def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
        datapath_kind: str = "bpf", progress=None, *,
        node_datapaths: dict[str, str] | None = None,
-       lb_map_max: int | None = None) -> TopologyState:
+       lb_map_max: int | None = None, np_ipblock: str | None = None) -> TopologyState:
     """Build the topology with *datapath_kind* on every node, or, with
     *node_datapaths* ({node: bpf|iptables|nftables|none}; the topology's datapath is
     then "mixed"), each node its own (none: the primary CNI only, no service
     handling: a node that only hosts backends).  *lb_map_max* sizes the LB maps of
-    BPF nodes (Cilium's --bpf-lb-map-max)."""
+    BPF nodes (Cilium's --bpf-lb-map-max); *np_ipblock* what a NetworkPolicy ipBlock
+    selects on them (harness.policy.resolve; default "pods")."""
     from harness.cni.runtime import discover_cni_path
     from harness.topology.plan import plan_topology
     path = os.path.abspath(scenario_path)
@@ -70,14 +71,16 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
                 for name, kind in kinds.items()}
     cni_path = discover_cni_path() + ([plugin_dir()] if "bpf" in kinds.values() else [])
     try:
-        if lb_map_max is not None:
+        if lb_map_max is not None or np_ipblock is not None:
             from harness import node_config
             for name, kind in kinds.items():
-                if kind == "bpf":
+                if kind == "bpf" and lb_map_max is not None:
                     node_config.save(name, lb_map_max)
+                if kind == "bpf" and np_ipblock is not None:
+                    node_config.save_np_ipblock(name, np_ipblock)
         state = topology.build(plan, cni_path=cni_path, progress=progress, per_node=per_node)
     except BaseException:
-        if lb_map_max is not None:
+        if lb_map_max is not None or np_ipblock is not None:
             from harness import node_config
             for name in kinds:
                 node_config.remove(name)

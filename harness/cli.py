@@ -84,7 +84,7 @@ def cmd_test_run(args) -> int:
     rodata.update(_parse_rodata(args.rodata))
     with Collection.load(str(obj), rodata=rodata or None) as coll:
         if scenario is not None:
-            programming.program_maps(coll, scenario, endpoint)
+            programming.program_maps(coll, scenario, endpoint, {"np_ipblock": args.netpol_ipblock})
         results = []
         for result in testrun.run_packets(testrun.Runner(coll, prog), packets, args.repeat):
             results.append(result)
@@ -251,7 +251,7 @@ def cmd_lb_apply(args) -> int:
 def cmd_identities(args) -> int:
     from harness.policy.resolve import format_identities, resolve
     from harness.scenario import load_scenario
-    state = resolve(load_scenario(args.file))
+    state = resolve(load_scenario(args.file), np_ipblock=args.netpol_ipblock)
     rows = format_identities(state)
     if args.output == "json":
         print(json.dumps([{"id": int(i), "labels": labels} for i, labels in rows], indent=1))
@@ -267,7 +267,7 @@ def cmd_policy_apply(args) -> int:
     from harness.policy.resolve import resolve
     from harness.scenario import load_scenario
     scenario = load_scenario(args.file)
-    state = resolve(scenario, local_node=args.node)
+    state = resolve(scenario, local_node=args.node, np_ipblock=args.netpol_ipblock)
     registry = EndpointRegistry(args.node)
     local = {p.ref for p in scenario.pods if p.node_name == args.node and not p.host_network}
     for ep in state.endpoints:
@@ -403,7 +403,7 @@ def cmd_up(args) -> int:
         raise UsageError(f"--bpf-lb-map-max {args.bpf_lb_map_max}: expected 1024..16777216")
     state = chaining.up(args.file, args.nodes, args.routing, args.datapath,
                         progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else None,
-                        lb_map_max=args.bpf_lb_map_max)
+                        lb_map_max=args.bpf_lb_map_max, np_ipblock=args.netpol_ipblock)
     pods = [p for p in state.pods if not p.host_network]
     print(f"up: {len(state.nodes)} nodes, {len(pods)} pods, routing {state.routing}, datapath "
           f"{state.datapath} in {time.monotonic() - start:.1f} s")
@@ -502,6 +502,13 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+def _add_netpol_ipblock(p, default: str | None = "pods") -> None:
+    p.add_argument("--netpol-ipblock", choices=("pods", "cidr"), default=default,
+                   help="what a NetworkPolicy ipBlock selects: pods = pod addresses too, as Kubernetes "
+                        "specifies (default); cidr = only addresses outside the cluster, as Cilium "
+                        "does (CiliumNetworkPolicy CIDR rules always do)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainbench",
@@ -530,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rodata", action="append", default=[], metavar="NAME=VALUE",
                    help="set a const volatile knob before load (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per packet")
+    _add_netpol_ipblock(p)
     p.set_defaults(func=cmd_test_run)
 
     p = sub.add_parser("bench", help="run benchmark suites, write results/ and the dashboard")
@@ -574,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "and CIDR identities")
     p.add_argument("-f", "--file", required=True, help="scenario YAML")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _add_netpol_ipblock(p)
     p.set_defaults(func=cmd_identities)
 
     p = sub.add_parser("policy", help="L3/L4 policy of a node's endpoints")
@@ -582,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "pinned maps (each endpoint switches atomically)")
     c.add_argument("-f", "--file", required=True, help="scenario YAML")
     c.add_argument("--node", default="cb-node0")
+    _add_netpol_ipblock(c)
     c.set_defaults(func=cmd_policy_apply)
     c = psub.add_parser("get", help="an endpoint's live policy entries with hit counters "
                                     "(like `cilium bpf policy get`)")
@@ -612,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bpf-lb-map-max", type=int, metavar="N",
                    help="entries of each LB map on BPF nodes (as Cilium's flag; default 65536: "
                         "about 5,000 services x 10 backends)")
+    _add_netpol_ipblock(p, None)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("kube-proxy", help="kube-proxy's rule sets, the baselines")

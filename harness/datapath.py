@@ -117,7 +117,7 @@ def lb_control(coll: Collection):
 
 
 @programming.register("service load balancing", "cb_lb4_services", "cb_lb6_services")
-def _program_lb(coll: Collection, scenario, endpoint) -> None:
+def _program_lb(coll: Collection, scenario, endpoint, settings) -> None:
     from harness.lb.state import desired_state
     lb_control(coll).apply(desired_state(scenario))
 
@@ -130,11 +130,12 @@ def test_run_endpoint_ids(scenario) -> dict[str, int]:
 
 
 @programming.register("policy", "cb_policy", "cb_endpoints", "cb_ipcache")
-def _program_policy(coll: Collection, scenario, endpoint) -> None:
+def _program_policy(coll: Collection, scenario, endpoint, settings) -> None:
     from harness.policy.program import PolicyControl
     from harness.policy.resolve import resolve
     node = endpoint.node_name if endpoint is not None else None
-    PolicyControl(coll.maps).apply(resolve(scenario, local_node=node),
+    PolicyControl(coll.maps).apply(resolve(scenario, local_node=node,
+                                           np_ipblock=settings.get("np_ipblock", "pods")),
                                    test_run_endpoint_ids(scenario))
 
 

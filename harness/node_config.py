@@ -6,6 +6,9 @@ libbpf refuses to reuse a pinned map whose max_entries differ.  So the sizes
 are a node setting, like Cilium's agent flag ``--bpf-lb-map-max``: written by
 ``chainbench up`` before the first pod is added, in
 ``/run/chainbench/<node>/datapath.json``, and read by harness.datapath.load.
+The same file keeps the node's policy settings (``np_ipblock``: what a
+NetworkPolicy ipBlock selects, like Cilium's policy-cidr-match-mode), read
+by harness.node_sync whenever the node's policy is resolved.
 """
 from __future__ import annotations
 
@@ -25,12 +28,37 @@ def path(node: str) -> str:
     return os.path.join(STATE_ROOT, node, "datapath.json")
 
 
+def _read(node: str) -> dict:
+    try:
+        with open(path(node)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def _write(node: str, values: dict) -> None:
+    os.makedirs(os.path.dirname(path(node)), exist_ok=True)
+    with open(path(node), "w") as f:
+        json.dump(values, f)
+
+
 def save(node: str, lb_map_max: int) -> None:
     if not 1024 <= lb_map_max <= 1 << 24:
         raise ValueError(f"--bpf-lb-map-max {lb_map_max}: expected 1024..16777216")
-    os.makedirs(os.path.dirname(path(node)), exist_ok=True)
-    with open(path(node), "w") as f:
-        json.dump({"lb_map_max": lb_map_max}, f)
+    _write(node, {**_read(node), "lb_map_max": lb_map_max})
+
+
+def save_np_ipblock(node: str, mode: str) -> None:
+    """What a NetworkPolicy ipBlock selects on *node* (harness.policy.resolve NP_IPBLOCK_MODES)."""
+    from harness.policy.resolve import NP_IPBLOCK_MODES
+    if mode not in NP_IPBLOCK_MODES:
+        raise ValueError(f"--netpol-ipblock {mode!r}: expected one of {', '.join(NP_IPBLOCK_MODES)}")
+    _write(node, {**_read(node), "np_ipblock": mode})
+
+
+def np_ipblock(node: str) -> str:
+    """*node*'s ipBlock setting ("pods", Kubernetes' semantics, unless set)."""
+    return str(_read(node).get("np_ipblock", "pods"))
 
 
 def remove(node: str) -> None:
@@ -45,11 +73,10 @@ def remove(node: str) -> None:
 def max_entries(node: str, obj_path: str | None = None) -> dict[str, int] | None:
     """Map sizes for loads on *node* (None: the compiled-in defaults), for the
     maps the object at *obj_path* has (all LB maps when not given)."""
-    try:
-        with open(path(node)) as f:
-            size = int(json.load(f)["lb_map_max"])
-    except FileNotFoundError:
+    raw = _read(node).get("lb_map_max")
+    if raw is None:
         return None
+    size = int(raw)
     names = LB_MAPS
     if obj_path is not None:
         from harness.bpf.collection import list_maps

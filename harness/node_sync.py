@@ -14,7 +14,7 @@ import fcntl
 import os
 from typing import Iterator
 
-from harness import datapath
+from harness import datapath, node_config
 from harness.endpoints import STATE_ROOT, EndpointRegistry
 from harness.lb.state import desired_state, node_addresses
 from harness.policy.program import PolicyControl
@@ -42,7 +42,7 @@ def sync_node(node: str, scenario: Scenario) -> str:
         lb = datapath.lb_control(coll)
         lb.restore()
         lb_stats = lb.apply(desired_state(scenario, node_addresses(scenario)))
-        state = resolve(scenario, local_node=node)
+        state = resolve(scenario, local_node=node, np_ipblock=node_config.np_ipblock(node))
         for ep in state.endpoints:
             rec = registry.records.get(ep.pod)
             if rec is not None:

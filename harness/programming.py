@@ -17,25 +17,28 @@ from harness.bpf import Collection
 class Programmer:
     name: str
     maps: frozenset[str]          # the programmer runs when the collection has all of these
-    apply: Callable[[Collection, object, object], None]   # (collection, scenario, endpoint pod)
+    apply: Callable[..., None]    # (collection, scenario, endpoint pod, settings)
 
 
 _PROGRAMMERS: list[Programmer] = []
 
 
 def register(name: str, *maps: str):
-    """Decorator: register ``fn(collection, scenario, endpoint)`` for collections with *maps*."""
+    """Decorator: register ``fn(collection, scenario, endpoint, settings)`` for collections with *maps*
+    (*settings*: node settings such as ``np_ipblock``, see program_maps)."""
     def wrap(fn):
         _PROGRAMMERS.append(Programmer(name, frozenset(maps), fn))
         return fn
     return wrap
 
 
-def program_maps(collection: Collection, scenario, endpoint=None) -> list[str]:
-    """Run the programmers that apply to *collection*; return their names in order."""
+def program_maps(collection: Collection, scenario, endpoint=None, settings: dict | None = None) -> list[str]:
+    """Run the programmers that apply to *collection*; return their names in order.
+    *settings* are node settings a programmer may read (``np_ipblock``: what a
+    NetworkPolicy ipBlock selects, see harness.policy.resolve)."""
     ran = []
     for prog in _PROGRAMMERS:
         if prog.maps <= collection.maps.keys():
-            prog.apply(collection, scenario, endpoint)
+            prog.apply(collection, scenario, endpoint, settings or {})
             ran.append(prog.name)
     return ran

@@ -38,6 +38,7 @@ from harness.policy.model import (
     Rule,
 )
 from harness.policy.reference import verdict
+from harness.policy.resolve import IPBLOCK_SET_LABEL
 from harness.scenario import CiliumNetworkPolicy, ObjectMeta, Scenario, ScenarioError, scenario_from_documents
 
 REPO = Path(__file__).resolve().parents[1]
@@ -689,3 +690,70 @@ def test_resolve_agrees_with_reference(drawn: tuple, data: st.DataObject) -> Non
         want = verdict(scenario, ref, direction, ip, proto, port, local_node=local_node)
         got = matched(state, ref, direction, ip, proto, port)
         assert got == want, (ref, direction, ip, proto, port)
+
+
+# ------------------------------------------------ NetworkPolicy ipBlock, Namespaces
+
+
+def _two_clients(*docs: dict) -> Scenario:
+    """web, and two pods of one label set (one identity until an ipBlock tells them apart)."""
+    return scen(pod("web", {"app": "web"}, ip="198.18.0.10", ip6="2001:db8:1::10"),
+                pod("c1", {"app": "client"}, ip="198.18.0.11", ip6="2001:db8:1::11"),
+                pod("c2", {"app": "client"}, ip="198.18.0.12", ip6="2001:db8:1::12"), *docs)
+
+
+_TO_C1 = np("p", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"],
+                  "egress": [{"to": [{"ipBlock": {"cidr": "198.18.0.0/24", "except": ["198.18.0.12/32"]}}]}]})
+
+
+def test_np_ipblock_selects_exactly_the_pod_addresses_it_covers() -> None:
+    """Issue 11: an ipBlock never matched pod IPs; it must, and exactly: c1's IPv4
+    address (covered) but not c2's (excepted) nor c1's IPv6 one, though all three
+    carry the same labels."""
+    s = _two_clients(_TO_C1, np("q", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]}))
+    state = resolve(s)
+    want = {"198.18.0.11": "allow", "198.18.0.12": "deny-default", "2001:db8:1::11": "deny-default",
+            "198.18.0.13": "allow", "203.0.113.9": "deny-default"}
+    for ip, expected in want.items():
+        assert matched(state, "default/web", "egress", ip, TCP, 80) == expected, ip
+        assert verdict(s, "default/web", "egress", ip, TCP, 80) == expected, ip
+    assert len({lpm(state, ip) for ip in ("198.18.0.11", "198.18.0.12", "2001:db8:1::11")}) == 2
+    split = [i for i in state.identities if any(lbl.startswith(IPBLOCK_SET_LABEL) for lbl in i.labels)]
+    assert lpm(state, "198.18.0.11") in {i.id for i in split}     # (web's own IPv4 address is covered too)
+    assert lpm(state, "198.18.0.12") not in {i.id for i in split}
+    for ip in ("198.18.0.11", "198.18.0.12", "2001:db8:1::11"):   # selectors see one label set
+        assert matched(state, "default/web", "ingress", ip, TCP, 80) == "allow", ip
+
+
+def test_np_ipblock_cidr_mode_and_cnp_cidr_keep_ciliums_semantics() -> None:
+    s = _two_clients(_TO_C1)
+    state = resolve(s, np_ipblock="cidr")
+    assert matched(state, "default/web", "egress", "198.18.0.11", TCP, 80) == "deny-default"
+    assert verdict(s, "default/web", "egress", "198.18.0.11", TCP, 80, np_ipblock="cidr") == "deny-default"
+    assert matched(state, "default/web", "egress", "198.18.0.13", TCP, 80) == "allow"
+    cnp_s = _two_clients(cnp("c", {"endpointSelector": {"matchLabels": {"app": "web"}},
+                                   "egress": [{"toCIDR": ["198.18.0.11/32"]}]}))
+    assert matched(resolve(cnp_s), "default/web", "egress", "198.18.0.11", TCP, 80) == "deny-default"
+    with pytest.raises(ValueError, match="np_ipblock"):
+        resolve(s, np_ipblock="nodes")
+
+
+def _team_policy(team: str | None) -> Scenario:
+    labels = {"team": team} if team else {}
+    return scen(WEB, OTHER_NS,
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other", "labels": labels}},
+                np("p", {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {
+                    "matchLabels": {"team": "blue"}}}]}]}))
+
+
+def test_namespace_labels_select_and_relabelling_changes_the_verdict() -> None:
+    """Issue 11: namespace labels other than kubernetes.io/metadata.name could not be
+    expressed; a Namespace's labels become its pods' namespace labels."""
+    for team, expected in (("blue", "allow"), (None, "deny-default"), ("red", "deny-default")):
+        s = _team_policy(team)
+        state = resolve(s, allow_localhost=False)
+        assert matched(state, "default/web", "ingress", "198.18.1.12", TCP, 80) == expected, team
+        assert verdict(s, "default/web", "ingress", "198.18.1.12", TCP, 80, allow_localhost=False) == expected
+    labels = [i.labels for i in resolve(_team_policy("blue")).identities if i.kind == "endpoint"]
+    assert any("k8s:io.cilium.k8s.namespace.labels.team=blue" in lbls for lbls in labels)

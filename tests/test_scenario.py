@@ -130,6 +130,7 @@ def test_scenario_error_is_always_one_line() -> None:
 _SVC = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: %s\n"
 _POD = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n%s"
 _NP = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np}\nspec:\n%s"
+_NS = "apiVersion: v1\nkind: Namespace\nmetadata: %s\n"
 _CNP = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: cnp}\nspec:\n%s"
 _SLICE = ("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, labels: %s}\n"
           "addressType: %s\nendpoints: [{addresses: [%s]}]\n")
@@ -156,7 +157,7 @@ ERRORS = [
     ("unknown kind", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
      "document 1 (Deployment default/d): kind: unknown kind apps/v1 Deployment (known: v1 Pod, v1 Service, "
      "discovery.k8s.io/v1 EndpointSlice, networking.k8s.io/v1 NetworkPolicy, cilium.io/v2 CiliumNetworkPolicy, "
-     "v1 List)"),
+     "v1 Namespace, v1 List)"),
     ("known kind, wrong apiVersion", "apiVersion: v1\nkind: NetworkPolicy\nmetadata: {name: np}\n",
      "document 1 (NetworkPolicy default/np): apiVersion: NetworkPolicy must be networking.k8s.io/v1, got 'v1'"),
     ("unknown field in a CNP", _CNP % "  endpointSelector: {}\n  ingress:\n  - fromEndpoint: [{}]\n",
@@ -220,6 +221,17 @@ ERRORS = [
      "document 2 (Pod default/p): spec.hostNetwork: must be a boolean, got an integer (1)"),
     ("document is not a mapping", "- a\n- b\n",
      "document 1: a document must be a mapping (a Kubernetes object), got a list"),
+    ("Namespace is cluster-scoped", _NS % "{name: y, namespace: z}",
+     "document 1 (Namespace y): metadata.namespace: a Namespace is cluster-scoped: remove metadata.namespace"),
+    ("Namespace name label is its name", _NS % "{name: y, labels: {kubernetes.io/metadata.name: z}}",
+     "document 1 (Namespace y): metadata.labels[kubernetes.io/metadata.name]: must be the namespace's name 'y' "
+     "(the API server sets it), got 'z'"),
+    ("Namespace label value", _NS % "{name: y, labels: {team: 'a b'}}",
+     "document 1 (Namespace y): metadata.labels[team]: 'a b' is not a valid label value (at most 63 "
+     "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric)"),
+    ("Namespace spec", _NS % "{name: y}" + "spec: {owner: me}\n", "document 1 (Namespace y): spec.owner: unknown field"),
+    ("duplicate Namespace", _NS % "{name: y}" + "---\n" + _NS % "{name: y}",
+     "document 2 (Namespace y): metadata.name: duplicate Namespace y (already defined in document 1)"),
 ]
 
 
@@ -571,3 +583,10 @@ def test_check_cli_summary() -> None:
     assert "3 services, 3 endpointslices" in result.stdout
     result = _check(str(MINIMAL), "--endpoint", "default/ghost")
     assert result.returncode == 2 and result.stderr == f"{MINIMAL}: pod default/ghost is not in the scenario\n"
+
+
+def test_namespace_objects_give_namespaces_their_labels() -> None:
+    s = load_scenario_text(_NS % "{name: y, labels: {team: blue}}" + "---\n" + _POD % "", source="t.yaml")
+    assert [n.ref for n in s.namespaces] == ["y"]
+    assert s.namespace_labels("y") == {"team": "blue", "kubernetes.io/metadata.name": "y"}
+    assert s.namespace_labels("default") == {"kubernetes.io/metadata.name": "default"}

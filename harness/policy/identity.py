@@ -6,10 +6,12 @@ Labels
 
     - every pod label as ``k8s:key=value``;
     - ``k8s:io.kubernetes.pod.namespace=<ns>``;
-    - ``k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=<ns>``:
-      scenarios have no Namespace objects, so the automatic
-      ``kubernetes.io/metadata.name`` label is the only namespace label
-      (this is what a NetworkPolicy namespaceSelector can match);
+    - ``k8s:io.cilium.k8s.namespace.labels.<key>=<value>`` for every label of
+      the pod's namespace, as Cilium copies them: the scenario's Namespace
+      object's labels plus the automatic ``kubernetes.io/metadata.name``
+      (a namespace without an object has only that one); this is what a
+      NetworkPolicy namespaceSelector matches, so relabelling a Namespace
+      changes its pods' identities;
     - ``k8s:io.cilium.k8s.policy.cluster=default`` (what the ``cluster``
       entity selects).
 
@@ -164,11 +166,14 @@ def format_label(source: str, key: str, value: str) -> str:
     return f"{source}:{key}={value}" if value else f"{source}:{key}"
 
 
-def security_labels(pod: Pod) -> tuple[str, ...]:
-    """The sorted identity labels of *pod* (see the module docstring)."""
+def security_labels(pod: Pod, namespace_labels: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The sorted identity labels of *pod* (see the module docstring); *namespace_labels*
+    are its namespace's labels (Scenario.namespace_labels; default: only the name)."""
     ns = pod.meta.namespace
     labels = dict(pod.meta.labels)
     labels[NAMESPACE_LABEL] = ns
+    for key, value in (namespace_labels or {NAMESPACE_NAME_LABEL: ns}).items():
+        labels[NAMESPACE_META_PREFIX + key] = value
     labels[NAMESPACE_META_PREFIX + NAMESPACE_NAME_LABEL] = ns
     labels[CLUSTER_LABEL] = CLUSTER_NAME
     return tuple(sorted(format_label("k8s", k, v) for k, v in labels.items() if is_identity_label("k8s", k)))

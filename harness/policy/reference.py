@@ -9,7 +9,10 @@ containment, entities by the remote's kind, and ports against the rule.  It
 exists so that tests can compare it with harness.policy.resolve: the two
 share only the definition of which labels count (identity.security_labels)
 and of node addresses (identity.node_addresses); everything else is written
-separately here.  The semantics are those documented in resolve.py.
+separately here.  The semantics are those documented in resolve.py: with
+``np_ipblock="pods"`` (the default) a NetworkPolicy ipBlock matches pod
+addresses too, and the pods "sharing the remote's identity" (for named ports)
+are those with its labels whose address is covered by the same ipBlocks.
 
 For ICMP, *port* is the ICMP type.  Unsupported policy fields raise
 ValueError (resolve reports them properly).
@@ -39,11 +42,12 @@ class _Remote:
     ip: IPAddress
     labels: dict[str, dict[str, str]]           # source -> {key: value}
     pod: Pod | None = None
+    np_ipblock: str = "pods"                    # resolve()'s setting: what an ipBlock matches
 
 
-def _labels_of(pod: Pod) -> dict[str, dict[str, str]]:
+def _labels_of(scenario: Scenario, pod: Pod) -> dict[str, dict[str, str]]:
     out: dict[str, str] = {}
-    for label in security_labels(pod):
+    for label in security_labels(pod, scenario.namespace_labels(pod.meta.namespace)):
         rest = label.split(":", 1)[1]
         key, _, value = rest.partition("=")
         out[key] = value
@@ -92,15 +96,15 @@ def _holds(reqs: Iterable[tuple[str, str, str, set]], labels: Mapping[str, Mappi
 
 
 def _classify(scenario: Scenario, ip: IPAddress, nodes: Mapping[str, Iterable[IPAddress]] | None,
-              local_node: str | None) -> _Remote:
+              local_node: str | None, np_ipblock: str) -> _Remote:
     for pod in scenario.pods:
         if not pod.host_network and ip in pod.pod_ips:
-            return _Remote("pod", ip, _labels_of(pod), pod)
+            return _Remote("pod", ip, _labels_of(scenario, pod), pod, np_ipblock)
     for name, addrs in node_addresses(scenario, nodes, local_node).items():
         if ip in addrs:
             kind = "host" if name == local_node else "remote-node"
-            return _Remote(kind, ip, {"reserved": {kind: ""}})
-    return _Remote("world", ip, {"reserved": {"world": ""}})
+            return _Remote(kind, ip, {"reserved": {kind: ""}}, None, np_ipblock)
+    return _Remote("world", ip, {"reserved": {"world": ""}}, None, np_ipblock)
 
 
 # ------------------------------------------------------------------- ports
@@ -111,9 +115,34 @@ def _ports_of(pods: Iterable[Pod], name: str, proto: int) -> set[int]:
             if cp.name.lower() == name and _PROTO_NUMBERS[cp.protocol] == proto}
 
 
-def _same_identity(scenario: Scenario, pod: Pod) -> list[Pod]:
-    mine = security_labels(pod)
-    return [p for p in scenario.pods if not p.host_network and p.pod_ips and security_labels(p) == mine]
+def _ipblocks(scenario: Scenario) -> set[tuple[str, tuple[str, ...]]]:
+    """Every NetworkPolicy ipBlock, as (cidr, excepts) with canonical prefixes."""
+    out = set()
+    for np in scenario.network_policies:
+        for direction, key in (("ingress", "from"), ("egress", "to")):
+            for rule in np.spec.get(direction) or []:
+                for peer in rule.get(key) or []:
+                    block = peer.get("ipBlock")
+                    if block is not None:
+                        out.add((str(ipaddress.ip_network(block["cidr"], strict=False)),
+                                 tuple(sorted(str(ipaddress.ip_network(e, strict=False))
+                                              for e in block.get("except") or ()))))
+    return out
+
+
+def _coverage(scenario: Scenario, ip: IPAddress, np_ipblock: str) -> frozenset:
+    if np_ipblock != "pods":
+        return frozenset()
+    return frozenset(b for b in _ipblocks(scenario) if _in_cidr(ip, b[0], b[1]))
+
+
+def _same_identity(scenario: Scenario, remote: _Remote) -> list[Pod]:
+    """Pods with an address of the remote's identity: its labels, its ipBlock coverage."""
+    mine = security_labels(remote.pod, scenario.namespace_labels(remote.pod.meta.namespace))
+    covered = _coverage(scenario, remote.ip, remote.np_ipblock)
+    return [p for p in scenario.pods if not p.host_network and p.pod_ips
+            and security_labels(p, scenario.namespace_labels(p.meta.namespace)) == mine
+            and any(_coverage(scenario, a, remote.np_ipblock) == covered for a in p.pod_ips)]
 
 
 def _named_port(scenario: Scenario, local: Pod, remote: _Remote, direction: str, name: str, proto: int) -> int | None:
@@ -121,7 +150,7 @@ def _named_port(scenario: Scenario, local: Pod, remote: _Remote, direction: str,
     if direction == "ingress":
         found = _ports_of([local], name, proto)
     elif remote.pod is not None:
-        found = _ports_of(_same_identity(scenario, remote.pod), name, proto)
+        found = _ports_of(_same_identity(scenario, remote), name, proto)
     else:
         return None
     return next(iter(found)) if len(found) == 1 else None
@@ -221,7 +250,7 @@ def _cnp_verdicts(scenario: Scenario, local: Pod, direction: str, remote: _Remot
                   proto: int, port: int) -> tuple[bool, bool, bool]:
     """(enforced, some allow matches, some deny matches) over every CNP rule."""
     enforced = allow = deny = False
-    local_labels = _labels_of(local)
+    local_labels = _labels_of(scenario, local)
     for cnp in scenario.cilium_network_policies:
         ns = cnp.meta.namespace
         for rule in cnp.rules:
@@ -250,16 +279,17 @@ def _cnp_verdicts(scenario: Scenario, local: Pod, direction: str, remote: _Remot
 # ---------------------------------------------------------------------- NP
 
 
-def _np_peer_matches(peer: Mapping[str, Any], namespace: str, remote: _Remote) -> bool:
+def _np_peer_matches(scenario: Scenario, peer: Mapping[str, Any], namespace: str, remote: _Remote) -> bool:
     block = peer.get("ipBlock")
     if block is not None:
-        return remote.kind == "world" and _in_cidr(remote.ip, block["cidr"], block.get("except") or ())
+        kinds = ("world", "pod") if remote.np_ipblock == "pods" else ("world",)
+        return remote.kind in kinds and _in_cidr(remote.ip, block["cidr"], block.get("except") or ())
     if remote.kind != "pod":
         return False
     ns_sel, pod_sel = peer.get("namespaceSelector"), peer.get("podSelector")
     if ns_sel is None:
         return remote.pod.meta.namespace == namespace and _holds(_requirements(pod_sel, False), remote.labels)
-    ns_labels = {"k8s": {"kubernetes.io/metadata.name": remote.pod.meta.namespace}}
+    ns_labels = {"k8s": scenario.namespace_labels(remote.pod.meta.namespace)}
     return _holds(_requirements(ns_sel, False), ns_labels) and _holds(_requirements(pod_sel, False), remote.labels)
 
 
@@ -272,7 +302,7 @@ def _np_verdicts(scenario: Scenario, local: Pod, direction: str, remote: _Remote
         spec = np.spec
         if np.meta.namespace != local.meta.namespace:
             continue
-        if not _holds(_requirements(spec.get("podSelector"), False), _labels_of(local)):
+        if not _holds(_requirements(spec.get("podSelector"), False), _labels_of(scenario, local)):
             continue
         types = spec.get("policyTypes") or (["Ingress"] + (["Egress"] if spec.get("egress") else []))
         if ptype not in types:
@@ -280,7 +310,7 @@ def _np_verdicts(scenario: Scenario, local: Pod, direction: str, remote: _Remote
         enforced = True
         for rule in spec.get(direction) or []:
             peers = rule.get(peers_key) or []
-            if peers and not any(_np_peer_matches(p, np.meta.namespace, remote) for p in peers):
+            if peers and not any(_np_peer_matches(scenario, p, np.meta.namespace, remote) for p in peers):
                 continue
             ports = rule.get("ports") or []
             if not ports or any(_port_matches(scenario, local, remote, direction, _PROTO_NUMBERS[p.get("protocol") or "TCP"],
@@ -303,6 +333,7 @@ def verdict(
     nodes: Mapping[str, Iterable[IPAddress]] | None = None,
     local_node: str | None = None,
     allow_localhost: bool = True,
+    np_ipblock: str = "pods",
 ) -> Verdict:
     """What the policies decide for a connection of endpoint *pod_ref* with *remote_ip*.
 
@@ -317,7 +348,7 @@ def verdict(
         raise ValueError(f"pod {local.ref} is not an endpoint (hostNetwork or no IP)")
     ip = ipaddress.ip_address(remote_ip) if isinstance(remote_ip, str) else remote_ip
     number = _PROTO_NUMBERS[proto] if isinstance(proto, str) else proto
-    remote = _classify(scenario, ip, nodes, local_node)
+    remote = _classify(scenario, ip, nodes, local_node, np_ipblock)
     cnp_enforced, cnp_allow, deny = _cnp_verdicts(scenario, local, direction, remote, number, port)
     np_enforced, np_allow = _np_verdicts(scenario, local, direction, remote, number, port)
     enforced = cnp_enforced or np_enforced

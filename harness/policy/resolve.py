@@ -35,9 +35,23 @@ CIDRs (fromCIDR, fromCIDRSet, ipBlock)
     prefix lies inside its cidr and inside none of its excepts.  With the
     ipcache's longest-prefix match this selects exactly the addresses in
     cidr minus excepts (Cilium's "carve-out": except prefixes are
-    ``DoesNotExist cidr:<except>`` requirements).  CIDR peers never select
-    pods or nodes (Cilium's default policy-cidr-match-mode): their /32 and
-    /128 entries are longer and carry their own identities.  A /0 prefix
+    ``DoesNotExist cidr:<except>`` requirements).  CiliumNetworkPolicy CIDR
+    peers never select pods or nodes (Cilium's default policy-cidr-match-mode):
+    their /32 and /128 entries are longer and carry their own identities.
+    A NetworkPolicy ipBlock also selects every pod address inside cidr and
+    outside its excepts, as Kubernetes specifies (the upstream e2e tests
+    allow egress to a pod's /32, except a pod, ...); with
+    ``np_ipblock="cidr"`` it behaves like a Cilium CIDR rule instead (what
+    Cilium does, cilium/cilium#19601).  Node addresses are never selected
+    by either.  Identities are per label set, but an ipBlock may cover some
+    addresses of one label set and not others (some of its pods; a pod's
+    IPv4 address and not its IPv6 one): resolution is exact by splitting
+    such a set into one identity per coverage (the set of pod-selecting
+    ipBlocks containing the address), each carrying the extra label
+    ``chainbench:io.chainbench.ipblock-set=<hash of those ipBlocks>``
+    (addresses no ipBlock covers keep the plain identity); selectors never
+    see that label (no selector may name the ``chainbench`` source), so
+    they match every part alike.  A /0 prefix
     also gets a CIDR identity (and an ipcache entry), so ``0.0.0.0/0``
     selects all IPv4 outside the cluster but no IPv6: the model has one
     world identity for both families where Cilium in dual-stack mode has
@@ -67,6 +81,7 @@ one-line ScenarioError naming the field.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -108,7 +123,11 @@ from harness.policy.selectors import (
 from harness.scenario.errors import ScenarioError
 from harness.scenario.model import CiliumNetworkPolicy, IPAddress, NetworkPolicy, Pod, Scenario
 
-__all__ = ["resolve", "format_identities", "ICMP_TYPES", "ALLOW_LOCALHOST_SOURCE"]
+__all__ = ["resolve", "format_identities", "ICMP_TYPES", "ALLOW_LOCALHOST_SOURCE", "NP_IPBLOCK_MODES",
+           "IPBLOCK_SET_LABEL"]
+
+#: What a NetworkPolicy ipBlock selects (resolve's np_ipblock): see the CIDRs section.
+NP_IPBLOCK_MODES = ("pods", "cidr")
 
 ALLOW_LOCALHOST_SOURCE = "allow-localhost"
 _TCP, _UDP, _SCTP = PROTOCOLS["TCP"], PROTOCOLS["UDP"], PROTOCOLS["SCTP"]
@@ -147,6 +166,12 @@ class _Peer:
     cidr: IPNetwork | None = None
     excepts: tuple[IPNetwork, ...] = ()
     entity: str = ""
+    pods: bool = False                       # a NetworkPolicy ipBlock that also selects pod addresses
+
+    def covers(self, addr: IPAddress) -> bool:
+        """Whether a CIDR peer contains *addr* (inside cidr, outside every except)."""
+        return (addr.version == self.cidr.version and addr in self.cidr  # type: ignore[union-attr, operator]
+                and not any(addr in e for e in self.excepts))
 
 
 _ANY_PEER = _Peer("any")
@@ -349,7 +374,7 @@ def _np_ports(rule: Mapping[str, Any]) -> tuple[_Port, ...] | None:
     return tuple(out)
 
 
-def _compile_np(np: NetworkPolicy) -> _Policy:
+def _compile_np(np: NetworkPolicy, ipblock_pods: bool) -> _Policy:
     spec = np.spec
     ns = np.meta.namespace
     types = spec.get("policyTypes") or (["Ingress"] + (["Egress"] if spec.get("egress") else []))
@@ -367,18 +392,19 @@ def _compile_np(np: NetworkPolicy) -> _Policy:
                 block = peer.get("ipBlock")
                 if block is not None:
                     peers.append(_Peer("cidr", cidr=_net(block["cidr"]),
-                                       excepts=tuple(_net(e) for e in block.get("except") or ())))
+                                       excepts=tuple(_net(e) for e in block.get("except") or ()),
+                                       pods=ipblock_pods))
                 else:
                     peers.append(_Peer("selector", selector=np_peer_selector(peer, ns, f"{path}.{peers_key}[{j}]")))
             entries.append((direction, _Entry(False, tuple(peers) or (_ANY_PEER,), _np_ports(rule))))  # type: ignore[arg-type]
     return _Policy(f"{np.KIND} {np.ref}", subject, frozenset(enforces), tuple(entries))
 
 
-def _compile(scenario: Scenario) -> list[_Policy]:
+def _compile(scenario: Scenario, ipblock_pods: bool) -> list[_Policy]:
     out: list[_Policy] = []
     for np in scenario.network_policies:
         try:
-            out.append(_compile_np(np))
+            out.append(_compile_np(np, ipblock_pods))
         except PolicyFieldError as err:
             raise scenario.error(np, err.field, err.message) from None
     for cnp in scenario.cilium_network_policies:
@@ -390,6 +416,36 @@ def _compile(scenario: Scenario) -> list[_Policy]:
 
 
 # ================================================================== resolution
+
+
+IPBLOCK_SET_LABEL = "chainbench:io.chainbench.ipblock-set"
+
+
+def _split_by_ipblocks(endpoints: list[Pod], labels: Mapping[str, tuple[str, ...]],
+                       policies: list[_Policy]) -> dict[IPAddress, tuple[str, ...]]:
+    """Each pod address's identity labels: its pod's, plus IPBLOCK_SET_LABEL when the
+    pod-selecting ipBlocks containing it differ between addresses of that label set."""
+    blocks = sorted({peer for policy in policies for _, entry in policy.entries for peer in entry.peers
+                     if peer.kind == "cidr" and peer.pods}, key=_block_text)
+    coverage = {addr: tuple(_block_text(b) for b in blocks if b.covers(addr))
+                for pod in endpoints for addr in pod.pod_ips}
+    seen: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
+    for pod in endpoints:
+        for addr in pod.pod_ips:
+            seen.setdefault(labels[pod.ref], set()).add(coverage[addr])
+    out: dict[IPAddress, tuple[str, ...]] = {}
+    for pod in endpoints:
+        for addr in pod.pod_ips:
+            lbls, covered = labels[pod.ref], coverage[addr]
+            if len(seen[lbls]) > 1 and covered:
+                digest = hashlib.sha256("\n".join(covered).encode()).hexdigest()[:12]
+                lbls = tuple(sorted(lbls + (f"{IPBLOCK_SET_LABEL}={digest}",)))
+            out[addr] = lbls
+    return out
+
+
+def _block_text(peer: _Peer) -> str:
+    return " except ".join([str(peer.cidr)] + [str(e) for e in sorted(peer.excepts, key=str)])
 
 
 def _host_net(addr: IPAddress) -> IPNetwork:
@@ -412,8 +468,9 @@ class _Resolver:
 
     def __init__(self, scenario: Scenario, endpoints: list[Pod], policies: list[_Policy]) -> None:
         self.endpoints = endpoints
-        self.labels = {p.ref: security_labels(p) for p in endpoints}
-        self.ids = IdentityAllocator().allocate(self.labels.values())
+        self.labels = {p.ref: security_labels(p, scenario.namespace_labels(p.meta.namespace)) for p in endpoints}
+        self.addr_labels = _split_by_ipblocks(endpoints, self.labels, policies)
+        self.ids = IdentityAllocator().allocate(self.addr_labels.values())
         self.cidr_ids = allocate_cidr_identities(_policy_prefixes(policies))
         self.views: dict[int, LabelView] = {i: LabelView(lbls) for i, lbls in RESERVED_LABELS.items()}
         self.endpoint_ids = set()
@@ -427,16 +484,21 @@ class _Resolver:
         self.id_ports: dict[int, dict[tuple[str, int], set[int]]] = {}
         for pod in endpoints:
             mine = self.pod_ports.setdefault(pod.ref, {})
-            theirs = self.id_ports.setdefault(self.identity(pod), {})
+            theirs = [self.id_ports.setdefault(i, {}) for i in sorted({self.address_identity(a) for a in pod.pod_ips})]
             for cp in pod.container_ports:
                 if cp.name:
                     key = (cp.name.lower(), PROTOCOLS[cp.protocol])
                     mine.setdefault(key, set()).add(cp.container_port)
-                    theirs.setdefault(key, set()).add(cp.container_port)
+                    for ports in theirs:
+                        ports.setdefault(key, set()).add(cp.container_port)
         self._selected: dict[_Peer, frozenset[int]] = {}
 
+    def address_identity(self, addr: IPAddress) -> int:
+        return self.ids[self.addr_labels[addr]]
+
     def identity(self, pod: Pod) -> int:
-        return self.ids[self.labels[pod.ref]]
+        """The endpoint's own identity: its primary address's."""
+        return self.address_identity(pod.pod_ips[0])
 
     def select(self, peer: _Peer) -> frozenset[int]:
         """Identities one peer term selects ({ANY_IDENTITY} for the wildcard)."""
@@ -452,6 +514,8 @@ class _Resolver:
                 if prefix.version == cidr.version and prefix.subnet_of(cidr)  # type: ignore[union-attr, arg-type]
                 and not any(prefix.subnet_of(e) for e in peer.excepts)  # type: ignore[arg-type]
             )
+            if peer.pods:        # exact: every address of a split identity is covered alike
+                result |= {self.address_identity(a) for a in self.addr_labels if peer.covers(a)}
         else:
             selectors = (peer.selector,) if peer.kind == "selector" else ENTITY_SELECTORS[peer.entity]
             result = frozenset(i for i, view in self.views.items()
@@ -525,7 +589,7 @@ def _ipcache(scenario: Scenario, r: _Resolver, nodes: Mapping[str, Iterable[IPAd
         for addr in pod.pod_ips:
             if addr in owners:
                 raise scenario.error(pod, "status.podIPs", f"{addr} is also an address of a node")
-            entries[_host_net(addr)] = r.identity(pod)
+            entries[_host_net(addr)] = r.address_identity(addr)
     order = sorted(entries, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
     return tuple(IpcacheEntry(n, entries[n]) for n in order)
 
@@ -536,16 +600,24 @@ def resolve(
     local_node: str | None = None,
     *,
     allow_localhost: bool = True,
+    np_ipblock: str = "pods",
 ) -> PolicyState:
     """Resolve *scenario*'s policies for the datapath.
 
+    *np_ipblock* says what a NetworkPolicy ipBlock selects: "pods" (as
+    Kubernetes specifies: addresses outside the cluster and pod addresses;
+    the default) or "cidr" (as Cilium's default policy-cidr-match-mode:
+    only addresses outside the cluster, like CNP toCIDR/fromCIDR, which
+    always behave so).
     *nodes* maps node names to addresses (default: the address plan's for
     the nodes the pods name, see identity.node_addresses); *local_node*'s
     addresses get ID_HOST, every other node's ID_REMOTE_NODE (all of them
     when *local_node* is None).  Raises ScenarioError for policies using
     unsupported fields.
     """
-    policies = _compile(scenario)
+    if np_ipblock not in NP_IPBLOCK_MODES:
+        raise ValueError(f"np_ipblock {np_ipblock!r}: expected one of {', '.join(NP_IPBLOCK_MODES)}")
+    policies = _compile(scenario, np_ipblock == "pods")
     endpoints = sorted((p for p in scenario.pods if not p.host_network and p.pod_ips), key=lambda p: p.ref)
     r = _Resolver(scenario, endpoints, policies)
     identities = [Identity(i, lbls, "reserved") for i, lbls in RESERVED_LABELS.items()]

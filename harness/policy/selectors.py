@@ -30,8 +30,9 @@ Namespaces (pkg/k8s/apis/cilium.io/utils, pkg/k8s/network_policy.go)
       ``io.cilium.k8s.namespace.labels.<key>`` pod labels, and it always
       requires the namespace label to exist: it selects pods only, never host
       or world (``{}``: every pod; as Kubernetes specifies, and Cilium since
-      cilium/cilium#46996); with a podSelector the two are ANDed.  Scenarios have no Namespace objects, so only
-      ``kubernetes.io/metadata.name`` can match.
+      cilium/cilium#46996); with a podSelector the two are ANDed.  A namespace's
+      labels are its Namespace object's (if the scenario has one) plus
+      ``kubernetes.io/metadata.name`` (identity.security_labels).
 
 Entities (pkg/policy/api/entity.go) are selectors too: see ENTITY_SELECTORS.
 """

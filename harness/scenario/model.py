@@ -206,7 +206,32 @@ class CiliumNetworkPolicy:
         return ((self.spec,) if self.spec is not None else ()) + self.specs
 
 
-KubeObject = Union[Pod, Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy]
+# --------------------------------------------------------------------- Namespace
+
+#: The label the API server puts on every Namespace (its name; immutable).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """v1 Namespace: only its labels matter (NetworkPolicy namespaceSelector).
+
+    Cluster-scoped: ``meta.namespace`` is "" and ``ref`` is the name.  A namespace
+    that pods or policies use without a Namespace object has just the automatic
+    ``kubernetes.io/metadata.name`` label (see Scenario.namespace_labels).
+    """
+
+    KIND: ClassVar[str] = "Namespace"
+    API_VERSION: ClassVar[str] = "v1"
+
+    meta: ObjectMeta
+
+    @property
+    def ref(self) -> str:
+        return self.meta.name
+
+
+KubeObject = Union[Pod, Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, Namespace]
 
 
 # ---------------------------------------------------------------------- Scenario
@@ -232,6 +257,7 @@ class Scenario:
     endpoint_slices: tuple[EndpointSlice, ...] = ()
     network_policies: tuple[NetworkPolicy, ...] = ()
     cilium_network_policies: tuple[CiliumNetworkPolicy, ...] = ()
+    namespaces: tuple[Namespace, ...] = ()
     _pods: dict = field(init=False, repr=False, compare=False)
     _services: dict = field(init=False, repr=False, compare=False)
     _slices: dict = field(init=False, repr=False, compare=False)
@@ -248,6 +274,14 @@ class Scenario:
     def nodes(self) -> tuple[str, ...]:
         """Sorted distinct ``spec.nodeName`` values of the pods."""
         return tuple(sorted({p.node_name for p in self.pods if p.node_name}))
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        """The labels of namespace *name*: its Namespace object's, plus the automatic
+        ``kubernetes.io/metadata.name`` (all a namespace without an object has)."""
+        for ns in self.namespaces:
+            if ns.meta.name == name:
+                return {**ns.meta.labels, NAMESPACE_NAME_LABEL: name}
+        return {NAMESPACE_NAME_LABEL: name}
 
     def pod(self, ref: str) -> Pod:
         """The pod named ``"ns/name"`` (or ``"name"`` in namespace default)."""
@@ -277,6 +311,6 @@ class Scenario:
             source=self.source,
             document=obj.meta.document or None,
             kind=obj.KIND,
-            ref=obj.meta.ref,
+            ref=obj.ref,
             field=obj.meta.field_prefix + field_path,
         )

@@ -45,6 +45,7 @@ from harness.addressing import SERVICE_CIDR_V4, SERVICE_CIDR_V6, AddressPlanErro
 from harness.scenario.errors import FieldError, ScenarioError
 from harness.scenario.model import (
     DEFAULT_AFFINITY_TIMEOUT,
+    NAMESPACE_NAME_LABEL,
     SERVICE_NAME_LABEL,
     CiliumNetworkPolicy,
     ContainerPort,
@@ -52,6 +53,7 @@ from harness.scenario.model import (
     EndpointPort,
     EndpointSlice,
     IPAddress,
+    Namespace,
     NetworkPolicy,
     ObjectMeta,
     Pod,
@@ -1138,6 +1140,27 @@ def _parse_cilium_network_policy(obj: dict, meta: ObjectMeta, cache: dict) -> Ci
     return CiliumNetworkPolicy(meta, checked, rules)
 
 
+# ---------------------------------------------------------------------- Namespace
+
+_NS_SPEC_KEYS = frozenset({"finalizers"})
+_NS_STATUS_KEYS = frozenset({"phase", "conditions"})
+
+
+def _parse_namespace(obj: dict, meta: ObjectMeta, cache: dict) -> Namespace:
+    """A Namespace: cluster-scoped, its labels are what namespaceSelectors match."""
+    raw = obj.get("metadata") or {}
+    if raw.get("namespace") is not None:
+        raise FieldError("metadata.namespace", "a Namespace is cluster-scoped: remove metadata.namespace")
+    given = meta.labels.get(NAMESPACE_NAME_LABEL)
+    if given is not None and given != meta.name:
+        raise FieldError(f"metadata.labels[{NAMESPACE_NAME_LABEL}]",
+                         f"must be the namespace's name {meta.name!r} (the API server sets it), got {given!r}")
+    for key, allowed in (("spec", _NS_SPEC_KEYS), ("status", _NS_STATUS_KEYS)):
+        if obj.get(key) is not None:
+            _check_keys(_mapping(obj[key], key), key, allowed)
+    return Namespace(dataclasses.replace(meta, namespace=""))
+
+
 # ========================================================================= builder
 
 
@@ -1159,6 +1182,7 @@ _KINDS: dict[tuple[str, str], _Kind] = {
                                                      _parse_network_policy),
     ("cilium.io/v2", "CiliumNetworkPolicy"): _Kind("CiliumNetworkPolicy", "dns-subdomain",
                                                    _OBJECT_KEYS | {"specs"}, _parse_cilium_network_policy),
+    ("v1", "Namespace"): _Kind("Namespace", "dns-label", _OBJECT_KEYS, _parse_namespace),
 }
 _KNOWN = ", ".join(f"{api} {kind}" for api, kind in _KINDS) + ", v1 List"
 _LIST_KEYS = frozenset({"apiVersion", "kind", "items", "metadata"})
@@ -1175,6 +1199,7 @@ class _Builder:
         self.slices: list[EndpointSlice] = []
         self.policies: list[NetworkPolicy] = []
         self.cilium_policies: list[CiliumNetworkPolicy] = []
+        self.namespaces: list[Namespace] = []
         self.pod_ip_owner: dict[IPAddress, Pod] = {}
         self.node_host_ip: dict[str, Pod] = {}
         self.cache: dict = {}
@@ -1188,7 +1213,7 @@ class _Builder:
 
     def fail(self, obj: Any, field: str, message: str) -> ScenarioError:
         meta: ObjectMeta = obj.meta
-        return self.fail_at(meta.document, meta.field_prefix, obj.KIND, meta.ref, field, message)
+        return self.fail_at(meta.document, meta.field_prefix, obj.KIND, obj.ref, field, message)
 
     # -- documents
 
@@ -1219,16 +1244,17 @@ class _Builder:
         ref = None
         if isinstance(meta_raw, dict) and isinstance(meta_raw.get("name"), str):
             ns = meta_raw.get("namespace")
-            ref = f"{ns if isinstance(ns, str) and ns else 'default'}/{meta_raw['name']}"
+            ref = (meta_raw["name"] if kind == "Namespace"
+                   else f"{ns if isinstance(ns, str) and ns else 'default'}/{meta_raw['name']}")
         try:
             spec = self._kind(api, kind)
             _check_keys(obj, "", spec.top_keys)
             meta = _meta(obj, spec.name_rule, document, prefix)
-            ref = meta.ref
+            ref = meta.name if spec.kind == "Namespace" else meta.ref
             parsed = spec.parse(obj, meta, self.cache)
         except FieldError as err:
             raise self.fail_at(document, prefix, shown_kind, ref, err.field, err.message) from None
-        key = (spec.kind, meta.namespace, meta.name)
+        key = (spec.kind, "" if spec.kind == "Namespace" else meta.namespace, meta.name)
         if key in self.seen:
             raise self.fail_at(document, prefix, spec.kind, ref, "metadata.name",
                                f"duplicate {spec.kind} {ref} (already defined in document {self.seen[key]})")
@@ -1241,6 +1267,8 @@ class _Builder:
             self.slices.append(parsed)
         elif isinstance(parsed, NetworkPolicy):
             self.policies.append(parsed)
+        elif isinstance(parsed, Namespace):
+            self.namespaces.append(parsed)
         else:
             self.cilium_policies.append(parsed)
 
@@ -1365,6 +1393,7 @@ class _Builder:
             endpoint_slices=tuple(self.slices),
             network_policies=tuple(self.policies),
             cilium_network_policies=tuple(self.cilium_policies),
+            namespaces=tuple(self.namespaces),
         )
 
 
