@@ -347,6 +347,10 @@ static __always_inline int icmp6_error_inner(void *data, void *data_end,
 	if (off > CB_PKT_OFF_MASK)
 		return -DROP_INVALID;
 	in->l4_off = off;
+	/* Kept masked: clang drops the mask after the check above, and 5.10's
+	 * verifier, which lost that bound, then refuses the pointer (its
+	 * variable offset may exceed 0xffff: "R2 offset is outside of the packet"). */
+	barrier_var(off);
 	return __icmp_inner_ports(data + PKT_OFF(off), data_end, off, m->l3_end, in);
 }
 

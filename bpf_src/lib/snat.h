@@ -15,7 +15,8 @@
  * A new flow's port, from [CB_SNAT_PORT_MIN, CB_SNAT_PORT_MAX]: the flow
  * hash's port, then CB_SNAT_RETRIES random ones (as Cilium retries), a port
  * held by an expired mapping being as good as a free one; then, on kernels
- * with bpf_loop (5.17+), every port from the hashed one on, so a flow is
+ * with bpf_loop (5.17+; the CB_NO_BPF_LOOP build for older ones stops after
+ * the random probes), every port from the hashed one on, so a flow is
  * refused only when the range is really exhausted.  SCTP keeps the client's
  * port: its CRC32c covers the ports, and a port change would need it
  * recomputed over the whole packet.
@@ -209,8 +210,13 @@ struct __snat6_alloc {
 	bool found;
 };
 
+#ifndef CB_NO_BPF_LOOP
 /* bpf_loop callbacks (called, so not inlined): try port start + i + 1.
- * Return 1 to stop the loop. */
+ * Return 1 to stop the loop.  A callback is loaded as a function pointer
+ * (ld_imm64 BPF_PSEUDO_FUNC), which verifiers before 5.13 refuse wherever it
+ * stands, dead branch or not ("number of funcs in func_info doesn't match
+ * number of subprogs" on 5.10): the Makefile also builds this object with
+ * CB_NO_BPF_LOOP, and the loader takes that build on kernels without bpf_loop. */
 static long __snat4_scan_one(__u32 i, void *ctx)
 {
 	struct __snat4_alloc *a = ctx;
@@ -228,6 +234,7 @@ static long __snat6_scan_one(__u32 i, void *ctx)
 	a->found = __snat_try(&cb_snat6_rev, &a->key, &a->val, a->now, &a->tally);
 	return a->found;
 }
+#endif /* CB_NO_BPF_LOOP */
 
 /* The probes every kernel runs: the hashed port, then random ones.  *dport
  * is the port field of *key*, which differs by family. */
@@ -296,10 +303,10 @@ static __always_inline __be16 snat4_assign(__be32 client, __be16 cport, __be32 b
 		a.start = flow_hash4(client, backend, cport, bport, proto, 0) % CB_SNAT_PORT_SPAN;
 		a.found = __snat_probe(&cb_snat4_rev, &a.key, &a.key.dport, &a.val, a.start,
 				       now, &a.tally);
-		/* bpf_loop's callback is resolved at load; CO-RE tells whether the
-		 * kernel has the helper, and the verifier drops the dead branch. */
-		if (!a.found && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_loop))
+#ifndef CB_NO_BPF_LOOP
+		if (!a.found)
 			bpf_loop(CB_SNAT_PORT_SPAN, __snat4_scan_one, &a, 0);
+#endif
 	}
 	__snat_count(SNAT_STATS_V4, &a.tally, a.found);
 	if (!a.found)
@@ -364,8 +371,10 @@ static __always_inline __be16 snat6_assign(const union v6addr *client, __be16 cp
 		a.start = flow_hash6(client, backend, cport, bport, proto, 0) % CB_SNAT_PORT_SPAN;
 		a.found = __snat_probe(&cb_snat6_rev, &a.key, &a.key.dport, &a.val, a.start,
 				       now, &a.tally);
-		if (!a.found && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_loop))
+#ifndef CB_NO_BPF_LOOP
+		if (!a.found)
 			bpf_loop(CB_SNAT_PORT_SPAN, __snat6_scan_one, &a, 0);
+#endif
 	}
 	__snat_count(SNAT_STATS_V6, &a.tally, a.found);
 	if (!a.found)

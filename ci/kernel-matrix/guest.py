@@ -93,7 +93,8 @@ def load_objects(obj_dir: Path, out: Path) -> tuple[dict, dict]:
     objects: dict[str, dict] = {}
     programs: dict[str, dict[str, str]] = {}
     logdir = out / "verifier"
-    for path in sorted(obj_dir.glob("*.bpf.o")):
+    from harness.paths import loadable_objects
+    for path in loadable_objects(obj_dir):
         name = path.name
         t0 = time.monotonic()
         try:
