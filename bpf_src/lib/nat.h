@@ -346,11 +346,12 @@ static __always_inline int icmp6_error_inner(void *data, void *data_end,
 	in->proto = nexthdr;
 	if (off > CB_PKT_OFF_MASK)
 		return -DROP_INVALID;
-	in->l4_off = off;
-	/* Kept masked: clang drops the mask after the check above, and 5.10's
-	 * verifier, which lost that bound, then refuses the pointer (its
-	 * variable offset may exceed 0xffff: "R2 offset is outside of the packet"). */
+	/* Hidden from clang before it is stored: knowing off <= the mask from the
+	 * check above, clang drops every PKT_OFF() mask of in->l4_off later on,
+	 * and 5.10's verifier, which lost that bound, then refuses the pointers
+	 * (variable offset up to 0x1ffff: "R2 offset is outside of the packet"). */
 	barrier_var(off);
+	in->l4_off = off;
 	return __icmp_inner_ports(data + PKT_OFF(off), data_end, off, m->l3_end, in);
 }
 
