@@ -1,16 +1,20 @@
-"""Before/after a datapath change: the micro suite on two builds, interleaved.
+"""Before/after a datapath change: the micro suite in two checkouts, interleaved.
 
-    python -m bench.compare_builds --baseline /path/to/old/build [--rounds 3] [micro options]
+    git worktree add /tmp/before <commit> && make -C /tmp/before build
+    python -m bench.compare_builds --baseline /tmp/before [--rounds 3] [micro options]
 
-Each round runs ``chainbench bench micro`` once per build (``CHAINBENCH_BUILD_DIR``
-selects the objects), alternating which build goes first, so machine noise lands on
-both alike.  Every run measures its own floor (the empty program), so the figure
-compared is ns above the floor; the ratio after/before is taken within each round and
-summarised (median, min, max) over the rounds.  Nothing is written to results/.
+Each round runs ``chainbench bench micro`` once in each checkout (with that
+checkout's harness and objects: struct mirrors are checked against each object's
+BTF, so old objects need their own harness), alternating which goes first, so machine
+noise lands on both alike.  Every run measures its own floor (the empty program), so
+the figure compared is ns above the floor; the ratio after/before is taken within
+each round and summarised (median, min, max) over the rounds.  Nothing is written to
+results/.
 
-Both builds must accept the ``const volatile`` settings the current cases set (the
-current build's names): a baseline older than a new setting needs that declaration
-added (declaring an unused constant changes no instruction).
+The two checkouts should time the same cases with the same settings: when the cases
+changed between them (bench/lb_cases.py, bench/policy_cases.py), bring the baseline's
+up to date first, and a baseline object older than a new ``const volatile`` setting
+needs that declaration (declaring an unused constant changes no instruction).
 """
 from __future__ import annotations
 
@@ -25,14 +29,15 @@ from pathlib import Path
 from harness import paths
 
 
-def run_micro(build: Path, micro_args: list[str]) -> dict[str, float]:
-    """One micro run on *build*: case name -> median ns above the floor."""
-    env = {**os.environ, "CHAINBENCH_BUILD_DIR": str(build)}
+def run_micro(tree: Path, micro_args: list[str]) -> dict[str, float]:
+    """One micro run in checkout *tree* (its harness, its build/): case name -> median
+    ns above the floor."""
+    env = {k: v for k, v in os.environ.items() if k != "CHAINBENCH_BUILD_DIR"}
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "micro", "--no-write",
                            "--no-dashboard", "--json", *micro_args],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env, cwd=tree)
     if proc.returncode != 0:
-        raise RuntimeError(f"micro on {build} failed ({proc.returncode}): "
+        raise RuntimeError(f"micro in {tree} failed ({proc.returncode}): "
                            f"{proc.stderr.strip().splitlines()[-1:]}")
     start = proc.stdout.index("\n{") + 1
     doc = json.loads(proc.stdout[start:])
@@ -62,16 +67,17 @@ def compare(before: Path, after: Path, rounds: int, micro_args: list[str]) -> di
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", type=Path, required=True, help="build directory of 'before'")
-    ap.add_argument("--build", type=Path, default=paths.build_dir(), help="build of 'after'")
+    ap.add_argument("--baseline", type=Path, required=True, help="checkout of 'before', built")
+    ap.add_argument("--tree", type=Path, default=paths.ROOT, help="checkout of 'after' (this one)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args, micro_args = ap.parse_known_args(argv)
-    for d in (args.baseline, args.build):
-        if not (d / "bpf").is_dir():
-            print(f"ERROR: {d}: no bpf/ objects (run make build there)", file=sys.stderr)
+    for d in (args.baseline, args.tree):
+        if not (d / "build" / "bpf").is_dir() or not (d / "harness").is_dir():
+            print(f"ERROR: {d}: not a built checkout (no harness/ or build/bpf/: make build)",
+                  file=sys.stderr)
             return 2
-    result = compare(args.baseline, args.build, args.rounds, micro_args)
+    result = compare(args.baseline.resolve(), args.tree.resolve(), args.rounds, micro_args)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0

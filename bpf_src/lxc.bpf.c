@@ -73,14 +73,22 @@ static __always_inline bool v6addr_equal(const union v6addr *a, const union v6ad
  * between the pod and its gateway, sent from link-local or unspecified
  * addresses: it bypasses the source check, conntrack and policy, as in
  * Cilium.  RFC 4861 has receivers discard NDP whose hop limit is not 255, so
- * only such packets count; every other ICMPv6 type is policed. */
-static __always_inline bool icmp6_is_ndp(struct __sk_buff *skb, const struct pkt_meta *m)
+ * only such packets count; every other ICMPv6 type is policed.  From the pod,
+ * the destination must also be link-scoped (fe80::/10, ff02::/16): the node
+ * would route an "NDP" message to any other address onwards, past policy.
+ * (Unicast NUD probes to a global address meet policy; the kernel falls back
+ * to multicast solicitations.)  To the pod, the node is the only sender. */
+static __always_inline bool icmp6_is_ndp(struct __sk_buff *skb, const struct pkt_meta *m,
+					 bool from_pod)
 {
 	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
 	struct ipv6hdr *ip6 = data + PKT_OFF(m->l3_off);
 	__u8 type = bpf_ntohs(m->dport) >> 8;
+	__u8 d0 = m->daddr.addr[0], d1 = m->daddr.addr[1];
 
 	if (m->l4_proto != IPPROTO_ICMPV6 || !(m->flags & PKT_F_L4) || type < 133 || type > 137)
+		return false;
+	if (from_pod && !(d0 == 0xfe && (d1 & 0xc0) == 0x80) && !(d0 == 0xff && (d1 & 0x0f) == 0x2))
 		return false;
 	if ((void *)(ip6 + 1) > data_end)
 		return false;
@@ -351,7 +359,7 @@ static __always_inline int __from_container6(struct __sk_buff *skb, struct pkt_m
 	enum ct_status status;
 	int ret;
 
-	if (icmp6_is_ndp(skb, m))
+	if (icmp6_is_ndp(skb, m, true))
 		return 0;
 	if (endpoint_id && !endpoint_owns6(&m->saddr))
 		return -DROP_INVALID_SIP;
@@ -573,7 +581,7 @@ static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta 
 	int ret;
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 
-	if (icmp6_is_ndp(skb, m))
+	if (icmp6_is_ndp(skb, m, false))
 		return 0;
 	if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4) && icmp6_is_error(icmp_type)) {
 		ret = to_container_icmp6_error(skb, m, now);

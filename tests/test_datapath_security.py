@@ -317,3 +317,12 @@ def test_an_icmpv6_error_about_the_pods_ping_is_related(node):
     other = IPv6(src=CLIENT6, dst=WORLD6) / ICMPv6EchoRequest(id=6, data=b"abcdefgh")
     assert dropped(node.client.ingress(eth() / IPv6(src=ROUTER6, dst=CLIENT6) /
                                        ICMPv6TimeExceeded() / other)[0], "DROP_POLICY")
+
+
+def test_neighbour_discovery_to_a_routed_address_meets_policy(node):
+    """An "NDP" message to a global address would be routed on by the node: from the
+    pod, only link-scoped NDP is exempt."""
+    na = eth() / IPv6(src=CLIENT6, dst=WORLD6, hlim=255) / ICMPv6Unknown(type=136, msgbody=b"\0" * 20)
+    assert dropped(node.client.egress(na)[0], "DROP_POLICY")
+    ns = eth() / IPv6(src="fe80::40", dst="ff02::1:ff00:1", hlim=255) / ICMPv6ND_NS(tgt="fe80::1")
+    assert passes(node.client.egress(ns)[0])
