@@ -380,6 +380,25 @@ def cmd_ct(args) -> int:
     return EXIT_OK
 
 
+def cmd_snat(args) -> int:
+    from harness import snat
+    maps = _pinned_maps(args)
+    try:
+        if snat.STATS_MAP not in maps:
+            raise UsageError(f"node has no {snat.STATS_MAP} map (its from_netdev predates it)")
+        stats = snat.read_stats(maps)
+    finally:
+        for m in maps.values():
+            m.close()
+    if args.output == "json":
+        print(json.dumps({f"ipv{f}": vars(s) for f, s in stats.items()}, indent=1))
+        return EXIT_OK
+    _print_table(("FAMILY", "ALLOCATED", "COLLISIONS", "REUSED", "EXHAUSTED"),
+                 [(f"IPv{f}", str(s.allocated), str(s.collisions), str(s.reused),
+                   str(s.exhausted)) for f, s in stats.items()])
+    return EXIT_OK
+
+
 def _hostport(addr, port: int) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
@@ -612,6 +631,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", help="node (default: the only node with pinned maps)")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_ct)
+
+    p = sub.add_parser("snat", help="NodePort SNAT port allocation counters of a node: new "
+                                    "mappings, collisions, reused expired ports, exhaustion drops")
+    p.add_argument("snat_command", choices=["stats"])
+    p.add_argument("--node", help="node (default: the only node with pinned maps)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_snat)
 
     p = sub.add_parser("up", help="build the topology: nodes, pods through the real primary CNI, "
                                   "the datapath chained after it")

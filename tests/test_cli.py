@@ -191,6 +191,30 @@ def test_lb_apply_services_and_ct(pinned_node, tmp_path):
     assert "0 entries removed" in chainbench("ct", "flush", "--node", pinned_node).stdout
 
 
+def test_snat_stats(pinned_node):
+    """`chainbench snat stats` reads the pinned allocation counters: one NodePort flow
+    to a backend on another node is one allocation, its second packet none."""
+    from harness import addressing, datapath
+    from harness.lb.state import desired_state
+    from harness.testrun import Runner
+
+    from . import lbkit as K
+    scen = K.scenario(K.service("np", "198.19.0.20", [("http", 80, 8080, "TCP")],
+                                [K.endpoint("198.18.1.20", "cb-node1")], svc_type="NodePort",
+                                node_ports={"http": 31313}))
+    with datapath.load("netdev", pinned_node, pinned=True) as coll:
+        datapath.lb_control(coll).apply(desired_state(scen))
+        runner = Runner(coll, "from_netdev")
+        for flags in ("S", "A"):
+            pkt = K.tcp4(str(addressing.node_ip4(0)), 31313, src="203.0.113.10", sport=50000,
+                         flags=flags)
+            assert runner.run(bytes(pkt)).verdict == "TC_ACT_OK"
+    stats = json.loads(chainbench("snat", "stats", "--node", pinned_node, "-o", "json").stdout)
+    assert stats["ipv4"] == {"allocated": 1, "collisions": 0, "reused": 0, "exhausted": 0}
+    table = chainbench("snat", "stats", "--node", pinned_node).stdout.splitlines()
+    assert table[0].split() == ["FAMILY", "ALLOCATED", "COLLISIONS", "REUSED", "EXHAUSTED"]
+
+
 def test_services_without_a_datapath_is_a_clear_error(tmp_path):
     line = one_line_error(chainbench("services", "--node", "cb-node-none", check_rc=2))
     assert "no datapath is pinned for node cb-node-none" in line
