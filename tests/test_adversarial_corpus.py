@@ -4,9 +4,10 @@ quotes, frame trailers; each outcome checked against the spec's invariants
 (tests/adversarial/invariants.py) and, where the spec is definite, its verdict.
 
 The corpus runs once per module (about 87,000 packets); the tests below read its
-report.  Failures are sorted into the fixes being merged now (one test each: they fail
-until the lead merges that fix) and new findings (test_corpus_has_no_new_findings), and
-the finding found here gets its own reproducer test.
+report.  Failures are sorted into the classes of finding issue 11 fixed (one test each:
+a failure there is a regression of that fix) and new findings
+(test_corpus_has_no_new_findings), and the finding first found here has its own
+reproducer test.
 """
 from __future__ import annotations
 
@@ -58,8 +59,8 @@ def test_corpus_has_no_new_findings(report):
 
 
 @pytest.mark.parametrize("fix", sorted(D.KNOWN))
-def test_corpus_after_in_flight_fix(report, fix):
-    """One test per fix other engineers are merging: it fails until that fix lands."""
+def test_corpus_shows_no_regression_of(report, fix):
+    """One test per class of finding issue 11 fixed (each failed before its fix)."""
     fails = report.known.get(fix, [])
     assert not fails, f"{D.KNOWN[fix]}: {len(fails)} failures, e.g.\n" + "\n".join(
         f"  {f}" for f in fails[:3])

@@ -5,7 +5,7 @@ an oracle written from the RFCs and SPEC.md (tests/adversarial/oracle.py).
 Knobs: CHAINBENCH_FUZZ_PACKETS (packets to compare, default 60,000; `make fuzz` runs
 >= 1,000,000), CHAINBENCH_FUZZ_SEED (first episode seed, default 1).  A mismatch is
 printed with its seed, step, program, packet hex and expected vs got; the tags name
-the open fixes the prediction depends on.
+the features the prediction depends on.
 """
 from __future__ import annotations
 

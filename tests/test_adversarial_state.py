@@ -220,7 +220,7 @@ def test_an_admitted_ingress_flow_is_rechecked_when_the_policy_changes(node, v6)
     assert run(node, "to_container", "web", tcp(c, web, 40010, 80, "A", v6)).short == 133
 
 
-# -- in-flight fixes, as definite cases -------------------------------------------------------
+# -- issue 11's fixes, as definite cases -------------------------------------------------------
 
 @pytest.mark.parametrize("ext", [1, 2, 3, 4])
 def test_a_packet_too_big_quoting_extension_headers_is_related(node, ext):

@@ -1,10 +1,10 @@
 """Running cases through an AdvNode with every invariant and the spec's definite
-expectation checked, and sorting failures into the fixes in flight ("known") and the
-rest ("new").
+expectation checked, and sorting failures into the classes of finding issue 11 fixed
+("known": a failure there is a regression of that fix) and the rest ("new").
 
   drive(node, cases) -> Report     every case run once, in order
   Report.known / .new              {bucket: [Failure]}; .count packets run
-  classify(failure)                the in-flight fix a failure belongs to, or "new"
+  classify(failure)                the fixed class of finding a failure belongs to, or "new"
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from . import invariants as I
 from . import node as N
 from . import wire as W
 
-#: fixes other engineers are merging now: failures in these buckets are expected
-#: until the lead merges them (SPEC.md, "Findings" in the brief)
+#: the classes of finding the corpus first showed and issue 11 fixed: a failure in
+#: one of these buckets is a regression of that fix
 KNOWN = {
     "l4-past-tot-len": "L4 headers past tot_len (-> 134)",
     "icmp-quote-bounded": "ICMP quote writes bounded by tot_len",
@@ -27,7 +27,8 @@ KNOWN = {
     "sctp-services": "SCTP services",
 }
 # (fragment reverse NAT and SNAT port allocation have no corpus classifier: SNAT ports
-# have a definite test in test_adversarial_state.py; fragment reverse NAT has none yet)
+# have a definite test in test_adversarial_state.py, fragments in test_frag_sctp_snat.py
+# and the differential stage)
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Report:
 
     def summary(self, limit: int = 3) -> str:
         lines = [f"{self.count} packets; verdicts {dict(self.outcomes)}"]
-        for title, groups in (("NEW", self.new), ("known (in-flight fixes)", self.known)):
+        for title, groups in (("NEW", self.new), ("regression of a fixed finding", self.known)):
             for bucket, fails in sorted(groups.items()):
                 lines.append(f"{title} {bucket}: {len(fails)}")
                 lines += [f"  {f}" for f in fails[:limit]]

@@ -4,7 +4,7 @@ checked with the same invariants and expectations as tests/test_adversarial_corp
     python -m tests.adversarial.fuzz [--packets 1000000] [--seed 1] [--minutes 28]
 
 Stops at --packets or after --minutes (whichever first), prints the packet count and
-the report (new findings, then failures of the fixes in flight), and exits 1 if there
+the report (new findings, then regressions of fixed findings), and exits 1 if there
 is a new finding or fewer packets ran than asked.  The node's maps are unpinned on
 exit (AdvNode.close), also on Ctrl-C.
 """

@@ -13,8 +13,9 @@ a truncated quote, a deliberately bad checksum) the RFC 1624 update is applied, 
 the input's error is carried, never repaired or introduced.
 
 step() returns a list of mismatch descriptions (empty: the datapath agreed).  Each
-prediction carries tags naming the open fixes it depends on (rfc.Parsed.tags and
-the ones added here), so a report can tell "expected after merge" from new findings.
+prediction carries tags naming the features it depends on (rfc.Parsed.tags and
+the ones added here: fragment tracking, SCTP, quoted extension headers...), so a
+mismatch report points at the area of the datapath involved.
 """
 from __future__ import annotations
 
