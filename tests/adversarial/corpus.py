@@ -213,8 +213,10 @@ def expectation(case: Case, lay: W.Layout | None = None) -> str | int | None:
         s, n = lay.src
         pod = N.PODS[case.pod]
         own = ipaddress.ip_address(pod.ip4 if lay.version == 4 else pod.ip6).packed
+        d, dn = lay.dst
         ndp = (lay.version == 6 and lay.proto == W.ICMP6 and lay.l4 is not None
-               and 133 <= f[lay.l4] <= 137 and f[lay.l3 + 7] == 255)
+               and 133 <= f[lay.l4] <= 137 and f[lay.l3 + 7] == 255
+               and W.link_scoped6(f[d:d + dn]))
         if f[s:s + n] != own and not ndp:
             return 132
     return None

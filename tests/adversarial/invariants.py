@@ -13,7 +13,7 @@
 - a rewritten address is one a NAT of this node can produce (a VIP, node, backend, or
   one of the input's own addresses);
 - a drop creates no conntrack or NAT entry;
-- from_container never passes an IP packet whose source is not the pod's (NDP at hop
+- from_container never passes an IP packet whose source is not the pod's (link-scoped NDP at hop
   limit 255 excepted; non-IP frames are not IP packets).
 
 `check(node, inp, out, created)` returns a list of violations (strings), empty if none.
@@ -94,8 +94,12 @@ def _quoted(f: bytes, q: int, version: int, end: int) -> set[int]:
 
 
 def _is_ndp(f: bytes, lay: W.Layout) -> bool:
-    return (lay.version == 6 and lay.proto == W.ICMP6 and lay.l4 is not None
-            and 133 <= f[lay.l4] <= 137 and f[lay.l3 + 7] == 255)
+    """NDP a pod may send from any source: hop limit 255, to a link-scoped address."""
+    if not (lay.version == 6 and lay.proto == W.ICMP6 and lay.l4 is not None
+            and 133 <= f[lay.l4] <= 137 and f[lay.l3 + 7] == 255):
+        return False
+    d, n = lay.dst
+    return W.link_scoped6(f[d:d + n])
 
 
 def check(inp: bytes, out: N.Outcome, created: frozenset = frozenset(),

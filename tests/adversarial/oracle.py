@@ -486,9 +486,13 @@ class Oracle:
         return svc.backends[0]
 
     # -- programs -----------------------------------------------------------------------
-    def _ndp(self, p) -> bool:
-        return (p.v6 and p.proto == ICMP6 and p.has_l4 and 133 <= p.type <= 137
-                and p.hlim == 255)
+    def _ndp(self, p, from_pod: bool) -> bool:
+        """RFC 4861 NDP (hop limit 255); from a pod only to a link-scoped destination
+        (fe80::/10, or multicast of link scope), which the node never routes on."""
+        if not (p.v6 and p.proto == ICMP6 and p.has_l4 and 133 <= p.type <= 137
+                and p.hlim == 255):
+            return False
+        return not from_pod or rfc.link_scoped6(p.dst)
 
     def _is_error(self, p) -> bool:
         if not p.has_l4 or p.later:
@@ -498,7 +502,7 @@ class Oracle:
         return p.proto == ICMP and p.type in ICMP4_ERRORS
 
     def from_container(self, pod: Pod, p, data: bytes, out: bytes) -> Expect:
-        if self._ndp(p):
+        if self._ndp(p, from_pod=True):
             return Expect(PASS, data)
         own = pod.addr(p.v6)
         if own is None or p.src != own:
@@ -563,7 +567,7 @@ class Oracle:
         return Expect(PASS, data)
 
     def to_container(self, pod: Pod, p, data: bytes) -> Expect:
-        if self._ndp(p):
+        if self._ndp(p, from_pod=False):
             return Expect(PASS, data)
         own = pod.addr(p.v6)
         if self._is_error(p) and own is not None:

@@ -165,6 +165,11 @@ def segment(proto: int, v6: bool, src, dst, *, sport=0, dport=0, flags=0x02, pay
     return bytes(seg)
 
 
+def link_scoped6(addr: bytes) -> bool:
+    """RFC 4291: link-local unicast (fe80::/10) or multicast of link scope (ffx2::)."""
+    return (addr[0] == 0xFE and addr[1] & 0xC0 == 0x80) or (addr[0] == 0xFF and addr[1] & 0x0F == 2)
+
+
 # -- parsing (the spec's rules, SPEC.md "Parsing") ----------------------------------
 
 class Parsed:

@@ -271,3 +271,8 @@ def fix_checksums(f: bytes) -> bytes:
         c = 0xFFFF
     b[p + field:p + field + 2] = c.to_bytes(2, "big")
     return bytes(b)
+
+
+def link_scoped6(addr: bytes) -> bool:
+    """RFC 4291: link-local unicast (fe80::/10) or multicast of link scope (ffx2::)."""
+    return (addr[0] == 0xFE and addr[1] & 0xC0 == 0x80) or (addr[0] == 0xFF and addr[1] & 0x0F == 2)
