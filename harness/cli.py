@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -676,6 +677,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A process started as a background job of a non-interactive shell inherits SIGINT
+    # ignored, and Python then leaves it so: Ctrl-C (or CI's SIGINT) would be lost and
+    # nothing cleaned up.  Take it back (the children we start then get the default).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
     from harness.cni.runtime import CNIError
