@@ -95,25 +95,11 @@ static __always_inline bool icmp6_is_ndp(struct __sk_buff *skb, const struct pkt
 	return ip6->hop_limit == 255;
 }
 
-/* Length of the IP packet (header included) as its header gives it. */
-static __always_inline __u32 ip4_total_len(struct __sk_buff *skb, const struct pkt_meta *m)
+/* Length of the IP packet, header included, as its header gives it (parse.h
+ * recorded where it ends, capped at offset 0xffff: far above any limit here). */
+static __always_inline __u32 ip_total_len(const struct pkt_meta *m)
 {
-	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
-	struct iphdr *ip4 = data + PKT_OFF(m->l3_off);
-
-	if ((void *)(ip4 + 1) > data_end)
-		return 0xffff;
-	return bpf_ntohs(ip4->tot_len);
-}
-
-static __always_inline __u32 ip6_total_len(struct __sk_buff *skb, const struct pkt_meta *m)
-{
-	void *data = ctx_data(skb), *data_end = ctx_data_end(skb);
-	struct ipv6hdr *ip6 = data + PKT_OFF(m->l3_off);
-
-	if ((void *)(ip6 + 1) > data_end)
-		return 0xffff;
-	return sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	return m->l3_end - m->l3_off;
 }
 
 /* The "port" policy rules match: the destination port, or the ICMP type. */
@@ -180,7 +166,7 @@ static __always_inline struct ct_entry *icmp4_related(struct __sk_buff *skb,
 	__be32 pod = to_pod ? m->daddr.p[0] : m->saddr.p[0];
 	__be32 peer = to_pod ? m->saddr.p[0] : m->daddr.p[0];
 
-	if (ip4_total_len(skb, m) > ICMP4_ERROR_MAX_LEN)
+	if (ip_total_len(m) > ICMP4_ERROR_MAX_LEN)
 		return NULL;
 	if (icmp4_error_inner(ctx_data(skb), ctx_data_end(skb), m, in) < 0)
 		return NULL;
@@ -216,7 +202,7 @@ static __always_inline struct ct_entry *icmp6_related(struct __sk_buff *skb,
 	struct ct6_tuple t = {};
 	struct ct_entry *e;
 
-	if (ip6_total_len(skb, m) > ICMP6_ERROR_MAX_LEN)
+	if (ip_total_len(m) > ICMP6_ERROR_MAX_LEN)
 		return NULL;
 	if (icmp6_error_inner(ctx_data(skb), ctx_data_end(skb), m, in) < 0)
 		return NULL;
