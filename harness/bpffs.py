@@ -2,7 +2,10 @@
 
 Pins live under ``/sys/fs/bpf/chainbench``.  If no bpffs is mounted at
 ``/sys/fs/bpf`` (some VMs boot without one) it is mounted there, as Cilium
-and systemd do.
+and systemd do.  Tests that share maps between programs pin them in
+``/sys/fs/bpf/cb-test-<pid>-<n>`` instead (outside the pin root, so no topology
+command takes them for a node); a process killed before its clean-up leaves
+its directories behind, and ``stale_test_pin_dirs`` names them.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import subprocess
 
 MOUNT_POINT = "/sys/fs/bpf"
 PIN_ROOT = f"{MOUNT_POINT}/chainbench"
+TEST_PIN_PREFIX = "cb-test-"
 
 
 class BpffsError(RuntimeError):
@@ -47,3 +51,31 @@ def prune() -> None:
     """Remove the project's pin root if nothing is pinned below it any more."""
     if os.path.isdir(PIN_ROOT) and not os.listdir(PIN_ROOT):
         os.rmdir(PIN_ROOT)
+
+
+def test_pin_dir(seq: int) -> str:
+    """A private pin directory for this process's test number *seq*."""
+    ensure_mounted()
+    return os.path.join(MOUNT_POINT, f"{TEST_PIN_PREFIX}{os.getpid()}-{seq}")
+
+
+def stale_test_pin_dirs() -> list[str]:
+    """Test pin directories whose process is gone."""
+    if not os.path.isdir(MOUNT_POINT):
+        return []
+    out = []
+    for name in sorted(os.listdir(MOUNT_POINT)):
+        pid = name[len(TEST_PIN_PREFIX):].split("-")[0]
+        if name.startswith(TEST_PIN_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            out.append(os.path.join(MOUNT_POINT, name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

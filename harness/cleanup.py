@@ -1,15 +1,16 @@
 """Removing whatever chainbench left behind: ``chainbench down``.
 
 Project namespaces (``cb-*``), project cgroups (``cb-*`` under the cgroup2
-mount), pins under the project's bpffs directory and the node state under
-/run/chainbench.  Safe to run any time; it touches nothing else.
+mount), pins under the project's bpffs directory, test pin directories of
+processes that are gone, and the node state under /run/chainbench.  Safe to
+run any time; it touches nothing else.
 """
 from __future__ import annotations
 
 import os
 import shutil
 
-from harness import cgroups, endpoints, netns
+from harness import bpffs, cgroups, endpoints, netns
 from harness.bpffs import PIN_ROOT
 
 
@@ -18,6 +19,7 @@ def leftovers() -> dict[str, list[str]]:
     if os.path.isdir(PIN_ROOT):
         for dirpath, _dirs, files in os.walk(PIN_ROOT):
             pins.extend(os.path.join(dirpath, f) for f in files)
+    pins.extend(bpffs.stale_test_pin_dirs())
     state = [os.path.join(endpoints.STATE_ROOT, n) for n in os.listdir(endpoints.STATE_ROOT)] \
         if os.path.isdir(endpoints.STATE_ROOT) else []
     return {"namespaces": netns.list_project(), "cgroups": cgroups.list_project(), "pins": pins,
@@ -34,5 +36,7 @@ def down() -> dict[str, list[str]]:
     if os.path.isdir(PIN_ROOT):
         # Unlinking a pin drops the kernel's reference; the object goes when unused.
         shutil.rmtree(PIN_ROOT)
+    for path in bpffs.stale_test_pin_dirs():
+        shutil.rmtree(path, ignore_errors=True)
     endpoints.remove_state()
     return found

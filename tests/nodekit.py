@@ -3,13 +3,13 @@ node's from_netdev, loaded with every map shared as chaining shares them, so a p
 one endpoint's program handles changes what another's sees (conntrack, NAT, metrics).
 
 The maps are pinned in a private bpffs directory (``/sys/fs/bpf/cb-test-<pid>-<n>``,
-outside the project's pin root so no topology command sees it), removed when the
-test ends; nothing is attached to any device.
+outside the project's pin root so no topology command takes it for a node), removed
+when the test ends (``chainbench down`` removes those of killed processes); nothing is
+attached to any device.
 """
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 from dataclasses import dataclass, field
 from typing import Callable
@@ -51,8 +51,7 @@ class Node:
     _netdev: Runner | None = field(default=None, init=False)
 
     def __post_init__(self):
-        bpffs.ensure_mounted()
-        self.pin = os.path.join(bpffs.MOUNT_POINT, f"cb-test-{os.getpid()}-{next(_SEQ)}")
+        self.pin = bpffs.test_pin_dir(next(_SEQ))
 
     def _load(self, obj: str, rodata: dict) -> Collection:
         coll = self.load(obj, rodata=rodata, pin_dir=self.pin)

@@ -151,11 +151,22 @@ def test_down_removes_every_leftover(load):
     cg = cgroups.create(f"cb-down-{os.getpid()}")
     pin = bpffs.pin_path("down-test", "hash_map")
     load("loader_fixture").maps["hash_map"].pin(pin)
+    # A test process killed before its clean-up leaves its private pin directory.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = os.path.join(bpffs.MOUNT_POINT, f"{bpffs.TEST_PIN_PREFIX}{dead}-0")
+    os.makedirs(stale)
+    load("loader_fixture").maps["hash_map"].pin(os.path.join(stale, "hash_map"))
+    mine = bpffs.test_pin_dir(999)
+    os.makedirs(mine)
 
     out = chainbench("down").stdout
     assert f"removed namespace {ns}" in out
     assert f"removed cgroup {cg}" in out
     assert f"removed pin {pin}" in out
+    assert f"removed pin {stale}" in out and not os.path.exists(stale)
+    assert os.path.isdir(mine), "a live process's test pins are its own to remove"
+    os.rmdir(mine)
     assert not netns.exists(ns) and not os.path.exists(cg) and not os.path.exists(bpffs.PIN_ROOT)
     assert chainbench("down").stdout.strip() == "nothing to remove"
 
