@@ -87,10 +87,11 @@ bench: setup build
 kernel-matrix: setup build
 	$(Q)ci/kernel-matrix/run.sh $(KERNEL_MATRIX_ARGS)
 
-# Adversarial fuzzing, about an hour: the malformed corpus then seeded random
-# mutations (tests/adversarial/fuzz.py, >= 1,000,000 packets, bounded to 28 minutes;
-# FUZZ_ARGS="--seed 2 --packets 2000000 --minutes 60"), then the random differential
-# stage against the RFC oracle at FUZZ_DIFF_PACKETS packets (make test runs 60,000).
+# Adversarial fuzzing, about half an hour here: the malformed corpus then seeded
+# random mutations (tests/adversarial/fuzz.py, >= 1,000,000 packets, bounded to 28
+# minutes; FUZZ_ARGS="--seed 2 --packets 2000000 --minutes 60"), then the random
+# differential stage against the RFC oracle at FUZZ_DIFF_PACKETS packets (make test
+# runs 60,000).
 FUZZ_DIFF_PACKETS ?= 1000000
 fuzz: setup build
 	$(Q)$(VPY) -m tests.adversarial.fuzz $(FUZZ_ARGS)
