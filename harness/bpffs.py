@@ -28,14 +28,18 @@ def is_mounted(path: str = MOUNT_POINT) -> bool:
 
 def ensure_mounted() -> str:
     """Make sure bpffs is mounted at /sys/fs/bpf; return the project's pin root."""
+    _mount()
+    os.makedirs(PIN_ROOT, exist_ok=True)
+    return PIN_ROOT
+
+
+def _mount() -> None:
     if not is_mounted():
         os.makedirs(MOUNT_POINT, exist_ok=True)
         proc = subprocess.run(["mount", "-t", "bpf", "bpf", MOUNT_POINT],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise BpffsError(f"cannot mount bpffs at {MOUNT_POINT}: {proc.stderr.strip()}")
-    os.makedirs(PIN_ROOT, exist_ok=True)
-    return PIN_ROOT
 
 
 def pin_path(*parts: str) -> str:
@@ -54,8 +58,8 @@ def prune() -> None:
 
 
 def test_pin_dir(seq: int) -> str:
-    """A private pin directory for this process's test number *seq*."""
-    ensure_mounted()
+    """A private pin directory for this process's test number *seq* (not created)."""
+    _mount()
     return os.path.join(MOUNT_POINT, f"{TEST_PIN_PREFIX}{os.getpid()}-{seq}")
 
 
