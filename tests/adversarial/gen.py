@@ -291,10 +291,8 @@ class Episode:
         p = rfc.parse(out)
         if p.kind != "ip":
             return res, None
-        for name, pd in N.PODS.items():
-            if p.dst in (A(pd.ip4), A(pd.ip6)):
-                return self.run("to_container", name, out)
-        return res, None
+        name = self._local(p.dst)
+        return self.run("to_container", name, out) if name else (res, None)
 
     def step(self) -> str | None:
         r = self.r
@@ -361,12 +359,7 @@ class Episode:
             src = r.choice([g.pod_addr(r.choice(POD_NAMES), v6), A(r.choice(WORLDS6 if v6 else WORLDS4))])
         sport = r.randrange(1024, 65536)
         dport = self._dport(kind, proto)
-        if proto in (ICMP, ICMP6):
-            ident = r.randrange(65536)
-            seg = g.seg(v6, src, dst, proto, 0, 0, icmp_type=128 if v6 else 8, ident=ident)
-            sport, dport = ident, 0
-        else:
-            seg = g.seg(v6, src, dst, proto, sport, dport, flags=0x02 if r.random() < 0.8 else None)
+        seg, sport, dport = self._opening(v6, src, dst, proto, sport, dport)
         data = g.frame(v6, src, dst, proto, seg, **g.decorate())
         res, bad = self.run("from_container", pod, data)
         if bad or res is None:
@@ -380,10 +373,9 @@ class Episode:
             g.flows.append(f)
             if len(g.flows) > 60:
                 g.flows.pop(0)
-            for name, pd in N.PODS.items():
-                if p.dst in (A(pd.ip4), A(pd.ip6)):
-                    _, bad = self.run("to_container", name, out)
-                    return bad
+            name = self._local(p.dst)
+            if name:
+                return self.run("to_container", name, out)[1]
         return None
 
     def new_from_world(self):
@@ -400,12 +392,7 @@ class Episode:
             proto = self._proto(v6)
             dport = self._dport(None, proto)
         sport = r.randrange(1024, 65536)
-        if proto in (ICMP, ICMP6):
-            ident = r.randrange(65536)
-            seg = g.seg(v6, src, dst, proto, 0, 0, icmp_type=128 if v6 else 8, ident=ident)
-            sport, dport = ident, 0
-        else:
-            seg = g.seg(v6, src, dst, proto, sport, dport, flags=0x02 if r.random() < 0.8 else None)
+        seg, sport, dport = self._opening(v6, src, dst, proto, sport, dport)
         data = g.frame(v6, src, dst, proto, seg, **g.decorate())
         res, bad = self.run("from_netdev", None, data)
         if bad or res is None:
@@ -419,14 +406,25 @@ class Episode:
         f = Flow(v6, proto, None, src, dst, sport, dport, p.dst, p.dport if p.has_l4 else 0)
         f.extra["snat"] = (p.src, p.sport) if p.src != src else None
         g.flows.append(f)
-        for name, pd in N.PODS.items():
-            if p.dst in (A(pd.ip4), A(pd.ip6)):
-                f.extra["local"] = name
-                _, bad = self.run("to_container", name, out)
-                return bad
+        name = self._local(p.dst)
+        if name:
+            f.extra["local"] = name
+            return self.run("to_container", name, out)[1]
         return None
 
+    def _opening(self, v6: bool, src: bytes, dst: bytes, proto: int, sport: int, dport: int):
+        """A connection's first segment: an echo request with a random identifier (which
+        stands for the ports), or an L4 segment, a SYN four times in five."""
+        r, g = self.r, self.g
+        if proto in (ICMP, ICMP6):
+            ident = r.randrange(65536)
+            return (g.seg(v6, src, dst, proto, 0, 0, icmp_type=128 if v6 else 8, ident=ident),
+                    ident, 0)
+        return (g.seg(v6, src, dst, proto, sport, dport, flags=0x02 if r.random() < 0.8 else None),
+                sport, dport)
+
     def _local(self, a: bytes):
+        """The local pod that owns address *a*, if any."""
         for name, pd in N.PODS.items():
             if a in (A(pd.ip4), A(pd.ip6)):
                 return name
