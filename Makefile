@@ -31,7 +31,7 @@ Q := @
 endif
 
 .DELETE_ON_ERROR:
-.PHONY: all setup deps venv build test bench kernel-matrix fuzz clean distclean
+.PHONY: all setup deps venv build test bench kernel-matrix fuzz dashboard-screenshot clean distclean
 
 all: build
 
@@ -96,6 +96,11 @@ FUZZ_DIFF_PACKETS ?= 1000000
 fuzz: setup build
 	$(Q)$(VPY) -m tests.adversarial.fuzz $(FUZZ_ARGS)
 	$(Q)CHAINBENCH_FUZZ_PACKETS=$(FUZZ_DIFF_PACKETS) ci/run-tests.sh -q -s tests/test_adversarial_differential.py
+
+# docs/dashboard.png, the README's picture of the dashboard: renders results/
+# (run `make bench` first) and photographs the page in headless Chromium.
+dashboard-screenshot: setup
+	$(Q)$(VPY) -m bench.screenshot --results results --out docs/dashboard.png
 
 clean:
 	rm -rf $(BUILD)

@@ -540,3 +540,22 @@ def test_schema_rejects_bad_documents(schema, mutate, error):
     mutate(doc)
     errors = validate(doc, schema)
     assert any(re.search(error, e) for e in errors), errors
+
+
+def test_screenshot_is_a_png_of_the_whole_page(results_dir, tmp_path):
+    """`make dashboard-screenshot` (bench/screenshot.py): a PNG as wide as asked and as
+    tall as the rendered page, with no Chromium process left behind."""
+    from bench.screenshot import screenshot
+    out, height = screenshot(results_dir, tmp_path / "docs" / "dashboard.png", width=1000)
+    width, png_height, _bpp, _rows = read_png(out.read_bytes(), max_rows=1)
+    assert (width, png_height) == (1000, height)
+    assert height > 1000            # every section of the sample documents is drawn
+    assert not _live_processes("cb-chromium-")
+
+
+def test_screenshot_without_results_is_bad_input(tmp_path, capsys):
+    from bench.screenshot import main
+    assert main(["--results", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ERROR:")
+    assert not (tmp_path / "x.png").exists()
