@@ -99,15 +99,23 @@ def cmd_test_run(args) -> int:
 
 
 def _print_test_run_table(results) -> None:
+    # Ether only dissects what scapy's imported layers bind: without inet/inet6/sctp
+    # every frame would read "... (IPv4) / Raw".  Ports as numbers (tcpdump -n).
+    import scapy.layers.inet6  # noqa: F401
+    from scapy.config import conf
+    from scapy.layers.inet import TCP, UDP
     from scapy.layers.l2 import Ether
+    from scapy.layers.sctp import SCTP
 
     from harness import drop_reasons
+    conf.noenum.add(TCP.sport, TCP.dport, UDP.sport, UDP.dport, SCTP.sport, SCTP.dport)
     rows = []
     for r in results:
         reason = f"{r.drop_reason} ({drop_reasons.describe(r.drop_reason)})" if r.drop_reason else ""
         rows.append((str(r.index), r.verdict, reason, str(r.duration_ns), str(len(r.packet_out)),
                      Ether(r.packet_out).summary()))
-    _print_table(("#", "VERDICT", "DROP REASON", "NS", "LEN", "PACKET OUT"), rows)
+    # NS/RUN: the kernel's average duration of one run of the program, in ns.
+    _print_table(("#", "VERDICT", "DROP REASON", "NS/RUN", "LEN", "PACKET OUT"), rows)
 
 
 def _service_scales(text: str) -> list[int]:
@@ -196,8 +204,10 @@ def _print_bench_tables(suites: dict) -> None:
     if "control" in suites:
         from bench import control
         print()
+        # MAP MEM: the BPF LB maps' memlock bytes; RULES TEXT: bytes of the iptables-save /
+        # nft list output (kube-proxy).  Different quantities: never one column.
         _print_table(("SERVICES", "OPERATION", "METHOD", "STATUS", "SECONDS", "MAD", "VS BPF",
-                      "ENTRIES", "BYTES"), control.table(suites["control"]))
+                      "ENTRIES", "MAP MEM", "RULES TEXT"), control.table(suites["control"]))
     if "macro" in suites:
         from bench import macro
         print()
