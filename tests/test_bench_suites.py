@@ -190,7 +190,7 @@ def test_bench_all_smoke_writes_results_and_dashboard(tmp_path):
     assert len(docs) == 1
     assert not (tmp_path / "latest.json").exists()       # only quick runs are "latest"
     doc = json.loads(docs[0].read_text())
-    assert doc["schema_version"] == 2 and doc["profile"] == "smoke"
+    assert doc["schema_version"] == 3 and doc["profile"] == "smoke"
     assert set(doc["suites"]) == {"micro", "control", "macro"}
 
     m = doc["suites"]["macro"]
