@@ -4,6 +4,7 @@ test-run prints about them.  No topology: `up` is only run on input it refuses
 before building anything."""
 from __future__ import annotations
 
+import io
 import json
 import struct
 import subprocess
@@ -70,6 +71,22 @@ def test_node_name_outside_the_topology_is_refused_by_check_and_up_alike(worker_
     assert bad_input_line(chainbench("up", "-f", str(worker_pod))) == expected
     assert bad_input_line(chainbench("kube-proxy", "render", "--mode", "iptables",
                                      "-f", str(worker_pod))) == expected
+    from_stdin = bad_input_line(chainbench("up", "-f", "-", stdin=WORKER_POD))
+    assert from_stdin == expected.replace(str(worker_pod), "<stdin>")
+
+
+def test_up_keeps_a_scenario_from_stdin_or_a_template_in_a_file(tmp_path):
+    """The CNI plugin and `connectivity` read the scenario again later: from a file."""
+    from harness.scenario import source
+    text, name = source.read("-", stdin=io.BytesIO(MINIMAL.read_bytes()))
+    assert (text, name) == (MINIMAL.read_text(), "<stdin>")
+    kept = Path(source.materialize("-", text, str(tmp_path / "state")))
+    assert kept.parent == tmp_path / "state" and kept.read_text() == text
+    text, name = source.read(str(TEMPLATE), {"services": 2})
+    kept = Path(source.materialize(str(TEMPLATE), text, str(tmp_path / "state")))
+    assert kept.suffix == ".yaml" and source.load(str(kept)).services == source.load(
+        str(TEMPLATE), {"services": 2}).services
+    assert source.materialize(str(MINIMAL), MINIMAL.read_text(), str(tmp_path)) == str(MINIMAL)
 
 
 @pytest.mark.parametrize("text", ["", "\n# nothing but a comment\n", "---\n---\n",
