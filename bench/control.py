@@ -28,9 +28,11 @@ Operations per method and scale:
               a partial sync (the changed service's chains plus the top-level chains).
 
 Size of what was programmed: ``entries`` (BPF: map entries written; iptables: rules
-in ``iptables-save``; nft: rules + set/map elements in ``nft list table``) and
-``bytes`` (BPF: the kernel's memlock figure of the LB maps; iptables/nft: size of
-the ``iptables-save`` / ``nft list`` text).
+in ``iptables-save``; nft: rules + set/map elements in ``nft list table``), and two
+different quantities, never mixed: ``map_bytes`` (BPF only: the kernel's memlock
+figure of the LB maps, the memory they hold) and ``rules_text_bytes`` (kube-proxy
+methods only: the size of the ``iptables-save`` / ``nft list table`` text, a measure
+of the ruleset, not of kernel memory).  Before schema_version 3 both were ``bytes``.
 
 Rounds interleave the methods (a different order each round) so the shared
 machine's noise hits all of them alike; ratios to bpf are taken within a round.
@@ -51,7 +53,7 @@ import time
 from typing import Callable
 
 from bench.lb_cases import synthetic_state
-from bench.stats import summary
+from bench.stats import mad_pct_text, summary
 from harness import datapath, netns, paths
 from harness.bpf import Collection
 from harness.kubeproxy import apply as kp
@@ -110,8 +112,8 @@ def _sample_bpf(state: LbState, new: LbState, service: str, timeout: float,
         if measure_size:
             counts = ctl.entry_count()
             out["entries"] = sum(counts.values())
-            out["bytes"] = sum(_memlock(m.fd) for name, m in coll.maps.items()
-                               if name.startswith("cb_lb"))
+            out["map_bytes"] = sum(_memlock(m.fd) for name, m in coll.maps.items()
+                                   if name.startswith("cb_lb"))
         start = time.perf_counter()
         stats = ctl.apply(new, services=[service])
         out["change-one"] = time.perf_counter() - start
@@ -168,7 +170,7 @@ def _sample_kube_proxy(method: str, state: LbState, new: LbState, timeout: float
             out["full"] = _guard(lambda: kp.nft_load(ns, text, timeout),
                                  f"nft -f > {timeout:.0f} s", out["cpu"])
             if measure_size:
-                out["entries"], out["bytes"] = _count_nft(ns)
+                out["entries"], out["rules_text_bytes"] = _count_nft(ns)
             out["change-one"] = _guard(lambda: kp.incremental_nft(ns, state, new, timeout),
                                        f"nft -f partial > {timeout:.0f} s")
         else:
@@ -181,7 +183,7 @@ def _sample_kube_proxy(method: str, state: LbState, new: LbState, timeout: float
                                  f"iptables-restore > {timeout:.0f} s", out["cpu"])
             kp.ensure_jumps(ns, backend)
             if measure_size:
-                out["entries"], out["bytes"] = _count_save(ns, backend)
+                out["entries"], out["rules_text_bytes"] = _count_save(ns, backend)
             out["change-one"] = _guard(
                 lambda: kp.incremental_iptables(ns, state, new, backend, timeout),
                 f"iptables-restore partial > {timeout:.0f} s")
@@ -222,7 +224,8 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
         new, service = changed_state(state)
         per: dict[str, dict] = {m: {"full": [], "change-one": [], "render": [], "full-writes": [],
                                     "change-one-writes": [], "cpu": [], "entries": None,
-                                    "bytes": None, "status": "ok", "detail": None}
+                                    "map_bytes": None, "rules_text_bytes": None,
+                                    "status": "ok", "detail": None}
                                 for m in methods}
         for m in methods:
             if reasons[m]:
@@ -254,7 +257,9 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
                         rec[op].append(got[op])
                 rec["cpu"] += got.get("cpu", [])
                 if "entries" in got:
-                    rec["entries"], rec["bytes"] = got["entries"], got["bytes"]
+                    rec["entries"] = got["entries"]
+                    rec["map_bytes"] = got.get("map_bytes")
+                    rec["rules_text_bytes"] = got.get("rules_text_bytes")
         if progress:
             progress(done, total, f"control: {n} services done")
         results += _summarise(n, per)
@@ -291,14 +296,16 @@ def _summarise(n: int, per: dict[str, dict]) -> list[dict]:
                 "cpu_seconds": ({"user": summary([u for u, _ in rec["cpu"]]),
                                  "system": summary([s for _, s in rec["cpu"]])}
                                 if rec["cpu"] and op == "full" else None),
-                "entries": rec["entries"], "bytes": rec["bytes"],
+                "entries": rec["entries"], "map_bytes": rec["map_bytes"],
+                "rules_text_bytes": rec["rules_text_bytes"],
                 "ratio_to_bpf": ratio,
             })
     return out
 
 
 def table(suite: dict) -> list[tuple[str, ...]]:
-    """Rows: services, operation, method, status, median s, MAD %, x bpf, entries, bytes."""
+    """Rows: services, operation, method, status, median s, MAD %, x bpf, entries, map
+    memory (BPF), rules text (kube-proxy): "-" where a figure does not apply."""
     rows = []
     for r in suite["results"]:
         s = r["seconds"]
@@ -306,8 +313,9 @@ def table(suite: dict) -> list[tuple[str, ...]]:
         rows.append((str(r["services"]), r["operation"], r["method"],
                      r["status"] if r["status"] == "ok" else f"{r['status']}: {r['detail']}",
                      f"{s['median']:.4f}" if s else "-",
-                     f"{s['mad_pct']:.1f}%" if s else "-",
+                     mad_pct_text(s),
                      f"{ratio['median']:.1f}x" if ratio else "-",
                      str(r["entries"]) if r["entries"] is not None else "-",
-                     str(r["bytes"]) if r["bytes"] is not None else "-"))
+                     str(r["map_bytes"]) if r["map_bytes"] is not None else "-",
+                     str(r["rules_text_bytes"]) if r["rules_text_bytes"] is not None else "-"))
     return rows

@@ -1,6 +1,6 @@
 """The results dashboard: one self-contained HTML page drawn from a results directory.
 
-Owns reading result documents for display (schema_version 2, and the
+Owns reading result documents for display (schema_version 3 and 2, and the
 micro-only documents of schema_version 1), turning them into chart series and
 table rows, and rendering ``bench/templates/dashboard.html.j2`` into
 ``results/index.html``.  The page needs no network when viewed: its CSS, its
@@ -171,7 +171,18 @@ def _fmt_summary(summary: Any, unit: str = "") -> str:
 
 def _fmt_pct(summary: Any) -> str:
     pct = _num(summary.get("mad_pct")) if isinstance(summary, dict) else None
+    n = _num(summary.get("n")) if isinstance(summary, dict) else None
+    if pct is not None and n is not None and n < 2:       # one sample: no spread to show
+        return f"n/a ({n:.0f} sample)"
     return "—" if pct is None else f"{pct:.1f} %"
+
+
+def _control_sizes(r: dict) -> tuple[Any, Any]:
+    """(map memory, rules text bytes) of a control result; schema_version 2 held
+    either in ``bytes``, by method (bpf: map memory; kube-proxy: rules text)."""
+    if "map_bytes" in r or "rules_text_bytes" in r:
+        return r.get("map_bytes"), r.get("rules_text_bytes")
+    return (r.get("bytes"), None) if r.get("method") == "bpf" else (None, r.get("bytes"))
 
 
 def _fmt_bytes(value: Any) -> str:
@@ -361,14 +372,17 @@ def _control(suite: Any, charts: _Charts) -> dict | None:
     for r in results:
         method = r.get("method")
         ratio = "ref" if method == "bpf" else _fmt_summary(r.get("ratio_to_bpf"), "×")
+        map_bytes, rules_bytes = _control_sizes(r)
         table.append({"method": method or "?", "services": _fmt_int(r.get("services")),
                       "endpoints": _fmt_int(r.get("endpoints_per_service")),
                       "operation": r.get("operation") or "?",
                       "status": str(r.get("status") or "?"), "detail": r.get("detail") or "",
                       "seconds": _fmt_summary(r.get("seconds")),
                       "mad_pct": _fmt_pct(r.get("seconds")),
-                      "entries": _fmt_int(r.get("entries")), "bytes": _fmt_bytes(r.get("bytes")),
-                      "bytes_exact": _fmt_int(r.get("bytes")), "ratio": ratio})
+                      "entries": _fmt_int(r.get("entries")),
+                      "map_bytes": _fmt_bytes(map_bytes), "map_bytes_exact": _fmt_int(map_bytes),
+                      "rules_bytes": _fmt_bytes(rules_bytes),
+                      "rules_bytes_exact": _fmt_int(rules_bytes), "ratio": ratio})
     return {"config": suite.get("config"), "figures": figures, "table": table}
 
 

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from bench.stats import summary
+from bench.stats import mad_pct_text, summary
 from harness import addressing, cgroups, netns
 from harness.lb.state import ACTIVE, Backend, Frontend, LbState
 
@@ -457,7 +457,7 @@ def table(suite: dict) -> list[tuple[str, ...]]:
         cpu = r["cpu_us_per_request"]
         ratio = r["ratio_to_iptables"]
         rows.append((str(r["services"]), r["target"], r["mode"], r["datapath"],
-                     f"{r['rps']['median']:.0f}", f"{r['rps']['mad_pct']:.1f}%",
+                     f"{r['rps']['median']:.0f}", mad_pct_text(r["rps"]),
                      f"{lat['p50']['median']:.0f}" if "p50" in lat else "-",
                      f"{lat['p99']['median']:.0f}" if "p99" in lat else "-",
                      f"{cpu['system']['median'] + cpu['softirq']['median']:.1f}",

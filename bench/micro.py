@@ -82,7 +82,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bench.stats import from_pyperf, summary
+from bench.stats import MIN_SPREAD_SAMPLES, from_pyperf, mad_pct_text, summary
 from harness import bpffs, paths
 from harness.bpf import Collection, Program
 from harness.bpf.programs import verdict_name
@@ -608,7 +608,8 @@ def table(suite: dict) -> list[tuple[str, ...]]:
     rows = []
     for r in suite["results"]:
         ns, floor, ratio = r["ns_per_packet"], r["floor_ns_per_packet"], r["ratio_to_floor"]
-        rows.append((r["name"], r["verdict"], f"{ns['median']:.2f}", f"{ns['mad_pct']:.1f}%",
+        spread = f" ±{ratio['mad']:.2f}" if ratio["n"] >= MIN_SPREAD_SAMPLES else ""
+        rows.append((r["name"], r["verdict"], f"{ns['median']:.2f}", mad_pct_text(ns, "sample"),
                      r["measure"], f"{floor['median']:.2f}",
-                     f"{ratio['median']:.2f}x ±{ratio['mad']:.2f}"))
+                     f"{ratio['median']:.2f}x{spread}"))
     return rows

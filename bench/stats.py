@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import statistics
 
+#: Fewer samples than this have no spread to speak of: a MAD of 0 from one round
+#: says nothing about the noise, so tables show ``mad_pct_text`` instead of "0.0%".
+MIN_SPREAD_SAMPLES = 2
+
 
 def summary(samples: list[float]) -> dict:
     if not samples:
@@ -19,6 +23,16 @@ def summary(samples: list[float]) -> dict:
     mad = statistics.median(abs(s - med) for s in samples)
     return _shape(len(samples), med, mad, min(samples), max(samples), statistics.fmean(samples),
                   statistics.stdev(samples) if len(samples) > 1 else 0.0)
+
+
+def mad_pct_text(s: dict | None, unit: str = "round") -> str:
+    """The MAD of a summary as a table cell: ``4.2%``; ``n/a (1 round)`` when *s* has
+    fewer than MIN_SPREAD_SAMPLES samples (*unit* names what a sample is); ``-`` for none."""
+    if not s:
+        return "-"
+    if s["n"] < MIN_SPREAD_SAMPLES:
+        return f"n/a ({s['n']} {unit}{'' if s['n'] == 1 else 's'})"
+    return f"{s['mad_pct']:.1f}%"
 
 
 def from_pyperf(bench, scale: float = 1.0) -> dict:

@@ -26,7 +26,7 @@ import sys
 from harness import datapath
 from harness.bpf import attach_tc
 from harness.node_sync import node_lock, sync_node
-from harness.scenario import load_scenario
+from harness.scenario import source as scenario_source
 from harness.topology import build as topology
 from harness.topology.state import TopologyState, scenario_with_real_addresses
 
@@ -53,7 +53,7 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     from harness.cni.runtime import discover_cni_path
     from harness.topology.plan import plan_topology
     path = os.path.abspath(scenario_path)
-    scenario = load_scenario(path)
+    scenario = scenario_source.load(path)       # the validation `scenario check` applies
     plan = plan_topology(scenario, nodes, routing, "mixed" if node_datapaths else datapath_kind)
     kinds = {n.name: (node_datapaths or {}).get(n.name, datapath_kind if not node_datapaths
                                                  else "none") for n in plan.nodes}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -67,9 +68,10 @@ def cmd_test_run(args) -> int:
     scenario = endpoint = None
     if args.endpoint and not args.scenario:
         raise UsageError("--endpoint needs --scenario (the endpoint is a pod of the scenario)")
+    if args.scenario == "-" and args.pcap == "-":
+        raise UsageError("--pcap - and --scenario -: only one of them can read standard input")
     if args.scenario:
-        from harness.scenario import load_scenario
-        scenario = load_scenario(args.scenario)
+        scenario = _load_scenario(args, args.scenario)
         if args.endpoint:
             endpoint = scenario.pod(args.endpoint)
     if args.repeat < 1:
@@ -97,15 +99,23 @@ def cmd_test_run(args) -> int:
 
 
 def _print_test_run_table(results) -> None:
+    # Ether only dissects what scapy's imported layers bind: without inet/inet6/sctp
+    # every frame would read "... (IPv4) / Raw".  Ports as numbers (tcpdump -n).
+    import scapy.layers.inet6  # noqa: F401
+    from scapy.config import conf
+    from scapy.layers.inet import TCP, UDP
     from scapy.layers.l2 import Ether
+    from scapy.layers.sctp import SCTP
 
     from harness import drop_reasons
+    conf.noenum.add(TCP.sport, TCP.dport, UDP.sport, UDP.dport, SCTP.sport, SCTP.dport)
     rows = []
     for r in results:
         reason = f"{r.drop_reason} ({drop_reasons.describe(r.drop_reason)})" if r.drop_reason else ""
         rows.append((str(r.index), r.verdict, reason, str(r.duration_ns), str(len(r.packet_out)),
                      Ether(r.packet_out).summary()))
-    _print_table(("#", "VERDICT", "DROP REASON", "NS", "LEN", "PACKET OUT"), rows)
+    # NS/RUN: the kernel's average duration of one run of the program, in ns.
+    _print_table(("#", "VERDICT", "DROP REASON", "NS/RUN", "LEN", "PACKET OUT"), rows)
 
 
 def _service_scales(text: str) -> list[int]:
@@ -194,8 +204,10 @@ def _print_bench_tables(suites: dict) -> None:
     if "control" in suites:
         from bench import control
         print()
+        # MAP MEM: the BPF LB maps' memlock bytes; RULES TEXT: bytes of the iptables-save /
+        # nft list output (kube-proxy).  Different quantities: never one column.
         _print_table(("SERVICES", "OPERATION", "METHOD", "STATUS", "SECONDS", "MAD", "VS BPF",
-                      "ENTRIES", "BYTES"), control.table(suites["control"]))
+                      "ENTRIES", "MAP MEM", "RULES TEXT"), control.table(suites["control"]))
     if "macro" in suites:
         from bench import macro
         print()
@@ -236,23 +248,21 @@ def _stderr_console():
 def cmd_lb_apply(args) -> int:
     from harness import datapath
     from harness.lb.state import desired_state
-    from harness.scenario import load_scenario
-    scenario = load_scenario(args.file)
+    scenario = _load_scenario(args)
     state = desired_state(scenario)
     node = args.node
     with datapath.load("lxc", node, pinned=True) as coll:
         control = datapath.lb_control(coll)
         restored = control.restore()
         stats = control.apply(state)
-    print(f"{node}: {len(state.frontends)} frontends from {args.file}"
+    print(f"{node}: {len(state.frontends)} frontends from {scenario.source}"
           f"{f' ({restored} restored from the maps)' if restored else ''}; {stats}")
     return EXIT_OK
 
 
 def cmd_identities(args) -> int:
     from harness.policy.resolve import format_identities, resolve
-    from harness.scenario import load_scenario
-    state = resolve(load_scenario(args.file), np_ipblock=args.netpol_ipblock)
+    state = resolve(_load_scenario(args), np_ipblock=args.netpol_ipblock)
     rows = format_identities(state)
     if args.output == "json":
         print(json.dumps([{"id": int(i), "labels": labels} for i, labels in rows], indent=1))
@@ -266,8 +276,7 @@ def cmd_policy_apply(args) -> int:
     from harness.endpoints import EndpointRegistry
     from harness.policy.program import PolicyControl
     from harness.policy.resolve import resolve
-    from harness.scenario import load_scenario
-    scenario = load_scenario(args.file)
+    scenario = _load_scenario(args)
     state = resolve(scenario, local_node=args.node, np_ipblock=args.netpol_ipblock)
     registry = EndpointRegistry(args.node)
     local = {p.ref for p in scenario.pods if p.node_name == args.node and not p.host_network}
@@ -405,13 +414,56 @@ def _hostport(addr, port: int) -> str:
 
 
 def cmd_scenario_check(args) -> int:
-    from harness.scenario import load_scenario
-    for path in args.files:
-        s = load_scenario(path)
-        print(f"{path}: {len(s.pods)} pods, {len(s.services)} services, "
-              f"{len(s.endpoint_slices)} endpoint slices, {len(s.network_policies)} "
-              f"network policies, {len(s.cilium_network_policies)} cilium network policies")
-    return EXIT_OK
+    """Every file is checked; each bad one gets its one line; exit 2 if any was bad."""
+    from harness.scenario import ScenarioError
+    if args.files.count("-") > 1:
+        raise UsageError("- (standard input) can be named only once")
+    bad = 0
+    for spec in args.files:
+        try:
+            s = _load_scenario(args, spec)
+            line = (f"{s.source}: {len(s.pods)} pods on {len(s.nodes)} nodes, "
+                    f"{len(s.services)} services, {len(s.endpoint_slices)} endpointslices, "
+                    f"{len(s.network_policies)} networkpolicies, "
+                    f"{len(s.cilium_network_policies)} ciliumnetworkpolicies")
+            if args.endpoint:
+                pod = s.pod(args.endpoint)
+                line += f"; endpoint {pod.ref} on {pod.node_name or 'no node'}"
+        except ScenarioError as exc:
+            print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+            bad += 1
+            continue
+        print(line, flush=True)
+    return EXIT_USAGE if bad else EXIT_OK
+
+
+def _load_scenario(args, spec: str | None = None):
+    """The scenario *spec* (default: ``-f``) names, validated as every command validates it
+    (harness.scenario.source): a file, ``-`` for standard input, or a ``.j2`` template
+    rendered with the ``-p`` parameters."""
+    from harness.scenario import source
+    return source.load(args.file if spec is None else spec, dict(args.param))
+
+
+def _scenario_param(text: str) -> tuple[str, object]:
+    from harness.scenario.source import parse_param
+    try:
+        return parse_param(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_scenario_file(p, flags=("-f", "--file"), required: bool = True) -> None:
+    """``-f FILE`` (or *flags*) and ``-p KEY=VALUE`` for a command that reads a scenario."""
+    p.add_argument(*flags, required=required,
+                   help="scenario YAML; - reads standard input; *.j2: a template (see -p)")
+    _add_scenario_params(p)
+
+
+def _add_scenario_params(p) -> None:
+    p.add_argument("-p", "--param", action="append", type=_scenario_param, default=[],
+                   metavar="KEY=VALUE", help="parameter of a .j2 scenario template (repeatable; "
+                                             "values are YAML scalars: 1000, true, UDP)")
 
 
 def cmd_up(args) -> int:
@@ -419,11 +471,24 @@ def cmd_up(args) -> int:
 
     from harness import chaining
     start = time.monotonic()
+    from harness.endpoints import STATE_ROOT
+    from harness.scenario import source
     if args.bpf_lb_map_max is not None and not 1024 <= args.bpf_lb_map_max <= 1 << 24:
         raise UsageError(f"--bpf-lb-map-max {args.bpf_lb_map_max}: expected 1024..16777216")
-    state = chaining.up(args.file, args.nodes, args.routing, args.datapath,
-                        progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else None,
-                        lb_map_max=args.bpf_lb_map_max, np_ipblock=args.netpol_ipblock)
+    text, name = source.read(args.file, dict(args.param))
+    source.load_text(text, name)             # errors name the file as given
+    # The CNI plugin and later commands read the scenario from a file: stdin and
+    # templates are kept under /run/chainbench (`down` removes it).
+    path = source.materialize(args.file, text, STATE_ROOT)
+    try:
+        state = chaining.up(path, args.nodes, args.routing, args.datapath,
+                            progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose
+                            else None,
+                            lb_map_max=args.bpf_lb_map_max, np_ipblock=args.netpol_ipblock)
+    except BaseException:
+        if path != os.path.abspath(args.file) and os.path.exists(path):
+            os.unlink(path)
+        raise
     pods = [p for p in state.pods if not p.host_network]
     print(f"up: {len(state.nodes)} nodes, {len(pods)} pods, routing {state.routing}, datapath "
           f"{state.datapath} in {time.monotonic() - start:.1f} s")
@@ -470,8 +535,7 @@ def cmd_connectivity(args) -> int:
 
 def cmd_kube_proxy_render(args) -> int:
     from harness.lb.state import desired_state
-    from harness.scenario import load_scenario
-    state = desired_state(load_scenario(args.file))
+    state = desired_state(_load_scenario(args))
     if args.mode == "iptables":
         from harness.kubeproxy import iptables as renderer
     else:
@@ -548,8 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(BPF_PROG_TEST_RUN)")
     p.add_argument("program", help="PROGRAM, or OBJECT:PROGRAM (OBJECT: bpf_src/OBJECT.bpf.c "
                                    "or a path to a .bpf.o)")
-    p.add_argument("--pcap", required=True, help="input packets (pcap or pcapng; Ethernet or raw IP)")
-    p.add_argument("--scenario", help="Kubernetes-style YAML whose objects program the maps")
+    p.add_argument("--pcap", required=True, help="input packets (pcap or pcapng; Ethernet or raw "
+                                                 "IP; - reads standard input)")
+    p.add_argument("--scenario", help="Kubernetes-style YAML whose objects program the maps "
+                                      "(- reads standard input; *.j2: a template, see -p)")
+    _add_scenario_params(p)
     p.add_argument("--endpoint", metavar="NS/POD",
                    help="the pod whose program runs (sender for from_container, "
                         "receiver for to_container)")
@@ -586,21 +653,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scenario", help="work with scenario files")
     ssub = p.add_subparsers(dest="scenario_command", required=True, metavar="COMMAND")
-    c = ssub.add_parser("check", help="validate scenario files")
-    c.add_argument("files", nargs="+")
+    c = ssub.add_parser("check", help="validate scenario files as every command does (each bad "
+                                      "file: one line; exit 2 if any)")
+    c.add_argument("files", nargs="+", metavar="FILE",
+                   help="scenario YAML; - reads standard input; *.j2: a template (see -p)")
+    _add_scenario_params(c)
+    c.add_argument("--endpoint", metavar="NS/POD", help="also check that this pod exists")
     c.set_defaults(func=cmd_scenario_check)
 
     p = sub.add_parser("lb", help="program the service load balancer of a node")
     lsub = p.add_subparsers(dest="lb_command", required=True, metavar="COMMAND")
     c = lsub.add_parser("apply", help="program a node's pinned LB maps from a scenario "
                                       "(only the differences are written)")
-    c.add_argument("-f", "--file", required=True, help="scenario YAML")
+    _add_scenario_file(c)
     c.add_argument("--node", default="cb-node0", help="node whose maps to program (cb-node0)")
     c.set_defaults(func=cmd_lb_apply)
 
     p = sub.add_parser("identities", help="security identities of a scenario's pods, reserved "
                                           "and CIDR identities")
-    p.add_argument("-f", "--file", required=True, help="scenario YAML")
+    _add_scenario_file(p)
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     _add_netpol_ipblock(p)
     p.set_defaults(func=cmd_identities)
@@ -609,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     psub = p.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
     c = psub.add_parser("apply", help="resolve a scenario's policies and program a node's "
                                       "pinned maps (each endpoint switches atomically)")
-    c.add_argument("-f", "--file", required=True, help="scenario YAML")
+    _add_scenario_file(c)
     c.add_argument("--node", default="cb-node0")
     _add_netpol_ipblock(c)
     c.set_defaults(func=cmd_policy_apply)
@@ -642,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="build the topology: nodes, pods through the real primary CNI, "
                                   "the datapath chained after it")
-    p.add_argument("-f", "--file", required=True, help="scenario YAML")
+    _add_scenario_file(p)
     p.add_argument("--nodes", type=int, help="number of nodes (default: the scenario's)")
     p.add_argument("--routing", choices=["native", "vxlan"], default="native")
     p.add_argument("--datapath", choices=["bpf", "iptables", "nftables"], default="bpf")
@@ -657,7 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = ksub.add_parser("render", help="print the iptables-restore input or nft script kube-proxy "
                                        "would program for a scenario")
     c.add_argument("--mode", choices=["iptables", "nftables"], required=True)
-    c.add_argument("-f", "--file", required=True, help="scenario YAML")
+    _add_scenario_file(c)
     c.set_defaults(func=cmd_kube_proxy_render)
 
     p = sub.add_parser("connectivity", help="run the connectivity-check suite on the topology")

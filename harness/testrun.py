@@ -8,6 +8,7 @@ drops, the reason the program counted in its ``cb_metrics`` map.
 from __future__ import annotations
 
 import errno as _errno
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +16,7 @@ from typing import Iterator
 from harness import drop_reasons, paths
 from harness.bpf import BpfError, Collection, Program, RunResult
 from harness.bpf.collection import list_programs
+from harness.pcapfile import PcapError, read_capture
 
 METRICS_MAP = "cb_metrics"
 
@@ -25,10 +27,6 @@ _ETH_V6 = _ETH_V4[:12] + b"\x86\xdd"
 
 
 class ProgramNotFound(LookupError):
-    pass
-
-
-class PcapError(ValueError):
     pass
 
 
@@ -84,24 +82,30 @@ def program_names(obj: Path) -> set[str]:
 
 
 def read_pcap(path: str | Path) -> Iterator[bytes]:
-    """Packets of a pcap or pcapng file as Ethernet frames."""
-    from scapy.utils import RawPcapReader
-    try:
-        reader = RawPcapReader(str(path))
-    except FileNotFoundError:
-        raise PcapError(f"{path}: no such file") from None
-    except Exception as exc:   # scapy raises Scapy_Exception and others for bad files
-        raise PcapError(f"{path}: not a pcap/pcapng file ({exc})") from None
-    with reader:
-        linktype = getattr(reader, "linktype", _DLT_EN10MB)
-        for data, _meta in reader:
-            yield _as_ethernet(bytes(data), linktype, path)
+    """Packets of a pcap or pcapng file (``-``: standard input) as Ethernet frames.
+    A damaged or empty capture is a PcapError (harness.pcapfile reads strictly)."""
+    if str(path) == "-":
+        name, data = "<stdin>", sys.stdin.buffer.read()
+    else:
+        name = str(path)
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise PcapError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise PcapError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    for i, packet in enumerate(read_capture(data, name)):
+        yield _as_ethernet(packet.data, packet.linktype, f"{name}: packet {i}")
 
 
 def _as_ethernet(data: bytes, linktype: int, path) -> bytes:
+    if not data:
+        raise PcapError(f"{path}: no data (caplen 0)")
     if linktype == _DLT_EN10MB:
+        if len(data) < 14:      # BPF_PROG_TEST_RUN refuses less than an Ethernet header
+            raise PcapError(f"{path}: {len(data)} bytes, shorter than an Ethernet header (14)")
         return data
-    if linktype in (_DLT_RAW, _LINKTYPE_IPV4, _LINKTYPE_IPV6) and data:
+    if linktype in (_DLT_RAW, _LINKTYPE_IPV4, _LINKTYPE_IPV6):
         return (_ETH_V6 if data[0] >> 4 == 6 else _ETH_V4) + data
     raise PcapError(f"{path}: link type {linktype} is not supported (Ethernet or raw IP)")
 

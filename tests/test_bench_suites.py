@@ -30,7 +30,11 @@ def test_control_smoke_every_method_programs_and_counts():
             assert full["status"] == "ok", full
             assert change["status"] == "ok", change
             assert full["seconds"]["median"] > 0 and change["seconds"]["median"] > 0
-            assert full["entries"] > 0 and full["bytes"] > 0
+            assert full["entries"] > 0
+            if m == "bpf":      # two different quantities, each only where it applies
+                assert full["map_bytes"] > 0 and full["rules_text_bytes"] is None
+            else:
+                assert full["rules_text_bytes"] > 0 and full["map_bytes"] is None
             if m != "bpf":
                 assert full["ratio_to_bpf"]["median"] > 0
                 assert full["render_seconds"]["median"] > 0
@@ -42,6 +46,47 @@ def test_control_smoke_every_method_programs_and_counts():
     assert bpf100["entries"] >= 100 * 11 + 100 + 100
     assert bpf100["write_seconds"]["median"] <= bpf100["seconds"]["median"]
     assert not [n for n in netns.list_project() if n.startswith("cb-ctl-")]
+
+
+def test_control_table_names_map_memory_and_rules_text_apart_and_no_mad_from_one_round():
+    """bpf only (no namespace): one round has no spread, and the BPF maps' memlock is
+    map memory, never in a column shared with kube-proxy's rules text size."""
+    suite = control.run([1], rounds=1, methods=("bpf",), timeout=120)
+    full = next(r for r in suite["results"] if r["operation"] == "full")
+    assert full["map_bytes"] > 0 and full["rules_text_bytes"] is None and "bytes" not in full
+    row = control.table(suite)[0]
+    assert row[5] == "n/a (1 round)"                      # not "0.0%"
+    assert row[8] == str(full["map_bytes"]) and row[9] == "-"
+
+
+def test_bench_tables_header_splits_map_memory_and_rules_text(capsys):
+    from harness.cli import _print_bench_tables
+    suite = {"config": {}, "results": [{
+        "method": "nft", "services": 1, "operation": "full", "status": "ok", "detail": None,
+        "seconds": {"n": 3, "median": 0.5, "mad": 0.01, "mad_pct": 2.0, "min": 0.4, "max": 0.6,
+                    "mean": 0.5, "stdev": 0.1},
+        "ratio_to_bpf": None, "entries": 12, "map_bytes": None, "rules_text_bytes": 4096}]}
+    _print_bench_tables({"control": suite})
+    header, row = capsys.readouterr().out.strip().splitlines()
+    assert "MAP MEM" in header and "RULES TEXT" in header and "BYTES" not in header.split()
+    assert row.split()[-3:] == ["12", "-", "4096"] and "2.0%" in row
+
+
+def test_micro_and_macro_tables_show_no_mad_from_a_single_sample():
+    from bench import micro
+    from bench.stats import summary
+    one, three = summary([50.0]), summary([50.0, 52.0, 55.0])
+    rows = micro.table({"results": [
+        {"name": "x", "verdict": "ok", "measure": "kernel", "ns_per_packet": ns,
+         "floor_ns_per_packet": ns, "ratio_to_floor": ratio}
+        for ns, ratio in ((one, summary([1.5])), (three, summary([1.4, 1.5, 1.7])))]})
+    assert rows[0][3] == "n/a (1 sample)" and rows[0][6] == "1.50x"
+    assert rows[1][3] == "3.8%" and rows[1][6] == "1.50x ±0.10"
+    macro_rows = macro.table({"results": [
+        {"services": 1, "target": "last", "mode": "keepalive", "datapath": "bpf-tc", "rps": rps,
+         "latency_us": {}, "cpu_us_per_request": {"system": one, "softirq": one},
+         "ratio_to_iptables": None, "errors": 0} for rps in (one, three)]})
+    assert macro_rows[0][5] == "n/a (1 round)" and macro_rows[1][5] == "3.8%"
 
 
 def test_control_timeout_is_reported_and_later_scales_skipped():
@@ -145,7 +190,7 @@ def test_bench_all_smoke_writes_results_and_dashboard(tmp_path):
     assert len(docs) == 1
     assert not (tmp_path / "latest.json").exists()       # only quick runs are "latest"
     doc = json.loads(docs[0].read_text())
-    assert doc["schema_version"] == 2 and doc["profile"] == "smoke"
+    assert doc["schema_version"] == 3 and doc["profile"] == "smoke"
     assert set(doc["suites"]) == {"micro", "control", "macro"}
 
     m = doc["suites"]["macro"]

@@ -130,7 +130,7 @@ def test_bench_micro_tiny(tmp_path):
     written = sorted(p.name for p in tmp_path.iterdir())
     assert "latest.json" in written and "index.html" in written and len(written) == 3
     doc = json.loads((tmp_path / "latest.json").read_text())
-    assert doc["schema_version"] == 2 and doc["machine"]["cores"] >= 1
+    assert doc["schema_version"] == 3 and doc["machine"]["cores"] >= 1
     results = {r["name"]: r for r in doc["suites"]["micro"]["results"]}
     tc = results["parse_stats:tc_parse_stats"]
     assert tc["floor"] == "empty:empty_tc" and tc["measure"] == "kernel"

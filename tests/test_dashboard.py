@@ -93,7 +93,9 @@ def control_suite(speed: float) -> dict:
                     "method": m, "services": n, "endpoints_per_service": 10, "operation": op,
                     "status": status, "detail": detail,
                     "seconds": summ(secs) if ok else None, "samples_s": [secs] * 5 if ok else [],
-                    "entries": n * 12 if ok else None, "bytes": n * 900 if ok else None,
+                    "entries": n * 12 if ok else None,
+                    "map_bytes": n * 900 if ok and m == "bpf" else None,
+                    "rules_text_bytes": n * 700 if ok and m != "bpf" else None,
                     "ratio_to_bpf": summ(base / 0.004) if ok and m != "bpf" else None})
     return {"config": {"scales": list(CONTROL_SERVICES), "rounds": 5}, "results": results}
 
@@ -129,7 +131,7 @@ def macro_suite() -> dict:
 
 
 def document(created: str, sha: str, profile: str, suites: dict) -> dict:
-    return {"schema_version": 2, "created": created, "git": {"sha": sha, "dirty": sha.startswith("0")},
+    return {"schema_version": 3, "created": created, "git": {"sha": sha, "dirty": sha.startswith("0")},
             "profile": profile, "notes": [],
             "machine": {"cpu_model": "Test CPU @ 3.0GHz", "cores": 2, "kernel": "6.18.44",
                         "clang": "Debian clang version 19.1.7", "libbpf": "v1.1",
@@ -486,6 +488,43 @@ def test_missing_suites_and_schema_1_names(tmp_path):
     assert dashboard.micro_case({"name": "netdev:from_netdev"}) == ("from_netdev", {})
 
 
+def _control_rows(html: str) -> dict[tuple[str, str, str], list[str]]:
+    """{(method, services, operation): [cells]} of the page's control table."""
+    rows = {}
+    for row in re.findall(r"<tr><td>([^<]*)</td>(.*?)</tr>", html, re.S):
+        cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row[1], re.S)]
+        titles = re.findall(r'title="([^"]*) bytes"', row[1])
+        if len(titles) == 2:
+            rows[(row[0], cells[0], cells[2])] = cells + titles
+    return rows
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_control_map_memory_and_rules_text_are_separate_columns(tmp_path, version):
+    """Schema 2 held both in "bytes" (bpf: map memory, kube-proxy: rules text): shown apart."""
+    newer = documents()[1]
+    if version == 2:
+        newer["schema_version"] = 2
+        for r in newer["suites"]["control"]["results"]:
+            r["bytes"] = r.pop("map_bytes") if r["method"] == "bpf" else r.pop("rules_text_bytes")
+            r.pop("map_bytes", None), r.pop("rules_text_bytes", None)
+    html = render(write_results(tmp_path, [newer])).read_text()
+    assert ">map memory</th>" in html and ">rules text</th>" in html and ">bytes</th>" not in html
+    rows = _control_rows(html)
+    assert rows[("bpf", "100", "full")][-2:] == ["90,000", "—"]
+    assert rows[("nft", "100", "full")][-2:] == ["—", "70,000"]
+
+
+def test_mad_of_a_single_sample_is_not_shown_as_zero(tmp_path):
+    newer = documents()[1]
+    for r in newer["suites"]["control"]["results"]:
+        if r["seconds"]:
+            r["seconds"] = summ(r["seconds"]["median"], 0.0, n=1)
+    html = render(write_results(tmp_path, [newer])).read_text()
+    row = _control_rows(html)[("bpf", "100", "full")]
+    assert row[5] == "n/a (1 sample)" and "0.0 %" not in row
+
+
 # ---------------------------------------------------------------- the result schema
 
 @pytest.fixture(scope="module")
@@ -496,7 +535,7 @@ def schema() -> dict:
 def test_schema_uses_only_what_the_validator_checks(schema):
     assert schema["$schema"].endswith("/draft/2020-12/schema")
     assert keywords(schema) <= KEYWORDS, keywords(schema) - KEYWORDS
-    assert schema["properties"]["schema_version"] == {"const": 2}
+    assert schema["properties"]["schema_version"] == {"const": 3}
     assert "Summary" in schema["$defs"]
 
 
@@ -528,7 +567,8 @@ def macro0(d: dict) -> dict:
     (lambda d: d["suites"]["micro"]["results"][0]["ns_per_packet"].pop("median"),
      r"ns_per_packet: missing 'median'"),
     (lambda d: macro0(d)["latency_us"].pop("p99"), r"latency_us: missing 'p99'"),
-    (lambda d: d.update(schema_version=1), r"\$\.schema_version: 1 is not 2"),
+    (lambda d: d.update(schema_version=1), r"\$\.schema_version: 1 is not 3"),
+    (lambda d: control0(d).pop("map_bytes"), r"missing 'map_bytes'"),
     (lambda d: d["suites"]["micro"]["results"][0].update(scale={"services": 1, "identities": 1}),
      r"scale: more than 1"),
     (lambda d: control0(d).update(seconds={"median": 1.0}), r"seconds: matches no"),

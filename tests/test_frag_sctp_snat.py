@@ -293,7 +293,7 @@ def test_sctp_target_port_error_is_one_line_and_exit_2(tmp_path):
     import yaml
     path = tmp_path / "sctp.yaml"
     path.write_text(yaml.safe_dump_all(sctp_svc(4, target=8888)))
-    result = subprocess.run([sys.executable, "-m", "harness.scenario.check", str(path)],
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "scenario", "check", str(path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "spec.ports[0].targetPort" in result.stderr and "Traceback" not in result.stderr

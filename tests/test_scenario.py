@@ -551,9 +551,9 @@ def test_random_valid_services_round_trip(svc: Service) -> None:
 # ------------------------------------------------------------------------- check CLI
 
 
-def _check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.scenario.check", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+def _check(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", "scenario", "check", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, input=stdin)
 
 
 def test_check_cli_bad_file_prints_one_line_and_exits_2() -> None:
@@ -570,7 +570,7 @@ def test_check_cli_yaml_syntax_error_and_missing_file_have_no_traceback(tmp_path
     for path in (broken, tmp_path / "missing.yaml"):
         result = _check(str(path))
         assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert result.stderr.count("\n") == 1 and result.stderr.startswith(str(path))
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"ERROR: {path}")
 
 
 def test_check_cli_summary() -> None:
@@ -582,7 +582,7 @@ def test_check_cli_summary() -> None:
     assert result.returncode == 0, result.stderr
     assert "3 services, 3 endpointslices" in result.stdout
     result = _check(str(MINIMAL), "--endpoint", "default/ghost")
-    assert result.returncode == 2 and result.stderr == f"{MINIMAL}: pod default/ghost is not in the scenario\n"
+    assert result.returncode == 2 and result.stderr == f"ERROR: {MINIMAL}: pod default/ghost is not in the scenario\n"
 
 
 def test_namespace_objects_give_namespaces_their_labels() -> None:

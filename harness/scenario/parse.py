@@ -41,7 +41,14 @@ from typing import Any, Callable
 
 import yaml
 
-from harness.addressing import SERVICE_CIDR_V4, SERVICE_CIDR_V6, AddressPlanError, check_project_address
+from harness.addressing import (
+    SERVICE_CIDR_V4,
+    SERVICE_CIDR_V6,
+    AddressPlanError,
+    check_project_address,
+    node_index,
+    node_ip4,
+)
 from harness.scenario.errors import FieldError, ScenarioError
 from harness.scenario.model import (
     DEFAULT_AFFINITY_TIMEOUT,
@@ -66,6 +73,7 @@ __all__ = ["load_scenario", "load_scenario_text", "scenario_from_documents", "NO
 
 NODE_PORT_RANGE = (30000, 32767)
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+NODE_MAX_INDEX = 253        # cb-node<i>: i picks the underlay address 198.19.128.<i + 1>
 
 # =========================================================================== reading
 
@@ -183,14 +191,20 @@ class _GcPaused:
 
 
 def load_scenario_text(text: str, source: str = "<string>") -> Scenario:
-    """Parse and validate a multi-document YAML scenario given as text."""
+    """Parse and validate a multi-document YAML scenario given as text.  A text
+    without any object (empty, only comments or empty documents) is refused."""
     if text.startswith("\ufeff"):
         text = text[1:]
     with _GcPaused():
         try:
-            return scenario_from_documents(_json_documents(text), source)
+            scenario = scenario_from_documents(_json_documents(text), source)
         except _NotJson:
-            return scenario_from_documents(_yaml_documents(text, source), source)
+            scenario = scenario_from_documents(_yaml_documents(text, source), source)
+    if not (scenario.pods or scenario.services or scenario.endpoint_slices or scenario.namespaces
+            or scenario.network_policies or scenario.cilium_network_policies):
+        raise ScenarioError("no objects: an empty scenario (expected Kubernetes objects: Pods, "
+                            "Services, ...)", source=source)
+    return scenario
 
 
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:
@@ -509,12 +523,23 @@ def _ip_list(status: dict, list_key: str, single_key: str) -> tuple[IPAddress, .
     return tuple(ips)
 
 
+def _topology_node(name: str, path: str) -> None:
+    """Pods are placed on the topology's nodes, cb-node0 .. cb-node253 (one underlay
+    address each): any other name is refused here, not when ``up`` builds nodes."""
+    try:
+        node_ip4(node_index(name))
+    except AddressPlanError:
+        raise FieldError(path, f"{name!r} is not a node of the topology (nodes are named "
+                               f"cb-node0 .. cb-node{NODE_MAX_INDEX})") from None
+
+
 def _parse_pod(obj: dict, meta: ObjectMeta, cache: dict) -> Pod:
     spec = _mapping(obj.get("spec") or {}, "spec")
     _check_keys(spec, "spec", _POD_SPEC_KEYS | _POD_SPEC_IGNORED, hints=_POD_SPEC_KEYS)
     node_name = _str(spec, "nodeName", "spec")
     if node_name is not None:
         _name(node_name, "spec.nodeName", "dns-subdomain")
+        _topology_node(node_name, "spec.nodeName")
     host_network = bool(_bool(spec, "hostNetwork", "spec", False))
 
     ports: list[ContainerPort] = []

@@ -13,6 +13,8 @@ Templates see these globals, registered here for address arithmetic:
 
 Rendering uses StrictUndefined, and a parameter the template never mentions is
 an error (it would otherwise be ignored silently, e.g. a typo like ``service=``).
+``render_template`` finds a template by name in ``bench/scenarios``;
+``render_template_file`` renders one anywhere (its includes resolve beside it).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from harness.scenario.errors import ScenarioError
 from harness.scenario.model import Scenario
 from harness.scenario.parse import load_scenario_text
 
-__all__ = ["SCENARIO_DIR", "render_template", "load_template_scenario", "template_path"]
+__all__ = ["SCENARIO_DIR", "render_template", "render_template_file", "load_template_scenario",
+           "template_path"]
 
 #: Where scenario files and templates live.
 SCENARIO_DIR = Path(str(importlib.resources.files(bench).joinpath("scenarios")))
@@ -64,10 +67,10 @@ def _service_vip(index: int) -> str:
     return str(ipaddress.IPv4Address(_SERVICE_BASE + index))
 
 
-@functools.lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
+@functools.lru_cache(maxsize=None)
+def _environment(directory: Path = SCENARIO_DIR) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(SCENARIO_DIR),
+        loader=jinja2.FileSystemLoader(directory),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -89,24 +92,37 @@ def template_path(name: str) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _parameters(filename: str) -> frozenset[str]:
-    env = _environment()
+def _parameters(env: jinja2.Environment, filename: str) -> frozenset[str]:
     source = env.loader.get_source(env, filename)[0]  # type: ignore[union-attr]
     return frozenset(jinja2.meta.find_undeclared_variables(env.parse(source))) - set(env.globals)
 
 
-def _source_name(path: Path, params: dict[str, Any]) -> str:
+def _source_name(path: Path, params: dict[str, Any], shown_path: str | None = None) -> str:
     shown = ", ".join(f"{k}={v!r}" for k, v in sorted(params.items()))
-    return f"bench/scenarios/{path.name}" + (f"[{shown}]" if shown else "")
+    return (shown_path or f"bench/scenarios/{path.name}") + (f"[{shown}]" if shown else "")
 
 
 def render_template(name: str, /, **params: Any) -> str:
     """Render ``bench/scenarios/<name>[.yaml].j2`` with *params*; one-line ScenarioError on failure."""
     path = template_path(name)
-    source = _source_name(path, params)
-    env = _environment()
+    return _render(path, _source_name(path, params), params)
+
+
+def render_template_file(path: str | Path, /, **params: Any) -> tuple[str, str]:
+    """Render the template file *path* with *params*: (text, source name for errors).
+    One-line ScenarioError on failure, also for a file that cannot be read."""
+    path = Path(path)
+    in_tree = path.resolve().parent == SCENARIO_DIR
+    source = _source_name(path, params, None if in_tree else str(path))
+    if not path.is_file():
+        raise ScenarioError("no such file" if not path.exists() else "not a file", source=str(path))
+    return _render(path, source, params), source
+
+
+def _render(path: Path, source: str, params: dict[str, Any]) -> str:
+    env = _environment(path.resolve().parent)
     try:
-        accepted = _parameters(path.name)
+        accepted = _parameters(env, path.name)
         unknown = sorted(set(params) - accepted)
         if unknown:
             raise ScenarioError(f"unknown template parameter {unknown[0]!r} (accepted: {', '.join(sorted(accepted))})",
@@ -118,8 +134,12 @@ def render_template(name: str, /, **params: Any) -> str:
         raise ScenarioError(f"template error: {err.message}", source=source) from None
     except jinja2.TemplateSyntaxError as err:
         raise ScenarioError(f"template syntax error: {err.message}", source=source, line=err.lineno) from None
+    except UnicodeDecodeError as err:
+        raise ScenarioError(f"not UTF-8 text ({err.reason} at byte {err.start})", source=source) from None
     except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as err:
         raise ScenarioError(f"template error: {err}", source=source) from None
+    except OSError as err:
+        raise ScenarioError(f"cannot read: {err.strerror or err}", source=source) from None
 
 
 def load_template_scenario(name: str, /, **params: Any) -> Scenario:
