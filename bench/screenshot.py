@@ -79,6 +79,7 @@ def page_height(page: Path, width: int, profile: str) -> int:
 
 def screenshot(results: Path, out: Path, width: int = 1400) -> tuple[Path, int]:
     """Render the dashboard of *results* and write its PNG to *out*; return (out, height)."""
+    results = Path(results).resolve()
     page = render(results, results / "index.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cb-chromium-") as profile:
