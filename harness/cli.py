@@ -514,22 +514,39 @@ def cmd_connectivity(args) -> int:
     from harness import connectivity
     from harness.scenario import load_scenario
     from harness.topology.state import load_state, scenario_with_real_addresses
+    try:
+        checks = connectivity.select(connectivity.CHECKS, args.test)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not checks:
+        raise UsageError(f"--test {','.join(args.test)}: no check matches "
+                         f"(checks: {', '.join(c.name for c in connectivity.CHECKS)})")
     state = load_state()
     if state is None:
         raise UsageError("no topology is up: run `chainbench up -f "
                          "bench/scenarios/connectivity-check.yaml` first")
     scenario = scenario_with_real_addresses(load_scenario(state.scenario), state)
-    results = connectivity.run(state, scenario, args.datapath)
+    results = connectivity.run(state, scenario, args.datapath, checks, args.flow_validation)
     if args.output == "json":
         print(json.dumps([{"check": r.check.name, "status": r.status, "expect": r.check.expect,
-                           "detail": r.detail, "seconds": round(r.seconds, 3)} for r in results],
-                         indent=1))
+                           "detail": r.detail, "seconds": round(r.seconds, 3),
+                           "flow_validation": args.flow_validation,
+                           "proof": r.proof.to_dict() if r.proof else None,
+                           "drops": list(r.drops), "warning": r.warning or None}
+                          for r in results], indent=1))
     else:
         _print_table(("CHECK", "EXPECT", "RESULT", "TIME", "DETAIL"),
                      [(r.check.name, r.check.expect, r.status, f"{r.seconds:.2f}s", r.detail)
                       for r in results])
-        failed = [r for r in results if not r.ok]
-        print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+        for r in results:
+            if r.warning:
+                print(f"warning: {r.check.name}: {r.warning}", file=sys.stderr)
+        count = {s: sum(r.status == s for r in results) for s in ("PASS", "FAIL", "N/A")}
+        warned = sum(bool(r.warning) for r in results)
+        print(f"{count['PASS']} passed" + (f" ({warned} with warnings)" if warned else "")
+              + f", {count['FAIL']} failed, {count['N/A']} not applicable"
+              + ("  [flow validation disabled: expected failures were not attributed]"
+                 if args.flow_validation == "disabled" else ""))
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAIL
 
 
@@ -734,6 +751,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("connectivity", help="run the connectivity-check suite on the topology")
     p.add_argument("--datapath", choices=["bpf", "iptables", "nftables"],
                    help="the datapath to judge against (default: the topology's)")
+    p.add_argument("--test", action="append", default=[], metavar="REGEX",
+                   help="run only checks whose name matches; '!' excludes; repeat it or "
+                        "separate with commas (like `cilium connectivity test --test`)")
+    p.add_argument("--flow-validation", choices=["strict", "warning", "disabled"],
+                   default="strict",
+                   help="a check that must fail passes only when the datapath counted the "
+                        "expected drop on the expected endpoint and direction (strict, the "
+                        "default); warning: without it, pass with a warning; disabled: any "
+                        "failure passes")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_connectivity)
 

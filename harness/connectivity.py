@@ -12,10 +12,19 @@ The scenario is bench/scenarios/connectivity-check.yaml; checks name its
 pods and services.  With the iptables or nftables datapaths, checks that
 need network policy are reported "not applicable": enforcing policy is not
 kube-proxy's job.
+
+A check that must fail passes only with proof of why it failed (flow
+validation, like ``cilium connectivity test --flow-validation``): the drop
+counter of the expected reason (policy denied, 133, or a deny rule's 181) on
+the expected endpoint and direction (the client's egress, or the server's
+ingress) grew during the check.  The counters are per endpoint, direction
+and reason (harness/drop_counters.py), so the checks that must fail run after
+the others, never two on one endpoint and direction at once.
 """
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,11 +32,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from harness import cgroups
+from harness import cgroups, drop_counters, drop_reasons
+from harness.endpoints import EndpointRegistry
 from harness.topology.state import TopologyState
 
 CHECK_TIMEOUT = 3.0
 ECHO_PORT, HOST_ECHO_PORT, WORLD_PORT, HOSTPORT, NODEPORT = 8080, 41000, 80, 40000, 31313
+DROP_POLICY = drop_reasons.CODES["DROP_POLICY"]              # 133: no rule allows
+DROP_POLICY_DENY = drop_reasons.CODES["DROP_POLICY_DENY"]    # 181: a deny rule matched
+#: --flow-validation: strict (a check that must fail needs the drop proof), warning
+#: (missing proof is a warning), disabled (any failure passes, as before).
+FLOW_VALIDATION = ("strict", "warning", "disabled")
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,10 @@ class Check:
     target: str                 # see _resolve_target
     expect: str = "pass"        # "pass" or "fail"
     needs_policy: bool = False
+    #: expect="fail": the drop the datapath must count, and where: "egress" at the
+    #: client's endpoint, "ingress" at the server's.
+    drop_reason: int = DROP_POLICY
+    drop_direction: str = "egress"
 
 
 CHECKS = (
@@ -57,14 +76,48 @@ CHECKS = (
     Check("host-to-b-multi-node-clusterip", "host:cb-node0", "svc:echo-b"),
     Check("host-to-b-multi-node-headless", "host:cb-node0", "headless:echo-b-headless"),
     Check("pod-to-external", "pod-to-external-1111", "world"),
-    Check("all-ingress-deny", "pod-to-a", "pod:echo-ingress-deny", "fail", needs_policy=True),
-    Check("all-egress-deny", "client-egress-deny", "svc:echo-a", "fail", needs_policy=True),
-    Check("client-egress-to-cidr-deny", "client-cidr-deny", "world", "fail", needs_policy=True),
+    Check("all-ingress-deny", "pod-to-a", "pod:echo-ingress-deny", "fail", needs_policy=True,
+          drop_reason=DROP_POLICY_DENY, drop_direction="ingress"),
+    Check("all-egress-deny", "client-egress-deny", "svc:echo-a", "fail", needs_policy=True,
+          drop_reason=DROP_POLICY_DENY),
+    Check("client-egress-to-cidr-deny", "client-cidr-deny", "world", "fail", needs_policy=True,
+          drop_reason=DROP_POLICY_DENY),
     Check("to-entities-world", "client-to-world", "world", needs_policy=True),
     Check("to-entities-world-only", "client-to-world", "svc:echo-a", "fail", needs_policy=True),
 )
 
 SERVERS = (("echo-a", ECHO_PORT), ("echo-b", ECHO_PORT), ("echo-ingress-deny", ECHO_PORT))
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One endpoint and direction whose drop counters a check reads."""
+    node: str
+    pod: str                    # namespace/name
+    endpoint_id: int
+    direction: str              # "ingress" / "egress"
+
+    def where(self) -> str:
+        return f"{self.node} {self.pod} (endpoint {self.endpoint_id}) {self.direction}"
+
+    def holds(self, key: drop_counters.Key) -> bool:
+        return (key.node, key.endpoint_id, key.direction) == \
+            (self.node, self.endpoint_id, self.direction)
+
+
+@dataclass(frozen=True)
+class DropProof:
+    """The drop an expected-fail check needs: its reason at *watch*, and how many
+    packets the datapath counted there during the check (0: not seen)."""
+    reason: int
+    watch: Watch
+    delta: int
+
+    def to_dict(self) -> dict:
+        return {"reason": self.reason, "reason_name": drop_reasons.describe(self.reason),
+                "node": self.watch.node, "endpoint": self.watch.pod,
+                "endpoint_id": self.watch.endpoint_id, "direction": self.watch.direction,
+                "delta": self.delta}
 
 
 @dataclass
@@ -73,10 +126,35 @@ class Result:
     status: str                 # PASS, FAIL, N/A
     detail: str
     seconds: float
+    #: expect="fail" under flow validation: the expected drop and its count
+    proof: DropProof | None = None
+    #: drops counted on the check's endpoints during it (any reason), "where: what xN"
+    drops: tuple[str, ...] = ()
+    #: --flow-validation=warning: why the pass is not proven
+    warning: str = ""
 
     @property
     def ok(self) -> bool:
         return self.status != "FAIL"
+
+
+def select(checks: tuple[Check, ...], patterns: list[str]) -> tuple[Check, ...]:
+    """The checks ``--test`` selects, as ``cilium connectivity test --test`` does: each
+    pattern is a regular expression searched in the check's name (a comma separates
+    several); one starting with ``!`` excludes; without including patterns, every
+    check not excluded runs.  ValueError names a bad expression."""
+    include, exclude = [], []
+    for item in patterns:
+        for pattern in filter(None, (p.strip() for p in item.split(","))):
+            negate = pattern.startswith("!")
+            expr = pattern[1:] if negate else pattern
+            try:
+                (exclude if negate else include).append(re.compile(expr))
+            except re.error as exc:
+                raise ValueError(f"--test {pattern!r}: {exc}") from None
+    return tuple(c for c in checks
+                 if (not include or any(r.search(c.name) for r in include))
+                 and not any(r.search(c.name) for r in exclude))
 
 
 class ConnectivityError(RuntimeError):
@@ -127,7 +205,70 @@ def _client_cmd(state: TopologyState, client: str, url: str) -> tuple[list[str],
     return ["nsenter", f"--net=/run/netns/{state.pod(client).netns}", "--", *probe], None
 
 
-def _run_check(state: TopologyState, scenario, check: Check, datapath: str) -> Result:
+def _server_pod(scenario, target: str) -> str | None:
+    """The pod that serves *target* (one backend), or None (world, host network)."""
+    kind, _, name = target.partition(":")
+    if kind in ("pod", "hostport"):
+        return name
+    try:
+        if kind in ("svc", "headless"):
+            services = [scenario.service(name)]
+        elif kind == "nodeport":
+            services = [s for s in scenario.services if any(p.node_port == NODEPORT for p in s.ports)]
+        else:
+            return None
+    except (KeyError, LookupError, ValueError):
+        return None
+    pods = {ep.target_ref_name for svc in services for sl in scenario.endpoint_slices_for(svc)
+            for ep in sl.endpoints if ep.target_ref_name}
+    return pods.pop() if len(pods) == 1 else None
+
+
+def _watch(state: TopologyState, pod_name: str | None, direction: str) -> Watch | None:
+    if pod_name is None or pod_name.startswith("host:"):
+        return None
+    try:
+        pod = state.pod(pod_name)
+    except KeyError:
+        return None
+    if pod.host_network:
+        return None
+    record = EndpointRegistry(pod.node).records.get(pod.ref)
+    return Watch(pod.node, pod.ref, record.id, direction) if record else None
+
+
+def _watches(state: TopologyState, scenario, check: Check) -> tuple[Watch | None, list[Watch]]:
+    """(where the expected drop must be counted, every endpoint direction of the flow)."""
+    client = _watch(state, check.client, "egress")
+    server = _watch(state, _server_pod(scenario, check.target), "ingress")
+    expected = None
+    if check.expect == "fail":
+        expected = client if check.drop_direction == "egress" else server
+    return expected, [w for w in (client, server) if w is not None]
+
+
+def _expected_key(scenario, check: Check) -> tuple[str | None, str]:
+    """The endpoint (by pod name) and direction an expected-fail check's proof is read at."""
+    if check.drop_direction == "egress":
+        return check.client, "egress"
+    return _server_pod(scenario, check.target), "ingress"
+
+
+def _read_counters(nodes: set[str]) -> dict:
+    counts: dict = {}
+    for node in sorted(nodes):
+        counts.update(drop_counters.read(node))
+    return counts
+
+
+def _why(output: str) -> str:
+    """'timed out' from the probe's 'URLError: <urlopen error timed out>'."""
+    m = re.search(r"<urlopen error (.*)>$", output)
+    return m.group(1) if m else output
+
+
+def _run_check(state: TopologyState, scenario, check: Check, datapath: str,
+               validation: str = "strict") -> Result:
     start = time.monotonic()
     if check.needs_policy and datapath != "bpf":
         return Result(check, "N/A", "policy is not kube-proxy's job", 0.0)
@@ -136,14 +277,52 @@ def _run_check(state: TopologyState, scenario, check: Check, datapath: str) -> R
         cmd, preexec = _client_cmd(state, check.client, url)
     except (KeyError, ConnectivityError) as exc:
         return Result(check, "FAIL", f"cannot run: {exc}", 0.0)
+    expected, watches = (None, []) if validation == "disabled" else \
+        _watches(state, scenario, check)
+    if check.expect == "fail" and validation != "disabled" and expected is None:
+        side = "client" if check.drop_direction == "egress" else "server"
+        return Result(check, "FAIL", f"cannot run: the {side} of {check.target} has no endpoint "
+                      f"to read the {check.drop_direction} drop counters of", 0.0)
+    nodes = {w.node for w in watches}
+    try:
+        before = _read_counters(nodes)
+    except drop_counters.CountersUnavailable as exc:
+        if expected is not None:
+            return Result(check, "FAIL", f"cannot run: {exc}", 0.0)
+        watches, nodes, before = [], set(), {}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHECK_TIMEOUT + 5,
                           preexec_fn=preexec, env={**os.environ, "PYTHONPATH": _pythonpath()})
+    seen = drop_counters.grown(before, _read_counters(nodes)) if nodes else {}
     took = time.monotonic() - start
+    drops = tuple(f"{w.where()}: {drop_counters.describe(k.reason)} x{n}"
+                  for w in watches for k, n in sorted(seen.items(), key=lambda i: i[0].reason)
+                  if w.holds(k))
     succeeded = proc.returncode == 0
-    detail = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-1:] or [""]
-    detail = f"{url}: {'answered ' + detail[0] if succeeded else detail[0]}"
-    status = "PASS" if succeeded == (check.expect == "pass") else "FAIL"
-    return Result(check, status, detail, took)
+    output = ((proc.stdout.strip() or proc.stderr.strip()).splitlines()[-1:] or [""])[0]
+    if succeeded:
+        if check.expect == "pass":
+            return Result(check, "PASS", f"{url}: answered {output}", took, drops=drops)
+        return Result(check, "FAIL", f"{url}: answered {output}, but it must be denied "
+                      f"({drop_counters.describe(check.drop_reason)})", took, drops=drops)
+    failed = f"{url}: request failed ({_why(output)})"
+    if check.expect == "pass":
+        counted = f"; dropped on {'; '.join(drops)}" if drops else ""
+        return Result(check, "FAIL", failed + counted, took, drops=drops)
+    if validation == "disabled":
+        return Result(check, "PASS", failed + " [flow validation disabled: why it failed "
+                      "was not checked]", took)
+    delta = sum(n for k, n in seen.items() if expected.holds(k) and k.reason == check.drop_reason)
+    proof = DropProof(check.drop_reason, expected, delta)
+    if delta:
+        return Result(check, "PASS", f"{failed}; {drop_counters.describe(check.drop_reason)} "
+                      f"x{delta} counted on {expected.where()}", took, proof, drops)
+    missing = (f"{failed} but no {drop_counters.describe(check.drop_reason)} was counted on "
+               f"{expected.where()}")
+    if drops:
+        missing += f" (counted: {'; '.join(drops)})"
+    if validation == "warning":
+        return Result(check, "PASS", missing, took, proof, drops, warning=missing)
+    return Result(check, "FAIL", missing, took, proof, drops)
 
 
 def _pythonpath() -> str:
@@ -215,10 +394,38 @@ class Servers:
             nginx.stop_scratch(directory)
 
 
+def _waves(scenario, checks: list[Check]) -> list[list[Check]]:
+    """Expected-fail checks in groups that may run at once: no two in a group read
+    their proof at the same endpoint and direction."""
+    waves: list[tuple[set, list[Check]]] = []
+    for check in checks:
+        key = _expected_key(scenario, check)
+        for keys, wave in waves:
+            if key not in keys:
+                keys.add(key)
+                wave.append(check)
+                break
+        else:
+            waves.append(({key}, [check]))
+    return [wave for _, wave in waves]
+
+
 def run(state: TopologyState, scenario, datapath: str | None = None,
-        checks: tuple[Check, ...] = CHECKS) -> list[Result]:
-    """Run *checks* against the topology (servers up for the duration)."""
+        checks: tuple[Check, ...] = CHECKS, flow_validation: str = "strict") -> list[Result]:
+    """Run *checks* against the topology (servers up for the duration), in their
+    order; those expecting success first, all at once, then those that must fail
+    (see _waves), so a drop counted during one is that one's."""
+    if flow_validation not in FLOW_VALIDATION:
+        raise ValueError(f"flow validation {flow_validation!r}: one of {', '.join(FLOW_VALIDATION)}")
     datapath = datapath or state.datapath
+    results: dict[Check, Result] = {}
     with Servers(state):
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return list(pool.map(lambda c: _run_check(state, scenario, c, datapath), checks))
+            def batch(group):
+                for c, r in zip(group, pool.map(lambda c: _run_check(
+                        state, scenario, c, datapath, flow_validation), group)):
+                    results[c] = r
+            batch([c for c in checks if c.expect != "fail"])
+            for wave in _waves(scenario, [c for c in checks if c.expect == "fail"]):
+                batch(wave)
+    return [results[c] for c in checks]
