@@ -8,7 +8,9 @@ are a node setting, like Cilium's agent flag ``--bpf-lb-map-max``: written by
 ``/run/chainbench/<node>/datapath.json``, and read by harness.datapath.load.
 The same file keeps the node's policy settings (``np_ipblock``: what a
 NetworkPolicy ipBlock selects, like Cilium's policy-cidr-match-mode), read
-by harness.node_sync whenever the node's policy is resolved.
+by harness.node_sync whenever the node's policy is resolved, and the scenario
+``lb apply`` last programmed the node from (``lb_scenario``), so read commands
+can name the maps' frontends by their Service.
 """
 from __future__ import annotations
 
@@ -59,6 +61,16 @@ def save_np_ipblock(node: str, mode: str) -> None:
 def np_ipblock(node: str) -> str:
     """*node*'s ipBlock setting ("pods", Kubernetes' semantics, unless set)."""
     return str(_read(node).get("np_ipblock", "pods"))
+
+
+def save_lb_scenario(node: str, scenario_path: str) -> None:
+    """The scenario file *node*'s LB maps were last programmed from (``lb apply``)."""
+    _write(node, {**_read(node), "lb_scenario": os.path.abspath(scenario_path)})
+
+
+def lb_scenario(node: str) -> str | None:
+    value = _read(node).get("lb_scenario")
+    return str(value) if value else None
 
 
 def remove(node: str) -> None:
