@@ -1,8 +1,15 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``chainbench`` command line: one ``cmd_<name>`` function per subcommand.
 
 Only this module prints and chooses exit codes: 0 success, 1 a failure of the
 thing being run (kernel refusal, failed check), 2 bad input (usage, a bad
 file or field), 130 interrupted.  Errors are one line, never a traceback.
+
+Read commands take ``-o table|wide|json|yaml`` (wide adds NODE and LABELS
+columns where they apply) and cover every node unless ``--node`` names one,
+as ``kubectl get -A`` covers every namespace (a NODE column then says whose
+row it is).  Shell completion comes from argcomplete (``chainbench completion
+bash``); an unknown command gets one line with the closest one.
 """
 from __future__ import annotations
 
@@ -38,9 +45,12 @@ def cmd_programs(args) -> int:
     objects = paths.datapath_objects()
     if not objects:
         raise UsageError(f"no compiled objects in {paths.bpf_objects_dir()} (run `make build`)")
-    rows = [(o.name.removesuffix(".bpf.o"), name, ptype)
+    docs = [{"object": o.name.removesuffix(".bpf.o"), "program": name, "type": ptype,
+             "path": str(o)}
             for o in objects for name, ptype in sorted(list_programs(str(o)).items())]
-    _print_table(("OBJECT", "PROGRAM", "TYPE"), rows)
+    wide = args.output == "wide"
+    _emit(args, docs, ("OBJECT", "PROGRAM", "TYPE") + (("PATH",) if wide else ()),
+          [(d["object"], d["program"], d["type"]) + ((d["path"],) if wide else ()) for d in docs])
     return EXIT_OK
 
 
@@ -248,13 +258,17 @@ def _stderr_console():
 def cmd_lb_apply(args) -> int:
     from harness import datapath
     from harness.lb.state import desired_state
-    scenario = _load_scenario(args)
+    from harness import node_config
+    from harness.scenario import source
+    text, origin = source.read(args.file, dict(args.param))
+    scenario = source.load_text(text, origin)
     state = desired_state(scenario)
     node = args.node
     with datapath.load("lxc", node, pinned=True) as coll:
         control = datapath.lb_control(coll)
         restored = control.restore()
         stats = control.apply(state)
+    node_config.save_lb_scenario(node, text)     # names the frontends in `services`
     print(f"{node}: {len(state.frontends)} frontends from {scenario.source}"
           f"{f' ({restored} restored from the maps)' if restored else ''}; {stats}")
     return EXIT_OK
@@ -262,12 +276,22 @@ def cmd_lb_apply(args) -> int:
 
 def cmd_identities(args) -> int:
     from harness.policy.resolve import format_identities, resolve
-    state = resolve(_load_scenario(args), np_ipblock=args.netpol_ipblock)
+    scenario = _load_scenario(args)
+    state = resolve(scenario, np_ipblock=args.netpol_ipblock)
     rows = format_identities(state)
-    if args.output == "json":
-        print(json.dumps([{"id": int(i), "labels": labels} for i, labels in rows], indent=1))
+    holders: dict[int, list[str]] = {}
+    for ep in state.endpoints:
+        holders.setdefault(ep.identity, []).append(ep.pod)
+    node_of = {p.ref: p.node_name or "" for p in scenario.pods}
+    docs = [{"id": int(i), "labels": labels, "endpoints": sorted(holders.get(int(i), [])),
+             "nodes": sorted({node_of.get(p, "") for p in holders.get(int(i), [])} - {""})}
+            for i, labels in rows]
+    if args.output == "wide":
+        _emit(args, docs, ("ID", "LABELS", "ENDPOINTS", "NODE"),
+              [(str(d["id"]), d["labels"], ",".join(d["endpoints"]), ",".join(d["nodes"]))
+               for d in docs])
     else:
-        _print_table(("ID", "LABELS"), rows)
+        _emit(args, docs, ("ID", "LABELS"), rows)
     return EXIT_OK
 
 
@@ -301,12 +325,16 @@ def cmd_policy_apply(args) -> int:
 
 
 def cmd_policy_get(args) -> int:
-    from harness import datapath
+    from harness import datapath, nodes
     from harness.endpoints import EndpointRegistry
+    from harness.policy import entries as PE
     from harness.policy.program import read_rules
-    node = datapath.resolve_node(args.node)
+    ref = nodes.pod_ref(args.endpoint)
+    try:
+        node = datapath.resolve_node(args.node) if args.node else nodes.pod_node(ref)
+    except nodes.PodNotFound as exc:
+        raise UsageError(str(exc)) from None
     registry = EndpointRegistry(node)
-    ref = args.endpoint if "/" in args.endpoint else f"default/{args.endpoint}"
     if ref not in registry.records:
         raise UsageError(f"no endpoint {ref} on {node} (known: "
                          f"{', '.join(sorted(registry.records)) or 'none'})")
@@ -318,27 +346,49 @@ def cmd_policy_get(args) -> int:
     finally:
         for m in maps.values():
             m.close()
-    from harness.policy import entries as PE
     flags = PE.EP_FLAGS
-    header = (f"endpoint {ref} (id {rec.id}, identity {info.identity}, policy revision "
-              f"{info.policy_revision}); ingress "
-              f"{'enforced' if info.flags & flags['EP_F_INGRESS_ENFORCED'] else 'allow-all'}, "
-              f"egress {'enforced' if info.flags & flags['EP_F_EGRESS_ENFORCED'] else 'allow-all'}")
+    ingress = "enforced" if info.flags & flags["EP_F_INGRESS_ENFORCED"] else "allow-all"
+    egress = "enforced" if info.flags & flags["EP_F_EGRESS_ENFORCED"] else "allow-all"
     labels = registry.identity_labels()
-    rows = [("Deny" if k.deny else "Allow", "Egress" if k.egress else "Ingress",
-             "ANY" if k.identity == 0 else f"{k.identity} {labels.get(k.identity, '')}".strip(),
-             k.ports_text(), str(b), str(p))
+    docs = [{"verdict": "Deny" if k.deny else "Allow",
+             "direction": "Egress" if k.egress else "Ingress",
+             "identity": k.identity if k.identity else None,
+             "labels": _label_list(labels.get(k.identity)) if k.identity else [],
+             "port_proto": k.port_proto_text(), "bytes": b, "packets": p}
             for k, p, b in rules]
-    if args.output == "json":
-        print(json.dumps({"endpoint": ref, "id": rec.id, "identity": info.identity,
-                          "revision": info.policy_revision,
-                          "rules": [dict(zip(("verdict", "direction", "identity", "port_proto",
-                                              "bytes", "packets"), r)) for r in rows]}, indent=1))
-    else:
-        print(header)
-        _print_table(("POLICY", "DIRECTION", "IDENTITY (LABELS)", "PROTO/PORT", "BYTES", "PACKETS"),
-                     rows)
+    if args.output in ("json", "yaml"):
+        _emit(args, {"endpoint": ref, "node": node, "id": rec.id, "identity": info.identity,
+                     "revision": info.policy_revision, "ingress": ingress, "egress": egress,
+                     "rules": docs}, (), [])
+        return EXIT_OK
+    wide = args.output == "wide"
+
+    def who(d: dict) -> str:
+        if d["identity"] is None:
+            return "ANY"
+        text = ",".join(d["labels"]) if wide else PE.short_labels(d["labels"])
+        return f"{d['identity']} {text}".strip()
+    print(f"endpoint {ref} on {node} (id {rec.id}, identity {info.identity}, policy revision "
+          f"{info.policy_revision}); ingress {ingress}, egress {egress}")
+    _print_table(("POLICY", "DIRECTION", "IDENTITY (LABELS)", "PORT/PROTO", "BYTES", "PACKETS"),
+                 [(d["verdict"], d["direction"], who(d), d["port_proto"], str(d["bytes"]),
+                   str(d["packets"])) for d in docs])
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _node_maps(args):
+    """[(node, its pinned maps)] for every node the command covers (--node: that one)."""
+    from harness import datapath, nodes
+    opened: list[tuple[str, dict]] = []
+    try:
+        for node in nodes.select(args.node):
+            opened.append((node, datapath.open_pinned(node)))
+        yield opened
+    finally:
+        for _, maps in opened:
+            for m in maps.values():
+                m.close()
 
 
 def _pinned_maps(args):
@@ -347,38 +397,50 @@ def _pinned_maps(args):
 
 
 def cmd_services(args) -> int:
+    from harness import nodes
     from harness.lb import listing
-    maps = _pinned_maps(args)
-    try:
-        rows = listing.read_services(maps)
-    finally:
-        for m in maps.values():
-            m.close()
-    if args.output == "json":
-        print(json.dumps([r.to_json() for r in rows], indent=1))
-    else:
-        _print_table(("ID", "FRONTEND", "SERVICE TYPE", "BACKEND", "PACKETS", "BYTES"),
-                     listing.format_table(rows))
+    rows = []
+    with _node_maps(args) as covered:
+        for node, maps in covered:
+            node_rows = listing.read_services(maps)
+            listing.name_services(node_rows, node, nodes.service_names(node))
+            rows += node_rows
+    node_column = args.node is None or args.output == "wide"
+    wide = args.output == "wide"
+    _emit(args, [r.to_json() for r in rows], listing.header(node_column, wide),
+          listing.format_table(rows, node_column, wide))
     return EXIT_OK
 
 
 def cmd_ct(args) -> int:
     from harness import conntrack
+    if args.ct_command != "list":
+        return _ct_clean(args)
+    records = []
+    with _node_maps(args) as covered:
+        for node, maps in covered:
+            records += [(node, r) for r in conntrack.records(maps)]
+    node_column = args.node is None or args.output == "wide"
+    wide = args.output == "wide"
+    rows = [((node,) if node_column else ())
+            + (f"{r.protocol}", r.direction,
+               f"{_hostport(r.saddr, r.sport)} -> {_hostport(r.daddr, r.dport)}",
+               f"{r.expires_in}s", f"{r.tx_packets}/{r.rx_packets}",
+               str(r.rev_nat_index or ""), ",".join(r.flags), r.tcp_flags_seen)
+            + ((f"{r.tx_bytes}/{r.rx_bytes}", str(r.backend_id or "")) if wide else ())
+            for node, r in records]
+    _emit(args, [{"node": node, **r.to_json()} for node, r in records],
+          (("NODE",) if node_column else ())
+          + ("PROTO", "DIR", "TUPLE", "EXPIRES", "PKTS TX/RX", "REVNAT", "FLAGS", "TCP FLAGS")
+          + (("BYTES TX/RX", "BACKEND") if wide else ()), rows)
+    return EXIT_OK
+
+
+def _ct_clean(args) -> int:
+    from harness import conntrack
     maps = _pinned_maps(args)
     try:
-        if args.ct_command == "list":
-            records = list(conntrack.records(maps))
-            if args.output == "json":
-                print(json.dumps([r.to_json() for r in records], indent=1))
-                return EXIT_OK
-            rows = [(f"{r.protocol}", r.direction,
-                     f"{_hostport(r.saddr, r.sport)} -> {_hostport(r.daddr, r.dport)}",
-                     f"{r.expires_in}s", f"{r.tx_packets}/{r.rx_packets}",
-                     str(r.rev_nat_index or ""), ",".join(r.flags), r.tcp_flags_seen)
-                    for r in records]
-            _print_table(("PROTO", "DIR", "TUPLE", "EXPIRES", "PKTS TX/RX", "REVNAT", "FLAGS",
-                          "TCP FLAGS"), rows)
-        elif args.ct_command == "gc":
+        if args.ct_command == "gc":
             removed = conntrack.gc(maps)
             print(", ".join(f"{name}: {n} expired entries removed" for name, n in removed.items()))
         else:
@@ -392,20 +454,23 @@ def cmd_ct(args) -> int:
 
 def cmd_snat(args) -> int:
     from harness import snat
-    maps = _pinned_maps(args)
-    try:
-        if snat.STATS_MAP not in maps:
-            raise UsageError(f"node has no {snat.STATS_MAP} map (its from_netdev predates it)")
-        stats = snat.read_stats(maps)
-    finally:
-        for m in maps.values():
-            m.close()
-    if args.output == "json":
-        print(json.dumps({f"ipv{f}": vars(s) for f, s in stats.items()}, indent=1))
-        return EXIT_OK
-    _print_table(("FAMILY", "ALLOCATED", "COLLISIONS", "REUSED", "EXHAUSTED"),
-                 [(f"IPv{f}", str(s.allocated), str(s.collisions), str(s.reused),
-                   str(s.exhausted)) for f, s in stats.items()])
+    per_node = {}
+    with _node_maps(args) as covered:
+        for node, maps in covered:
+            if snat.STATS_MAP in maps:
+                per_node[node] = snat.read_stats(maps)
+            elif args.node is not None:
+                raise UsageError(f"node {node} has no {snat.STATS_MAP} map (its from_netdev "
+                                 "predates it)")
+    node_column = args.node is None or args.output == "wide"
+    docs = [{"node": node, **{f"ipv{f}": vars(s) for f, s in stats.items()}}
+            for node, stats in per_node.items()]
+    _emit(args, docs,
+          (("NODE",) if node_column else ())
+          + ("FAMILY", "ALLOCATED", "COLLISIONS", "REUSED", "EXHAUSTED"),
+          [((node,) if node_column else ())
+           + (f"IPv{f}", str(s.allocated), str(s.collisions), str(s.reused), str(s.exhausted))
+           for node, stats in per_node.items() for f, s in stats.items()])
     return EXIT_OK
 
 
@@ -566,16 +631,20 @@ def cmd_endpoints(args) -> int:
     from harness.endpoints import EndpointRegistry
     from harness.policy import entries as PE
     rows = []
-    for node in datapath.pinned_nodes():
+    covered = [datapath.resolve_node(args.node)] if args.node else datapath.pinned_nodes()
+    for node in covered:
         registry = EndpointRegistry(node)
+        labels = registry.identity_labels()
         maps = datapath.open_pinned(node)
         try:
-            for rec in sorted(registry.records.values(), key=lambda r: r.id):
+            for rec in registry.records.values():
                 info = maps["cb_endpoints"].get(rec.id) if rec.state == "ready" else None
                 flags = info.flags if info is not None else 0
+                identity = info.identity if info is not None else None
                 rows.append({
                     "name": rec.pod, "node": node, "endpoint_id": rec.id,
-                    "identity_id": info.identity if info is not None else None,
+                    "identity_id": identity,
+                    "labels": _label_list(labels.get(identity)) if identity else [],
                     "ingress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_INGRESS_ENFORCED"]),
                     "egress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_EGRESS_ENFORCED"]),
                     "state": rec.state, "ipv4": rec.ipv4, "ipv6": rec.ipv6,
@@ -583,18 +652,178 @@ def cmd_endpoints(args) -> int:
         finally:
             for m in maps.values():
                 m.close()
-    if args.output == "json":
-        print(json.dumps(rows, indent=1))
+    # An endpoint id is unique per node: (NODE, ENDPOINT ID) names one endpoint.
+    rows.sort(key=lambda r: (covered.index(r["node"]), r["endpoint_id"]))
+    wide = args.output == "wide"
+    _emit(args, rows,
+          ("NODE", "ENDPOINT ID", "NAME", "IDENTITY ID", "INGRESS ENFORCEMENT",
+           "EGRESS ENFORCEMENT", "ENDPOINT STATE", "IPV4", "IPV6")
+          + (("INTERFACE", "LABELS") if wide else ()),
+          [(r["node"], str(r["endpoint_id"]), r["name"], str(r["identity_id"] or "<none>"),
+            str(r["ingress_enforcement"]).lower(), str(r["egress_enforcement"]).lower(),
+            r["state"], r["ipv4"] or "", r["ipv6"] or "")
+           + ((r["interface"] or "", ",".join(r["labels"])) if wide else ()) for r in rows])
+    return EXIT_OK
+
+
+def cmd_version(args) -> int:
+    from harness import version
+    info = version.info()
+    if args.output in ("json", "yaml"):
+        _emit(args, info, (), [])
         return EXIT_OK
-    _print_table(("NAME", "ENDPOINT ID", "IDENTITY ID", "INGRESS ENFORCEMENT", "EGRESS ENFORCEMENT",
-                  "ENDPOINT STATE", "IPV4", "IPV6"),
-                 [(r["name"], str(r["endpoint_id"]), str(r["identity_id"] or "<none>"),
-                   str(r["ingress_enforcement"]).lower(), str(r["egress_enforcement"]).lower(),
-                   r["state"], r["ipv4"] or "", r["ipv6"] or "") for r in rows])
+    commit = f" (git {info['git_commit']})" if info["git_commit"] else ""
+    print(f"chainbench {info['chainbench']}{commit}")
+    for key, label in (("kernel", "kernel"), ("libbpf", "libbpf"), ("clang", "clang (build/)"),
+                       ("python", "python")):
+        print(f"{label + ':':<16}{info[key] or 'unknown'}")
+    if args.output == "wide":
+        print(f"{'build dir:':<16}{info['build_dir']}")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from harness import status
+    doc = status.collect()
+    if args.output in ("json", "yaml"):
+        _emit(args, doc, (), [])
+        return EXIT_OK
+    wide = args.output == "wide"
+    features = doc["kernel"]["features"]
+    print(f"{'Kernel:':<14}{doc['kernel']['release']}")
+    for f in features:
+        print(f"  {f['name'] + ':':<18}{'yes' if f['available'] else 'no':<5}{f['detail']}")
+    topo = doc["topology"]
+    if topo is None:
+        print(f"{'Topology:':<14}none (run `chainbench up -f SCENARIO`)")
+    else:
+        print(f"{'Topology:':<14}{topo['nodes']} nodes, {topo['pods_ready']}/{topo['pods']} pods "
+              f"ready, routing {topo['routing']}, datapath {topo['datapath']}"
+              f"{'' if topo['complete'] else ', incomplete (up did not finish)'}; "
+              f"scenario {topo['scenario']}")
+    pinned = [n["name"] for n in doc["nodes"] if n["pinned"]]
+    print(f"{'Pinned:':<14}" + (f"{len(pinned)} node(s) under {doc['pin_root']}: "
+                                f"{', '.join(pinned)}" if pinned else "nothing pinned"))
+    print(f"{'Observer:':<14}{doc['observer']}")
+    if doc["nodes"]:
+        print("Nodes:")
+    for n in doc["nodes"]:
+        progs = n["programs"]
+        kinds: dict[str, int] = {}
+        for p in progs:
+            kinds[p["program"]] = kinds.get(p["program"], 0) + 1
+        attached = ", ".join(f"{name} x{c}" if c > 1 else name for name, c in kinds.items())
+        print(f"  {n['name'] + ':':<12}datapath {n['datapath'] or 'unknown'}, "
+              f"{n['endpoints']} endpoints, {len(n['maps'])} maps and {n['pinned_links']} links "
+              f"pinned, {len(progs)} programs attached" + (f" ({attached})" if attached else ""))
+        for err in n["errors"]:
+            print(f"    warning: {err}")
+    rows = []
+    for n in doc["nodes"]:
+        for m in n["maps"]:
+            if not wide and m["entries"] is None:
+                continue
+            pressure = f"{100 * m['pressure']:.1f}%" if m["pressure"] is not None else "-"
+            rows.append((n["name"], m["name"], m["type"],
+                         "-" if m["entries"] is None else str(m["entries"]), str(m["max_entries"]),
+                         pressure))
+    if rows:
+        print("BPF map pressure (entries in use / max entries):")
+        _print_table(("NODE", "MAP", "TYPE", "ENTRIES", "MAX", "PRESSURE"), rows)
+    if wide:
+        prog_rows = [(n["name"], p["program"], p["hook"], p["target"], str(p["id"] or ""))
+                     for n in doc["nodes"] for p in n["programs"]]
+        if prog_rows:
+            print("Attached programs:")
+            _print_table(("NODE", "PROGRAM", "HOOK", "TARGET", "ID"), prog_rows)
+    return EXIT_OK
+
+
+COMPLETION_SHELLS = ("bash", "zsh", "fish", "tcsh", "powershell")
+
+
+def cmd_completion(args) -> int:
+    try:
+        import argcomplete
+    except ImportError:
+        raise UsageError("argcomplete is not installed (pip install argcomplete)") from None
+    sys.stdout.write(argcomplete.shellcode(["chainbench"], shell=args.shell))
     return EXIT_OK
 
 
 # --- plumbing ----------------------------------------------------------------------
+
+OUTPUT_FORMATS = ("table", "wide", "json", "yaml")
+
+
+def _add_output(p) -> None:
+    p.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="table",
+                   help="table (default), wide (adds NODE, LABELS and other columns where they "
+                        "apply), json or yaml")
+
+
+def _emit(args, doc, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Print *doc* as JSON or YAML (-o json|yaml), else the table of *header* and *rows*."""
+    if args.output == "json":
+        print(json.dumps(doc, indent=1))
+    elif args.output == "yaml":
+        import yaml
+        sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
+    else:
+        _print_table(header, rows)
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser] | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return None
+
+
+def _unknown_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The one-line error for a command word argparse would refuse, with the closest
+    known one (``unknown command 'endpoint'; did you mean 'endpoints'?``), or None."""
+    import difflib
+    words: list[str] = []
+    for token in argv:
+        if token.startswith("-"):
+            if token in ("-h", "--help"):
+                return None
+            continue
+        choices = _subcommands(parser)
+        if choices is None:
+            return None
+        if token not in choices:
+            said = " ".join(words + [token])
+            close = difflib.get_close_matches(token, list(choices), n=1)
+            if close:
+                return f"unknown command '{said}'; did you mean '{' '.join(words + close)}'?"
+            return (f"unknown command '{said}' (commands: "
+                    f"{', '.join(' '.join(words + [c]) for c in choices)})")
+        words.append(token)
+        parser = choices[token]
+    return None
+
+
+def _label_list(joined: str | None) -> list[str]:
+    """An identity's labels as the registry keeps them (comma-separated) -> a list."""
+    return [x for x in (joined or "").split(",") if x]
+
+
+def _complete_nodes(**_kwargs) -> list[str]:
+    from harness import datapath
+    return datapath.pinned_nodes()
+
+
+def _complete_endpoints(**_kwargs) -> list[str]:
+    from harness import datapath
+    from harness.endpoints import EndpointRegistry
+    return sorted({p for n in datapath.pinned_nodes() for p in EndpointRegistry(n).records})
+
+
+def _add_node(p, help_text: str) -> None:
+    p.add_argument("--node", help=help_text).completer = _complete_nodes
+
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else \
@@ -623,6 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("programs", help="list the compiled programs and their types")
+    _add_output(p)
     p.set_defaults(func=cmd_programs)
 
     p = sub.add_parser("test-run", help="run every packet of a pcap through a program "
@@ -689,7 +919,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("identities", help="security identities of a scenario's pods, reserved "
                                           "and CIDR identities")
     _add_scenario_file(p)
-    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _add_output(p)
     _add_netpol_ipblock(p)
     p.set_defaults(func=cmd_identities)
 
@@ -703,29 +933,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_policy_apply)
     c = psub.add_parser("get", help="an endpoint's live policy entries with hit counters "
                                     "(like `cilium bpf policy get`)")
-    c.add_argument("endpoint", metavar="NS/POD")
-    c.add_argument("--node", help="node (default: the only node with pinned maps)")
-    c.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    c.add_argument("endpoint", metavar="NS/POD").completer = _complete_endpoints
+    _add_node(c, "node (default: the node the pod runs on)")
+    _add_output(c)
     c.set_defaults(func=cmd_policy_get)
 
     p = sub.add_parser("services", help="list services as the LB maps hold them "
                                         "(like `cilium service list`)")
-    p.add_argument("--node", help="node (default: the only node with pinned maps)")
-    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _add_node(p, "only this node (default: every node with pinned maps)")
+    _add_output(p)
     p.set_defaults(func=cmd_services)
 
     p = sub.add_parser("ct", help="conntrack entries of a node")
     p.add_argument("ct_command", choices=["list", "flush", "gc"],
                    help="list entries, delete all, or delete expired ones")
-    p.add_argument("--node", help="node (default: the only node with pinned maps)")
-    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _add_node(p, "only this node (list: default every node with pinned maps; flush and gc: "
+                 "default the only one)")
+    _add_output(p)
     p.set_defaults(func=cmd_ct)
 
     p = sub.add_parser("snat", help="NodePort SNAT port allocation counters of a node: new "
                                     "mappings, collisions, reused expired ports, exhaustion drops")
     p.add_argument("snat_command", choices=["stats"])
-    p.add_argument("--node", help="node (default: the only node with pinned maps)")
-    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _add_node(p, "only this node (default: every node with pinned maps)")
+    _add_output(p)
     p.set_defaults(func=cmd_snat)
 
     p = sub.add_parser("up", help="build the topology: nodes, pods through the real primary CNI, "
@@ -764,12 +995,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_connectivity)
 
     p = sub.add_parser("endpoints", help="endpoints of every node (like `kubectl get cep`)")
-    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    _add_node(p, "only this node (default: every node with pinned maps)")
+    _add_output(p)
     p.set_defaults(func=cmd_endpoints)
 
     p = sub.add_parser("down", help="tear the topology down and remove every namespace, cgroup, "
                                     "pin and state chainbench left behind")
     p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("version", help="chainbench's version, git commit, kernel, libbpf and the "
+                                       "clang that built build/")
+    _add_output(p)
+    p.set_defaults(func=cmd_version)
+
+    p = sub.add_parser("status", help="kernel features, topology, attached programs, pins and map "
+                                      "pressure per node, observer (like `cilium status`)")
+    _add_output(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("completion", help="print the shell completion script (bash: "
+                                          "`source <(chainbench completion bash)`)")
+    p.add_argument("shell", choices=COMPLETION_SHELLS)
+    p.set_defaults(func=cmd_completion)
     return parser
 
 
@@ -778,7 +1025,15 @@ def main(argv: list[str] | None = None) -> int:
     # ignored, and Python then leaves it so: Ctrl-C (or CI's SIGINT) would be lost and
     # nothing cleaned up.  Take it back (the children we start then get the default).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:         # a shell asks for completions: answer and exit
+        import argcomplete
+        argcomplete.autocomplete(parser)
+    unknown = _unknown_command(parser, sys.argv[1:] if argv is None else argv)
+    if unknown:
+        print(f"ERROR: {unknown}", file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
     from harness.cni.runtime import CNIError
     from harness.datapath import NodeNotFound

@@ -140,11 +140,21 @@ def _program_policy(coll: Collection, scenario, endpoint, settings) -> None:
 
 
 def pinned_nodes() -> list[str]:
-    """Nodes whose datapath maps are pinned."""
+    """Nodes (``cb-node<i>``) whose datapath maps are pinned; other directories under
+    the pin root (a micro benchmark's ``bench-<pid>``) are not nodes."""
     if not os.path.isdir(bpffs.PIN_ROOT):
         return []
-    return sorted(n for n in os.listdir(bpffs.PIN_ROOT)
-                  if os.path.isdir(os.path.join(bpffs.PIN_ROOT, n)))
+    return sorted((n for n in os.listdir(bpffs.PIN_ROOT)
+                   if _is_node_name(n) and os.path.isdir(os.path.join(bpffs.PIN_ROOT, n))),
+                  key=addressing.node_index)
+
+
+def _is_node_name(name: str) -> bool:
+    try:
+        addressing.node_index(name)
+    except addressing.AddressPlanError:
+        return False
+    return True
 
 
 def _pinned_types() -> dict[str, tuple[type, type]]:

@@ -8,7 +8,9 @@ are a node setting, like Cilium's agent flag ``--bpf-lb-map-max``: written by
 ``/run/chainbench/<node>/datapath.json``, and read by harness.datapath.load.
 The same file keeps the node's policy settings (``np_ipblock``: what a
 NetworkPolicy ipBlock selects, like Cilium's policy-cidr-match-mode), read
-by harness.node_sync whenever the node's policy is resolved.
+by harness.node_sync whenever the node's policy is resolved, and the scenario
+``lb apply`` last programmed the node from (``lb_scenario``), so read commands
+can name the maps' frontends by their Service.
 """
 from __future__ import annotations
 
@@ -61,10 +63,30 @@ def np_ipblock(node: str) -> str:
     return str(_read(node).get("np_ipblock", "pods"))
 
 
+def save_lb_scenario(node: str, text: str) -> None:
+    """Keep the scenario *node*'s LB maps were last programmed from (``lb apply``; its
+    text, as the file may be stdin, a template or gone by the time it is read)."""
+    kept = os.path.join(STATE_ROOT, node, "lb-scenario.yaml")
+    os.makedirs(os.path.dirname(kept), exist_ok=True)
+    with open(kept + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(kept + ".tmp", kept)
+    _write(node, {**_read(node), "lb_scenario": kept})
+
+
+def lb_scenario(node: str) -> str | None:
+    value = _read(node).get("lb_scenario")
+    return str(value) if value else None
+
+
 def remove(node: str) -> None:
     """Forget *node*'s settings (its state directory goes when empty)."""
+    for name in (path(node), os.path.join(STATE_ROOT, node, "lb-scenario.yaml")):
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
     try:
-        os.unlink(path(node))
         os.rmdir(os.path.dirname(path(node)))
     except OSError:
         pass

@@ -1,7 +1,9 @@
 """Reading services back out of the LB maps, for ``chainbench services``.
 
 Decodes the services, backends and counter maps as the kernel holds them
-(whoever programmed them), into rows like ``cilium service list`` prints.
+(whoever programmed them), into rows like ``cilium service list`` prints;
+``name_services`` adds the Service each frontend belongs to (from the scenario
+the node was programmed from, matched by frontend address, port and protocol).
 """
 from __future__ import annotations
 
@@ -47,6 +49,9 @@ class ServiceRow:
     backends: list[BackendRow] = field(default_factory=list)
     packets: int = 0
     bytes: int = 0
+    node: str = ""
+    service: str = ""            # namespace/name; "" when no scenario names it
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def frontend(self) -> str:
@@ -54,7 +59,9 @@ class ServiceRow:
         return f"{host}:{self.port}/{self.protocol}"
 
     def to_json(self) -> dict:
-        return {"id": self.id, "frontend": self.frontend, "type": self.type, "flags": self.flags,
+        return {"node": self.node, "id": self.id, "service": self.service or None,
+                "labels": self.labels, "frontend": self.frontend, "type": self.type,
+                "flags": self.flags,
                 "affinity_timeout": self.affinity_timeout, "packets": self.packets,
                 "bytes": self.bytes,
                 "backends": [b.__dict__ for b in self.backends]}
@@ -120,14 +127,33 @@ def read_services(maps: Mapping[str, Map]) -> list[ServiceRow]:
     return rows
 
 
-def format_table(rows: list[ServiceRow]) -> list[tuple[str, ...]]:
-    """Rows of ID, FRONTEND, TYPE, BACKENDS (one per line), PACKETS, BYTES."""
+def name_services(rows: list[ServiceRow], node: str,
+                  names: Mapping[tuple[str, int, str], tuple[str, dict]]) -> None:
+    """Set each row's node and, where *names* knows its frontend, its Service and labels."""
+    for r in rows:
+        r.node = node
+        r.service, r.labels = names.get((r.address, r.port, r.protocol), ("", {}))
+
+
+def format_table(rows: list[ServiceRow], node_column: bool = False,
+                 wide: bool = False) -> list[tuple[str, ...]]:
+    """Rows of [NODE,] ID, FRONTEND, SERVICE, TYPE, BACKENDS (one per line), PACKETS, BYTES
+    [, LABELS] (see header())."""
     out = []
     for r in rows:
         kind = r.type + (f" ({', '.join(r.flags)})" if r.flags else "")
         first = f"1 => {r.backends[0]}" if r.backends else "(no backends)"
-        out.append((str(r.id), r.frontend, kind, first, str(r.packets), str(r.bytes)))
+        labels = ",".join(f"{k}={v}" for k, v in sorted(r.labels.items()))
+        lines = [(str(r.id), r.frontend, r.service or "<unknown>", kind, first, str(r.packets),
+                  str(r.bytes), labels)]
         for i, b in enumerate(r.backends[1:], start=2):
-            out.append(("", "", "", f"{i} => {b}", "", ""))
+            lines.append(("", "", "", "", f"{i} => {b}", "", "", ""))
+        for n, line in enumerate(lines):
+            cells = line if wide else line[:-1]
+            out.append(((r.node if n == 0 else "",) if node_column else ()) + cells)
     return out
 
+
+def header(node_column: bool = False, wide: bool = False) -> tuple[str, ...]:
+    cols = ("ID", "FRONTEND", "SERVICE", "TYPE", "BACKEND", "PACKETS", "BYTES")
+    return (("NODE",) if node_column else ()) + cols + (("LABELS",) if wide else ())

@@ -84,6 +84,33 @@ class PolicyEntryKey:
         last = self.port + span - 1
         return f"{self.proto}/{self.port}" + (f"-{last}" if span > 1 else "")
 
+    def port_proto_text(self) -> str:
+        """As ``cilium bpf policy get`` prints it: ``8080/TCP``, ``8000-8063/TCP``,
+        ``ANY/UDP`` (any port of a protocol), ``ANY`` (any protocol)."""
+        if self.proto is None:
+            return "ANY"
+        proto = PROTO_NAMES.get(self.proto, str(self.proto))
+        if self.port is None:
+            return f"ANY/{proto}"
+        last = self.port + (1 << (16 - self.port_prefix)) - 1
+        return f"{self.port}" + (f"-{last}" if last != self.port else "") + f"/{proto}"
+
+
+#: IP protocol numbers as policy listings name them.
+PROTO_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP", 58: "ICMPv6"}
+
+#: Labels Cilium derives for every pod (namespace labels, cluster): left out of
+#: the short form of a label set, which keeps the pod's own labels and namespace.
+_DERIVED_LABEL_PREFIXES = ("k8s:io.cilium.k8s.namespace.labels.", "k8s:io.cilium.k8s.policy.")
+
+
+def short_labels(labels: str | list[str] | tuple[str, ...]) -> str:
+    """A label set (comma-separated or a list) readable in a table: the derived labels
+    left out, e.g. ``k8s:app=echo-a,k8s:io.kubernetes.pod.namespace=default``."""
+    items = [x for x in (labels.split(",") if isinstance(labels, str) else labels) if x]
+    kept = [x for x in items if not x.startswith(_DERIVED_LABEL_PREFIXES)]
+    return ",".join(kept or items)
+
 
 def rule_keys(endpoint_id: int, generation: int, egress: bool, rule: Rule) -> list[PolicyEntryKey]:
     identity = rule.identity if rule.identity != ANY_IDENTITY else ANY_IDENTITY
