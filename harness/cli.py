@@ -246,8 +246,12 @@ def cmd_lb_apply(args) -> int:
     from harness import datapath
     from harness.lb.state import desired_state
     from harness.scenario import load_scenario
+    from harness.lb.state import LbStateError
     scenario = load_scenario(args.file)
-    state = desired_state(scenario)
+    try:
+        state = desired_state(scenario)
+    except LbStateError as exc:
+        raise UsageError(f"{args.file}: {exc}") from None
     from harness.node_sync import node_lock
     node = args.node
     with node_lock(node), datapath.load("lxc", node, pinned=True) as coll:

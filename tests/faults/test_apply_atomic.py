@@ -116,7 +116,7 @@ def _maglev_tables() -> dict[bytes, bytes]:
     with Map.from_pin(str(PINS / MAGLEV)) as outer:
         for key in list(outer.keys()):
             try:
-                inner_id = int.from_bytes(bytes(outer.lookup(key)), "little")
+                inner_id = int.from_bytes(_raw(outer.lookup(key), 4), "little")
             except KeyError:
                 continue
             fd = L.lib.bpf_map_get_fd_by_id(ctypes.c_uint32(inner_id))
@@ -127,8 +127,8 @@ def _maglev_tables() -> dict[bytes, bytes]:
             rc = L.lib.bpf_map_lookup_elem(fd, ctypes.byref(zero), value)
             size = _inner_value_size(fd)
             os.close(fd)
-            assert rc == 0, f"read Maglev table of {bytes(key).hex()}"
-            out[bytes(key)] = value.raw[:size]
+            assert rc == 0, f"read Maglev table of {_raw(key, 4).hex()}"
+            out[_raw(key, 4)] = value.raw[:size]
     return out
 
 
@@ -140,12 +140,17 @@ def _inner_value_size(fd: int) -> int:
     return info.value_size
 
 
+def _raw(x, size: int) -> bytes:
+    """A key or value as the kernel holds it (raw maps give small ones as integers)."""
+    return x.to_bytes(size, "little") if isinstance(x, int) else bytes(x)
+
+
 def dump(names: tuple[str, ...]) -> dict:
     """Every entry of the named pinned maps, as bytes (and Maglev tables, state files)."""
     out: dict = {}
     for name in names:
         with Map.from_pin(str(PINS / name)) as m:
-            out[name] = {bytes(k): bytes(v) for k, v in m.items()}
+            out[name] = {_raw(k, m.key_size): _raw(v, m.value_size) for k, v in m.items()}
     if names is LB_MAPS:
         out[MAGLEV] = _maglev_tables()
     else:
@@ -168,7 +173,7 @@ def restore(snapshot: dict) -> None:
             if name == MAGLEV:
                 _restore_maglev(m, entries)
                 continue
-            for k in [bytes(k) for k in m.keys()]:
+            for k in [_raw(k, m.key_size) for k in m.keys()]:
                 if k not in entries:
                     m.delete(k)
             for k, v in entries.items():
@@ -232,7 +237,7 @@ def measure_window(args: list[str], names: tuple[str, ...], before: dict,
             states = []
             for name, k, old, new in probes:
                 try:
-                    v = bytes(opened[name].lookup(k))
+                    v = _raw(opened[name].lookup(k), opened[name].value_size)
                 except KeyError:
                     v = None
                 states.append(v)
@@ -276,8 +281,10 @@ def interrupt(args: list[str], sig: int, delay: float) -> tuple[int, float, str]
 
 @pytest.fixture(scope="module")
 def topology():
-    if os.path.isdir(PIN_ROOT) and os.listdir(PIN_ROOT):
-        pytest.fail(f"a topology is already up ({os.listdir(PIN_ROOT)}); {LOCK_NOTE}")
+    nodes = [n for n in os.listdir(PIN_ROOT) if n.startswith("cb-")] \
+        if os.path.isdir(PIN_ROOT) else []
+    if nodes:
+        pytest.fail(f"a topology is already up ({', '.join(nodes)}); {LOCK_NOTE}")
     try:
         run("up", "-f", TOPOLOGY)
         yield
