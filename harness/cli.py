@@ -697,6 +697,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:
+            # The command is over (its own signals were handled, or held and handled):
+            # a SIGINT/SIGTERM arriving now, while Python shuts down, would only turn
+            # its exit code into a signal death (-2, -15) after the work was done.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _main(argv: list[str] | None) -> int:
     # A process started as a background job of a non-interactive shell inherits SIGINT
     # ignored, and Python then leaves it so: Ctrl-C (or CI's SIGINT) would be lost and
     # nothing cleaned up.  Take it back (the children we start then get the default).
