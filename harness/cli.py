@@ -25,6 +25,15 @@ from pathlib import Path
 from harness import paths
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 143       # 128 + SIGTERM, as a shell reports it
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, CI cancellation): unwinds like Ctrl-C, exit 143."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
 
 
 class UsageError(Exception):
@@ -256,16 +265,16 @@ def _stderr_console():
 
 
 def cmd_lb_apply(args) -> int:
-    from harness import datapath
+    from harness import datapath, node_config
     from harness.lb.state import desired_state
-    from harness import node_config
+    from harness.node_sync import node_lock
     from harness.scenario import source
     text, origin = source.read(args.file, dict(args.param))
-    scenario = source.load_text(text, origin)
+    scenario = source.load_text(text, origin)    # a refused frontend: one line naming the file
     state = desired_state(scenario)
     node = args.node
-    with datapath.load("lxc", node, pinned=True) as coll:
-        control = datapath.lb_control(coll)
+    with node_lock(node), datapath.load("lxc", node, pinned=True) as coll:
+        control = datapath.lb_control(coll, node)
         restored = control.restore()
         stats = control.apply(state)
     node_config.save_lb_scenario(node, text)     # names the frontends in `services`
@@ -296,12 +305,18 @@ def cmd_identities(args) -> int:
 
 
 def cmd_policy_apply(args) -> int:
-    from harness import datapath
-    from harness.endpoints import EndpointRegistry
-    from harness.policy.program import PolicyControl
+    from harness.node_sync import node_lock
     from harness.policy.resolve import resolve
     scenario = _load_scenario(args)
     state = resolve(scenario, local_node=args.node, np_ipblock=args.netpol_ipblock)
+    with node_lock(args.node):
+        return _policy_apply(args, scenario, state)
+
+
+def _policy_apply(args, scenario, state) -> int:
+    from harness import datapath
+    from harness.endpoints import EndpointRegistry
+    from harness.policy.program import PolicyControl
     registry = EndpointRegistry(args.node)
     local = {p.ref for p in scenario.pods if p.node_name == args.node and not p.host_network}
     for ep in state.endpoints:
@@ -314,11 +329,11 @@ def cmd_policy_apply(args) -> int:
     for pod in [p for p in registry.records if p not in local]:
         registry.remove(pod)
     with datapath.load("lxc", args.node, pinned=True) as coll:
-        control = PolicyControl(coll.maps)
+        control = PolicyControl(coll.maps, datapath.journal(args.node))
         control.restore(range(1, 4096))
-        stats = control.apply(state, registry.ids())
-    registry.save()
-    registry.save_identities({i.id: ",".join(i.labels) for i in state.identities})
+        # The endpoint and identity files change with the maps, as one change.
+        stats = control.apply(state, registry.ids(), files=registry.serialized(
+            {i.id: ",".join(i.labels) for i in state.identities}))
     print(f"{args.node}: {len(registry.records)} endpoints, {len(state.identities)} identities, "
           f"{len(state.ipcache)} ipcache entries; {stats}")
     return EXIT_OK
@@ -1021,10 +1036,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:
+            # The command is over (its own signals were handled, or held and handled):
+            # a SIGINT/SIGTERM arriving now, while Python shuts down, would only turn
+            # its exit code into a signal death (-2, -15) after the work was done.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _main(argv: list[str] | None) -> int:
     # A process started as a background job of a non-interactive shell inherits SIGINT
     # ignored, and Python then leaves it so: Ctrl-C (or CI's SIGINT) would be lost and
     # nothing cleaned up.  Take it back (the children we start then get the default).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminated)
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:         # a shell asks for completions: answer and exit
         import argcomplete
@@ -1047,9 +1074,9 @@ def main(argv: list[str] | None = None) -> int:
     from harness.scenario import ScenarioError
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        print("interrupted" if not isinstance(exc, Terminated) else "terminated", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except (UsageError, ScenarioError, ProgramNotFound, PcapError, ConfigError, NodeNotFound,
             LbStateError, AddressPlanError, PlanError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

@@ -91,8 +91,23 @@ def load(obj: str, node: str | None = None, pinned: bool = False,
     if directory and max_entries is None:
         from harness import node_config
         max_entries = node_config.max_entries(node, str(paths.bpf_object(obj)))
-    return Collection.load(str(paths.bpf_object(obj)), rodata=values or None,
+    coll = Collection.load(str(paths.bpf_object(obj)), rodata=values or None,
                            max_entries=max_entries, pin_dir=directory)
+    if directory:
+        _recover(node, coll.maps)
+    return coll
+
+
+def _recover(node: str, maps) -> None:
+    """Finish a map change a killed `lb apply` / `policy apply` left (harness.map_journal)."""
+    from harness import map_journal
+    map_journal.recover(node, maps)
+
+
+def journal(node: str | None):
+    """The write-ahead journal of *node*'s maps (None: no node, maps of our own)."""
+    from harness.map_journal import Journal
+    return Journal(node) if node else None
 
 
 def scaled_max_entries(frontends: int, backends_per_frontend: int) -> dict[str, int]:
@@ -106,14 +121,16 @@ def scaled_max_entries(frontends: int, backends_per_frontend: int) -> dict[str, 
     return {k: max(v, 1024) for k, v in sizes.items()}
 
 
-def lb_control(coll: Collection):
-    """An LbControl for a loaded lxc/netdev collection, Maglev tables included."""
+def lb_control(coll: Collection, node: str | None = None):
+    """An LbControl for a loaded lxc/netdev collection, Maglev tables included; with
+    *node* (its pinned maps), writes go through the node's journal."""
     from harness.lb import maglev
     from harness.lb.control import LbControl
     return LbControl(coll.maps,
                      maglev_install=lambda rid, ids, keys: maglev.install_table(
                          coll, rid, ids, keys=keys),
-                     maglev_remove=lambda rid: maglev.remove_table(coll, rid))
+                     maglev_remove=lambda rid: maglev.remove_table(coll, rid),
+                     journal=journal(node))
 
 
 @programming.register("service load balancing", "cb_lb4_services", "cb_lb6_services")
@@ -210,4 +227,10 @@ def open_pinned(node: str) -> dict:
         path = os.path.join(directory, name)
         if os.path.exists(path):
             maps[name] = Map.from_pin(path, key_type, value_type)
+    try:
+        _recover(node, maps)
+    except BaseException:
+        for m in maps.values():
+            m.close()
+        raise
     return maps

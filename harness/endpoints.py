@@ -79,6 +79,13 @@ class EndpointRegistry:
                       indent=1)
         os.replace(tmp, self.path)
 
+    def serialized(self, labels: dict[int, str]) -> dict[str, bytes]:
+        """What save() and save_identities(labels) would write: path -> content."""
+        records = [asdict(r) for r in sorted(self.records.values(), key=lambda r: r.id)]
+        return {self.path: json.dumps(records, indent=1).encode(),
+                self.identities_path: json.dumps({str(k): v for k, v in labels.items()},
+                                                 indent=1).encode()}
+
 
 def remove_state() -> list[str]:
     """Remove every node's state directory; return the nodes removed."""

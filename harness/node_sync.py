@@ -22,16 +22,30 @@ from harness.policy.resolve import resolve
 from harness.scenario import Scenario
 
 
+_held: dict[str, int] = {}      # node -> how deep this process holds its lock
+
+
 @contextlib.contextmanager
 def node_lock(node: str) -> Iterator[None]:
-    """An exclusive lock on a node's datapath state (CNI ADDs may run concurrently)."""
+    """An exclusive lock on a node's datapath state (CNI ADDs may run concurrently).
+    Re-entrant within a process: writing the maps (harness.map_journal) takes it
+    again under callers that already hold it."""
+    if _held.get(node):
+        _held[node] += 1
+        try:
+            yield
+        finally:
+            _held[node] -= 1
+        return
     directory = os.path.join(STATE_ROOT, node)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "lock"), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
+        _held[node] = 1
         try:
             yield
         finally:
+            _held.pop(node, None)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -39,7 +53,7 @@ def sync_node(node: str, scenario: Scenario) -> str:
     """Program *node*'s LB and policy maps for *scenario* (real addresses); returns a summary."""
     registry = EndpointRegistry(node)
     with datapath.load("lxc", node, pinned=True) as coll:
-        lb = datapath.lb_control(coll)
+        lb = datapath.lb_control(coll, node)
         lb.restore()
         lb_stats = lb.apply(desired_state(scenario, node_addresses(scenario)))
         state = resolve(scenario, local_node=node, np_ipblock=node_config.np_ipblock(node))
@@ -47,7 +61,7 @@ def sync_node(node: str, scenario: Scenario) -> str:
             rec = registry.records.get(ep.pod)
             if rec is not None:
                 rec.identity = ep.identity
-        policy = PolicyControl(coll.maps)
+        policy = PolicyControl(coll.maps, datapath.journal(node))
         policy.restore(r.id for r in registry.records.values())
         policy_stats = policy.apply(state, {p: r.id for p, r in registry.records.items()
                                             if r.state == "ready"})

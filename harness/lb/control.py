@@ -14,20 +14,23 @@ A packet therefore never finds a service entry whose slots, backends or
 reverse-NAT entry are missing.  Writes go out as one batch per map and
 phase.  If any write fails, every write already made is undone from the
 journal of the values it replaced, and LbApplyError is raised: the maps and
-the LbControl are left exactly as they were before the call.
+the LbControl are left exactly as they were before the call.  Planning only
+reads; the writes run through ``harness.map_journal`` (signals held while they
+run; with a node's journal, a SIGKILL mid-way is finished by the next command
+that opens the node's maps: see that module for what the datapath can see).
 
 Cost is proportional to what changes: changing one service of 100,000
 touches that service's entries only.
 """
 from __future__ import annotations
 
-import errno as _errno
 import time
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from harness.bpf import BpfError, KeyNotFoundError, Map
+from harness import map_journal
+from harness.bpf import Map
 from harness.lb import entries as E
 from harness.lb.state import Frontend, LbState
 
@@ -121,7 +124,8 @@ class LbControl:
     """The LB maps of one datapath and what was last programmed into them."""
 
     def __init__(self, maps: Mapping[str, Map], maglev_install: MaglevInstall | None = None,
-                 maglev_remove: MaglevRemove | None = None):
+                 maglev_remove: MaglevRemove | None = None,
+                 journal: map_journal.Journal | None = None):
         missing = [m for f in (4, 6) for m in (E.services_map(f), E.backends_map(f),
                                                E.reverse_nat_map(f)) if m not in maps]
         if missing:
@@ -129,6 +133,7 @@ class LbControl:
         self.maps = maps
         self._maglev_install = maglev_install
         self._maglev_remove = maglev_remove
+        self._journal = journal
         self._fe: dict[tuple, _FrontendRecord] = {}
         self._by_addr: dict[object, set[tuple]] = {}        # address -> frontend keys
         self._by_service: dict[str, set[tuple]] = {}        # service -> frontend keys
@@ -217,14 +222,18 @@ class LbControl:
         touched: their frontends in *desired* replace theirs, others stay."""
         scope = None if services is None else set(services)
         plan = self._plan(desired, scope)
-        journal: list[tuple] = []
+        writer = map_journal.Writer(self.maps, self._maglev_install, self._maglev_remove)
+        try:
+            steps = self._steps(plan)
+        except ValueError as exc:
+            raise LbApplyError(f"LB programming failed, nothing was written: {exc}", exc) from exc
         try:
             start = time.perf_counter()
-            self._execute(plan, journal)
+            map_journal.run(steps, writer, self._journal)
             plan.stats.write_seconds = time.perf_counter() - start
-        except (BpfError, OSError, ValueError) as exc:
-            self._rollback(journal)
-            raise LbApplyError(f"LB programming failed and was rolled back: {exc}", exc) from exc
+        except map_journal.MapWriteError as exc:
+            raise LbApplyError(f"LB programming failed and was rolled back: {exc}",
+                               exc.cause) from exc.cause
         self._commit(plan)
         return plan.stats
 
@@ -343,52 +352,41 @@ class LbControl:
                 plan.put("del-masters", smap, k, None)
 
     # -- execution ---------------------------------------------------------------------------
-    def _execute(self, plan: _Plan, journal: list) -> None:
+    def _steps(self, plan: _Plan) -> list[tuple]:
+        """The plan as map_journal steps, in phase order, each with what it replaces
+        (the kernel's values as _kernel holds them: it changes only at commit)."""
+        if plan.maglev_install and self._maglev_install is None:
+            raise ValueError("a Maglev service needs a datapath with Maglev tables")
+        tables: dict[int, tuple] | None = None
+
+        def old_table(rid: int) -> tuple | None:
+            nonlocal tables
+            if tables is None:
+                tables = {r.rev_nat_index: (list(r.backend_ids),
+                                            [b.key for b in r.frontend.selectable()])
+                          for r in self._fe.values() if r.frontend.maglev and r.backend_ids}
+            return tables.get(rid)
+
+        steps: list[tuple] = []
         for phase in _PHASES:
             if phase == "slots":
                 for rid, (ids, keys) in plan.maglev_install.items():
-                    if self._maglev_install is None:
-                        raise ValueError("a Maglev service needs a datapath with Maglev tables")
-                    journal.append(("maglev", rid))
-                    self._maglev_install(rid, ids, keys)
-            if phase == "del-backends":
+                    steps.append(("maglev", rid, list(ids), list(keys), old_table(rid)))
+            if phase == "del-backends" and self._maglev_remove is not None:
                 for rid in plan.maglev_remove:
-                    if self._maglev_remove is not None:
-                        self._maglev_remove(rid)
+                    steps.append(("maglev-del", rid, old_table(rid)))
             for (ph, mapname), changes in plan.phases.items():
                 if ph != phase or not changes:
                     continue
-                m = self.maps[mapname]
                 keys = list(changes)
-                # What to restore is what _kernel holds: it changes only at commit.
-                journal.append((mapname, keys))
+                olds = [self._kernel.get((mapname, k)) for k in keys]
                 if phase.startswith("del-"):
-                    m.delete_batch(keys)
+                    steps.append(("del", mapname, keys, olds))
                     plan.stats.deletes += len(keys)
                 else:
-                    m.update_batch(keys, [changes[k] for k in keys])
+                    steps.append(("put", mapname, keys, [changes[k] for k in keys], olds))
                     plan.stats.writes += len(keys)
-
-    def _rollback(self, journal: list) -> None:
-        for entry in reversed(journal):
-            if entry[0] == "maglev":
-                if self._maglev_remove is not None:
-                    self._maglev_remove(entry[1])
-                continue
-            mapname, keys = entry
-            m = self.maps[mapname]
-            for key in reversed(keys):
-                old = self._kernel.get((mapname, key))
-                try:
-                    if old is None:
-                        m.delete(key)
-                    else:
-                        m.update(key, old)
-                except KeyNotFoundError:
-                    pass
-                except BpfError as exc:
-                    if exc.errno != _errno.ENOENT:
-                        raise
+        return steps
 
     def _commit(self, plan: _Plan) -> None:
         for (_, mapname), changes in plan.phases.items():

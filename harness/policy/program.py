@@ -7,13 +7,23 @@ keys go.  A packet sees either the old rules or the new ones, never a mix;
 conntrack entries verdicted under the old revision are checked again.  If
 writing the new generation fails, what was written is removed and the old
 rules stay live.  Endpoints whose rules did not change are not touched.
+
+A whole apply is one change: it is planned first (reading only), then written
+through ``harness.map_journal`` in this order: new and changed ipcache
+entries, each changed endpoint's new rules then its switch, endpoints that
+went away, the old generations' rules, stale ipcache entries.  If any write
+fails, every write of the apply is undone (PolicyApplyError) and nothing
+changed; signals are held while it writes, and with a node's journal a
+SIGKILL mid-way is finished by the next command that opens the node's maps
+(see that module for what the datapath can see meanwhile).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from harness.bpf import BpfError, KeyNotFoundError, Map
+from harness import map_journal
+from harness.bpf import Map
 from harness.policy import entries as E
 from harness.policy.model import EndpointPolicy, PolicyState
 from harness.structs import PolicyKey
@@ -51,90 +61,101 @@ class PolicyStats:
 
 
 class PolicyControl:
-    def __init__(self, maps: Mapping[str, Map]):
+    def __init__(self, maps: Mapping[str, Map], journal: map_journal.Journal | None = None):
         missing = [m for m in ("cb_ipcache", "cb_ipcache_hosts", "cb_endpoints", "cb_policy",
                                "cb_policy_exact") if m not in maps]
         if missing:
             raise ValueError(f"not a policy datapath: maps {', '.join(missing)} missing")
         self.maps = maps
+        self._journal = journal
         self._ipcache: dict[tuple[str, bytes], bytes] = {}     # (map, key) -> value
         self._endpoints: dict[int, _Endpoint] = {}
 
-    def apply(self, state: PolicyState, ids: Mapping[str, int]) -> PolicyStats:
-        """Program *state*'s ipcache, and the endpoints named in *ids* (pod -> endpoint id)."""
+    def apply(self, state: PolicyState, ids: Mapping[str, int],
+              files: Mapping[str, bytes] | None = None) -> PolicyStats:
+        """Program *state*'s ipcache, and the endpoints named in *ids* (pod -> endpoint id);
+        *files* (path -> content) are written with the maps, as part of the same change."""
         stats = PolicyStats()
-        self._apply_ipcache(state, stats)
+        steps: list[tuple] = []
+        ipcache, stale = self._plan_ipcache(state, steps, stats)
         wanted = {ids[ep.pod]: ep for ep in state.endpoints if ep.pod in ids}
+        endpoints = dict(self._endpoints)
+        old_rules: list[dict[bytes, E.PolicyEntryKey]] = []
         for eid, ep in sorted(wanted.items()):
-            self._apply_endpoint(eid, ep, stats)
+            cur = self._endpoints.get(eid)
+            if cur is not None and cur.policy == ep:
+                continue
+            gen = 1 - cur.generation if cur else 0
+            revision = (cur.revision + 1) if cur else 1
+            new_keys = {k.to_bytes(): k for k in E.endpoint_keys(eid, gen, ep)}
+            for name, keys in self._by_map(new_keys).items():
+                steps.append(("put", name, keys, [bytes(16)] * len(keys), [None] * len(keys)))
+            stats.rule_writes += len(new_keys)
+            steps.append(self._endpoint_step(eid, E.endpoint_value(ep, gen, revision)))
+            if cur is not None:
+                old_rules.append(cur.keys)
+            endpoints[eid] = _Endpoint(ep, gen, revision, new_keys)
+            stats.endpoints_changed += 1
         for eid in sorted(set(self._endpoints) - wanted.keys()):
-            self._remove_endpoint(eid, stats)
+            steps.append(self._endpoint_step(eid, bytes(12)))   # unmanaged: no enforcement
+            old_rules.append(endpoints.pop(eid).keys)
+            stats.endpoints_changed += 1
+        for keys in old_rules:
+            for name, raw in self._by_map(keys).items():
+                olds = [self._current(name, k) for k in raw]
+                present = [(k, v) for k, v in zip(raw, olds) if v is not None]
+                if present:
+                    steps.append(("del", name, [k for k, _ in present], [v for _, v in present]))
+                    stats.rule_deletes += len(present)
+        steps.extend(stale)
+        try:
+            map_journal.run(steps, map_journal.Writer(self.maps), self._journal, files)
+        except map_journal.MapWriteError as exc:
+            raise PolicyApplyError(f"policy not changed (every write undone): {exc}") \
+                from exc.cause
+        self._ipcache, self._endpoints = ipcache, endpoints
         return stats
 
-    # -- ipcache: new and changed prefixes first, stale ones last --------------------------
-    def _apply_ipcache(self, state: PolicyState, stats: PolicyStats) -> None:
+    # -- planning (reads only) ----------------------------------------------------------------
+    def _plan_ipcache(self, state: PolicyState, steps: list, stats: PolicyStats):
+        """Steps writing new and changed prefixes (appended to *steps*), steps deleting
+        stale ones (returned, to run last), and the ipcache as it will be."""
         want = {(E.ipcache_map(e.prefix), E.ipcache_key(e.prefix)): E.ipcache_value(e)
                 for e in state.ipcache}
+        puts: dict[str, list] = {}
         for (name, k), v in want.items():
-            if self._ipcache.get((name, k)) != v:
-                self.maps[name].update(k, v)
-                self._ipcache[(name, k)] = v
-                stats.ipcache_writes += 1
+            old = self._ipcache.get((name, k))
+            if old != v:
+                puts.setdefault(name, []).append((k, v, old))
+        for name, items in puts.items():
+            steps.append(("put", name, [k for k, _, _ in items], [v for _, v, _ in items],
+                          [o for _, _, o in items]))
+            stats.ipcache_writes += len(items)
+        dels: dict[str, list] = {}
         for name, k in [mk for mk in self._ipcache if mk not in want]:
-            try:
-                self.maps[name].delete(k)
-            except KeyNotFoundError:
-                pass
-            del self._ipcache[(name, k)]
+            old = self._current(name, k)
+            if old is not None:
+                dels.setdefault(name, []).append((k, old))
             stats.ipcache_deletes += 1
+        stale = [("del", name, [k for k, _ in items], [o for _, o in items])
+                 for name, items in dels.items()]
+        return dict(want), stale
 
-    # -- endpoints ---------------------------------------------------------------------------
-    def _apply_endpoint(self, eid: int, ep: EndpointPolicy, stats: PolicyStats) -> None:
-        cur = self._endpoints.get(eid)
-        if cur is not None and cur.policy == ep:
-            return
-        gen = 1 - cur.generation if cur else 0
-        revision = (cur.revision + 1) if cur else 1
-        new_keys = {k.to_bytes(): k for k in E.endpoint_keys(eid, gen, ep)}
-        written: list[tuple[Map, bytes]] = []
-        try:
-            for raw, key in new_keys.items():
-                m = self._rule_map(key)
-                m.update(raw, bytes(16))
-                written.append((m, raw))
-            self.maps["cb_endpoints"].update(eid, E.endpoint_value(ep, gen, revision))
-        except (BpfError, ValueError) as exc:
-            for m, raw in written:
-                try:
-                    m.delete(raw)
-                except KeyNotFoundError:
-                    pass
-            raise PolicyApplyError(f"policy of endpoint {eid} ({ep.pod}) not changed: {exc}") \
-                from exc
-        stats.rule_writes += len(written)
-        if cur is not None:
-            stats.rule_deletes += self._delete_keys(cur.keys)
-        self._endpoints[eid] = _Endpoint(ep, gen, revision, new_keys)
-        stats.endpoints_changed += 1
+    def _endpoint_step(self, eid: int, value: bytes) -> tuple:
+        m = self.maps["cb_endpoints"]
+        old = m.get(eid)
+        key = eid.to_bytes(4, "little")
+        return ("put", "cb_endpoints", [key], [value], [bytes(old) if old is not None else None])
 
-    def _remove_endpoint(self, eid: int, stats: PolicyStats) -> None:
-        cur = self._endpoints.pop(eid)
-        self.maps["cb_endpoints"].update(eid, bytes(12))   # unmanaged: no enforcement
-        stats.rule_deletes += self._delete_keys(cur.keys)
-        stats.endpoints_changed += 1
-
-    def _rule_map(self, key: E.PolicyEntryKey) -> Map:
-        return self.maps["cb_policy_exact" if key.exact else "cb_policy"]
-
-    def _delete_keys(self, keys: Mapping[bytes, E.PolicyEntryKey]) -> int:
-        n = 0
+    def _by_map(self, keys: Mapping[bytes, E.PolicyEntryKey]) -> dict[str, list[bytes]]:
+        out: dict[str, list[bytes]] = {}
         for raw, key in keys.items():
-            try:
-                self._rule_map(key).delete(raw)
-                n += 1
-            except KeyNotFoundError:
-                pass
-        return n
+            out.setdefault("cb_policy_exact" if key.exact else "cb_policy", []).append(raw)
+        return out
+
+    def _current(self, name: str, key: bytes) -> bytes | None:
+        value = self.maps[name].get(key)
+        return bytes(value) if value is not None else None
 
     # -- restoring --------------------------------------------------------------------------
     def restore(self, ids: Iterable[int]) -> int:

@@ -1,0 +1,325 @@
+"""All-or-nothing writes of a planned change into a node's maps.
+
+Owns how ``LbControl`` and ``PolicyControl`` put a planned change (a list of
+steps: batches of map writes or deletes, Maglev tables to install or remove,
+each with what it replaces) into the maps, so that an `lb apply` or `policy
+apply` that is interrupted leaves the maps as they were before it or as they
+are after it, never a mix:
+
+- A write that fails (map full, kernel refusal) undoes every step already
+  made, from the values they replaced (``MapWriteError``).
+- SIGINT, SIGTERM and SIGHUP that arrive while the steps are written are held
+  and delivered again after the last step (``deferred_signals``): Ctrl-C,
+  ``timeout`` and CI cancellation end the command with everything written, or,
+  before the first write, nothing.  Planning happens before and only reads.
+- SIGKILL cannot be held.  With a node (``Journal``), the whole change (every
+  key's new value and the value it replaces, the Maglev tables, and state files
+  to write with it) is first written to ``/run/chainbench/<node>/maps.journal``
+  (temporary file, fsync, rename: it exists whole or not at all) and removed
+  after the last step.  The next command that opens the node's pinned maps
+  (``datapath.load(..., pinned=True)`` and ``datapath.open_pinned``: lb apply,
+  policy apply, services, policy get, ct, endpoints, the CNI plugin) finds it
+  and replays it to the end (``recover``): roll forward, and if a step cannot be
+  made, roll everything back.  So after a SIGKILL chainbench never *reads* a
+  half-applied change.
+
+What this does not give: from the SIGKILL until that next command, the BPF
+programs do see the maps as the killed process left them, part of the change
+made.  Each step is still ordered so a packet never meets a dangling reference
+(LbControl's phase order; a policy rule generation is complete before its
+endpoint switches to it), but across services, or across endpoints and the
+ipcache, the datapath can see some of the new state and some of the old for
+that window.  Closing it needs every LB and policy map double-buffered behind
+one switch word that the datapath reads first; with incremental applies (cost
+proportional to what changes) that means either a full copy of each map per
+apply or an overlay lookup per map access, and LPM tries (ipcache, wildcard
+policy rules) cannot be overlaid.  That was judged not contained for now.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import os
+import pickle
+import signal
+import threading
+from typing import Callable, Iterator, Mapping
+
+from harness.bpf import BpfError, KeyNotFoundError, Map
+
+JOURNAL_NAME = "maps.journal"
+_VERSION = 1
+
+# A step is one of:
+#   ("put", map, keys, values, olds)     olds[i]: bytes the key held, None if absent
+#   ("del", map, keys, olds)
+#   ("maglev", rid, ids, keys, old)      old: (ids, keys) of the table it replaces, or None
+#   ("maglev-del", rid, old)
+Step = tuple
+MaglevInstall = Callable[[int, list, list], None]
+MaglevRemove = Callable[[int], None]
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class MapWriteError(RuntimeError):
+    """A step failed; every step made before it was undone."""
+
+    def __init__(self, message: str, cause: BaseException):
+        super().__init__(message)
+        self.cause = cause
+
+
+@contextlib.contextmanager
+def deferred_signals(signals: tuple[int, ...] = DEFERRED_SIGNALS) -> Iterator[None]:
+    """Hold *signals* for the duration of the block and deliver them afterwards
+    (each once, to the handler that was in place).  Outside the main thread,
+    where Python cannot change handlers, the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {}
+    for s in signals:
+        previous[s] = signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
+
+
+class Writer:
+    """Makes and undoes steps on a set of maps."""
+
+    def __init__(self, maps: Mapping[str, Map], maglev_install: MaglevInstall | None = None,
+                 maglev_remove: MaglevRemove | None = None):
+        self.maps = maps
+        self.maglev_install = maglev_install
+        self.maglev_remove = maglev_remove
+
+    def forward(self, steps: list[Step], done: list[Step], tolerant: bool = False) -> None:
+        """Make *steps* in order, appending each to *done* before making it.
+        *tolerant*: a delete of a missing key is no error (replaying a journal)."""
+        for step in steps:
+            done.append(step)
+            kind = step[0]
+            if kind == "put":
+                _, name, keys, values, _ = step
+                self.maps[name].update_batch(keys, values)
+            elif kind == "del":
+                self._delete(self.maps[name := step[1]], step[2], tolerant)
+            elif kind == "maglev":
+                self._install(step[1], step[2], step[3])
+            elif kind == "maglev-del":
+                if self.maglev_remove is not None:
+                    self.maglev_remove(step[1])
+            else:
+                raise ValueError(f"unknown step {kind!r}")
+
+    def backward(self, done: list[Step]) -> None:
+        """Undo *done* (steps possibly only partly made), last first."""
+        for step in reversed(done):
+            kind = step[0]
+            if kind in ("put", "del"):
+                m, keys, olds = self.maps[step[1]], step[2], step[-1]
+                for key, old in zip(reversed(keys), reversed(olds)):
+                    if old is None:
+                        _delete_one(m, key)
+                    else:
+                        m.update(key, old)
+            else:
+                rid, old = step[1], step[-1]
+                if old is not None:
+                    self._install(rid, *old)
+                elif self.maglev_remove is not None:
+                    self.maglev_remove(rid)
+
+    def _install(self, rid: int, ids: list, keys: list) -> None:
+        if self.maglev_install is None:
+            raise ValueError("a Maglev service needs a datapath with Maglev tables")
+        self.maglev_install(rid, ids, keys)
+
+    @staticmethod
+    def _delete(m: Map, keys: list, tolerant: bool) -> None:
+        try:
+            m.delete_batch(keys)
+        except KeyNotFoundError:
+            if not tolerant:
+                raise
+            for key in keys:
+                _delete_one(m, key)
+
+
+def _delete_one(m: Map, key) -> None:
+    try:
+        m.delete(key)
+    except KeyNotFoundError:
+        pass
+    except BpfError as exc:
+        if exc.errno != _errno.ENOENT:
+            raise
+
+
+class Journal:
+    """The write-ahead journal of one node's maps."""
+
+    def __init__(self, node: str, root: str | None = None):
+        from harness.endpoints import STATE_ROOT
+        self.node = node
+        self.directory = os.path.join(root or STATE_ROOT, node)
+        self.path = os.path.join(self.directory, JOURNAL_NAME)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """The node's lock (harness.node_sync.node_lock), or for a journal kept
+        elsewhere (tests) a lock file next to it."""
+        from harness.endpoints import STATE_ROOT
+        if os.path.dirname(self.directory) == STATE_ROOT:
+            from harness.node_sync import node_lock
+            with node_lock(self.node):
+                yield
+            return
+        import fcntl
+        os.makedirs(self.directory, exist_ok=True)
+        with open(os.path.join(self.directory, "lock"), "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def write(self, steps: list[Step], files: Mapping[str, bytes]) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump({"version": _VERSION, "node": self.node, "steps": steps,
+                         "files": dict(files)}, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.directory)
+
+    def read(self) -> dict:
+        with open(self.path, "rb") as f:
+            record = pickle.load(f)
+        if record.get("version") != _VERSION:
+            raise ValueError(f"{self.path}: journal version {record.get('version')} "
+                             f"(this chainbench writes {_VERSION})")
+        return record
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path + ".tmp")       # a journal never finished: nothing was written
+        if os.path.isdir(self.directory):
+            _fsync_dir(self.directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_files(files: Mapping[str, bytes]) -> None:
+    """Replace each file whole (temporary file and rename)."""
+    for path, data in files.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def run(steps: list[Step], writer: Writer, journal: Journal | None = None,
+        files: Mapping[str, bytes] | None = None) -> None:
+    """Make *steps* (then write *files*) all or nothing: held signals, and with a
+    *journal*, crash-safe (see the module docstring).  Raises MapWriteError after
+    undoing everything when a step fails."""
+    files = files or {}
+    lock = journal.lock() if journal is not None else contextlib.nullcontext()
+    with lock, deferred_signals():
+        if journal is not None:
+            journal.write(steps, files)
+        done: list[Step] = []
+        try:
+            writer.forward(steps, done)
+        except (BpfError, OSError, ValueError) as exc:
+            writer.backward(done)
+            if journal is not None:
+                journal.remove()
+            raise MapWriteError(str(exc), exc) from exc
+        write_files(files)
+        if journal is not None:
+            journal.remove()
+
+
+_recovering: set[str] = set()
+
+
+def recover(node: str, maps: Mapping[str, Map] | None = None, *,
+            journal: Journal | None = None, writer: Writer | None = None) -> str | None:
+    """Finish a change a killed process left in *node*'s journal, if any; returns
+    "forward" or "back" (what was done) or None (no journal).  *maps*: the node's
+    pinned maps when the caller has them open; *journal* and *writer* (tests):
+    another journal, and maps that are not the node's pins."""
+    journal = journal or Journal(node)
+    if not journal.exists() or node in _recovering:
+        return None
+    _recovering.add(node)
+    try:
+        with journal.lock(), deferred_signals():
+            if not journal.exists():            # finished by whoever held the lock
+                return None
+            record = journal.read()
+            if writer is not None:
+                return _finish(journal, record, writer)
+            return _replay(node, journal, record, maps)
+    finally:
+        _recovering.discard(node)
+
+
+def _replay(node: str, journal: Journal, record: dict, maps: Mapping[str, Map] | None) -> str:
+    from harness import datapath
+    steps = record["steps"]
+    if not datapath.node_is_pinned_dir(node):          # torn down since: nothing to finish
+        journal.remove()
+        return "back"
+    with contextlib.ExitStack() as stack:
+        if any(s[0].startswith("maglev") for s in steps):
+            coll = stack.enter_context(datapath.load("lxc", node, pinned=True))
+            lb = datapath.lb_control(coll)
+            writer = Writer(coll.maps, lb._maglev_install, lb._maglev_remove)
+        else:
+            opened = {}
+            for name in {s[1] for s in steps}:
+                if maps is not None and name in maps:
+                    opened[name] = maps[name]
+                else:
+                    opened[name] = stack.enter_context(
+                        Map.from_pin(os.path.join(datapath.pin_dir(node), name)))
+            writer = Writer(opened)
+        return _finish(journal, record, writer)
+
+
+def _finish(journal: Journal, record: dict, writer: Writer) -> str:
+    """Roll the journal's change forward; if a step cannot be made, roll it all back."""
+    done: list[Step] = []
+    try:
+        writer.forward(record["steps"], done, tolerant=True)
+        outcome = "forward"
+    except (BpfError, OSError, ValueError):
+        writer.backward(done)
+        outcome = "back"
+    if outcome == "forward":
+        write_files(record["files"])
+    journal.remove()
+    return outcome
