@@ -47,7 +47,8 @@ them, pinned, as a node's programs do).
 pyperf.  The parent process (this module) builds, loads and programs every
 collection once (100k services take ~30 s: never per worker), checks every
 case's first packet, and pins the case programs and floors under
-/sys/fs/bpf/chainbench/bench-<pid>/ (with the maps a scale shares); a
+/sys/fs/bpf/cb-bench-<pid>/ (with the maps a scale shares; outside the
+project's pin root, which ``chainbench down`` sweeps at any time); a
 ``finally`` removes that directory, on errors and Ctrl-C too.  pyperf.Runner
 then spawns the workers (bench.micro_worker.main(), pinned with
 ``--affinity``; the plan travels in CHAINBENCH_MICRO_PLAN through
@@ -240,7 +241,7 @@ class Bench:
         self.close()
 
     def _prepare(self) -> None:
-        self.pin_dir = bpffs.pin_path(f"bench-{os.getpid()}")
+        self.pin_dir = bpffs.bench_pin_dir()
         _remove_pins(self.pin_dir)          # left by a killed run with this pid
         os.makedirs(self.pin_dir)
         for c in self.cases:
@@ -310,13 +311,12 @@ class Bench:
         self._floor_colls.clear()
         if self.pin_dir:
             _remove_pins(self.pin_dir)
-            bpffs.prune()
             self.pin_dir = None
 
 
 def _remove_pins(directory: str) -> None:
-    if not os.path.basename(directory).startswith("bench-") or \
-            os.path.dirname(directory) != bpffs.PIN_ROOT:
+    if not os.path.basename(directory).startswith(bpffs.BENCH_PIN_PREFIX) or \
+            os.path.dirname(directory) != bpffs.MOUNT_POINT:
         raise ValueError(f"refusing to remove {directory}: not a bench pin directory")
     if os.path.isdir(directory):
         shutil.rmtree(directory)

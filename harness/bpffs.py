@@ -5,7 +5,12 @@ Pins live under ``/sys/fs/bpf/chainbench``.  If no bpffs is mounted at
 and systemd do.  Tests that share maps between programs pin them in
 ``/sys/fs/bpf/cb-test-<pid>-<n>`` instead (outside the pin root, so no topology
 command takes them for a node); a process killed before its clean-up leaves
-its directories behind, and ``stale_test_pin_dirs`` names them.
+its directories behind, and ``stale_test_pin_dirs`` names them.  A micro
+benchmark run pins its programs and the maps its cases share in
+``/sys/fs/bpf/cb-bench-<pid>`` for as long as it runs, outside the pin root for
+the same reasons: ``chainbench down`` (another user's, a topology test's
+teardown) sweeps the pin root, and would pull a running benchmark's maps from
+under it; ``stale_bench_pin_dirs`` names a killed run's.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import subprocess
 MOUNT_POINT = "/sys/fs/bpf"
 PIN_ROOT = f"{MOUNT_POINT}/chainbench"
 TEST_PIN_PREFIX = "cb-test-"
+BENCH_PIN_PREFIX = "cb-bench-"
 
 
 class BpffsError(RuntimeError):
@@ -63,16 +69,27 @@ def test_pin_dir(seq: int) -> str:
     return os.path.join(MOUNT_POINT, f"{TEST_PIN_PREFIX}{os.getpid()}-{seq}")
 
 
-def stale_test_pin_dirs() -> list[str]:
-    """Test pin directories whose process is gone."""
+def stale_test_pin_dirs(prefix: str = TEST_PIN_PREFIX) -> list[str]:
+    """Test pin directories (or others named *prefix*<pid>...) whose process is gone."""
     if not os.path.isdir(MOUNT_POINT):
         return []
     out = []
     for name in sorted(os.listdir(MOUNT_POINT)):
-        pid = name[len(TEST_PIN_PREFIX):].split("-")[0]
-        if name.startswith(TEST_PIN_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+        pid = name[len(prefix):].split("-")[0]
+        if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
             out.append(os.path.join(MOUNT_POINT, name))
     return out
+
+
+def bench_pin_dir() -> str:
+    """This process's micro benchmark pin directory (not created)."""
+    _mount()
+    return os.path.join(MOUNT_POINT, f"{BENCH_PIN_PREFIX}{os.getpid()}")
+
+
+def stale_bench_pin_dirs() -> list[str]:
+    """Micro benchmark pin directories whose run is gone (killed before its clean-up)."""
+    return stale_test_pin_dirs(BENCH_PIN_PREFIX)
 
 
 def _alive(pid: int) -> bool:

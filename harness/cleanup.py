@@ -1,9 +1,10 @@
 """Removing whatever chainbench left behind: ``chainbench down``.
 
 Project namespaces (``cb-*``), project cgroups (``cb-*`` under the cgroup2
-mount), pins under the project's bpffs directory, test pin directories of
-processes that are gone, and the node state under /run/chainbench.  Safe to
-run any time; it touches nothing else.
+mount), pins under the project's bpffs directory, test and micro benchmark
+pin directories of processes that are gone (a running one's are its own), and
+the node state under /run/chainbench.  Safe to run any time; it touches
+nothing else.
 """
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ import os
 import shutil
 
 from harness import bpffs, cgroups, endpoints, netns
-from harness.bpffs import PIN_ROOT
 
 
 def leftovers() -> dict[str, list[str]]:
     pins = []
-    if os.path.isdir(PIN_ROOT):
-        for dirpath, _dirs, files in os.walk(PIN_ROOT):
+    if os.path.isdir(bpffs.PIN_ROOT):
+        for dirpath, _dirs, files in os.walk(bpffs.PIN_ROOT):
             pins.extend(os.path.join(dirpath, f) for f in files)
-    pins.extend(bpffs.stale_test_pin_dirs())
+    pins.extend(bpffs.stale_test_pin_dirs() + bpffs.stale_bench_pin_dirs())
     state = [os.path.join(endpoints.STATE_ROOT, n) for n in os.listdir(endpoints.STATE_ROOT)] \
         if os.path.isdir(endpoints.STATE_ROOT) else []
     return {"namespaces": netns.list_project(), "cgroups": cgroups.list_project(), "pins": pins,
@@ -33,10 +33,15 @@ def down() -> dict[str, list[str]]:
         netns.delete(name)
     for path in found["cgroups"]:
         cgroups.remove(path)
-    if os.path.isdir(PIN_ROOT):
-        # Unlinking a pin drops the kernel's reference; the object goes when unused.
-        shutil.rmtree(PIN_ROOT)
-    for path in bpffs.stale_test_pin_dirs():
-        shutil.rmtree(path, ignore_errors=True)
+    remove_pins()
     endpoints.remove_state()
     return found
+
+
+def remove_pins() -> None:
+    """Unlink the pin root and the pin directories of processes that are gone.
+    Unlinking a pin drops the kernel's reference; the object goes when unused."""
+    if os.path.isdir(bpffs.PIN_ROOT):
+        shutil.rmtree(bpffs.PIN_ROOT)
+    for path in bpffs.stale_test_pin_dirs() + bpffs.stale_bench_pin_dirs():
+        shutil.rmtree(path, ignore_errors=True)

@@ -1089,16 +1089,17 @@ def _main(argv: list[str] | None) -> int:
             print("       (run with -v for the verifier log)", file=sys.stderr)
         return EXIT_FAIL
     except (BpfError, StructMismatchError, LbApplyError, PolicyApplyError, TopologyError,
-            CNIError, _bench_errors()) as exc:
+            CNIError, *_bench_errors()) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except BrokenPipeError:
         return EXIT_OK
 
 
-def _bench_errors() -> type[Exception]:
+def _bench_errors() -> tuple[type[Exception], ...]:
     from bench.macro import MacroError
-    return MacroError
+    from bench.micro import CaseCheckFailed, MicroBenchError
+    return MacroError, MicroBenchError, CaseCheckFailed
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,8 +22,7 @@ from harness.testing import eth
 
 
 def _no_bench_pins() -> bool:
-    return not os.path.isdir(bpffs.PIN_ROOT) or not any(
-        n.startswith("bench-") for n in os.listdir(bpffs.PIN_ROOT))
+    return not os.path.exists(bpffs.bench_pin_dir())
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +229,85 @@ def test_a_failing_worker_is_an_error_and_leaves_no_pins(monkeypatch):
     with pytest.raises(micro.MicroBenchError, match="policy-deny"):
         micro.run(cases, samples=2, repeat=1_000)
     assert _no_bench_pins()
+
+
+def test_down_while_a_micro_run_prepares_leaves_its_pins(monkeypatch, load):
+    """`chainbench down` from another process (a topology test's teardown) while a
+    micro run loaded its collections unlinked the run's pins: the next collection
+    of a scale then loaded fresh, unprogrammed maps, and new-flow missed its
+    service ("expected a DNAT").  A killed run's pins are still swept."""
+    from harness import cleanup
+    # A private pin root, so the sweep touches no one else's pins.
+    root = bpffs.test_pin_dir(998)
+    monkeypatch.setattr(bpffs, "PIN_ROOT", root)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = os.path.join(bpffs.MOUNT_POINT, f"{bpffs.BENCH_PIN_PREFIX}{dead}")
+    os.makedirs(stale)
+    load("loader_fixture").maps["hash_map"].pin(os.path.join(stale, "hash_map"))
+    assert stale in cleanup.leftovers()["pins"]
+    sweeps = []
+
+    def down_now() -> None:       # what `chainbench down` does to pins, at every step
+        cleanup.remove_pins()
+        sweeps.append(1)
+    try:
+        cases = lb_cases.cases(1)
+        with micro.Bench(cases, step=down_now) as bench:
+            for c in cases:
+                bench.check(c)
+        assert len(sweeps) == micro.Bench.load_steps(cases)
+        assert not os.path.exists(stale)
+    finally:
+        for path in (root, stale):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+    assert _no_bench_pins()
+
+
+# `chainbench bench micro` with one thing spoiled before main() runs (the check and
+# the timing themselves are real): new-flow's packet addressed to a pod, so the case's
+# check fails; or every program pin misnamed, so the first worker cannot open its own.
+_SPOILED_CLI = {
+    "check": ("""
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from bench import lb_cases
+real = lb_cases.packets
+def packets(services):
+    pkts = real(services)
+    pkt = Ether(pkts["new-flow"])
+    pkt[IP].dst = "198.18.1.10"
+    del pkt[IP].chksum, pkt[TCP].chksum
+    return {**pkts, "new-flow": bytes(pkt)}
+lb_cases.packets = packets
+""", "ERROR: lxc:from_container/new-flow@1svc: expected a DNAT of 198.19.0.1 to a backend pod, "
+     "got 198.18.1.10:80"),
+    "worker": ("""
+from bench import micro
+real = micro.Bench.pin_programs
+def pin_programs(self):
+    real(self)
+    self.pins = {k: (v[0] + "-missing", v[1]) for k, v in self.pins.items()}
+micro.Bench.pin_programs = pin_programs
+""", "ERROR: timing "),
+}
+
+
+@pytest.mark.parametrize("spoiled", sorted(_SPOILED_CLI))
+def test_cli_reports_a_failed_micro_run_in_one_line(tmp_path, spoiled):
+    spoil, expected = _SPOILED_CLI[spoiled]
+    code = spoil + "import sys\nfrom harness.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    proc = subprocess.Popen([sys.executable, "-c", code, "bench", "micro", "--samples", "2",
+                             "--repeat", "1000", "--services", "1", "--identities", "1",
+                             "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=300)
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 1, stderr
+    assert lines[-1].startswith(expected), stderr
+    assert "harness/cli.py" not in stderr, "the parent printed a traceback"
+    assert [ln for ln in lines if ln.startswith("ERROR")] == lines[-1:]
+    assert not any(tmp_path.iterdir())
+    assert not os.path.exists(os.path.join(bpffs.MOUNT_POINT,
+                                           f"{bpffs.BENCH_PIN_PREFIX}{proc.pid}"))
