@@ -97,7 +97,9 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
             apply_kube_proxy(state, scenario, mode,
                              [n for n in state.nodes if kinds[n.name] == mode])
     except BaseException:
-        down()
+        from harness.topology.signals import shielded
+        with shielded():
+            down()
         raise
     return state
 

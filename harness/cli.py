@@ -2,7 +2,10 @@
 
 Only this module prints and chooses exit codes: 0 success, 1 a failure of the
 thing being run (kernel refusal, failed check), 2 bad input (usage, a bad
-file or field), 130 interrupted.  Errors are one line, never a traceback.
+file or field), 128 + the signal's number when interrupted, as a shell reports
+a command a signal ended: 130 for SIGINT (Ctrl-C), 143 for SIGTERM (``timeout``,
+CI cancellation).  Both signals unwind the command through its clean-ups first.
+Errors are one line, never a traceback.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from harness import paths
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
 
 
 class UsageError(Exception):
@@ -437,7 +440,7 @@ def cmd_down(args) -> int:
     total = sum(len(v) for v in removed.values())
     for kind, items in removed.items():
         for item in items:
-            print(f"removed {kind.rstrip('s')} {item}")
+            print(f"removed {'process' if kind == 'processes' else kind.rstrip('s')} {item}")
     for err in errors:
         print(f"warning: {err}", file=sys.stderr)
     if not total:
@@ -679,8 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # A process started as a background job of a non-interactive shell inherits SIGINT
     # ignored, and Python then leaves it so: Ctrl-C (or CI's SIGINT) would be lost and
-    # nothing cleaned up.  Take it back (the children we start then get the default).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # nothing cleaned up; SIGTERM would end the process at once, leaving everything.
+    # Both raise Interrupted instead, so every command unwinds (the children we start
+    # get the default dispositions).
+    from harness.topology import signals
+    signals.install()
     args = build_parser().parse_args(argv)
     from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
     from harness.cni.runtime import CNIError
@@ -695,9 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     from harness.scenario import ScenarioError
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except (UsageError, ScenarioError, ProgramNotFound, PcapError, ConfigError, NodeNotFound,
             LbStateError, AddressPlanError, PlanError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

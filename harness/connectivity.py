@@ -23,7 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from harness import cgroups
+from harness import cgroups, procs
+from harness.topology.signals import shielded
 from harness.topology.state import TopologyState
 
 CHECK_TIMEOUT = 3.0
@@ -136,8 +137,8 @@ def _run_check(state: TopologyState, scenario, check: Check, datapath: str) -> R
         cmd, preexec = _client_cmd(state, check.client, url)
     except (KeyError, ConnectivityError) as exc:
         return Result(check, "FAIL", f"cannot run: {exc}", 0.0)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHECK_TIMEOUT + 5,
-                          preexec_fn=preexec, env={**os.environ, "PYTHONPATH": _pythonpath()})
+    proc = procs.run("probe", cmd, capture_output=True, text=True, timeout=CHECK_TIMEOUT + 5,
+                     preexec_fn=preexec, env={**os.environ, "PYTHONPATH": _pythonpath()})
     took = time.monotonic() - start
     succeeded = proc.returncode == 0
     detail = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-1:] or [""]
@@ -164,13 +165,15 @@ class Servers:
         if nginx.available():
             server, directory = nginx.command(port, name)
             self.scratch.append(directory)
+            kind = "nginx"
         else:
             server = [_python(), "-m", "harness.servers.echo_http", "--port", str(port),
                       "--name", name]
+            kind = "echo-server"
         cmd = ["nsenter", f"--net=/run/netns/{netns}", "--", *server]
-        self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL, start_new_session=True,
-                                           env={**os.environ, "PYTHONPATH": _pythonpath()}))
+        self.procs.append(procs.spawn(kind, cmd, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, new_session=True,
+                                      env={**os.environ, "PYTHONPATH": _pythonpath()}))
 
     def __enter__(self) -> "Servers":
         try:
@@ -201,18 +204,15 @@ class Servers:
                 time.sleep(0.05)
 
     def __exit__(self, *exc) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        from harness.servers import nginx
-        for directory in self.scratch:
-            nginx.stop_scratch(directory)
+        with shielded():
+            for p in self.procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGTERM)
+            for p in self.procs:
+                procs.stop(p)
+            from harness.servers import nginx
+            for directory in self.scratch:
+                nginx.stop_scratch(directory)
 
 
 def run(state: TopologyState, scenario, datapath: str | None = None,
@@ -220,5 +220,11 @@ def run(state: TopologyState, scenario, datapath: str | None = None,
     """Run *checks* against the topology (servers up for the duration)."""
     datapath = datapath or state.datapath
     with Servers(state):
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        pool = ThreadPoolExecutor(max_workers=8)
+        try:
             return list(pool.map(lambda c: _run_check(state, scenario, c, datapath), checks))
+        finally:
+            # Interrupted: the checks not started are dropped; running ones end within
+            # their deadline (their probes are recorded processes: down ends any left).
+            with shielded():
+                pool.shutdown(wait=True, cancel_futures=True)

@@ -55,14 +55,22 @@ class Record:
         return os.path.join(PROC_ROOT, f"{self.id}.json")
 
     def save(self) -> None:
-        os.makedirs(PROC_ROOT, exist_ok=True)
         tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f)
-        os.replace(tmp, self.path)
+        for _ in range(10):                # another thread may remove the emptied directory
+            os.makedirs(PROC_ROOT, exist_ok=True)
+            try:
+                with open(tmp, "w") as f:
+                    json.dump(asdict(self), f)
+                os.replace(tmp, self.path)
+                return
+            except FileNotFoundError:
+                continue
+        raise FileNotFoundError(PROC_ROOT)
 
     def describe(self, pid: int) -> str:
-        return f"{self.kind} {pid} ({os.path.basename(self.argv[0]) if self.argv else '?'})"
+        """``kind pid (program)``; the program after a wrapper's ``--`` (nsenter)."""
+        argv = self.argv[self.argv.index("--") + 1:] if "--" in self.argv[:-1] else self.argv
+        return f"{self.kind} {pid} ({os.path.basename(argv[0]) if argv else '?'})"
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -127,6 +135,7 @@ def release(proc: subprocess.Popen) -> None:
     rec = getattr(proc, "chainbench_record", None)
     if rec is not None:
         _remove(rec.path)
+        _rmdir_if_empty(PROC_ROOT)
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
@@ -188,8 +197,19 @@ def run(kind: str, argv: list[str], *, input=None, timeout: float | None = None,
 
 def scratch_dir(prefix: str) -> str:
     """A new scratch directory ``SCRATCH_ROOT/<prefix>XXXX`` (``down`` removes what is left)."""
-    os.makedirs(SCRATCH_ROOT, exist_ok=True)
-    return tempfile.mkdtemp(prefix=prefix, dir=SCRATCH_ROOT)
+    for _ in range(10):                    # another thread may remove the emptied root
+        os.makedirs(SCRATCH_ROOT, exist_ok=True)
+        try:
+            return tempfile.mkdtemp(prefix=prefix, dir=SCRATCH_ROOT)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(SCRATCH_ROOT)
+
+
+def remove_scratch(directory: str) -> None:
+    """Remove a scratch directory (and the scratch root once empty)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    _rmdir_if_empty(SCRATCH_ROOT)
 
 
 # -- ending ---------------------------------------------------------------------------------
@@ -270,3 +290,10 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _rmdir_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass                    # not empty (other records), or gone
