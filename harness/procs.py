@@ -10,9 +10,11 @@ owner removes the record once the process has ended (``stop``, ``release``).
 
 ``end_all`` (``chainbench down``) ends what the records name and is still alive:
 the recorded PID (start time matching), the rest of its process group when it
-leads one (nginx workers, a plugin's children), and every process whose
+leads one (nginx workers, a plugin's children), every process whose
 environment carries a record's marker (children, and a child forked in the
-instant its parent was SIGKILLed, before the PID was written).  SIGTERM, up to
+instant its parent was SIGKILLed, before the PID was written), and every
+process whose command line names a scratch directory (nginx rewrites its
+environment, not its arguments) with its group.  SIGTERM, up to
 ``grace`` seconds, then SIGKILL; it returns once they are gone.
 
 Scratch directories (``scratch_dir``) are made under ``SCRATCH_ROOT``, a project
@@ -97,6 +99,22 @@ def alive(pid: int, start: str | None) -> bool:
 
 def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _cmdline_has(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return needle in f.read()
+    except OSError:
+        return False
 
 
 def _environ_has(pid: int, needles: set[bytes]) -> bytes | None:
@@ -240,6 +258,15 @@ def live() -> dict[int, tuple[str | None, str]]:
     groups = {rec.pid: rec for rec in recs if rec.group and rec.pid and rec.start}
     needles = {f"{MARKER}={rec.id}".encode(): rec for rec in recs}
     me = os.getpid()
+    scratch = (SCRATCH_ROOT.rstrip("/") + "/").encode()
+    for pid in _pids():
+        fields = _stat(pid)
+        if pid == me or not fields or fields[0] in ("Z", "X"):
+            continue
+        if fields[2] == str(pid) and pid not in groups and _cmdline_has(pid, scratch):
+            groups[pid] = Record("scratch", "scratch-user", _argv(pid), owner=0, pid=pid,
+                                 start=fields[19], group=True)
+            found[pid] = (fields[19], groups[pid].describe(pid))
     for pid in _pids():
         if pid == me or pid in found:
             continue
