@@ -687,6 +687,19 @@ def main(argv: list[str] | None = None) -> int:
     # get the default dispositions).
     from harness.topology import signals
     signals.install()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:          # before the command started (imports)
+        return _interrupted(exc)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    signum = getattr(exc, "signum", signal.SIGINT)
+    print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+    return 128 + signum
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
     from harness.cni.runtime import CNIError
@@ -702,9 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
-        return 128 + signum
+        return _interrupted(exc)
     except (UsageError, ScenarioError, ProgramNotFound, PcapError, ConfigError, NodeNotFound,
             LbStateError, AddressPlanError, PlanError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
