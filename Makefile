@@ -31,7 +31,7 @@ Q := @
 endif
 
 .DELETE_ON_ERROR:
-.PHONY: all setup deps venv build test bench kernel-matrix fuzz dashboard-screenshot clean distclean
+.PHONY: all setup deps venv build test bench kernel-matrix fuzz faults dashboard-screenshot clean distclean
 
 all: build
 
@@ -96,6 +96,17 @@ FUZZ_DIFF_PACKETS ?= 1000000
 fuzz: setup build
 	$(Q)$(VPY) -m tests.adversarial.fuzz $(FUZZ_ARGS)
 	$(Q)CHAINBENCH_FUZZ_PACKETS=$(FUZZ_DIFF_PACKETS) ci/run-tests.sh -q -s tests/test_adversarial_differential.py
+
+# Fault injection, the full run: SIGINT, SIGTERM and SIGKILL at 20 seeded points of
+# each long command over its whole run, `chainbench down` after each, nothing left
+# (tests/faults; make test runs 3 points each, drawn in the first half of each run).
+# One JSON line per point in FAULTS_REPORT.
+FAULTS_POINTS ?= 20
+FAULTS_SEED   ?= 12
+FAULTS_REPORT ?= faults-report.jsonl
+faults: setup build
+	$(Q)FAULTS_POINTS=$(FAULTS_POINTS) FAULTS_SEED=$(FAULTS_SEED) FAULTS_WINDOW=1 \
+	  FAULTS_REPORT=$(abspath $(FAULTS_REPORT)) ci/run-tests.sh -q tests/faults
 
 # docs/dashboard.png, the README's picture of the dashboard: renders results/
 # (run `make bench` first) and photographs the page in headless Chromium.

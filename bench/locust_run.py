@@ -58,15 +58,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from urllib.parse import urlsplit
+
+from harness import procs as recorded
+from harness.topology.signals import shielded
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCUSTFILE = os.path.join(REPO, "bench", "locustfile.py")
@@ -173,24 +173,9 @@ def _child_env(scratch: str, targets_path: str, report_path: str, close_fraction
 
 
 def _kill_group(proc: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM then SIGKILL the process group *proc* leads (its own session)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    try:                              # whatever is left of the group, and the leader
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
+    """SIGTERM then SIGKILL the process group *proc* leads (its own session); its
+    record goes (harness.procs)."""
+    recorded.stop(proc, grace=grace_s)
 
 
 def _tail(path: str, lines: int = 3) -> str:
@@ -296,7 +281,7 @@ def run(netns: str, targets: list[str], *, users: int, spawn_rate: float, durati
     if timeout_s is None:
         timeout_s = duration_s + worker_wait_s + _GRACE_S
 
-    scratch = tempfile.mkdtemp(prefix="cb-locust-")
+    scratch = recorded.scratch_dir("cb-locust-")
     procs: list[subprocess.Popen] = []
     logs: list[str] = []
     try:
@@ -327,9 +312,9 @@ def run(netns: str, targets: list[str], *, users: int, spawn_rate: float, durati
             log = os.path.join(scratch, f"{name}.log")
             logs.append(log)
             with open(log, "wb") as out:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                        cwd=scratch, env=env, start_new_session=True,
-                                        preexec_fn=preexec)
+                proc = recorded.spawn("locust", cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=out, cwd=scratch, env=env, new_session=True,
+                                      preexec_fn=preexec)
             procs.append(proc)
             return proc
 
@@ -367,9 +352,10 @@ def run(netns: str, targets: list[str], *, users: int, spawn_rate: float, durati
         result["master_exit_code"] = master.returncode
         return result
     finally:
-        for proc in reversed(procs):
-            _kill_group(proc, grace_s=2.0)
-        shutil.rmtree(scratch, ignore_errors=True)
+        with shielded():
+            for proc in reversed(procs):
+                _kill_group(proc, grace_s=2.0)
+            recorded.remove_scratch(scratch)
 
 
 def main(argv: list[str] | None = None) -> int:

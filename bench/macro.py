@@ -53,7 +53,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import time
 from contextlib import ExitStack
@@ -62,8 +61,9 @@ from pathlib import Path
 from typing import Callable
 
 from bench.stats import mad_pct_text, summary
-from harness import addressing, cgroups, netns
+from harness import addressing, cgroups, netns, procs
 from harness.lb.state import ACTIVE, Backend, Frontend, LbState
+from harness.topology.signals import shielded
 
 SCENARIO = Path(__file__).parent / "scenarios" / "macro.yaml"
 DATAPATHS = ("bpf-tc", "bpf-sock", "iptables", "nftables")
@@ -214,12 +214,14 @@ class Topology:
             self._start_servers()
             self._attach_sock_lb()
         except BaseException:
-            self.stack.close()
+            with shielded():
+                self.stack.close()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stack.close()
+        with shielded():            # a second Ctrl-C must not cut the teardown short
+            self.stack.close()
 
     def client_netns(self, dp: str) -> str:
         return self.state.pod(CLIENT[dp]).netns
@@ -231,16 +233,14 @@ class Topology:
         from harness.servers import nginx
         if not nginx.available():
             raise MacroError("nginx is not installed (make bench installs nginx-light)")
-        procs = []
         for ref in BACKENDS:
             cmd, scratch = nginx.command(SERVER_PORT, ref.split("/")[1],
                                          extra_ports=(TARGET_PORTS["random"], LOCUST_PORT))
             self.stack.callback(nginx.stop_scratch, scratch)
-            p = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.state.pod(ref).netns}",
-                                  "--", *cmd], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)
-            procs.append(p)
-            self.stack.callback(_stop, p)
+            p = procs.spawn("nginx", ["nsenter", f"--net=/run/netns/{self.state.pod(ref).netns}",
+                                      "--", *cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, new_session=True)
+            self.stack.callback(procs.stop, p)
         deadline = time.monotonic() + 10
         for ref in BACKENDS:
             while not netns.run(self.state.pod(ref).netns, "ss", "-Hltn",
@@ -296,8 +296,8 @@ class Topology:
         preexec = (lambda: cgroups.enter(self.sock_cgroup)) if dp == "bpf-sock" else None
         opens0 = _active_opens(self.client_netns(dp))
         sys0, soft0 = _cpu_ticks()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30,
-                              preexec_fn=preexec)
+        proc = procs.run("wrk", cmd, capture_output=True, text=True, timeout=seconds + 30,
+                         preexec_fn=preexec)
         sys1, soft1 = _cpu_ticks()
         opens1 = _active_opens(self.client_netns(dp))
         if proc.returncode != 0:
@@ -311,19 +311,6 @@ class Topology:
         # one per request with Connection: close, about one per wrk connection otherwise.
         out["connections_opened"] = opens1 - opens0
         return out
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
 
 
 def _iptables_backend() -> str:

@@ -80,10 +80,15 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
                     node_config.save_np_ipblock(name, np_ipblock)
         state = topology.build(plan, cni_path=cni_path, progress=progress, per_node=per_node)
     except BaseException:
-        if lb_map_max is not None or np_ipblock is not None:
-            from harness import node_config
-            for name in kinds:
-                node_config.remove(name)
+        # build undid the topology (CNI DEL, namespaces); what the chained plugin made
+        # for the nodes (pins, endpoint state) and the node settings go too.
+        from harness.topology.signals import shielded
+        with shielded():
+            if lb_map_max is not None or np_ipblock is not None:
+                from harness import node_config
+                for name in kinds:
+                    node_config.remove(name)
+            _remove_node_objects(list(kinds))
         raise
     try:
         scenario = scenario_with_real_addresses(scenario, state)
@@ -97,7 +102,9 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
             apply_kube_proxy(state, scenario, mode,
                              [n for n in state.nodes if kinds[n.name] == mode])
     except BaseException:
-        down()
+        from harness.topology.signals import shielded
+        with shielded():
+            down()
         raise
     return state
 
@@ -162,18 +169,21 @@ def down() -> dict[str, list[str]]:
 def teardown(state: TopologyState) -> dict[str, list[str]]:
     """Remove one topology and what its nodes own (pins, node state, host cgroups),
     leaving any other project object alone (``down`` removes everything)."""
-    import shutil
+    summary = topology.teardown(state)         # CNI DEL first: it needs the pins
+    _remove_node_objects([node.name for node in state.nodes])
+    return summary
 
+
+def _remove_node_objects(nodes: list[str]) -> None:
+    """The pins, node state and host cgroups of *nodes*."""
     from harness import bpffs, cgroups
     from harness.connectivity import host_cgroup
     from harness.endpoints import STATE_ROOT
-    summary = topology.teardown(state)         # CNI DEL first: it needs the pins
-    for node in state.nodes:
-        shutil.rmtree(bpffs.pin_path(node.name), ignore_errors=True)
-        shutil.rmtree(os.path.join(STATE_ROOT, node.name), ignore_errors=True)
-        if os.path.isdir(host_cgroup(node.name)):
-            cgroups.remove(host_cgroup(node.name))
+    for node in nodes:
+        shutil.rmtree(bpffs.pin_path(node), ignore_errors=True)
+        shutil.rmtree(os.path.join(STATE_ROOT, node), ignore_errors=True)
+        if os.path.isdir(host_cgroup(node)):
+            cgroups.remove(host_cgroup(node))
     bpffs.prune()
     if os.path.isdir(STATE_ROOT) and not os.listdir(STATE_ROOT):
         os.rmdir(STATE_ROOT)
-    return summary

@@ -1,17 +1,22 @@
 """Removing whatever chainbench left behind: ``chainbench down``.
 
-Project namespaces (``cb-*``), project cgroups (``cb-*`` under the cgroup2
-mount), pins under the project's bpffs directory, test and micro benchmark
-pin directories of processes that are gone (a running one's are its own), and
-the node state under /run/chainbench.  Safe to run any time; it touches
-nothing else.
+Processes the project started and recorded (``harness.procs``: ended and
+waited for first, so none re-creates anything behind the sweep) and their
+scratch directories, project namespaces (``cb-*``), project cgroups (``cb-*``
+under the cgroup2 mount), pins under the project's bpffs directory, test and
+micro benchmark pin directories of processes that are gone (a running one's
+are its own), and the node state under /run/chainbench.  Safe to run any
+time; it touches nothing else.
 """
 from __future__ import annotations
 
 import os
 import shutil
 
-from harness import bpffs, cgroups, endpoints, netns
+from harness import bpffs, cgroups, endpoints, netns, procs
+
+#: Entries of the state directory that are not node state (reported on their own).
+_NOT_STATE = {os.path.basename(procs.PROC_ROOT), os.path.basename(procs.SCRATCH_ROOT)}
 
 
 def leftovers() -> dict[str, list[str]]:
@@ -20,15 +25,20 @@ def leftovers() -> dict[str, list[str]]:
         for dirpath, _dirs, files in os.walk(bpffs.PIN_ROOT):
             pins.extend(os.path.join(dirpath, f) for f in files)
     pins.extend(bpffs.stale_test_pin_dirs() + bpffs.stale_bench_pin_dirs())
-    state = [os.path.join(endpoints.STATE_ROOT, n) for n in os.listdir(endpoints.STATE_ROOT)] \
-        if os.path.isdir(endpoints.STATE_ROOT) else []
-    return {"namespaces": netns.list_project(), "cgroups": cgroups.list_project(), "pins": pins,
-            "states": state}
+    state = [os.path.join(endpoints.STATE_ROOT, n) for n in os.listdir(endpoints.STATE_ROOT)
+             if n not in _NOT_STATE] if os.path.isdir(endpoints.STATE_ROOT) else []
+    scratch = [os.path.join(procs.SCRATCH_ROOT, n) for n in os.listdir(procs.SCRATCH_ROOT)] \
+        if os.path.isdir(procs.SCRATCH_ROOT) else []
+    return {"processes": [desc for _start, desc in procs.live().values()],
+            "namespaces": netns.list_project(), "cgroups": cgroups.list_project(), "pins": pins,
+            "states": state, "temp dirs": scratch}
 
 
 def down() -> dict[str, list[str]]:
     """Remove every leftover; return what was removed."""
+    ended = procs.end_all()
     found = leftovers()
+    found.update(ended)
     for name in found["namespaces"]:
         netns.delete(name)
     for path in found["cgroups"]:

@@ -3,7 +3,10 @@
 
 Only this module prints and chooses exit codes: 0 success, 1 a failure of the
 thing being run (kernel refusal, failed check), 2 bad input (usage, a bad
-file or field), 130 interrupted.  Errors are one line, never a traceback.
+file or field), 128 + the signal's number when interrupted, as a shell reports
+a command a signal ended: 130 for SIGINT (Ctrl-C), 143 for SIGTERM (``timeout``,
+CI cancellation).  Both signals unwind the command through its clean-ups first.
+Errors are one line, never a traceback.
 
 Read commands take ``-o table|wide|json|yaml`` (wide adds NODE and LABELS
 columns where they apply) and cover every node unless ``--node`` names one,
@@ -24,16 +27,7 @@ from pathlib import Path
 
 from harness import paths
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_TERMINATED = 143       # 128 + SIGTERM, as a shell reports it
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (timeout, CI cancellation): unwinds like Ctrl-C, exit 143."""
-
-
-def _terminated(signum, frame):
-    raise Terminated()
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
 
 
 class UsageError(Exception):
@@ -582,7 +576,7 @@ def cmd_down(args) -> int:
     total = sum(len(v) for v in removed.values())
     for kind, items in removed.items():
         for item in items:
-            print(f"removed {kind.rstrip('s')} {item}")
+            print(f"removed {'process' if kind == 'processes' else kind.rstrip('s')} {item}")
     for err in errors:
         print(f"warning: {err}", file=sys.stderr)
     if not total:
@@ -1036,8 +1030,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A process started as a background job of a non-interactive shell inherits SIGINT
+    # ignored, and Python then leaves it so: Ctrl-C (or CI's SIGINT) would be lost and
+    # nothing cleaned up; SIGTERM would end the process at once, leaving everything.
+    # Both raise Interrupted instead, so every command unwinds (the children we start
+    # get the default dispositions).
+    from harness.topology import signals
+    signals.install()
     try:
         return _main(argv)
+    except KeyboardInterrupt as exc:          # before the command started (imports)
+        return _interrupted(exc)
     finally:
         if argv is None:
             # The command is over (its own signals were handled, or held and handled):
@@ -1046,12 +1049,13 @@ def main(argv: list[str] | None = None) -> int:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    signum = getattr(exc, "signum", signal.SIGINT)
+    print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+    return 128 + signum
+
+
 def _main(argv: list[str] | None) -> int:
-    # A process started as a background job of a non-interactive shell inherits SIGINT
-    # ignored, and Python then leaves it so: Ctrl-C (or CI's SIGINT) would be lost and
-    # nothing cleaned up.  Take it back (the children we start then get the default).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminated)
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:         # a shell asks for completions: answer and exit
         import argcomplete
@@ -1075,8 +1079,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:
-        print("interrupted" if not isinstance(exc, Terminated) else "terminated", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        return _interrupted(exc)
     except (UsageError, ScenarioError, ProgramNotFound, PcapError, ConfigError, NodeNotFound,
             LbStateError, AddressPlanError, PlanError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

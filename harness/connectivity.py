@@ -32,8 +32,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from harness import cgroups, drop_counters, drop_reasons
+from harness import cgroups, drop_counters, drop_reasons, procs
 from harness.endpoints import EndpointRegistry
+from harness.topology.signals import shielded
 from harness.topology.state import TopologyState
 
 CHECK_TIMEOUT = 3.0
@@ -290,8 +291,8 @@ def _run_check(state: TopologyState, scenario, check: Check, datapath: str,
         if expected is not None:
             return Result(check, "FAIL", f"cannot run: {exc}", 0.0)
         watches, nodes, before = [], set(), {}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHECK_TIMEOUT + 5,
-                          preexec_fn=preexec, env={**os.environ, "PYTHONPATH": _pythonpath()})
+    proc = procs.run("probe", cmd, capture_output=True, text=True, timeout=CHECK_TIMEOUT + 5,
+                     preexec_fn=preexec, env={**os.environ, "PYTHONPATH": _pythonpath()})
     seen = drop_counters.grown(before, _read_counters(nodes)) if nodes else {}
     took = time.monotonic() - start
     drops = tuple(f"{w.where()}: {drop_counters.describe(k.reason)} x{n}"
@@ -343,13 +344,15 @@ class Servers:
         if nginx.available():
             server, directory = nginx.command(port, name)
             self.scratch.append(directory)
+            kind = "nginx"
         else:
             server = [_python(), "-m", "harness.servers.echo_http", "--port", str(port),
                       "--name", name]
+            kind = "echo-server"
         cmd = ["nsenter", f"--net=/run/netns/{netns}", "--", *server]
-        self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL, start_new_session=True,
-                                           env={**os.environ, "PYTHONPATH": _pythonpath()}))
+        self.procs.append(procs.spawn(kind, cmd, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, new_session=True,
+                                      env={**os.environ, "PYTHONPATH": _pythonpath()}))
 
     def __enter__(self) -> "Servers":
         try:
@@ -380,18 +383,15 @@ class Servers:
                 time.sleep(0.05)
 
     def __exit__(self, *exc) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        from harness.servers import nginx
-        for directory in self.scratch:
-            nginx.stop_scratch(directory)
+        with shielded():
+            for p in self.procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGTERM)
+            for p in self.procs:
+                procs.stop(p)
+            from harness.servers import nginx
+            for directory in self.scratch:
+                nginx.stop_scratch(directory)
 
 
 def _waves(scenario, checks: list[Check]) -> list[list[Check]]:
@@ -420,7 +420,8 @@ def run(state: TopologyState, scenario, datapath: str | None = None,
     datapath = datapath or state.datapath
     results: dict[Check, Result] = {}
     with Servers(state):
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        pool = ThreadPoolExecutor(max_workers=8)
+        try:
             def batch(group):
                 for c, r in zip(group, pool.map(lambda c: _run_check(
                         state, scenario, c, datapath, flow_validation), group)):
@@ -428,4 +429,9 @@ def run(state: TopologyState, scenario, datapath: str | None = None,
             batch([c for c in checks if c.expect != "fail"])
             for wave in _waves(scenario, [c for c in checks if c.expect == "fail"]):
                 batch(wave)
+        finally:
+            # Interrupted: the checks not started are dropped; running ones end within
+            # their deadline (their probes are recorded processes: down ends any left).
+            with shielded():
+                pool.shutdown(wait=True, cancel_futures=True)
     return [results[c] for c in checks]

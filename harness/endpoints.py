@@ -4,6 +4,13 @@ Endpoint ids index ``cb_endpoints`` and prefix the policy keys; they are
 assigned smallest-free-first and kept in ``/run/chainbench/<node>/endpoints.json``
 so every later command (``policy get``, ``endpoints``) finds the same ones.
 ``chainbench down`` removes the state directory with everything else.
+
+A record's ``state`` follows Cilium's endpoint states: the CNI plugin creates
+it ``not-ready`` (nothing attached yet), makes it ``waiting-for-identity``
+once its programs are attached to the pod's veth, and the node's sync makes
+it ``ready`` when it sets the identity and the policy.  So a pod whose ADD was
+cut short (a killed ``up``) is never listed ``ready``.  ``unmanaged``: a pod
+the plugin was told to skip.
 """
 from __future__ import annotations
 
@@ -14,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 STATE_ROOT = "/run/chainbench"
 MAX_ENDPOINT_ID = 4095          # cb_endpoints holds 4096 slots; id 0 means "no endpoint"
+NOT_READY, WAITING_FOR_IDENTITY, READY, UNMANAGED = ("not-ready", "waiting-for-identity", "ready",
+                                                     "unmanaged")
 
 
 @dataclass
@@ -24,7 +33,7 @@ class EndpointRecord:
     ipv4: str | None = None
     ipv6: str | None = None
     interface: str | None = None   # host-side veth, when a topology runs
-    state: str = "ready"
+    state: str = "ready"           # not-ready, waiting-for-identity, ready, unmanaged
 
 
 class EndpointRegistry:

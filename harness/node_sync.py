@@ -15,7 +15,7 @@ import os
 from typing import Iterator
 
 from harness import datapath, node_config
-from harness.endpoints import STATE_ROOT, EndpointRegistry
+from harness.endpoints import READY, STATE_ROOT, WAITING_FOR_IDENTITY, EndpointRegistry
 from harness.lb.state import desired_state, node_addresses
 from harness.policy.program import PolicyControl
 from harness.policy.resolve import resolve
@@ -61,10 +61,12 @@ def sync_node(node: str, scenario: Scenario) -> str:
             rec = registry.records.get(ep.pod)
             if rec is not None:
                 rec.identity = ep.identity
+                if rec.state == WAITING_FOR_IDENTITY and ep.identity:
+                    rec.state = READY           # programs attached, identity and policy set
         policy = PolicyControl(coll.maps, datapath.journal(node))
         policy.restore(r.id for r in registry.records.values())
         policy_stats = policy.apply(state, {p: r.id for p, r in registry.records.items()
-                                            if r.state == "ready"})
+                                            if r.state == READY})
     registry.save()
     registry.save_identities({i.id: ",".join(i.labels) for i in state.identities})
     return f"{node}: LB {lb_stats}; policy {policy_stats}"

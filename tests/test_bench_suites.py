@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
+import sys
 
 import pytest
 
@@ -219,40 +222,113 @@ def test_bench_all_smoke_writes_results_and_dashboard(tmp_path):
     assert not [c for c in cgroups.list_project()]
 
 
-def test_bench_macro_interrupted_leaves_nothing_behind(tmp_path):
-    """Ctrl-C (SIGINT to the process group) in the middle of the macro suite: exit 130,
-    and the topology, servers, cgroup and socket-LB links are gone."""
+def _nginx_servers() -> set[tuple[int, str]]:
+    """Live nginx processes serving from a cb-nginx-* directory: (pid, start time)."""
     import os
-    import signal
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"nginx" in cmdline and b"cb-nginx-" in cmdline and stat[0] != "Z":
+            found.add((int(pid), stat[19]))
+    return found
+
+
+def _scratch_dirs() -> set[str]:
+    """cb-* scratch directories: the system temp directory's and the project's."""
+    import glob
+    import tempfile
+
+    from harness import procs
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "cb-*"))) | \
+        set(glob.glob(os.path.join(procs.SCRATCH_ROOT, "*")))
+
+
+@pytest.fixture
+def macro_run():
+    """A clean machine before; `chainbench down` after, whatever the test found."""
     import subprocess
-    import sys
-    import time
 
     from harness.topology.build import leftovers
+    if leftovers() or cgroups.list_project():
+        pytest.fail(f"leftovers before the test: {leftovers() + cgroups.list_project()}")
+    yield _start_macro_smoke
+    subprocess.run([sys.executable, "-m", "harness.cli", "down"], capture_output=True)
+
+
+def _start_macro_smoke():
+    """`chainbench bench macro --profile smoke` in its own session, once its topology,
+    servers and socket-LB cgroup are up (a couple of seconds into the wrk runs)."""
+    import subprocess
+    import time
+
     from harness.topology.state import STATE_PATH
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "macro", "--profile",
                              "smoke", "--no-write"], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(STATE_PATH) or not os.path.isdir(
+            os.path.join(cgroups.cgroup2_mount(), macro.SOCK_CGROUP)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the macro topology did not come up"
+        time.sleep(0.2)
+    time.sleep(2)                       # into the wrk runs
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_bench_macro_interrupted_leaves_nothing_behind(sig, macro_run):
+    """Ctrl-C (SIGINT to the process group) or SIGTERM (what `timeout` and CI
+    cancellation send, to the process only) in the middle of the macro suite: exit
+    128 + signal, and the topology, servers, their scratch directories, cgroup and
+    socket-LB links are gone."""
+    import subprocess
+
+    from harness.topology.build import leftovers
+    servers, scratch = _nginx_servers(), _scratch_dirs()
+    proc = macro_run()
     try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(STATE_PATH) or not os.path.isdir(
-                os.path.join(cgroups.cgroup2_mount(), macro.SOCK_CGROUP)):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the macro topology did not come up"
-            time.sleep(0.2)
-        time.sleep(2)                       # into the wrk runs
-        os.killpg(proc.pid, signal.SIGINT)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + sig, err
     assert "interrupted" in err
     assert leftovers() == []
     assert cgroups.list_project() == []
-    ps = subprocess.run(["pgrep", "-f", "cb-nginx-"], capture_output=True, text=True)
-    assert ps.stdout.strip() == ""
+    assert _nginx_servers() - servers == set()
+    assert _scratch_dirs() - scratch == set()
+
+
+def test_down_ends_the_servers_of_a_killed_macro_run(macro_run):
+    """kill -9 of the macro suite leaves its nginx servers running (they have their own
+    sessions); `chainbench down` ends them, waits for them and removes their scratch
+    directories, and says so."""
+    import subprocess
+
+    from harness.topology.build import leftovers
+    servers, scratch = _nginx_servers(), _scratch_dirs()
+    proc = macro_run()
+    proc.kill()
+    proc.communicate()
+    assert _nginx_servers() - servers, "no server outlived the killed run"
+    down = subprocess.run([sys.executable, "-m", "harness.cli", "down"], capture_output=True,
+                          text=True)
+    assert down.returncode == 0, down.stderr
+    assert _nginx_servers() - servers == set()
+    assert _scratch_dirs() - scratch == set()
+    assert "removed process" in down.stdout and "nginx" in down.stdout, down.stdout
+    assert leftovers() == [] and cgroups.list_project() == []
 
 
 def test_bpf_lb_map_max_sizes_every_pinned_load_of_a_node():

@@ -204,3 +204,61 @@ def test_interrupted_up_leaves_nothing():
         assert nothing_left() == []
     finally:
         chaining.down()
+
+
+def _plugin_processes() -> dict[int, str]:
+    """Live chainbench-cni processes of this checkout: pid -> start time (/proc/<pid>/stat)."""
+    plugin = os.path.join(chaining.plugin_dir(), chaining.PLUGIN)
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if plugin.encode() in argv and stat[0] != "Z":
+            found[int(pid)] = stat[19]
+    return found
+
+
+def test_killed_up_leaves_no_ready_half_built_endpoint_and_down_ends_its_plugins():
+    """kill -9 of `up` while a pod's chainbench-cni ADD runs: `endpoints` shows no pod
+    `ready` without an identity, and `down` ends the orphaned plugin processes (waiting
+    for them) before it removes anything, so nothing comes back after it."""
+    if nothing_left():
+        pytest.fail(f"leftovers before the test: {nothing_left()}")
+    before = set(_plugin_processes())
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "up", "-f", SCENARIO],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        registry = os.path.join(STATE_ROOT, "cb-node0", "endpoints.json")
+        # Some endpoints recorded, and a plugin ADD running right now.
+        while not (os.path.exists(registry) and set(_plugin_processes()) - before):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no chainbench-cni ADD seen"
+            time.sleep(0.005)
+        proc.kill()
+        proc.wait()
+        orphans = {p: s for p, s in _plugin_processes().items() if p not in before}
+        out = subprocess.run([sys.executable, "-m", "harness.cli", "endpoints", "-o", "json"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)
+        assert rows, "no endpoint recorded"
+        bad = [r for r in rows if r["state"] == "ready" and not r["identity_id"]]
+        assert not bad, f"half-built endpoints shown ready without identity: {bad}"
+        down = subprocess.run([sys.executable, "-m", "harness.cli", "down"], capture_output=True,
+                              text=True)
+        assert down.returncode == 0, down.stderr
+        alive = {p for p, s in _plugin_processes().items() if orphans.get(p) == s}
+        assert not alive, f"chainbench-cni processes still running after down: {alive}"
+        time.sleep(1)
+        assert nothing_left() == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        chaining.down()

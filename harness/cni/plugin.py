@@ -29,7 +29,7 @@ from typing import Any
 
 from harness import datapath
 from harness.bpf import attach_tc
-from harness.endpoints import EndpointRegistry
+from harness.endpoints import NOT_READY, UNMANAGED, WAITING_FOR_IDENTITY, EndpointRegistry
 from harness.node_sync import node_lock, sync_node
 
 SKIP_ANNOTATION = "chainbench.io/chaining"
@@ -124,7 +124,7 @@ def cmd_add(conf: dict, prev: dict) -> dict:
         with node_lock(node):
             registry = EndpointRegistry(node)
             rec = registry.ensure(ref)
-            rec.state = "unmanaged"
+            rec.state = UNMANAGED
             rec.interface = _host_veth(prev)
             rec.ipv4 = str(pod.ipv4) if pod.ipv4 else None
             rec.ipv6 = str(pod.ipv6) if pod.ipv6 else None
@@ -134,7 +134,9 @@ def cmd_add(conf: dict, prev: dict) -> dict:
     with node_lock(node):
         registry = EndpointRegistry(node)
         rec = registry.ensure(ref)
-        rec.interface, rec.state = veth, "ready"
+        # Recorded (its id reserved) before anything is attached; ready only once the
+        # programs are attached and the node's sync has set its identity (endpoints.py).
+        rec.interface, rec.state = veth, NOT_READY
         rec.ipv4, rec.ipv6 = _pod_addresses(prev)
         registry.save()
         with datapath.load("lxc", node, pinned=True,
@@ -142,6 +144,8 @@ def cmd_add(conf: dict, prev: dict) -> dict:
             # The filters keep the programs alive after this process exits.
             attach_tc(coll.programs["from_container"], veth, "ingress")
             attach_tc(coll.programs["to_container"], veth, "egress")
+        rec.state = WAITING_FOR_IDENTITY
+        registry.save()
         if not conf.get("deferSync"):
             sync_node(node, scenario)
     return prev
@@ -172,7 +176,7 @@ def cmd_check(conf: dict, prev: dict) -> None:
     rec = EndpointRegistry(node).records.get(ref)
     if rec is None:
         raise PluginError(3, f"endpoint {ref} is not known on {node}")
-    if rec.state == "unmanaged":
+    if rec.state == UNMANAGED:
         return
     veth = _host_veth(prev)
     if "from_container" not in _tc_filters(veth, "ingress") or \

@@ -32,7 +32,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from harness import netns
+from harness import netns, procs
 
 CNI_VERSION = "1.0.0"
 DEFAULT_TIMEOUT = 30.0
@@ -458,8 +458,10 @@ class CNIRuntime:
     def _run(self, cmd: list[str], env: dict[str, str], stdin: Mapping[str, Any], ptype: str,
              command: str) -> bytes:
         try:
-            proc = subprocess.run(cmd, input=json.dumps(stdin).encode(), capture_output=True, env=env,
-                                  timeout=self.timeout)
+            # Recorded: a plugin outlives a runtime killed mid-ADD; `chainbench down`
+            # ends it before tearing down (harness.procs).
+            proc = procs.run(f"cni-{ptype}", cmd, input=json.dumps(stdin).encode(),
+                             capture_output=True, env=env, timeout=self.timeout)
         except subprocess.TimeoutExpired:
             raise CNIError(ERR_IO, f"timed out after {self.timeout:g} s", plugin=ptype,
                            command=command) from None

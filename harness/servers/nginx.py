@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
+
+from harness import procs
 
 CONFIG = """worker_processes 1;
 daemon off;
@@ -46,8 +47,8 @@ def command(port: int, name: str, bind4: str = "",
             extra_ports: tuple[int, ...] = ()) -> tuple[list[str], str]:
     """The command that runs nginx in the foreground (answering on *port* and any
     *extra_ports*), and its scratch directory (the caller removes it after the
-    process ends)."""
-    directory = tempfile.mkdtemp(prefix=f"cb-nginx-{name}-")
+    process ends; ``chainbench down`` removes any left: harness.procs)."""
+    directory = procs.scratch_dir(f"cb-nginx-{name}-")
     conf = os.path.join(directory, "nginx.conf")
     servers = "".join(SERVER.format(port=p, name=name, bind4=f"{bind4}:" if bind4 else "")
                       for p in (port, *extra_ports))
@@ -57,7 +58,7 @@ def command(port: int, name: str, bind4: str = "",
 
 
 def stop_scratch(directory: str) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+    procs.remove_scratch(directory)
 
 
 def check_config(port: int = 8080) -> str:

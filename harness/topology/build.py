@@ -443,12 +443,19 @@ def _remove(path: str) -> None:
 
 
 def down() -> dict[str, list[str]]:
-    """``chainbench down``: the orderly teardown, then every other project leftover.
+    """``chainbench down``: the recorded processes first (a CNI plugin orphaned by a
+    killed ``up`` would otherwise race the teardown), the orderly teardown, then every
+    other project leftover.
 
-    Returns {"pods", "errors", "namespaces", "cgroups", "pins", "states"}.
+    Returns {"processes", "pods", "errors", "namespaces", "cgroups", "pins", "states",
+    "temp dirs"}.
     """
+    from harness import procs
+    ended = procs.end_all()
     summary = teardown()
     rest = cleanup.down()
-    return {"pods": summary["pods"], "errors": summary["errors"],
+    return {"processes": ended["processes"] + rest.get("processes", []),
+            "pods": summary["pods"], "errors": summary["errors"],
             "namespaces": summary["namespaces"] + rest["namespaces"], "cgroups": rest["cgroups"],
-            "pins": rest["pins"], "states": rest["states"]}
+            "pins": rest["pins"], "states": rest["states"],
+            "temp dirs": ended["temp dirs"] + rest.get("temp dirs", [])}

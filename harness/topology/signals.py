@@ -1,5 +1,10 @@
 """Undoing half-built state when the work fails or is interrupted (Ctrl-C, SIGTERM).
 
+``install()`` (the CLI does it on start) makes SIGINT and SIGTERM raise
+``Interrupted`` for the whole command, whatever it inherited (a background job
+starts with SIGINT ignored; ``timeout`` and CI cancellation send SIGTERM), so
+every command unwinds through its ``finally``/``with`` clean-ups on both.
+
 ``undo_on_failure(undo)`` runs its body with SIGINT and SIGTERM raising
 ``Interrupted`` (a KeyboardInterrupt), so the interruption unwinds like any
 exception.  If the body raises anything, ``undo()`` runs with those signals
@@ -28,6 +33,35 @@ class Interrupted(KeyboardInterrupt):
 
 def _raise(signum: int, _frame) -> None:
     raise Interrupted(signum)
+
+
+def install() -> None:
+    """SIGINT and SIGTERM raise ``Interrupted`` from now on (main thread only)."""
+    for sig in SIGNALS:
+        signal.signal(sig, _raise)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Run a clean-up with SIGINT and SIGTERM held back (blocked), so a second signal
+    cannot cut it short: one arriving meanwhile is delivered when the block ends (and
+    raises then), or discarded when the block is already unwinding an exception.
+    Processes started inside inherit the signals blocked (a Ctrl-C to the process
+    group does not kill the clean-up's own commands either)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    unwinding = True
+    try:
+        yield
+        unwinding = False
+    finally:
+        pending = set(signal.sigpending()) & set(SIGNALS) if unwinding else set()
+        saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in pending}   # discards them
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
