@@ -263,12 +263,13 @@ def cmd_identities(args) -> int:
 
 def cmd_policy_apply(args) -> int:
     from harness import datapath
-    from harness.endpoints import EndpointRegistry
+    from harness.endpoints import EndpointRegistry, workloads
     from harness.policy.program import PolicyControl
     from harness.policy.resolve import resolve
     from harness.scenario import load_scenario
     scenario = load_scenario(args.file)
-    state = resolve(scenario, local_node=args.node, np_ipblock=args.netpol_ipblock)
+    state = resolve(scenario, local_node=args.node, np_ipblock=args.netpol_ipblock,
+                    workloads=workloads())
     registry = EndpointRegistry(args.node)
     local = {p.ref for p in scenario.pods if p.node_name == args.node and not p.host_network}
     for ep in state.endpoints:
@@ -278,7 +279,7 @@ def cmd_policy_apply(args) -> int:
             pod = scenario.pod(ep.pod)
             rec.ipv4 = str(pod.ipv4) if pod.ipv4 else None
             rec.ipv6 = str(pod.ipv6) if pod.ipv6 else None
-    for pod in [p for p in registry.records if p not in local]:
+    for pod in [p for p, r in registry.records.items() if p not in local and not r.external]:
         registry.remove(pod)
     with datapath.load("lxc", args.node, pinned=True) as coll:
         control = PolicyControl(coll.maps)
@@ -487,14 +488,18 @@ def cmd_endpoints(args) -> int:
     rows = []
     for node in datapath.pinned_nodes():
         registry = EndpointRegistry(node)
+        identity_labels = registry.identity_labels()
         maps = datapath.open_pinned(node)
         try:
             for rec in sorted(registry.records.values(), key=lambda r: r.id):
                 info = maps["cb_endpoints"].get(rec.id) if rec.state == "ready" else None
                 flags = info.flags if info is not None else 0
+                identity = info.identity if info is not None else None
+                labels = identity_labels.get(identity, "").split(",") if identity else []
                 rows.append({
                     "name": rec.pod, "node": node, "endpoint_id": rec.id,
-                    "identity_id": info.identity if info is not None else None,
+                    "identity_id": identity,
+                    "labels": sorted({*(rec.labels or []), *filter(None, labels)}),
                     "ingress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_INGRESS_ENFORCED"]),
                     "egress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_EGRESS_ENFORCED"]),
                     "state": rec.state, "ipv4": rec.ipv4, "ipv6": rec.ipv6,
