@@ -7,6 +7,7 @@ PACKAGES=(
   iproute2 iptables nftables               # namespaces, tc, baselines
   iputils-ping                             # ICMP checks inside namespaces
   containernetworking-plugins              # the primary CNI (ptp, bridge, host-local, portmap)
+  podman runc busybox-static               # a real runtime (CNI backend) running the chained plugin
   nginx-light wrk                          # pods' HTTP server, HTTP load
   chromium                                 # the dashboard test renders results/index.html headless
 )

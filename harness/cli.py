@@ -299,10 +299,12 @@ def cmd_identities(args) -> int:
 
 
 def cmd_policy_apply(args) -> int:
+    from harness.endpoints import workloads
     from harness.node_sync import node_lock
     from harness.policy.resolve import resolve
     scenario = _load_scenario(args)
-    state = resolve(scenario, local_node=args.node, np_ipblock=args.netpol_ipblock)
+    state = resolve(scenario, local_node=args.node, np_ipblock=args.netpol_ipblock,
+                    workloads=workloads())
     with node_lock(args.node):
         return _policy_apply(args, scenario, state)
 
@@ -320,7 +322,7 @@ def _policy_apply(args, scenario, state) -> int:
             pod = scenario.pod(ep.pod)
             rec.ipv4 = str(pod.ipv4) if pod.ipv4 else None
             rec.ipv6 = str(pod.ipv6) if pod.ipv6 else None
-    for pod in [p for p in registry.records if p not in local]:
+    for pod in [p for p, r in registry.records.items() if p not in local and not r.external]:
         registry.remove(pod)
     with datapath.load("lxc", args.node, pinned=True) as coll:
         control = PolicyControl(coll.maps, datapath.journal(args.node))
@@ -637,7 +639,7 @@ def cmd_kube_proxy_render(args) -> int:
 
 def cmd_endpoints(args) -> int:
     from harness import datapath
-    from harness.endpoints import EndpointRegistry
+    from harness.endpoints import READY, EndpointRegistry
     from harness.policy import entries as PE
     rows = []
     covered = [datapath.resolve_node(args.node)] if args.node else datapath.pinned_nodes()
@@ -647,13 +649,14 @@ def cmd_endpoints(args) -> int:
         maps = datapath.open_pinned(node)
         try:
             for rec in registry.records.values():
-                info = maps["cb_endpoints"].get(rec.id) if rec.state == "ready" else None
+                info = maps["cb_endpoints"].get(rec.id) if rec.state == READY else None
                 flags = info.flags if info is not None else 0
                 identity = info.identity if info is not None else None
                 rows.append({
                     "name": rec.pod, "node": node, "endpoint_id": rec.id,
                     "identity_id": identity,
-                    "labels": _label_list(labels.get(identity)) if identity else [],
+                    "labels": sorted({*(rec.labels or []),
+                                      *(_label_list(labels.get(identity)) if identity else [])}),
                     "ingress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_INGRESS_ENFORCED"]),
                     "egress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_EGRESS_ENFORCED"]),
                     "state": rec.state, "ipv4": rec.ipv4, "ipv6": rec.ipv6,

@@ -11,6 +11,12 @@ once its programs are attached to the pod's veth, and the node's sync makes
 it ``ready`` when it sets the identity and the policy.  So a pod whose ADD was
 cut short (a killed ``up``) is never listed ``ready``.  ``unmanaged``: a pod
 the plugin was told to skip.
+
+An endpoint is a scenario pod (``namespace/name``) or a container a runtime
+outside Kubernetes attached (``container:<name>``, see harness/cni/plugin.py):
+``workloads()`` lists the latter on every node for the ipcache.  A record
+keeps the CNI attachment (container id, interface) that made it, so DEL finds
+it by what every runtime passes.
 """
 from __future__ import annotations
 
@@ -19,21 +25,33 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 
+from harness.policy.model import Workload
+
 STATE_ROOT = "/run/chainbench"
 MAX_ENDPOINT_ID = 4095          # cb_endpoints holds 4096 slots; id 0 means "no endpoint"
 NOT_READY, WAITING_FOR_IDENTITY, READY, UNMANAGED = ("not-ready", "waiting-for-identity", "ready",
                                                      "unmanaged")
+#: Name prefix of an endpoint that is a container outside Kubernetes (no pod).
+CONTAINER_PREFIX = "container:"
 
 
 @dataclass
 class EndpointRecord:
-    pod: str                    # namespace/name
+    pod: str                    # namespace/name, or container:<name>
     id: int
     identity: int = 0
     ipv4: str | None = None
     ipv6: str | None = None
     interface: str | None = None   # host-side veth, when a topology runs
     state: str = "ready"           # not-ready, waiting-for-identity, ready, unmanaged
+    container_id: str | None = None    # the CNI attachment: CNI_CONTAINERID ...
+    ifname: str | None = None          # ... and CNI_IFNAME
+    labels: list[str] | None = None    # a container's labels from its runtime (container:name=...)
+
+    @property
+    def external(self) -> bool:
+        """A container outside Kubernetes, not a scenario pod."""
+        return self.pod.startswith(CONTAINER_PREFIX)
 
 
 class EndpointRegistry:
@@ -60,6 +78,11 @@ class EndpointRegistry:
 
     def remove(self, pod: str) -> EndpointRecord | None:
         return self.records.pop(pod, None)
+
+    def attachment(self, container_id: str, ifname: str | None) -> EndpointRecord | None:
+        """The endpoint a CNI attachment (container id, interface name) made, if any."""
+        return next((r for r in self.records.values() if r.container_id == container_id
+                     and (ifname is None or r.ifname in (None, ifname))), None)
 
     def ids(self) -> dict[str, int]:
         return {pod: r.id for pod, r in self.records.items()}
@@ -94,6 +117,20 @@ class EndpointRegistry:
         return {self.path: json.dumps(records, indent=1).encode(),
                 self.identities_path: json.dumps({str(k): v for k, v in labels.items()},
                                                  indent=1).encode()}
+
+
+def workloads(root: str = STATE_ROOT) -> list[Workload]:
+    """The containers outside Kubernetes attached on every node (their ready endpoints)."""
+    out = []
+    nodes = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    for node in nodes:
+        if not os.path.isfile(os.path.join(root, node, "endpoints.json")):
+            continue
+        for rec in EndpointRegistry(node, root).records.values():
+            # attached (its identity may still be waiting for this very sync)
+            if rec.external and rec.state in (WAITING_FOR_IDENTITY, READY):
+                out.append(Workload(rec.pod, node, tuple(a for a in (rec.ipv4, rec.ipv6) if a)))
+    return out
 
 
 def remove_state() -> list[str]:

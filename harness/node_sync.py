@@ -3,9 +3,10 @@
 Every node holds the whole cluster's services (it load-balances at its pods'
 veths) and the whole cluster's ipcache, and policy rules for its own
 endpoints.  ``sync_node`` programs all three from the scenario, with the
-topology's real pod addresses, adopting what the pinned maps already hold so
-only differences are written.  Callers serialise per node with
-``node_lock``.
+topology's real pod addresses and the containers outside Kubernetes attached
+on any node (endpoints.workloads: ``reserved:unmanaged`` in every ipcache),
+adopting what the pinned maps already hold so only differences are written.
+Callers serialise per node with ``node_lock``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 from typing import Iterator
 
 from harness import datapath, node_config
-from harness.endpoints import READY, STATE_ROOT, WAITING_FOR_IDENTITY, EndpointRegistry
+from harness.endpoints import READY, STATE_ROOT, WAITING_FOR_IDENTITY, EndpointRegistry, workloads
 from harness.lb.state import desired_state, node_addresses
 from harness.policy.program import PolicyControl
 from harness.policy.resolve import resolve
@@ -56,7 +57,8 @@ def sync_node(node: str, scenario: Scenario) -> str:
         lb = datapath.lb_control(coll, node)
         lb.restore()
         lb_stats = lb.apply(desired_state(scenario, node_addresses(scenario)))
-        state = resolve(scenario, local_node=node, np_ipblock=node_config.np_ipblock(node))
+        state = resolve(scenario, local_node=node, np_ipblock=node_config.np_ipblock(node),
+                        workloads=workloads())
         for ep in state.endpoints:
             rec = registry.records.get(ep.pod)
             if rec is not None:

@@ -173,9 +173,16 @@ def test_plugin_error_paths():
     assert rc == 1 and err["code"] == 7 and "needs prevResult" in err["msg"]
     rc, err = run_plugin("ADD", {**base, "prevResult": {"cniVersion": "1.0.0", "interfaces": []}})
     assert rc == 1 and "no host-side interface" in err["msg"]
+    # Neither a pod nor a container id: nothing to name the endpoint by (issue 12).
     rc, err = run_plugin("ADD", {**base, "prevResult": {"interfaces": [{"name": "v"}]}},
-                         {"CNI_ARGS": "IgnoreUnknown=1"})
-    assert rc == 1 and err["code"] == 4
+                         {"CNI_ARGS": "IgnoreUnknown=1", "CNI_CONTAINERID": ""})
+    assert rc == 1 and err["code"] == 4 and "CNI_CONTAINERID is empty" in err["msg"]
+    rc, err = run_plugin("ADD", {**base, "prevResult": {"interfaces": [{"name": "v"}]}},
+                         {"CNI_ARGS": "K8S_POD_NAMESPACE=default"})
+    assert rc == 1 and err["code"] == 4 and "without K8S_POD_NAME" in err["msg"]
+    # DEL completes whatever is missing (no topology here: nothing to undo).
+    rc, out = run_plugin("DEL", base, {"CNI_ARGS": "", "CNI_CONTAINERID": "", "CNI_NETNS": ""})
+    assert (rc, out) == (0, None)
     proc = subprocess.run([chaining.plugin_dir() + "/chainbench-cni"], input="{not json",
                           capture_output=True, text=True, env={"CNI_COMMAND": "ADD",
                                                                 "PATH": os.environ["PATH"]})

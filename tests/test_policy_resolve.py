@@ -757,3 +757,37 @@ def test_namespace_labels_select_and_relabelling_changes_the_verdict() -> None:
         assert verdict(s, "default/web", "ingress", "198.18.1.12", TCP, 80, allow_localhost=False) == expected
     labels = [i.labels for i in resolve(_team_policy("blue")).identities if i.kind == "endpoint"]
     assert any("k8s:io.cilium.k8s.namespace.labels.team=blue" in lbls for lbls in labels)
+
+
+def test_workloads_outside_the_scenario_are_the_unmanaged_entity() -> None:
+    """Issue 12: a container a runtime outside Kubernetes attached (no pod, no labels)
+    is reserved:unmanaged (3) in every node's ipcache, selected by the unmanaged and
+    cluster entities (not world, not a label selector); on its own node it is an
+    endpoint with identity 3 that no policy selects.  A pod's address wins."""
+    from harness.policy.model import ID_UNMANAGED, Workload
+    s = scen(WEB, CLIENT,
+             cnp("web", {"endpointSelector": {"matchLabels": {"app": "web"}},
+                         "ingress": [{"fromEntities": ["unmanaged"]}]}),
+             cnp("client", {"endpointSelector": {"matchLabels": {"app": "client"}},
+                            "ingress": [{"fromEntities": ["world"]}],
+                            "egress": [{"toEntities": ["cluster"]}]}),
+             cnp("every-pod", {"endpointSelector": {}, "egress": [{"toEndpoints": [{}]}]}))
+    box = Workload("container:box", "cb-node0", ("198.18.0.50",))
+    far = Workload("container:far", "cb-node1", ("198.18.1.50",))
+    clash = Workload("container:clash", "cb-node1", ("198.18.0.10",))   # claims web's address
+    state = resolve(s, local_node="cb-node0", workloads=[box, far, clash])
+    assert lpm(state, "198.18.0.50") == lpm(state, "198.18.1.50") == ID_UNMANAGED
+    assert lpm(state, "198.18.0.10") == state.endpoint("default/web").identity != ID_UNMANAGED
+    assert matched(state, "default/web", "ingress", "198.18.0.50", TCP, 8080) == "allow"
+    assert matched(state, "default/web", "ingress", "198.18.0.11", TCP, 8080) == "deny-default"
+    assert matched(state, "default/client", "ingress", "198.18.1.50", TCP, 80) == "deny-default"
+    assert matched(state, "default/client", "egress", "198.18.1.50", TCP, 80) == "allow"
+    assert matched(state, "default/web", "egress", "198.18.1.50", TCP, 80) == "deny-default"
+    ep = state.endpoint("container:box")
+    assert (ep.identity, ep.ingress_enforced, ep.egress_enforced, ep.ingress, ep.egress) == \
+        (ID_UNMANAGED, False, False, (), ())
+    assert {e.pod for e in state.endpoints} == {"default/web", "default/client", "container:box"}
+    assert RESERVED[ID_UNMANAGED] in {lbl for i in state.identities if i.id == ID_UNMANAGED
+                                      for lbl in i.labels}
+    # Without workloads nothing of theirs is left.
+    assert lpm(resolve(s, local_node="cb-node0"), "198.18.0.50") == ID_WORLD

@@ -6,8 +6,8 @@ Kubernetes network policies into:
 - identities: one numeric security identity per distinct set of
   security-relevant labels (namespace included), stable across runs for the
   same labels, plus Cilium's reserved identities and CIDR identities;
-- the ipcache: prefix -> identity (pods /32 and /128, nodes, policy CIDRs;
-  anything else is world);
+- the ipcache: prefix -> identity (pods /32 and /128, nodes, policy CIDRs,
+  workloads outside the scenario; anything else is world);
 - per endpoint and direction: whether policy is enforced (some policy selects
   the endpoint in that direction: default deny) and the rules, each an allow
   or a deny for (remote identity or any, protocol or any, port range or any).
@@ -84,6 +84,16 @@ class EndpointPolicy:
     egress_enforced: bool
     ingress: tuple[Rule, ...] = ()
     egress: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Workload:
+    """An endpoint outside the scenario: a container a runtime outside Kubernetes
+    attached to a node (harness/cni/plugin.py).  It has no pod, hence no labels
+    a policy can select; it gets Cilium's ``reserved:unmanaged`` identity."""
+    name: str                    # its endpoint name, ``container:<name>``
+    node: str
+    addresses: tuple[str, ...]
 
 
 @dataclass(frozen=True)

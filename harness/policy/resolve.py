@@ -75,6 +75,16 @@ Host
     endpoint with ingress enforced gets an allow from ID_HOST for everything
     (an explicit deny still wins).
 
+Workloads outside the scenario
+    A container a runtime outside Kubernetes attached (model.Workload) has
+    no pod and no labels a policy can select: its addresses are
+    ``reserved:unmanaged`` (3) in the ipcache, so peers' rules see it as the
+    ``unmanaged`` entity (``cluster`` includes it; ``world`` does not); a
+    local one is an endpoint with that identity that no policy selects (a
+    CiliumNetworkPolicy's endpointSelector is namespaced, a NetworkPolicy's
+    podSelector selects pods): its own traffic is not enforced.  A pod's or
+    node's address wins over a workload claiming it.
+
 Unsupported fields (L7 rules, toFQDNs, toServices, from/toRequires,
 from/toNodes, nodeSelector, selector keys of other sources, ...) raise a
 one-line ScenarioError naming the field.
@@ -101,6 +111,7 @@ from harness.policy.model import (
     ANY_PORT,
     ANY_PROTO,
     ID_HOST,
+    ID_UNMANAGED,
     PROTOCOLS,
     Direction,
     EndpointPolicy,
@@ -110,6 +121,7 @@ from harness.policy.model import (
     PolicyState,
     PortRange,
     Rule,
+    Workload,
 )
 from harness.policy.selectors import (
     ENTITY_SELECTORS,
@@ -577,12 +589,15 @@ def _endpoint_policy(r: _Resolver, pod: Pod, policies: list[_Policy], allow_loca
 
 
 def _ipcache(scenario: Scenario, r: _Resolver, nodes: Mapping[str, Iterable[IPAddress]] | None,
-             local_node: str | None) -> tuple[IpcacheEntry, ...]:
+             local_node: str | None, workloads: Iterable[Workload] = ()) -> tuple[IpcacheEntry, ...]:
     entries: dict[IPNetwork, int] = dict(r.cidr_ids)
     try:
         owners = node_identities(scenario, nodes, local_node)
     except ValueError as err:
         raise ScenarioError(str(err), source=scenario.source) from None
+    for workload in workloads:          # before pods and nodes: theirs win
+        for text in workload.addresses:
+            entries[_host_net(ipaddress.ip_address(text))] = ID_UNMANAGED
     for addr, ident in owners.items():
         entries[_host_net(addr)] = ident
     for pod in r.endpoints:
@@ -601,6 +616,7 @@ def resolve(
     *,
     allow_localhost: bool = True,
     np_ipblock: str = "pods",
+    workloads: Iterable[Workload] = (),
 ) -> PolicyState:
     """Resolve *scenario*'s policies for the datapath.
 
@@ -612,7 +628,9 @@ def resolve(
     *nodes* maps node names to addresses (default: the address plan's for
     the nodes the pods name, see identity.node_addresses); *local_node*'s
     addresses get ID_HOST, every other node's ID_REMOTE_NODE (all of them
-    when *local_node* is None).  Raises ScenarioError for policies using
+    when *local_node* is None).  *workloads* are endpoints outside the
+    scenario (see "Workloads outside the scenario"): those on *local_node*
+    are endpoints of the result too.  Raises ScenarioError for policies using
     unsupported fields.
     """
     if np_ipblock not in NP_IPBLOCK_MODES:
@@ -623,10 +641,17 @@ def resolve(
     identities = [Identity(i, lbls, "reserved") for i, lbls in RESERVED_LABELS.items()]
     identities += [Identity(i, lbls, "endpoint") for lbls, i in r.ids.items()]
     identities += [Identity(i, (cidr_label(p), "reserved:world"), "cidr") for p, i in r.cidr_ids.items()]
+    workloads = tuple(workloads)
+    pods = {p.ref for p in endpoints}
+    unmanaged = tuple(EndpointPolicy(pod=w.name, identity=ID_UNMANAGED, ingress_enforced=False,
+                                     egress_enforced=False)
+                      for w in sorted(workloads, key=lambda w: w.name)
+                      if w.node == local_node and w.name not in pods)
     return PolicyState(
         identities=tuple(sorted(identities)),
-        ipcache=_ipcache(scenario, r, nodes, local_node),
-        endpoints=tuple(_endpoint_policy(r, pod, policies, allow_localhost) for pod in endpoints),
+        ipcache=_ipcache(scenario, r, nodes, local_node, workloads),
+        endpoints=tuple(_endpoint_policy(r, pod, policies, allow_localhost) for pod in endpoints)
+        + unmanaged,
     )
 
 
