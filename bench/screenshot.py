@@ -45,7 +45,9 @@ def chromium() -> str:
     return found
 
 
-def _run(args: list[str], profile: str, timeout: float = 60) -> str:
+def run_chromium(args: list[str], profile: str, timeout: float = 60) -> str:
+    """Stdout of one headless Chromium run with *args*, in its own session and
+    *profile*; every process of the run is killed afterwards."""
     cmd = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -70,7 +72,7 @@ def page_height(page: Path, width: int, profile: str) -> int:
     with tempfile.TemporaryDirectory(prefix="cb-shot-") as tmp:
         probe = Path(tmp) / "probe.html"
         probe.write_text(page.read_text().replace("</body>", _HEIGHT_PROBE + "</body>", 1))
-        dom = _run([f"--window-size={width},1000", "--dump-dom", probe.as_uri()], profile)
+        dom = run_chromium([f"--window-size={width},1000", "--dump-dom", probe.as_uri()], profile)
     found = re.search(r'<pre id="cb-height">(\d+)</pre>', dom)
     if not found:
         raise ScreenshotError("could not measure the page's height")
@@ -84,7 +86,7 @@ def screenshot(results: Path, out: Path, width: int = 1400) -> tuple[Path, int]:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cb-chromium-") as profile:
         height = page_height(page, width, profile)
-        _run([f"--window-size={width},{height}", f"--screenshot={out.resolve()}", page.as_uri()],
+        run_chromium([f"--window-size={width},{height}", f"--screenshot={out.resolve()}", page.as_uri()],
              profile)
     if not out.exists() or out.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
         raise ScreenshotError(f"{out}: chromium wrote no PNG")

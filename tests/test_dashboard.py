@@ -14,9 +14,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import struct
-import subprocess
 import time
 import zlib
 from html.parser import HTMLParser
@@ -27,6 +25,7 @@ import pytest
 from bench import dashboard
 from bench.dashboard import DashboardError, load_documents, render
 from bench.schema import KEYWORDS, keywords, validate
+from bench.screenshot import ScreenshotError, run_chromium
 from harness import paths
 
 SCHEMA = paths.RESULTS / "schema" / "results.schema.json"
@@ -201,25 +200,10 @@ def chromium(tmp_path):
     profile = tmp_path / "chromium-profile"
 
     def run(url: str, *args: str, timeout: float = 30) -> str:
-        cmd = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
-               f"--user-data-dir={profile}", "--no-first-run", "--no-default-browser-check",
-               "--disable-extensions", "--disable-sync", "--disable-background-networking",
-               "--disable-component-update", "--disable-breakpad", "--hide-scrollbars",
-               "--force-device-scale-factor=1", *args, url]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
         try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            out, err = b"", f"chromium did not finish in {timeout} s".encode()
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)   # helpers (zygote, crashpad) share the group
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-        assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-        return out.decode()
+            return run_chromium([*args, url], str(profile), timeout)
+        except ScreenshotError as exc:
+            pytest.fail(str(exc))
 
     yield run
     deadline = time.monotonic() + 5
