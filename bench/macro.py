@@ -237,10 +237,10 @@ class Topology:
             cmd, scratch = nginx.command(SERVER_PORT, ref.split("/")[1],
                                          extra_ports=(TARGET_PORTS["random"], LOCUST_PORT))
             self.stack.callback(nginx.stop_scratch, scratch)
-            p = procs.spawn("nginx", ["nsenter", f"--net=/run/netns/{self.state.pod(ref).netns}",
-                                      "--", *cmd], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, new_session=True)
-            self.stack.callback(procs.stop, p)
+            procs.spawn("nginx", ["nsenter", f"--net=/run/netns/{self.state.pod(ref).netns}",
+                                  "--", *cmd], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, new_session=True,
+                        on_started=lambda p: self.stack.callback(procs.stop, p))
         deadline = time.monotonic() + 10
         for ref in BACKENDS:
             while not netns.run(self.state.pod(ref).netns, "ss", "-Hltn",

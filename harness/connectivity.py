@@ -350,9 +350,9 @@ class Servers:
                       "--name", name]
             kind = "echo-server"
         cmd = ["nsenter", f"--net=/run/netns/{netns}", "--", *server]
-        self.procs.append(procs.spawn(kind, cmd, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, new_session=True,
-                                      env={**os.environ, "PYTHONPATH": _pythonpath()}))
+        procs.spawn(kind, cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    new_session=True, env={**os.environ, "PYTHONPATH": _pythonpath()},
+                    on_started=self.procs.append)
 
     def __enter__(self) -> "Servers":
         try:

@@ -41,11 +41,10 @@ import contextlib
 import errno as _errno
 import os
 import pickle
-import signal
-import threading
 from typing import Callable, Iterator, Mapping
 
 from harness.bpf import BpfError, KeyNotFoundError, Map
+from harness.topology.signals import deferred as deferred_signals
 
 JOURNAL_NAME = "maps.journal"
 _VERSION = 1
@@ -59,8 +58,6 @@ Step = tuple
 MaglevInstall = Callable[[int, list, list], None]
 MaglevRemove = Callable[[int], None]
 
-DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
 
 class MapWriteError(RuntimeError):
     """A step failed; every step made before it was undone."""
@@ -68,27 +65,6 @@ class MapWriteError(RuntimeError):
     def __init__(self, message: str, cause: BaseException):
         super().__init__(message)
         self.cause = cause
-
-
-@contextlib.contextmanager
-def deferred_signals(signals: tuple[int, ...] = DEFERRED_SIGNALS) -> Iterator[None]:
-    """Hold *signals* for the duration of the block and deliver them afterwards
-    (each once, to the handler that was in place).  Outside the main thread,
-    where Python cannot change handlers, the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {}
-    for s in signals:
-        previous[s] = signal.signal(s, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        for s in dict.fromkeys(caught):
-            signal.raise_signal(s)
 
 
 class Writer:

@@ -32,8 +32,10 @@ import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from harness.endpoints import STATE_ROOT
+from harness.topology.signals import deferred
 
 PROC_ROOT = os.path.join(STATE_ROOT, "procs")
 SCRATCH_ROOT = os.path.join(STATE_ROOT, "scratch")
@@ -129,22 +131,29 @@ def _environ_has(pid: int, needles: set[bytes]) -> bytes | None:
 # -- starting ------------------------------------------------------------------------------
 def spawn(kind: str, argv: list[str], *, new_session: bool = False,
           env: dict[str, str] | None = None, scratch: list[str] | None = None,
+          on_started: Callable[[subprocess.Popen], object] | None = None,
           **popen_kwargs) -> subprocess.Popen:
-    """``subprocess.Popen(argv)``, recorded (see the module doc)."""
+    """``subprocess.Popen(argv)``, recorded (see the module doc).  *on_started*
+    (the caller registering how it stops the child) runs with the Popen before a
+    SIGINT/SIGTERM that arrived meanwhile is delivered: a signal between the fork
+    and the return would otherwise lose a child its caller never got."""
     rec = Record(uuid.uuid4().hex[:16], kind, [str(a) for a in argv][:12], os.getpid(),
                  group=new_session, scratch=list(scratch or ()))
     rec.save()
     child_env = dict(os.environ if env is None else env)
     child_env[MARKER] = rec.id
-    try:
-        proc = subprocess.Popen(argv, env=child_env, start_new_session=new_session,
-                                **popen_kwargs)
-    except BaseException:
-        _remove(rec.path)
-        raise
-    rec.pid, rec.start = proc.pid, start_time(proc.pid)
-    rec.save()
-    proc.chainbench_record = rec          # type: ignore[attr-defined]
+    with deferred():
+        try:
+            proc = subprocess.Popen(argv, env=child_env, start_new_session=new_session,
+                                    **popen_kwargs)
+        except BaseException:
+            _remove(rec.path)
+            raise
+        rec.pid, rec.start = proc.pid, start_time(proc.pid)
+        rec.save()
+        proc.chainbench_record = rec          # type: ignore[attr-defined]
+        if on_started is not None:
+            on_started(proc)
     return proc
 
 
@@ -192,8 +201,15 @@ def run(kind: str, argv: list[str], *, input=None, timeout: float | None = None,
         popen_kwargs["stdout"] = popen_kwargs["stderr"] = subprocess.PIPE
     if input is not None:
         popen_kwargs["stdin"] = subprocess.PIPE
-    proc = spawn(kind, argv, **popen_kwargs)
+    started: list[subprocess.Popen] = []
     try:
+        try:
+            proc = spawn(kind, argv, on_started=started.append, **popen_kwargs)
+        except BaseException:             # a signal held over the fork, delivered now
+            for p in started:
+                _signal(p, signal.SIGKILL)
+                p.wait()
+            raise
         with proc:
             try:
                 out, err = proc.communicate(input, timeout=timeout)
@@ -206,7 +222,8 @@ def run(kind: str, argv: list[str], *, input=None, timeout: float | None = None,
                 proc.wait()
                 raise
     finally:
-        release(proc)
+        for p in started:
+            release(p)
     done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
     if check:
         done.check_returncode()

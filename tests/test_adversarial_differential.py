@@ -13,9 +13,13 @@ import collections
 import os
 import re
 
+import pytest
+
 from harness.bpf import Collection
 from tests.adversarial import gen, rfc
 from tests.support import object_path
+
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
 
 TARGET = int(os.environ.get("CHAINBENCH_FUZZ_PACKETS", "60000"))
 SEED = int(os.environ.get("CHAINBENCH_FUZZ_SEED", "1"))

@@ -20,6 +20,8 @@ from harness import bpffs, drop_reasons
 from harness.bpf import Program
 from harness.testing import eth
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 
 def _no_bench_pins() -> bool:
     return not os.path.exists(bpffs.bench_pin_dir())

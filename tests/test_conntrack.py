@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from scapy.layers.inet import IP
 
+import pytest
+
 from harness import conntrack
 
 from . import lbkit as K
 from .lbkit import endpoint, service, tcp4, udp4
+
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
 
 VIP = "198.19.0.10"
 

@@ -31,6 +31,8 @@ from harness.testing import checksum_errors, eth
 from . import lbkit as K
 from .nodekit import Node, verdict
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 DROP = drop_reasons.CODES
 TCP_, ICMP_, ICMP6_ = 6, 1, 58
 WEB, X, CLIENT, D = "198.18.0.20", "198.18.0.30", "198.18.0.40", "198.18.0.50"

@@ -32,6 +32,8 @@ from harness.structs import SnatEntry, V6Addr, be16, from_be16, from_be32
 from . import lbkit as K
 from .lbkit import CLIENT4, CLIENT6, assert_valid, endpoint, service
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 ROOT = Path(__file__).resolve().parent.parent
 DROP = drop_reasons.CODES
 VIP, VIP6 = "198.19.0.10", "2001:db8:2::10"

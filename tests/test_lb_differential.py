@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
+import pytest
+
 from harness import datapath
 from harness.bpf import Collection
 from harness.lb import maglev
@@ -24,6 +26,8 @@ from harness.testrun import Runner
 
 from . import lbkit as K
 from .support import object_path
+
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
 
 VIPS = ["198.19.0.1", "198.19.0.2", "198.19.0.3"]
 PORTS = [80, 443, 53]

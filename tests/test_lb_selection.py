@@ -6,11 +6,15 @@ import ipaddress
 
 from scapy.layers.inet import IP
 
+import pytest
+
 from harness import conntrack
 from harness.testrun import Runner
 
 from . import lbkit as K
 from .lbkit import endpoint, service, tcp4
+
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
 
 VIP = "198.19.0.40"
 BACKENDS = [f"198.18.1.{20 + i}" for i in range(4)]

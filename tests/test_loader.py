@@ -15,6 +15,8 @@ from harness.structs import MetricsKey, TrafficCounter
 from .support import object_path
 from .fixture_structs import FixtureKey, FixtureValue
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 
 def test_missing_object_is_enoent():
     with pytest.raises(BpfError) as info:

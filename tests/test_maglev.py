@@ -30,6 +30,8 @@ from harness.testrun import Runner
 
 from .support import object_path
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 M = maglev.DEFAULT_TABLE_SIZE
 TCP_P, UDP_P = 6, 17
 SVC_F = defines("lib/lb.h", "SVC_F_")

@@ -16,6 +16,8 @@ from harness.policy.resolve import resolve
 from . import lbkit as K
 from .lbkit import endpoint, service
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 LB_MAPS = ("cb_lb4_services", "cb_lb4_backends", "cb_lb4_reverse_nat")
 POLICY_MAPS = ("cb_ipcache", "cb_ipcache_hosts", "cb_endpoints", "cb_policy", "cb_policy_exact")
 
@@ -48,6 +50,16 @@ def _reference(lxc) -> dict:
 
 
 def test_sigint_during_lb_writes_takes_effect_after_the_last(lxc):
+    # Python's Ctrl-C handler, as the CLI installs it (pytest started as a background
+    # job inherits SIGINT ignored, and the held signal would then be dropped).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _sigint_during_lb_writes(lxc)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_during_lb_writes(lxc):
     expected = _reference(lxc)
     coll = lxc()
     ctl = datapath.lb_control(coll)

@@ -13,6 +13,8 @@ from harness.structs import TrafficCounter
 
 from .fixture_structs import FixtureKey, FixtureValue
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 
 @pytest.fixture
 def maps(load):

@@ -49,6 +49,8 @@ from .netpol_e2e_cases import CASES, NAMESPACES, PODS, Case, IPBlock, Policy, Pr
 from .nodekit import Node, verdict
 from .support import object_path
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 NODE = "cb-node0"
 IDS = endpoint_ids(PODS)
 IP4 = {p: f"198.18.0.{11 + i}" for i, p in enumerate(PODS)}

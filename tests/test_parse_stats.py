@@ -17,6 +17,8 @@ from harness.cheaders import enum_members
 from harness.testing import eth
 from harness.testrun import Runner
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 CLASSES = {m.name: m.value for m in enum_members("lib/parse_stats.h", "stat_class")}
 V4 = dict(src="198.18.0.10", dst="198.19.0.1")
 V6 = dict(src="2001:db8:1::10", dst="2001:db8:2::1")

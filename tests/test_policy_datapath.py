@@ -22,6 +22,8 @@ from harness.policy.program import PolicyControl, read_rules
 from harness.testing import eth
 from harness.testrun import Runner
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 POD, POD6, REMOTE, REMOTE6 = "198.18.0.20", "2001:db8:1::20", "198.18.1.10", "2001:db8:1:1::10"
 OTHER = "198.18.1.11"
 CLIENT_ID, POD_ID, OTHER_ID, CIDR_ID = 1000, 1001, 1002, (1 << 24) | 1

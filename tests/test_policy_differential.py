@@ -20,6 +20,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.sctp import SCTP
 
+import pytest
+
 from harness import datapath, drop_reasons
 from harness.bpf import Collection
 from harness.policy.program import PolicyControl, endpoint_ids
@@ -30,6 +32,8 @@ from harness.testrun import Runner
 
 from .support import object_path
 from .test_policy_resolve import NODE_IPS, REMOTES_WORLD, scenarios
+
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
 
 EXPECT = {"allow": "allow", "deny-default": drop_reasons.CODES["DROP_POLICY"],
           "deny-rule": drop_reasons.CODES["DROP_POLICY_DENY"]}

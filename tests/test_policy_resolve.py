@@ -41,6 +41,8 @@ from harness.policy.reference import verdict
 from harness.policy.resolve import IPBLOCK_SET_LABEL
 from harness.scenario import CiliumNetworkPolicy, ObjectMeta, Scenario, ScenarioError, scenario_from_documents
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 REPO = Path(__file__).resolve().parents[1]
 TCP, UDP, SCTP, ICMP, ICMP6 = 6, 17, 132, 1, 58
 

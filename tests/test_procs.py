@@ -145,3 +145,39 @@ def test_record_format(private_roots):
     finally:
         procs.stop(p, grace=1)
     assert p.returncode == -signal.SIGTERM and not os.path.exists(procs.PROC_ROOT)
+
+
+SIGNAL_IN_SPAWN = textwrap.dedent("""
+    import signal, sys
+    from harness import procs
+    from harness.topology import signals
+    procs.PROC_ROOT, procs.SCRATCH_ROOT = sys.argv[1], sys.argv[2]
+    signals.install()
+    real = procs.start_time
+    def start_time_then_sigterm(pid):       # SIGTERM lands between the fork and the return
+        signal.raise_signal(signal.SIGTERM)
+        return real(pid)
+    procs.start_time = start_time_then_sigterm
+    mine = []
+    try:
+        procs.spawn("server", ["sleep", "60"], on_started=mine.append)
+        print("no interruption", flush=True)
+    except signals.Interrupted as exc:
+        print("interrupted", exc.signum, [p.pid for p in mine], flush=True)
+        for p in mine:
+            procs.stop(p)
+        print("stopped", [p.poll() for p in mine], flush=True)
+""")
+
+
+def test_a_signal_during_spawn_still_hands_the_child_to_its_caller(private_roots):
+    """Found by the fault suite (SIGTERM of `connectivity` left an nginx running): a
+    signal between the fork and spawn()'s return lost the Popen, so the caller could
+    not stop the child.  It is held until on_started has the child."""
+    out = subprocess.run([sys.executable, "-c", SIGNAL_IN_SPAWN, procs.PROC_ROOT,
+                          procs.SCRATCH_ROOT], capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"interrupted {int(signal.SIGTERM)} ["), (lines, out.stderr)
+    assert lines[0] != f"interrupted {int(signal.SIGTERM)} []", "the child was lost"
+    assert lines[1] == "stopped [-15]", lines
+    assert procs.live() == {}

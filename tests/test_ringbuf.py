@@ -9,6 +9,8 @@ from harness.testing import eth
 
 from .fixture_structs import FixtureEvent
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 PKT = bytes(eth() / IP(src="198.18.0.1", dst="198.18.0.2") / UDP() / (b"x" * 10))
 
 

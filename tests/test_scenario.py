@@ -30,6 +30,8 @@ from harness.scenario import (
 )
 from harness.scenario import parse
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data" / "scenarios"
 MINIMAL = ROOT / "bench" / "scenarios" / "minimal.yaml"

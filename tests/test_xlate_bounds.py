@@ -32,6 +32,8 @@ from harness.policy.program import PolicyControl
 from . import lbkit as K
 from .lbkit import CLIENT4, CLIENT6, assert_valid, endpoint, service
 
+pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+
 VIP, VIP6 = "198.19.0.10", "2001:db8:2::10"
 BE, BE6 = "198.18.1.20", "2001:db8:1:1::20"
 NODE0 = "198.19.128.1"

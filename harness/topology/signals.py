@@ -64,6 +64,34 @@ def shielded() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+#: What ``deferred`` holds: the signals that end a command (SIGHUP: its terminal went).
+DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def deferred(signals: tuple[int, ...] = DEFERRED) -> Iterator[None]:
+    """Hold *signals* for the duration of the block and deliver them afterwards
+    (each once, to the handler that was in place): for a step that must finish
+    once begun (map writes, recording a process just forked).  The handlers are
+    Python's, not the signal mask, so a process started inside gets the default
+    dispositions (exec resets them) and no blocked signal.  Outside the main
+    thread, where Python cannot change handlers, the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {}
+    for s in signals:
+        previous[s] = signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
+
+
 @contextlib.contextmanager
 def undo_on_failure(undo: Callable[[], object]) -> Iterator[None]:
     """Run the body; on any exception or SIGINT/SIGTERM, ``undo()`` and re-raise."""
