@@ -229,7 +229,7 @@ def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes, int, int]]:
 def test_initramfs_holds_init_busybox_console_and_ordered_modules(tmp_path):
     bb = tmp_path / "busybox"
     bb.write_bytes(b"\x7fELF-busybox")
-    conf = km.init_conf({"CBKM_REPO": "/work/main", "CBKM_TIMEOUT": 570})
+    conf = km.init_conf({"CBKM_REPO": "/srv/chainbench", "CBKM_TIMEOUT": 570})
     image = km.build_initramfs(bb, "#!/bin/busybox sh\necho hi\n", conf,
                                [("virtio", b"m1"), ("9p", b"m2")])
     files = _read_cpio(gzip.decompress(image))
@@ -306,7 +306,7 @@ def test_static_elf_detection():
 def test_paths_the_guest_mounts_over_are_refused():
     with pytest.raises(km.MatrixError, match="under /run"):
         km.check_visible_in_guest(Path("/run/km"), "--work-dir")
-    km.check_visible_in_guest(Path("/work/km"), "--work-dir")
+    km.check_visible_in_guest(Path("/srv/km"), "--work-dir")
     km.check_visible_in_guest(Path("/runner/km"), "--work-dir")
 
 

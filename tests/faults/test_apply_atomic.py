@@ -47,7 +47,7 @@ PINS = Path(PIN_ROOT) / NODE
 STATE = Path(STATE_ROOT) / NODE
 TOPOLOGY = str(SCENARIO_DIR / "minimal.yaml")
 CLI = [sys.executable, "-m", "harness.cli"]
-LOCK_NOTE = "run under `flock /work/helper-notes/topology.lock` (builds a topology)"
+LOCK_NOTE = "this test builds its own topology: run `chainbench down` first"
 
 POINTS = int(os.environ.get("FAULTS_POINTS", "3"))
 SEED = int(os.environ.get("FAULTS_SEED", "12"))
