@@ -111,7 +111,7 @@ faults: setup build
 # docs/dashboard.png, the README's picture of the dashboard: renders results/
 # (run `make bench` first) and photographs the page in headless Chromium.
 dashboard-screenshot: setup
-	$(Q)$(VPY) -m bench.screenshot --results results --out docs/dashboard.png
+	$(Q)$(VPY) -m bench.report.screenshot --results results --out docs/dashboard.png
 
 clean:
 	rm -rf $(BUILD)

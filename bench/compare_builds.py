@@ -12,7 +12,7 @@ each round and summarised (median, min, max) over the rounds.  Nothing is writte
 results/.
 
 The two checkouts should time the same cases with the same settings: when the cases
-changed between them (bench/lb_cases.py, bench/policy_cases.py), bring the baseline's
+changed between them (bench/micro/lb_cases.py, bench/micro/policy_cases.py), bring the baseline's
 up to date first, and a baseline object older than a new ``const volatile`` setting
 needs that declaration (declaring an unused constant changes no instruction).
 """

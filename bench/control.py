@@ -1,6 +1,6 @@
 """Control-plane benchmark: how long programming N services x 10 endpoints takes.
 
-Methods, each timed on the same synthetic LB state (bench.lb_cases.synthetic_state,
+Methods, each timed on the same synthetic LB state (bench.micro.lb_cases.synthetic_state,
 IPv4 ClusterIPs only: what kube-proxy's renderers here cover):
 
   bpf              LbControl.apply on a freshly loaded lxc collection sized for N
@@ -52,9 +52,11 @@ import subprocess
 import time
 from typing import Callable
 
-from bench.lb_cases import synthetic_state
+from bench.micro.lb_cases import synthetic_state
 from bench.stats import mad_pct_text, summary
-from harness import datapath, netns, paths
+from harness.node import datapath
+from harness.host import netns
+from harness import paths
 from harness.bpf import Collection
 from harness.kubeproxy import apply as kp
 from harness.kubeproxy import iptables as ipt

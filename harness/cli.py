@@ -75,7 +75,8 @@ def _parse_rodata(items: list[str]) -> dict:
 
 
 def cmd_test_run(args) -> int:
-    from harness import datapath, programming, testrun
+    from harness.node import datapath
+    from harness.testrun import runner as testrun
     from harness.bpf import Collection
     obj, prog = testrun.resolve_program(args.program)
     scenario = endpoint = None
@@ -100,7 +101,7 @@ def cmd_test_run(args) -> int:
     rodata.update(_parse_rodata(args.rodata))
     with Collection.load(str(obj), rodata=rodata or None) as coll:
         if scenario is not None:
-            programming.program_maps(coll, scenario, endpoint, {"np_ipblock": args.netpol_ipblock})
+            datapath.program_maps(coll, scenario, endpoint, {"np_ipblock": args.netpol_ipblock})
         results = []
         for result in testrun.run_packets(testrun.Runner(coll, prog), packets, args.repeat):
             results.append(result)
@@ -120,7 +121,7 @@ def _print_test_run_table(results) -> None:
     from scapy.layers.l2 import Ether
     from scapy.layers.sctp import SCTP
 
-    from harness import drop_reasons
+    from harness.abi import drop_reasons
     conf.noenum.add(TCP.sport, TCP.dport, UDP.sport, UDP.dport, SCTP.sport, SCTP.dport)
     rows = []
     for r in results:
@@ -144,7 +145,8 @@ def _service_scales(text: str) -> list[int]:
 def cmd_bench(args) -> int:
     from dataclasses import replace
 
-    from bench import profiles, results
+    from bench import profiles
+    from bench.report import results
     profile = profiles.get(args.profile)
     micro_s, control_s, macro_s = profile.micro, profile.control, profile.macro
     if args.services:
@@ -179,7 +181,7 @@ def cmd_bench(args) -> int:
     suites: dict = {}
     with _progress_bar() as update:
         if "micro" in wanted:
-            from bench import micro
+            from bench.micro import suite as micro
             suites["micro"] = micro.suite(list(micro_s.services), list(micro_s.identities),
                                           samples=micro_s.samples, repeat=micro_s.repeat,
                                           rounds=micro_s.rounds, indicative=indicative,
@@ -190,7 +192,7 @@ def cmd_bench(args) -> int:
                                             timeout=control_s.timeout, progress=update,
                                             method_timeouts=dict(control_s.method_timeouts))
         if "macro" in wanted:
-            from bench import macro
+            from bench.macro import suite as macro
             suites["macro"] = macro.run(list(macro_s.scales), macro_s.rounds, macro_s.seconds,
                                         macro_s.connections,
                                         locust_seconds=macro_s.locust_seconds,
@@ -203,7 +205,7 @@ def cmd_bench(args) -> int:
         path = results.write(doc, args.out, latest=(profile.name == "quick"))
         print(f"results written to {path}", file=sys.stderr)
         if not args.no_dashboard:
-            from bench import dashboard
+            from bench.report import dashboard
             page = dashboard.render(path.parent)
             print(f"dashboard written to {page}", file=sys.stderr)
     return EXIT_OK
@@ -211,7 +213,7 @@ def cmd_bench(args) -> int:
 
 def _print_bench_tables(suites: dict) -> None:
     if "micro" in suites:
-        from bench import micro
+        from bench.micro import suite as micro
         _print_table(("CASE", "VERDICT", "NS/PKT", "MAD", "CLOCK", "EMPTY NS", "VS EMPTY"),
                      micro.table(suites["micro"]))
     if "control" in suites:
@@ -222,7 +224,7 @@ def _print_bench_tables(suites: dict) -> None:
         _print_table(("SERVICES", "OPERATION", "METHOD", "STATUS", "SECONDS", "MAD", "VS BPF",
                       "ENTRIES", "MAP MEM", "RULES TEXT"), control.table(suites["control"]))
     if "macro" in suites:
-        from bench import macro
+        from bench.macro import suite as macro
         print()
         _print_table(("SERVICES", "TARGET", "MODE", "DATAPATH", "REQ/S", "MAD", "P50 US",
                       "P99 US", "CPU US/REQ", "VS IPTABLES", "ERRORS"),
@@ -243,7 +245,7 @@ def _progress_bar():
 
 
 def cmd_dashboard(args) -> int:
-    from bench import dashboard
+    from bench.report import dashboard
     try:
         page = dashboard.render(Path(args.results or paths.RESULTS),
                                 Path(args.out) if args.out else None)
@@ -259,12 +261,13 @@ def _stderr_console():
 
 
 def cmd_lb_apply(args) -> int:
-    from harness import datapath, node_config
+    from harness.node import datapath, config as node_config
     from harness.lb.state import desired_state
-    from harness.node_sync import node_lock
+    from harness.node.sync import node_lock
+    from harness import validate
     from harness.scenario import source
     text, origin = source.read(args.file, dict(args.param))
-    scenario = source.load_text(text, origin)    # a refused frontend: one line naming the file
+    scenario = validate.load_text(text, origin)    # a refused frontend: one line naming the file
     state = desired_state(scenario)
     node = args.node
     with node_lock(node), datapath.load("lxc", node, pinned=True) as coll:
@@ -299,8 +302,8 @@ def cmd_identities(args) -> int:
 
 
 def cmd_policy_apply(args) -> int:
-    from harness.endpoints import workloads
-    from harness.node_sync import node_lock
+    from harness.node.endpoints import workloads
+    from harness.node.sync import node_lock
     from harness.policy.resolve import resolve
     scenario = _load_scenario(args)
     state = resolve(scenario, local_node=args.node, np_ipblock=args.netpol_ipblock,
@@ -310,8 +313,8 @@ def cmd_policy_apply(args) -> int:
 
 
 def _policy_apply(args, scenario, state) -> int:
-    from harness import datapath
-    from harness.endpoints import EndpointRegistry
+    from harness.node import datapath
+    from harness.node.endpoints import EndpointRegistry
     from harness.policy.program import PolicyControl
     registry = EndpointRegistry(args.node)
     local = {p.ref for p in scenario.pods if p.node_name == args.node and not p.host_network}
@@ -336,8 +339,9 @@ def _policy_apply(args, scenario, state) -> int:
 
 
 def cmd_policy_get(args) -> int:
-    from harness import datapath, nodes
-    from harness.endpoints import EndpointRegistry
+    from harness.node import datapath
+    from harness.topology import lookup as nodes
+    from harness.node.endpoints import EndpointRegistry
     from harness.policy import entries as PE
     from harness.policy.program import read_rules
     ref = nodes.pod_ref(args.endpoint)
@@ -390,7 +394,8 @@ def cmd_policy_get(args) -> int:
 @contextlib.contextmanager
 def _node_maps(args):
     """[(node, its pinned maps)] for every node the command covers (--node: that one)."""
-    from harness import datapath, nodes
+    from harness.node import datapath
+    from harness.topology import lookup as nodes
     opened: list[tuple[str, dict]] = []
     try:
         for node in nodes.select(args.node):
@@ -403,12 +408,12 @@ def _node_maps(args):
 
 
 def _pinned_maps(args):
-    from harness import datapath
+    from harness.node import datapath
     return datapath.open_pinned(datapath.resolve_node(args.node))
 
 
 def cmd_services(args) -> int:
-    from harness import nodes
+    from harness.topology import lookup as nodes
     from harness.lb import listing
     rows = []
     with _node_maps(args) as covered:
@@ -424,7 +429,7 @@ def cmd_services(args) -> int:
 
 
 def cmd_ct(args) -> int:
-    from harness import conntrack
+    from harness.node import conntrack
     if args.ct_command != "list":
         return _ct_clean(args)
     records = []
@@ -448,7 +453,7 @@ def cmd_ct(args) -> int:
 
 
 def _ct_clean(args) -> int:
-    from harness import conntrack
+    from harness.node import conntrack
     maps = _pinned_maps(args)
     try:
         if args.ct_command == "gc":
@@ -464,7 +469,7 @@ def _ct_clean(args) -> int:
 
 
 def cmd_snat(args) -> int:
-    from harness import snat
+    from harness.node import snat
     per_node = {}
     with _node_maps(args) as covered:
         for node, maps in covered:
@@ -515,10 +520,10 @@ def cmd_scenario_check(args) -> int:
 
 def _load_scenario(args, spec: str | None = None):
     """The scenario *spec* (default: ``-f``) names, validated as every command validates it
-    (harness.scenario.source): a file, ``-`` for standard input, or a ``.j2`` template
+    (harness.validate): a file, ``-`` for standard input, or a ``.j2`` template
     rendered with the ``-p`` parameters."""
-    from harness.scenario import source
-    return source.load(args.file if spec is None else spec, dict(args.param))
+    from harness import validate
+    return validate.load(args.file if spec is None else spec, dict(args.param))
 
 
 def _scenario_param(text: str) -> tuple[str, object]:
@@ -545,14 +550,15 @@ def _add_scenario_params(p) -> None:
 def cmd_up(args) -> int:
     import time
 
-    from harness import chaining
+    from harness.topology import chaining
     start = time.monotonic()
-    from harness.endpoints import STATE_ROOT
+    from harness.paths import STATE_ROOT
+    from harness import validate
     from harness.scenario import source
     if args.bpf_lb_map_max is not None and not 1024 <= args.bpf_lb_map_max <= 1 << 24:
         raise UsageError(f"--bpf-lb-map-max {args.bpf_lb_map_max}: expected 1024..16777216")
     text, name = source.read(args.file, dict(args.param))
-    source.load_text(text, name)             # errors name the file as given
+    validate.load_text(text, name)           # errors name the file as given
     # The CNI plugin and later commands read the scenario from a file: stdin and
     # templates are kept under /run/chainbench (`down` removes it).
     path = source.materialize(args.file, text, STATE_ROOT)
@@ -572,7 +578,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from harness import chaining
+    from harness.topology import chaining
     removed = chaining.down()
     errors = removed.pop("errors", [])
     total = sum(len(v) for v in removed.values())
@@ -587,7 +593,7 @@ def cmd_down(args) -> int:
 
 
 def cmd_connectivity(args) -> int:
-    from harness import connectivity
+    from harness.topology import connectivity
     from harness.scenario import load_scenario
     from harness.topology.state import load_state, scenario_with_real_addresses
     try:
@@ -638,8 +644,8 @@ def cmd_kube_proxy_render(args) -> int:
 
 
 def cmd_endpoints(args) -> int:
-    from harness import datapath
-    from harness.endpoints import READY, EndpointRegistry
+    from harness.node import datapath
+    from harness.node.endpoints import READY, EndpointRegistry
     from harness.policy import entries as PE
     rows = []
     covered = [datapath.resolve_node(args.node)] if args.node else datapath.pinned_nodes()
@@ -679,7 +685,7 @@ def cmd_endpoints(args) -> int:
 
 
 def cmd_version(args) -> int:
-    from harness import version
+    from harness.host import version
     info = version.info()
     if args.output in ("json", "yaml"):
         _emit(args, info, (), [])
@@ -695,7 +701,7 @@ def cmd_version(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from harness import status
+    from harness.topology import status
     doc = status.collect()
     if args.output in ("json", "yaml"):
         _emit(args, doc, (), [])
@@ -823,13 +829,13 @@ def _label_list(joined: str | None) -> list[str]:
 
 
 def _complete_nodes(**_kwargs) -> list[str]:
-    from harness import datapath
+    from harness.node import datapath
     return datapath.pinned_nodes()
 
 
 def _complete_endpoints(**_kwargs) -> list[str]:
-    from harness import datapath
-    from harness.endpoints import EndpointRegistry
+    from harness.node import datapath
+    from harness.node.endpoints import EndpointRegistry
     return sorted({p for n in datapath.pinned_nodes() for p in EndpointRegistry(n).records})
 
 
@@ -1038,7 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
     # nothing cleaned up; SIGTERM would end the process at once, leaving everything.
     # Both raise Interrupted instead, so every command unwinds (the children we start
     # get the default dispositions).
-    from harness.topology import signals
+    from harness.host import signals
     signals.install()
     try:
         return _main(argv)
@@ -1069,14 +1075,14 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_USAGE
     args = parser.parse_args(argv)
     from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
-    from harness.cni.runtime import CNIError
-    from harness.datapath import NodeNotFound
+    from harness.topology.cni_runtime import CNIError
+    from harness.node.datapath import NodeNotFound
     from harness.topology.build import TopologyError
     from harness.topology.plan import PlanError
     from harness.lb.control import LbApplyError
     from harness.policy.program import PolicyApplyError
     from harness.lb.state import LbStateError
-    from harness.testrun import PcapError, ProgramNotFound
+    from harness.testrun.runner import PcapError, ProgramNotFound
     from harness.addressing import AddressPlanError
     from harness.scenario import ScenarioError
     try:
@@ -1103,8 +1109,8 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _bench_errors() -> tuple[type[Exception], ...]:
-    from bench.macro import MacroError
-    from bench.micro import CaseCheckFailed, MicroBenchError
+    from bench.macro.suite import MacroError
+    from bench.micro.suite import CaseCheckFailed, MicroBenchError
     return MacroError, MicroBenchError, CaseCheckFailed
 
 

@@ -12,6 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BPF_SRC = ROOT / "bpf_src"
 RESULTS = ROOT / "results"
+#: Runtime state: the topology record, and per node its settings, endpoints and lock.
+STATE_ROOT = "/run/chainbench"
+#: The jinja2 and YAML scenarios that ship with the project.
+SCENARIO_DIR = ROOT / "bench" / "scenarios"
 
 
 def build_dir() -> Path:

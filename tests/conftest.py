@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from harness.bpf import Collection
-from harness.testing import run_scapy
-from harness.testrun import Runner
+from harness.testrun.packets import run_scapy
+from harness.testrun.runner import Runner
 
 from .support import object_path
 

@@ -9,13 +9,13 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from harness import datapath
+from harness.node import datapath
 from harness.bpf import Collection
 from harness.lb.control import LbControl
 from harness.lb.state import desired_state
 from harness.scenario import Scenario, scenario_from_documents
-from harness.testing import checksum_errors, eth  # noqa: F401 (re-exported)
-from harness.testrun import PacketResult, Runner
+from harness.testrun.packets import checksum_errors, eth  # noqa: F401 (re-exported)
+from harness.testrun.runner import PacketResult, Runner
 
 CLIENT4, CLIENT6 = "198.18.0.2", "2001:db8:1::2"
 

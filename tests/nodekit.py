@@ -16,9 +16,10 @@ from typing import Callable
 
 from scapy.layers.l2 import Ether
 
-from harness import bpffs, datapath
+from harness.host import bpffs
+from harness.node import datapath
 from harness.bpf import Collection
-from harness.testrun import PacketResult, Runner
+from harness.testrun.runner import PacketResult, Runner
 
 _SEQ = itertools.count()
 

@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
-from harness import cgroups, netns
+from harness.host import cgroups, netns
 from harness.bpf import attach_cgroup, attach_tc, attach_xdp
-from harness.cheaders import enum_members
+from harness.abi.cheaders import enum_members
 
 STAT = {m.name: m.value for m in enum_members("lib/parse_stats.h", "stat_class")}
 

@@ -1,4 +1,4 @@
-"""The micro suite (bench.micro): its cases take the paths they are named after,
+"""The micro suite (bench.micro.suite): its cases take the paths they are named after,
 a wrong packet is caught, and suite() returns every field with sane values,
 leaving no pin behind."""
 from __future__ import annotations
@@ -15,10 +15,13 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
-from bench import lb_cases, micro, policy_cases, schema, stats
-from harness import bpffs, drop_reasons
+from bench.micro import lb_cases, suite as micro, policy_cases
+from bench.report import schema
+from bench import stats
+from harness.host import bpffs
+from harness.abi import drop_reasons
 from harness.bpf import Program
-from harness.testing import eth
+from harness.testrun.packets import eth
 
 pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
 
@@ -101,7 +104,7 @@ def test_every_timed_run_takes_the_path_and_a_loop_would_not(scale1_cases):
     """With one run per call every run is a service hit (the frontend's counter grows
     by one a run); in one call of many runs only the first is: the kernel reruns the
     program on the packet the previous run rewrote."""
-    from bench.micro_worker import Shot
+    from bench.micro.worker import Shot
     translating = [scale1_cases[n] for n in ("established", "new-flow", "ipv6-established",
                                              "nodeport")]
     deny = scale1_cases["policy-deny"]
@@ -186,7 +189,7 @@ def test_suite_with_pyperf_workers(tmp_path):
     assert results["policy-deny"]["verdict"] == "TC_ACT_SHOT"
     assert results["policy-deny"]["drop_reason"] == drop_reasons.CODES["DROP_POLICY"]
     assert results["nodeport"]["program"] == "from_netdev"
-    doc_schema = schema.load()              # what bench.results.write validates against
+    doc_schema = schema.load()              # what bench.report.results.write validates against
     assert schema.validate(suite, doc_schema["$defs"]["micro"], doc_schema) == []
     # The pyperf file: each case and its floor, the same figures, readable by pyperf's CLI.
     doc = pyperf.BenchmarkSuite.load(str(out))
@@ -238,7 +241,7 @@ def test_down_while_a_micro_run_prepares_leaves_its_pins(monkeypatch, load):
     micro run loaded its collections unlinked the run's pins: the next collection
     of a scale then loaded fresh, unprogrammed maps, and new-flow missed its
     service ("expected a DNAT").  A killed run's pins are still swept."""
-    from harness import cleanup
+    from harness.topology import cleanup
     # A private pin root, so the sweep touches no one else's pins.
     root = bpffs.test_pin_dir(998)
     monkeypatch.setattr(bpffs, "PIN_ROOT", root)
@@ -274,7 +277,7 @@ _SPOILED_CLI = {
     "check": ("""
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
-from bench import lb_cases
+from bench.micro import lb_cases
 real = lb_cases.packets
 def packets(services):
     pkts = real(services)
@@ -286,7 +289,7 @@ lb_cases.packets = packets
 """, "ERROR: lxc:from_container/new-flow@1svc: expected a DNAT of 198.19.0.1 to a backend pod, "
      "got 198.18.1.10:80"),
     "worker": ("""
-from bench import micro
+from bench.micro import suite as micro
 real = micro.Bench.pin_programs
 def pin_programs(self):
     real(self)

@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
-from bench import control, macro
-from harness import cgroups, netns
+from bench import control
+from bench.macro import suite as macro
+from harness.host import cgroups, netns
 from harness.kubeproxy import apply as kp
 from harness.kubeproxy.model import service_ports
 
@@ -76,7 +77,7 @@ def test_bench_tables_header_splits_map_memory_and_rules_text(capsys):
 
 
 def test_micro_and_macro_tables_show_no_mad_from_a_single_sample():
-    from bench import micro
+    from bench.micro import suite as micro
     from bench.stats import summary
     one, three = summary([50.0]), summary([50.0, 52.0, 55.0])
     rows = micro.table({"results": [
@@ -103,7 +104,7 @@ def test_control_timeout_is_reported_and_later_scales_skipped():
 
 
 def test_control_changed_state_changes_only_the_last_service():
-    from bench.lb_cases import synthetic_state
+    from bench.micro.lb_cases import synthetic_state
     state = synthetic_state(5, ipv6=False, nodeport=False)
     new, service = control.changed_state(state)
     assert service == state.frontends[-1].service
@@ -126,7 +127,7 @@ def test_macro_services_put_the_measured_one_last_in_iptables_order():
     assert svcs.targets["random"] != svcs.targets["last"]
     real = {b.address for b in last.backends}
     assert real == set(BACKENDS)
-    # Each measured service reaches the backends on its own port (see bench/macro.py).
+    # Each measured service reaches the backends on its own port (see bench/macro/suite.py).
     rnd = svcs.state.frontends[svcs.targets["random"]]
     other = svcs.state.frontends[next(i for i in svcs.real if i not in svcs.targets.values())]
     assert {b.port for b in last.backends} == {macro.TARGET_PORTS["last"]}
@@ -244,7 +245,7 @@ def _scratch_dirs() -> set[str]:
     import glob
     import tempfile
 
-    from harness import procs
+    from harness.host import procs
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "cb-*"))) | \
         set(glob.glob(os.path.join(procs.SCRATCH_ROOT, "*")))
 
@@ -337,7 +338,8 @@ def test_bpf_lb_map_max_sizes_every_pinned_load_of_a_node():
     import os
     import shutil
 
-    from harness import bpffs, datapath, node_config
+    from harness.host import bpffs
+    from harness.node import datapath, config as node_config
     node = f"cb-mapmax-{os.getpid()}"
     node_config.save(node, 131072)
     try:

@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from harness import cgroups, chaining, connectivity, netns
-from harness.bpffs import PIN_ROOT
-from harness.cni.runtime import CNIError
-from harness.endpoints import STATE_ROOT
+from harness.host import cgroups, netns
+from harness.topology import chaining, connectivity
+from harness.host.bpffs import PIN_ROOT
+from harness.topology.cni_runtime import CNIError
+from harness.paths import STATE_ROOT
 from harness.scenario import SCENARIO_DIR, load_scenario
 from harness.topology.build import node_runtime, pod_runtime_conf
 from harness.topology.state import load_state, scenario_with_real_addresses
@@ -96,7 +97,7 @@ def test_endpoints_and_cni_check(topology):
 
 
 def _drops(node: str, reason: int) -> int:
-    from harness import datapath
+    from harness.node import datapath
     maps = datapath.open_pinned(node)
     try:
         return sum(v.packets for k, per_cpu in maps["cb_metrics"].items() if k.reason == reason
@@ -135,7 +136,7 @@ print(" ".join(seen), flush=True)
 def test_a_pod_cannot_send_with_another_pods_source(topology):
     """The source check on real veths: a pod's raw packets carrying another pod's
     address are dropped at its from_container (132) and never arrive; its own do."""
-    from harness import drop_reasons
+    from harness.abi import drop_reasons
     sender = topology.pod("default/pod-to-a")
     victim = topology.pod("default/echo-a")
     target = topology.pod("default/echo-b")

@@ -10,7 +10,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.utils import wrpcap
 
-from harness.testing import eth
+from harness.testrun.packets import eth
 
 V4 = dict(src="198.18.0.10", dst="198.19.0.1")
 
@@ -144,7 +144,7 @@ def test_bench_micro_tiny(tmp_path):
 def test_down_removes_every_leftover(load):
     import os
 
-    from harness import bpffs, cgroups, netns
+    from harness.host import bpffs, cgroups, netns
     ns = f"cb-down-{os.getpid()}"
     netns.create(ns)
     netns.run(ns, "ip", "link", "add", "cbd0", "type", "veth", "peer", "name", "cbd1")
@@ -175,8 +175,8 @@ def test_down_removes_every_leftover(load):
 def pinned_node():
     import shutil
 
-    from harness import bpffs
-    from harness import endpoints
+    from harness.host import bpffs
+    from harness.node import endpoints
     node = f"cb-node{100 + os.getpid() % 100}"
     yield node
     shutil.rmtree(os.path.join(bpffs.PIN_ROOT, node), ignore_errors=True)
@@ -207,9 +207,10 @@ def test_lb_apply_services_and_ct(pinned_node, tmp_path):
 def test_snat_stats(pinned_node):
     """`chainbench snat stats` reads the pinned allocation counters: one NodePort flow
     to a backend on another node is one allocation, its second packet none."""
-    from harness import addressing, datapath
+    from harness import addressing
+    from harness.node import datapath
     from harness.lb.state import desired_state
-    from harness.testrun import Runner
+    from harness.testrun.runner import Runner
 
     from . import lbkit as K
     scen = K.scenario(K.service("np", "198.19.0.20", [("http", 80, 8080, "TCP")],
@@ -310,7 +311,8 @@ def two_pinned_nodes(tmp_path):
     topology): client and backend-0 on the first, backend-1 on the second."""
     import shutil
 
-    from harness import bpffs, endpoints
+    from harness.host import bpffs
+    from harness.node import endpoints
     from harness.scenario import SCENARIO_DIR
     import re
     a, b = f"cb-node{150 + os.getpid() % 50}", f"cb-node{200 + os.getpid() % 50}"
@@ -437,7 +439,7 @@ def test_status_reports_maps_pins_and_observer(two_pinned_nodes):
 def test_status_and_read_commands_without_a_topology():
     """With nothing up, status says so (exit 0); read commands that need maps name the
     way out in one line (exit 2)."""
-    from harness import datapath
+    from harness.node import datapath
     from harness.topology.state import load_state
     assert load_state() is None and not datapath.pinned_nodes(), "a topology is up"
     text = chainbench("status").stdout
@@ -505,7 +507,7 @@ def test_shell_completion(tmp_path):
 @pytest.fixture
 def running_topology():
     """connectivity-check.yaml up (two nodes, native routing, the BPF datapath)."""
-    from harness import chaining
+    from harness.topology import chaining
     from harness.scenario import SCENARIO_DIR
     try:
         yield chaining.up(str(SCENARIO_DIR / "connectivity-check.yaml"))

@@ -16,7 +16,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.utils import PcapNgWriter, wrpcap
 
-from harness.testing import eth
+from harness.testrun.packets import eth
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = ROOT / "bench" / "scenarios" / "minimal.yaml"
@@ -77,6 +77,7 @@ def test_node_name_outside_the_topology_is_refused_by_check_and_up_alike(worker_
 
 def test_up_keeps_a_scenario_from_stdin_or_a_template_in_a_file(tmp_path):
     """The CNI plugin and `connectivity` read the scenario again later: from a file."""
+    from harness import validate
     from harness.scenario import source
     text, name = source.read("-", stdin=io.BytesIO(MINIMAL.read_bytes()))
     assert (text, name) == (MINIMAL.read_text(), "<stdin>")
@@ -84,7 +85,7 @@ def test_up_keeps_a_scenario_from_stdin_or_a_template_in_a_file(tmp_path):
     assert kept.parent == tmp_path / "state" and kept.read_text() == text
     text, name = source.read(str(TEMPLATE), {"services": 2})
     kept = Path(source.materialize(str(TEMPLATE), text, str(tmp_path / "state")))
-    assert kept.suffix == ".yaml" and source.load(str(kept)).services == source.load(
+    assert kept.suffix == ".yaml" and validate.load(str(kept)).services == validate.load(
         str(TEMPLATE), {"services": 2}).services
     assert source.materialize(str(MINIMAL), MINIMAL.read_text(), str(tmp_path)) == str(MINIMAL)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import netns
-from harness.cni.conflist import node_conflist
-from harness.cni.runtime import (
+from harness.host import netns
+from harness.topology.conflist import node_conflist
+from harness.topology.cni_runtime import (
     CNIError,
     CNIRuntime,
     RuntimeConf,
@@ -44,7 +44,7 @@ def env(tmp_path):
             with netns.entered(ns):
                 for key in ("all", "default"):
                     Path(f"/proc/sys/net/ipv6/conf/{key}/accept_dad").write_text("0")
-        from harness.cni.runtime import discover_cni_path
+        from harness.topology.cni_runtime import discover_cni_path
         runtime = CNIRuntime(node, [str(plugins), *discover_cni_path()], cache_dir=str(tmp_path / "cache"),
                              timeout=10)
         rt = RuntimeConf(container_id="default_client", netns=f"/run/netns/{pod}",

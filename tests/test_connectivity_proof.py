@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
-from harness import chaining, connectivity, netns
-from harness.endpoints import EndpointRegistry
+from harness.topology import chaining, connectivity
+from harness.host import netns
+from harness.node.endpoints import EndpointRegistry
 from harness.scenario import SCENARIO_DIR, load_scenario
 from harness.topology.state import scenario_with_real_addresses
 from tests.test_chaining import nothing_left

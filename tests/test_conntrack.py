@@ -5,7 +5,7 @@ from scapy.layers.inet import IP
 
 import pytest
 
-from harness import conntrack
+from harness.node import conntrack
 
 from . import lbkit as K
 from .lbkit import endpoint, service, tcp4, udp4

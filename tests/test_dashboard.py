@@ -1,4 +1,4 @@
-"""The results dashboard (bench/dashboard.py) and the result schema.
+"""The results dashboard (bench/report/dashboard.py) and the result schema.
 
 The dashboard is rendered from synthetic result documents, then opened in
 headless Chromium: the live DOM after the inline JS ran must hold every chart
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import dashboard
-from bench.dashboard import DashboardError, load_documents, render
-from bench.schema import KEYWORDS, keywords, validate
-from bench.screenshot import ScreenshotError, run_chromium
+from bench.report import dashboard
+from bench.report.dashboard import DashboardError, load_documents, render
+from bench.report.schema import KEYWORDS, keywords, validate
+from bench.report.screenshot import ScreenshotError, run_chromium
 from harness import paths
 
 SCHEMA = paths.RESULTS / "schema" / "results.schema.json"
@@ -567,9 +567,9 @@ def test_schema_rejects_bad_documents(schema, mutate, error):
 
 
 def test_screenshot_is_a_png_of_the_whole_page(results_dir, tmp_path):
-    """`make dashboard-screenshot` (bench/screenshot.py): a PNG as wide as asked and as
+    """`make dashboard-screenshot` (bench/report/screenshot.py): a PNG as wide as asked and as
     tall as the rendered page, with no Chromium process left behind."""
-    from bench.screenshot import screenshot
+    from bench.report.screenshot import screenshot
     out, height = screenshot(results_dir, tmp_path / "docs" / "dashboard.png", width=1000)
     width, png_height, _bpp, _rows = read_png(out.read_bytes(), max_rows=1)
     assert (width, png_height) == (1000, height)
@@ -578,7 +578,7 @@ def test_screenshot_is_a_png_of_the_whole_page(results_dir, tmp_path):
 
 
 def test_screenshot_without_results_is_bad_input(tmp_path, capsys):
-    from bench.screenshot import main
+    from bench.report.screenshot import main
     assert main(["--results", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ERROR:")

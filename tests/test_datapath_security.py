@@ -21,12 +21,14 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, IPOption_RR
 from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6PacketTooBig, ICMPv6Unknown, IPv6
 
-from harness import addressing, datapath, drop_reasons
+from harness import addressing
+from harness.node import datapath
+from harness.abi import drop_reasons
 from harness.lb.state import desired_state
 from harness.policy.model import (ANY_PORT, ID_HOST, ID_WORLD, EndpointPolicy, IpcacheEntry,
                                   PolicyState, PortRange, Rule)
 from harness.policy.program import PolicyControl
-from harness.testing import checksum_errors, eth
+from harness.testrun.packets import checksum_errors, eth
 
 from . import lbkit as K
 from .nodekit import Node, verdict

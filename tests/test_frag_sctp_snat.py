@@ -22,12 +22,14 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, defragment6, fragment6
 from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP, SCTPChunkInit, SCTPChunkInitAck
 
-from harness import addressing, datapath, drop_reasons, paths
+from harness import addressing, paths
+from harness.node import datapath
+from harness.abi import drop_reasons
 from harness.lb.state import Backend, Frontend, LbState, LbStateError, desired_state
 from harness.policy.model import EndpointPolicy, PolicyState
 from harness.policy.program import PolicyControl
 from harness.scenario import ScenarioError
-from harness.structs import SnatEntry, V6Addr, be16, from_be16, from_be32
+from harness.abi.structs import SnatEntry, V6Addr, be16, from_be16, from_be32
 
 from . import lbkit as K
 from .lbkit import CLIENT4, CLIENT6, assert_valid, endpoint, service
@@ -367,7 +369,7 @@ def now_sec() -> int:
 def fill_snat_ports(dp: K.Datapath, lifetime: int, free: tuple[int, ...] = (),
                     expired: tuple[int, ...] = ()) -> None:
     """Map every SNAT port of (node, backend:8080, TCP) to some other client, in batches."""
-    from harness import snat
+    from harness.node import snat
     rid = dp.netdev_control.frontend_id((K.ip(NODE0), 31313, "TCP"))
     ports = [p for p in range(SNAT_MIN, SNAT_MAX + 1) if p not in free]
     keys = [snat.reverse_key4(NODE0, BE, 8080, "TCP", p) for p in ports]
@@ -379,7 +381,7 @@ def fill_snat_ports(dp: K.Datapath, lifetime: int, free: tuple[int, ...] = (),
 
 
 def snat_stats(dp: K.Datapath):
-    from harness import snat
+    from harness.node import snat
     return snat.read_stats(dp.netdev.maps)[4]
 
 
@@ -459,7 +461,7 @@ def test_snat_finds_the_only_expired_mapping(load):
 
 def assert_reused(dp: K.Datapath, port: int, client_port: int) -> None:
     """One allocation, by taking over an expired mapping, now the client's and live."""
-    from harness import snat
+    from harness.node import snat
     stats = snat_stats(dp)
     assert (stats.allocated, stats.reused, stats.exhausted) == (1, 1, 0)
     entry = snat.lookup_reverse4(dp.netdev.maps, NODE0, BE, 8080, "TCP", port)
@@ -468,7 +470,7 @@ def assert_reused(dp: K.Datapath, port: int, client_port: int) -> None:
 
 
 def test_snat_same_flow_keeps_its_port_and_traffic_refreshes_it(load):
-    from harness import snat
+    from harness.node import snat
     dp = K.build(load, K.scenario(NP_TCP_REMOTE), netdev=True)
     _, out = dp.run("from_netdev", K.tcp4(NODE0, 31313, src=WORLD, sport=50004))
     port = out[TCP].sport
@@ -492,8 +494,8 @@ def test_snat_same_flow_keeps_its_port_and_traffic_refreshes_it(load):
                     reason="the exhaustive port scan needs bpf_loop (5.17+); the build for older "
                            "kernels stops after 33 probes (test_snat_without_bpf_loop_probes)")
 def test_snat_v6_finds_the_last_free_port_and_translates_the_reply(load):
-    from harness import snat
-    from harness.structs import Ct6Tuple
+    from harness.node import snat
+    from harness.abi.structs import Ct6Tuple
     docs = service("np6", "2001:db8:2::20", [("http", 80, 8080, "TCP")],
                    [endpoint(BE6, "cb-node1")], svc_type="NodePort",
                    node_ports={"http": 31314}, family="IPv6")

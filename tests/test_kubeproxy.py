@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from harness import netns
+from harness.host import netns
 from harness.kubeproxy import apply, iptables as ipt, names, nftables as nft
 from harness.kubeproxy.model import service_ports
 from harness.lb.state import ACTIVE, TERMINATING, Backend, Frontend, LbState

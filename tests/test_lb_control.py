@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import datapath
+from harness.node import datapath
 from harness.lb.control import LbApplyError
 from harness.lb.state import desired_state
 

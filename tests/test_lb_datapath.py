@@ -13,8 +13,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, IPv6,
                                 IPerror6, TCPerror as TCPerror6)
 
-from harness import drop_reasons
-from harness.structs import Ct4Tuple, from_be16, from_be32
+from harness.abi import drop_reasons
+from harness.abi.structs import Ct4Tuple, from_be16, from_be32
 
 from . import lbkit as K
 from .lbkit import CLIENT4, CLIENT6, assert_valid, endpoint, pod, service, tcp4, tcp6, udp4

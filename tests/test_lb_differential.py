@@ -16,13 +16,13 @@ from scapy.layers.l2 import Ether
 
 import pytest
 
-from harness import datapath
+from harness.node import datapath
 from harness.bpf import Collection
 from harness.lb import maglev
 from harness.lb.reference import Packet, ReferenceLb
 from harness.lb.state import desired_state
-from harness.testing import eth
-from harness.testrun import Runner
+from harness.testrun.packets import eth
+from harness.testrun.runner import Runner
 
 from . import lbkit as K
 from .support import object_path

@@ -8,8 +8,8 @@ from scapy.layers.inet import IP
 
 import pytest
 
-from harness import conntrack
-from harness.testrun import Runner
+from harness.node import conntrack
+from harness.testrun.runner import Runner
 
 from . import lbkit as K
 from .lbkit import endpoint, service, tcp4

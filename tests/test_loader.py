@@ -10,7 +10,7 @@ import pytest
 from harness.bpf import (BpfError, Collection, StructMismatchError, VerifierError,
                          check_layout)
 from harness.bpf.errors import ConfigError
-from harness.structs import MetricsKey, TrafficCounter
+from harness.abi.structs import MetricsKey, TrafficCounter
 
 from .support import object_path
 from .fixture_structs import FixtureKey, FixtureValue
@@ -64,7 +64,7 @@ def test_programs_and_maps_by_name(load):
 def test_rodata_knobs_reach_the_program(load):
     from scapy.layers.inet import IP, UDP
 
-    from harness.testing import eth
+    from harness.testrun.packets import eth
     pkt = bytes(eth() / IP(src="198.18.0.1", dst="198.18.0.2") / UDP())
     default = load("loader_fixture").programs["fixture_tc"].test_run(pkt)
     shot = load("loader_fixture", rodata={"verdict": 2}).programs["fixture_tc"].test_run(pkt)

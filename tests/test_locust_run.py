@@ -1,4 +1,4 @@
-"""bench/locust_run.py: locust in distributed mode (master + worker processes)
+"""bench/macro/locust_run.py: locust in distributed mode (master + worker processes)
 inside a cb- namespace against nginx servers, and its argument checks."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from bench import locust_run
-from harness import cgroups, netns
-from harness.servers import nginx
+from bench.macro import locust_run
+from harness.host import cgroups, netns
+from harness.topology.servers import nginx
 
 SERVERS = (("198.18.77.1", 8081), ("198.18.77.2", 8082), ("198.18.77.3", 8083))
 LOG_FORMAT = "log_format cb '$http_connection $connection $connection_requests $status';"

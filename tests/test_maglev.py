@@ -19,14 +19,14 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from harness.bpf import Collection
-from harness.cheaders import defines
-from harness.drop_reasons import CODES
+from harness.abi.cheaders import defines
+from harness.abi.drop_reasons import CODES
 from harness.lb import maglev
 from harness.lb.flowhash import flow_hash4, flow_hash6, jhash_3words
-from harness.structs import (Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, V6Addr, be16,
+from harness.abi.structs import (Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, V6Addr, be16,
                              be32)
-from harness.testing import eth
-from harness.testrun import Runner
+from harness.testrun.packets import eth
+from harness.testrun.runner import Runner
 
 from .support import object_path
 

@@ -1,5 +1,5 @@
 """An LB or policy apply interrupted mid-write leaves its maps before or after
-(harness.map_journal), without a topology: SIGINT held until the last write,
+(harness.journal), without a topology: SIGINT held until the last write,
 and a SIGKILLed writer's journal replayed to the end."""
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import signal
 
 import pytest
 
-from harness import datapath, map_journal
+from harness.node import datapath
+from harness import journal as map_journal
+from harness.node import recovery
 from harness.lb.state import desired_state
 from harness.policy.program import PolicyControl
 from harness.policy.resolve import resolve
@@ -81,7 +83,7 @@ def test_sigkilled_lb_apply_is_finished_from_its_journal(lxc, tmp_path):
     ctl = datapath.lb_control(coll)
     ctl.apply(desired_state(scenario(40, 0)))
     before = snapshot(coll, LB_MAPS)
-    journal = map_journal.Journal("cb-node0", root=str(tmp_path))
+    journal = map_journal.Journal(str(tmp_path / "cb-node0"))
     ctl._journal = journal
     install, calls = ctl._maglev_install, []
 
@@ -104,10 +106,10 @@ def test_sigkilled_lb_apply_is_finished_from_its_journal(lxc, tmp_path):
     assert journal.exists()
     fresh = datapath.lb_control(coll)
     writer = map_journal.Writer(coll.maps, fresh._maglev_install, fresh._maglev_remove)
-    assert map_journal.recover("cb-node0", journal=journal, writer=writer) == "forward"
+    assert recovery.recover("cb-node0", journal=journal, writer=writer) == "forward"
     assert snapshot(coll, LB_MAPS) == expected
     assert not journal.exists()
-    assert map_journal.recover("cb-node0", journal=journal, writer=writer) is None
+    assert recovery.recover("cb-node0", journal=journal, writer=writer) is None
 
 
 def _pod(i: int) -> dict:

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from harness import bpffs
+from harness.host import bpffs
 from harness.bpf import EXIST, NOEXIST, BpfError, KeyNotFoundError, Map
 from harness.bpf.errors import NotSupportedError
-from harness.structs import TrafficCounter
+from harness.abi.structs import TrafficCounter
 
 from .fixture_structs import FixtureKey, FixtureValue
 

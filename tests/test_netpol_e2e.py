@@ -36,13 +36,13 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP, SCTPChunkInit, SCTPChunkInitAck
 
-from harness import datapath
+from harness.node import datapath
 from harness.bpf import Collection
 from harness.lb.state import desired_state
 from harness.policy.program import PolicyControl, endpoint_ids
 from harness.policy.resolve import resolve
 from harness.scenario import scenario_from_documents
-from harness.testing import checksum_errors, eth
+from harness.testrun.packets import checksum_errors, eth
 
 from . import lbkit as K
 from .netpol_e2e_cases import CASES, NAMESPACES, PODS, Case, IPBlock, Policy, Probe

@@ -12,10 +12,10 @@ from scapy.layers.inet6 import (ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6
                                 IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
 from scapy.layers.l2 import ARP, Dot1Q
 
-from harness import drop_reasons
-from harness.cheaders import enum_members
-from harness.testing import eth
-from harness.testrun import Runner
+from harness.abi import drop_reasons
+from harness.abi.cheaders import enum_members
+from harness.testrun.packets import eth
+from harness.testrun.runner import Runner
 
 pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
 

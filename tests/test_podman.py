@@ -42,8 +42,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import chaining, datapath, netns
-from harness.cni.runtime import CNIError, CNIRuntime, RuntimeConf, validate_result
+from harness.topology import chaining
+from harness.node import datapath
+from harness.host import netns
+from harness.topology.cni_runtime import CNIError, CNIRuntime, RuntimeConf, validate_result
 from tests.test_chaining import nothing_left
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +200,7 @@ def _cgroup_dirs(name: str) -> list[str]:
 
 
 def netns_cni_dirs() -> list[str]:
-    from harness.cni.runtime import discover_cni_path
+    from harness.topology.cni_runtime import discover_cni_path
     return discover_cni_path()
 
 
@@ -213,7 +215,7 @@ class EchoServers:
                 pod = state.pod(name)
                 self.procs.append(subprocess.Popen(
                     ["nsenter", f"--net=/run/netns/{pod.netns}", "--", sys.executable, "-m",
-                     "harness.servers.echo_http", "--port", str(port), "--name", pod.name],
+                     "harness.topology.servers.echo_http", "--port", str(port), "--name", pod.name],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                     start_new_session=True))
             deadline = time.monotonic() + 10

@@ -14,13 +14,14 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
-from harness import datapath, drop_reasons
+from harness.node import datapath
+from harness.abi import drop_reasons
 from harness.policy import entries as PE
 from harness.policy.model import (ANY_IDENTITY, ANY_PORT, ANY_PROTO, ID_WORLD, EndpointPolicy,
                                   IpcacheEntry, PolicyState, PortRange, Rule)
 from harness.policy.program import PolicyControl, read_rules
-from harness.testing import eth
-from harness.testrun import Runner
+from harness.testrun.packets import eth
+from harness.testrun.runner import Runner
 
 pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
 

@@ -22,13 +22,14 @@ from scapy.layers.sctp import SCTP
 
 import pytest
 
-from harness import datapath, drop_reasons
+from harness.node import datapath
+from harness.abi import drop_reasons
 from harness.bpf import Collection
 from harness.policy.program import PolicyControl, endpoint_ids
 from harness.policy.reference import verdict
 from harness.policy.resolve import resolve
-from harness.testing import eth
-from harness.testrun import Runner
+from harness.testrun.packets import eth
+from harness.testrun.runner import Runner
 
 from .support import object_path
 from .test_policy_resolve import NODE_IPS, REMOTES_WORLD, scenarios

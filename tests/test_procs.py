@@ -1,4 +1,4 @@
-"""Recorded processes (harness.procs): what `chainbench down` ends, and what it must not.
+"""Recorded processes (harness.host.procs): what `chainbench down` ends, and what it must not.
 
 Each test points the records and scratch roots at its own temporary directory,
 so it ends only what it started.
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import procs
+from harness.host import procs
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def _gone(pid: int, start: str | None) -> bool:
 
 OWNER = textwrap.dedent("""
     import subprocess, sys, time
-    from harness import procs
+    from harness.host import procs
     procs.PROC_ROOT, procs.SCRATCH_ROOT = sys.argv[1], sys.argv[2]
     d = procs.scratch_dir("cb-test-")
     # a server in its own session that forks a worker (as nginx does)
@@ -149,8 +149,8 @@ def test_record_format(private_roots):
 
 SIGNAL_IN_SPAWN = textwrap.dedent("""
     import signal, sys
-    from harness import procs
-    from harness.topology import signals
+    from harness.host import procs
+    from harness.host import signals
     procs.PROC_ROOT, procs.SCRATCH_ROOT = sys.argv[1], sys.argv[2]
     signals.install()
     real = procs.start_time

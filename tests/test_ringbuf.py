@@ -5,7 +5,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 
 from harness.bpf import RingBuffer
-from harness.testing import eth
+from harness.testrun.packets import eth
 
 from .fixture_structs import FixtureEvent
 

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import bpffs, cgroups, netns
+from harness.host import bpffs, cgroups, netns
 from harness.bpf import Collection, attach_cgroup, attach_tc
-from harness.cheaders import defines
-from harness.structs import (Lb4Backend, Lb4Key, Lb4ReverseNat, Lb6Backend, Lb6Key,
+from harness.abi.cheaders import defines
+from harness.abi.structs import (Lb4Backend, Lb4Key, Lb4ReverseNat, Lb6Backend, Lb6Key,
                              Lb6ReverseNat, LbAffinityKey, LbService, Sock4RevnatKey,
                              Sock6RevnatKey, V6Addr, be16, be32, from_be16, from_be32)
 
@@ -383,7 +383,7 @@ def test_per_packet_lb_does_not_translate_twice(env):
 
 
 def test_node_maps_shared_with_lxc_count_socket_lb():
-    """Loaded with a node's pin directory (harness.datapath.load(..., pinned=True)),
+    """Loaded with a node's pin directory (harness.node.datapath.load(..., pinned=True)),
     sock shares the service maps and cb_lb_stats with lxc: the node's counters, and
     so `chainbench services`, include socket-LB translations."""
     pins = bpffs.pin_path(f"cb-slb{os.getpid()}-node")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import netns
-from harness.cni.runtime import CNIError
+from harness.host import netns
+from harness.topology.cni_runtime import CNIError
 from harness.scenario import load_scenario_text
 from harness.topology import build
 from harness.topology.build import TopologyError, node_runtime, pod_runtime_conf, teardown, up

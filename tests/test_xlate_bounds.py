@@ -25,7 +25,8 @@ from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6Pack
 from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP
 
-from harness import datapath, drop_reasons
+from harness.node import datapath
+from harness.abi import drop_reasons
 from harness.policy.model import EndpointPolicy, IpcacheEntry, PolicyState
 from harness.policy.program import PolicyControl
 
@@ -83,7 +84,7 @@ def with_trailer(ip_packet: bytes, trailer: bytes):
 
 def icmp6_checksum_valid(pkt) -> bool:
     """Is the ICMPv6 checksum of *pkt* what scapy computes for the same bytes?  (Checked
-    here: harness.testing.checksum_errors reads `chksum`, which ICMPv6 layers lack, so
+    here: harness.testrun.packets.checksum_errors reads `chksum`, which ICMPv6 layers lack, so
     scapy hands it the quoted L4 header's field instead.)"""
     parsed = Ether(bytes(pkt))
     icmp = parsed[IPv6].payload

@@ -10,7 +10,7 @@ import ctypes
 import errno as _errno
 import os
 
-from harness import cgroups, netns
+from harness.host import cgroups, netns
 
 from . import _libbpf as L
 from .errors import BpfError, check

@@ -58,8 +58,9 @@ class Collection:
         """Load the object at *path*.
 
         rodata: values for ``const volatile`` globals, by variable name.
-        mirrors: C struct name -> ctypes mirror; defaults to every mirror the
-            project defines (harness.structs).  A mismatch raises
+        mirrors: C struct name -> ctypes mirror; defaults to every mirror
+            registered (every CStruct subclass defined so far: the project's are
+            in harness.abi.structs, which its loaders import).  A mismatch raises
             StructMismatchError before anything reaches the kernel.
         max_entries: resize maps before load, by map name.
         programs: load only these programs (others are left out).
@@ -72,7 +73,6 @@ class Collection:
             raise BpfError(f"open object {path}", _errno.ENOENT,
                            "run `make build` to compile bpf_src/")
         if mirrors is None:
-            from harness import structs  # noqa: F401  (defines and registers the mirrors)
             mirrors = registry()
         with L.captured_log() as log:
             obj = L.bpf_object__open_file(path.encode(), None)

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import time
 
-from harness import netns
+from harness.host import netns
 from harness.lb.state import LbState
 
 from . import iptables as ipt

@@ -15,7 +15,7 @@ reverse-NAT entry are missing.  Writes go out as one batch per map and
 phase.  If any write fails, every write already made is undone from the
 journal of the values it replaced, and LbApplyError is raised: the maps and
 the LbControl are left exactly as they were before the call.  Planning only
-reads; the writes run through ``harness.map_journal`` (signals held while they
+reads; the writes run through ``harness.journal`` (signals held while they
 run; with a node's journal, a SIGKILL mid-way is finished by the next command
 that opens the node's maps: see that module for what the datapath can see).
 
@@ -29,7 +29,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from harness import map_journal
+from harness import journal as map_journal
 from harness.bpf import Map
 from harness.lb import entries as E
 from harness.lb.state import Frontend, LbState

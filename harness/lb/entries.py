@@ -2,14 +2,14 @@
 
 One place turns Frontends and Backends into the exact bytes of
 ``cb_lb{4,6}_services``, ``cb_lb{4,6}_backends`` and ``cb_lb{4,6}_reverse_nat``
-entries, using the struct mirrors of harness.structs and the flag values of
+entries, using the struct mirrors of harness.abi.structs and the flag values of
 bpf_src/lib/lb.h.
 """
 from __future__ import annotations
 
-from harness.cheaders import defines
+from harness.abi.cheaders import defines
 from harness.lb.state import BACKEND_STATES, PROTOCOLS, Backend, Frontend
-from harness.structs import (Lb4Backend, Lb4Key, Lb4ReverseNat, Lb6Backend, Lb6Key,
+from harness.abi.structs import (Lb4Backend, Lb4Key, Lb4ReverseNat, Lb6Backend, Lb6Key,
                              Lb6ReverseNat, LbService, V6Addr, be16, be32)
 
 SVC_FLAGS = defines("lib/lb.h", "SVC_F_")

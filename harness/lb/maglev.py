@@ -60,7 +60,7 @@ from typing import Sequence
 from harness.bpf import Collection, KeyNotFoundError, Map
 from harness.bpf.btf import KIND_VAR, Btf
 from harness.bpf.maps import MAP_TYPES
-from harness.structs import Lb4Backend, Lb6Backend, from_be16, from_be32
+from harness.abi.structs import Lb4Backend, Lb6Backend, from_be16, from_be32
 
 __all__ = [
     "DEFAULT_TABLE_SIZE", "MAGLEV_MAP", "BackendKey", "InnerMapDef",

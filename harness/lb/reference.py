@@ -13,7 +13,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from harness import addressing, drop_reasons
+from harness import addressing
+from harness.abi import drop_reasons
 from harness.lb import flowhash, maglev
 from harness.lb.state import ACTIVE, PROTOCOLS, Frontend, LbState
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from harness.cheaders import defines
+from harness.abi.cheaders import defines
 from harness.policy.model import ANY_IDENTITY, ANY_PROTO, EndpointPolicy, IpcacheEntry, Rule
-from harness.structs import EndpointInfo, IpcacheEntry as IpcacheValue, IpcacheKey, PolicyKey, V6Addr
+from harness.abi.structs import EndpointInfo, IpcacheEntry as IpcacheValue, IpcacheKey, PolicyKey, V6Addr
 
 _P = defines("lib/policy.h", "POLICY_PREFIX_")
 EP_FLAGS = defines("lib/policy.h", "EP_F_")

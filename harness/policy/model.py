@@ -89,7 +89,7 @@ class EndpointPolicy:
 @dataclass(frozen=True)
 class Workload:
     """An endpoint outside the scenario: a container a runtime outside Kubernetes
-    attached to a node (harness/cni/plugin.py).  It has no pod, hence no labels
+    attached to a node (harness/node/cni_plugin.py).  It has no pod, hence no labels
     a policy can select; it gets Cilium's ``reserved:unmanaged`` identity."""
     name: str                    # its endpoint name, ``container:<name>``
     node: str

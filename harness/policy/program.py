@@ -9,7 +9,7 @@ writing the new generation fails, what was written is removed and the old
 rules stay live.  Endpoints whose rules did not change are not touched.
 
 A whole apply is one change: it is planned first (reading only), then written
-through ``harness.map_journal`` in this order: new and changed ipcache
+through ``harness.journal`` in this order: new and changed ipcache
 entries, each changed endpoint's new rules then its switch, endpoints that
 went away, the old generations' rules, stale ipcache entries.  If any write
 fails, every write of the apply is undone (PolicyApplyError) and nothing
@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from harness import map_journal
+from harness import journal as map_journal
 from harness.bpf import Map
 from harness.policy import entries as E
 from harness.policy.model import EndpointPolicy, PolicyState
-from harness.structs import PolicyKey
+from harness.abi.structs import PolicyKey
 
 
 class PolicyApplyError(RuntimeError):

@@ -1,13 +1,12 @@
-"""A scenario as the command line names it, and the one validation every command applies.
-
-Owns turning ``-f FILE`` into a validated Scenario for every command that reads one
-(``scenario check``, ``up``, ``lb apply``, ``policy apply``, ``identities``,
-``test-run --scenario``, ``kube-proxy render``; ``bench macro`` through ``up``):
+"""A scenario as the command line names it: ``-f FILE`` read into text for every
+command that reads one (``scenario check``, ``up``, ``lb apply``, ``policy
+apply``, ``identities``, ``test-run --scenario``, ``kube-proxy render``; ``bench
+macro`` through ``up``); harness.validate parses and validates it:
 
 * ``FILE``: a YAML (or JSON) file; ``-``: standard input; ``*.j2``: a jinja2
   template (harness.scenario.templates) rendered with ``-p KEY=VALUE`` parameters
   (values read as YAML scalars: 1000, true, UDP).
-* ``load`` = the parser's validation (harness.scenario.parse: fields, names, node
+* ``harness.validate.load`` = the parser's validation (harness.scenario.parse: fields, names, node
   names, an empty scenario refused) plus what the control planes refuse when they
   program it (``check``: the LB frontends, harness.lb.state; the policies,
   harness.policy.resolve), so ``scenario check`` accepts exactly what ``up`` and the
@@ -24,8 +23,6 @@ from typing import IO, Any
 import yaml
 
 from harness.scenario.errors import ScenarioError
-from harness.scenario.model import Scenario
-from harness.scenario.parse import load_scenario_text
 
 STDIN = "-"
 STDIN_SOURCE = "<stdin>"
@@ -76,31 +73,6 @@ def _decode(data: bytes, source: str) -> str:
     except UnicodeDecodeError as err:
         raise ScenarioError(f"not UTF-8 text ({err.reason} at byte {err.start})",
                             source=source) from None
-
-
-def load_text(text: str, source: str) -> Scenario:
-    """Parse and fully validate scenario *text* (see the module docstring)."""
-    return check(load_scenario_text(text, source))
-
-
-def load(spec: str, params: dict[str, Any] | None = None,
-         stdin: IO[bytes] | None = None) -> Scenario:
-    """Read, parse and fully validate the scenario *spec* names."""
-    return load_text(*read(spec, params, stdin))
-
-
-def check(scenario: Scenario) -> Scenario:
-    """What the control planes refuse when they program *scenario*, as a one-line
-    ScenarioError naming its file: frontends that clash or cannot be served, policies
-    using what chainbench cannot enforce.  Returns *scenario*."""
-    from harness.lb.state import LbStateError, desired_state
-    from harness.policy.resolve import resolve
-    try:
-        desired_state(scenario)
-    except LbStateError as err:
-        raise ScenarioError(str(err), source=scenario.source) from None
-    resolve(scenario)        # raises ScenarioError naming the object and field
-    return scenario
 
 
 def materialize(spec: str, text: str, directory: str) -> str:

@@ -19,7 +19,6 @@ an error (it would otherwise be ignored silently, e.g. a typo like ``service=``)
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import ipaddress
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 
-import bench
+from harness.paths import SCENARIO_DIR
 from harness.addressing import SERVICE_CIDR_V4, AddressPlanError, node_pod_cidr_v4
 from harness.scenario.errors import ScenarioError
 from harness.scenario.model import Scenario
@@ -36,8 +35,6 @@ from harness.scenario.parse import load_scenario_text
 __all__ = ["SCENARIO_DIR", "render_template", "render_template_file", "load_template_scenario",
            "template_path"]
 
-#: Where scenario files and templates live.
-SCENARIO_DIR = Path(str(importlib.resources.files(bench).joinpath("scenarios")))
 
 _SERVICE_BASE = int(SERVICE_CIDR_V4.network_address) + 1
 SERVICE_VIPS = SERVICE_CIDR_V4.num_addresses - 2

@@ -13,7 +13,7 @@ undoes everything it made (``teardown``) before the exception propagates.
 ``teardown`` is the orderly undo: CNI DEL for every pod that reached ADD
 (reverse order, per node in parallel), then the topology's namespaces, the
 node CNI directories and the state file; it tolerates partial states.
-``down`` is ``teardown`` followed by ``harness.cleanup.down`` (every other
+``down`` is ``teardown`` followed by ``harness.topology.cleanup.down`` (every other
 project leftover).
 """
 from __future__ import annotations
@@ -28,14 +28,15 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from harness import cleanup, netns
-from harness.cni.conflist import Primary, node_conflist
-from harness.cni.runtime import DEFAULT_TIMEOUT, CNIError, CNIRuntime, RuntimeConf, discover_cni_path, \
+from harness.topology import cleanup
+from harness.host import netns
+from harness.topology.conflist import Primary, node_conflist
+from harness.topology.cni_runtime import DEFAULT_TIMEOUT, CNIError, CNIRuntime, RuntimeConf, discover_cni_path, \
     host_interfaces, sandbox_addresses
-from harness.endpoints import STATE_ROOT
+from harness.paths import STATE_ROOT
 from harness.scenario import Scenario, load_scenario
 from harness.topology.plan import NodePlan, TopologyPlan, plan_topology
-from harness.topology.signals import undo_on_failure
+from harness.host.signals import undo_on_failure
 from harness.topology.state import STATE_PATH, NodeState, PodState, TopologyState, load_state, \
     save_state
 
@@ -450,7 +451,7 @@ def down() -> dict[str, list[str]]:
     Returns {"processes", "pods", "errors", "namespaces", "cgroups", "pins", "states",
     "temp dirs"}.
     """
-    from harness import procs
+    from harness.host import procs
     ended = procs.end_all()
     summary = teardown()
     rest = cleanup.down()

@@ -18,7 +18,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness.endpoints import STATE_ROOT
+from harness.paths import STATE_ROOT
 from harness.scenario import Scenario
 
 STATE_PATH = os.path.join(STATE_ROOT, "topology.json")

@@ -19,7 +19,7 @@ import random
 import struct
 from dataclasses import dataclass, field
 
-from harness import datapath
+from harness.node import datapath
 from harness.bpf import BpfError
 from harness.lb.state import desired_state
 from harness.policy.model import (EndpointPolicy, IpcacheEntry, PolicyState, PortRange,

@@ -48,7 +48,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Callable
 
-from harness import addressing, datapath
+from harness import addressing
+from harness.node import datapath
 from harness.bpf import BpfError, Collection
 from harness.bpf import _libbpf as L
 from harness.lb.state import desired_state

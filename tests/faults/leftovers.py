@@ -27,7 +27,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from harness import bpffs, cgroups, netns, paths, procs
+from harness.host import bpffs, cgroups, netns, procs
+from harness import paths
 
 MARKER_ENV = "FAULTS_MARKER"
 

@@ -15,7 +15,7 @@ a few keys that B changes during the uninterrupted run, widened by a quarter
 on the early side so some points land before the first write).
 
 SIGINT and SIGTERM are dumped straight from the pins.  SIGKILL cannot be
-deferred: chainbench's write-ahead journal (harness/map_journal.py) is
+deferred: chainbench's write-ahead journal (harness/journal.py) is
 replayed by the next command that opens the node's maps, so after a SIGKILL
 the test first runs `chainbench services` (a read command) and then dumps
 straight from the pins; whether the pins were between just after the kill,
@@ -38,8 +38,8 @@ import pytest
 
 from harness.bpf import Map
 from harness.bpf import _libbpf as L
-from harness.bpffs import PIN_ROOT
-from harness.endpoints import STATE_ROOT
+from harness.host.bpffs import PIN_ROOT
+from harness.paths import STATE_ROOT
 from harness.scenario import SCENARIO_DIR
 
 NODE = "cb-node0"

@@ -1,0 +1,1 @@
+"""The macro suite: HTTP through a service VIP (wrk, distributed locust)."""

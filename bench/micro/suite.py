@@ -1,0 +1,566 @@
+"""Micro benchmark: ns per packet of datapath programs, via BPF_PROG_TEST_RUN.
+
+Entry point: ``suite(services, identities, samples, repeat, rounds, progress,
+pyperf_out)``; ``table(suite)`` gives printable rows.
+
+Method (fixed, so runs compare):
+- every case is paired with the empty program of its hook (``empty_tc`` /
+  ``empty_xdp``), the floor, run on the case's own packet.  One sample is an
+  A/B pair: ``repeat`` runs of the floor and ``repeat`` runs of the case,
+  back to back, the order alternating from pair to pair.  Ratios to the
+  floor (and ns above it) are taken within each pair, so machine noise hits
+  both sides alike; medians and MAD summarise the pairs.  No figure is a
+  single absolute time;
+- the ``repeat`` runs of a sample are ``repeat`` BPF_PROG_TEST_RUN calls of
+  one run each (method "calls"), and ns/packet is the mean of the kernel's
+  own per-run durations (whole ns each; the mean of 100k has sub-ns
+  resolution; the time the syscall and the skb set-up take is outside it).
+  Not one call of ``repeat`` runs, because the kernel reruns the program on
+  the same skb without restoring it: every run after the first sees what the
+  previous one wrote, so a DNAT case would time one service hit and 99,999
+  packets already addressed to the backend (a service miss), a NodePort
+  case 99,999 packets that pass untranslated (seen here: the frontend's
+  packet counter grew by one per call of 100k runs; "established" timed
+  like "non-service", "nodeport" like from_netdev on a packet it ignores).
+  Each call's duration includes one ktime read and runs with the caches as
+  the syscall leaves them, so "calls" figures are higher than a hot loop's
+  (the empty tc program: 45-70 ns against ~10 ns), in the floor as in the
+  case: compare ns above the floor, or ratios, not raw ns with
+  figures taken another way.  This also makes tc and XDP figures alike (an
+  XDP call of one run does not flip the static key that calls with repeat >
+  1 flip, ~16 ms each).  Method "loop" (one call of ``repeat`` runs: tc on
+  the calling thread's CPU time, which leaves out the time other tasks hold
+  the CPU when the thread is preempted mid-call, unlike wall-clock time, XDP
+  on the kernel's average) is available for programs that leave their
+  packet unchanged, and refuses the others;
+- each case runs once untimed first (a flow's first packet creates its
+  conntrack entries; the timed runs are the established flow), and its
+  ``expect`` check runs on that first packet and again after timing, and
+  every timed run must return what the first one returned, so a case that
+  does not take the path it is named after fails instead of timing the
+  wrong thing;
+- the timing process is pinned to one CPU (the last one by default).
+Packets are built once with scapy when the cases are made, never inside a
+timed loop; maps are programmed once per scale (the cases of a scale share
+them, pinned, as a node's programs do).
+
+pyperf.  The parent process (this module) builds, loads and programs every
+collection once (100k services take ~30 s: never per worker), checks every
+case's first packet, and pins the case programs and floors under
+/sys/fs/bpf/cb-bench-<pid>/ (with the maps a scale shares; outside the
+project's pin root, which ``chainbench down`` sweeps at any time); a
+``finally`` removes that directory, on errors and Ctrl-C too.  pyperf.Runner
+then spawns the workers (bench.micro.worker.main(), pinned with
+``--affinity``; the plan travels in CHAINBENCH_MICRO_PLAN through
+``--inherit-environ``): per case, ``rounds`` worker processes, each one
+warmup pair (discarded; a tenth of the runs) then ``samples`` pairs.  A
+worker is one pyperf run; each value is one pair, recorded as the case's per-run seconds (``loops`` 1,
+``inner_loops`` = repeat), and a pyperf hook carries the pair's floor side
+back in the run's metadata.  So each case is a pyperf benchmark named after
+it, and its floor, measured in the very same pairs, a second one named
+``<case> [floor]`` (same runs, same order); ``pyperf_out`` holds both, so
+``python -m pyperf stats`` and ``compare_to`` work on them.  Summaries of
+times come from pyperf's statistics (bench.stats.from_pyperf); ratios, which
+pyperf cannot hold (its units are seconds, bytes and integers), use the same
+definitions (bench.stats.summary).  Why not two plain pyperf benchmarks per
+case: pyperf runs every process of one benchmark before the next one
+starts, so a case and its floor would be measured seconds to minutes apart,
+which is what the A/B rule forbids.  Worker processes cost ~0.15-0.2 s per
+case and round (interpreter start, imports, metadata) and time the same
+syscalls in-process timing would.  ``workers=False`` runs the same pairs in
+this process (one warmup pass, then ``samples`` passes over every case per
+round) and builds the pyperf runs itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from bench.micro import lb_cases, policy_cases
+from bench.micro.case import MEASURE, METHOD, Case, CaseCheckFailed, Outcome
+from bench.stats import MIN_SPREAD_SAMPLES, from_pyperf, mad_pct_text, summary
+from harness.host import bpffs
+from harness import paths
+from harness.bpf import Collection, Program
+from harness.bpf.programs import verdict_name
+
+FLOORS = {"sched_cls": ("empty", "empty_tc"), "xdp": ("empty", "empty_xdp")}
+#: Below these, figures are indicative only (suite() wants indicative=True).
+MIN_SAMPLES, MIN_REPEAT = 5, 100_000
+FLOOR_SUFFIX = " [floor]"
+#: Seconds pyperf waits for one worker before giving up.
+WORKER_TIMEOUT = 900
+
+
+class MicroBenchError(RuntimeError):
+    """The micro suite could not measure (a worker failed, pyperf stopped)."""
+
+
+def default_packet() -> bytes:
+    """A TCP SYN from a pod to a service VIP: the packet generic programs are timed on."""
+    from scapy.layers.inet import IP, TCP
+
+    from harness.testrun.packets import eth
+    return bytes(eth() / IP(src="198.18.0.10", dst="198.19.0.1")
+                 / TCP(sport=40000, dport=80, flags="S", seq=1))
+
+
+def discover_cases(packet: bytes | None = None) -> list[Case]:
+    """Every packet-hook program of every compiled datapath object but the floors,
+    on the default packet, with its hook's floor."""
+    from harness.node import datapath
+    from harness.bpf.collection import list_programs
+    packet = packet or default_packet()
+    cases: list[Case] = []
+    for obj in paths.datapath_objects():
+        obj_name = obj.name.removesuffix(".bpf.o")
+        if obj_name == "empty":
+            continue
+        for prog, prog_type in sorted(list_programs(str(obj)).items()):
+            floor = FLOORS.get(prog_type)
+            if floor is None:
+                continue        # not a packet hook (cgroup programs and the like)
+            cases.append(Case(f"{obj_name}:{prog}", obj_name, prog, packet,
+                              floor=f"{floor[0]}:{floor[1]}",
+                              rodata=datapath.rodata_for(obj_name), group=obj_name))
+    return cases
+
+
+def cases_for(services: list[int], identities: list[int], generic: bool = True) -> list[Case]:
+    """The suite's cases: every program on the default packet (*generic*), the LB
+    cases at each service count, the policy cases at each identity count."""
+    cases = discover_cases() if generic else []
+    if generic and not cases:
+        raise MicroBenchError(f"no compiled programs in {paths.bpf_objects_dir()} "
+                              "(run `make build`)")
+    for n in services:
+        cases += lb_cases.cases(n)
+    for n in identities:
+        cases += policy_cases.cases(n)
+    return cases
+
+
+# --- loading, programming, checking, pinning ----------------------------------------------
+
+class Bench:
+    """Cases loaded, programmed, checked and pinned for timing.  A context manager:
+    leaving it closes every collection and removes the run's pin directory, on
+    errors and Ctrl-C too."""
+
+    def __init__(self, cases: list[Case], step: Callable[[], None] | None = None,
+                 method: str = METHOD):
+        if method not in MEASURE:
+            raise ValueError(f"method must be one of {', '.join(MEASURE)}, not {method!r}")
+        self.method = method
+        names = [c.name for c in cases]
+        if len(set(names)) != len(names):
+            raise ValueError("case names must be unique")
+        self.cases = cases
+        self.pin_dir: str | None = None
+        self.programs: dict[str, Program] = {}      # case name -> program
+        self.floors: dict[str, Program] = {}        # case name -> its floor
+        self.first: dict[str, tuple[Outcome, int]] = {}   # case name -> first run, retval
+        self.floor_retval: dict[str, int] = {}      # floor spec -> its return code
+        self.pins: dict[str, tuple[str, str]] = {}  # case name -> (program pin, floor pin)
+        self._colls: dict[str, Collection] = {}
+        self._floor_colls: dict[str, Collection] = {}
+        self._step = step or (lambda: None)
+
+    @staticmethod
+    def load_steps(cases: list[Case]) -> int:
+        """Progress steps of preparing *cases*: one per loaded collection and one
+        per programmed set of maps."""
+        return (len({c.group or c.name for c in cases})
+                + len({c.maps or c.group or c.name for c in cases if c.setup}))
+
+    def __enter__(self) -> "Bench":
+        try:
+            self._prepare()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _prepare(self) -> None:
+        self.pin_dir = bpffs.bench_pin_dir()
+        _remove_pins(self.pin_dir)          # left by a killed run with this pid
+        os.makedirs(self.pin_dir)
+        for c in self.cases:
+            obj, _ = c.floor.split(":")
+            if obj not in self._floor_colls:
+                self._floor_colls[obj] = Collection.load(str(paths.bpf_object(obj)))
+        map_dirs: dict[str, str] = {}
+        programmed: set[str] = set()
+        for c in self.cases:
+            key = c.group or c.name
+            new = key not in self._colls
+            if new:
+                pin = None
+                if c.maps:
+                    pin = map_dirs.setdefault(c.maps,
+                                              os.path.join(self.pin_dir, f"maps{len(map_dirs)}"))
+                self._colls[key] = Collection.load(str(paths.bpf_object(c.object)),
+                                                   rodata=c.rodata or None,
+                                                   max_entries=c.max_entries, pin_dir=pin)
+                self._step()
+            coll = self._colls[key]
+            if c.setup and (c.maps or key) not in programmed:
+                c.setup(coll)
+                programmed.add(c.maps or key)
+                self._step()
+            if c.program not in coll.programs:
+                raise MicroBenchError(f"{c.name}: no program {c.program} in {c.object}")
+            fobj, fprog = c.floor.split(":")
+            self.programs[c.name] = coll.programs[c.program]
+            self.floors[c.name] = self._floor_colls[fobj].programs[fprog]
+        for c in self.cases:
+            self.first[c.name] = self.check(c)
+            if self.method == "loop" and self.first[c.name][0].packet != c.packet:
+                raise MicroBenchError(
+                    f"{c.name}: the program rewrites its packet, and in a loop of runs on one "
+                    "skb only the first run would see it: time it with method 'calls'")
+            if c.floor not in self.floor_retval:
+                self.floor_retval[c.floor] = self.floors[c.name].test_run(c.packet).retval
+
+    def check(self, c: Case) -> tuple[Outcome, int]:
+        """Run *c*'s packet once (untimed) and apply its expect check."""
+        from harness.testrun.runner import Runner
+        r = Runner(self._colls[c.group or c.name], c.program).run(c.packet)
+        out = Outcome(r.packet_out, r.verdict, r.drop_reason)
+        if c.expect:
+            try:
+                c.expect(out)
+            except CaseCheckFailed as exc:
+                raise CaseCheckFailed(f"{c.name}: {exc}") from None
+        return out, r.retval
+
+    def pin_programs(self) -> None:
+        """Pin every case program and floor (once each) for the workers."""
+        pinned: dict[int, str] = {}
+        for c in self.cases:
+            for prog, kind in ((self.programs[c.name], "prog"), (self.floors[c.name], "floor")):
+                if id(prog) not in pinned:
+                    path = os.path.join(self.pin_dir, f"{kind}{len(pinned)}")
+                    prog.pin(path)
+                    pinned[id(prog)] = path
+            self.pins[c.name] = (pinned[id(self.programs[c.name])], pinned[id(self.floors[c.name])])
+
+    def close(self) -> None:
+        for coll in [*self._colls.values(), *self._floor_colls.values()]:
+            coll.close()
+        self._colls.clear()
+        self._floor_colls.clear()
+        if self.pin_dir:
+            _remove_pins(self.pin_dir)
+            self.pin_dir = None
+
+
+def _remove_pins(directory: str) -> None:
+    if not os.path.basename(directory).startswith(bpffs.BENCH_PIN_PREFIX) or \
+            os.path.dirname(directory) != bpffs.MOUNT_POINT:
+        raise ValueError(f"refusing to remove {directory}: not a bench pin directory")
+    if os.path.isdir(directory):
+        shutil.rmtree(directory)
+
+
+# --- timing ---------------------------------------------------------------------------------
+
+def _never_in_parent(loops: int) -> float:
+    raise AssertionError("pyperf called a time function in its parent process")
+
+
+def _measure_workers(bench: Bench, measures: dict[str, str], samples: int, repeat: int,
+                     rounds: int, cpu: int, step: Callable[[], None]) -> dict:
+    """Case name -> (case pyperf.Benchmark, [pair records of each run])."""
+    from bench.micro import worker as W
+    bench.pin_programs()
+    plan = {"samples": samples, "rounds": rounds, "repeat": repeat, "cases": [
+        {"name": c.name, "program_pin": bench.pins[c.name][0], "floor_pin": bench.pins[c.name][1],
+         "packet": c.packet.hex(), "measure": measures[c.name], "method": bench.method}
+        for c in bench.cases]}
+    runner = W.make_runner(samples, rounds)
+    runner.parse_args(["--quiet", f"--affinity={cpu}", "--inherit-environ",
+                       ",".join(W.INHERITED_ENV), "--hook", W.HOOK_NAME,
+                       "--timeout", str(WORKER_TIMEOUT)])
+    saved = os.environ.get(W.PLAN_ENV)
+    os.environ[W.PLAN_ENV] = json.dumps(plan)
+    measured = {}
+    try:
+        for entry, c in zip(plan["cases"], bench.cases):
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):   # pyperf prints each result
+                    pb = runner.bench_time_func(c.name, _never_in_parent,
+                                                **W.bench_kwargs(plan, entry))
+            except SystemExit as exc:       # pyperf exits on Ctrl-C and on its own errors
+                if isinstance(exc.__context__, KeyboardInterrupt):
+                    raise KeyboardInterrupt from None
+                raise MicroBenchError(f"pyperf stopped while timing {c.name} "
+                                      f"(exit status {exc.code})") from None
+            except (RuntimeError, ValueError) as exc:
+                raise MicroBenchError(f"timing {c.name}: {exc} (the worker's error is "
+                                      "printed above)") from exc
+            measured[c.name] = (pb, [_run_pairs(run, measures[c.name], c.name)
+                                     for run in pb.get_runs()])
+            step()
+    finally:
+        if saved is None:
+            os.environ.pop(W.PLAN_ENV, None)
+        else:
+            os.environ[W.PLAN_ENV] = saved
+    return measured
+
+
+def _run_pairs(run, measure: str, name: str) -> list[dict]:
+    """A worker run's pair records (warmup first), checked against its values."""
+    from bench.micro.worker import PAIRS_METADATA
+    meta = run.get_metadata()
+    if PAIRS_METADATA not in meta:
+        raise MicroBenchError(f"{name}: a pyperf run lacks its pairs (metadata {PAIRS_METADATA})")
+    recs = json.loads(meta[PAIRS_METADATA])
+    nwarm = len(run.warmups)
+    if len(recs) != nwarm + len(run.values):
+        raise MicroBenchError(f"{name}: {len(recs)} pairs recorded for {nwarm} warmups and "
+                              f"{len(run.values)} values")
+    for rec, value in zip(recs[nwarm:], run.values):
+        if abs(rec[measure] * 1e-9 - value) > 1e-9 * value:
+            raise MicroBenchError(f"{name}: pair records do not match pyperf's values")
+    return recs
+
+
+def _measure_in_process(bench: Bench, measures: dict[str, str], samples: int, repeat: int,
+                        rounds: int, cpu: int, step: Callable[[], None]) -> dict:
+    """The same pairs in this process: per round one warmup pass over every case,
+    then *samples* passes; pyperf runs built from them."""
+    import pyperf
+
+    from bench.micro.worker import PAIRS_METADATA, PairTimer
+    timers = {c.name: PairTimer(bench.programs[c.name].fd, bench.floors[c.name].fd, c.packet,
+                                repeat, measures[c.name], bench.method) for c in bench.cases}
+    per_round: dict[str, list[list[dict]]] = {c.name: [] for c in bench.cases}
+    saved = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {cpu})
+        for _ in range(rounds):
+            start = {name: len(t.records) for name, t in timers.items()}
+            for i in range(1 + samples):
+                for c in bench.cases:
+                    timers[c.name].sample(warmup=i == 0)
+            for name, t in timers.items():
+                per_round[name].append(t.records[start[name]:])
+    finally:
+        os.sched_setaffinity(0, saved)
+    measured = {}
+    for c in bench.cases:
+        runs = []
+        m = measures[c.name]
+        for recs in per_round[c.name]:
+            runs.append(pyperf.Run([r[m] * 1e-9 for r in recs[1:]],
+                                   warmups=[(1, recs[0][m] * 1e-9)],
+                                   metadata={"name": c.name, "unit": "second", "loops": 1,
+                                             "inner_loops": repeat, "chainbench_measure": m,
+                                             "chainbench_method": bench.method,
+                                             PAIRS_METADATA: json.dumps(
+                                                 recs, separators=(",", ":"))}))
+        measured[c.name] = (pyperf.Benchmark(runs), per_round[c.name])
+        step()
+    return measured
+
+
+# --- results --------------------------------------------------------------------------------
+
+def _floor_benchmark(case_bench, runs_pairs: list[list[dict]], measure: str, name: str):
+    """The floor side of a case's pairs as a pyperf benchmark: one run per case run,
+    with the case run's metadata (minus the pairs) and the same value order."""
+    import pyperf
+
+    from bench.micro.worker import PAIRS_METADATA
+    key = "floor_" + measure
+    runs = []
+    for run, recs in zip(case_bench.get_runs(), runs_pairs):
+        meta = {k: v for k, v in run.get_metadata().items() if k != PAIRS_METADATA}
+        meta["name"] = name
+        nwarm = len(run.warmups)
+        runs.append(pyperf.Run([r[key] * 1e-9 for r in recs[nwarm:]],
+                               warmups=[(1, r[key] * 1e-9) for r in recs[:nwarm]] or None,
+                               metadata=meta, collect_metadata=False))
+    return pyperf.Benchmark(runs)
+
+
+def _preempted(rec: dict) -> bool:
+    """Whether either side of a one-call sample lost the CPU mid-call (wall-clock
+    time well above CPU time)."""
+    return any(rec[p + "wall"] > 1.05 * rec[p + "cpu"] + 0.5 for p in ("", "floor_"))
+
+
+def _result(bench: Bench, c: Case, measure: str, case_bench,
+            runs_pairs: list[list[dict]]) -> tuple[dict, object]:
+    first, retval = bench.first[c.name]
+    pairs = [r for run, recs in zip(case_bench.get_runs(), runs_pairs)
+             for r in recs[len(run.warmups):]]
+    seen = {v for recs in runs_pairs for r in recs for v in r["retvals"]}
+    if seen != {retval}:
+        raise CaseCheckFailed(f"{c.name}: the first packet returned {retval}, timed runs "
+                              f"returned {sorted(seen)}")
+    floor_seen = {v for recs in runs_pairs for r in recs for v in r["floor_retvals"]}
+    if floor_seen != {bench.floor_retval[c.floor]}:
+        raise CaseCheckFailed(f"{c.name}: the floor {c.floor} returned {sorted(floor_seen)}")
+    floor_bench = _floor_benchmark(case_bench, runs_pairs, measure, c.name + FLOOR_SUFFIX)
+    mine = [round(v * 1e9, 6) for v in case_bench.get_values()]
+    floor = [round(v * 1e9, 6) for v in floor_bench.get_values()]
+    ratios = [a / b for a, b in zip(mine, floor)]
+    prog = bench.programs[c.name]
+    # Preemption shows (wall > CPU time) only when a sample is one call of a tc
+    # program; XDP calls with repeat > 1 sleep in the static-key flip.
+    one_call = bench.method == "loop" and c.hook == "sched_cls"
+    return {
+        "name": c.name, "case": c.case, "scale": dict(c.scale),
+        "object": c.object, "program": c.program,
+        "verdict": verdict_name(prog.type, retval), "drop_reason": first.drop_reason,
+        "floor": c.floor, "method": bench.method, "measure": measure,
+        "samples_ns": mine, "floor_samples_ns": floor,
+        "wall_ns": [r["wall"] for r in pairs], "cpu_ns": [r["cpu"] for r in pairs],
+        "kernel_ns": [r["kernel"] for r in pairs],
+        "ns_per_packet": from_pyperf(case_bench, 1e9),
+        "floor_ns_per_packet": from_pyperf(floor_bench, 1e9),
+        "kernel_ns_per_packet": summary([r["kernel"] for r in pairs]),
+        "ratio_to_floor": summary(ratios), "ratio_samples": ratios,
+        "above_floor_ns": summary([a - b for a, b in zip(mine, floor)]),
+        "preempted_pairs": sum(_preempted(r) for r in pairs) if one_call else None,
+        "rounds": len(runs_pairs),
+        "pyperf": {"benchmark": c.name, "floor_benchmark": c.name + FLOOR_SUFFIX},
+        "packet_hex": c.packet.hex(),
+    }, floor_bench
+
+
+def _execute(cases: list[Case], samples: int, repeat: int, rounds: int, cpu: int | None,
+             progress: Callable[[int, int], None] | None, pyperf_out: Path | str | None,
+             workers: bool, indicative: bool, extra: dict, method: str) -> dict:
+    if samples < 1 or repeat < 1 or rounds < 1:
+        raise ValueError("samples, repeat and rounds must be >= 1")
+    if method not in MEASURE:
+        raise ValueError(f"method must be one of {', '.join(MEASURE)}, not {method!r}")
+    if not cases:
+        raise ValueError("no cases to measure")
+    cpu = max(os.sched_getaffinity(0)) if cpu is None else cpu
+    measures = {c.name: c.measure(method) for c in cases}
+    total, done = Bench.load_steps(cases) + len(cases), 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
+    t0 = time.monotonic()
+    with Bench(cases, step, method) as bench:
+        t1 = time.monotonic()
+        measure = _measure_workers if workers else _measure_in_process
+        measured = measure(bench, measures, samples, repeat, rounds, cpu, step)
+        t2 = time.monotonic()
+        for c in cases:                 # still on its path after timing
+            bench.check(c)
+        results, benches = [], []
+        for c in cases:
+            case_bench, runs_pairs = measured[c.name]
+            res, floor_bench = _result(bench, c, measures[c.name], case_bench, runs_pairs)
+            results.append(res)
+            benches += [case_bench, floor_bench]
+    import pyperf
+    if pyperf_out is not None:
+        pyperf_out = Path(pyperf_out)
+        pyperf_out.parent.mkdir(parents=True, exist_ok=True)
+        pyperf.BenchmarkSuite(benches).dump(str(pyperf_out), replace=True)
+    floors: dict[str, list[float]] = {}
+    for r in results:
+        floors.setdefault(r["floor"], []).extend(r["floor_samples_ns"])
+    config = {
+        **extra,
+        "samples": samples, "repeat": repeat, "rounds": rounds, "cpu": cpu,
+        "indicative": indicative, "workers": workers,
+        "pyperf": {"version": pyperf.__version__,
+                   "file": str(pyperf_out) if pyperf_out is not None else None,
+                   "processes_per_case": rounds if workers else 0,
+                   "warmups_per_run": 1, "values_per_run": samples,
+                   "benchmarks": "each case, and '<case>" + FLOOR_SUFFIX + "' for its floor"},
+        "floors": {spec: summary(v) for spec, v in floors.items()},
+        "seconds": {"prepare": round(t1 - t0, 3), "measure": round(t2 - t1, 3),
+                    "total": round(time.monotonic() - t0, 3)},
+        "method": method, "measure": dict(MEASURE[method]),
+        "description": "BPF_PROG_TEST_RUN; each sample an A/B pair (the case and its floor on "
+                       "the same packet, back to back, order alternating); ratios within "
+                       "pairs; " + _DESCRIBE[method] + "; pyperf "
+                       + ("worker processes" if workers else "runs built in-process"),
+    }
+    return {"config": config, "results": results}
+
+
+_DESCRIBE = {
+    "calls": "each sample repeat calls of one run, ns/packet the mean of the kernel's per-run "
+             "durations (every run sees the packet as built)",
+    "loop": "each sample one call of repeat runs (programs that leave the packet unchanged "
+            "only), ns/packet the calling thread's CPU time / repeat (tc) or the kernel's "
+            "average (xdp)",
+}
+
+
+def suite(services: list[int], identities: list[int], samples: int = 7,
+          repeat: int = MIN_REPEAT, rounds: int = 1,
+          progress: Callable[[int, int], None] | None = None,
+          pyperf_out: Path | str | None = None, *, indicative: bool = False,
+          generic: bool = True, workers: bool = True, cpu: int | None = None,
+          method: str = METHOD) -> dict:
+    """The micro suite: every program on the default packet (*generic*), the LB
+    cases at each count of *services* (x 10 backends), the policy cases at each
+    count of *identities*; each case beside its floor in *rounds* x *samples*
+    A/B pairs of *repeat* runs.
+
+    Fewer than 5 samples or 100000 runs per sample need *indicative* (the
+    result says so).  *progress(done, total)* is called after each loaded
+    collection and each measured case.  *pyperf_out*: where to write the
+    pyperf JSON (cases and floors).  *workers*: time in pyperf worker
+    processes (default) or in this process.  *cpu*: the CPU timing runs on
+    (default: the last one this process may use).  *method*: "calls" (default)
+    or "loop" (see the module docstring).
+
+    Returns {"config": {...}, "results": [...]}, one result per case.
+    """
+    if not indicative and (samples < MIN_SAMPLES or repeat < MIN_REPEAT):
+        raise ValueError(f"fewer than {MIN_SAMPLES} samples or {MIN_REPEAT} runs per sample "
+                         "give indicative figures only: pass indicative=True")
+    cases = cases_for(services, identities, generic)
+    extra = {"services": list(services), "identities": list(identities), "generic": generic}
+    return _execute(cases, samples, repeat, rounds, cpu, progress, pyperf_out, workers,
+                    indicative, extra, method)
+
+
+def run(cases: list[Case], samples: int = 7, repeat: int = MIN_REPEAT, cpu: int | None = None,
+        progress: Callable[[int, int], None] | None = None, *, rounds: int = 1,
+        workers: bool = True, pyperf_out: Path | str | None = None,
+        method: str = METHOD) -> dict:
+    """Measure the given *cases* as suite() does (figures below 5 samples or
+    100000 runs per sample are marked indicative)."""
+    indicative = samples < MIN_SAMPLES or repeat < MIN_REPEAT
+    return _execute(cases, samples, repeat, rounds, cpu, progress, pyperf_out, workers,
+                    indicative, {}, method)
+
+
+def table(suite: dict) -> list[tuple[str, ...]]:
+    """Rows: name, verdict, median ns, MAD %, clock, floor ns, ratio to floor."""
+    rows = []
+    for r in suite["results"]:
+        ns, floor, ratio = r["ns_per_packet"], r["floor_ns_per_packet"], r["ratio_to_floor"]
+        spread = f" ±{ratio['mad']:.2f}" if ratio["n"] >= MIN_SPREAD_SAMPLES else ""
+        rows.append((r["name"], r["verdict"], f"{ns['median']:.2f}", mad_pct_text(ns, "sample"),
+                     r["measure"], f"{floor['median']:.2f}",
+                     f"{ratio['median']:.2f}x{spread}"))
+    return rows

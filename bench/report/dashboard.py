@@ -1,0 +1,585 @@
+"""The results dashboard: one self-contained HTML page drawn from a results directory.
+
+Owns reading result documents for display (schema_version 3 and 2, and the
+micro-only documents of schema_version 1), turning them into chart series and
+table rows, and rendering ``bench/report/templates/dashboard.html.j2`` into
+``results/index.html``.  The page needs no network when viewed: its CSS, its
+small SVG line-chart drawer and its data (JSON in a
+``<script type="application/json">`` tag) are all inline.
+
+Which document is shown: ``latest.json`` when present, else the newest by
+``created``.  Every other ``*.json`` of the directory (``kernel-matrix.json``
+excepted, which gets a table of its own) is history.  A file that is not a
+result document is skipped and named on the page, never fatal.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any, Iterable
+
+import jinja2
+from markupsafe import Markup
+
+__all__ = ["DashboardError", "load_documents", "render", "TEMPLATE_DIR", "TEMPLATE"]
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATE = "dashboard.html.j2"
+LATEST = "latest.json"
+KERNEL_MATRIX = "kernel-matrix.json"
+#: Files of a results directory that are not documents of the history.
+NOT_HISTORY = frozenset({LATEST, KERNEL_MATRIX})
+
+#: Display order of control-plane methods and macro datapaths (others sort after, by name).
+METHODS = ("bpf", "iptables-legacy", "iptables-nft", "nft")
+DATAPATHS = ("bpf-tc", "bpf-sock", "iptables", "nftables")
+OPERATIONS = ("full", "change-one")
+#: History: the control figure is the bpf apply time at this many services.
+HISTORY_CONTROL_SERVICES = 10000
+
+#: Series colours.  Each family of names (micro cases, control methods, macro
+#: datapaths) draws from the palette on its own, known names first in a fixed
+#: order, so a name keeps its colour in every chart and from run to run.
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf",
+           "#e377c2", "#8c564b", "#bcbd22", "#393b79", "#637939", "#ad494a")
+CASES = ("established", "new-flow", "non-service", "nodeport", "ipv6-established",
+         "policy-new", "policy-established")
+FAMILIES = {"case": CASES, "method": METHODS, "datapath": DATAPATHS}
+FLOOR_COLOUR = "#6f6f6f"
+
+# <object>:<program>[/<case>][@<N>svc|@<N>id], the micro result names of schema_version 1.
+_MICRO_NAME = re.compile(r"^(?P<object>[^:/@]+):(?P<program>[^/@]+)"
+                         r"(?:/(?P<case>[^@]+))?(?:@(?P<n>\d+)(?P<unit>svc|id))?$")
+_SCALE_UNITS = {"svc": "services", "id": "identities"}
+
+
+class DashboardError(Exception):
+    """The dashboard cannot be drawn (no result documents); the message is one line."""
+
+
+# ---------------------------------------------------------------- documents
+
+def _read_document(path: Path, warnings: list[str] | None) -> dict | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        _warn(warnings, f"{path.name}: skipped, not valid JSON ({_one_line(err)})")
+        return None
+    if not isinstance(doc, dict) or "schema_version" not in doc:
+        _warn(warnings, f"{path.name}: skipped, not a result document (no schema_version)")
+        return None
+    return doc
+
+
+def _warn(warnings: list[str] | None, message: str) -> None:
+    if warnings is not None:
+        warnings.append(message)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _created(doc: dict) -> _dt.datetime | None:
+    try:
+        when = _dt.datetime.fromisoformat(str(doc.get("created")))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=_dt.timezone.utc)
+
+
+def _chronological(doc: dict) -> tuple[_dt.datetime, str]:
+    return (_created(doc) or _dt.datetime.min.replace(tzinfo=_dt.timezone.utc),
+            str(doc.get("created", "")))
+
+
+def load_documents(results_dir: Path, warnings: list[str] | None = None) -> list[dict]:
+    """The result documents of *results_dir*, oldest first (by ``created``).
+
+    Every ``*.json`` except ``latest.json`` and ``kernel-matrix.json``; a file
+    that is not valid JSON, or has no ``schema_version``, is left out, and a
+    one-line reason is appended to *warnings* when given.
+    """
+    docs = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        if path.name in NOT_HISTORY or not path.is_file():
+            continue
+        doc = _read_document(path, warnings)
+        if doc is not None:
+            docs.append(doc)
+    docs.sort(key=_chronological)
+    return docs
+
+
+def _kernel_matrix(results_dir: Path, warnings: list[str]) -> list[dict] | None:
+    path = results_dir / KERNEL_MATRIX
+    if not path.is_file():
+        return None
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        warnings.append(f"{KERNEL_MATRIX}: skipped, not valid JSON ({_one_line(err)})")
+        return None
+    if isinstance(rows, dict):  # tolerate {"kernels": [...]} / {"results": [...]}
+        rows = rows.get("kernels", rows.get("results"))
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        warnings.append(f"{KERNEL_MATRIX}: skipped, not a list of kernel results")
+        return None
+    return [{"kernel": r.get("kernel"), "status": r.get("status"), "detail": r.get("detail"),
+             "passed": r.get("passed"), "failed": r.get("failed")} for r in rows]
+
+
+# ---------------------------------------------------------------- formatting
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _median(summary: Any) -> float | None:
+    return _num(summary.get("median")) if isinstance(summary, dict) else None
+
+
+def _mad(summary: Any) -> float | None:
+    return _num(summary.get("mad")) if isinstance(summary, dict) else None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """*value* to *digits* significant figures, thousands separated; '—' for no value."""
+    v = _num(value)
+    if v is None:
+        return "—"
+    if v == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(v))))
+    return f"{v:,.{decimals}f}"
+
+
+def _fmt_summary(summary: Any, unit: str = "") -> str:
+    """'median ± mad' of a Summary."""
+    med, mad = _median(summary), _mad(summary)
+    if med is None:
+        return "—"
+    return f"{_fmt(med)}{unit}" + (f" ± {_fmt(mad, 2)}" if mad else "")
+
+
+def _fmt_pct(summary: Any) -> str:
+    pct = _num(summary.get("mad_pct")) if isinstance(summary, dict) else None
+    n = _num(summary.get("n")) if isinstance(summary, dict) else None
+    if pct is not None and n is not None and n < 2:       # one sample: no spread to show
+        return f"n/a ({n:.0f} sample)"
+    return "—" if pct is None else f"{pct:.1f} %"
+
+
+def _control_sizes(r: dict) -> tuple[Any, Any]:
+    """(map memory, rules text bytes) of a control result; schema_version 2 held
+    either in ``bytes``, by method (bpf: map memory; kube-proxy: rules text)."""
+    if "map_bytes" in r or "rules_text_bytes" in r:
+        return r.get("map_bytes"), r.get("rules_text_bytes")
+    return (r.get("bytes"), None) if r.get("method") == "bpf" else (None, r.get("bytes"))
+
+
+def _fmt_bytes(value: Any) -> str:
+    v = _num(value)
+    if v is None:
+        return "—"
+    for unit in ("B", "KiB", "MiB"):
+        if abs(v) < 1024:
+            return f"{v:,.0f} B" if unit == "B" else f"{_fmt(v)} {unit}"
+        v /= 1024
+    return f"{_fmt(v)} GiB"
+
+
+def _count(n: float, plural: str) -> str:
+    """'1 service', '10,000 services', '1 identity'."""
+    singular = {"services": "service", "identities": "identity"}.get(plural, plural)
+    return f"{n:,.0f} {singular if n == 1 else plural}"
+
+
+def _fmt_int(value: Any) -> str:
+    v = _num(value)
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def _short_time(doc: dict) -> str:
+    when = _created(doc)
+    return when.strftime("%Y-%m-%d %H:%M") if when else str(doc.get("created", "?"))
+
+
+def _tick_time(doc: dict) -> str:
+    when = _created(doc)
+    return when.strftime("%m-%d %H:%M") if when else str(doc.get("created", "?"))[:16]
+
+
+def _sha(doc: dict, width: int = 12) -> str:
+    git = doc.get("git") if isinstance(doc.get("git"), dict) else {}
+    sha = str(git.get("sha") or "?")[:width]
+    return sha + (" (dirty)" if git.get("dirty") else "")
+
+
+def _order(value: Any, known: tuple[str, ...]) -> tuple[int, str]:
+    return (known.index(value) if value in known else len(known), str(value))
+
+
+def _results(suite: Any, key: str = "results") -> list[dict]:
+    rows = suite.get(key) if isinstance(suite, dict) else None
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+# ---------------------------------------------------------------- charts
+
+class _Charts:
+    """The chart specs of one page (what the inline JS draws), and the colour of each name."""
+
+    def __init__(self) -> None:
+        self.specs: dict[str, dict] = {}
+        self._colours: dict[str, dict[str, str]] = {
+            family: {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+            for family, names in FAMILIES.items()}
+
+    def colour(self, family: str, name: str) -> str:
+        given = self._colours.setdefault(family, {})
+        if name not in given:
+            given[name] = PALETTE[len(given) % len(PALETTE)]
+        return given[name]
+
+    def add(self, chart_id: str, title: str, x: dict, y: dict, series: list[dict]) -> dict | None:
+        """Register a chart; None (nothing to draw) when no series has a point."""
+        series = [s for s in series if any(p[1] is not None for p in s["points"])]
+        if not series:
+            return None
+        spec = {"id": chart_id, "title": title, "x": x, "y": y, "series": series}
+        self.specs[chart_id] = spec
+        return spec
+
+    def series(self, family: str, name: str, points: Iterable[tuple], dashed: bool = False,
+               colour: str | None = None) -> dict:
+        """A series: points (x, y, mad) sorted by x; y None is a gap."""
+        pts = sorted(([x, y, err] for x, y, err in points), key=lambda p: p[0])
+        return {"name": name, "colour": colour or self.colour(family, name), "dashed": dashed,
+                "points": pts}
+
+
+def _by_name(rows: Iterable[tuple[str, tuple]]) -> dict[str, list[tuple]]:
+    grouped: dict[str, list[tuple]] = {}
+    for name, point in rows:
+        grouped.setdefault(name, []).append(point)
+    return grouped
+
+
+# ---------------------------------------------------------------- micro
+
+def micro_case(result: dict) -> tuple[str, dict]:
+    """(case, scale) of a micro result; derived from its name in schema_version 1."""
+    scale = result.get("scale")
+    if "case" in result and isinstance(scale, dict):
+        return str(result["case"]), scale
+    m = _MICRO_NAME.match(str(result.get("name", "")))
+    if not m:
+        return str(result.get("name", "?")), {}
+    case = m.group("case") or m.group("program")
+    if m.group("n") is None:
+        return case, {}
+    return case, {_SCALE_UNITS[m.group("unit")]: int(m.group("n"))}
+
+
+def _micro(suite: Any, charts: _Charts) -> dict | None:
+    if not isinstance(suite, dict):
+        return None
+    rows = []
+    for r in _results(suite):
+        case, scale = micro_case(r)
+        dim = next((d for d in ("services", "identities") if d in scale), None)
+        rows.append({"r": r, "case": case, "dim": dim, "n": _num(scale.get(dim)) if dim else None,
+                     "program": f"{r.get('object', '?')}:{r.get('program', '?')}"})
+
+    figures = []
+    for dim, chart_id in (("services", "micro-services"), ("identities", "micro-identities")):
+        scaled = [row for row in rows if row["dim"] == dim and row["n"] and row["n"] > 0]
+        # A case name shared by two programs gets the program in its label.
+        programs: dict[str, set] = {}
+        for row in scaled:
+            programs.setdefault(row["case"], set()).add(row["program"])
+
+        def label(row: dict) -> str:
+            if len(programs[row["case"]]) > 1:
+                return f"{row['case']} ({row['program']})"
+            return row["case"]
+        grouped = _by_name((label(row), (row["n"], _median(row["r"].get("ns_per_packet")),
+                                         _mad(row["r"].get("ns_per_packet"))))
+                           for row in scaled)
+        floors: dict[float, list[float]] = {}
+        for row in scaled:
+            f = _median(row["r"].get("floor_ns_per_packet"))
+            if f is not None:
+                floors.setdefault(row["n"], []).append(f)
+        series = [charts.series("case", name, pts) for name, pts in
+                  sorted(grouped.items(), key=lambda kv: _order(kv[0], CASES))]
+        if floors:
+            series.append(charts.series("floor", "floor (empty program)",
+                                        [(n, statistics.median(v), None) for n, v in floors.items()],
+                                        dashed=True, colour=FLOOR_COLOUR))
+        spec = charts.add(chart_id, f"ns/packet vs {dim}", {"label": dim, "log": True},
+                          {"label": "ns/packet (median)", "log": False, "zero": True}, series)
+        figures.append({"spec": spec, "title": f"ns/packet vs {dim}",
+                        "missing": f"no micro results with a {dim} scale in this run"})
+
+    dim_rank = {None: 0, "services": 1, "identities": 2}
+    rows.sort(key=lambda row: (dim_rank[row["dim"]], row["program"], row["case"], row["n"] or 0))
+    table = []
+    for row in rows:
+        r = row["r"]
+        scale = "—" if row["dim"] is None else _count(row["n"], row["dim"])
+        table.append({"name": r.get("name", "?"), "program": row["program"], "case": row["case"],
+                      "scale": scale, "verdict": r.get("verdict") or "—",
+                      "median": _fmt(_median(r.get("ns_per_packet"))),
+                      "mad_pct": _fmt_pct(r.get("ns_per_packet")),
+                      "floor": _fmt(_median(r.get("floor_ns_per_packet"))),
+                      "ratio": _fmt_summary(r.get("ratio_to_floor"))})
+    return {"config": suite.get("config"), "figures": figures, "table": table}
+
+
+# ---------------------------------------------------------------- control
+
+def _control(suite: Any, charts: _Charts) -> dict | None:
+    if not isinstance(suite, dict):
+        return None
+    results = sorted(_results(suite), key=lambda r: (
+        _order(r.get("operation"), OPERATIONS), _num(r.get("services")) or 0,
+        _order(r.get("method"), METHODS)))
+    figures = []
+    for op, chart_id, title in (("full", "control-full", "full apply time (s) vs services"),
+                                ("change-one", "control-change-one",
+                                 "change-one apply time (s) vs services")):
+        rows = [r for r in results if r.get("operation") == op and (_num(r.get("services")) or 0) > 0]
+        grouped = _by_name((str(r.get("method")), (
+            _num(r.get("services")),
+            _median(r.get("seconds")) if r.get("status") == "ok" else None,
+            _mad(r.get("seconds")) if r.get("status") == "ok" else None)) for r in rows)
+        series = [charts.series("method", name, pts) for name, pts in
+                  sorted(grouped.items(), key=lambda kv: _order(kv[0], METHODS))]
+        spec = charts.add(chart_id, title, {"label": "services", "log": True},
+                          {"label": "seconds (median, log)", "log": True}, series)
+        figures.append({"spec": spec, "title": title,
+                        "missing": f"no successful {op!r} results in this run"})
+    table = []
+    for r in results:
+        method = r.get("method")
+        ratio = "ref" if method == "bpf" else _fmt_summary(r.get("ratio_to_bpf"), "×")
+        map_bytes, rules_bytes = _control_sizes(r)
+        table.append({"method": method or "?", "services": _fmt_int(r.get("services")),
+                      "endpoints": _fmt_int(r.get("endpoints_per_service")),
+                      "operation": r.get("operation") or "?",
+                      "status": str(r.get("status") or "?"), "detail": r.get("detail") or "",
+                      "seconds": _fmt_summary(r.get("seconds")),
+                      "mad_pct": _fmt_pct(r.get("seconds")),
+                      "entries": _fmt_int(r.get("entries")),
+                      "map_bytes": _fmt_bytes(map_bytes), "map_bytes_exact": _fmt_int(map_bytes),
+                      "rules_bytes": _fmt_bytes(rules_bytes),
+                      "rules_bytes_exact": _fmt_int(rules_bytes), "ratio": ratio})
+    return {"config": suite.get("config"), "figures": figures, "table": table}
+
+
+# ---------------------------------------------------------------- macro
+
+def _macro(suite: Any, charts: _Charts) -> dict | None:
+    if not isinstance(suite, dict):
+        return None
+    results = sorted(_results(suite), key=lambda r: (
+        str(r.get("mode")), str(r.get("target")), _num(r.get("services")) or 0,
+        _order(r.get("datapath"), DATAPATHS)))
+    figures = []
+    for mode, chart_id, title in (("new-conn", "macro-new-conn",
+                                   "new-connection rate (req/s) vs services"),
+                                  ("keepalive", "macro-keepalive", "keep-alive req/s vs services")):
+        rows = [r for r in results if r.get("mode") == mode and r.get("target") == "last"
+                and (_num(r.get("services")) or 0) > 0]
+        grouped = _by_name((str(r.get("datapath")), (_num(r.get("services")), _median(r.get("rps")),
+                                                     _mad(r.get("rps")))) for r in rows)
+        series = [charts.series("datapath", name, pts) for name, pts in
+                  sorted(grouped.items(), key=lambda kv: _order(kv[0], DATAPATHS))]
+        spec = charts.add(chart_id, title, {"label": "services", "log": True},
+                          {"label": "requests/s (median)", "log": False, "zero": True}, series)
+        figures.append({"spec": spec, "title": title + " (target: last service)",
+                        "missing": f"no {mode} results for the last service in this run"})
+    table = []
+    for r in results:
+        lat = r.get("latency_us") if isinstance(r.get("latency_us"), dict) else {}
+        cpu = r.get("cpu_us_per_request") if isinstance(r.get("cpu_us_per_request"), dict) else {}
+        soft, system = _median(cpu.get("softirq")), _median(cpu.get("system"))
+        table.append({"datapath": r.get("datapath") or "?", "services": _fmt_int(r.get("services")),
+                      "target": r.get("target") or "?", "mode": r.get("mode") or "?",
+                      "rps": _fmt(_median(r.get("rps"))), "mad_pct": _fmt_pct(r.get("rps")),
+                      "p50": _fmt(_median(lat.get("p50"))), "p90": _fmt(_median(lat.get("p90"))),
+                      "p99": _fmt(_median(lat.get("p99"))),
+                      "softirq": _fmt(soft), "system": _fmt(system),
+                      "cpu_total": _fmt(soft + system) if soft is not None and system is not None
+                      else "—",
+                      "ratio": _fmt_summary(r.get("ratio_to_iptables"), "×"),
+                      "errors": _fmt_int(r.get("errors"))})
+    locust = []
+    for r in sorted(_results(suite, "locust"), key=lambda r: (
+            _num(r.get("services")) or 0, _order(r.get("datapath"), DATAPATHS))):
+        lat = r.get("latency_ms") if isinstance(r.get("latency_ms"), dict) else {}
+        locust.append({"datapath": r.get("datapath") or "?", "services": _fmt_int(r.get("services")),
+                       "users": _fmt_int(r.get("users")), "workers": _fmt_int(r.get("workers")),
+                       "duration": _fmt(r.get("duration_s")),
+                       "requests": _fmt_int(r.get("requests")),
+                       "failures": _fmt_int(r.get("failures")), "rps": _fmt(r.get("rps")),
+                       "p50": _fmt(lat.get("p50")), "p90": _fmt(lat.get("p90")),
+                       "p99": _fmt(lat.get("p99"))})
+    return {"config": suite.get("config"), "figures": figures, "table": table, "locust": locust}
+
+
+# ---------------------------------------------------------------- history
+
+def _suite(doc: dict, name: str) -> Any:
+    suites = doc.get("suites")
+    return suites.get(name) if isinstance(suites, dict) else None
+
+
+def _micro_established(doc: dict) -> dict[float, float | None]:
+    """services -> ratio_to_floor median of the 'established' case."""
+    out = {}
+    for r in _results(_suite(doc, "micro")):
+        case, scale = micro_case(r)
+        n = _num(scale.get("services"))
+        if case == "established" and n:
+            out[n] = _median(r.get("ratio_to_floor"))
+    return out
+
+
+def _control_bpf(doc: dict) -> float | None:
+    for r in _results(_suite(doc, "control")):
+        if (r.get("method") == "bpf" and r.get("operation") == "full" and r.get("status") == "ok"
+                and r.get("services") == HISTORY_CONTROL_SERVICES):
+            return _median(r.get("seconds"))
+    return None
+
+
+def _macro_bpf_tc(doc: dict) -> dict[float, float | None]:
+    """services -> bpf-tc new-conn (last service) ratio_to_iptables median."""
+    out = {}
+    for r in _results(_suite(doc, "macro")):
+        n = _num(r.get("services"))
+        if (r.get("datapath") == "bpf-tc" and r.get("mode") == "new-conn"
+                and r.get("target") == "last" and n):
+            out[n] = _median(r.get("ratio_to_iptables"))
+    return out
+
+
+def _largest(per_doc: list[dict[float, float | None]]) -> float | None:
+    """The largest scale at which any document has a value."""
+    return max((n for values in per_doc for n, v in values.items() if v is not None), default=None)
+
+
+def _history(docs: list[dict], charts: _Charts) -> dict:
+    x = {"label": "result document (oldest → newest)", "categories": [_tick_time(d) for d in docs]}
+    figures = []
+
+    def figure(chart_id: str, title: str, family: str, name: str, ylabel: str,
+               values: list[float | None], missing: str) -> None:
+        series = charts.series(family, name, [(i, v, None) for i, v in enumerate(values)])
+        spec = charts.add(chart_id, title, x, {"label": ylabel, "zero": True}, [series])
+        figures.append({"spec": spec, "title": title, "missing": missing})
+
+    micro = [_micro_established(d) for d in docs]
+    top = _largest(micro)
+    figure("history-micro", "micro: established ratio to floor"
+           + (f" @ {_count(top, 'services')}" if top else ""), "case", "established",
+           "× floor (median)", [m.get(top) for m in micro],
+           "no document has a micro 'established' result at a service scale")
+    figure("history-control", f"control: bpf full apply (s) @ "
+           f"{_count(HISTORY_CONTROL_SERVICES, 'services')}", "method", "bpf",
+           "seconds (median)", [_control_bpf(d) for d in docs],
+           f"no document has a bpf full apply at {_count(HISTORY_CONTROL_SERVICES, 'services')}")
+    macro = [_macro_bpf_tc(d) for d in docs]
+    top = _largest(macro)
+    figure("history-macro", "macro: bpf-tc new-conn ratio to iptables"
+           + (f" @ {_count(top, 'services')}" if top else ""), "datapath", "bpf-tc",
+           "× iptables (median)", [m.get(top) for m in macro],
+           "no document has a macro bpf-tc new-conn ratio to iptables")
+
+    documents = [{"index": i, "created": _short_time(d), "sha": _sha(d),
+                  "profile": d.get("profile") or "—", "schema": d.get("schema_version"),
+                  "suites": ", ".join(sorted(d["suites"])) if isinstance(d.get("suites"), dict)
+                  else "—"}
+                 for i, d in enumerate(docs)]
+    return {"figures": figures, "documents": documents}
+
+
+# ---------------------------------------------------------------- page
+
+MACHINE_KEYS = ("cpu_model", "cores", "kernel", "clang", "libbpf", "iptables_backend", "python",
+                "hostname")
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _script_json(data: Any) -> str:
+    """JSON that is safe inside a <script> element: no '<', '>' or '&' survives
+    (so no '</script>' or '<!--' can end or alter the element)."""
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _context(current: dict, history: list[dict], warnings: list[str],
+            kernels: list[dict] | None) -> dict:
+    """Everything the template shows."""
+    charts = _Charts()
+    machine = current.get("machine") if isinstance(current.get("machine"), dict) else {}
+    notes = current.get("notes")
+    sections = {
+        "micro": _micro(_suite(current, "micro"), charts),
+        "control": _control(_suite(current, "control"), charts),
+        "macro": _macro(_suite(current, "macro"), charts),
+    }
+    return {
+        "sha": _sha(current), "created": _short_time(current),
+        "created_raw": str(current.get("created", "?")),
+        "profile": current.get("profile") or "—",
+        "notes": [str(n) for n in notes if n] if isinstance(notes, list) else [],
+        "schema_version": current.get("schema_version"),
+        "machine": [(k, "—" if machine.get(k) is None else str(machine.get(k)))
+                    for k in MACHINE_KEYS],
+        **sections,
+        "history": _history(history, charts),
+        "kernels": kernels,
+        "warnings": warnings,
+        "data_json": Markup(_script_json({"charts": charts.specs})),
+    }
+
+
+def render(results_dir: Path, out: Path | None = None) -> Path:
+    """Write the dashboard of *results_dir* to *out* (default ``results_dir/index.html``).
+
+    Raises DashboardError when the directory holds no result document.
+    """
+    results_dir = Path(results_dir)
+    warnings: list[str] = []
+    history = load_documents(results_dir, warnings)
+    latest_path = results_dir / LATEST
+    latest = _read_document(latest_path, warnings) if latest_path.is_file() else None
+    if latest is None and not history:
+        raise DashboardError(f"no result documents in {results_dir} (run `chainbench bench` first)")
+    current = latest if latest is not None else history[-1]
+    page = _environment().get_template(TEMPLATE).render(
+        _context(current, history or [current], warnings, _kernel_matrix(results_dir, warnings)))
+    out = Path(out) if out is not None else results_dir / "index.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out

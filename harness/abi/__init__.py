@@ -1,0 +1,2 @@
+"""The C ABI the datapath shares with Python: struct mirrors, constants read from the
+headers, drop reasons."""

@@ -1,0 +1,371 @@
+"""``chainbench-cni``: the chained CNI plugin, listed after the primary plugin
+in a node's conflist as ``cilium-cni`` is in chaining mode.
+
+ADD reads ``prevResult`` (the host-side veth is ``interfaces[0]``, the pod's
+addresses are ``ips``), creates the endpoint (an id in the node's registry),
+attaches ``from_container`` (tc ingress) and ``to_container`` (tc egress) to
+the host veth with the node's shared, pinned maps, programs the node's LB,
+ipcache and policy, and returns ``prevResult`` unchanged.  DEL undoes it;
+CHECK verifies the programs are attached and the endpoint is known.
+
+A pod annotated ``chainbench.io/chaining: skip`` stands for one created
+before chaining was enabled: it gets no programs and stays unmanaged (still
+reachable and load-balanced to, without policy or LB of its own traffic).
+
+Who an attachment is for comes from what the runtime passes.  Kubernetes
+runtimes pass ``K8S_POD_NAMESPACE`` and ``K8S_POD_NAME`` in ``CNI_ARGS``: the
+endpoint is that scenario pod.  Runtimes outside Kubernetes pass neither, or
+(podman 4's CNI backend) ``IgnoreUnknown=1;K8S_POD_NAME=<container name>``
+without a namespace: the endpoint is the container ``container:<name>``
+(named by the first 12 characters of ``CNI_CONTAINERID`` when no name is
+passed), labelled ``container:name=<name>`` and given Cilium's
+``reserved:unmanaged`` identity (3): it is in no scenario, so no label set
+and no policy selects it.  It is load-balanced like a pod (the same programs
+on its veth) and policed as the ``unmanaged`` entity at its peers (every
+node's ipcache maps its addresses to identity 3, see harness/policy/resolve.py).
+With neither a pod nor a container id ADD fails with one line.
+
+DEL always completes (CNI spec: missing information, a veth or netns already
+gone, no prevResult, a second DEL): it finds the endpoint by the attachment
+(``CNI_CONTAINERID``, ``CNI_IFNAME``) that made it, else by the names above,
+and does nothing when there is none; failing to re-sync the maps afterwards
+is reported on stderr, not as an error.
+
+Plugin configuration keys: ``scenario`` (path), ``datapath`` (``bpf``;
+anything else: pass through), ``node`` (optional: by default the node is the
+``cb-node*`` network namespace the plugin runs in), ``deferSync`` (true while
+``chainbench up`` adds many pods: it syncs every node once at the end instead
+of once per pod; once the topology is complete, an ADD with the node's
+conflist, e.g. a runtime's, syncs at once).  Errors are CNI error objects on
+stdout with a non-zero exit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from harness.node import datapath
+from harness.bpf import attach_tc
+from harness.node.endpoints import CONTAINER_PREFIX, NOT_READY, UNMANAGED, WAITING_FOR_IDENTITY, EndpointRecord, EndpointRegistry
+from harness.paths import STATE_ROOT
+from harness.node.sync import node_lock, sync_node
+
+SKIP_ANNOTATION = "chainbench.io/chaining"
+CNI_VERSION = "1.0.0"
+#: A container name as runtimes allow it (podman, docker: [a-zA-Z0-9][a-zA-Z0-9_.-]*).
+_CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$")
+#: Plugin-specific error codes (the spec leaves 100+ to plugins).
+ERR_NOT_ATTACHED, ERR_NAME_TAKEN = 100, 101
+
+
+class PluginError(Exception):
+    def __init__(self, code: int, msg: str, details: str = ""):
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Who the runtime attaches: a scenario pod (``ns/name``) or a container outside
+    Kubernetes (``container:<name>``, with its runtime labels)."""
+    ref: str
+    container_id: str
+    ifname: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def external(self) -> bool:
+        return self.ref.startswith(CONTAINER_PREFIX)
+
+
+def _args() -> dict[str, str]:
+    out = {}
+    for item in os.environ.get("CNI_ARGS", "").split(";"):
+        key, sep, value = item.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def _node(conf: dict) -> str:
+    """The node this plugin runs for: configured, or the cb-node namespace it runs in."""
+    if conf.get("node"):
+        return conf["node"]
+    mine = os.stat("/proc/self/ns/net").st_ino
+    names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    for name in sorted(names):
+        if name.startswith("cb-node") and os.stat(f"/run/netns/{name}").st_ino == mine:
+            return name
+    raise PluginError(7, "cannot tell the node: not run in a cb-node* namespace and no 'node' "
+                         "in the plugin config")
+
+
+def _attachment() -> Attachment:
+    """The attachment named by CNI_ARGS and CNI_CONTAINERID (see the module docstring)."""
+    args = _args()
+    cid = os.environ.get("CNI_CONTAINERID", "")
+    ifname = os.environ.get("CNI_IFNAME", "")
+    ns, name = args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")
+    if ns and name:
+        return Attachment(f"{ns}/{name}", cid, ifname)
+    if ns:
+        raise PluginError(4, "CNI_ARGS has K8S_POD_NAMESPACE without K8S_POD_NAME")
+    if not cid:
+        raise PluginError(4, "CNI_ARGS names no Kubernetes pod and CNI_CONTAINERID is empty: "
+                             "nothing to name the endpoint by")
+    if name and not _CONTAINER_NAME.match(name):
+        raise PluginError(4, f"CNI_ARGS K8S_POD_NAME {name!r} is not a container name")
+    return Attachment(CONTAINER_PREFIX + (name or cid[:12]), cid, ifname,
+                      (f"container:name={name}",) if name else ())
+
+
+def _state():
+    from harness.topology.state import load_state
+    return load_state()
+
+
+def _scenario(conf: dict, state=None):
+    from harness.scenario import load_scenario
+    from harness.topology.state import scenario_with_real_addresses
+    path = conf.get("scenario")
+    if not path:
+        raise PluginError(7, "plugin config lacks 'scenario'")
+    scenario = load_scenario(path)
+    state = state if state is not None else _state()
+    return scenario_with_real_addresses(scenario, state) if state else scenario
+
+
+def _host_veth(prev: dict) -> str:
+    interfaces = prev.get("interfaces") or []
+    host = next((i for i in interfaces if not i.get("sandbox")), None)
+    if host is None:
+        raise PluginError(7, "prevResult has no host-side interface (chain after ptp or bridge)")
+    return host["name"]
+
+
+def _pod_addresses(prev: dict) -> tuple[str | None, str | None]:
+    """The pod's IPv4 and IPv6 addresses as the primary plugin assigned them (prevResult
+    ``ips``, CIDR notation): what the pod's packets must carry as their source."""
+    import ipaddress
+    found: dict[int, str] = {}
+    for entry in prev.get("ips") or []:
+        try:
+            addr = ipaddress.ip_interface(entry["address"]).ip
+        except (KeyError, TypeError, ValueError):
+            raise PluginError(7, f"prevResult has an unreadable address: {entry!r}") from None
+        found.setdefault(addr.version, str(addr))
+    return found.get(4), found.get(6)
+
+
+def _tc_filters(ifname: str, direction: str) -> str:
+    proc = subprocess.run(["tc", "filter", "show", "dev", ifname, direction],
+                          capture_output=True, text=True)
+    return proc.stdout
+
+
+def _sync_other_nodes(node: str, scenario, state) -> None:
+    """Re-sync every other BPF node of the topology: a container's address is in
+    every node's ipcache."""
+    names = {n.name for n in state.nodes} if state else set()
+    for other in datapath.pinned_nodes():
+        if other != node and other in names:
+            with node_lock(other):
+                sync_node(other, scenario)
+
+
+def _record(registry: EndpointRegistry, who: Attachment) -> EndpointRecord:
+    """The attachment's record: its own, or a new one under its name."""
+    rec = registry.attachment(who.container_id, who.ifname) if who.container_id else None
+    if rec is not None and rec.pod != who.ref:
+        raise PluginError(ERR_NAME_TAKEN, f"container {who.container_id[:12]} is already "
+                                          f"attached as {rec.pod} on {registry.node}")
+    rec = registry.records.get(who.ref)
+    if (rec is not None and who.external and rec.container_id
+            and rec.container_id != who.container_id):
+        raise PluginError(ERR_NAME_TAKEN, f"endpoint {who.ref} on {registry.node} belongs to "
+                                          f"container {rec.container_id[:12]}")
+    rec = registry.ensure(who.ref)
+    rec.container_id, rec.ifname = who.container_id or None, who.ifname or None
+    rec.labels = list(who.labels) if who.external else None
+    return rec
+
+
+def cmd_add(conf: dict, prev: dict) -> dict:
+    who = _attachment()
+    if conf.get("datapath", "bpf") != "bpf":
+        return prev
+    node = _node(conf)
+    state = _state()
+    scenario = _scenario(conf, state)
+    pod = None
+    if not who.external:
+        try:
+            pod = scenario.pod(who.ref)
+        except Exception as exc:   # ScenarioError: the pod is not in the scenario
+            raise PluginError(7, f"pod {who.ref} is not in the scenario", str(exc)) from None
+    if pod is not None and pod.meta.annotations.get(SKIP_ANNOTATION) == "skip":
+        with node_lock(node):
+            registry = EndpointRegistry(node)
+            rec = _record(registry, who)
+            rec.state = UNMANAGED
+            rec.interface = _host_veth(prev)
+            rec.ipv4 = str(pod.ipv4) if pod.ipv4 else None
+            rec.ipv6 = str(pod.ipv6) if pod.ipv6 else None
+            registry.save()
+        return prev
+    veth = _host_veth(prev)
+    # deferSync: `chainbench up` syncs every node once its pods are in; after that
+    # (a runtime using the node's conflist) nobody would, so sync now.
+    sync = not conf.get("deferSync") or bool(state and state.complete)
+    with node_lock(node):
+        registry = EndpointRegistry(node)
+        rec = _record(registry, who)
+        # Recorded (its id reserved) before anything is attached; ready only once the
+        # programs are attached and the node's sync has set its identity (endpoints.py).
+        rec.interface, rec.state = veth, NOT_READY
+        rec.ipv4, rec.ipv6 = _pod_addresses(prev)
+        registry.save()
+        with datapath.load("lxc", node, pinned=True,
+                           **datapath.endpoint_rodata(rec.id, rec.ipv4, rec.ipv6)) as coll:
+            # The filters keep the programs alive after this process exits.
+            attach_tc(coll.programs["from_container"], veth, "ingress")
+            attach_tc(coll.programs["to_container"], veth, "egress")
+        rec.state = WAITING_FOR_IDENTITY
+        registry.save()
+        if sync:
+            sync_node(node, scenario)
+    if sync and who.external:
+        _sync_other_nodes(node, scenario, state)
+    return prev
+
+
+def _find(registry: EndpointRegistry) -> EndpointRecord | None:
+    """The endpoint this DEL/CHECK is about: by attachment, else by name (a record made
+    by another attachment of the same name is not this one)."""
+    cid = os.environ.get("CNI_CONTAINERID", "")
+    ifname = os.environ.get("CNI_IFNAME", "") or None
+    rec = registry.attachment(cid, ifname) if cid else None
+    if rec is not None:
+        return rec
+    try:
+        who = _attachment()
+    except PluginError:
+        return None
+    rec = registry.records.get(who.ref)
+    if rec is not None and rec.container_id and cid and rec.container_id != cid:
+        return None
+    return rec
+
+
+def cmd_del(conf: dict, prev: dict | None) -> None:
+    """Best effort, always succeeding (see the module docstring)."""
+    if conf.get("datapath", "bpf") != "bpf":
+        return
+    try:
+        node = _node(conf)
+    except PluginError:
+        return                 # not run for a node: nothing of ours to undo
+    if not os.path.isdir(os.path.join(STATE_ROOT, node)):
+        return                 # the node's state is gone (chainbench down): nothing left
+    with node_lock(node):
+        registry = EndpointRegistry(node)
+        rec = _find(registry)
+        if rec is None:
+            return
+        registry.remove(rec.pod)
+        registry.save()
+        if rec.interface:
+            # The veth may be gone already (DEL must succeed regardless).
+            subprocess.run(["tc", "qdisc", "del", "dev", rec.interface, "clsact"],
+                           capture_output=True)
+        if not (conf.get("scenario") and datapath.node_is_pinned_dir(node)):
+            return
+        try:
+            state = _state()
+            scenario = _scenario(conf, state)
+            sync_node(node, scenario)
+        except Exception as exc:   # noqa: BLE001 - DEL completes; the next sync catches up
+            _warn(f"DEL {rec.pod}: {node} not re-synced: {exc}")
+            return
+    if rec.external:
+        try:
+            _sync_other_nodes(node, scenario, state)
+        except Exception as exc:   # noqa: BLE001
+            _warn(f"DEL {rec.pod}: other nodes not re-synced: {exc}")
+
+
+def _warn(text: str) -> None:
+    print(f"chainbench-cni: {text.splitlines()[0] if text else text}", file=sys.stderr)
+
+
+def cmd_check(conf: dict, prev: dict) -> None:
+    if conf.get("datapath", "bpf") != "bpf":
+        return
+    node = _node(conf)
+    rec = _find(EndpointRegistry(node))
+    if rec is None:
+        who = _attachment()
+        raise PluginError(3, f"endpoint {who.ref} is not known on {node}")
+    if rec.state == UNMANAGED:
+        return
+    veth = _host_veth(prev)
+    if rec.interface and veth != rec.interface:
+        raise PluginError(ERR_NOT_ATTACHED, f"endpoint {rec.pod}: prevResult names {veth}, "
+                                            f"the endpoint is on {rec.interface}")
+    if "from_container" not in _tc_filters(veth, "ingress") or \
+            "to_container" not in _tc_filters(veth, "egress"):
+        raise PluginError(ERR_NOT_ATTACHED, f"endpoint {rec.pod}: programs are not attached "
+                                            f"to {veth}")
+    maps = datapath.open_pinned(node)
+    try:
+        info = maps["cb_endpoints"].get(rec.id) if "cb_endpoints" in maps else None
+    finally:
+        for m in maps.values():
+            m.close()
+    if info is None or not info.identity or info.identity != rec.identity:
+        raise PluginError(ERR_NOT_ATTACHED, f"endpoint {rec.pod}: the datapath does not hold "
+                                            f"endpoint {rec.id} with identity {rec.identity}")
+
+
+def main() -> int:
+    command = os.environ.get("CNI_COMMAND", "")
+    try:
+        raw = sys.stdin.read()
+        if command == "VERSION":
+            print(json.dumps({"cniVersion": CNI_VERSION, "supportedVersions": [CNI_VERSION]}))
+            return 0
+        try:
+            conf: dict[str, Any] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise PluginError(6, "cannot decode the network configuration", str(exc)) from None
+        prev = conf.get("prevResult")
+        if command == "ADD":
+            if not prev:
+                raise PluginError(7, "chainbench-cni is a chained plugin: ADD needs prevResult")
+            print(json.dumps(cmd_add(conf, prev)))
+        elif command == "DEL":
+            cmd_del(conf, prev)
+        elif command == "CHECK":
+            if not prev:
+                raise PluginError(7, "CHECK needs prevResult")
+            cmd_check(conf, prev)
+        else:
+            raise PluginError(4, f"unknown CNI_COMMAND {command!r}")
+        return 0
+    except PluginError as exc:
+        print(json.dumps({"cniVersion": CNI_VERSION, "code": exc.code, "msg": exc.msg,
+                          "details": exc.details}))
+        return 1
+    except Exception as exc:   # noqa: BLE001 - a plugin must answer with an error object
+        print(json.dumps({"cniVersion": CNI_VERSION, "code": 999, "msg": str(exc).splitlines()[0]
+                          if str(exc) else type(exc).__name__, "details": type(exc).__name__}))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""``chainbench up``/``down`` with the chosen service datapath.
+
+bpf: build the topology (harness.topology) with ``chainbench-cni`` appended
+to every node's conflist (it attaches from_container/to_container to each pod
+veth as the pod is added), attach from_netdev to every node's uplink and
+socket LB to its host cgroup, then sync every node's maps once all pods exist
+(each node needs every pod's address).
+
+iptables / nftables (the kube-proxy baselines): the same topology and primary
+CNI, with the portmap plugin for hostPorts instead of our plugin, and
+kube-proxy's rules (harness/kubeproxy) loaded in every node namespace from
+the same Services and EndpointSlices.
+
+mixed (bench/macro/suite.py): each node its own datapath (bpf, iptables, nftables or
+none), so several datapaths are up at once in one topology.
+
+down: the orderly topology teardown (CNI DEL), then every other leftover;
+teardown(state): one topology and what its nodes own, nothing else.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from harness.node import datapath
+from harness.bpf import attach_tc
+from harness.node.sync import node_lock, sync_node
+from harness import validate
+from harness.topology import build as topology
+from harness.topology.state import TopologyState, scenario_with_real_addresses
+
+PLUGIN = "chainbench-cni"
+
+
+def plugin_dir() -> str:
+    found = shutil.which(PLUGIN) or os.path.join(os.path.dirname(sys.executable), PLUGIN)
+    if not os.path.exists(found):
+        raise FileNotFoundError(f"{PLUGIN} is not installed (make test/bench installs it)")
+    return os.path.dirname(os.path.abspath(found))
+
+
+def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
+       datapath_kind: str = "bpf", progress=None, *,
+       node_datapaths: dict[str, str] | None = None,
+       lb_map_max: int | None = None, np_ipblock: str | None = None) -> TopologyState:
+    """Build the topology with *datapath_kind* on every node, or, with
+    *node_datapaths* ({node: bpf|iptables|nftables|none}; the topology's datapath is
+    then "mixed"), each node its own (none: the primary CNI only, no service
+    handling: a node that only hosts backends).  *lb_map_max* sizes the LB maps of
+    BPF nodes (Cilium's --bpf-lb-map-max); *np_ipblock* what a NetworkPolicy ipBlock
+    selects on them (harness.policy.resolve; default "pods")."""
+    from harness.topology.cni_runtime import discover_cni_path
+    from harness.topology.plan import plan_topology
+    path = os.path.abspath(scenario_path)
+    scenario = validate.load(path)       # the validation `scenario check` applies
+    plan = plan_topology(scenario, nodes, routing, "mixed" if node_datapaths else datapath_kind)
+    kinds = {n.name: (node_datapaths or {}).get(n.name, datapath_kind if not node_datapaths
+                                                 else "none") for n in plan.nodes}
+    bad = {k for k in kinds.values() if k not in NODE_DATAPATHS}
+    if bad:
+        raise ValueError(f"node datapath {sorted(bad)[0]!r}: expected one of "
+                         f"{', '.join(NODE_DATAPATHS)}")
+    if node_datapaths and set(node_datapaths) - set(kinds):
+        raise ValueError(f"node {sorted(set(node_datapaths) - set(kinds))[0]} is not in the "
+                         "topology")
+    # Each BPF node is synced once all pods exist (below), not once per pod.
+    chained = ({"type": PLUGIN, "scenario": path, "datapath": "bpf", "deferSync": True},)
+    per_node = {name: topology.NodePlugins(kind, portmap=kind in ("iptables", "nftables"),
+                                           chained=chained if kind == "bpf" else ())
+                for name, kind in kinds.items()}
+    cni_path = discover_cni_path() + ([plugin_dir()] if "bpf" in kinds.values() else [])
+    try:
+        if lb_map_max is not None or np_ipblock is not None:
+            from harness.node import config as node_config
+            for name, kind in kinds.items():
+                if kind == "bpf" and lb_map_max is not None:
+                    node_config.save(name, lb_map_max)
+                if kind == "bpf" and np_ipblock is not None:
+                    node_config.save_np_ipblock(name, np_ipblock)
+        state = topology.build(plan, cni_path=cni_path, progress=progress, per_node=per_node)
+    except BaseException:
+        # build undid the topology (CNI DEL, namespaces); what the chained plugin made
+        # for the nodes (pins, endpoint state) and the node settings go too.
+        from harness.host.signals import shielded
+        with shielded():
+            if lb_map_max is not None or np_ipblock is not None:
+                from harness.node import config as node_config
+                for name in kinds:
+                    node_config.remove(name)
+            _remove_node_objects(list(kinds))
+        raise
+    try:
+        scenario = scenario_with_real_addresses(scenario, state)
+        bpf_nodes = [n for n in state.nodes if kinds[n.name] == "bpf"]
+        attach_node_programs(state, bpf_nodes)
+        attach_host_socket_lb(state, bpf_nodes)
+        for node in bpf_nodes:
+            with node_lock(node.name):
+                sync_node(node.name, scenario)
+        for mode in ("iptables", "nftables"):
+            apply_kube_proxy(state, scenario, mode,
+                             [n for n in state.nodes if kinds[n.name] == mode])
+    except BaseException:
+        from harness.host.signals import shielded
+        with shielded():
+            down()
+        raise
+    return state
+
+
+NODE_DATAPATHS = ("bpf", "iptables", "nftables", "none")
+
+
+def apply_kube_proxy(state: TopologyState, scenario, mode: str,
+                     nodes: list | None = None) -> dict[str, float]:
+    """kube-proxy's rules for *scenario* in each of *nodes* (default: every node);
+    seconds per node."""
+    from harness import addressing
+    from harness.host import netns
+    from harness.kubeproxy import apply as kp
+    from harness.lb.state import desired_state, node_addresses
+    lb_state = desired_state(scenario, node_addresses(scenario))
+    took = {}
+    for node in state.nodes if nodes is None else nodes:
+        # Host processes reach ClusterIPs through the OUTPUT chain, which DNATs
+        # after the first route lookup: as a node's default route would, give
+        # the service range a route (the DNAT re-routes to the backend).
+        netns.run(node.netns, "ip", "route", "replace", str(addressing.SERVICE_CIDR_V4),
+                  "dev", node.uplink)
+        if mode == "iptables":
+            took[node.name] = kp.apply_iptables(node.netns, lb_state)
+        else:
+            took[node.name] = kp.apply_nft(node.netns, lb_state)
+    return took
+
+
+def attach_node_programs(state: TopologyState, nodes: list | None = None) -> None:
+    """from_netdev on each node's uplink (default: every node), with its shared maps."""
+    for node in state.nodes if nodes is None else nodes:
+        with datapath.load("netdev", node.name, pinned=True) as coll:
+            attach_tc(coll.programs["from_netdev"], node.uplink, "ingress", node.netns)
+
+
+SOCK_PROGRAMS = ("sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeername",
+                 "sock6_connect", "sock6_sendmsg", "sock6_recvmsg", "sock6_getpeername")
+
+
+def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> None:
+    """Socket LB for each node's host-network processes: the sock programs on the
+    node's ``cb-<node>-host`` cgroup (host clients run in it), links pinned so
+    they outlive this process (``chainbench down`` unpins them)."""
+    from harness.host import bpffs, cgroups
+    from harness.bpf import attach_cgroup
+    from harness.host.cgroups import host_cgroup
+    for node in state.nodes if nodes is None else nodes:
+        path = host_cgroup(node.name)
+        cgroups.create(os.path.basename(path))
+        with datapath.load("sock", node.name, pinned=True) as coll:
+            for name in SOCK_PROGRAMS:
+                link = attach_cgroup(coll.programs[name], path)
+                link.pin(bpffs.pin_path(node.name, "links", f"host-{name}"))
+                link.detach()       # the pin keeps the attachment
+
+
+def down() -> dict[str, list[str]]:
+    return topology.down()
+
+
+def teardown(state: TopologyState) -> dict[str, list[str]]:
+    """Remove one topology and what its nodes own (pins, node state, host cgroups),
+    leaving any other project object alone (``down`` removes everything)."""
+    summary = topology.teardown(state)         # CNI DEL first: it needs the pins
+    _remove_node_objects([node.name for node in state.nodes])
+    return summary
+
+
+def _remove_node_objects(nodes: list[str]) -> None:
+    """The pins, node state and host cgroups of *nodes*."""
+    from harness.host import bpffs, cgroups
+    from harness.host.cgroups import host_cgroup
+    from harness.paths import STATE_ROOT
+    for node in nodes:
+        shutil.rmtree(bpffs.pin_path(node), ignore_errors=True)
+        shutil.rmtree(os.path.join(STATE_ROOT, node), ignore_errors=True)
+        if os.path.isdir(host_cgroup(node)):
+            cgroups.remove(host_cgroup(node))
+    bpffs.prune()
+    if os.path.isdir(STATE_ROOT) and not os.listdir(STATE_ROOT):
+        os.rmdir(STATE_ROOT)

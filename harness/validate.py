@@ -1,0 +1,39 @@
+"""The one validation every command applies to a scenario it is given: the
+parser's (harness.scenario.parse: fields, names, node names, an empty scenario
+refused) plus what the control planes refuse when they program it (the LB
+frontends, harness.lb.state; the policies, harness.policy.resolve), so
+``scenario check`` accepts exactly what ``up`` and the other commands accept.
+Every failure is a one-line ScenarioError naming the file."""
+from __future__ import annotations
+
+from typing import IO, Any
+
+from harness.lb.state import LbStateError, desired_state
+from harness.policy.resolve import resolve
+from harness.scenario.errors import ScenarioError
+from harness.scenario.model import Scenario
+from harness.scenario.parse import load_scenario_text
+from harness.scenario.source import read
+
+
+def load_text(text: str, source: str) -> Scenario:
+    """Parse and fully validate scenario *text* (see the module docstring)."""
+    return check(load_scenario_text(text, source))
+
+
+def load(spec: str, params: dict[str, Any] | None = None,
+         stdin: IO[bytes] | None = None) -> Scenario:
+    """Read, parse and fully validate the scenario *spec* names."""
+    return load_text(*read(spec, params, stdin))
+
+
+def check(scenario: Scenario) -> Scenario:
+    """What the control planes refuse when they program *scenario*, as a one-line
+    ScenarioError naming its file: frontends that clash or cannot be served, policies
+    using what chainbench cannot enforce.  Returns *scenario*."""
+    try:
+        desired_state(scenario)
+    except LbStateError as err:
+        raise ScenarioError(str(err), source=scenario.source) from None
+    resolve(scenario)        # raises ScenarioError naming the object and field
+    return scenario
