@@ -31,7 +31,7 @@ Q := @
 endif
 
 .DELETE_ON_ERROR:
-.PHONY: all setup deps venv build test bench kernel-matrix fuzz faults dashboard-screenshot clean distclean
+.PHONY: all setup deps venv build test bench kernel-matrix fuzz faults dashboard-screenshot architecture clean distclean
 
 all: build
 
@@ -112,6 +112,12 @@ faults: setup build
 # (run `make bench` first) and photographs the page in headless Chromium.
 dashboard-screenshot: setup
 	$(Q)$(VPY) -m bench.report.screenshot --results results --out docs/dashboard.png
+
+# docs/architecture.dot and .svg, the README's picture of the packages by layer, from the
+# code's imports (ci/architecture.py; tests/test_layers.py fails when the .dot is stale).
+architecture: setup
+	$(Q)command -v dot >/dev/null || (apt-get install -y -q graphviz >/dev/null)
+	$(Q)$(VPY) -m ci.architecture
 
 clean:
 	rm -rf $(BUILD)

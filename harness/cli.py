@@ -685,7 +685,7 @@ def cmd_endpoints(args) -> int:
 
 
 def cmd_version(args) -> int:
-    from harness.host import version
+    from harness.facts import version
     info = version.info()
     if args.output in ("json", "yaml"):
         _emit(args, info, (), [])

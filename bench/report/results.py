@@ -10,7 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from harness.host import machine
+from harness.facts import machine
 from harness import paths
 
 SCHEMA_VERSION = 3

@@ -59,7 +59,7 @@ def build_clang() -> str | None:
 
 
 def libbpf_version() -> str | None:
-    from harness.host import machine
+    from harness.facts import machine
     try:
         return machine.libbpf_version()
     except (OSError, AttributeError):
