@@ -1,4 +1,4 @@
-"""The kernel matrix (ci/kernel-matrix/): the pure parts of the driver and of
+"""The kernel matrix (ci/kernel_matrix/): the pure parts of the driver and of
 the guest side -- kernel list, kernel configs, module ordering, initramfs,
 guest output, result document, markdown.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-KM_DIR = ROOT / "ci" / "kernel-matrix"
+KM_DIR = ROOT / "ci" / "kernel_matrix"
 
 
 def _load(name: str, filename: str):

@@ -17,7 +17,7 @@ a second, writable 9p share; a hard timeout per kernel kills qemu.
 Writes ``results/kernel-matrix.json`` and prints a markdown table on stdout
 (progress goes to stderr).  Must run as root.  Usage:
 
-    .venv/bin/python ci/kernel-matrix/run.py [--only NAME ...] [--cache DIR] [--timeout S]
+    .venv/bin/python ci/kernel_matrix/run.py [--only NAME ...] [--cache DIR] [--timeout S]
 """
 from __future__ import annotations
 
@@ -991,7 +991,7 @@ def run_kernel(spec: KernelSpec, opts: RunOptions, run_dir: Path) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="ci/kernel-matrix/run.py",
+        prog="ci/kernel_matrix/run.py",
         description="Boot Debian kernels under qemu; load chainbench's BPF objects and run the "
                     "BPF_PROG_TEST_RUN tests on each; write results/kernel-matrix.json.")
     ap.add_argument("--kernels", type=Path, default=DEFAULT_KERNELS, help="kernel list (TOML)")

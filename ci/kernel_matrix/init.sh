@@ -89,7 +89,7 @@ echo "cbkm-init: stage 2 ready, running guest.py (timeout ${CBKM_TIMEOUT}s)"
 cd "$CBKM_REPO" || die "no $CBKM_REPO"
 $BB env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
     LANG=C.UTF-8 TERM=dumb PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    $BB timeout "$CBKM_TIMEOUT" "$CBKM_PYTHON" ci/kernel-matrix/guest.py --out /run/cbkm-out
+    $BB timeout "$CBKM_TIMEOUT" "$CBKM_PYTHON" ci/kernel_matrix/guest.py --out /run/cbkm-out
 rc=$?
 echo "@@CBKM-EXIT@@ $rc"
 $BB sync
