@@ -83,9 +83,9 @@ test: setup build
 bench: setup build
 	$(Q)$(VENV)/bin/chainbench bench $(BENCH_ARGS)
 
-# Release check: Debian kernels booted under qemu (ci/kernel-matrix/README.md).
+# Release check: Debian kernels booted under qemu (ci/kernel_matrix/README.md).
 kernel-matrix: setup build
-	$(Q)ci/kernel-matrix/run.sh $(KERNEL_MATRIX_ARGS)
+	$(Q)ci/kernel_matrix/run.sh $(KERNEL_MATRIX_ARGS)
 
 # Adversarial fuzzing, about half an hour here: the malformed corpus then seeded
 # random mutations (tests/adversarial/fuzz.py, >= 1,000,000 packets, bounded to 28

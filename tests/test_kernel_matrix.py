@@ -1,4 +1,4 @@
-"""The kernel matrix (ci/kernel-matrix/): the pure parts of the driver and of
+"""The kernel matrix (ci/kernel_matrix/): the pure parts of the driver and of
 the guest side -- kernel list, kernel configs, module ordering, initramfs,
 guest output, result document, markdown.
 
@@ -9,7 +9,6 @@ minutes under TCG)."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,20 +17,23 @@ from pathlib import Path
 
 import pytest
 
+from ci.kernel_matrix import cli, guest, qemu
+from ci.kernel_matrix.console import console_failure, parse_console
+from ci.kernel_matrix.debs import find_kernel_files, normalize_module_layout
+from ci.kernel_matrix.errors import KernelError, MatrixError
+from ci.kernel_matrix.host import check_visible_in_guest, is_static_elf, lock_work_dir
+from ci.kernel_matrix.initramfs import S_IFCHR, S_IFREG, build_initramfs, init_conf
+from ci.kernel_matrix.kconfig import check_kconfig, parse_kconfig
+from ci.kernel_matrix.kernels import Deb, load_kernels, parse_kernels, select_kernels
+from ci.kernel_matrix.modules import (boot_module_order, module_name, parse_modules_builtin,
+                                      parse_modules_dep, read_module)
+from ci.kernel_matrix.paths import DEFAULT_KERNELS
+from ci.kernel_matrix.qemu import choose_accel, qemu_command
+from ci.kernel_matrix.report import (assemble, kernel_entry, markdown, merge_entries, one_line,
+                                     summarize_guest)
+
 ROOT = Path(__file__).resolve().parent.parent
-KM_DIR = ROOT / "ci" / "kernel-matrix"
-
-
-def _load(name: str, filename: str):
-    spec = importlib.util.spec_from_file_location(name, KM_DIR / filename)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module          # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-km = _load("chainbench_kernel_matrix_run", "run.py")
-guest = _load("chainbench_kernel_matrix_guest", "guest.py")
+KM_DIR = ROOT / "ci" / "kernel_matrix"
 
 SHA = "a" * 64
 MINIMAL = f"""
@@ -46,7 +48,7 @@ debs = [{{ url = "https://deb.debian.org/debian/pool/main/l/x/linux-image-6.1.0-
 # ---- kernel list -----------------------------------------------------------
 
 def test_shipped_kernel_list_parses_and_is_pinned():
-    config = km.load_kernels(km.DEFAULT_KERNELS)
+    config = load_kernels(DEFAULT_KERNELS)
     assert len(config.kernels) >= 2
     names = [k.name for k in config.kernels]
     assert len(set(names)) == len(names)
@@ -63,7 +65,7 @@ def test_shipped_kernel_list_parses_and_is_pinned():
 
 
 def test_minimal_entry_and_defaults():
-    config = km.parse_kernels(MINIMAL)
+    config = parse_kernels(MINIMAL)
     (k,) = config.kernels
     assert (k.name, k.package, k.version, k.suite, k.kernel) == \
         ("k1", "linux-image-6.1.0-1-amd64", "6.1.1-1", "", "")
@@ -72,7 +74,7 @@ def test_minimal_entry_and_defaults():
 
 
 def test_url_filename_is_unquoted():
-    deb = km.Deb("https://x/pool/linux-image-6.12.95%2Bdeb12-amd64_6.12.95-1~bpo12%2B1_amd64.deb", SHA)
+    deb = Deb("https://x/pool/linux-image-6.12.95%2Bdeb12-amd64_6.12.95-1~bpo12%2B1_amd64.deb", SHA)
     assert deb.filename == "linux-image-6.12.95+deb12-amd64_6.12.95-1~bpo12+1_amd64.deb"
 
 
@@ -88,20 +90,20 @@ def test_url_filename_is_unquoted():
     (lambda t: t + "\n[[kernel]\n", "kernels.toml: "),
 ])
 def test_bad_kernel_lists_name_the_problem(mutation, message):
-    with pytest.raises(km.MatrixError) as exc:
-        km.parse_kernels(mutation(MINIMAL))
+    with pytest.raises(MatrixError) as exc:
+        parse_kernels(mutation(MINIMAL))
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
 
 
 def test_select_kernels():
-    config = km.load_kernels(km.DEFAULT_KERNELS)
+    config = load_kernels(DEFAULT_KERNELS)
     first = config.kernels[0]
-    assert km.select_kernels(config.kernels, []) == config.kernels
-    assert km.select_kernels(config.kernels, [first.name]) == [first]
-    assert km.select_kernels(config.kernels, [first.kernel]) == [first]
-    with pytest.raises(km.MatrixError, match="no kernel named nope"):
-        km.select_kernels(config.kernels, ["nope"])
+    assert select_kernels(config.kernels, []) == config.kernels
+    assert select_kernels(config.kernels, [first.name]) == [first]
+    assert select_kernels(config.kernels, [first.kernel]) == [first]
+    with pytest.raises(MatrixError, match="no kernel named nope"):
+        select_kernels(config.kernels, ["nope"])
 
 
 # ---- kernel config and modules ----------------------------------------------
@@ -119,14 +121,14 @@ CONFIG_LOCALVERSION="-amd64"
 
 
 def test_kconfig_checks():
-    cfg = km.parse_kconfig(GOOD_CONFIG)
+    cfg = parse_kconfig(GOOD_CONFIG)
     assert cfg["CONFIG_LOCALVERSION"] == "-amd64"
-    assert km.check_kconfig(cfg) is None
-    no_btf = km.parse_kconfig(GOOD_CONFIG.replace("CONFIG_DEBUG_INFO_BTF=y",
-                                                  "# CONFIG_DEBUG_INFO_BTF is not set"))
-    assert km.check_kconfig(no_btf) == ("unsupported", "no BTF (CONFIG_DEBUG_INFO_BTF is not set)")
-    cloud = km.parse_kconfig(GOOD_CONFIG.replace("CONFIG_NET_9P_VIRTIO=m", "# CONFIG_NET_9P is not set"))
-    status, detail = km.check_kconfig(cloud)
+    assert check_kconfig(cfg) is None
+    no_btf = parse_kconfig(GOOD_CONFIG.replace("CONFIG_DEBUG_INFO_BTF=y",
+                                               "# CONFIG_DEBUG_INFO_BTF is not set"))
+    assert check_kconfig(no_btf) == ("unsupported", "no BTF (CONFIG_DEBUG_INFO_BTF is not set)")
+    cloud = parse_kconfig(GOOD_CONFIG.replace("CONFIG_NET_9P_VIRTIO=m", "# CONFIG_NET_9P is not set"))
+    status, detail = check_kconfig(cloud)
     assert status == "error" and "cloud-amd64" in detail
 
 
@@ -145,15 +147,15 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko
 
 
 def test_module_names():
-    assert km.module_name("kernel/drivers/char/hw_random/virtio-rng.ko.xz") == "virtio_rng"
-    assert km.module_name("kernel/net/9p/9pnet_virtio.ko.zst") == "9pnet_virtio"
-    assert km.module_name("kernel/fs/9p/9p.ko") == "9p"
+    assert module_name("kernel/drivers/char/hw_random/virtio-rng.ko.xz") == "virtio_rng"
+    assert module_name("kernel/net/9p/9pnet_virtio.ko.zst") == "9pnet_virtio"
+    assert module_name("kernel/fs/9p/9p.ko") == "9p"
 
 
 def test_boot_modules_come_dependencies_first():
-    deps = km.parse_modules_dep(MODULES_DEP)
-    order = km.boot_module_order(deps, set())
-    names = [km.module_name(p) for p in order]
+    deps = parse_modules_dep(MODULES_DEP)
+    order = boot_module_order(deps, set())
+    names = [module_name(p) for p in order]
     assert sorted(names) == sorted({"virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci",
                                     "9pnet", "9pnet_virtio", "netfs", "9p", "overlay", "virtio_rng"})
     assert len(names) == len(set(names))
@@ -163,13 +165,13 @@ def test_boot_modules_come_dependencies_first():
 
 
 def test_builtin_and_missing_optional_modules_are_skipped():
-    deps = km.parse_modules_dep(MODULES_DEP)
-    builtin = km.parse_modules_builtin("kernel/fs/overlayfs/overlay.ko\nkernel/drivers/virtio/virtio_pci.ko\n")
-    names = [km.module_name(p) for p in km.boot_module_order(deps, builtin, optional=("nonesuch",))]
+    deps = parse_modules_dep(MODULES_DEP)
+    builtin = parse_modules_builtin("kernel/fs/overlayfs/overlay.ko\nkernel/drivers/virtio/virtio_pci.ko\n")
+    names = [module_name(p) for p in boot_module_order(deps, builtin, optional=("nonesuch",))]
     assert "overlay" not in names and "virtio_pci" not in names and "nonesuch" not in names
     assert "9p" in names
-    with pytest.raises(km.KernelError, match="module nonesuch"):
-        km.boot_module_order(deps, set(), wanted=("nonesuch",))
+    with pytest.raises(KernelError, match="module nonesuch"):
+        boot_module_order(deps, set(), wanted=("nonesuch",))
 
 
 def test_new_debian_layout_is_moved_under_lib_modules(tmp_path):
@@ -178,13 +180,13 @@ def test_new_debian_layout_is_moved_under_lib_modules(tmp_path):
     (mods / "kernel").mkdir(parents=True)
     (mods / "vmlinuz").write_bytes(b"MZ")
     (mods / "config").write_text(GOOD_CONFIG)
-    km.normalize_module_layout(tmp_path)
-    files = km.find_kernel_files(tmp_path, rel)
+    normalize_module_layout(tmp_path)
+    files = find_kernel_files(tmp_path, rel)
     assert files.release == rel
     assert files.vmlinuz == tmp_path / "lib" / "modules" / rel / "vmlinuz"
     assert files.config.read_text() == GOOD_CONFIG
-    with pytest.raises(km.KernelError, match="not 6.1"):
-        km.find_kernel_files(tmp_path, "6.1")
+    with pytest.raises(KernelError, match="not 6.1"):
+        find_kernel_files(tmp_path, "6.1")
 
 
 def test_old_debian_layout(tmp_path):
@@ -192,10 +194,10 @@ def test_old_debian_layout(tmp_path):
     (tmp_path / "lib" / "modules" / rel).mkdir(parents=True)
     (tmp_path / "boot").mkdir()
     (tmp_path / "boot" / f"vmlinuz-{rel}").write_bytes(b"MZ")
-    with pytest.raises(km.KernelError, match="no kernel config"):
-        km.find_kernel_files(tmp_path)
+    with pytest.raises(KernelError, match="no kernel config"):
+        find_kernel_files(tmp_path)
     (tmp_path / "boot" / f"config-{rel}").write_text(GOOD_CONFIG)
-    assert km.find_kernel_files(tmp_path).vmlinuz == tmp_path / "boot" / f"vmlinuz-{rel}"
+    assert find_kernel_files(tmp_path).vmlinuz == tmp_path / "boot" / f"vmlinuz-{rel}"
 
 
 def test_read_module_decompresses(tmp_path):
@@ -204,7 +206,7 @@ def test_read_module_decompresses(tmp_path):
     (tmp_path / "b.ko.gz").write_bytes(gzip.compress(b"\x7fELFmodule"))
     (tmp_path / "c.ko").write_bytes(b"\x7fELFmodule")
     for name in ("a.ko.xz", "b.ko.gz", "c.ko"):
-        assert km.read_module(tmp_path / name) == b"\x7fELFmodule"
+        assert read_module(tmp_path / name) == b"\x7fELFmodule"
 
 
 # ---- initramfs ---------------------------------------------------------------
@@ -229,14 +231,14 @@ def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes, int, int]]:
 def test_initramfs_holds_init_busybox_console_and_ordered_modules(tmp_path):
     bb = tmp_path / "busybox"
     bb.write_bytes(b"\x7fELF-busybox")
-    conf = km.init_conf({"CBKM_REPO": "/srv/chainbench", "CBKM_TIMEOUT": 570})
-    image = km.build_initramfs(bb, "#!/bin/busybox sh\necho hi\n", conf,
-                               [("virtio", b"m1"), ("9p", b"m2")])
+    conf = init_conf({"CBKM_REPO": "/srv/chainbench", "CBKM_TIMEOUT": 570})
+    image = build_initramfs(bb, "#!/bin/busybox sh\necho hi\n", conf,
+                            [("virtio", b"m1"), ("9p", b"m2")])
     files = _read_cpio(gzip.decompress(image))
     mode, body, _, _ = files["init"]
-    assert mode & 0o170000 == km.S_IFREG and mode & 0o111 and body.startswith(b"#!/bin/busybox sh")
+    assert mode & 0o170000 == S_IFREG and mode & 0o111 and body.startswith(b"#!/bin/busybox sh")
     mode, _, major, minor = files["dev/console"]
-    assert mode & 0o170000 == km.S_IFCHR and (major, minor) == (5, 1)
+    assert mode & 0o170000 == S_IFCHR and (major, minor) == (5, 1)
     assert files["bin/busybox"][1] == b"\x7fELF-busybox"
     assert files["modules/order"][1] == b"00-virtio.ko\n01-9p.ko\n"
     assert files["modules/01-9p.ko"][1] == b"m2"
@@ -249,7 +251,7 @@ def test_initramfs_holds_init_busybox_console_and_ordered_modules(tmp_path):
 def test_init_conf_survives_the_shell(tmp_path):
     values = {"CBKM_REPO": "/srv/it's here", "CBKM_PYTHON": "/a b/python", "CBKM_TIMEOUT": 5}
     conf = tmp_path / "conf"
-    conf.write_text(km.init_conf(values))
+    conf.write_text(init_conf(values))
     out = subprocess.run(["sh", "-c", f'. {conf}; printf "%s|%s|%s" "$CBKM_REPO" "$CBKM_PYTHON" '
                                       '"$CBKM_TIMEOUT"'], capture_output=True, text=True, check=True)
     assert out.stdout == "/srv/it's here|/a b/python|5"
@@ -262,8 +264,8 @@ def test_init_script_is_valid_shell():
 # ---- qemu command line ---------------------------------------------------------
 
 def test_qemu_command_has_no_network_and_a_read_only_root(tmp_path):
-    cmd = km.qemu_command("qemu-system-x86_64", Path("/k/vmlinuz"), Path("/k/initrd"),
-                          tmp_path / "out,dir", kvm=False)
+    cmd = qemu_command("qemu-system-x86_64", Path("/k/vmlinuz"), Path("/k/initrd"),
+                       tmp_path / "out,dir", kvm=False)
     joined = " ".join(cmd)
     assert "-nodefaults" in cmd and "-nographic" in cmd and "-no-reboot" in cmd
     assert not any(a in cmd for a in ("-nic", "-net", "-netdev")) and "virtio-net" not in joined
@@ -274,50 +276,50 @@ def test_qemu_command_has_no_network_and_a_read_only_root(tmp_path):
     out = next(s for s in shares if "mount_tag=cbkmout" in s)
     assert f"path={tmp_path}/out,,dir," in out and "readonly" not in out
     assert cmd[cmd.index("-accel") + 1] == "tcg"
-    kvm = km.qemu_command("q", Path("/k"), Path("/i"), tmp_path, kvm=True)
+    kvm = qemu_command("q", Path("/k"), Path("/i"), tmp_path, kvm=True)
     assert kvm[kvm.index("-accel") + 1] == "kvm" and kvm[kvm.index("-cpu") + 1] == "host"
 
 
 def test_accel_choice(tmp_path, monkeypatch):
-    monkeypatch.setattr(km, "kvm_usable", lambda: True)
+    monkeypatch.setattr(qemu, "kvm_usable", lambda: True)
     (tmp_path / "kvm_intel").mkdir()
-    assert km.choose_accel("auto", tmp_path) == ("kvm", "")
+    assert choose_accel("auto", tmp_path) == ("kvm", "")
     (tmp_path / "kvm_intel").rmdir()
     (tmp_path / "kvm_pvm").mkdir()
-    accel, warning = km.choose_accel("auto", tmp_path)
+    accel, warning = choose_accel("auto", tmp_path)
     assert accel == "tcg" and "PVM" in warning
-    assert km.choose_accel("kvm", tmp_path) == ("kvm", "")
-    assert km.choose_accel("tcg", tmp_path) == ("tcg", "")
-    monkeypatch.setattr(km, "kvm_usable", lambda: False)
-    assert km.choose_accel("auto", tmp_path)[0] == "tcg"
-    with pytest.raises(km.MatrixError):
-        km.choose_accel("kvm", tmp_path)
+    assert choose_accel("kvm", tmp_path) == ("kvm", "")
+    assert choose_accel("tcg", tmp_path) == ("tcg", "")
+    monkeypatch.setattr(qemu, "kvm_usable", lambda: False)
+    assert choose_accel("auto", tmp_path)[0] == "tcg"
+    with pytest.raises(MatrixError):
+        choose_accel("kvm", tmp_path)
 
 
 def test_static_elf_detection():
-    assert not km.is_static_elf(Path(os.path.realpath(sys.executable)))
+    assert not is_static_elf(Path(os.path.realpath(sys.executable)))
     bb = Path("/bin/busybox")
     if bb.is_file():
         out = subprocess.run(["file", "-L", str(bb)], capture_output=True, text=True)
         if out.returncode == 0 and "statically linked" in out.stdout:
-            assert km.is_static_elf(bb)
+            assert is_static_elf(bb)
 
 
 def test_paths_the_guest_mounts_over_are_refused():
-    with pytest.raises(km.MatrixError, match="under /run"):
-        km.check_visible_in_guest(Path("/run/km"), "--work-dir")
-    km.check_visible_in_guest(Path("/srv/km"), "--work-dir")
-    km.check_visible_in_guest(Path("/runner/km"), "--work-dir")
+    with pytest.raises(MatrixError, match="under /run"):
+        check_visible_in_guest(Path("/run/km"), "--work-dir")
+    check_visible_in_guest(Path("/srv/km"), "--work-dir")
+    check_visible_in_guest(Path("/runner/km"), "--work-dir")
 
 
 def test_one_run_per_work_dir(tmp_path):
-    held = km.lock_work_dir(tmp_path)
+    held = lock_work_dir(tmp_path)
     try:
-        with pytest.raises(km.MatrixError, match="another kernel-matrix run"):
-            km.lock_work_dir(tmp_path)
+        with pytest.raises(MatrixError, match="another kernel-matrix run"):
+            lock_work_dir(tmp_path)
     finally:
         held.close()
-    km.lock_work_dir(tmp_path).close()
+    lock_work_dir(tmp_path).close()
 
 
 # ---- guest output ----------------------------------------------------------------
@@ -344,38 +346,38 @@ def test_console_result_survives_interleaved_kernel_messages():
     console = ("SeaBIOS\r\ncbkm-guest: lxc.bpf.o: ok\r\n@@CBKM-RESULT-BEGIN@@\r\n"
                "[   12.3] random: crng init done\r\n" + json.dumps(doc) + "\r\n"
                "@@CBKM-RESULT-END@@\r\n[   13.0] reboot: Power down\r\n")
-    assert km.parse_console(console) == doc
-    assert km.parse_console("no markers here") is None
-    assert km.parse_console("@@CBKM-RESULT-BEGIN@@\n{\"truncat") is None
+    assert parse_console(console) == doc
+    assert parse_console("no markers here") is None
+    assert parse_console("@@CBKM-RESULT-BEGIN@@\n{\"truncat") is None
     # the last document wins
-    assert km.parse_console(console.replace('"phase": "done"', '"phase": "pytest"') + console) == doc
+    assert parse_console(console.replace('"phase": "done"', '"phase": "pytest"') + console) == doc
 
 
 def test_console_failure_reasons():
-    assert km.console_failure("x\n@@CBKM-FATAL@@ cannot mount the host root over 9p\n") == \
+    assert console_failure("x\n@@CBKM-FATAL@@ cannot mount the host root over 9p\n") == \
         "guest init: cannot mount the host root over 9p"
-    assert km.console_failure("[    1.5] Kernel panic - not syncing: VFS: Unable to mount root\n"
-                              "[    1.6] ---[ end ]---\n") == \
+    assert console_failure("[    1.5] Kernel panic - not syncing: VFS: Unable to mount root\n"
+                           "[    1.6] ---[ end ]---\n") == \
         "Kernel panic - not syncing: VFS: Unable to mount root"
-    assert km.console_failure("\x1bc\x1b[?7lSeaBIOS\nBooting from ROM...\n") == \
+    assert console_failure("\x1bc\x1b[?7lSeaBIOS\nBooting from ROM...\n") == \
         "last console line: Booting from ROM..."
-    assert km.console_failure("") == "no console output"
+    assert console_failure("") == "no console output"
 
 
 def test_summary_of_a_passing_guest():
-    s = km.summarize_guest(_guest())
+    s = summarize_guest(_guest())
     assert s["status"] == "pass"
     assert s["objects"] == {"lxc.bpf.o": "ok", "sock.bpf.o": "ok"}
     assert (s["passed"], s["failed"], s["skipped"]) == (150, 0, 2)
     assert s["detail"] == "2/2 objects load; 150 tests passed, 2 skipped"
-    assert km.summarize_guest(_guest(pytest=None))["detail"] == "2/2 objects load; no tests run"
+    assert summarize_guest(_guest(pytest=None))["detail"] == "2/2 objects load; no tests run"
 
 
 def test_summary_of_a_verifier_rejection():
     objects = _guest()["objects"]
     objects["sock.bpf.o"] = {"status": "verifier", "detail": "sock4_connect: R1 invalid mem access "
                              "'scalar' (errno 13)", "tail": ["R1 invalid mem access 'scalar'"]}
-    s = km.summarize_guest(_guest(objects=objects))
+    s = summarize_guest(_guest(objects=objects))
     assert s["status"] == "fail"
     assert s["objects"]["sock.bpf.o"] == "verifier: sock4_connect: R1 invalid mem access 'scalar' (errno 13)"
     assert s["detail"].startswith("1/2 objects load; sock.bpf.o: verifier: sock4_connect")
@@ -384,7 +386,7 @@ def test_summary_of_a_verifier_rejection():
 def test_summary_of_failing_tests():
     py = dict(GUEST_OK["pytest"], exit=1, passed=10, failed=1, errors=1,
               failures=["tests.test_maps::test_x: failure: assert 1 == 2"])
-    s = km.summarize_guest(_guest(pytest=py))
+    s = summarize_guest(_guest(pytest=py))
     assert s["status"] == "fail" and s["failed"] == 2
     assert "pytest: tests.test_maps::test_x: failure: assert 1 == 2" in s["detail"]
 
@@ -398,39 +400,39 @@ def test_summary_of_failing_tests():
                      summary="pytest timed out after 450s")}, "error", "timed out"),
 ])
 def test_summary_of_broken_runs(changes, status, words):
-    s = km.summarize_guest(_guest(**changes))
+    s = summarize_guest(_guest(**changes))
     assert s["status"] == status and words in s["detail"]
 
 
 def test_result_document_shape():
-    spec = km.parse_kernels(MINIMAL).kernels[0]
-    s = km.summarize_guest(_guest())
+    spec = parse_kernels(MINIMAL).kernels[0]
+    s = summarize_guest(_guest())
     status, detail = s.pop("status"), s.pop("detail")
-    e = km.kernel_entry(spec, kernel="6.1.0-1-amd64", status=status, detail=detail,
-                        duration_s=123.456, accel="tcg", **s)
+    e = kernel_entry(spec, kernel="6.1.0-1-amd64", status=status, detail=detail,
+                     duration_s=123.456, accel="tcg", **s)
     for key, kind in (("kernel", str), ("package", str), ("status", str), ("detail", str),
                       ("objects", dict), ("passed", int), ("failed", int), ("duration_s", float)):
         assert isinstance(e[key], kind), key
     assert e["package"] == "linux-image-6.1.0-1-amd64 6.1.1-1" and e["duration_s"] == 123.5
-    unsupported = km.kernel_entry(spec, status="unsupported", detail="no BTF", duration_s=1)
+    unsupported = kernel_entry(spec, status="unsupported", detail="no BTF", duration_s=1)
     assert unsupported["kernel"] == "k1" and unsupported["objects"] == {}
     with pytest.raises(ValueError):
-        km.kernel_entry(spec, status="ok", detail="", duration_s=0)
-    doc = km.assemble([e, unsupported], host_kernel="6.18.0", created="2026-01-01T00:00:00+00:00")
+        kernel_entry(spec, status="ok", detail="", duration_s=0)
+    doc = assemble([e, unsupported], host_kernel="6.18.0", created="2026-01-01T00:00:00+00:00")
     assert list(doc) == ["created", "host_kernel", "kernels"]
     assert json.loads(json.dumps(doc)) == doc
-    line = km.one_line("a\nb   c" + "x" * 500, limit=20)
+    line = one_line("a\nb   c" + "x" * 500, limit=20)
     assert "\n" not in line and len(line) == 20 and line.endswith("...")
 
 
 def test_markdown_table():
-    spec = km.parse_kernels(MINIMAL).kernels[0]
-    ok = km.kernel_entry(spec, kernel="6.1.0-1-amd64", status="pass", detail="fine | really",
-                         duration_s=61, objects={"lxc.bpf.o": "ok", "sock.bpf.o": "ok"}, passed=3)
-    bad = km.kernel_entry(spec, kernel="5.10.0-46-amd64", status="fail", detail="x",
-                          duration_s=50, objects={"lxc.bpf.o": "ok",
-                                                  "sock.bpf.o": "verifier: sock4_connect: bad"})
-    text = km.markdown(km.assemble([ok, bad]))
+    spec = parse_kernels(MINIMAL).kernels[0]
+    ok = kernel_entry(spec, kernel="6.1.0-1-amd64", status="pass", detail="fine | really",
+                      duration_s=61, objects={"lxc.bpf.o": "ok", "sock.bpf.o": "ok"}, passed=3)
+    bad = kernel_entry(spec, kernel="5.10.0-46-amd64", status="fail", detail="x",
+                       duration_s=50, objects={"lxc.bpf.o": "ok",
+                                               "sock.bpf.o": "verifier: sock4_connect: bad"})
+    text = markdown(assemble([ok, bad]))
     lines = text.splitlines()
     assert lines[0].startswith("| kernel | suite | package | status | passed | failed | time |")
     assert "| 6.1.0-1-amd64 |" in lines[2] and "| pass | 3 | 0 | 61 s | fine \\| really |" in lines[2]
@@ -440,8 +442,8 @@ def test_markdown_table():
 
 
 def test_not_root_is_one_clear_line(monkeypatch, capsys):
-    monkeypatch.setattr(km.os, "geteuid", lambda: 1000)
-    assert km.main(["--only", km.load_kernels(km.DEFAULT_KERNELS).kernels[0].name]) == 2
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    assert cli.main(["--only", load_kernels(DEFAULT_KERNELS).kernels[0].name]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kernel-matrix: ERROR: must run as root") and "\n" not in err
 
@@ -515,7 +517,7 @@ def test_merging_a_partial_run_into_earlier_results():
     old = [{"name": "a", "status": "pass"}, {"name": "b", "status": "fail"},
            {"name": "gone", "status": "pass"}]
     new = [{"name": "b", "status": "pass"}, {"name": "c", "status": "error"}]
-    merged = km.merge_entries(old, new, ["c", "a", "b"])
+    merged = merge_entries(old, new, ["c", "a", "b"])
     assert merged == [{"name": "c", "status": "error"}, {"name": "a", "status": "pass"},
                       {"name": "b", "status": "pass"}]
 
@@ -527,9 +529,9 @@ def test_merging_a_partial_run_into_earlier_results():
 def test_real_boot(tmp_path):
     name = os.environ.get("CHAINBENCH_KERNEL_MATRIX_KERNEL", "bookworm-6.1")
     out = tmp_path / "kernel-matrix.json"
-    proc = subprocess.run([sys.executable, str(KM_DIR / "run.py"), "--only", name,
-                           "--out", str(out), "--quiet"], capture_output=True, text=True,
-                          timeout=3600)
+    proc = subprocess.run([sys.executable, "-m", "ci.kernel_matrix", "--only", name,
+                           "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=3600)
     assert out.is_file(), proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     (entry,) = doc["kernels"]

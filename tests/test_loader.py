@@ -168,7 +168,7 @@ def test_verifier_summary_names_the_error_on_5_10_and_7_3():
     """Real logs of the same rejection, saved by the kernel matrix: 7.x follows the
     error with a structured report, which the summary must skip."""
     from harness.bpf.errors import _summarise
-    data = Path(__file__).resolve().parent.parent / "ci" / "kernel-matrix" / "testdata"
+    data = Path(__file__).resolve().parent.parent / "ci" / "kernel_matrix" / "testdata"
     old = _summarise((data / "verifier-5.10.0-46-unchecked_read.log").read_text())
     new = _summarise((data / "verifier-7.3.4-unchecked_read.log").read_text())
     assert "outside of the packet" in old

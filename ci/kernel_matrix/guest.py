@@ -1,4 +1,5 @@
-"""The kernel matrix's guest side: runs inside the qemu guest booted by run.py.
+"""The kernel matrix's guest side: runs inside the qemu guest booted by runner.py
+(init.sh starts it as ``python -m ci.kernel_matrix.guest`` from the repository).
 
 The guest sees the host's root filesystem (read-only 9p under a tmpfs
 overlay), so this is the repository's own venv python and harness, talking to
@@ -16,6 +17,10 @@ the guest's kernel.  It
 
 The pure helpers (junit parsing, verifier-log tails) are imported by
 tests/test_kernel_matrix.py.
+
+harness is imported inside the functions that use it, not at the top: main()
+first applies the host's CHAINBENCH_LIBBPF / CHAINBENCH_BUILD_DIR from
+config.json, and harness.bpf opens libbpf when it is imported.
 """
 from __future__ import annotations
 
@@ -31,10 +36,10 @@ import traceback
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from .console import RESULT_BEGIN, RESULT_END
+
 REPO = Path(__file__).resolve().parent.parent.parent
 
-RESULT_BEGIN = "@@CBKM-RESULT-BEGIN@@"
-RESULT_END = "@@CBKM-RESULT-END@@"
 TAIL_LINES = 6
 
 

@@ -1,8 +1,8 @@
 #!/bin/busybox sh
-# chainbench kernel matrix: PID 1 of the guest (copied into the initramfs as /init by run.py).
+# chainbench kernel matrix: PID 1 of the guest (copied into the initramfs as /init by runner.py).
 #
 # Stage 1 (in the initramfs): load the few modules the boot needs (virtio,
-# 9p, overlay: run.py put them under /modules in load order), mount the
+# 9p, overlay: runner.py put them under /modules in load order), mount the
 # host's root read-only over 9p, lay a tmpfs over it with overlayfs so the
 # guest can write anywhere without touching the host, make the extracted
 # kernel's modules visible as /lib/modules/$(uname -r), then switch_root.
@@ -11,7 +11,7 @@
 # debugfs/tracefs and fresh tmpfs on /run and /tmp, mount the writable 9p
 # share where results go, run guest.py under a timeout, power off.
 #
-# /cbkm.conf (written by run.py) sets CBKM_REPO, CBKM_PYTHON, CBKM_MODULES,
+# /cbkm.conf (written by runner.py) sets CBKM_REPO, CBKM_PYTHON, CBKM_MODULES,
 # CBKM_TIMEOUT; guest.py reads the rest from config.json in the results share.  The guest has no network device: qemu
 # runs with -nodefaults and no -nic, so the host's networking is never involved.
 
@@ -89,7 +89,7 @@ echo "cbkm-init: stage 2 ready, running guest.py (timeout ${CBKM_TIMEOUT}s)"
 cd "$CBKM_REPO" || die "no $CBKM_REPO"
 $BB env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
     LANG=C.UTF-8 TERM=dumb PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    $BB timeout "$CBKM_TIMEOUT" "$CBKM_PYTHON" ci/kernel-matrix/guest.py --out /run/cbkm-out
+    $BB timeout "$CBKM_TIMEOUT" "$CBKM_PYTHON" -m ci.kernel_matrix.guest --out /run/cbkm-out
 rc=$?
 echo "@@CBKM-EXIT@@ $rc"
 $BB sync
