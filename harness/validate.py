@@ -1,5 +1,5 @@
 """The one validation every command applies to a scenario it is given: the
-parser's (harness.scenario.parse: fields, names, node names, an empty scenario
+loader's (harness.scenario.load: fields, names, node names, an empty scenario
 refused) plus what the control planes refuse when they program it (the LB
 frontends, harness.lb.state; the policies, harness.policy.resolve), so
 ``scenario check`` accepts exactly what ``up`` and the other commands accept.
@@ -12,7 +12,7 @@ from harness.lb.state import LbStateError, desired_state
 from harness.policy.resolve import resolve
 from harness.scenario.errors import ScenarioError
 from harness.scenario.model import Scenario
-from harness.scenario.parse import load_scenario_text
+from harness.scenario.load import load_scenario_text
 from harness.scenario.source import read
 
 

@@ -28,7 +28,7 @@ from harness.scenario import (
     load_template_scenario,
     render_template,
 )
-from harness.scenario import parse
+from harness.scenario import load
 
 pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
 
@@ -438,7 +438,7 @@ def test_json_fast_path_counts_documents_like_yaml(layout: str, monkeypatch: pyt
     with pytest.raises(ScenarioError) as exc:
         load_scenario_text(as_yaml, source="t")
     assert str(exc.value) == line
-    monkeypatch.setattr(parse, "_yaml_documents", lambda *a: pytest.fail("JSON stream went through PyYAML"))
+    monkeypatch.setattr(load, "yaml_documents", lambda *a: pytest.fail("JSON stream went through PyYAML"))
     with pytest.raises(ScenarioError) as exc:
         load_scenario_text(as_json, source="t")
     assert str(exc.value) == line

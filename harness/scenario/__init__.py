@@ -18,7 +18,9 @@ from harness.scenario.model import (
     ServicePort,
     split_ref,
 )
-from harness.scenario.parse import NODE_PORT_RANGE, load_scenario, load_scenario_text, scenario_from_documents
+from harness.scenario.build import scenario_from_documents
+from harness.scenario.load import load_scenario, load_scenario_text
+from harness.scenario.services import NODE_PORT_RANGE
 from harness.scenario.templates import SCENARIO_DIR, load_template_scenario, render_template
 
 __all__ = [

@@ -6,7 +6,7 @@ macro`` through ``up``); harness.validate parses and validates it:
 * ``FILE``: a YAML (or JSON) file; ``-``: standard input; ``*.j2``: a jinja2
   template (harness.scenario.templates) rendered with ``-p KEY=VALUE`` parameters
   (values read as YAML scalars: 1000, true, UDP).
-* ``harness.validate.load`` = the parser's validation (harness.scenario.parse: fields, names, node
+* ``harness.validate.load`` = the loader's validation (harness.scenario.load: fields, names, node
   names, an empty scenario refused) plus what the control planes refuse when they
   program it (``check``: the LB frontends, harness.lb.state; the policies,
   harness.policy.resolve), so ``scenario check`` accepts exactly what ``up`` and the

@@ -30,7 +30,7 @@ from harness.paths import SCENARIO_DIR
 from harness.addressing import SERVICE_CIDR_V4, AddressPlanError, node_pod_cidr_v4
 from harness.scenario.errors import ScenarioError
 from harness.scenario.model import Scenario
-from harness.scenario.parse import load_scenario_text
+from harness.scenario.load import load_scenario_text
 
 __all__ = ["SCENARIO_DIR", "render_template", "render_template_file", "load_template_scenario",
            "template_path"]
