@@ -26,9 +26,12 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from harness.paths import STATE_ROOT
-from harness.policy.model import Workload
+
+if TYPE_CHECKING:
+    from harness.policy.model import Workload
 
 MAX_ENDPOINT_ID = 4095          # cb_endpoints holds 4096 slots; id 0 means "no endpoint"
 NOT_READY, WAITING_FOR_IDENTITY, READY, UNMANAGED = ("not-ready", "waiting-for-identity", "ready",
@@ -175,6 +178,10 @@ class EndpointRegistry:
 
 def workloads(root: str = STATE_ROOT) -> list[Workload]:
     """The containers outside Kubernetes attached on every node (their ready endpoints)."""
+    # Imported here: harness.policy's package face pulls in the scenario model and
+    # jinja2, ~50 ms of the chained plugin's start-up (-X importtime), which never
+    # calls this on an ADD during `up`.
+    from harness.policy.model import Workload
     out = []
     nodes = sorted(os.listdir(root)) if os.path.isdir(root) else []
     for node in nodes:
