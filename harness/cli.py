@@ -261,20 +261,20 @@ def _stderr_console():
 
 
 def cmd_lb_apply(args) -> int:
-    from harness.node import datapath, config as node_config
     from harness.lb.state import desired_state
-    from harness.node.sync import node_lock
+    from harness.node.node import Node
     from harness import validate
     from harness.scenario import source
     text, origin = source.read(args.file, dict(args.param))
     scenario = validate.load_text(text, origin)    # a refused frontend: one line naming the file
     state = desired_state(scenario)
     node = args.node
-    with node_lock(node), datapath.load("lxc", node, pinned=True) as coll:
-        control = datapath.lb_control(coll, node)
+    home = Node(node)
+    with home.lock(), home.load("lxc") as coll:
+        control = home.lb_control(coll)
         restored = control.restore()
         stats = control.apply(state)
-    node_config.save_lb_scenario(node, text)     # names the frontends in `services`
+    home.settings.save_lb_scenario(text)     # names the frontends in `services`
     print(f"{node}: {len(state.frontends)} frontends from {scenario.source}"
           f"{f' ({restored} restored from the maps)' if restored else ''}; {stats}")
     return EXIT_OK
@@ -303,32 +303,31 @@ def cmd_identities(args) -> int:
 
 def cmd_policy_apply(args) -> int:
     from harness.node.endpoints import workloads
-    from harness.node.sync import node_lock
+    from harness.node.node import Node
     from harness.policy.resolve import resolve
     scenario = _load_scenario(args)
     state = resolve(scenario, local_node=args.node, np_ipblock=args.netpol_ipblock,
                     workloads=workloads())
-    with node_lock(args.node):
+    with Node(args.node).lock():
         return _policy_apply(args, scenario, state)
 
 
 def _policy_apply(args, scenario, state) -> int:
-    from harness.node import datapath
-    from harness.node.endpoints import EndpointRegistry
+    from harness.node.node import Node
     from harness.policy.program import PolicyControl
-    registry = EndpointRegistry(args.node)
+    home = Node(args.node)
+    registry = home.endpoints
     local = {p.ref for p in scenario.pods if p.node_name == args.node and not p.host_network}
     for ep in state.endpoints:
         if ep.pod in local:
-            rec = registry.ensure(ep.pod)
-            rec.identity = ep.identity
             pod = scenario.pod(ep.pod)
-            rec.ipv4 = str(pod.ipv4) if pod.ipv4 else None
-            rec.ipv6 = str(pod.ipv6) if pod.ipv6 else None
+            registry.fill(ep.pod, identity=ep.identity,
+                          ipv4=str(pod.ipv4) if pod.ipv4 else None,
+                          ipv6=str(pod.ipv6) if pod.ipv6 else None)
     for pod in [p for p, r in registry.records.items() if p not in local and not r.external]:
         registry.remove(pod)
-    with datapath.load("lxc", args.node, pinned=True) as coll:
-        control = PolicyControl(coll.maps, datapath.journal(args.node))
+    with home.load("lxc") as coll:
+        control = PolicyControl(coll.maps, home.journal)
         control.restore(range(1, 4096))
         # The endpoint and identity files change with the maps, as one change.
         stats = control.apply(state, registry.ids(), files=registry.serialized(
@@ -340,8 +339,8 @@ def _policy_apply(args, scenario, state) -> int:
 
 def cmd_policy_get(args) -> int:
     from harness.node import datapath
+    from harness.node.node import Node
     from harness.topology import lookup as nodes
-    from harness.node.endpoints import EndpointRegistry
     from harness.policy import entries as PE
     from harness.policy.program import read_rules
     ref = nodes.pod_ref(args.endpoint)
@@ -349,18 +348,14 @@ def cmd_policy_get(args) -> int:
         node = datapath.resolve_node(args.node) if args.node else nodes.pod_node(ref)
     except nodes.PodNotFound as exc:
         raise UsageError(str(exc)) from None
-    registry = EndpointRegistry(node)
+    registry = Node(node).endpoints
     if ref not in registry.records:
         raise UsageError(f"no endpoint {ref} on {node} (known: "
                          f"{', '.join(sorted(registry.records)) or 'none'})")
     rec = registry.records[ref]
-    maps = datapath.open_pinned(node)
-    try:
+    with Node(node).open_pinned() as maps:
         info = maps["cb_endpoints"].lookup(rec.id)
         rules = read_rules(maps, rec.id)
-    finally:
-        for m in maps.values():
-            m.close()
     flags = PE.EP_FLAGS
     ingress = "enforced" if info.flags & flags["EP_F_INGRESS_ENFORCED"] else "allow-all"
     egress = "enforced" if info.flags & flags["EP_F_EGRESS_ENFORCED"] else "allow-all"
@@ -394,22 +389,18 @@ def cmd_policy_get(args) -> int:
 @contextlib.contextmanager
 def _node_maps(args):
     """[(node, its pinned maps)] for every node the command covers (--node: that one)."""
-    from harness.node import datapath
+    from harness.node.node import Node
     from harness.topology import lookup as nodes
-    opened: list[tuple[str, dict]] = []
-    try:
-        for node in nodes.select(args.node):
-            opened.append((node, datapath.open_pinned(node)))
-        yield opened
-    finally:
-        for _, maps in opened:
-            for m in maps.values():
-                m.close()
+    with contextlib.ExitStack() as stack:
+        yield [(node, stack.enter_context(Node(node).open_pinned()))
+               for node in nodes.select(args.node)]
 
 
-def _pinned_maps(args):
+def _pinned_maps(args) -> contextlib.AbstractContextManager:
+    """The pinned maps of the node named (or the only one), closed on leaving the block."""
     from harness.node import datapath
-    return datapath.open_pinned(datapath.resolve_node(args.node))
+    from harness.node.node import Node
+    return Node(datapath.resolve_node(args.node)).open_pinned()
 
 
 def cmd_services(args) -> int:
@@ -454,17 +445,13 @@ def cmd_ct(args) -> int:
 
 def _ct_clean(args) -> int:
     from harness.node import conntrack
-    maps = _pinned_maps(args)
-    try:
+    with _pinned_maps(args) as maps:
         if args.ct_command == "gc":
             removed = conntrack.gc(maps)
             print(", ".join(f"{name}: {n} expired entries removed" for name, n in removed.items()))
         else:
             removed = conntrack.flush(maps)
             print(", ".join(f"{name}: {n} entries removed" for name, n in removed.items()))
-    finally:
-        for m in maps.values():
-            m.close()
     return EXIT_OK
 
 
@@ -645,15 +632,15 @@ def cmd_kube_proxy_render(args) -> int:
 
 def cmd_endpoints(args) -> int:
     from harness.node import datapath
-    from harness.node.endpoints import READY, EndpointRegistry
+    from harness.node.endpoints import READY
+    from harness.node.node import Node
     from harness.policy import entries as PE
     rows = []
     covered = [datapath.resolve_node(args.node)] if args.node else datapath.pinned_nodes()
     for node in covered:
-        registry = EndpointRegistry(node)
+        registry = Node(node).endpoints
         labels = registry.identity_labels()
-        maps = datapath.open_pinned(node)
-        try:
+        with Node(node).open_pinned() as maps:
             for rec in registry.records.values():
                 info = maps["cb_endpoints"].get(rec.id) if rec.state == READY else None
                 flags = info.flags if info is not None else 0
@@ -667,9 +654,6 @@ def cmd_endpoints(args) -> int:
                     "egress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_EGRESS_ENFORCED"]),
                     "state": rec.state, "ipv4": rec.ipv4, "ipv6": rec.ipv6,
                     "interface": rec.interface})
-        finally:
-            for m in maps.values():
-                m.close()
     # An endpoint id is unique per node: (NODE, ENDPOINT ID) names one endpoint.
     rows.sort(key=lambda r: (covered.index(r["node"]), r["endpoint_id"]))
     wide = args.output == "wide"

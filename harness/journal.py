@@ -17,7 +17,7 @@ are after it, never a mix:
   to write with it) is first written to ``/run/chainbench/<node>/maps.journal``
   (temporary file, fsync, rename: it exists whole or not at all) and removed
   after the last step.  The next command that opens the node's pinned maps
-  (``datapath.load(..., pinned=True)`` and ``datapath.open_pinned``: lb apply,
+  (``Node.load`` and ``Node.open_pinned``, harness.node.node: lb apply,
   policy apply, services, policy get, ct, endpoints, the CNI plugin) finds it
   and replays it to the end (``recover``): roll forward, and if a step cannot be
   made, roll everything back.  So after a SIGKILL chainbench never *reads* a
@@ -149,7 +149,7 @@ class Journal:
         self.path = os.path.join(directory, JOURNAL_NAME)
 
     def lock(self) -> contextlib.AbstractContextManager:
-        """The directory's lock (for a node: the node's lock, harness.node.sync.node_lock)."""
+        """The directory's lock (for a node: the node's lock, harness.node.node.Node.lock)."""
         return directory_lock(self.directory)
 
     def exists(self) -> bool:

@@ -339,9 +339,10 @@ def test_bpf_lb_map_max_sizes_every_pinned_load_of_a_node():
     import shutil
 
     from harness.host import bpffs
-    from harness.node import datapath, config as node_config
+    from harness.node import datapath
+    from harness.node.node import Node
     node = f"cb-mapmax-{os.getpid()}"
-    node_config.save(node, 131072)
+    Node(node).settings.save_lb_map_max(131072)
     try:
         with datapath.load("lxc", node, pinned=True) as lxc:
             assert lxc.maps["cb_lb4_services"].max_entries == 131072
@@ -349,8 +350,8 @@ def test_bpf_lb_map_max_sizes_every_pinned_load_of_a_node():
         with datapath.load("sock", node, pinned=True) as sock:    # reuses the pinned maps
             assert sock.maps["cb_lb4_services"].max_entries == 131072
     finally:
-        node_config.remove(node)
+        Node(node).settings.remove()
         shutil.rmtree(bpffs.pin_path(node), ignore_errors=True)
         bpffs.prune()
     with pytest.raises(ValueError, match="bpf-lb-map-max"):
-        node_config.save(node, 10)
+        Node(node).settings.save_lb_map_max(10)

@@ -97,14 +97,10 @@ def test_endpoints_and_cni_check(topology):
 
 
 def _drops(node: str, reason: int) -> int:
-    from harness.node import datapath
-    maps = datapath.open_pinned(node)
-    try:
+    from harness.node.node import Node
+    with Node(node).open_pinned() as maps:
         return sum(v.packets for k, per_cpu in maps["cb_metrics"].items() if k.reason == reason
                    for v in per_cpu)
-    finally:
-        for m in maps.values():
-            m.close()
 
 
 def _send_udp(pod, src: str, dst: str, count: int) -> None:
@@ -270,3 +266,33 @@ def test_killed_up_leaves_no_ready_half_built_endpoint_and_down_ends_its_plugins
             proc.kill()
             proc.wait()
         chaining.down()
+
+
+def test_pod_add_reads_no_scenario_file(tmp_path):
+    """Issue 13: the chained plugin takes the pod's addresses from prevResult and what
+    it needs besides from the node's own state (written by `up`): with the scenario
+    file gone after `up`, a pod deleted and added again through the node's conflist
+    (a runtime's ADD: it syncs the node at once) still becomes a ready endpoint."""
+    if nothing_left():
+        pytest.fail(f"leftovers before the test: {nothing_left()}")
+    scenario = tmp_path / "minimal.yaml"
+    scenario.write_text((SCENARIO_DIR / "minimal.yaml").read_text())
+    try:
+        state = chaining.up(str(scenario))
+        scenario.rename(tmp_path / "gone.yaml")
+        pod = state.pod("default/backend-0")
+        node = state.node(pod.node)
+        runtime = node_runtime(state, node)
+        with open(node.conflist) as f:
+            conflist = json.load(f)
+        runtime.delete(conflist, pod_runtime_conf(pod))
+        result = runtime.add(conflist, pod_runtime_conf(pod))
+        assert pod.ipv4 in json.dumps(result["ips"])
+        out = subprocess.run([sys.executable, "-m", "harness.cli", "endpoints", "-o", "json"],
+                             capture_output=True, text=True, check=True).stdout
+        row = {r["name"]: r for r in json.loads(out)}["default/backend-0"]
+        assert (row["state"], row["ipv4"]) == ("ready", pod.ipv4) and row["identity_id"]
+        runtime.check(conflist, pod_runtime_conf(pod))
+    finally:
+        chaining.down()
+    assert nothing_left() == []

@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 
 from harness.topology import chaining
-from harness.node import datapath
+from harness.node.node import Node
 from harness.host import netns
 from harness.topology.cni_runtime import CNIError, CNIRuntime, RuntimeConf, validate_result
 from tests.test_chaining import nothing_left
@@ -249,26 +249,18 @@ def _endpoints() -> dict[str, dict]:
 
 
 def _ipcache_identity(node: str, address: str) -> int | None:
-    maps = datapath.open_pinned(node)
-    try:
+    with Node(node).open_pinned() as maps:
         for key, value in maps["cb_ipcache_hosts"].items():
             if key.family == 4 and str(key.addr.ipv4()) == address:
                 return value.identity
         return None
-    finally:
-        for m in maps.values():
-            m.close()
 
 
 def _drops(node: str, endpoint_id: int, reason: int, direction: int) -> int:
-    maps = datapath.open_pinned(node)
-    try:
+    with Node(node).open_pinned() as maps:
         return sum(v.packets for k, per_cpu in maps["cb_metrics"].items()
                    if (k.reason, k.endpoint_id, k.dir) == (reason, endpoint_id, direction)
                    for v in per_cpu)
-    finally:
-        for m in maps.values():
-            m.close()
 
 
 def _run_plugin(command: str, conf: dict, env: dict[str, str]) -> subprocess.CompletedProcess:

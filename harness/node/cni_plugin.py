@@ -31,13 +31,20 @@ gone, no prevResult, a second DEL): it finds the endpoint by the attachment
 and does nothing when there is none; failing to re-sync the maps afterwards
 is reported on stderr, not as an error.
 
-Plugin configuration keys: ``scenario`` (path), ``datapath`` (``bpf``;
-anything else: pass through), ``node`` (optional: by default the node is the
-``cb-node*`` network namespace the plugin runs in), ``deferSync`` (true while
-``chainbench up`` adds many pods: it syncs every node once at the end instead
-of once per pod; once the topology is complete, an ADD with the node's
-conflist, e.g. a runtime's, syncs at once).  Errors are CNI error objects on
-stdout with a non-zero exit.
+What ADD needs besides ``prevResult`` it reads from the node's own state
+directory (harness.node.node.Node): the node's record (harness.node.record,
+written by ``chainbench up``: which pods are the scenario's and which are
+skipped, whether the node is synced yet, and, to sync, the cluster as the
+node knows it), its settings, its endpoint registry.  It parses no scenario
+and reads no topology: the pod's addresses are ``prevResult.ips``.
+
+Plugin configuration keys: ``datapath`` (``bpf``; anything else: pass
+through), ``node`` (optional: by default the node is the ``cb-node*`` network
+namespace the plugin runs in), ``deferSync`` (true while ``chainbench up``
+adds many pods: it syncs every node once at the end instead of once per pod;
+once the topology is complete, an ADD with the node's conflist, e.g. a
+runtime's, syncs at once).  Errors are CNI error objects on stdout with a
+non-zero exit.
 """
 from __future__ import annotations
 
@@ -49,13 +56,12 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from harness.node import datapath
 from harness.bpf import attach_tc
-from harness.node.endpoints import CONTAINER_PREFIX, NOT_READY, UNMANAGED, WAITING_FOR_IDENTITY, EndpointRecord, EndpointRegistry
-from harness.paths import STATE_ROOT
-from harness.node.sync import node_lock, sync_node
+from harness.node.endpoints import CONTAINER_PREFIX, NOT_READY, UNMANAGED, WAITING_FOR_IDENTITY, \
+    EndpointConflict, EndpointRecord, EndpointRegistry
+from harness.node.node import Node
+from harness.node.rodata import endpoint_rodata
 
-SKIP_ANNOTATION = "chainbench.io/chaining"
 CNI_VERSION = "1.0.0"
 #: A container name as runtimes allow it (podman, docker: [a-zA-Z0-9][a-zA-Z0-9_.-]*).
 _CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$")
@@ -124,22 +130,6 @@ def _attachment() -> Attachment:
                       (f"container:name={name}",) if name else ())
 
 
-def _state():
-    from harness.topology.state import load_state
-    return load_state()
-
-
-def _scenario(conf: dict, state=None):
-    from harness.scenario import load_scenario
-    from harness.topology.state import scenario_with_real_addresses
-    path = conf.get("scenario")
-    if not path:
-        raise PluginError(7, "plugin config lacks 'scenario'")
-    scenario = load_scenario(path)
-    state = state if state is not None else _state()
-    return scenario_with_real_addresses(scenario, state) if state else scenario
-
-
 def _host_veth(prev: dict) -> str:
     interfaces = prev.get("interfaces") or []
     host = next((i for i in interfaces if not i.get("sandbox")), None)
@@ -168,79 +158,75 @@ def _tc_filters(ifname: str, direction: str) -> str:
     return proc.stdout
 
 
-def _sync_other_nodes(node: str, scenario, state) -> None:
+def _sync(node: Node) -> None:
+    """Program *node*'s maps from the cluster its record holds (what ``up`` synced it from)."""
+    # Imported here: the sync's control planes (harness.lb, harness.policy, the scenario
+    # model) are most of the plugin's start-up (-X importtime), and an ADD during `up`
+    # (deferSync) never syncs.
+    from harness.node.sync import sync_node
+    scenario = node.record.cluster()
+    if scenario is None:
+        raise PluginError(7, f"{node.name} has no cluster record to sync from "
+                             "(`chainbench up` writes it once the node is synced)")
+    sync_node(node.name, scenario)
+
+
+def _sync_other_nodes(node: Node) -> None:
     """Re-sync every other BPF node of the topology: a container's address is in
     every node's ipcache."""
-    names = {n.name for n in state.nodes} if state else set()
-    for other in datapath.pinned_nodes():
-        if other != node and other in names:
-            with node_lock(other):
-                sync_node(other, scenario)
+    from harness.node.datapath import pinned_nodes
+    for name in pinned_nodes():
+        other = Node(name)
+        if other != node and other.record.cluster_exists():
+            with other.lock():
+                _sync(other)
 
 
-def _record(registry: EndpointRegistry, who: Attachment) -> EndpointRecord:
-    """The attachment's record: its own, or a new one under its name."""
-    rec = registry.attachment(who.container_id, who.ifname) if who.container_id else None
-    if rec is not None and rec.pod != who.ref:
-        raise PluginError(ERR_NAME_TAKEN, f"container {who.container_id[:12]} is already "
-                                          f"attached as {rec.pod} on {registry.node}")
-    rec = registry.records.get(who.ref)
-    if (rec is not None and who.external and rec.container_id
-            and rec.container_id != who.container_id):
-        raise PluginError(ERR_NAME_TAKEN, f"endpoint {who.ref} on {registry.node} belongs to "
-                                          f"container {rec.container_id[:12]}")
-    rec = registry.ensure(who.ref)
-    rec.container_id, rec.ifname = who.container_id or None, who.ifname or None
-    rec.labels = list(who.labels) if who.external else None
-    return rec
+def _fill(registry: EndpointRegistry, who: Attachment, **fields) -> EndpointRecord:
+    """The attachment's endpoint record, filled in with *fields*."""
+    try:
+        return registry.fill(who.ref, attachment=(who.container_id, who.ifname),
+                             labels=who.labels, **fields)
+    except EndpointConflict as exc:
+        raise PluginError(ERR_NAME_TAKEN, str(exc)) from None
 
 
 def cmd_add(conf: dict, prev: dict) -> dict:
     who = _attachment()
     if conf.get("datapath", "bpf") != "bpf":
         return prev
-    node = _node(conf)
-    state = _state()
-    scenario = _scenario(conf, state)
-    pod = None
-    if not who.external:
-        try:
-            pod = scenario.pod(who.ref)
-        except Exception as exc:   # ScenarioError: the pod is not in the scenario
-            raise PluginError(7, f"pod {who.ref} is not in the scenario", str(exc)) from None
-    if pod is not None and pod.meta.annotations.get(SKIP_ANNOTATION) == "skip":
-        with node_lock(node):
-            registry = EndpointRegistry(node)
-            rec = _record(registry, who)
-            rec.state = UNMANAGED
-            rec.interface = _host_veth(prev)
-            rec.ipv4 = str(pod.ipv4) if pod.ipv4 else None
-            rec.ipv6 = str(pod.ipv6) if pod.ipv6 else None
+    node = Node(_node(conf))
+    veth = _host_veth(prev)
+    ipv4, ipv6 = _pod_addresses(prev)
+    pods, complete = node.record.read()
+    if not who.external and who.ref not in pods:
+        raise PluginError(7, f"pod {who.ref} is not in the scenario",
+                          f"{node.record.pods_path} does not list it")
+    if not who.external and pods[who.ref]:        # annotated chainbench.io/chaining: skip
+        with node.lock():
+            registry = node.endpoints
+            _fill(registry, who, state=UNMANAGED, interface=veth, ipv4=ipv4, ipv6=ipv6)
             registry.save()
         return prev
-    veth = _host_veth(prev)
     # deferSync: `chainbench up` syncs every node once its pods are in; after that
     # (a runtime using the node's conflist) nobody would, so sync now.
-    sync = not conf.get("deferSync") or bool(state and state.complete)
-    with node_lock(node):
-        registry = EndpointRegistry(node)
-        rec = _record(registry, who)
+    sync = not conf.get("deferSync") or complete
+    with node.lock():
+        registry = node.endpoints
         # Recorded (its id reserved) before anything is attached; ready only once the
         # programs are attached and the node's sync has set its identity (endpoints.py).
-        rec.interface, rec.state = veth, NOT_READY
-        rec.ipv4, rec.ipv6 = _pod_addresses(prev)
+        rec = _fill(registry, who, state=NOT_READY, interface=veth, ipv4=ipv4, ipv6=ipv6)
         registry.save()
-        with datapath.load("lxc", node, pinned=True,
-                           **datapath.endpoint_rodata(rec.id, rec.ipv4, rec.ipv6)) as coll:
+        with node.load("lxc", **endpoint_rodata(rec.id, rec.ipv4, rec.ipv6)) as coll:
             # The filters keep the programs alive after this process exits.
             attach_tc(coll.programs["from_container"], veth, "ingress")
             attach_tc(coll.programs["to_container"], veth, "egress")
-        rec.state = WAITING_FOR_IDENTITY
+        registry.fill(who.ref, state=WAITING_FOR_IDENTITY)
         registry.save()
         if sync:
-            sync_node(node, scenario)
+            _sync(node)
     if sync and who.external:
-        _sync_other_nodes(node, scenario, state)
+        _sync_other_nodes(node)
     return prev
 
 
@@ -267,13 +253,13 @@ def cmd_del(conf: dict, prev: dict | None) -> None:
     if conf.get("datapath", "bpf") != "bpf":
         return
     try:
-        node = _node(conf)
+        node = Node(_node(conf))
     except PluginError:
         return                 # not run for a node: nothing of ours to undo
-    if not os.path.isdir(os.path.join(STATE_ROOT, node)):
+    if not node.has_state:
         return                 # the node's state is gone (chainbench down): nothing left
-    with node_lock(node):
-        registry = EndpointRegistry(node)
+    with node.lock():
+        registry = node.endpoints
         rec = _find(registry)
         if rec is None:
             return
@@ -283,18 +269,16 @@ def cmd_del(conf: dict, prev: dict | None) -> None:
             # The veth may be gone already (DEL must succeed regardless).
             subprocess.run(["tc", "qdisc", "del", "dev", rec.interface, "clsact"],
                            capture_output=True)
-        if not (conf.get("scenario") and datapath.node_is_pinned_dir(node)):
-            return
+        if not (node.is_pinned and node.record.cluster_exists()):
+            return             # not synced by `up` yet: its sync will leave the pod out
         try:
-            state = _state()
-            scenario = _scenario(conf, state)
-            sync_node(node, scenario)
+            _sync(node)
         except Exception as exc:   # noqa: BLE001 - DEL completes; the next sync catches up
-            _warn(f"DEL {rec.pod}: {node} not re-synced: {exc}")
+            _warn(f"DEL {rec.pod}: {node.name} not re-synced: {exc}")
             return
     if rec.external:
         try:
-            _sync_other_nodes(node, scenario, state)
+            _sync_other_nodes(node)
         except Exception as exc:   # noqa: BLE001
             _warn(f"DEL {rec.pod}: other nodes not re-synced: {exc}")
 
@@ -306,11 +290,11 @@ def _warn(text: str) -> None:
 def cmd_check(conf: dict, prev: dict) -> None:
     if conf.get("datapath", "bpf") != "bpf":
         return
-    node = _node(conf)
-    rec = _find(EndpointRegistry(node))
+    node = Node(_node(conf))
+    rec = _find(node.endpoints)
     if rec is None:
         who = _attachment()
-        raise PluginError(3, f"endpoint {who.ref} is not known on {node}")
+        raise PluginError(3, f"endpoint {who.ref} is not known on {node.name}")
     if rec.state == UNMANAGED:
         return
     veth = _host_veth(prev)
@@ -321,12 +305,8 @@ def cmd_check(conf: dict, prev: dict) -> None:
             "to_container" not in _tc_filters(veth, "egress"):
         raise PluginError(ERR_NOT_ATTACHED, f"endpoint {rec.pod}: programs are not attached "
                                             f"to {veth}")
-    maps = datapath.open_pinned(node)
-    try:
+    with node.open_pinned() as maps:
         info = maps["cb_endpoints"].get(rec.id) if "cb_endpoints" in maps else None
-    finally:
-        for m in maps.values():
-            m.close()
     if info is None or not info.identity or info.identity != rec.identity:
         raise PluginError(ERR_NOT_ATTACHED, f"endpoint {rec.pod}: the datapath does not hold "
                                             f"endpoint {rec.id} with identity {rec.identity}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from harness.host import bpffs
 from harness.abi import drop_reasons
 
 METRICS_MAP = "cb_metrics"
@@ -36,7 +35,8 @@ def read(node: str) -> dict[Key, int]:
     """Dropped packets counted so far on *node*, by key (forwarded traffic left out)."""
     from harness.bpf import Map
     from harness.abi.structs import MetricsKey, TrafficCounter
-    path = os.path.join(bpffs.PIN_ROOT, node, METRICS_MAP)
+    from harness.node.node import Node
+    path = os.path.join(Node(node).pin_dir, METRICS_MAP)
     if not os.path.exists(path):
         raise CountersUnavailable(f"node {node} has no pinned {METRICS_MAP} (not a bpf datapath)")
     counters = Map.from_pin(path, MetricsKey, TrafficCounter)

@@ -1,14 +1,16 @@
 """The endpoints of a node: pod -> endpoint id, kept beside its pinned maps.
 
 Endpoint ids index ``cb_endpoints`` and prefix the policy keys; they are
-assigned smallest-free-first and kept in ``/run/chainbench/<node>/endpoints.json``
-so every later command (``policy get``, ``endpoints``) finds the same ones.
+assigned smallest-free-first and kept in the node's state directory
+(``endpoints.json``; harness.node.node.Node.endpoints) so every later command (``policy get``, ``endpoints``) finds the same ones.
 ``chainbench down`` removes the state directory with everything else.
 
 A record's ``state`` follows Cilium's endpoint states: the CNI plugin creates
 it ``not-ready`` (nothing attached yet), makes it ``waiting-for-identity``
 once its programs are attached to the pod's veth, and the node's sync makes
-it ``ready`` when it sets the identity and the policy.  So a pod whose ADD was
+it ``ready`` when it sets the identity and the policy.  ``EndpointRegistry.fill``
+is the one place a record is filled in (the plugin, the sync and ``policy
+apply`` call it with what they know) and the state moves.  So a pod whose ADD was
 cut short (a killed ``up``) is never listed ``ready``.  ``unmanaged``: a pod
 the plugin was told to skip.
 
@@ -24,9 +26,12 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from harness.paths import STATE_ROOT
-from harness.policy.model import Workload
+
+if TYPE_CHECKING:
+    from harness.policy.model import Workload
 
 MAX_ENDPOINT_ID = 4095          # cb_endpoints holds 4096 slots; id 0 means "no endpoint"
 NOT_READY, WAITING_FOR_IDENTITY, READY, UNMANAGED = ("not-ready", "waiting-for-identity", "ready",
@@ -54,10 +59,19 @@ class EndpointRecord:
         return self.pod.startswith(CONTAINER_PREFIX)
 
 
+class EndpointConflict(ValueError):
+    """A CNI attachment or an endpoint name already belongs to another endpoint."""
+
+
+_KEEP = object()
+
+
 class EndpointRegistry:
-    def __init__(self, node: str, root: str = STATE_ROOT):
+    def __init__(self, node: str, root: str = STATE_ROOT, *, directory: str | None = None):
+        """*node*'s registry, in *directory* (its state directory; by default the one
+        under *root*, as harness.node.node.Node.state_dir names it)."""
         self.node = node
-        self.path = os.path.join(root, node, "endpoints.json")
+        self.path = os.path.join(directory or os.path.join(root, node), "endpoints.json")
         self.records: dict[str, EndpointRecord] = {}
         if os.path.exists(self.path):
             with open(self.path) as f:
@@ -74,6 +88,49 @@ class EndpointRegistry:
             if free is None:
                 raise RuntimeError(f"node {self.node}: no free endpoint id (max {MAX_ENDPOINT_ID})")
             rec = self.records[pod] = EndpointRecord(pod, free)
+        return rec
+
+    def fill(self, ref: str, *, attachment: tuple[str, str] | None = None,
+             labels: tuple[str, ...] | list[str] = (), interface: str | None = _KEEP,
+             ipv4: str | None = _KEEP, ipv6: str | None = _KEEP, state: str = _KEEP,
+             identity: int = _KEEP) -> EndpointRecord:
+        """The endpoint *ref*'s record (created with the smallest free id), filled in with
+        what the caller knows; fields not given are kept.
+
+        *attachment*: the CNI attachment making it (container id, interface name): it
+        must not already be another endpoint's, nor may a container endpoint of that
+        name belong to another container (EndpointConflict); it is recorded, with the
+        runtime's *labels* for a container outside Kubernetes.  *identity*: the node's
+        sync resolved it; an endpoint waiting for its identity is ready once it has one
+        (its programs are attached and its policy is set with the identity).
+        """
+        if attachment is not None:
+            cid, ifname = attachment
+            rec = self.attachment(cid, ifname) if cid else None
+            if rec is not None and rec.pod != ref:
+                raise EndpointConflict(f"container {cid[:12]} is already attached as {rec.pod} "
+                                       f"on {self.node}")
+            rec = self.records.get(ref)
+            if (rec is not None and ref.startswith(CONTAINER_PREFIX) and rec.container_id
+                    and rec.container_id != cid):
+                raise EndpointConflict(f"endpoint {ref} on {self.node} belongs to container "
+                                       f"{rec.container_id[:12]}")
+        rec = self.ensure(ref)
+        if attachment is not None:
+            rec.container_id, rec.ifname = attachment[0] or None, attachment[1] or None
+            rec.labels = list(labels) if rec.external else None
+        if interface is not _KEEP:
+            rec.interface = interface
+        if ipv4 is not _KEEP:
+            rec.ipv4 = ipv4
+        if ipv6 is not _KEEP:
+            rec.ipv6 = ipv6
+        if state is not _KEEP:
+            rec.state = state
+        if identity is not _KEEP:
+            rec.identity = identity
+            if rec.state == WAITING_FOR_IDENTITY and identity:
+                rec.state = READY
         return rec
 
     def remove(self, pod: str) -> EndpointRecord | None:
@@ -121,6 +178,10 @@ class EndpointRegistry:
 
 def workloads(root: str = STATE_ROOT) -> list[Workload]:
     """The containers outside Kubernetes attached on every node (their ready endpoints)."""
+    # Imported here: harness.policy's package face pulls in the scenario model and
+    # jinja2, ~50 ms of the chained plugin's start-up (-X importtime), which never
+    # calls this on an ADD during `up`.
+    from harness.policy.model import Workload
     out = []
     nodes = sorted(os.listdir(root)) if os.path.isdir(root) else []
     for node in nodes:

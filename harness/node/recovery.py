@@ -9,33 +9,24 @@ import os
 from typing import Callable, Mapping
 
 from harness.bpf import Map
-from harness.host import bpffs
 from harness.host.signals import deferred as deferred_signals
 from harness.journal import Journal, Writer, finish
-from harness.paths import STATE_ROOT
 
 _recovering: set[str] = set()
-
-
-def node_journal(node: str) -> Journal:
-    """The write-ahead journal of *node*'s pinned maps."""
-    return Journal(os.path.join(STATE_ROOT, node))
-
 
 #: Opens what replaying Maglev steps needs (the node's lxc collection, on *stack*)
 #: and returns a Writer over it.
 LbWriterFactory = Callable[[contextlib.ExitStack], Writer]
 
 
-def recover(node: str, maps: Mapping[str, Map] | None = None, *,
-            lb_writer: LbWriterFactory | None = None,
-            journal: Journal | None = None, writer: Writer | None = None) -> str | None:
-    """Finish a change a killed process left in *node*'s journal, if any; returns
+def recover(node: str, maps: Mapping[str, Map] | None = None, *, journal: Journal,
+            pin_dir: str | None = None, lb_writer: LbWriterFactory | None = None,
+            writer: Writer | None = None) -> str | None:
+    """Finish a change a killed process left in *node*'s *journal*, if any; returns
     "forward" or "back" (what was done) or None (no journal).  *maps*: the node's
-    pinned maps when the caller has them open; *lb_writer*: how to open a writer
-    for Maglev steps (harness.node.datapath passes one); *journal* and *writer*
-    (tests): another journal, and maps that are not the node's pins."""
-    journal = journal or node_journal(node)
+    pinned maps when the caller has them open; *pin_dir*: where the node's maps are
+    pinned; *lb_writer*: how to open a writer for Maglev steps (harness.node.node
+    passes one); *writer* (tests): maps that are not the node's pins."""
     if not journal.exists() or node in _recovering:
         return None
     _recovering.add(node)
@@ -46,16 +37,15 @@ def recover(node: str, maps: Mapping[str, Map] | None = None, *,
             record = journal.read()
             if writer is not None:
                 return finish(journal, record, writer)
-            return _replay(node, journal, record, maps, lb_writer)
+            return _replay(journal, record, maps, pin_dir, lb_writer)
     finally:
         _recovering.discard(node)
 
 
-def _replay(node: str, journal: Journal, record: dict, maps: Mapping[str, Map] | None,
-            lb_writer: LbWriterFactory | None) -> str:
+def _replay(journal: Journal, record: dict, maps: Mapping[str, Map] | None,
+            pins: str | None, lb_writer: LbWriterFactory | None) -> str:
     steps = record["steps"]
-    pins = bpffs.pin_path(node)
-    if not os.path.isdir(pins):                          # torn down since: nothing to finish
+    if pins is None or not os.path.isdir(pins):                          # torn down since: nothing to finish
         journal.remove()
         return "back"
     with contextlib.ExitStack() as stack:

@@ -25,7 +25,9 @@ import sys
 
 from harness.node import datapath
 from harness.bpf import attach_tc
-from harness.node.sync import node_lock, sync_node
+from harness.node.node import Node
+from harness.node.record import SKIP_ANNOTATION
+from harness.node.sync import sync_node
 from harness import validate
 from harness.topology import build as topology
 from harness.topology.state import TopologyState, scenario_with_real_addresses
@@ -65,29 +67,30 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
         raise ValueError(f"node {sorted(set(node_datapaths) - set(kinds))[0]} is not in the "
                          "topology")
     # Each BPF node is synced once all pods exist (below), not once per pod.
-    chained = ({"type": PLUGIN, "scenario": path, "datapath": "bpf", "deferSync": True},)
+    chained = ({"type": PLUGIN, "datapath": "bpf", "deferSync": True},)
     per_node = {name: topology.NodePlugins(kind, portmap=kind in ("iptables", "nftables"),
                                            chained=chained if kind == "bpf" else ())
                 for name, kind in kinds.items()}
     cni_path = discover_cni_path() + ([plugin_dir()] if "bpf" in kinds.values() else [])
+    # What the chained plugin reads on each ADD instead of the scenario (harness.node.record).
+    attached = {p.ref: p.meta.annotations.get(SKIP_ANNOTATION) == "skip"
+                for p in scenario.pods if not p.host_network}
     try:
-        if lb_map_max is not None or np_ipblock is not None:
-            from harness.node import config as node_config
-            for name, kind in kinds.items():
-                if kind == "bpf" and lb_map_max is not None:
-                    node_config.save(name, lb_map_max)
-                if kind == "bpf" and np_ipblock is not None:
-                    node_config.save_np_ipblock(name, np_ipblock)
+        for name, kind in kinds.items():
+            if kind != "bpf":
+                continue
+            node = Node(name)
+            if lb_map_max is not None:
+                node.settings.save_lb_map_max(lb_map_max)
+            if np_ipblock is not None:
+                node.settings.save_np_ipblock(np_ipblock)
+            node.record.write_pods(attached)
         state = topology.build(plan, cni_path=cni_path, progress=progress, per_node=per_node)
     except BaseException:
         # build undid the topology (CNI DEL, namespaces); what the chained plugin made
         # for the nodes (pins, endpoint state) and the node settings go too.
         from harness.host.signals import shielded
         with shielded():
-            if lb_map_max is not None or np_ipblock is not None:
-                from harness.node import config as node_config
-                for name in kinds:
-                    node_config.remove(name)
             _remove_node_objects(list(kinds))
         raise
     try:
@@ -96,8 +99,10 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
         attach_node_programs(state, bpf_nodes)
         attach_host_socket_lb(state, bpf_nodes)
         for node in bpf_nodes:
-            with node_lock(node.name):
+            home = Node(node.name)
+            with home.lock():
                 sync_node(node.name, scenario)
+                home.record.write_cluster(scenario)     # later ADDs and DELs sync from it
         for mode in ("iptables", "nftables"):
             apply_kube_proxy(state, scenario, mode,
                              [n for n in state.nodes if kinds[n.name] == mode])
@@ -150,7 +155,7 @@ def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> No
     """Socket LB for each node's host-network processes: the sock programs on the
     node's ``cb-<node>-host`` cgroup (host clients run in it), links pinned so
     they outlive this process (``chainbench down`` unpins them)."""
-    from harness.host import bpffs, cgroups
+    from harness.host import cgroups
     from harness.bpf import attach_cgroup
     from harness.host.cgroups import host_cgroup
     for node in state.nodes if nodes is None else nodes:
@@ -159,7 +164,7 @@ def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> No
         with datapath.load("sock", node.name, pinned=True) as coll:
             for name in SOCK_PROGRAMS:
                 link = attach_cgroup(coll.programs[name], path)
-                link.pin(bpffs.pin_path(node.name, "links", f"host-{name}"))
+                link.pin(Node(node.name).pin_path("links", f"host-{name}"))
                 link.detach()       # the pin keeps the attachment
 
 
@@ -181,8 +186,8 @@ def _remove_node_objects(nodes: list[str]) -> None:
     from harness.host.cgroups import host_cgroup
     from harness.paths import STATE_ROOT
     for node in nodes:
-        shutil.rmtree(bpffs.pin_path(node), ignore_errors=True)
-        shutil.rmtree(os.path.join(STATE_ROOT, node), ignore_errors=True)
+        shutil.rmtree(Node(node).pin_path(), ignore_errors=True)
+        shutil.rmtree(Node(node).state_dir, ignore_errors=True)
         if os.path.isdir(host_cgroup(node)):
             cgroups.remove(host_cgroup(node))
     bpffs.prune()

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 
-from harness.node import datapath, config as node_config
+from harness.node import datapath
+from harness.node.node import Node
 
 
 def select(node: str | None) -> list[str]:
@@ -70,7 +71,7 @@ def scenario_for(node: str):
     try:
         if state is not None and any(n.name == node for n in state.nodes):
             return scenario_with_real_addresses(load_scenario(state.scenario), state)
-        path = node_config.lb_scenario(node)
+        path = Node(node).settings.lb_scenario
         return load_scenario(path) if path else None
     except (OSError, ScenarioError):
         return None

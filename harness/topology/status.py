@@ -135,7 +135,8 @@ def map_pressure(node: str) -> list[MapPressure]:
     """Every map pinned for *node*: entries in use / max entries."""
     from harness.bpf import Map
     from harness.bpf.errors import BpfError
-    directory = os.path.join(bpffs.PIN_ROOT, node)
+    from harness.node.node import Node
+    directory = Node(node).pin_dir
     out = []
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
@@ -194,18 +195,19 @@ def attached_programs(netns: str, cgroup: str | None) -> list[AttachedProgram]:
 
 def node_status(name: str, topology=None) -> NodeStatus:
     from harness.host.cgroups import host_cgroup
-    from harness.node.endpoints import EndpointRegistry
+    from harness.node.node import Node
+    home = Node(name)
     node = None
     if topology is not None:
         node = next((n for n in topology.nodes if n.name == name), None)
-    pinned = datapath.node_is_pinned_dir(name)
+    pinned = home.is_pinned
     kind = (node.datapath or topology.datapath) if node is not None else None
     status = NodeStatus(name, pinned, kind)
     if pinned:
         status.maps = map_pressure(name)
-        links = os.path.join(bpffs.PIN_ROOT, name, "links")
+        links = os.path.join(home.pin_dir, "links")
         status.pinned_links = len(os.listdir(links)) if os.path.isdir(links) else 0
-    status.endpoints = len(EndpointRegistry(name).records)
+    status.endpoints = len(home.endpoints.records)
     if node is not None:
         if shutil.which("bpftool") is None:
             status.errors.append("bpftool is not installed: attached programs unknown")

@@ -1,0 +1,179 @@
+"""A node's home: where its pinned maps and its state live, and what is kept there.
+
+``Node("cb-node0")`` names one node.  Its maps, programs and links are pinned
+under ``/sys/fs/bpf/chainbench/<node>`` (``pin_dir``); its state lives in
+``/run/chainbench/<node>`` (``state_dir``): the lock every writer of the node
+holds (``lock()``, re-entrant in a process), the settings every loader agrees
+on (``settings``, harness.node.config), the endpoint registry (``endpoints``,
+harness.node.endpoints), the write-ahead journal of its maps (``journal``) and
+the node's record for the chained plugin (``record``, harness.node.record).
+Nothing else builds a node's paths.
+
+``load(obj)`` loads a BPF object with the node's shared pinned maps and
+``open_pinned()`` opens those maps typed with the struct mirrors (closed on
+leaving the block); both first finish a map change a killed ``lb apply`` /
+``policy apply`` left in the journal (harness.node.recovery).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+from harness import paths
+from harness.bpf import Collection, Map
+from harness.host import bpffs
+from harness.host.locks import directory_lock
+from harness.journal import Journal, Writer
+from harness.node import recovery
+from harness.node.config import NodeSettings
+from harness.node.endpoints import EndpointRegistry
+from harness.node.record import NodeRecord
+from harness.node.rodata import rodata_for
+from harness.paths import STATE_ROOT
+
+
+class Node:
+    """One node (``cb-node<i>``, or a name a test or benchmark pins under)."""
+
+    def __init__(self, name: str):
+        if not name or "/" in name or name in (".", "..") or "\0" in name:
+            raise ValueError(f"{name!r} is not a node name")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Node({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    # ------------------------------------------------------------- where it lives
+
+    @property
+    def pin_dir(self) -> str:
+        """Where the node's maps, programs and links are pinned."""
+        return os.path.join(bpffs.PIN_ROOT, self.name)
+
+    @property
+    def state_dir(self) -> str:
+        """Where the node's lock, settings, endpoints, journal and record live."""
+        return os.path.join(STATE_ROOT, self.name)
+
+    @property
+    def is_pinned(self) -> bool:
+        return os.path.isdir(self.pin_dir)
+
+    @property
+    def has_state(self) -> bool:
+        return os.path.isdir(self.state_dir)
+
+    def pin_path(self, *parts: str) -> str:
+        """A path below the node's pin directory (bpffs mounted if need be)."""
+        return bpffs.pin_path(self.name, *parts)
+
+    # ------------------------------------------------------------ what it keeps
+
+    def lock(self) -> contextlib.AbstractContextManager:
+        """The node's exclusive lock (CNI ADDs run concurrently); re-entrant within a
+        process: writing the maps (harness.journal) takes it again under its holder."""
+        return directory_lock(self.state_dir)
+
+    @property
+    def settings(self) -> NodeSettings:
+        return NodeSettings(self.state_dir)
+
+    @property
+    def endpoints(self) -> EndpointRegistry:
+        """The endpoint registry as it is now on disk (keep the object while changing it)."""
+        return EndpointRegistry(self.name, directory=self.state_dir)
+
+    @property
+    def journal(self) -> Journal:
+        """The write-ahead journal of the node's pinned maps."""
+        return Journal(self.state_dir)
+
+    @property
+    def record(self) -> NodeRecord:
+        """What ``up`` and the node's sync left for the chained plugin."""
+        return NodeRecord(self.state_dir)
+
+    # --------------------------------------------------------------- its maps
+
+    def load(self, obj: str, max_entries: dict[str, int] | None = None,
+             **rodata: Any) -> Collection:
+        """bpf_src/<obj>.bpf.c configured for this node, its maps shared through the pins."""
+        path = str(paths.bpf_object(obj))
+        if max_entries is None:
+            max_entries = self.settings.max_entries(path)
+        coll = Collection.load(path, rodata={**rodata_for(obj, self.name), **rodata} or None,
+                               max_entries=max_entries, pin_dir=self.pin_path())
+        try:
+            self.recover(coll.maps)
+        except BaseException:
+            coll.close()
+            raise
+        return coll
+
+    def recover(self, maps=None) -> str | None:
+        """Finish a map change a killed ``lb apply`` / ``policy apply`` left, if any."""
+        return recovery.recover(self.name, maps, journal=self.journal, pin_dir=self.pin_dir,
+                                lb_writer=self._lb_writer)
+
+    def _lb_writer(self, stack: contextlib.ExitStack) -> Writer:
+        coll = stack.enter_context(self.load("lxc"))
+        lb = lb_control(coll)
+        return Writer(coll.maps, lb._maglev_install, lb._maglev_remove)
+
+    def lb_control(self, coll: Collection):
+        """An LbControl over a collection of this node's, writing through its journal."""
+        return lb_control(coll, self.journal)
+
+    @contextlib.contextmanager
+    def open_pinned(self) -> Iterator[dict[str, Map]]:
+        """The node's pinned maps that exist, typed with the struct mirrors; closed on exit."""
+        with contextlib.ExitStack() as stack:
+            maps: dict[str, Map] = {}
+            for name, (key_type, value_type) in _pinned_types().items():
+                path = os.path.join(self.pin_dir, name)
+                if os.path.exists(path):
+                    maps[name] = stack.enter_context(Map.from_pin(path, key_type, value_type))
+            self.recover(maps)
+            yield maps
+
+
+def lb_control(coll: Collection, journal: Journal | None = None):
+    """An LbControl for a loaded lxc/netdev collection, Maglev tables included;
+    writes go through *journal* when given (a node's pinned maps)."""
+    # Imported here: the chained plugin's ADD loads the node's objects but never
+    # programs LB itself, and harness.lb.* costs ~80 ms of its start-up (-X importtime).
+    from harness.lb import maglev
+    from harness.lb.control import LbControl
+    return LbControl(coll.maps,
+                     maglev_install=lambda rid, ids, keys: maglev.install_table(
+                         coll, rid, ids, keys=keys),
+                     maglev_remove=lambda rid: maglev.remove_table(coll, rid),
+                     journal=journal)
+
+
+def _pinned_types() -> dict[str, tuple[type, type]]:
+    import ctypes
+
+    from harness.abi import structs as S
+    u32 = ctypes.c_uint32
+    return {
+        "cb_lb4_services": (S.Lb4Key, S.LbService), "cb_lb6_services": (S.Lb6Key, S.LbService),
+        "cb_lb4_backends": (u32, S.Lb4Backend), "cb_lb6_backends": (u32, S.Lb6Backend),
+        "cb_lb4_reverse_nat": (u32, S.Lb4ReverseNat), "cb_lb6_reverse_nat": (u32, S.Lb6ReverseNat),
+        "cb_lb_stats": (u32, S.TrafficCounter), "cb_ct4": (S.Ct4Tuple, S.CtEntry),
+        "cb_ct6": (S.Ct6Tuple, S.CtEntry), "cb_metrics": (S.MetricsKey, S.TrafficCounter),
+        "cb_lb_affinity": (S.LbAffinityKey, S.LbAffinityVal),
+        "cb_endpoints": (u32, S.EndpointInfo), "cb_policy": (S.PolicyKey, S.PolicyEntry),
+        "cb_policy_exact": (S.PolicyKey, S.PolicyEntry),
+        "cb_ipcache": (S.IpcacheKey, S.IpcacheEntry), "cb_ipcache_hosts": (S.IpcacheKey, S.IpcacheEntry),
+        "cb_snat4_fwd": (S.Ct4Tuple, S.SnatEntry), "cb_snat4_rev": (S.Ct4Tuple, S.SnatEntry),
+        "cb_snat6_fwd": (S.Ct6Tuple, S.SnatEntry), "cb_snat6_rev": (S.Ct6Tuple, S.SnatEntry),
+        "cb_snat_stats": (u32, S.SnatStats),
+    }
