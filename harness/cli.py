@@ -26,12 +26,9 @@ import sys
 from pathlib import Path
 
 from harness import paths
+from harness.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ChainbenchError, UsageError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 # --- subcommands ----------------------------------------------------------------
@@ -246,11 +243,8 @@ def _progress_bar():
 
 def cmd_dashboard(args) -> int:
     from bench.report import dashboard
-    try:
-        page = dashboard.render(Path(args.results or paths.RESULTS),
-                                Path(args.out) if args.out else None)
-    except dashboard.DashboardError as exc:
-        raise UsageError(str(exc)) from None
+    page = dashboard.render(Path(args.results or paths.RESULTS),
+                            Path(args.out) if args.out else None)
     print(f"dashboard written to {page}")
     return EXIT_OK
 
@@ -345,10 +339,7 @@ def cmd_policy_get(args) -> int:
     from harness.policy import entries as PE
     from harness.policy.program import read_rules
     ref = nodes.pod_ref(args.endpoint)
-    try:
-        node = datapath.resolve_node(args.node) if args.node else nodes.pod_node(ref)
-    except nodes.PodNotFound as exc:
-        raise UsageError(str(exc)) from None
+    node = datapath.resolve_node(args.node) if args.node else nodes.pod_node(ref)
     registry = EndpointRegistry(node)
     if ref not in registry.records:
         raise UsageError(f"no endpoint {ref} on {node} (known: "
@@ -1074,44 +1065,37 @@ def _main(argv: list[str] | None) -> int:
         print(f"ERROR: {unknown}", file=sys.stderr)
         return EXIT_USAGE
     args = parser.parse_args(argv)
-    from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
-    from harness.topology.cni_runtime import CNIError
-    from harness.node.datapath import NodeNotFound
-    from harness.topology.build import TopologyError
-    from harness.topology.plan import PlanError
-    from harness.lb.control import LbApplyError
-    from harness.policy.program import PolicyApplyError
-    from harness.lb.state import LbStateError
-    from harness.testrun.runner import PcapError, ProgramNotFound
-    from harness.addressing import AddressPlanError
-    from harness.scenario import ScenarioError
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
-    except (UsageError, ScenarioError, ProgramNotFound, PcapError, ConfigError, NodeNotFound,
-            LbStateError, AddressPlanError, PlanError) as exc:
+    except ChainbenchError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except VerifierError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        if args.verbose:
+        return exc.exit_code
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:
+        code = _binding_error(exc, args.verbose)
+        if code is None:
+            raise
+        return code
+
+
+def _binding_error(exc: Exception, verbose: bool) -> int | None:
+    """The exit code for an error of the libbpf binding, printed in one line (its
+    errors stay generic: they do not derive from ChainbenchError); None for another."""
+    # lazy: harness.bpf loads libbpf (50 ms); a command whose error came from the
+    # binding has loaded it already, any other error pays it once, on the way out.
+    from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
+    if not isinstance(exc, (BpfError, ConfigError, StructMismatchError)):
+        return None
+    print(f"ERROR: {exc}", file=sys.stderr)
+    if isinstance(exc, VerifierError):
+        if verbose:
             print(exc.log, file=sys.stderr)
         else:
             print("       (run with -v for the verifier log)", file=sys.stderr)
-        return EXIT_FAIL
-    except (BpfError, StructMismatchError, LbApplyError, PolicyApplyError, TopologyError,
-            CNIError, *_bench_errors()) as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return EXIT_FAIL
-    except BrokenPipeError:
-        return EXIT_OK
-
-
-def _bench_errors() -> tuple[type[Exception], ...]:
-    from bench.macro.suite import MacroError
-    from bench.micro.suite import CaseCheckFailed, MicroBenchError
-    return MacroError, MicroBenchError, CaseCheckFailed
+    return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAIL
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from harness.errors import ChainbenchError
 from bench.stats import mad_pct_text, summary
 from harness import addressing
 from harness.host import cgroups, netns, procs
@@ -85,7 +86,7 @@ LOCUST_SERVICES = 50
 SEED = 20261126
 
 
-class MacroError(RuntimeError):
+class MacroError(ChainbenchError, RuntimeError):
     """The macro suite cannot run (one line)."""
 
 

@@ -83,6 +83,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from harness.errors import ChainbenchError
 from bench.micro import lb_cases, policy_cases
 from bench.micro.case import MEASURE, METHOD, Case, CaseCheckFailed, Outcome
 from bench.stats import MIN_SPREAD_SAMPLES, from_pyperf, mad_pct_text, summary
@@ -99,7 +100,7 @@ FLOOR_SUFFIX = " [floor]"
 WORKER_TIMEOUT = 900
 
 
-class MicroBenchError(RuntimeError):
+class MicroBenchError(ChainbenchError, RuntimeError):
     """The micro suite could not measure (a worker failed, pyperf stopped)."""
 
 

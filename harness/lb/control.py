@@ -29,6 +29,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
+from harness.errors import ChainbenchError
 from harness import journal as map_journal
 from harness.bpf import Map
 from harness.lb import entries as E
@@ -40,7 +41,7 @@ MaglevInstall = Callable[[int, list[int], list[tuple]], None]
 MaglevRemove = Callable[[int], None]
 
 
-class LbApplyError(RuntimeError):
+class LbApplyError(ChainbenchError, RuntimeError):
     """Programming failed; every change of the failed call was rolled back."""
 
     def __init__(self, message: str, cause: BaseException):

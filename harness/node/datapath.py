@@ -15,6 +15,7 @@ import ipaddress
 import os
 from typing import Any
 
+from harness.errors import InputError
 from harness import addressing, paths
 from harness.abi import structs as S
 from harness.abi.structs import V6Addr, be32
@@ -225,7 +226,7 @@ def node_is_pinned_dir(node: str) -> bool:
     return os.path.isdir(os.path.join(bpffs.PIN_ROOT, node))
 
 
-class NodeNotFound(LookupError):
+class NodeNotFound(InputError, LookupError):
     pass
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from harness.errors import InputError
 from harness import paths
 from harness.abi import drop_reasons
 from harness.abi import structs  # noqa: F401  (registers the mirrors Collection.load checks)
@@ -28,7 +29,7 @@ _ETH_V4 = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00
 _ETH_V6 = _ETH_V4[:12] + b"\x86\xdd"
 
 
-class ProgramNotFound(LookupError):
+class ProgramNotFound(InputError, LookupError):
     pass
 
 

@@ -28,6 +28,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from harness.errors import ChainbenchError
 from harness.topology import cleanup
 from harness.host import netns
 from harness.topology.conflist import Primary, node_conflist
@@ -43,7 +44,7 @@ from harness.topology.state import STATE_PATH, NodeState, PodState, TopologyStat
 Progress = Callable[[str], None]
 
 
-class TopologyError(RuntimeError):
+class TopologyError(ChainbenchError, RuntimeError):
     """Building or removing the topology failed (one line)."""
 
 

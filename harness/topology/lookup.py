@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 
+from harness.errors import InputError
 from harness.node import datapath, config as node_config
 
 
@@ -32,7 +33,7 @@ def pod_ref(text: str) -> str:
     return text if "/" in text else f"default/{text}"
 
 
-class PodNotFound(LookupError):
+class PodNotFound(InputError, LookupError):
     pass
 
 
