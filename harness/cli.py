@@ -129,103 +129,71 @@ def _print_test_run_table(results) -> None:
     _print_table(("#", "VERDICT", "DROP REASON", "NS/RUN", "LEN", "PACKET OUT"), rows)
 
 
-def _service_scales(text: str) -> list[int]:
-    try:
-        scales = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--services {text!r}: expected numbers separated by commas") from None
-    if any(n < 1 or n > 1_000_000 for n in scales):
-        raise UsageError(f"--services {text!r}: each scale must be 1..1000000")
-    return scales
-
-
 def cmd_bench(args) -> int:
-    from dataclasses import replace
-
-    from bench import profiles
+    from bench import profiles      # lazy: with the suites (see _suites)
     from bench.report import results
-    profile = profiles.get(args.profile)
-    micro_s, control_s, macro_s = profile.micro, profile.control, profile.macro
-    if args.services:
-        micro_s = replace(micro_s, services=tuple(_service_scales(args.services)))
-    if args.identities:
-        micro_s = replace(micro_s, identities=tuple(_service_scales(args.identities)))
-    if args.samples is not None:
-        micro_s = replace(micro_s, samples=args.samples)
-    if args.repeat is not None:
-        micro_s = replace(micro_s, repeat=args.repeat)
-    if args.scales:
-        scales = tuple(_service_scales(args.scales))
-        control_s = replace(control_s, scales=scales)
-        macro_s = replace(macro_s, scales=scales)
-    if args.rounds is not None:
-        if args.rounds < 1:
-            raise UsageError("--rounds must be >= 1")
-        micro_s, control_s, macro_s = (replace(micro_s, rounds=args.rounds),
-                                       replace(control_s, rounds=args.rounds),
-                                       replace(macro_s, rounds=args.rounds))
-    if args.seconds is not None:
-        macro_s = replace(macro_s, seconds=args.seconds)
-    if args.timeout is not None:          # one bound for every method
-        control_s = replace(control_s, timeout=args.timeout, method_timeouts=())
-    wanted = ("micro", "control", "macro") if args.suite == "all" else (args.suite,)
-    indicative = micro_s.samples < 5 or micro_s.repeat < 100_000
-    if "micro" in wanted and indicative:
+    if args.rounds is not None and args.rounds < 1:
+        raise UsageError("--rounds must be >= 1")
+    profile = profiles.get(
+        args.profile, services=_scales_arg("--services", args.services),
+        identities=_scales_arg("--identities", args.identities),
+        scales=_scales_arg("--scales", args.scales), samples=args.samples, repeat=args.repeat,
+        rounds=args.rounds, seconds=args.seconds, timeout=args.timeout)
+    suites = _suites()
+    wanted = profiles.SUITES if args.suite == "all" else (args.suite,)
+    if "micro" in wanted and suites["micro"].indicative(profile.micro):
         print("note: fewer than 5 samples or 100000 runs per sample: micro figures are "
               "indicative only", file=sys.stderr)
     if not paths.bpf_object("lxc").exists():
         raise UsageError(f"no compiled programs in {paths.bpf_objects_dir()} (run `make build`)")
-    suites: dict = {}
+    sections: dict = {}
     with _progress_bar() as update:
-        if "micro" in wanted:
-            from bench.micro import suite as micro
-            suites["micro"] = micro.suite(list(micro_s.services), list(micro_s.identities),
-                                          samples=micro_s.samples, repeat=micro_s.repeat,
-                                          rounds=micro_s.rounds, indicative=indicative,
-                                          progress=lambda d, t: update(d, t, "micro"))
-        if "control" in wanted:
-            from bench import control
-            suites["control"] = control.run(list(control_s.scales), control_s.rounds,
-                                            timeout=control_s.timeout, progress=update,
-                                            method_timeouts=dict(control_s.method_timeouts))
-        if "macro" in wanted:
-            from bench.macro import suite as macro
-            suites["macro"] = macro.run(list(macro_s.scales), macro_s.rounds, macro_s.seconds,
-                                        macro_s.connections,
-                                        locust_seconds=macro_s.locust_seconds,
-                                        locust_users=macro_s.locust_users, progress=update)
-    doc = results.new_document(suites, profile=profile.name, notes=profile.notes)
-    _print_bench_tables(suites)
+        for name in wanted:
+            sections[name] = suites[name].run_suite(getattr(profile, name), update)
+    doc = results.new_document(sections, profile=profile.name, notes=profile.notes)
+    _print_bench_tables(sections)
     if args.json:
         print(json.dumps(doc, indent=1))
     if not args.no_write:
         path = results.write(doc, args.out, latest=(profile.name == "quick"))
         print(f"results written to {path}", file=sys.stderr)
         if not args.no_dashboard:
-            from bench.report import dashboard
+            from bench.report import dashboard   # lazy: jinja2 and the templates (~45 ms)
             page = dashboard.render(path.parent)
             print(f"dashboard written to {page}", file=sys.stderr)
     return EXIT_OK
 
 
-def _print_bench_tables(suites: dict) -> None:
-    if "micro" in suites:
-        from bench.micro import suite as micro
-        _print_table(("CASE", "VERDICT", "NS/PKT", "MAD", "CLOCK", "EMPTY NS", "VS EMPTY"),
-                     micro.table(suites["micro"]))
-    if "control" in suites:
-        from bench import control
-        print()
-        # MAP MEM: the BPF LB maps' memlock bytes; RULES TEXT: bytes of the iptables-save /
-        # nft list output (kube-proxy).  Different quantities: never one column.
-        _print_table(("SERVICES", "OPERATION", "METHOD", "STATUS", "SECONDS", "MAD", "VS BPF",
-                      "ENTRIES", "MAP MEM", "RULES TEXT"), control.table(suites["control"]))
-    if "macro" in suites:
-        from bench.macro import suite as macro
-        print()
-        _print_table(("SERVICES", "TARGET", "MODE", "DATAPATH", "REQ/S", "MAD", "P50 US",
-                      "P99 US", "CPU US/REQ", "VS IPTABLES", "ERRORS"),
-                     macro.table(suites["macro"]))
+def _scales_arg(flag: str, text: str | None) -> tuple[int, ...] | None:
+    """Scales given as ``1,1000,10000`` (None: the profile's)."""
+    if not text:
+        return None
+    try:
+        scales = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected numbers separated by commas") from None
+    if any(n < 1 or n > 1_000_000 for n in scales):
+        raise UsageError(f"{flag} {text!r}: each scale must be 1..1000000")
+    return scales
+
+
+def _suites() -> dict:
+    """The benchmark suites by name, each with one interface: ``run_suite(settings,
+    progress) -> section`` and ``table(section) -> (header, rows)``."""
+    # lazy: the suites import the datapath, kube-proxy and topology modules (~300 ms)
+    from bench import control
+    from bench.macro import suite as macro
+    from bench.micro import suite as micro
+    return {"micro": micro, "control": control, "macro": macro}
+
+
+def _print_bench_tables(sections: dict) -> None:
+    """Each suite's table (its own header and rows), a blank line between tables."""
+    suites = _suites()
+    for i, (name, section) in enumerate(sections.items()):
+        if i:
+            print()
+        _print_table(*suites[name].table(section))
 
 
 @contextlib.contextmanager

@@ -45,6 +45,11 @@ over many services per datapath at the largest scale.
 
 Traffic stays inside cb- namespaces; every run is bounded by -d; the topology,
 servers, cgroup and links are removed however the suite ends.
+
+Entry points, as every suite's (bench.micro.suite, bench.control): ``run_suite(settings,
+progress)`` (bench.profiles.MacroSettings) gives the suite's section of the result
+document, ``table(section)`` its header and rows; ``run(scales, rounds, ...)`` takes the
+settings one by one.
 """
 from __future__ import annotations
 
@@ -60,9 +65,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import ChainbenchError
+from bench.profiles import MacroSettings
 from bench.stats import mad_pct_text, summary
 from harness import addressing
+from harness.errors import ChainbenchError
 from harness.host import cgroups, netns, procs
 from harness.lb.state import ACTIVE, Backend, Frontend, LbState
 from harness.host.signals import shielded
@@ -438,8 +444,21 @@ def summarise(runs: list[dict]) -> list[dict]:
     return out
 
 
-def table(suite: dict) -> list[tuple[str, ...]]:
-    """Rows: services, target, mode, datapath, req/s, MAD %, p50/p99 µs, CPU µs/req, x iptables."""
+def run_suite(settings: MacroSettings,
+              progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """The suite's section of the result document for *settings* (a profile's)."""
+    return run(list(settings.scales), settings.rounds, settings.seconds, settings.connections,
+               locust_seconds=settings.locust_seconds, locust_users=settings.locust_users,
+               progress=progress)
+
+
+HEADER = ("SERVICES", "TARGET", "MODE", "DATAPATH", "REQ/S", "MAD", "P50 US", "P99 US",
+          "CPU US/REQ", "VS IPTABLES", "ERRORS")
+
+
+def table(suite: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Header and rows: services, target, mode, datapath, req/s, MAD %, p50/p99 µs,
+    CPU µs/req, x iptables."""
     rows = []
     for r in suite["results"]:
         lat = r["latency_us"]
@@ -452,4 +471,4 @@ def table(suite: dict) -> list[tuple[str, ...]]:
                      f"{cpu['system']['median'] + cpu['softirq']['median']:.1f}",
                      f"{ratio['median']:.2f}x" if ratio else "-",
                      str(r["errors"])))
-    return rows
+    return HEADER, rows

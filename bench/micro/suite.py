@@ -1,7 +1,9 @@
 """Micro benchmark: ns per packet of datapath programs, via BPF_PROG_TEST_RUN.
 
-Entry point: ``suite(services, identities, samples, repeat, rounds, progress,
-pyperf_out)``; ``table(suite)`` gives printable rows.
+Entry points: ``run_suite(settings, progress)`` (bench.profiles.MicroSettings) gives
+the suite's section of the result document, ``table(section)`` its header and rows (as
+every suite: bench.control, bench.macro.suite); ``suite(services, identities, samples,
+repeat, rounds, progress, pyperf_out)`` takes the settings one by one.
 
 Method (fixed, so runs compare):
 - every case is paired with the empty program of its hook (``empty_tc`` /
@@ -83,14 +85,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import ChainbenchError
 from bench.micro import lb_cases, policy_cases
 from bench.micro.case import MEASURE, METHOD, Case, CaseCheckFailed, Outcome
+from bench.profiles import MicroSettings
 from bench.stats import MIN_SPREAD_SAMPLES, from_pyperf, mad_pct_text, summary
 from harness.host import bpffs
 from harness import paths
 from harness.bpf import Collection, Program
 from harness.bpf.programs import verdict_name
+from harness.errors import ChainbenchError
 
 FLOORS = {"sched_cls": ("empty", "empty_tc"), "xdp": ("empty", "empty_xdp")}
 #: Below these, figures are indicative only (suite() wants indicative=True).
@@ -555,8 +558,27 @@ def run(cases: list[Case], samples: int = 7, repeat: int = MIN_REPEAT, cpu: int 
                     indicative, {}, method)
 
 
-def table(suite: dict) -> list[tuple[str, ...]]:
-    """Rows: name, verdict, median ns, MAD %, clock, floor ns, ratio to floor."""
+def indicative(settings: MicroSettings) -> bool:
+    """Whether *settings* give indicative figures only (too few samples or runs)."""
+    return settings.samples < MIN_SAMPLES or settings.repeat < MIN_REPEAT
+
+
+def run_suite(settings: MicroSettings,
+              progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """The suite's section of the result document for *settings* (a profile's); short
+    runs are marked indicative.  *progress(done, total, description)*."""
+    return suite(list(settings.services), list(settings.identities), samples=settings.samples,
+                 repeat=settings.repeat, rounds=settings.rounds,
+                 indicative=indicative(settings),
+                 progress=(lambda done, total: progress(done, total, "micro")) if progress
+                 else None)
+
+
+HEADER = ("CASE", "VERDICT", "NS/PKT", "MAD", "CLOCK", "EMPTY NS", "VS EMPTY")
+
+
+def table(suite: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Header and rows: name, verdict, median ns, MAD %, clock, floor ns, ratio to floor."""
     rows = []
     for r in suite["results"]:
         ns, floor, ratio = r["ns_per_packet"], r["floor_ns_per_packet"], r["ratio_to_floor"]
@@ -564,4 +586,4 @@ def table(suite: dict) -> list[tuple[str, ...]]:
         rows.append((r["name"], r["verdict"], f"{ns['median']:.2f}", mad_pct_text(ns, "sample"),
                      r["measure"], f"{floor['median']:.2f}",
                      f"{ratio['median']:.2f}x{spread}"))
-    return rows
+    return HEADER, rows
