@@ -79,6 +79,15 @@ def resolve_program(spec: str, search: list[Path] | None = None) -> tuple[Path, 
     return found[0]
 
 
+def compiled_programs() -> list[dict]:
+    """Every program of the compiled datapath objects: its object, name, type and the
+    object's path, as ``chainbench programs`` lists them."""
+    return [{"object": o.name.removesuffix(".bpf.o"), "program": name, "type": ptype,
+             "path": str(o)}
+            for o in paths.datapath_objects()
+            for name, ptype in sorted(list_programs(str(o)).items())]
+
+
 def program_names(obj: Path) -> set[str]:
     """Program names in an object file (opened, not loaded into the kernel)."""
     return set(list_programs(str(obj)))

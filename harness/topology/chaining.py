@@ -27,6 +27,8 @@ from harness.node import datapath
 from harness.bpf import attach_tc
 from harness.node.sync import node_lock, sync_node
 from harness import validate
+from harness.paths import STATE_ROOT
+from harness.scenario import source
 from harness.topology import build as topology
 from harness.topology.state import TopologyState, scenario_with_real_addresses
 
@@ -161,6 +163,26 @@ def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> No
                 link = attach_cgroup(coll.programs[name], path)
                 link.pin(bpffs.pin_path(node.name, "links", f"host-{name}"))
                 link.detach()       # the pin keeps the attachment
+
+
+def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
+                routing: str = "native", datapath_kind: str = "bpf", progress=None, *,
+                lb_map_max: int | None = None, np_ipblock: str | None = None) -> TopologyState:
+    """``up`` from the scenario *spec* names (a file, ``-`` for standard input, or a
+    ``.j2`` template rendered with *params*), validated first (errors name *spec* as
+    given).  The CNI plugin and later commands read the scenario from a file: standard
+    input and templates are kept under /run/chainbench (removed again if ``up`` fails,
+    else by ``down``)."""
+    text, name = source.read(spec, dict(params or {}))
+    validate.load_text(text, name)
+    path = source.materialize(spec, text, STATE_ROOT)
+    try:
+        return up(path, nodes, routing, datapath_kind, progress, lb_map_max=lb_map_max,
+                  np_ipblock=np_ipblock)
+    except BaseException:
+        if path != os.path.abspath(spec) and os.path.exists(path):
+            os.unlink(path)
+        raise
 
 
 def down() -> dict[str, list[str]]:
