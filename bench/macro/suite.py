@@ -62,18 +62,17 @@ import subprocess
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from bench.profiles import MacroSettings
 from bench.stats import mad_pct_text, summary
-from harness import addressing
+from harness import addressing, paths
 from harness.errors import ChainbenchError
 from harness.host import cgroups, netns, procs
 from harness.lb.state import ACTIVE, Backend, Frontend, LbState
 from harness.host.signals import shielded
 
-SCENARIO = Path(__file__).parent / "scenarios" / "macro.yaml"
+SCENARIO = paths.SCENARIO_DIR / "macro.yaml"
 DATAPATHS = ("bpf-tc", "bpf-sock", "iptables", "nftables")
 NODES = {"cb-node0": "bpf", "cb-node1": "iptables", "cb-node2": "nftables", "cb-node3": "none"}
 CLIENT = {"bpf-tc": "bench/client-bpf", "bpf-sock": "bench/client-sock",
