@@ -64,13 +64,22 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
+from bench.macro import locust_run
 from bench.profiles import MacroSettings
 from bench.stats import mad_pct_text, summary
 from harness import addressing, paths
+from harness.bpf import attach_cgroup
 from harness.errors import ChainbenchError
 from harness.host import cgroups, netns, procs
-from harness.lb.state import ACTIVE, Backend, Frontend, LbState
 from harness.host.signals import shielded
+from harness.kubeproxy import apply as kp
+from harness.lb.state import ACTIVE, Backend, Frontend, LbState
+from harness.node import datapath
+from harness.node.sync import node_lock
+from harness.topology import chaining
+from harness.topology.build import leftovers
+from harness.topology.chaining import SOCK_PROGRAMS
+from harness.topology.servers import nginx
 
 SCENARIO = paths.SCENARIO_DIR / "macro.yaml"
 DATAPATHS = ("bpf-tc", "bpf-sock", "iptables", "nftables")
@@ -203,8 +212,6 @@ class Topology:
         self.sock_cgroup: str | None = None
 
     def __enter__(self) -> "Topology":
-        from harness.topology import chaining
-        from harness.topology.build import leftovers
         found = leftovers()
         if found:
             raise MacroError(f"leftovers of an earlier run ({', '.join(found[:3])}): "
@@ -237,7 +244,6 @@ class Topology:
         return self.state.node(NODE_OF.get(dp_or_node, dp_or_node)).netns
 
     def _start_servers(self) -> None:
-        from harness.topology.servers import nginx
         if not nginx.available():
             raise MacroError("nginx is not installed (make bench installs nginx-light)")
         for ref in BACKENDS:
@@ -257,9 +263,6 @@ class Topology:
                 time.sleep(0.05)
 
     def _attach_sock_lb(self) -> None:
-        from harness.node import datapath
-        from harness.bpf import attach_cgroup
-        from harness.topology.chaining import SOCK_PROGRAMS
         path = cgroups.create(SOCK_CGROUP)
         self.stack.callback(cgroups.remove, path)
         coll = self.stack.enter_context(datapath.load("sock", NODE_OF["bpf-sock"], pinned=True))
@@ -271,9 +274,6 @@ class Topology:
     # -- programming the services --------------------------------------------------------
     def program(self, svcs: Services, iptables_backend: str) -> dict[str, float]:
         """The same services in every datapath; seconds each took."""
-        from harness.node import datapath
-        from harness.kubeproxy import apply as kp
-        from harness.node.sync import node_lock
         took = {}
         node = NODE_OF["bpf-tc"]
         with node_lock(node), datapath.load("lxc", node, pinned=True) as coll:
@@ -323,7 +323,6 @@ class Topology:
 def _iptables_backend() -> str:
     """The iptables backend of the baseline: legacy when installed (see README: the
     nf_tables backend's iptables-restore does not load 10k services here in bounded time)."""
-    from harness.kubeproxy import apply as kp
     backends = kp.available_backends()
     if not backends:
         raise MacroError("no iptables-restore is installed")
@@ -381,7 +380,6 @@ def run(scales: list[int], rounds: int = 1, seconds: float = 5, connections: int
                                          "mode": mode, "round": r, **got})
                             done += 1
             if locust_seconds and n == max(scales):
-                from bench.macro import locust_run
                 urls = ([svcs.url(i) for i in svcs.real if i not in svcs.targets.values()]
                         or [svcs.url(svcs.targets["last"])])
                 for dp in datapaths:

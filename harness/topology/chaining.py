@@ -23,13 +23,21 @@ import os
 import shutil
 import sys
 
+from harness import addressing, validate
+from harness.bpf import attach_cgroup, attach_tc
+from harness.host import bpffs, cgroups, netns
+from harness.host.cgroups import host_cgroup
+from harness.host.signals import shielded
+from harness.kubeproxy import apply as kp
+from harness.lb.state import desired_state, node_addresses
+from harness.node import config as node_config
 from harness.node import datapath
-from harness.bpf import attach_tc
 from harness.node.sync import node_lock, sync_node
-from harness import validate
 from harness.paths import STATE_ROOT
 from harness.scenario import source
 from harness.topology import build as topology
+from harness.topology.cni_runtime import discover_cni_path
+from harness.topology.plan import plan_topology
 from harness.topology.state import TopologyState, scenario_with_real_addresses
 
 PLUGIN = "chainbench-cni"
@@ -52,8 +60,6 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     handling: a node that only hosts backends).  *lb_map_max* sizes the LB maps of
     BPF nodes (Cilium's --bpf-lb-map-max); *np_ipblock* what a NetworkPolicy ipBlock
     selects on them (harness.policy.resolve; default "pods")."""
-    from harness.topology.cni_runtime import discover_cni_path
-    from harness.topology.plan import plan_topology
     path = os.path.abspath(scenario_path)
     scenario = validate.load(path)       # the validation `scenario check` applies
     plan = plan_topology(scenario, nodes, routing, "mixed" if node_datapaths else datapath_kind)
@@ -74,7 +80,6 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     cni_path = discover_cni_path() + ([plugin_dir()] if "bpf" in kinds.values() else [])
     try:
         if lb_map_max is not None or np_ipblock is not None:
-            from harness.node import config as node_config
             for name, kind in kinds.items():
                 if kind == "bpf" and lb_map_max is not None:
                     node_config.save(name, lb_map_max)
@@ -84,10 +89,8 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     except BaseException:
         # build undid the topology (CNI DEL, namespaces); what the chained plugin made
         # for the nodes (pins, endpoint state) and the node settings go too.
-        from harness.host.signals import shielded
         with shielded():
             if lb_map_max is not None or np_ipblock is not None:
-                from harness.node import config as node_config
                 for name in kinds:
                     node_config.remove(name)
             _remove_node_objects(list(kinds))
@@ -104,7 +107,6 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
             apply_kube_proxy(state, scenario, mode,
                              [n for n in state.nodes if kinds[n.name] == mode])
     except BaseException:
-        from harness.host.signals import shielded
         with shielded():
             down()
         raise
@@ -118,10 +120,6 @@ def apply_kube_proxy(state: TopologyState, scenario, mode: str,
                      nodes: list | None = None) -> dict[str, float]:
     """kube-proxy's rules for *scenario* in each of *nodes* (default: every node);
     seconds per node."""
-    from harness import addressing
-    from harness.host import netns
-    from harness.kubeproxy import apply as kp
-    from harness.lb.state import desired_state, node_addresses
     lb_state = desired_state(scenario, node_addresses(scenario))
     took = {}
     for node in state.nodes if nodes is None else nodes:
@@ -152,9 +150,6 @@ def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> No
     """Socket LB for each node's host-network processes: the sock programs on the
     node's ``cb-<node>-host`` cgroup (host clients run in it), links pinned so
     they outlive this process (``chainbench down`` unpins them)."""
-    from harness.host import bpffs, cgroups
-    from harness.bpf import attach_cgroup
-    from harness.host.cgroups import host_cgroup
     for node in state.nodes if nodes is None else nodes:
         path = host_cgroup(node.name)
         cgroups.create(os.path.basename(path))
@@ -199,9 +194,6 @@ def teardown(state: TopologyState) -> dict[str, list[str]]:
 
 def _remove_node_objects(nodes: list[str]) -> None:
     """The pins, node state and host cgroups of *nodes*."""
-    from harness.host import bpffs, cgroups
-    from harness.host.cgroups import host_cgroup
-    from harness.paths import STATE_ROOT
     for node in nodes:
         shutil.rmtree(bpffs.pin_path(node), ignore_errors=True)
         shutil.rmtree(os.path.join(STATE_ROOT, node), ignore_errors=True)

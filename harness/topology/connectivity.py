@@ -39,6 +39,7 @@ from harness.node.endpoints import EndpointRegistry
 from harness.host.signals import shielded
 from harness.errors import InputError
 from harness.scenario import load_scenario
+from harness.topology.servers import nginx
 from harness.topology.state import TopologyState, load_state, scenario_with_real_addresses
 
 CHECK_TIMEOUT = 3.0
@@ -348,7 +349,6 @@ class Servers:
         self.scratch: list[str] = []
 
     def _start(self, netns: str, port: int, name: str) -> None:
-        from harness.topology.servers import nginx
         if nginx.available():
             server, directory = nginx.command(port, name)
             self.scratch.append(directory)
@@ -397,7 +397,6 @@ class Servers:
                     os.killpg(p.pid, signal.SIGTERM)
             for p in self.procs:
                 procs.stop(p)
-            from harness.topology.servers import nginx
             for directory in self.scratch:
                 nginx.stop_scratch(directory)
 
