@@ -27,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import argcomplete
-
 from harness import paths
 from harness.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ChainbenchError, InputError, UsageError
 from harness.host import signals
@@ -38,7 +36,7 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 # Every other import is made in the function that needs it, each with its cost: the
 # project's modules together take ~300 ms to import (libbpf, the scenario parser, the
 # control planes; measured with python -X importtime), scapy ~170 ms, rich ~30 ms,
-# which `--help`, every shell completion and every command would pay (~130 ms now).
+# argcomplete ~8 ms, which `--help` and every command would pay (~30 ms of imports now).
 
 
 # --- subcommands ----------------------------------------------------------------
@@ -527,6 +525,7 @@ COMPLETION_SHELLS = ("bash", "zsh", "fish", "tcsh", "powershell")
 
 
 def cmd_completion(args) -> int:
+    import argcomplete                      # lazy: ~8 ms, only completion needs it
     sys.stdout.write(argcomplete.shellcode(["chainbench"], shell=args.shell))
     return EXIT_OK
 
@@ -821,6 +820,7 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:         # a shell asks for completions: answer and exit
+        import argcomplete                  # lazy: ~8 ms, only completion needs it
         argcomplete.autocomplete(parser)
     unknown = _unknown_command(parser, sys.argv[1:] if argv is None else argv)
     if unknown:
