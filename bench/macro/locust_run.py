@@ -66,13 +66,14 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+from harness import paths
 from harness.host import cgroups
 from harness.host import netns as _netns
 from harness.host import procs as recorded
 from harness.host.signals import shielded
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCUSTFILE = os.path.join(REPO, "bench", "locustfile.py")
+REPO = str(paths.ROOT)
+LOCUSTFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "locustfile.py")
 
 MAX_TARGETS = 100_000
 MAX_USERS = 100_000
