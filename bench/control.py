@@ -39,6 +39,11 @@ machine's noise hits all of them alike; ratios to bpf are taken within a round.
 Every load has a timeout: a method that exceeds it at one scale is reported
 ``timeout`` there and ``skipped`` at larger scales (it would only be slower).
 Namespaces are created and removed per sample, also on failure and Ctrl-C.
+
+Entry points, as every suite's (bench.micro.suite, bench.macro.suite): ``run_suite(settings,
+progress)`` (bench.profiles.ControlSettings) gives the suite's section of the result
+document, ``table(section)`` its header and rows; ``run(scales, rounds, ...)`` takes the
+settings one by one.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ import time
 from typing import Callable
 
 from bench.micro.lb_cases import synthetic_state
+from bench.profiles import ControlSettings
 from bench.stats import mad_pct_text, summary
 from harness.node import datapath
 from harness.host import netns
@@ -305,9 +311,22 @@ def _summarise(n: int, per: dict[str, dict]) -> list[dict]:
     return out
 
 
-def table(suite: dict) -> list[tuple[str, ...]]:
-    """Rows: services, operation, method, status, median s, MAD %, x bpf, entries, map
-    memory (BPF), rules text (kube-proxy): "-" where a figure does not apply."""
+def run_suite(settings: ControlSettings,
+              progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """The suite's section of the result document for *settings* (a profile's)."""
+    return run(list(settings.scales), settings.rounds, timeout=settings.timeout,
+               method_timeouts=dict(settings.method_timeouts), progress=progress)
+
+
+# MAP MEM: the BPF LB maps' memlock bytes; RULES TEXT: bytes of the iptables-save /
+# nft list output (kube-proxy).  Different quantities: never one column.
+HEADER = ("SERVICES", "OPERATION", "METHOD", "STATUS", "SECONDS", "MAD", "VS BPF", "ENTRIES",
+          "MAP MEM", "RULES TEXT")
+
+
+def table(suite: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Header and rows: services, operation, method, status, median s, MAD %, x bpf,
+    entries, map memory (BPF), rules text (kube-proxy): "-" where a figure does not apply."""
     rows = []
     for r in suite["results"]:
         s = r["seconds"]
@@ -320,4 +339,4 @@ def table(suite: dict) -> list[tuple[str, ...]]:
                      str(r["entries"]) if r["entries"] is not None else "-",
                      str(r["map_bytes"]) if r["map_bytes"] is not None else "-",
                      str(r["rules_text_bytes"]) if r["rules_text_bytes"] is not None else "-"))
-    return rows
+    return HEADER, rows

@@ -7,7 +7,7 @@ smoke  ``make test``: a tiny version of each suite, to prove they run end to end
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,28 @@ PROFILES = {
 }
 
 
+SUITES = ("micro", "control", "macro")
+
+
 def get(name: str, **overrides) -> Profile:
-    """Profile *name*, with suite settings overridden (e.g. micro=replace(...))."""
+    """Profile *name*, its settings overridden by field name: each override (``rounds=3``,
+    ``scales=(1, 100)``...) replaces that field in every suite's settings that has one
+    (``rounds``: all three; ``scales``: control and macro); None leaves a field as the
+    profile has it.  A ``timeout`` replaces the per-method bounds too (one bound for
+    every method) unless ``method_timeouts`` is given."""
     if name not in PROFILES:
         raise KeyError(f"profile {name!r}: one of {', '.join(PROFILES)}")
-    return replace(PROFILES[name], **overrides)
+    profile = PROFILES[name]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "timeout" in overrides:
+        overrides.setdefault("method_timeouts", ())
+    settings, used = {}, set()
+    for suite in SUITES:
+        current = getattr(profile, suite)
+        mine = {k: v for k, v in overrides.items() if k in {f.name for f in fields(current)}}
+        settings[suite] = replace(current, **mine)
+        used |= mine.keys()
+    unknown = sorted(overrides.keys() - used)
+    if unknown:
+        raise TypeError(f"no suite has the setting(s) {', '.join(unknown)}")
+    return replace(profile, **settings)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from harness.errors import InputError
+
 # RFC 2544 benchmarking range, split as the design fixes it.
 POD_CIDR_V4 = ipaddress.ip_network("198.18.0.0/16")        # node i: 198.18.i.0/24
 SERVICE_CIDR_V4 = ipaddress.ip_network("198.19.0.0/17")    # ClusterIP VIPs
@@ -35,7 +37,7 @@ FORBIDDEN = (
 )
 
 
-class AddressPlanError(ValueError):
+class AddressPlanError(InputError, ValueError):
     """An address lies outside the project's address plan."""
 
 

@@ -18,20 +18,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from harness import paths
+from harness.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, ChainbenchError, InputError, UsageError
+from harness.host import signals
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
+# Every other import is made in the function that needs it, each with its cost: the
+# project's modules together take ~300 ms to import (libbpf, the scenario parser, the
+# control planes; measured with python -X importtime), scapy ~170 ms, rich ~30 ms,
+# argcomplete ~8 ms, which `--help` and every command would pay (~30 ms of imports now).
 
 
 # --- subcommands ----------------------------------------------------------------
@@ -44,13 +49,10 @@ def cmd_build(args) -> int:
 
 
 def cmd_programs(args) -> int:
-    from harness.bpf.collection import list_programs
-    objects = paths.datapath_objects()
-    if not objects:
+    from harness.testrun import runner   # lazy: libbpf and the object reader (~45 ms)
+    docs = runner.compiled_programs()
+    if not docs:
         raise UsageError(f"no compiled objects in {paths.bpf_objects_dir()} (run `make build`)")
-    docs = [{"object": o.name.removesuffix(".bpf.o"), "program": name, "type": ptype,
-             "path": str(o)}
-            for o in objects for name, ptype in sorted(list_programs(str(o)).items())]
     wide = args.output == "wide"
     _emit(args, docs, ("OBJECT", "PROGRAM", "TYPE") + (("PATH",) if wide else ()),
           [(d["object"], d["program"], d["type"]) + ((d["path"],) if wide else ()) for d in docs])
@@ -75,10 +77,10 @@ def _parse_rodata(items: list[str]) -> dict:
 
 
 def cmd_test_run(args) -> int:
-    from harness.node import datapath
-    from harness.testrun import runner as testrun
-    from harness.bpf import Collection
-    obj, prog = testrun.resolve_program(args.program)
+    # lazy: the node's datapath and the test-run engine: libbpf, the control planes and
+    # the scenario parser (~150 ms)
+    from harness.testrun import load, runner
+    obj, prog = runner.resolve_program(args.program)
     scenario = endpoint = None
     if args.endpoint and not args.scenario:
         raise UsageError("--endpoint needs --scenario (the endpoint is a pod of the scenario)")
@@ -90,20 +92,11 @@ def cmd_test_run(args) -> int:
             endpoint = scenario.pod(args.endpoint)
     if args.repeat < 1:
         raise UsageError("--repeat must be >= 1")
-    packets = list(testrun.read_pcap(args.pcap))
-    node = endpoint.node_name if endpoint is not None else None
-    rodata = datapath.rodata_for(obj.name.removesuffix(".bpf.o"), node)
-    if endpoint is not None and obj.name == "lxc.bpf.o":
-        rodata.update(datapath.endpoint_rodata(
-            datapath.test_run_endpoint_ids(scenario).get(endpoint.ref, 0),
-            str(endpoint.ipv4) if endpoint.ipv4 else None,
-            str(endpoint.ipv6) if endpoint.ipv6 else None))
-    rodata.update(_parse_rodata(args.rodata))
-    with Collection.load(str(obj), rodata=rodata or None) as coll:
-        if scenario is not None:
-            datapath.program_maps(coll, scenario, endpoint, {"np_ipblock": args.netpol_ipblock})
+    packets = list(runner.read_pcap(args.pcap))
+    rodata = _parse_rodata(args.rodata)
+    with load.collection(obj, scenario, endpoint, rodata, args.netpol_ipblock) as coll:
         results = []
-        for result in testrun.run_packets(testrun.Runner(coll, prog), packets, args.repeat):
+        for result in runner.run_packets(runner.Runner(coll, prog), packets, args.repeat):
             results.append(result)
             if args.json:
                 print(json.dumps(result.to_json()), flush=True)
@@ -113,127 +106,88 @@ def cmd_test_run(args) -> int:
 
 
 def _print_test_run_table(results) -> None:
-    # Ether only dissects what scapy's imported layers bind: without inet/inet6/sctp
-    # every frame would read "... (IPv4) / Raw".  Ports as numbers (tcpdump -n).
-    import scapy.layers.inet6  # noqa: F401
-    from scapy.config import conf
-    from scapy.layers.inet import TCP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.layers.sctp import SCTP
-
-    from harness.abi import drop_reasons
-    conf.noenum.add(TCP.sport, TCP.dport, UDP.sport, UDP.dport, SCTP.sport, SCTP.dport)
+    from harness.abi import drop_reasons    # lazy: ~8 ms, only test-run needs it
+    from harness.testrun import summary     # lazy: scapy (~170 ms)
     rows = []
     for r in results:
         reason = f"{r.drop_reason} ({drop_reasons.describe(r.drop_reason)})" if r.drop_reason else ""
         rows.append((str(r.index), r.verdict, reason, str(r.duration_ns), str(len(r.packet_out)),
-                     Ether(r.packet_out).summary()))
+                     summary.frame(r.packet_out)))
     # NS/RUN: the kernel's average duration of one run of the program, in ns.
     _print_table(("#", "VERDICT", "DROP REASON", "NS/RUN", "LEN", "PACKET OUT"), rows)
 
 
-def _service_scales(text: str) -> list[int]:
-    try:
-        scales = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--services {text!r}: expected numbers separated by commas") from None
-    if any(n < 1 or n > 1_000_000 for n in scales):
-        raise UsageError(f"--services {text!r}: each scale must be 1..1000000")
-    return scales
-
-
 def cmd_bench(args) -> int:
-    from dataclasses import replace
-
-    from bench import profiles
-    from bench.report import results
-    profile = profiles.get(args.profile)
-    micro_s, control_s, macro_s = profile.micro, profile.control, profile.macro
-    if args.services:
-        micro_s = replace(micro_s, services=tuple(_service_scales(args.services)))
-    if args.identities:
-        micro_s = replace(micro_s, identities=tuple(_service_scales(args.identities)))
-    if args.samples is not None:
-        micro_s = replace(micro_s, samples=args.samples)
-    if args.repeat is not None:
-        micro_s = replace(micro_s, repeat=args.repeat)
-    if args.scales:
-        scales = tuple(_service_scales(args.scales))
-        control_s = replace(control_s, scales=scales)
-        macro_s = replace(macro_s, scales=scales)
-    if args.rounds is not None:
-        if args.rounds < 1:
-            raise UsageError("--rounds must be >= 1")
-        micro_s, control_s, macro_s = (replace(micro_s, rounds=args.rounds),
-                                       replace(control_s, rounds=args.rounds),
-                                       replace(macro_s, rounds=args.rounds))
-    if args.seconds is not None:
-        macro_s = replace(macro_s, seconds=args.seconds)
-    if args.timeout is not None:          # one bound for every method
-        control_s = replace(control_s, timeout=args.timeout, method_timeouts=())
-    wanted = ("micro", "control", "macro") if args.suite == "all" else (args.suite,)
-    indicative = micro_s.samples < 5 or micro_s.repeat < 100_000
-    if "micro" in wanted and indicative:
+    from bench import profiles          # lazy: ~9 ms, only bench needs it
+    from bench.report import results    # lazy: ~8 ms, only bench needs it
+    if args.rounds is not None and args.rounds < 1:
+        raise UsageError("--rounds must be >= 1")
+    profile = profiles.get(
+        args.profile, services=_scales_arg("--services", args.services),
+        identities=_scales_arg("--identities", args.identities),
+        scales=_scales_arg("--scales", args.scales), samples=args.samples, repeat=args.repeat,
+        rounds=args.rounds, seconds=args.seconds, timeout=args.timeout)
+    suites = _suites()
+    wanted = profiles.SUITES if args.suite == "all" else (args.suite,)
+    if "micro" in wanted and suites["micro"].indicative(profile.micro):
         print("note: fewer than 5 samples or 100000 runs per sample: micro figures are "
               "indicative only", file=sys.stderr)
     if not paths.bpf_object("lxc").exists():
         raise UsageError(f"no compiled programs in {paths.bpf_objects_dir()} (run `make build`)")
-    suites: dict = {}
+    sections: dict = {}
     with _progress_bar() as update:
-        if "micro" in wanted:
-            from bench.micro import suite as micro
-            suites["micro"] = micro.suite(list(micro_s.services), list(micro_s.identities),
-                                          samples=micro_s.samples, repeat=micro_s.repeat,
-                                          rounds=micro_s.rounds, indicative=indicative,
-                                          progress=lambda d, t: update(d, t, "micro"))
-        if "control" in wanted:
-            from bench import control
-            suites["control"] = control.run(list(control_s.scales), control_s.rounds,
-                                            timeout=control_s.timeout, progress=update,
-                                            method_timeouts=dict(control_s.method_timeouts))
-        if "macro" in wanted:
-            from bench.macro import suite as macro
-            suites["macro"] = macro.run(list(macro_s.scales), macro_s.rounds, macro_s.seconds,
-                                        macro_s.connections,
-                                        locust_seconds=macro_s.locust_seconds,
-                                        locust_users=macro_s.locust_users, progress=update)
-    doc = results.new_document(suites, profile=profile.name, notes=profile.notes)
-    _print_bench_tables(suites)
+        for name in wanted:
+            sections[name] = suites[name].run_suite(getattr(profile, name), update)
+    doc = results.new_document(sections, profile=profile.name, notes=profile.notes)
+    _print_bench_tables(sections)
     if args.json:
         print(json.dumps(doc, indent=1))
     if not args.no_write:
         path = results.write(doc, args.out, latest=(profile.name == "quick"))
         print(f"results written to {path}", file=sys.stderr)
         if not args.no_dashboard:
-            from bench.report import dashboard
+            from bench.report import dashboard   # lazy: jinja2 and the templates (~45 ms)
             page = dashboard.render(path.parent)
             print(f"dashboard written to {page}", file=sys.stderr)
     return EXIT_OK
 
 
-def _print_bench_tables(suites: dict) -> None:
-    if "micro" in suites:
-        from bench.micro import suite as micro
-        _print_table(("CASE", "VERDICT", "NS/PKT", "MAD", "CLOCK", "EMPTY NS", "VS EMPTY"),
-                     micro.table(suites["micro"]))
-    if "control" in suites:
-        from bench import control
-        print()
-        # MAP MEM: the BPF LB maps' memlock bytes; RULES TEXT: bytes of the iptables-save /
-        # nft list output (kube-proxy).  Different quantities: never one column.
-        _print_table(("SERVICES", "OPERATION", "METHOD", "STATUS", "SECONDS", "MAD", "VS BPF",
-                      "ENTRIES", "MAP MEM", "RULES TEXT"), control.table(suites["control"]))
-    if "macro" in suites:
-        from bench.macro import suite as macro
-        print()
-        _print_table(("SERVICES", "TARGET", "MODE", "DATAPATH", "REQ/S", "MAD", "P50 US",
-                      "P99 US", "CPU US/REQ", "VS IPTABLES", "ERRORS"),
-                     macro.table(suites["macro"]))
+def _scales_arg(flag: str, text: str | None) -> tuple[int, ...] | None:
+    """Scales given as ``1,1000,10000`` (None: the profile's)."""
+    if not text:
+        return None
+    try:
+        scales = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected numbers separated by commas") from None
+    if any(n < 1 or n > 1_000_000 for n in scales):
+        raise UsageError(f"{flag} {text!r}: each scale must be 1..1000000")
+    return scales
+
+
+def _suites() -> dict:
+    """The benchmark suites by name, each with one interface: ``run_suite(settings,
+    progress) -> section`` and ``table(section) -> (header, rows)``."""
+    # lazy: the suites import the datapath, kube-proxy and topology modules (~300 ms)
+    from bench import control
+    from bench.macro import suite as macro
+    from bench.micro import suite as micro
+    return {"micro": micro, "control": control, "macro": macro}
+
+
+def _print_bench_tables(sections: dict) -> None:
+    """Each suite's table (its own header and rows), a blank line between tables."""
+    suites = _suites()
+    for i, (name, section) in enumerate(sections.items()):
+        if i:
+            print()
+        _print_table(*suites[name].table(section))
 
 
 @contextlib.contextmanager
 def _progress_bar():
     """update(done, total, description) for a rich progress bar on stderr."""
+    # lazy: rich (~30 ms)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), transient=True, console=_stderr_console()) as bar:
@@ -245,131 +199,56 @@ def _progress_bar():
 
 
 def cmd_dashboard(args) -> int:
-    from bench.report import dashboard
-    try:
-        page = dashboard.render(Path(args.results or paths.RESULTS),
-                                Path(args.out) if args.out else None)
-    except dashboard.DashboardError as exc:
-        raise UsageError(str(exc)) from None
+    from bench.report import dashboard      # lazy: jinja2 and the templates (~45 ms)
+    page = dashboard.render(Path(args.results or paths.RESULTS),
+                            Path(args.out) if args.out else None)
     print(f"dashboard written to {page}")
     return EXIT_OK
 
 
 def _stderr_console():
-    from rich.console import Console
+    from rich.console import Console        # lazy: rich (~30 ms)
     return Console(stderr=True)
 
 
 def cmd_lb_apply(args) -> int:
-    from harness.lb.state import desired_state
-    from harness.node.node import Node
-    from harness import validate
+    # lazy: the node's datapath, the control planes and the scenario parser (~160 ms)
     from harness.scenario import source
+    from harness.topology import apply
     text, origin = source.read(args.file, dict(args.param))
-    scenario = validate.load_text(text, origin)    # a refused frontend: one line naming the file
-    state = desired_state(scenario)
-    node = args.node
-    home = Node(node)
-    with home.lock(), home.load("lxc") as coll:
-        control = home.lb_control(coll)
-        restored = control.restore()
-        stats = control.apply(state)
-    home.settings.save_lb_scenario(text)     # names the frontends in `services`
-    print(f"{node}: {len(state.frontends)} frontends from {scenario.source}"
-          f"{f' ({restored} restored from the maps)' if restored else ''}; {stats}")
+    print(apply.lb_apply(args.node, text, origin))
     return EXIT_OK
 
 
 def cmd_identities(args) -> int:
-    from harness.policy.resolve import format_identities, resolve
+    # lazy: the policy resolver and the scenario parser (~90 ms)
+    from harness.policy.resolve import format_identities, identity_holders, resolve
     scenario = _load_scenario(args)
     state = resolve(scenario, np_ipblock=args.netpol_ipblock)
-    rows = format_identities(state)
-    holders: dict[int, list[str]] = {}
-    for ep in state.endpoints:
-        holders.setdefault(ep.identity, []).append(ep.pod)
-    node_of = {p.ref: p.node_name or "" for p in scenario.pods}
-    docs = [{"id": int(i), "labels": labels, "endpoints": sorted(holders.get(int(i), [])),
-             "nodes": sorted({node_of.get(p, "") for p in holders.get(int(i), [])} - {""})}
-            for i, labels in rows]
+    docs = identity_holders(scenario, state)
     if args.output == "wide":
         _emit(args, docs, ("ID", "LABELS", "ENDPOINTS", "NODE"),
               [(str(d["id"]), d["labels"], ",".join(d["endpoints"]), ",".join(d["nodes"]))
                for d in docs])
     else:
-        _emit(args, docs, ("ID", "LABELS"), rows)
+        _emit(args, docs, ("ID", "LABELS"), format_identities(state))
     return EXIT_OK
 
 
 def cmd_policy_apply(args) -> int:
-    from harness.node.endpoints import workloads
-    from harness.node.node import Node
-    from harness.policy.resolve import resolve
+    from harness.topology import apply      # lazy: the node's datapath (~160 ms)
     scenario = _load_scenario(args)
-    state = resolve(scenario, local_node=args.node, np_ipblock=args.netpol_ipblock,
-                    workloads=workloads())
-    with Node(args.node).lock():
-        return _policy_apply(args, scenario, state)
-
-
-def _policy_apply(args, scenario, state) -> int:
-    from harness.node.node import Node
-    from harness.policy.program import PolicyControl
-    home = Node(args.node)
-    registry = home.endpoints
-    local = {p.ref for p in scenario.pods if p.node_name == args.node and not p.host_network}
-    for ep in state.endpoints:
-        if ep.pod in local:
-            pod = scenario.pod(ep.pod)
-            registry.fill(ep.pod, identity=ep.identity,
-                          ipv4=str(pod.ipv4) if pod.ipv4 else None,
-                          ipv6=str(pod.ipv6) if pod.ipv6 else None)
-    for pod in [p for p, r in registry.records.items() if p not in local and not r.external]:
-        registry.remove(pod)
-    with home.load("lxc") as coll:
-        control = PolicyControl(coll.maps, home.journal)
-        control.restore(range(1, 4096))
-        # The endpoint and identity files change with the maps, as one change.
-        stats = control.apply(state, registry.ids(), files=registry.serialized(
-            {i.id: ",".join(i.labels) for i in state.identities}))
-    print(f"{args.node}: {len(registry.records)} endpoints, {len(state.identities)} identities, "
-          f"{len(state.ipcache)} ipcache entries; {stats}")
+    print(apply.policy_apply(args.node, scenario, args.netpol_ipblock))
     return EXIT_OK
 
 
 def cmd_policy_get(args) -> int:
-    from harness.node import datapath
-    from harness.node.node import Node
-    from harness.topology import lookup as nodes
+    # lazy: the node's pinned maps (~150 ms), the policy entries
     from harness.policy import entries as PE
-    from harness.policy.program import read_rules
-    ref = nodes.pod_ref(args.endpoint)
-    try:
-        node = datapath.resolve_node(args.node) if args.node else nodes.pod_node(ref)
-    except nodes.PodNotFound as exc:
-        raise UsageError(str(exc)) from None
-    registry = Node(node).endpoints
-    if ref not in registry.records:
-        raise UsageError(f"no endpoint {ref} on {node} (known: "
-                         f"{', '.join(sorted(registry.records)) or 'none'})")
-    rec = registry.records[ref]
-    with Node(node).open_pinned() as maps:
-        info = maps["cb_endpoints"].lookup(rec.id)
-        rules = read_rules(maps, rec.id)
-    flags = PE.EP_FLAGS
-    ingress = "enforced" if info.flags & flags["EP_F_INGRESS_ENFORCED"] else "allow-all"
-    egress = "enforced" if info.flags & flags["EP_F_EGRESS_ENFORCED"] else "allow-all"
-    labels = registry.identity_labels()
-    docs = [{"verdict": "Deny" if k.deny else "Allow",
-             "direction": "Egress" if k.egress else "Ingress",
-             "identity": k.identity if k.identity else None,
-             "labels": _label_list(labels.get(k.identity)) if k.identity else [],
-             "port_proto": k.port_proto_text(), "bytes": b, "packets": p}
-            for k, p, b in rules]
+    from harness.topology import views
+    doc = views.policy_entries(args.endpoint, args.node)
     if args.output in ("json", "yaml"):
-        _emit(args, {"endpoint": ref, "node": node, "id": rec.id, "identity": info.identity,
-                     "revision": info.policy_revision, "ingress": ingress, "egress": egress,
-                     "rules": docs}, (), [])
+        _emit(args, doc, (), [])
         return EXIT_OK
     wide = args.output == "wide"
 
@@ -378,40 +257,20 @@ def cmd_policy_get(args) -> int:
             return "ANY"
         text = ",".join(d["labels"]) if wide else PE.short_labels(d["labels"])
         return f"{d['identity']} {text}".strip()
-    print(f"endpoint {ref} on {node} (id {rec.id}, identity {info.identity}, policy revision "
-          f"{info.policy_revision}); ingress {ingress}, egress {egress}")
+    print(f"endpoint {doc['endpoint']} on {doc['node']} (id {doc['id']}, identity "
+          f"{doc['identity']}, policy revision {doc['revision']}); ingress {doc['ingress']}, "
+          f"egress {doc['egress']}")
     _print_table(("POLICY", "DIRECTION", "IDENTITY (LABELS)", "PORT/PROTO", "BYTES", "PACKETS"),
                  [(d["verdict"], d["direction"], who(d), d["port_proto"], str(d["bytes"]),
-                   str(d["packets"])) for d in docs])
+                   str(d["packets"])) for d in doc["rules"]])
     return EXIT_OK
 
 
-@contextlib.contextmanager
-def _node_maps(args):
-    """[(node, its pinned maps)] for every node the command covers (--node: that one)."""
-    from harness.node.node import Node
-    from harness.topology import lookup as nodes
-    with contextlib.ExitStack() as stack:
-        yield [(node, stack.enter_context(Node(node).open_pinned()))
-               for node in nodes.select(args.node)]
-
-
-def _pinned_maps(args) -> contextlib.AbstractContextManager:
-    """The pinned maps of the node named (or the only one), closed on leaving the block."""
-    from harness.node import datapath
-    from harness.node.node import Node
-    return Node(datapath.resolve_node(args.node)).open_pinned()
-
-
 def cmd_services(args) -> int:
-    from harness.topology import lookup as nodes
+    # lazy: the node's pinned maps (~150 ms), the LB listing
     from harness.lb import listing
-    rows = []
-    with _node_maps(args) as covered:
-        for node, maps in covered:
-            node_rows = listing.read_services(maps)
-            listing.name_services(node_rows, node, nodes.service_names(node))
-            rows += node_rows
+    from harness.topology import views
+    rows = views.services(args.node)
     node_column = args.node is None or args.output == "wide"
     wide = args.output == "wide"
     _emit(args, [r.to_json() for r in rows], listing.header(node_column, wide),
@@ -420,13 +279,13 @@ def cmd_services(args) -> int:
 
 
 def cmd_ct(args) -> int:
-    from harness.node import conntrack
+    from harness.topology import views      # lazy: the node's pinned maps (~150 ms)
     if args.ct_command != "list":
-        return _ct_clean(args)
-    records = []
-    with _node_maps(args) as covered:
-        for node, maps in covered:
-            records += [(node, r) for r in conntrack.records(maps)]
+        removed = views.conntrack_clean(args.node, expired_only=args.ct_command == "gc")
+        what = "expired entries" if args.ct_command == "gc" else "entries"
+        print(", ".join(f"{name}: {n} {what} removed" for name, n in removed.items()))
+        return EXIT_OK
+    records = views.conntrack_records(args.node)
     node_column = args.node is None or args.output == "wide"
     wide = args.output == "wide"
     rows = [((node,) if node_column else ())
@@ -443,28 +302,9 @@ def cmd_ct(args) -> int:
     return EXIT_OK
 
 
-def _ct_clean(args) -> int:
-    from harness.node import conntrack
-    with _pinned_maps(args) as maps:
-        if args.ct_command == "gc":
-            removed = conntrack.gc(maps)
-            print(", ".join(f"{name}: {n} expired entries removed" for name, n in removed.items()))
-        else:
-            removed = conntrack.flush(maps)
-            print(", ".join(f"{name}: {n} entries removed" for name, n in removed.items()))
-    return EXIT_OK
-
-
 def cmd_snat(args) -> int:
-    from harness.node import snat
-    per_node = {}
-    with _node_maps(args) as covered:
-        for node, maps in covered:
-            if snat.STATS_MAP in maps:
-                per_node[node] = snat.read_stats(maps)
-            elif args.node is not None:
-                raise UsageError(f"node {node} has no {snat.STATS_MAP} map (its from_netdev "
-                                 "predates it)")
+    from harness.topology import views      # lazy: the node's pinned maps (~150 ms)
+    per_node = views.snat_stats(args.node)
     node_column = args.node is None or args.output == "wide"
     docs = [{"node": node, **{f"ipv{f}": vars(s) for f, s in stats.items()}}
             for node, stats in per_node.items()]
@@ -483,7 +323,6 @@ def _hostport(addr, port: int) -> str:
 
 def cmd_scenario_check(args) -> int:
     """Every file is checked; each bad one gets its one line; exit 2 if any was bad."""
-    from harness.scenario import ScenarioError
     if args.files.count("-") > 1:
         raise UsageError("- (standard input) can be named only once")
     bad = 0
@@ -497,7 +336,7 @@ def cmd_scenario_check(args) -> int:
             if args.endpoint:
                 pod = s.pod(args.endpoint)
                 line += f"; endpoint {pod.ref} on {pod.node_name or 'no node'}"
-        except ScenarioError as exc:
+        except InputError as exc:
             print(f"ERROR: {exc}", file=sys.stderr, flush=True)
             bad += 1
             continue
@@ -509,12 +348,12 @@ def _load_scenario(args, spec: str | None = None):
     """The scenario *spec* (default: ``-f``) names, validated as every command validates it
     (harness.validate): a file, ``-`` for standard input, or a ``.j2`` template
     rendered with the ``-p`` parameters."""
-    from harness import validate
+    from harness import validate            # lazy: the scenario parser (~100 ms)
     return validate.load(args.file if spec is None else spec, dict(args.param))
 
 
 def _scenario_param(text: str) -> tuple[str, object]:
-    from harness.scenario.source import parse_param
+    from harness.scenario.source import parse_param   # lazy: the scenario package (~75 ms)
     try:
         return parse_param(text)
     except ValueError as exc:
@@ -535,29 +374,14 @@ def _add_scenario_params(p) -> None:
 
 
 def cmd_up(args) -> int:
-    import time
-
-    from harness.topology import chaining
+    from harness.topology import chaining   # lazy: the topology, CNI and datapath (~190 ms)
     start = time.monotonic()
-    from harness.paths import STATE_ROOT
-    from harness import validate
-    from harness.scenario import source
     if args.bpf_lb_map_max is not None and not 1024 <= args.bpf_lb_map_max <= 1 << 24:
         raise UsageError(f"--bpf-lb-map-max {args.bpf_lb_map_max}: expected 1024..16777216")
-    text, name = source.read(args.file, dict(args.param))
-    validate.load_text(text, name)           # errors name the file as given
-    # The CNI plugin and later commands read the scenario from a file: stdin and
-    # templates are kept under /run/chainbench (`down` removes it).
-    path = source.materialize(args.file, text, STATE_ROOT)
-    try:
-        state = chaining.up(path, args.nodes, args.routing, args.datapath,
-                            progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose
-                            else None,
-                            lb_map_max=args.bpf_lb_map_max, np_ipblock=args.netpol_ipblock)
-    except BaseException:
-        if path != os.path.abspath(args.file) and os.path.exists(path):
-            os.unlink(path)
-        raise
+    state = chaining.up_scenario(
+        args.file, dict(args.param), args.nodes, args.routing, args.datapath,
+        progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else None,
+        lb_map_max=args.bpf_lb_map_max, np_ipblock=args.netpol_ipblock)
     pods = [p for p in state.pods if not p.host_network]
     print(f"up: {len(state.nodes)} nodes, {len(pods)} pods, routing {state.routing}, datapath "
           f"{state.datapath} in {time.monotonic() - start:.1f} s")
@@ -565,7 +389,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from harness.topology import chaining
+    from harness.topology import chaining   # lazy: the topology, CNI and datapath (~190 ms)
     removed = chaining.down()
     errors = removed.pop("errors", [])
     total = sum(len(v) for v in removed.values())
@@ -580,29 +404,10 @@ def cmd_down(args) -> int:
 
 
 def cmd_connectivity(args) -> int:
-    from harness.topology import connectivity
-    from harness.scenario import load_scenario
-    from harness.topology.state import load_state, scenario_with_real_addresses
-    try:
-        checks = connectivity.select(connectivity.CHECKS, args.test)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if not checks:
-        raise UsageError(f"--test {','.join(args.test)}: no check matches "
-                         f"(checks: {', '.join(c.name for c in connectivity.CHECKS)})")
-    state = load_state()
-    if state is None:
-        raise UsageError("no topology is up: run `chainbench up -f "
-                         "bench/scenarios/connectivity-check.yaml` first")
-    scenario = scenario_with_real_addresses(load_scenario(state.scenario), state)
-    results = connectivity.run(state, scenario, args.datapath, checks, args.flow_validation)
+    from harness.topology import connectivity   # lazy: the topology and datapath (~115 ms)
+    results = connectivity.run_selected(args.test, args.datapath, args.flow_validation)
     if args.output == "json":
-        print(json.dumps([{"check": r.check.name, "status": r.status, "expect": r.check.expect,
-                           "detail": r.detail, "seconds": round(r.seconds, 3),
-                           "flow_validation": args.flow_validation,
-                           "proof": r.proof.to_dict() if r.proof else None,
-                           "drops": list(r.drops), "warning": r.warning or None}
-                          for r in results], indent=1))
+        print(json.dumps([r.to_dict(args.flow_validation) for r in results], indent=1))
     else:
         _print_table(("CHECK", "EXPECT", "RESULT", "TIME", "DETAIL"),
                      [(r.check.name, r.check.expect, r.status, f"{r.seconds:.2f}s", r.detail)
@@ -620,42 +425,17 @@ def cmd_connectivity(args) -> int:
 
 
 def cmd_kube_proxy_render(args) -> int:
+    # lazy: the control plane and the scenario parser (~85 ms)
+    from harness.kubeproxy import iptables, nftables
     from harness.lb.state import desired_state
-    state = desired_state(_load_scenario(args))
-    if args.mode == "iptables":
-        from harness.kubeproxy import iptables as renderer
-    else:
-        from harness.kubeproxy import nftables as renderer
-    sys.stdout.write(renderer.render(state))
+    renderer = iptables if args.mode == "iptables" else nftables
+    sys.stdout.write(renderer.render(desired_state(_load_scenario(args))))
     return EXIT_OK
 
 
 def cmd_endpoints(args) -> int:
-    from harness.node import datapath
-    from harness.node.endpoints import READY
-    from harness.node.node import Node
-    from harness.policy import entries as PE
-    rows = []
-    covered = [datapath.resolve_node(args.node)] if args.node else datapath.pinned_nodes()
-    for node in covered:
-        registry = Node(node).endpoints
-        labels = registry.identity_labels()
-        with Node(node).open_pinned() as maps:
-            for rec in registry.records.values():
-                info = maps["cb_endpoints"].get(rec.id) if rec.state == READY else None
-                flags = info.flags if info is not None else 0
-                identity = info.identity if info is not None else None
-                rows.append({
-                    "name": rec.pod, "node": node, "endpoint_id": rec.id,
-                    "identity_id": identity,
-                    "labels": sorted({*(rec.labels or []),
-                                      *(_label_list(labels.get(identity)) if identity else [])}),
-                    "ingress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_INGRESS_ENFORCED"]),
-                    "egress_enforcement": bool(flags & PE.EP_FLAGS["EP_F_EGRESS_ENFORCED"]),
-                    "state": rec.state, "ipv4": rec.ipv4, "ipv6": rec.ipv6,
-                    "interface": rec.interface})
-    # An endpoint id is unique per node: (NODE, ENDPOINT ID) names one endpoint.
-    rows.sort(key=lambda r: (covered.index(r["node"]), r["endpoint_id"]))
+    from harness.topology import views      # lazy: the node's pinned maps (~150 ms)
+    rows = views.endpoints(args.node)
     wide = args.output == "wide"
     _emit(args, rows,
           ("NODE", "ENDPOINT ID", "NAME", "IDENTITY ID", "INGRESS ENFORCEMENT",
@@ -669,7 +449,7 @@ def cmd_endpoints(args) -> int:
 
 
 def cmd_version(args) -> int:
-    from harness.facts import version
+    from harness.facts import version       # lazy: importlib.metadata (~20 ms)
     info = version.info()
     if args.output in ("json", "yaml"):
         _emit(args, info, (), [])
@@ -685,7 +465,7 @@ def cmd_version(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from harness.topology import status
+    from harness.topology import status     # lazy: the node's pinned maps (~150 ms)
     doc = status.collect()
     if args.output in ("json", "yaml"):
         _emit(args, doc, (), [])
@@ -745,10 +525,7 @@ COMPLETION_SHELLS = ("bash", "zsh", "fish", "tcsh", "powershell")
 
 
 def cmd_completion(args) -> int:
-    try:
-        import argcomplete
-    except ImportError:
-        raise UsageError("argcomplete is not installed (pip install argcomplete)") from None
+    import argcomplete                      # lazy: ~8 ms, only completion needs it
     sys.stdout.write(argcomplete.shellcode(["chainbench"], shell=args.shell))
     return EXIT_OK
 
@@ -769,7 +546,7 @@ def _emit(args, doc, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> No
     if args.output == "json":
         print(json.dumps(doc, indent=1))
     elif args.output == "yaml":
-        import yaml
+        import yaml                         # lazy: ~12 ms, only -o yaml needs it
         sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
     else:
         _print_table(header, rows)
@@ -785,7 +562,6 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 def _unknown_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
     """The one-line error for a command word argparse would refuse, with the closest
     known one (``unknown command 'endpoint'; did you mean 'endpoints'?``), or None."""
-    import difflib
     words: list[str] = []
     for token in argv:
         if token.startswith("-"):
@@ -807,20 +583,14 @@ def _unknown_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | 
     return None
 
 
-def _label_list(joined: str | None) -> list[str]:
-    """An identity's labels as the registry keeps them (comma-separated) -> a list."""
-    return [x for x in (joined or "").split(",") if x]
-
-
 def _complete_nodes(**_kwargs) -> list[str]:
-    from harness.node import datapath
+    from harness.node import datapath       # lazy: the node's datapath (~140 ms)
     return datapath.pinned_nodes()
 
 
 def _complete_endpoints(**_kwargs) -> list[str]:
-    from harness.node import datapath
-    from harness.node.endpoints import EndpointRegistry
-    return sorted({p for n in datapath.pinned_nodes() for p in EndpointRegistry(n).records})
+    from harness.topology import views      # lazy: the node's pinned maps (~150 ms)
+    return views.endpoint_names()
 
 
 def _add_node(p, help_text: str) -> None:
@@ -1028,7 +798,6 @@ def main(argv: list[str] | None = None) -> int:
     # nothing cleaned up; SIGTERM would end the process at once, leaving everything.
     # Both raise Interrupted instead, so every command unwinds (the children we start
     # get the default dispositions).
-    from harness.host import signals
     signals.install()
     try:
         return _main(argv)
@@ -1051,51 +820,44 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:         # a shell asks for completions: answer and exit
-        import argcomplete
+        import argcomplete                  # lazy: ~8 ms, only completion needs it
         argcomplete.autocomplete(parser)
     unknown = _unknown_command(parser, sys.argv[1:] if argv is None else argv)
     if unknown:
         print(f"ERROR: {unknown}", file=sys.stderr)
         return EXIT_USAGE
     args = parser.parse_args(argv)
-    from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
-    from harness.topology.cni_runtime import CNIError
-    from harness.node.datapath import NodeNotFound
-    from harness.topology.build import TopologyError
-    from harness.topology.plan import PlanError
-    from harness.lb.control import LbApplyError
-    from harness.policy.program import PolicyApplyError
-    from harness.lb.state import LbStateError
-    from harness.testrun.runner import PcapError, ProgramNotFound
-    from harness.addressing import AddressPlanError
-    from harness.scenario import ScenarioError
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
-    except (UsageError, ScenarioError, ProgramNotFound, PcapError, ConfigError, NodeNotFound,
-            LbStateError, AddressPlanError, PlanError) as exc:
+    except ChainbenchError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except VerifierError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        if args.verbose:
+        return exc.exit_code
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:
+        code = _binding_error(exc, args.verbose)
+        if code is None:
+            raise
+        return code
+
+
+def _binding_error(exc: Exception, verbose: bool) -> int | None:
+    """The exit code for an error of the libbpf binding, printed in one line (its
+    errors stay generic: they do not derive from ChainbenchError); None for another."""
+    # lazy: harness.bpf loads libbpf (50 ms); a command whose error came from the
+    # binding has loaded it already, any other error pays it once, on the way out.
+    from harness.bpf.errors import BpfError, ConfigError, StructMismatchError, VerifierError
+    if not isinstance(exc, (BpfError, ConfigError, StructMismatchError)):
+        return None
+    print(f"ERROR: {exc}", file=sys.stderr)
+    if isinstance(exc, VerifierError):
+        if verbose:
             print(exc.log, file=sys.stderr)
         else:
             print("       (run with -v for the verifier log)", file=sys.stderr)
-        return EXIT_FAIL
-    except (BpfError, StructMismatchError, LbApplyError, PolicyApplyError, TopologyError,
-            CNIError, *_bench_errors()) as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return EXIT_FAIL
-    except BrokenPipeError:
-        return EXIT_OK
-
-
-def _bench_errors() -> tuple[type[Exception], ...]:
-    from bench.macro.suite import MacroError
-    from bench.micro.suite import CaseCheckFailed, MicroBenchError
-    return MacroError, MicroBenchError, CaseCheckFailed
+    return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAIL
 
 
 if __name__ == "__main__":

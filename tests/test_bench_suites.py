@@ -58,7 +58,9 @@ def test_control_table_names_map_memory_and_rules_text_apart_and_no_mad_from_one
     suite = control.run([1], rounds=1, methods=("bpf",), timeout=120)
     full = next(r for r in suite["results"] if r["operation"] == "full")
     assert full["map_bytes"] > 0 and full["rules_text_bytes"] is None and "bytes" not in full
-    row = control.table(suite)[0]
+    header, rows = control.table(suite)
+    row = rows[0]
+    assert len(header) == len(row)
     assert row[5] == "n/a (1 round)"                      # not "0.0%"
     assert row[8] == str(full["map_bytes"]) and row[9] == "-"
 
@@ -80,13 +82,13 @@ def test_micro_and_macro_tables_show_no_mad_from_a_single_sample():
     from bench.micro import suite as micro
     from bench.stats import summary
     one, three = summary([50.0]), summary([50.0, 52.0, 55.0])
-    rows = micro.table({"results": [
+    _, rows = micro.table({"results": [
         {"name": "x", "verdict": "ok", "measure": "kernel", "ns_per_packet": ns,
          "floor_ns_per_packet": ns, "ratio_to_floor": ratio}
         for ns, ratio in ((one, summary([1.5])), (three, summary([1.4, 1.5, 1.7])))]})
     assert rows[0][3] == "n/a (1 sample)" and rows[0][6] == "1.50x"
     assert rows[1][3] == "3.8%" and rows[1][6] == "1.50x ±0.10"
-    macro_rows = macro.table({"results": [
+    _, macro_rows = macro.table({"results": [
         {"services": 1, "target": "last", "mode": "keepalive", "datapath": "bpf-tc", "rps": rps,
          "latency_us": {}, "cpu_us_per_request": {"system": one, "softirq": one},
          "ratio_to_iptables": None, "errors": 0} for rps in (one, three)]})
@@ -181,6 +183,13 @@ def test_summarise_takes_ratios_within_rounds():
     assert bpf["ratio_to_iptables"]["median"] == pytest.approx(3.5)   # (3x, 4x)
     ipt = next(r for r in rows if r["datapath"] == "iptables")
     assert ipt["ratio_to_iptables"]["median"] == 1.0
+
+
+def test_macro_scenario_is_the_one_in_bench_scenarios():
+    """The macro suite's topology file moved with the suite into bench/macro/ but the
+    scenarios stayed in bench/scenarios/: `bench macro` refused to start."""
+    from bench.macro import suite as macro
+    assert macro.SCENARIO.is_file(), macro.SCENARIO
 
 
 # -- macro and the CLI, end to end ----------------------------------------------------------

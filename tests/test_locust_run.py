@@ -169,6 +169,13 @@ def test_bad_targets_one_line_value_error(targets, message):
     assert "\n" not in text
 
 
+def test_locustfile_and_repository_paths_exist():
+    """locust_run moved into bench/macro/ with the locustfile, but its paths still went
+    one directory up: locust found no bench/locustfile.py and every run failed."""
+    assert os.path.isfile(locust_run.LOCUSTFILE), locust_run.LOCUSTFILE
+    assert os.path.isfile(os.path.join(locust_run.REPO, "pyproject.toml")), locust_run.REPO
+
+
 def test_bad_arguments_before_anything_starts():
     ok = ["http://198.18.77.1:80/"]
     with pytest.raises(ValueError, match="named cb-"):

@@ -55,6 +55,7 @@ workers, and the returned stats include the remote workers' requests.
 """
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import os
@@ -65,11 +66,14 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+from harness import paths
+from harness.host import cgroups
+from harness.host import netns as _netns
 from harness.host import procs as recorded
 from harness.host.signals import shielded
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCUSTFILE = os.path.join(REPO, "bench", "locustfile.py")
+REPO = str(paths.ROOT)
+LOCUSTFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "locustfile.py")
 
 MAX_TARGETS = 100_000
 MAX_USERS = 100_000
@@ -121,7 +125,6 @@ def validate_targets(targets) -> list[str]:
 
 def _check_args(netns: str, users: int, spawn_rate: float, duration_s: int, workers: int,
                 remote_workers: int, close_fraction: float, timeout_s: float | None) -> None:
-    from harness.host import netns as _netns
     if not isinstance(netns, str) or not netns.startswith(_netns.PREFIX):
         raise ValueError(f"netns {netns!r}: project namespaces are named {_netns.PREFIX}*")
     if not _netns.exists(netns):
@@ -143,7 +146,6 @@ def _check_args(netns: str, users: int, spawn_rate: float, duration_s: int, work
 
 
 def _free_port(netns: str, host: str) -> int:
-    from harness.host import netns as _netns
     result: list = []
 
     def probe() -> None:             # setns acts on the calling thread only
@@ -274,7 +276,6 @@ def run(netns: str, targets: list[str], *, users: int, spawn_rate: float, durati
     except ValueError:
         raise ValueError(f"master_bind: {master_bind!r}: must be an IP address") from None
     if cgroup is not None:
-        from harness.host import cgroups
         cgroups.check_project_cgroup(cgroup)
         if not os.path.isdir(cgroup):
             raise ValueError(f"cgroup {cgroup}: does not exist")
@@ -295,7 +296,6 @@ def run(netns: str, targets: list[str], *, users: int, spawn_rate: float, durati
         connect_host = "127.0.0.1" if master_bind in ("0.0.0.0", "127.0.0.1") else master_bind
         preexec = None
         if cgroup is not None:
-            from harness.host import cgroups
             path = cgroup
             preexec = lambda: cgroups.enter(path)  # noqa: E731 - the child, before exec
         base = ["ip", "netns", "exec", netns, _python(), "-m", "locust", "-f", LOCUSTFILE,
@@ -360,7 +360,6 @@ def run(netns: str, targets: list[str], *, users: int, spawn_rate: float, durati
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.macro.locust_run NETNS URL... [-u N] [-r R] [-t S] [-w W]``: print the result JSON."""
-    import argparse
     p = argparse.ArgumentParser(prog="python -m bench.macro.locust_run")
     p.add_argument("netns")
     p.add_argument("targets", nargs="+")

@@ -179,6 +179,7 @@ class ServiceUser(FastHttpUser):
     def on_start(self) -> None:
         # a second session for the close requests: its connections never carry
         # a keep-alive request, so every close request opens its own connection
+        # lazy: locust loads this file itself; its fasthttp client only once users start
         from locust.contrib.fasthttp import FastHttpSession
         self.fresh = FastHttpSession(base_url=self.host, request_event=self.environment.events.request,
                                      user=self, network_timeout=self.network_timeout,

@@ -45,6 +45,11 @@ over many services per datapath at the largest scale.
 
 Traffic stays inside cb- namespaces; every run is bounded by -d; the topology,
 servers, cgroup and links are removed however the suite ends.
+
+Entry points, as every suite's (bench.micro.suite, bench.control): ``run_suite(settings,
+progress)`` (bench.profiles.MacroSettings) gives the suite's section of the result
+document, ``table(section)`` its header and rows; ``run(scales, rounds, ...)`` takes the
+settings one by one.
 """
 from __future__ import annotations
 
@@ -57,16 +62,26 @@ import subprocess
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
+from bench.macro import locust_run
+from bench.profiles import MacroSettings
 from bench.stats import mad_pct_text, summary
-from harness import addressing
+from harness import addressing, paths
+from harness.bpf import attach_cgroup
+from harness.errors import ChainbenchError
 from harness.host import cgroups, netns, procs
-from harness.lb.state import ACTIVE, Backend, Frontend, LbState
 from harness.host.signals import shielded
+from harness.kubeproxy import apply as kp
+from harness.lb.state import ACTIVE, Backend, Frontend, LbState
+from harness.node import datapath
+from harness.node.sync import node_lock
+from harness.topology import chaining
+from harness.topology.build import leftovers
+from harness.topology.chaining import SOCK_PROGRAMS
+from harness.topology.servers import nginx
 
-SCENARIO = Path(__file__).parent / "scenarios" / "macro.yaml"
+SCENARIO = paths.SCENARIO_DIR / "macro.yaml"
 DATAPATHS = ("bpf-tc", "bpf-sock", "iptables", "nftables")
 NODES = {"cb-node0": "bpf", "cb-node1": "iptables", "cb-node2": "nftables", "cb-node3": "none"}
 CLIENT = {"bpf-tc": "bench/client-bpf", "bpf-sock": "bench/client-sock",
@@ -85,7 +100,7 @@ LOCUST_SERVICES = 50
 SEED = 20261126
 
 
-class MacroError(RuntimeError):
+class MacroError(ChainbenchError, RuntimeError):
     """The macro suite cannot run (one line)."""
 
 
@@ -197,8 +212,6 @@ class Topology:
         self.sock_cgroup: str | None = None
 
     def __enter__(self) -> "Topology":
-        from harness.topology import chaining
-        from harness.topology.build import leftovers
         found = leftovers()
         if found:
             raise MacroError(f"leftovers of an earlier run ({', '.join(found[:3])}): "
@@ -231,7 +244,6 @@ class Topology:
         return self.state.node(NODE_OF.get(dp_or_node, dp_or_node)).netns
 
     def _start_servers(self) -> None:
-        from harness.topology.servers import nginx
         if not nginx.available():
             raise MacroError("nginx is not installed (make bench installs nginx-light)")
         for ref in BACKENDS:
@@ -251,9 +263,6 @@ class Topology:
                 time.sleep(0.05)
 
     def _attach_sock_lb(self) -> None:
-        from harness.node import datapath
-        from harness.bpf import attach_cgroup
-        from harness.topology.chaining import SOCK_PROGRAMS
         path = cgroups.create(SOCK_CGROUP)
         self.stack.callback(cgroups.remove, path)
         coll = self.stack.enter_context(datapath.load("sock", NODE_OF["bpf-sock"], pinned=True))
@@ -265,9 +274,6 @@ class Topology:
     # -- programming the services --------------------------------------------------------
     def program(self, svcs: Services, iptables_backend: str) -> dict[str, float]:
         """The same services in every datapath; seconds each took."""
-        from harness.node import datapath
-        from harness.kubeproxy import apply as kp
-        from harness.node.sync import node_lock
         took = {}
         node = NODE_OF["bpf-tc"]
         with node_lock(node), datapath.load("lxc", node, pinned=True) as coll:
@@ -317,7 +323,6 @@ class Topology:
 def _iptables_backend() -> str:
     """The iptables backend of the baseline: legacy when installed (see README: the
     nf_tables backend's iptables-restore does not load 10k services here in bounded time)."""
-    from harness.kubeproxy import apply as kp
     backends = kp.available_backends()
     if not backends:
         raise MacroError("no iptables-restore is installed")
@@ -375,7 +380,6 @@ def run(scales: list[int], rounds: int = 1, seconds: float = 5, connections: int
                                          "mode": mode, "round": r, **got})
                             done += 1
             if locust_seconds and n == max(scales):
-                from bench.macro import locust_run
                 urls = ([svcs.url(i) for i in svcs.real if i not in svcs.targets.values()]
                         or [svcs.url(svcs.targets["last"])])
                 for dp in datapaths:
@@ -437,8 +441,21 @@ def summarise(runs: list[dict]) -> list[dict]:
     return out
 
 
-def table(suite: dict) -> list[tuple[str, ...]]:
-    """Rows: services, target, mode, datapath, req/s, MAD %, p50/p99 µs, CPU µs/req, x iptables."""
+def run_suite(settings: MacroSettings,
+              progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """The suite's section of the result document for *settings* (a profile's)."""
+    return run(list(settings.scales), settings.rounds, settings.seconds, settings.connections,
+               locust_seconds=settings.locust_seconds, locust_users=settings.locust_users,
+               progress=progress)
+
+
+HEADER = ("SERVICES", "TARGET", "MODE", "DATAPATH", "REQ/S", "MAD", "P50 US", "P99 US",
+          "CPU US/REQ", "VS IPTABLES", "ERRORS")
+
+
+def table(suite: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Header and rows: services, target, mode, datapath, req/s, MAD %, p50/p99 µs,
+    CPU µs/req, x iptables."""
     rows = []
     for r in suite["results"]:
         lat = r["latency_us"]
@@ -451,4 +468,4 @@ def table(suite: dict) -> list[tuple[str, ...]]:
                      f"{cpu['system']['median'] + cpu['softirq']['median']:.1f}",
                      f"{ratio['median']:.2f}x" if ratio else "-",
                      str(r["errors"])))
-    return rows
+    return HEADER, rows

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from harness.errors import ChainbenchError
 from harness.bpf import Collection
 
 #: Which figure of a sample is ns/packet, by method and hook (see bench/micro/suite.py).
@@ -15,7 +16,7 @@ MEASURE = {"calls": {"sched_cls": "kernel", "xdp": "kernel"},
 METHOD = "calls"
 
 
-class CaseCheckFailed(AssertionError):
+class CaseCheckFailed(ChainbenchError, AssertionError):
     """A benchmark case's packet did not take the path the case is named after."""
 
 

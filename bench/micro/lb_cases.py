@@ -34,11 +34,16 @@ from __future__ import annotations
 
 import ipaddress
 
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
 from bench.micro.case import Case, CaseCheckFailed, Outcome
 from harness import addressing
 from harness.node import datapath
 from harness.bpf import Collection
 from harness.lb.state import ACTIVE, Backend, Frontend, LbState
+from harness.testrun.packets import eth
 
 __all__ = ["CaseCheckFailed", "cases", "packets", "synthetic_state"]
 
@@ -104,10 +109,7 @@ def synthetic_state(services: int, backends: int = BACKENDS_PER_SERVICE,
 
 def packets(services: int) -> dict[str, bytes]:
     """The packet of every case at *services* services, by case name."""
-    from scapy.layers.inet import IP, TCP
-    from scapy.layers.inet6 import IPv6
 
-    from harness.testrun.packets import eth
     vip, port = _vip(services - 1)
     vip6, port6 = _vip6(services - 1)
     node_ip = str(addressing.node_ip4(addressing.node_index(NODE)))
@@ -133,9 +135,6 @@ def _accepted(out: Outcome) -> None:
 
 def _expect_translated(vip: ipaddress.IPv4Address | ipaddress.IPv6Address):
     def check(out: Outcome) -> None:
-        from scapy.layers.inet import IP, TCP
-        from scapy.layers.inet6 import IPv6
-        from scapy.layers.l2 import Ether
         _accepted(out)
         l3, pods = ((IP, addressing.POD_CIDR_V4) if vip.version == 4
                     else (IPv6, addressing.POD_CIDR_V6))
@@ -162,8 +161,6 @@ def _expect_nodeport_remote(node: str):
     remote = addressing.node_pod_cidr_v4(1)
 
     def check(out: Outcome) -> None:
-        from scapy.layers.inet import IP, TCP
-        from scapy.layers.l2 import Ether
         _accepted(out)
         pkt = Ether(out.packet)
         if IP not in pkt or TCP not in pkt:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from scapy.layers.inet import IP, TCP
+
 from bench.micro.lb_cases import EXPIRED
 from bench.micro.case import Case, CaseCheckFailed, Outcome
 from harness.node import datapath
@@ -28,6 +30,7 @@ from harness.abi import drop_reasons
 from harness.bpf import Collection
 from harness.policy.model import EndpointPolicy, IpcacheEntry, PolicyState, PortRange, Rule
 from harness.policy.program import PolicyControl
+from harness.testrun.packets import eth
 
 EP_ID, EP_IDENTITY = 1, 100000
 POD = ipaddress.IPv4Address("198.18.0.2")
@@ -76,9 +79,7 @@ def _expect_denied(reason: str = "DROP_POLICY"):
 
 
 def packets(identities: int) -> dict[str, bytes]:
-    from scapy.layers.inet import IP, TCP
 
-    from harness.testrun.packets import eth
     peer = str(_peer(identities - 1))
     return {
         "policy-new": bytes(eth() / IP(src=peer, dst=str(POD))

@@ -1,7 +1,9 @@
 """Micro benchmark: ns per packet of datapath programs, via BPF_PROG_TEST_RUN.
 
-Entry point: ``suite(services, identities, samples, repeat, rounds, progress,
-pyperf_out)``; ``table(suite)`` gives printable rows.
+Entry points: ``run_suite(settings, progress)`` (bench.profiles.MicroSettings) gives
+the suite's section of the result document, ``table(section)`` its header and rows (as
+every suite: bench.control, bench.macro.suite); ``suite(services, identities, samples,
+repeat, rounds, progress, pyperf_out)`` takes the settings one by one.
 
 Method (fixed, so runs compare):
 - every case is paired with the empty program of its hook (``empty_tc`` /
@@ -79,17 +81,27 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pyperf
+from scapy.layers.inet import IP, TCP
+
 from bench.micro import lb_cases, policy_cases
+from bench.micro import worker as W
 from bench.micro.case import MEASURE, METHOD, Case, CaseCheckFailed, Outcome
+from bench.micro.worker import PAIRS_METADATA, PairTimer
+from bench.profiles import MicroSettings
 from bench.stats import MIN_SPREAD_SAMPLES, from_pyperf, mad_pct_text, summary
 from harness.host import bpffs
 from harness import paths
 from harness.bpf import Collection, Program
+from harness.bpf.collection import list_programs
 from harness.bpf.programs import verdict_name
+from harness.errors import ChainbenchError
+from harness.node import datapath
+from harness.testrun.packets import eth
+from harness.testrun.runner import Runner
 
 FLOORS = {"sched_cls": ("empty", "empty_tc"), "xdp": ("empty", "empty_xdp")}
 #: Below these, figures are indicative only (suite() wants indicative=True).
@@ -99,15 +111,13 @@ FLOOR_SUFFIX = " [floor]"
 WORKER_TIMEOUT = 900
 
 
-class MicroBenchError(RuntimeError):
+class MicroBenchError(ChainbenchError, RuntimeError):
     """The micro suite could not measure (a worker failed, pyperf stopped)."""
 
 
 def default_packet() -> bytes:
     """A TCP SYN from a pod to a service VIP: the packet generic programs are timed on."""
-    from scapy.layers.inet import IP, TCP
 
-    from harness.testrun.packets import eth
     return bytes(eth() / IP(src="198.18.0.10", dst="198.19.0.1")
                  / TCP(sport=40000, dport=80, flags="S", seq=1))
 
@@ -115,8 +125,6 @@ def default_packet() -> bytes:
 def discover_cases(packet: bytes | None = None) -> list[Case]:
     """Every packet-hook program of every compiled datapath object but the floors,
     on the default packet, with its hook's floor."""
-    from harness.node import datapath
-    from harness.bpf.collection import list_programs
     packet = packet or default_packet()
     cases: list[Case] = []
     for obj in paths.datapath_objects():
@@ -234,7 +242,6 @@ class Bench:
 
     def check(self, c: Case) -> tuple[Outcome, int]:
         """Run *c*'s packet once (untimed) and apply its expect check."""
-        from harness.testrun.runner import Runner
         r = Runner(self._colls[c.group or c.name], c.program).run(c.packet)
         out = Outcome(r.packet_out, r.verdict, r.drop_reason)
         if c.expect:
@@ -282,7 +289,6 @@ def _never_in_parent(loops: int) -> float:
 def _measure_workers(bench: Bench, measures: dict[str, str], samples: int, repeat: int,
                      rounds: int, cpu: int, step: Callable[[], None]) -> dict:
     """Case name -> (case pyperf.Benchmark, [pair records of each run])."""
-    from bench.micro import worker as W
     bench.pin_programs()
     plan = {"samples": samples, "rounds": rounds, "repeat": repeat, "cases": [
         {"name": c.name, "program_pin": bench.pins[c.name][0], "floor_pin": bench.pins[c.name][1],
@@ -322,7 +328,6 @@ def _measure_workers(bench: Bench, measures: dict[str, str], samples: int, repea
 
 def _run_pairs(run, measure: str, name: str) -> list[dict]:
     """A worker run's pair records (warmup first), checked against its values."""
-    from bench.micro.worker import PAIRS_METADATA
     meta = run.get_metadata()
     if PAIRS_METADATA not in meta:
         raise MicroBenchError(f"{name}: a pyperf run lacks its pairs (metadata {PAIRS_METADATA})")
@@ -341,9 +346,7 @@ def _measure_in_process(bench: Bench, measures: dict[str, str], samples: int, re
                         rounds: int, cpu: int, step: Callable[[], None]) -> dict:
     """The same pairs in this process: per round one warmup pass over every case,
     then *samples* passes; pyperf runs built from them."""
-    import pyperf
 
-    from bench.micro.worker import PAIRS_METADATA, PairTimer
     timers = {c.name: PairTimer(bench.programs[c.name].fd, bench.floors[c.name].fd, c.packet,
                                 repeat, measures[c.name], bench.method) for c in bench.cases}
     per_round: dict[str, list[list[dict]]] = {c.name: [] for c in bench.cases}
@@ -381,9 +384,7 @@ def _measure_in_process(bench: Bench, measures: dict[str, str], samples: int, re
 def _floor_benchmark(case_bench, runs_pairs: list[list[dict]], measure: str, name: str):
     """The floor side of a case's pairs as a pyperf benchmark: one run per case run,
     with the case run's metadata (minus the pairs) and the same value order."""
-    import pyperf
 
-    from bench.micro.worker import PAIRS_METADATA
     key = "floor_" + measure
     runs = []
     for run, recs in zip(case_bench.get_runs(), runs_pairs):
@@ -475,7 +476,6 @@ def _execute(cases: list[Case], samples: int, repeat: int, rounds: int, cpu: int
             res, floor_bench = _result(bench, c, measures[c.name], case_bench, runs_pairs)
             results.append(res)
             benches += [case_bench, floor_bench]
-    import pyperf
     if pyperf_out is not None:
         pyperf_out = Path(pyperf_out)
         pyperf_out.parent.mkdir(parents=True, exist_ok=True)
@@ -554,8 +554,27 @@ def run(cases: list[Case], samples: int = 7, repeat: int = MIN_REPEAT, cpu: int 
                     indicative, {}, method)
 
 
-def table(suite: dict) -> list[tuple[str, ...]]:
-    """Rows: name, verdict, median ns, MAD %, clock, floor ns, ratio to floor."""
+def indicative(settings: MicroSettings) -> bool:
+    """Whether *settings* give indicative figures only (too few samples or runs)."""
+    return settings.samples < MIN_SAMPLES or settings.repeat < MIN_REPEAT
+
+
+def run_suite(settings: MicroSettings,
+              progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """The suite's section of the result document for *settings* (a profile's); short
+    runs are marked indicative.  *progress(done, total, description)*."""
+    return suite(list(settings.services), list(settings.identities), samples=settings.samples,
+                 repeat=settings.repeat, rounds=settings.rounds,
+                 indicative=indicative(settings),
+                 progress=(lambda done, total: progress(done, total, "micro")) if progress
+                 else None)
+
+
+HEADER = ("CASE", "VERDICT", "NS/PKT", "MAD", "CLOCK", "EMPTY NS", "VS EMPTY")
+
+
+def table(suite: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Header and rows: name, verdict, median ns, MAD %, clock, floor ns, ratio to floor."""
     rows = []
     for r in suite["results"]:
         ns, floor, ratio = r["ns_per_packet"], r["floor_ns_per_packet"], r["ratio_to_floor"]
@@ -563,4 +582,4 @@ def table(suite: dict) -> list[tuple[str, ...]]:
         rows.append((r["name"], r["verdict"], f"{ns['median']:.2f}", mad_pct_text(ns, "sample"),
                      r["measure"], f"{floor['median']:.2f}",
                      f"{ratio['median']:.2f}x{spread}"))
-    return rows
+    return HEADER, rows

@@ -25,6 +25,8 @@ from typing import Any, Iterable
 import jinja2
 from markupsafe import Markup
 
+from harness.errors import InputError
+
 __all__ = ["DashboardError", "load_documents", "render", "TEMPLATE_DIR", "TEMPLATE"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -57,7 +59,7 @@ _MICRO_NAME = re.compile(r"^(?P<object>[^:/@]+):(?P<program>[^/@]+)"
 _SCALE_UNITS = {"svc": "services", "id": "identities"}
 
 
-class DashboardError(Exception):
+class DashboardError(InputError):
     """The dashboard cannot be drawn (no result documents); the message is one line."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness.facts import machine
 from harness import paths
+from bench.report import schema
 
 SCHEMA_VERSION = 3
 
@@ -43,7 +44,6 @@ class InvalidDocument(ValueError):
 
 
 def write(doc: dict, out_dir: Path | None = None, latest: bool = True) -> Path:
-    from bench.report import schema
     errors = schema.validate(doc, schema.load())
     if errors:
         raise InvalidDocument(f"result document does not match {schema.SCHEMA_PATH.name}: "

@@ -8,6 +8,8 @@ import re
 import shutil
 import subprocess
 
+from harness.bpf import _libbpf as L
+
 
 def _first_line(cmd: list[str]) -> str | None:
     if not shutil.which(cmd[0]):
@@ -32,7 +34,6 @@ def cpu_model() -> str:
 
 
 def libbpf_version() -> str:
-    from harness.bpf import _libbpf as L
     fn = L.lib.libbpf_version_string
     fn.restype = ctypes.c_char_p
     return fn().decode()

@@ -11,8 +11,10 @@ import importlib.metadata
 import platform
 import re
 import subprocess
+import tomllib
 
 from harness import paths
+from harness.facts import machine
 
 _PRODUCER = re.compile(rb"[ -~]*clang version [ -~]+")
 
@@ -25,7 +27,6 @@ def package_version() -> str:
 
 
 def _pyproject_version() -> str | None:
-    import tomllib
     try:
         with open(paths.ROOT / "pyproject.toml", "rb") as f:
             return str(tomllib.load(f)["project"]["version"])
@@ -59,7 +60,6 @@ def build_clang() -> str | None:
 
 
 def libbpf_version() -> str | None:
-    from harness.facts import machine
     try:
         return machine.libbpf_version()
     except (OSError, AttributeError):

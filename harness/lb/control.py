@@ -29,10 +29,12 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
+from harness.errors import ChainbenchError
 from harness import journal as map_journal
 from harness.bpf import Map
 from harness.lb import entries as E
-from harness.lb.state import Frontend, LbState
+from harness.lb.listing import read_backends, read_services
+from harness.lb.state import ACTIVE, Backend, Frontend, LbState
 
 #: (rev_nat_index, backend ids, backend keys): the keys name backends in the
 #: Maglev permutation, so a table does not depend on how ids were assigned.
@@ -40,7 +42,7 @@ MaglevInstall = Callable[[int, list[int], list[tuple]], None]
 MaglevRemove = Callable[[int], None]
 
 
-class LbApplyError(RuntimeError):
+class LbApplyError(ChainbenchError, RuntimeError):
     """Programming failed; every change of the failed call was rolled back."""
 
     def __init__(self, message: str, cause: BaseException):
@@ -172,8 +174,6 @@ class LbControl:
         Restored frontends lack their service names (the maps do not keep them);
         a full apply() reconciles them, an apply() for some services only leaves
         them alone."""
-        from harness.lb.listing import read_services
-        from harness.lb.state import ACTIVE, Backend
 
         if self._fe:
             raise ValueError("restore() is for a fresh LbControl")
@@ -208,7 +208,6 @@ class LbControl:
                 self._refs[bid] = self._refs.get(bid, 0) + 1
         # Backends no slot names (terminating ones, or leftovers): known, unreferenced;
         # the next full apply keeps those it wants and deletes the rest.
-        from harness.lb.listing import read_backends
         for bid, b in read_backends(self.maps).items():
             key = (ipaddress.ip_address(b.address), b.port, b.protocol)
             if key not in self._backend_id:

@@ -25,6 +25,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from harness.errors import InputError
 from harness.addressing import POD_CIDR_V4, POD_CIDR_V6, node_index, node_ip4, node_ip6
 from harness.scenario import Scenario, Service
 from harness.scenario.model import IPAddress
@@ -189,7 +190,7 @@ def _hostport_frontends(scenario: Scenario,
     return out
 
 
-class LbStateError(ValueError):
+class LbStateError(InputError, ValueError):
     """Two objects claim the same frontend, or a frontend cannot be served."""
 
 

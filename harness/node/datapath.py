@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from harness.errors import InputError
 from harness import addressing, paths
 from harness.bpf import Collection
 from harness.host import bpffs
@@ -122,7 +123,7 @@ def node_is_pinned_dir(node: str) -> bool:
     return Node(node).is_pinned
 
 
-class NodeNotFound(LookupError):
+class NodeNotFound(InputError, LookupError):
     pass
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from harness.errors import ChainbenchError
 from harness import journal as map_journal
 from harness.bpf import Map
 from harness.policy import entries as E
@@ -29,7 +30,7 @@ from harness.policy.model import EndpointPolicy, PolicyState
 from harness.abi.structs import PolicyKey
 
 
-class PolicyApplyError(RuntimeError):
+class PolicyApplyError(ChainbenchError, RuntimeError):
     pass
 
 

@@ -655,6 +655,18 @@ def resolve(
     )
 
 
+def identity_holders(scenario: Scenario, state: PolicyState) -> list[dict]:
+    """Per identity (``format_identities``' order): its id, labels (comma-separated), the
+    endpoints holding it and their nodes, as ``chainbench identities -o wide|json`` shows."""
+    holders: dict[int, list[str]] = {}
+    for ep in state.endpoints:
+        holders.setdefault(ep.identity, []).append(ep.pod)
+    node_of = {p.ref: p.node_name or "" for p in scenario.pods}
+    return [{"id": int(i), "labels": labels, "endpoints": sorted(holders.get(int(i), [])),
+             "nodes": sorted({node_of.get(p, "") for p in holders.get(int(i), [])} - {""})}
+            for i, labels in format_identities(state)]
+
+
 def format_identities(state: PolicyState) -> list[tuple[str, str]]:
     """``(ID, LABELS)`` rows for ``chainbench identities``, sorted by id; labels comma-separated."""
     return [(str(ident.id), ",".join(ident.labels)) for ident in sorted(state.identities, key=lambda i: i.id)]

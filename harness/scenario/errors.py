@@ -11,13 +11,15 @@ adds the file, document and object.
 """
 from __future__ import annotations
 
+from harness.errors import InputError
+
 
 def one_line(text: str) -> str:
     """Collapse line breaks so a message always fits on one line."""
     return " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text
 
 
-class ScenarioError(Exception):
+class ScenarioError(InputError):
     """A scenario file (or a lookup in a loaded scenario) is invalid.
 
     ``str()`` is exactly one line; the parts are also available as attributes.

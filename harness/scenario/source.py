@@ -23,6 +23,7 @@ from typing import IO, Any
 import yaml
 
 from harness.scenario.errors import ScenarioError
+from harness.scenario.templates import render_template_file
 
 STDIN = "-"
 STDIN_SOURCE = "<stdin>"
@@ -48,7 +49,6 @@ def read(spec: str, params: dict[str, Any] | None = None,
     """The scenario text *spec* names and the name its errors carry: (text, source)."""
     params = dict(params or {})
     if is_template(spec):
-        from harness.scenario.templates import render_template_file
         return render_template_file(spec, **params)
     if params:
         raise ScenarioError("-p parameters only apply to .j2 templates", source=_shown(spec))

@@ -18,6 +18,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from harness.errors import InputError
+
 #: libpcap's MAXIMUM_SNAPLEN: no capture it writes or reads has longer records.
 MAX_CAPLEN = 262144
 
@@ -28,7 +30,7 @@ _PCAPNG_BOM = 0x1A2B3C4D
 _IDB, _PB, _SPB, _EPB = 1, 2, 3, 6
 
 
-class PcapError(ValueError):
+class PcapError(InputError, ValueError):
     """The capture is missing, unreadable or malformed (one line)."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from harness.errors import InputError
 from harness import paths
 from harness.abi import drop_reasons
 from harness.abi import structs  # noqa: F401  (registers the mirrors Collection.load checks)
@@ -28,7 +29,7 @@ _ETH_V4 = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00
 _ETH_V6 = _ETH_V4[:12] + b"\x86\xdd"
 
 
-class ProgramNotFound(LookupError):
+class ProgramNotFound(InputError, LookupError):
     pass
 
 
@@ -76,6 +77,15 @@ def resolve_program(spec: str, search: list[Path] | None = None) -> tuple[Path, 
                               + ", ".join(o.stem.removesuffix(".bpf") for o, _ in found)
                               + "; name it as OBJECT:PROGRAM")
     return found[0]
+
+
+def compiled_programs() -> list[dict]:
+    """Every program of the compiled datapath objects: its object, name, type and the
+    object's path, as ``chainbench programs`` lists them."""
+    return [{"object": o.name.removesuffix(".bpf.o"), "program": name, "type": ptype,
+             "path": str(o)}
+            for o in paths.datapath_objects()
+            for name, ptype in sorted(list_programs(str(o)).items())]
 
 
 def program_names(obj: Path) -> set[str]:

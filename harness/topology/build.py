@@ -28,8 +28,9 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from harness.errors import ChainbenchError
 from harness.topology import cleanup
-from harness.host import netns
+from harness.host import netns, procs
 from harness.topology.conflist import Primary, node_conflist
 from harness.topology.cni_runtime import DEFAULT_TIMEOUT, CNIError, CNIRuntime, RuntimeConf, discover_cni_path, \
     host_interfaces, sandbox_addresses
@@ -43,7 +44,7 @@ from harness.topology.state import STATE_PATH, NodeState, PodState, TopologyStat
 Progress = Callable[[str], None]
 
 
-class TopologyError(RuntimeError):
+class TopologyError(ChainbenchError, RuntimeError):
     """Building or removing the topology failed (one line)."""
 
 
@@ -451,7 +452,6 @@ def down() -> dict[str, list[str]]:
     Returns {"processes", "pods", "errors", "namespaces", "cgroups", "pins", "states",
     "temp dirs"}.
     """
-    from harness.host import procs
     ended = procs.end_all()
     summary = teardown()
     rest = cleanup.down()

@@ -23,13 +23,22 @@ import os
 import shutil
 import sys
 
+from harness import addressing, validate
+from harness.bpf import attach_cgroup, attach_tc
+from harness.host import bpffs, cgroups, netns
+from harness.host.cgroups import host_cgroup
+from harness.host.signals import shielded
+from harness.kubeproxy import apply as kp
+from harness.lb.state import desired_state, node_addresses
 from harness.node import datapath
-from harness.bpf import attach_tc
 from harness.node.node import Node
 from harness.node.record import SKIP_ANNOTATION
 from harness.node.sync import sync_node
-from harness import validate
+from harness.paths import STATE_ROOT
+from harness.scenario import source
 from harness.topology import build as topology
+from harness.topology.cni_runtime import discover_cni_path
+from harness.topology.plan import plan_topology
 from harness.topology.state import TopologyState, scenario_with_real_addresses
 
 PLUGIN = "chainbench-cni"
@@ -52,8 +61,6 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     handling: a node that only hosts backends).  *lb_map_max* sizes the LB maps of
     BPF nodes (Cilium's --bpf-lb-map-max); *np_ipblock* what a NetworkPolicy ipBlock
     selects on them (harness.policy.resolve; default "pods")."""
-    from harness.topology.cni_runtime import discover_cni_path
-    from harness.topology.plan import plan_topology
     path = os.path.abspath(scenario_path)
     scenario = validate.load(path)       # the validation `scenario check` applies
     plan = plan_topology(scenario, nodes, routing, "mixed" if node_datapaths else datapath_kind)
@@ -89,7 +96,6 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     except BaseException:
         # build undid the topology (CNI DEL, namespaces); what the chained plugin made
         # for the nodes (pins, endpoint state) and the node settings go too.
-        from harness.host.signals import shielded
         with shielded():
             _remove_node_objects(list(kinds))
         raise
@@ -107,7 +113,6 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
             apply_kube_proxy(state, scenario, mode,
                              [n for n in state.nodes if kinds[n.name] == mode])
     except BaseException:
-        from harness.host.signals import shielded
         with shielded():
             down()
         raise
@@ -121,10 +126,6 @@ def apply_kube_proxy(state: TopologyState, scenario, mode: str,
                      nodes: list | None = None) -> dict[str, float]:
     """kube-proxy's rules for *scenario* in each of *nodes* (default: every node);
     seconds per node."""
-    from harness import addressing
-    from harness.host import netns
-    from harness.kubeproxy import apply as kp
-    from harness.lb.state import desired_state, node_addresses
     lb_state = desired_state(scenario, node_addresses(scenario))
     took = {}
     for node in state.nodes if nodes is None else nodes:
@@ -155,9 +156,6 @@ def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> No
     """Socket LB for each node's host-network processes: the sock programs on the
     node's ``cb-<node>-host`` cgroup (host clients run in it), links pinned so
     they outlive this process (``chainbench down`` unpins them)."""
-    from harness.host import cgroups
-    from harness.bpf import attach_cgroup
-    from harness.host.cgroups import host_cgroup
     for node in state.nodes if nodes is None else nodes:
         path = host_cgroup(node.name)
         cgroups.create(os.path.basename(path))
@@ -166,6 +164,26 @@ def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> No
                 link = attach_cgroup(coll.programs[name], path)
                 link.pin(Node(node.name).pin_path("links", f"host-{name}"))
                 link.detach()       # the pin keeps the attachment
+
+
+def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
+                routing: str = "native", datapath_kind: str = "bpf", progress=None, *,
+                lb_map_max: int | None = None, np_ipblock: str | None = None) -> TopologyState:
+    """``up`` from the scenario *spec* names (a file, ``-`` for standard input, or a
+    ``.j2`` template rendered with *params*), validated first (errors name *spec* as
+    given).  The CNI plugin and later commands read the scenario from a file: standard
+    input and templates are kept under /run/chainbench (removed again if ``up`` fails,
+    else by ``down``)."""
+    text, name = source.read(spec, dict(params or {}))
+    validate.load_text(text, name)
+    path = source.materialize(spec, text, STATE_ROOT)
+    try:
+        return up(path, nodes, routing, datapath_kind, progress, lb_map_max=lb_map_max,
+                  np_ipblock=np_ipblock)
+    except BaseException:
+        if path != os.path.abspath(spec) and os.path.exists(path):
+            os.unlink(path)
+        raise
 
 
 def down() -> dict[str, list[str]]:
@@ -182,9 +200,6 @@ def teardown(state: TopologyState) -> dict[str, list[str]]:
 
 def _remove_node_objects(nodes: list[str]) -> None:
     """The pins, node state and host cgroups of *nodes*."""
-    from harness.host import bpffs, cgroups
-    from harness.host.cgroups import host_cgroup
-    from harness.paths import STATE_ROOT
     for node in nodes:
         shutil.rmtree(Node(node).pin_path(), ignore_errors=True)
         shutil.rmtree(Node(node).state_dir, ignore_errors=True)

@@ -32,6 +32,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from harness.errors import ChainbenchError
 from harness.host import netns, procs
 
 CNI_VERSION = "1.0.0"
@@ -56,7 +57,7 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _TYPE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 
 
-class CNIError(Exception):
+class CNIError(ChainbenchError):
     """A CNI operation failed; ``to_dict()`` is the spec's error object."""
 
     def __init__(self, code: int, msg: str, details: str = "", *, plugin: str | None = None,

@@ -37,7 +37,10 @@ from harness.node import drop_counters
 from harness.abi import drop_reasons
 from harness.node.endpoints import EndpointRegistry
 from harness.host.signals import shielded
-from harness.topology.state import TopologyState
+from harness.errors import InputError
+from harness.scenario import load_scenario
+from harness.topology.servers import nginx
+from harness.topology.state import TopologyState, load_state, scenario_with_real_addresses
 
 CHECK_TIMEOUT = 3.0
 ECHO_PORT, HOST_ECHO_PORT, WORLD_PORT, HOSTPORT, NODEPORT = 8080, 41000, 80, 40000, 31313
@@ -139,6 +142,14 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.status != "FAIL"
+
+    def to_dict(self, flow_validation: str) -> dict:
+        """The result as ``connectivity -o json`` reports it."""
+        return {"check": self.check.name, "status": self.status, "expect": self.check.expect,
+                "detail": self.detail, "seconds": round(self.seconds, 3),
+                "flow_validation": flow_validation,
+                "proof": self.proof.to_dict() if self.proof else None,
+                "drops": list(self.drops), "warning": self.warning or None}
 
 
 def select(checks: tuple[Check, ...], patterns: list[str]) -> tuple[Check, ...]:
@@ -338,7 +349,6 @@ class Servers:
         self.scratch: list[str] = []
 
     def _start(self, netns: str, port: int, name: str) -> None:
-        from harness.topology.servers import nginx
         if nginx.available():
             server, directory = nginx.command(port, name)
             self.scratch.append(directory)
@@ -387,7 +397,6 @@ class Servers:
                     os.killpg(p.pid, signal.SIGTERM)
             for p in self.procs:
                 procs.stop(p)
-            from harness.topology.servers import nginx
             for directory in self.scratch:
                 nginx.stop_scratch(directory)
 
@@ -433,3 +442,22 @@ def run(state: TopologyState, scenario, datapath: str | None = None,
             with shielded():
                 pool.shutdown(wait=True, cancel_futures=True)
     return [results[c] for c in checks]
+
+
+def run_selected(patterns: list[str], datapath: str | None = None,
+                 flow_validation: str = "strict") -> list[Result]:
+    """The checks *patterns* select (select(); none: every check) run on the topology
+    that is up, against *datapath* (default: the topology's)."""
+    try:
+        checks = select(CHECKS, patterns)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if not checks:
+        raise InputError(f"--test {','.join(patterns)}: no check matches "
+                         f"(checks: {', '.join(c.name for c in CHECKS)})")
+    state = load_state()
+    if state is None:
+        raise InputError("no topology is up: run `chainbench up -f "
+                         "bench/scenarios/connectivity-check.yaml` first")
+    scenario = scenario_with_real_addresses(load_scenario(state.scenario), state)
+    return run(state, scenario, datapath, checks, flow_validation)

@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import functools
 
+from harness.errors import InputError
+from harness.lb.state import LbStateError, desired_state, node_addresses
 from harness.node import datapath
 from harness.node.node import Node
+from harness.node.endpoints import EndpointRegistry
+from harness.scenario import ScenarioError, load_scenario
+from harness.topology.state import load_state, scenario_with_real_addresses
 
 
 def select(node: str | None) -> list[str]:
@@ -33,14 +38,12 @@ def pod_ref(text: str) -> str:
     return text if "/" in text else f"default/{text}"
 
 
-class PodNotFound(LookupError):
+class PodNotFound(InputError, LookupError):
     pass
 
 
 def pod_node(ref: str) -> str:
     """The node whose endpoint registry holds pod *ref* (the topology's placement first)."""
-    from harness.node.endpoints import EndpointRegistry
-    from harness.topology.state import load_state
     pinned = datapath.pinned_nodes()
     state = load_state()
     if state is not None:
@@ -65,8 +68,6 @@ def pod_node(ref: str) -> str:
 def scenario_for(node: str):
     """The scenario *node*'s maps were programmed from, or None when unknown (or
     no longer readable)."""
-    from harness.scenario import ScenarioError, load_scenario
-    from harness.topology.state import load_state, scenario_with_real_addresses
     state = load_state()
     try:
         if state is not None and any(n.name == node for n in state.nodes):
@@ -81,7 +82,6 @@ def service_names(node: str) -> dict[tuple[str, int, str], tuple[str, dict[str, 
     """(frontend address, port, protocol) -> (the Service's ``namespace/name``, its labels)
     (HostPort: ``namespace/pod``, the pod's labels), from the scenario *node* was
     programmed from."""
-    from harness.lb.state import LbStateError, desired_state, node_addresses
     scenario = scenario_for(node)
     if scenario is None:
         return {}

@@ -41,6 +41,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
+from harness.errors import InputError
 from harness import addressing
 from harness.scenario import Pod, Scenario
 
@@ -71,7 +72,7 @@ VXLAN_OVERHEAD = 50          # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 MAX_NODES = 254              # underlay addresses 198.19.128.1-.254
 
 
-class PlanError(ValueError):
+class PlanError(InputError, ValueError):
     """The scenario or the options do not make a topology (one line)."""
 
 

@@ -17,9 +17,14 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 
+from harness.bpf import Map
+from harness.bpf.errors import BpfError
 from harness.host import bpffs
+from harness.host.cgroups import cgroup2_mount, host_cgroup
 from harness.node import datapath
+from harness.node.node import Node
 from harness import paths
+from harness.topology.state import load_state
 
 #: Map types whose size is fixed (every slot exists): no pressure.
 _FIXED_SIZE = {"array", "percpu_array", "prog_array", "perf_event_array", "cgroup_array",
@@ -105,7 +110,6 @@ def kernel_features() -> list[Feature]:
     btf = os.path.exists("/sys/kernel/btf/vmlinux")
     jit = _read("/proc/sys/net/core/bpf_jit_enable")
     try:
-        from harness.host.cgroups import cgroup2_mount
         cgroup2 = cgroup2_mount()
     except (OSError, RuntimeError):
         cgroup2 = None
@@ -133,9 +137,6 @@ def kernel_features() -> list[Feature]:
 
 def map_pressure(node: str) -> list[MapPressure]:
     """Every map pinned for *node*: entries in use / max entries."""
-    from harness.bpf import Map
-    from harness.bpf.errors import BpfError
-    from harness.node.node import Node
     directory = Node(node).pin_dir
     out = []
     for name in sorted(os.listdir(directory)):
@@ -194,8 +195,6 @@ def attached_programs(netns: str, cgroup: str | None) -> list[AttachedProgram]:
 
 
 def node_status(name: str, topology=None) -> NodeStatus:
-    from harness.host.cgroups import host_cgroup
-    from harness.node.node import Node
     home = Node(name)
     node = None
     if topology is not None:
@@ -231,7 +230,6 @@ def observer(nodes: list[NodeStatus]) -> str:
 
 def collect() -> dict:
     """The whole status as one document (the CLI renders it)."""
-    from harness.topology.state import load_state
     topology = load_state()
     names = sorted(set(datapath.pinned_nodes())
                    | {n.name for n in (topology.nodes if topology else [])})
