@@ -17,12 +17,7 @@ socket-LB programs attached: connect() is translated once), ``iptables`` and
 A client pod per datapath and a backend port per measured service keep the
 paths independent: no client reaches one backend tuple through two frontends
 (or through a frontend and directly), so one datapath's runs leave no state
-(conntrack entries, the backends' TIME_WAIT sockets) in another's way.  This
-suite found a datapath bug that way: while tc-LB and socket-LB shared a client
-pod, new-connection rates through tc fell to 60-250/s from ~8,500/s, because
-a SYN on a reused tuple found the old connection's conntrack entry and kept its
-reverse-NAT frontend, so the SYN-ACK came back from the wrong address
-(fixed in bpf_src/lib/ct.h ct4_set_rev_nat; tests/test_lb_datapath.py).
+(conntrack entries, the backends' TIME_WAIT sockets) in another's way.
 
 Services at scale N (all TCP port 80, 10 endpoints each): the measured ones
 ("last": the last in kube-proxy's iptables order, the worst case of the linear

@@ -5,73 +5,15 @@ the suite's section of the result document, ``table(section)`` its header and ro
 every suite: bench.control, bench.macro.suite); ``suite(services, identities, samples,
 repeat, rounds, progress, pyperf_out)`` takes the settings one by one.
 
-Method (fixed, so runs compare):
-- every case is paired with the empty program of its hook (``empty_tc`` /
-  ``empty_xdp``), the floor, run on the case's own packet.  One sample is an
-  A/B pair: ``repeat`` runs of the floor and ``repeat`` runs of the case,
-  back to back, the order alternating from pair to pair.  Ratios to the
-  floor (and ns above it) are taken within each pair, so machine noise hits
-  both sides alike; medians and MAD summarise the pairs.  No figure is a
-  single absolute time;
-- the ``repeat`` runs of a sample are ``repeat`` BPF_PROG_TEST_RUN calls of
-  one run each (method "calls"), and ns/packet is the mean of the kernel's
-  own per-run durations (whole ns each; the mean of 100k has sub-ns
-  resolution; the time the syscall and the skb set-up take is outside it).
-  Not one call of ``repeat`` runs, because the kernel reruns the program on
-  the same skb without restoring it: every run after the first sees what the
-  previous one wrote, so a DNAT case would time one service hit and 99,999
-  packets already addressed to the backend (a service miss), a NodePort
-  case 99,999 packets that pass untranslated (seen here: the frontend's
-  packet counter grew by one per call of 100k runs; "established" timed
-  like "non-service", "nodeport" like from_netdev on a packet it ignores).
-  Each call's duration includes one ktime read and runs with the caches as
-  the syscall leaves them, so "calls" figures are higher than a hot loop's
-  (the empty tc program: 45-70 ns against ~10 ns), in the floor as in the
-  case: compare ns above the floor, or ratios, not raw ns with
-  figures taken another way.  This also makes tc and XDP figures alike (an
-  XDP call of one run does not flip the static key that calls with repeat >
-  1 flip, ~16 ms each).  Method "loop" (one call of ``repeat`` runs: tc on
-  the calling thread's CPU time, which leaves out the time other tasks hold
-  the CPU when the thread is preempted mid-call, unlike wall-clock time, XDP
-  on the kernel's average) is available for programs that leave their
-  packet unchanged, and refuses the others;
-- each case runs once untimed first (a flow's first packet creates its
-  conntrack entries; the timed runs are the established flow), and its
-  ``expect`` check runs on that first packet and again after timing, and
-  every timed run must return what the first one returned, so a case that
-  does not take the path it is named after fails instead of timing the
-  wrong thing;
-- the timing process is pinned to one CPU (the last one by default).
-Packets are built once with scapy when the cases are made, never inside a
-timed loop; maps are programmed once per scale (the cases of a scale share
-them, pinned, as a node's programs do).
-
-pyperf.  The parent process (this module) builds, loads and programs every
-collection once (100k services take ~30 s: never per worker), checks every
-case's first packet, and pins the case programs and floors under
-/sys/fs/bpf/cb-bench-<pid>/ (with the maps a scale shares; outside the
-project's pin root, which ``chainbench down`` sweeps at any time); a
-``finally`` removes that directory, on errors and Ctrl-C too.  pyperf.Runner
-then spawns the workers (bench.micro.worker.main(), pinned with
-``--affinity``; the plan travels in CHAINBENCH_MICRO_PLAN through
-``--inherit-environ``): per case, ``rounds`` worker processes, each one
-warmup pair (discarded; a tenth of the runs) then ``samples`` pairs.  A
-worker is one pyperf run; each value is one pair, recorded as the case's per-run seconds (``loops`` 1,
-``inner_loops`` = repeat), and a pyperf hook carries the pair's floor side
-back in the run's metadata.  So each case is a pyperf benchmark named after
-it, and its floor, measured in the very same pairs, a second one named
-``<case> [floor]`` (same runs, same order); ``pyperf_out`` holds both, so
-``python -m pyperf stats`` and ``compare_to`` work on them.  Summaries of
-times come from pyperf's statistics (bench.stats.from_pyperf); ratios, which
-pyperf cannot hold (its units are seconds, bytes and integers), use the same
-definitions (bench.stats.summary).  Why not two plain pyperf benchmarks per
-case: pyperf runs every process of one benchmark before the next one
-starts, so a case and its floor would be measured seconds to minutes apart,
-which is what the A/B rule forbids.  Worker processes cost ~0.15-0.2 s per
-case and round (interpreter start, imports, metadata) and time the same
-syscalls in-process timing would.  ``workers=False`` runs the same pairs in
-this process (one warmup pass, then ``samples`` passes over every case per
-round) and builds the pyperf runs itself.
+The method (A/B pairs with the empty program of the hook, one run per
+BPF_PROG_TEST_RUN call, the first packet checked, pyperf workers on pinned
+programs) is the README's "micro: ns per packet"; the pair itself is timed by
+bench.micro.worker.  This module owns the parent's side: making the cases
+(``discover_cases``, bench.micro.lb_cases, bench.micro.policy_cases), loading
+and programming each scale once, checking every case's first packet, pinning
+the programs under /sys/fs/bpf/cb-bench-<pid>/ (removed in a ``finally``),
+running the pyperf workers (``workers=False``: the same pairs in this process),
+and summarising the pairs (bench.stats).
 """
 from __future__ import annotations
 
