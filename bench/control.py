@@ -67,7 +67,7 @@ from harness.bpf import Collection
 from harness.kubeproxy import apply as kp
 from harness.kubeproxy import iptables as ipt
 from harness.kubeproxy import nftables as nft
-from harness.lb.state import LbState
+from harness.lb.model import LbState
 
 METHODS = ("bpf", "iptables-legacy", "iptables-nft", "iptables-nft-flush", "nft")
 ENDPOINTS = 10

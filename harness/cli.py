@@ -222,9 +222,9 @@ def cmd_lb_apply(args) -> int:
 
 def cmd_identities(args) -> int:
     # lazy: the policy resolver and the scenario parser (~90 ms)
-    from harness.policy.resolve import format_identities, identity_holders, resolve
+    from harness.policy.desired import format_identities, identity_holders, policy_state
     scenario = _load_scenario(args)
-    state = resolve(scenario, np_ipblock=args.netpol_ipblock)
+    state = policy_state(scenario, np_ipblock=args.netpol_ipblock)
     docs = identity_holders(scenario, state)
     if args.output == "wide":
         _emit(args, docs, ("ID", "LABELS", "ENDPOINTS", "NODE"),
@@ -427,9 +427,9 @@ def cmd_connectivity(args) -> int:
 def cmd_kube_proxy_render(args) -> int:
     # lazy: the control plane and the scenario parser (~85 ms)
     from harness.kubeproxy import iptables, nftables
-    from harness.lb.state import desired_state
+    from harness.lb.desired import lb_state
     renderer = iptables if args.mode == "iptables" else nftables
-    sys.stdout.write(renderer.render(desired_state(_load_scenario(args))))
+    sys.stdout.write(renderer.render(lb_state(_load_scenario(args))))
     return EXIT_OK
 
 

@@ -1,15 +1,15 @@
 """The one validation every command applies to a scenario it is given: the
 loader's (harness.scenario.load: fields, names, node names, an empty scenario
 refused) plus what the control planes refuse when they program it (the LB
-frontends, harness.lb.state; the policies, harness.policy.resolve), so
+frontends, harness.lb.desired; the policies, harness.policy.desired), so
 ``scenario check`` accepts exactly what ``up`` and the other commands accept.
 Every failure is a one-line ScenarioError naming the file."""
 from __future__ import annotations
 
 from typing import IO, Any
 
-from harness.lb.state import LbStateError, desired_state
-from harness.policy.resolve import resolve
+from harness.lb.desired import LbStateError, lb_state
+from harness.policy.desired import policy_state
 from harness.scenario.errors import ScenarioError
 from harness.scenario.model import Scenario
 from harness.scenario.load import load_scenario_text
@@ -32,8 +32,8 @@ def check(scenario: Scenario) -> Scenario:
     ScenarioError naming its file: frontends that clash or cannot be served, policies
     using what chainbench cannot enforce.  Returns *scenario*."""
     try:
-        desired_state(scenario)
+        lb_state(scenario)
     except LbStateError as err:
         raise ScenarioError(str(err), source=scenario.source) from None
-    resolve(scenario)        # raises ScenarioError naming the object and field
+    policy_state(scenario)        # raises ScenarioError naming the object and field
     return scenario

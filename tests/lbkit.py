@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 from harness.node import datapath
 from harness.bpf import Collection
 from harness.lb.control import LbControl
-from harness.lb.state import desired_state
+from harness.lb.desired import lb_state
 from harness.scenario import Scenario, scenario_from_documents
 from harness.testrun.packets import checksum_errors, eth  # noqa: F401 (re-exported)
 from harness.testrun.runner import PacketResult, Runner
@@ -101,9 +101,9 @@ class Datapath:
         return result, Ether(result.packet_out)
 
     def apply(self, scen: Scenario, services=None) -> None:
-        self.control.apply(desired_state(scen), services)
+        self.control.apply(lb_state(scen), services)
         if self.netdev_control:
-            self.netdev_control.apply(desired_state(scen), services)
+            self.netdev_control.apply(lb_state(scen), services)
 
 
 def build(load, scen: Scenario, node: str = "cb-node0", netdev: bool = False,

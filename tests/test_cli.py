@@ -209,7 +209,7 @@ def test_snat_stats(pinned_node):
     to a backend on another node is one allocation, its second packet none."""
     from harness import addressing
     from harness.node import datapath
-    from harness.lb.state import desired_state
+    from harness.lb.desired import lb_state
     from harness.testrun.runner import Runner
 
     from . import lbkit as K
@@ -217,7 +217,7 @@ def test_snat_stats(pinned_node):
                                 [K.endpoint("198.18.1.20", "cb-node1")], svc_type="NodePort",
                                 node_ports={"http": 31313}))
     with datapath.load("netdev", pinned_node, pinned=True) as coll:
-        datapath.lb_control(coll).apply(desired_state(scen))
+        datapath.lb_control(coll).apply(lb_state(scen))
         runner = Runner(coll, "from_netdev")
         for flags in ("S", "A"):
             pkt = K.tcp4(str(addressing.node_ip4(0)), 31313, src="203.0.113.10", sport=50000,

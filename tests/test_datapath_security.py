@@ -24,10 +24,10 @@ from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6PacketTooBig, ICMPv6Unknown, I
 from harness import addressing
 from harness.node import datapath
 from harness.abi import drop_reasons
-from harness.lb.state import desired_state
+from harness.lb.desired import lb_state
 from harness.policy.model import (ANY_PORT, ID_HOST, ID_WORLD, EndpointPolicy, IpcacheEntry,
                                   PolicyState, PortRange, Rule)
-from harness.policy.program import PolicyControl
+from harness.policy.control import PolicyControl
 from harness.testrun.packets import checksum_errors, eth
 
 from . import lbkit as K
@@ -78,7 +78,7 @@ def node(load):
 
 
 def program_services(n: Node, *docs) -> None:
-    datapath.lb_control(n.coll).apply(desired_state(K.scenario(*docs)))
+    datapath.lb_control(n.coll).apply(lb_state(K.scenario(*docs)))
 
 
 def ct4_sources(n: Node) -> set[str]:

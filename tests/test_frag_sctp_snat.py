@@ -25,9 +25,10 @@ from scapy.layers.sctp import SCTP, SCTPChunkInit, SCTPChunkInitAck
 from harness import addressing, paths
 from harness.node import datapath
 from harness.abi import drop_reasons
-from harness.lb.state import Backend, Frontend, LbState, LbStateError, desired_state
+from harness.lb.model import Backend, Frontend, LbState
+from harness.lb.desired import LbStateError, lb_state
 from harness.policy.model import EndpointPolicy, PolicyState
-from harness.policy.program import PolicyControl
+from harness.policy.control import PolicyControl
 from harness.scenario import ScenarioError
 from harness.abi.structs import SnatEntry, V6Addr, be16, from_be16, from_be32
 
@@ -288,7 +289,7 @@ def test_sctp_named_target_port_resolving_elsewhere_is_refused():
     svc["spec"]["ports"][0]["targetPort"] = "sig"
     eps["ports"][0]["port"] = 8888
     with pytest.raises(LbStateError) as exc:
-        desired_state(K.scenario([svc, eps]))
+        lb_state(K.scenario([svc, eps]))
     msg = str(exc.value)
     assert "spec.ports[0].targetPort" in msg and "SCTP" in msg and "\n" not in msg
 
@@ -350,7 +351,7 @@ def test_sctp_nodeport_port_must_equal_target_port():
     docs = service("signp", "198.19.0.22", [("sig", 31500, 31500, "SCTP")],
                    [endpoint(BE, "cb-node1")], svc_type="NodePort", node_ports={"sig": 31600})
     with pytest.raises(LbStateError) as exc:
-        desired_state(K.scenario(docs))
+        lb_state(K.scenario(docs))
     assert "spec.ports[0].nodePort" in str(exc.value) and "SCTP" in str(exc.value)
 
 

@@ -22,7 +22,7 @@ import pytest
 from harness.host import netns
 from harness.kubeproxy import apply, iptables as ipt, names, nftables as nft
 from harness.kubeproxy.model import service_ports
-from harness.lb.state import ACTIVE, TERMINATING, Backend, Frontend, LbState
+from harness.lb.model import ACTIVE, TERMINATING, Backend, Frontend, LbState
 
 DATA = pathlib.Path(__file__).parent / "data" / "kubeproxy"
 VIP = ipaddress.ip_address("198.19.0.10")

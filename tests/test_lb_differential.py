@@ -20,7 +20,7 @@ from harness.node import datapath
 from harness.bpf import Collection
 from harness.lb import maglev
 from harness.lb.reference import Packet, ReferenceLb
-from harness.lb.state import desired_state
+from harness.lb.desired import lb_state
 from harness.testrun.packets import eth
 from harness.testrun.runner import Runner
 
@@ -108,15 +108,15 @@ def test_kernel_agrees_with_reference_model(data):
     first = data.draw(services(0), label="services")
     with Collection.load(str(object_path("lxc")), rodata=datapath.rodata_for("lxc")) as coll:
         ctl = datapath.lb_control(coll)
-        ctl.apply(desired_state(first))
-        model = ReferenceLb(desired_state(first), maglev.table_size(coll),
+        ctl.apply(lb_state(first))
+        model = ReferenceLb(lb_state(first), maglev.table_size(coll),
                             maglev.flow_hash_seed(coll))
         runner = Runner(coll, "from_container")
         for spec in data.draw(packets, label="packets"):
             check(runner, model, *to_wire(*spec))
         # The services change under established flows.
         second = data.draw(services(1), label="changed services")
-        ctl.apply(desired_state(second))
-        model.update(desired_state(second))
+        ctl.apply(lb_state(second))
+        model.update(lb_state(second))
         for spec in data.draw(packets, label="packets after the change"):
             check(runner, model, *to_wire(*spec))

@@ -11,9 +11,9 @@ import pytest
 from harness.node import datapath
 from harness import journal as map_journal
 from harness.node import recovery
-from harness.lb.state import desired_state
-from harness.policy.program import PolicyControl
-from harness.policy.resolve import resolve
+from harness.lb.desired import lb_state
+from harness.policy.control import PolicyControl
+from harness.policy.desired import policy_state
 
 from . import lbkit as K
 from .lbkit import endpoint, service
@@ -46,8 +46,8 @@ def lxc(load):
 def _reference(lxc) -> dict:
     coll = lxc()
     ctl = datapath.lb_control(coll)
-    ctl.apply(desired_state(scenario(40, 0)))
-    ctl.apply(desired_state(scenario(60, 7)))
+    ctl.apply(lb_state(scenario(40, 0)))
+    ctl.apply(lb_state(scenario(60, 7)))
     return snapshot(coll, LB_MAPS)
 
 
@@ -65,7 +65,7 @@ def _sigint_during_lb_writes(lxc):
     expected = _reference(lxc)
     coll = lxc()
     ctl = datapath.lb_control(coll)
-    ctl.apply(desired_state(scenario(40, 0)))
+    ctl.apply(lb_state(scenario(40, 0)))
     install = ctl._maglev_install
 
     def interrupting_install(rid, ids, keys):       # Ctrl-C in the middle of the writes
@@ -73,7 +73,7 @@ def _sigint_during_lb_writes(lxc):
         install(rid, ids, keys)
     ctl._maglev_install = interrupting_install
     with pytest.raises(KeyboardInterrupt):
-        ctl.apply(desired_state(scenario(60, 7)))
+        ctl.apply(lb_state(scenario(60, 7)))
     assert snapshot(coll, LB_MAPS) == expected
 
 
@@ -81,7 +81,7 @@ def test_sigkilled_lb_apply_is_finished_from_its_journal(lxc, tmp_path):
     expected = _reference(lxc)
     coll = lxc()
     ctl = datapath.lb_control(coll)
-    ctl.apply(desired_state(scenario(40, 0)))
+    ctl.apply(lb_state(scenario(40, 0)))
     before = snapshot(coll, LB_MAPS)
     journal = map_journal.Journal(str(tmp_path / "cb-node0"))
     ctl._journal = journal
@@ -96,7 +96,7 @@ def test_sigkilled_lb_apply_is_finished_from_its_journal(lxc, tmp_path):
     pid = os.fork()
     if pid == 0:                                     # the writer, sharing the maps
         try:
-            ctl.apply(desired_state(scenario(60, 7)))
+            ctl.apply(lb_state(scenario(60, 7)))
         finally:
             os._exit(3)
     _, status = os.waitpid(pid, 0)
@@ -130,18 +130,18 @@ def _cnp(i: int, ports: int) -> dict:
 def test_failed_policy_apply_undoes_every_endpoint(load):
     """The third endpoint's rules do not fit: the first two endpoints' new rules,
     their switches and the ipcache are all undone."""
-    from harness.policy.program import PolicyApplyError
+    from harness.policy.control import PolicyApplyError
     pods = [_pod(i) for i in range(4)]
     small = K.scenario(*pods, _cnp(0, 1))
     coll = load("lxc", rodata=datapath.rodata_for("lxc"), max_entries={"cb_policy_exact": 12})
     ids = datapath.test_run_endpoint_ids(small)
     ctl = PolicyControl(coll.maps)
-    ctl.apply(resolve(small, local_node="cb-node0"), ids)
+    ctl.apply(policy_state(small, local_node="cb-node0"), ids)
     before = snapshot(coll, POLICY_MAPS)
     big = K.scenario(*pods, *[_cnp(i, 4) for i in range(4)])
     with pytest.raises(PolicyApplyError, match="not changed"):
-        ctl.apply(resolve(big, local_node="cb-node0"), ids)
+        ctl.apply(policy_state(big, local_node="cb-node0"), ids)
     assert snapshot(coll, POLICY_MAPS) == before
     # Still consistent: a change that fits applies.
-    assert ctl.apply(resolve(K.scenario(*pods, _cnp(1, 1)), local_node="cb-node0"),
+    assert ctl.apply(policy_state(K.scenario(*pods, _cnp(1, 1)), local_node="cb-node0"),
                      ids).endpoints_changed == 2

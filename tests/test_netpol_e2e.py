@@ -10,7 +10,7 @@ node in test-run:
     ClusterIP per pod: 198.19.0.11.. / 2001:db8:2::11..  ports 80, 81 x TCP, UDP, SCTP
 
 Each step's scenario (pods, Namespaces, the policies present then) is resolved with
-harness.policy.resolve and programmed with one PolicyControl (so updates are
+harness.policy.desired and programmed with one PolicyControl (so updates are
 re-applications, as ``chainbench policy apply`` does them).  Every cell (client,
 server, port, protocol) of every probe is a new connection (its own client source
 port): its first packet leaves the client's from_container (egress policy; DNAT when
@@ -38,9 +38,9 @@ from scapy.layers.sctp import SCTP, SCTPChunkInit, SCTPChunkInitAck
 
 from harness.node import datapath
 from harness.bpf import Collection
-from harness.lb.state import desired_state
-from harness.policy.program import PolicyControl, endpoint_ids
-from harness.policy.resolve import resolve
+from harness.lb.desired import lb_state
+from harness.policy.control import PolicyControl, endpoint_ids
+from harness.policy.desired import policy_state
 from harness.scenario import scenario_from_documents
 from harness.testrun.packets import checksum_errors, eth
 
@@ -216,7 +216,7 @@ class _Cluster:
     def __init__(self, load) -> None:
         self.node = Node(load)
         self.eps = {ref: self.node.endpoint(IDS[ref], IP4[ref], IP6[ref]) for ref in PODS}
-        datapath.lb_control(self.node.coll).apply(desired_state(services_scenario()))
+        datapath.lb_control(self.node.coll).apply(lb_state(services_scenario()))
         self.control = PolicyControl(self.node.coll.maps)
         self.sports = itertools.count(1024)
 
@@ -246,7 +246,7 @@ def test_netpol_e2e(cluster, case: Case):
     cells = 0
     for i, step in enumerate(case.steps):
         for family in (4, 6):
-            cluster.control.apply(resolve(scenario(case, i, family), local_node=NODE), IDS)
+            cluster.control.apply(policy_state(scenario(case, i, family), local_node=NODE), IDS)
             for probe in step.probes:
                 for via_service in (False, True):
                     cells += len(PODS) * (len(PODS) - 1)

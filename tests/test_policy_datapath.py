@@ -19,7 +19,7 @@ from harness.abi import drop_reasons
 from harness.policy import entries as PE
 from harness.policy.model import (ANY_IDENTITY, ANY_PORT, ANY_PROTO, ID_WORLD, EndpointPolicy,
                                   IpcacheEntry, PolicyState, PortRange, Rule)
-from harness.policy.program import PolicyControl, read_rules
+from harness.policy.control import PolicyControl, read_rules
 from harness.testrun.packets import eth
 from harness.testrun.runner import Runner
 

@@ -25,9 +25,9 @@ import pytest
 from harness.node import datapath
 from harness.abi import drop_reasons
 from harness.bpf import Collection
-from harness.policy.program import PolicyControl, endpoint_ids
+from harness.policy.control import PolicyControl, endpoint_ids
 from harness.policy.reference import verdict
-from harness.policy.resolve import resolve
+from harness.policy.desired import policy_state
 from harness.testrun.packets import eth
 from harness.testrun.runner import Runner
 
@@ -94,7 +94,7 @@ def test_kernel_policy_agrees_with_reference(drawn, data):
     scenario, refs, local_node = drawn
     ref = data.draw(st.sampled_from(refs), label="endpoint")
     pod = scenario.pod(ref)
-    state = resolve(scenario, local_node=local_node)
+    state = policy_state(scenario, local_node=local_node)
     ids = endpoint_ids(refs)
     rodata = {**datapath.rodata_for("lxc"),
               **datapath.endpoint_rodata(ids[ref], str(pod.ipv4) if pod.ipv4 else None,

@@ -2,7 +2,7 @@
 
 The last test is differential: hypothesis draws small scenarios (pods with
 labels from a small alphabet, CiliumNetworkPolicies and NetworkPolicies of
-every supported kind) and connections; resolve()'s output, read by a tiny
+every supported kind) and connections; policy_state()'s output, read by a tiny
 matcher (longest-prefix ipcache lookup, then deny > allow > default), must
 agree with harness.policy.reference.verdict, which evaluates the policy
 objects directly.
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.policy import format_identities, resolve
+from harness.policy import format_identities, policy_state
 from harness.policy.identity import IdentityAllocator, allocate_cidr_identities, cidr_label, security_labels
 from harness.policy.model import (
     ANY_IDENTITY,
@@ -38,7 +38,7 @@ from harness.policy.model import (
     Rule,
 )
 from harness.policy.reference import verdict
-from harness.policy.resolve import IPBLOCK_SET_LABEL
+from harness.policy.desired import IPBLOCK_SET_LABEL
 from harness.scenario import CiliumNetworkPolicy, ObjectMeta, Scenario, ScenarioError, scenario_from_documents
 
 pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
@@ -104,7 +104,7 @@ def lpm(state: PolicyState, ip: str) -> int:
 
 
 def matched(state: PolicyState, ref: str, direction: str, ip: str, proto: int, port: int) -> str:
-    """The datapath's decision, from resolve()'s output only."""
+    """The datapath's decision, from policy_state()'s output only."""
     ep = state.endpoint(ref)
     ident = lpm(state, ip)
     rules = ep.ingress if direction == "ingress" else ep.egress
@@ -128,7 +128,7 @@ OTHER_NS = pod("client", {"app": "client"}, ns="other", ip="198.18.1.12", node="
 
 
 def test_reserved_identities_are_cilium_s() -> None:
-    state = resolve(scen(WEB))
+    state = policy_state(scen(WEB))
     reserved = {i.id: i.labels for i in state.identities if i.kind == "reserved"}
     assert set(reserved) == set(RESERVED)
     for i, label in RESERVED.items():
@@ -150,7 +150,7 @@ def test_security_labels_follow_cilium_default_filter() -> None:
 
 
 def test_pods_differing_only_in_filtered_labels_share_an_identity() -> None:
-    state = resolve(scen(pod("a", {"app": "web", "pod-template-hash": "1"}, ip="198.18.0.10"),
+    state = policy_state(scen(pod("a", {"app": "web", "pod-template-hash": "1"}, ip="198.18.0.10"),
                          pod("b", {"app": "web", "pod-template-hash": "2"}, ip="198.18.0.11"),
                          pod("c", {"app": "web"}, ns="other", ip="198.18.0.12")))
     assert ep_id(state, "default/a") == ep_id(state, "default/b") != ep_id(state, "other/c")
@@ -163,10 +163,10 @@ def _id_map(state: PolicyState) -> dict[tuple[str, ...], int]:
 
 def test_identities_stable_across_order_and_unrelated_pods() -> None:
     base = [pod(f"p{i}", {"app": f"a{i}"}, ip=f"198.18.0.{10 + i}") for i in range(6)]
-    first = _id_map(resolve(scen(*base)))
-    assert _id_map(resolve(scen(*reversed(base)))) == first
+    first = _id_map(policy_state(scen(*base)))
+    assert _id_map(policy_state(scen(*reversed(base)))) == first
     more = base + [pod(f"q{i}", {"tier": f"t{i}"}, ip=f"198.18.0.{50 + i}") for i in range(20)]
-    bigger = _id_map(resolve(scen(*more)))
+    bigger = _id_map(policy_state(scen(*more)))
     assert {k: bigger[k] for k in first} == first
 
 
@@ -211,7 +211,7 @@ def test_cidr_identities_are_local_scope_and_per_prefix() -> None:
 
 
 def test_format_identities_sorted_by_id() -> None:
-    state = resolve(scen(WEB, CLIENT, cnp("p", {"endpointSelector": {}, "egress": [{"toCIDR": ["203.0.113.0/24"]}]})))
+    state = policy_state(scen(WEB, CLIENT, cnp("p", {"endpointSelector": {}, "egress": [{"toCIDR": ["203.0.113.0/24"]}]})))
     rows = format_identities(state)
     assert [int(r[0]) for r in rows] == sorted(int(r[0]) for r in rows)
     assert rows[0] == ("1", "reserved:host")
@@ -224,16 +224,16 @@ def test_format_identities_sorted_by_id() -> None:
 def test_ipcache_pods_nodes_and_no_default_route() -> None:
     s = scen(pod("web", {"app": "web"}, ip="198.18.0.10", ip6="2001:db8:1::10"),
              pod("db", {"app": "db"}, ip="198.18.1.10", node="cb-node1"))
-    state = resolve(s, local_node="cb-node0")
+    state = policy_state(s, local_node="cb-node0")
     cache = {str(e.prefix): e.identity for e in state.ipcache}
     assert cache["198.18.0.10/32"] == cache["2001:db8:1::10/128"] == ep_id(state, "default/web")
     assert cache["198.19.128.1/32"] == cache["2001:db8:3::1/128"] == ID_HOST
     assert cache["198.19.128.2/32"] == ID_REMOTE_NODE
     assert "0.0.0.0/0" not in cache and "::/0" not in cache
-    nobody = {str(e.prefix): e.identity for e in resolve(s).ipcache}
+    nobody = {str(e.prefix): e.identity for e in policy_state(s).ipcache}
     assert nobody["198.19.128.1/32"] == ID_REMOTE_NODE
     explicit = {str(e.prefix): e.identity
-                for e in resolve(s, nodes={"cb-node0": (ipaddress.ip_address("198.19.128.77"),)},
+                for e in policy_state(s, nodes={"cb-node0": (ipaddress.ip_address("198.19.128.77"),)},
                                  local_node="cb-node0").ipcache}
     assert explicit["198.19.128.77/32"] == ID_HOST
 
@@ -242,7 +242,7 @@ def test_cidr_except_entries_and_selection() -> None:
     s = scen(WEB, cnp("p", {"endpointSelector": {}, "egress": [
         {"toCIDRSet": [{"cidr": "203.0.113.0/24", "except": ["203.0.113.128/25"]}]},
         {"toCIDR": ["203.0.113.192/26"]}]}))
-    state = resolve(s)
+    state = policy_state(s)
     cache = {str(e.prefix): e.identity for e in state.ipcache}
     for prefix in ("203.0.113.0/24", "203.0.113.128/25", "203.0.113.192/26"):
         assert cache[prefix] == cidr_id(state, prefix)
@@ -256,7 +256,7 @@ def test_cidr_except_entries_and_selection() -> None:
 def test_cidr_never_selects_pods_or_nodes_and_slash_zero_is_per_family() -> None:
     s = scen(WEB, CLIENT, cnp("p", {"endpointSelector": {"matchLabels": {"app": "web"}},
                                     "egress": [{"toCIDR": ["198.18.0.0/15", "0.0.0.0/0"]}]}))
-    state = resolve(s, local_node="cb-node0")
+    state = policy_state(s, local_node="cb-node0")
     for ip in ("198.18.0.11", "198.19.128.1", "2001:db8:4::1"):
         assert matched(state, "default/web", "egress", ip, TCP, 80) == "deny-default"
     assert matched(state, "default/web", "egress", "198.18.7.7", TCP, 80) == "allow"
@@ -267,7 +267,7 @@ def test_cidr_never_selects_pods_or_nodes_and_slash_zero_is_per_family() -> None
 
 
 def _ingress_peers(spec_ingress: list, *docs: dict, ns: str = "default") -> tuple[PolicyState, set[int]]:
-    state = resolve(scen(WEB, *docs, cnp("p", {"endpointSelector": {"matchLabels": {"app": "web"}},
+    state = policy_state(scen(WEB, *docs, cnp("p", {"endpointSelector": {"matchLabels": {"app": "web"}},
                                                "ingress": spec_ingress}, ns=ns)))
     return state, ids(state.endpoint("default/web").ingress) - {ID_HOST}
 
@@ -312,7 +312,7 @@ def test_negative_namespace_selectors_select_only_pods() -> None:
     assert got == {ep_id(state, "default/client"), ep_id(state, "default/web")}
     ns_not_other = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
                                           "values": ["other"]}]}
-    state = resolve(scen(WEB, CLIENT, OTHER_NS, np("p", {"podSelector": {}, "ingress": [
+    state = policy_state(scen(WEB, CLIENT, OTHER_NS, np("p", {"podSelector": {}, "ingress": [
         {"from": [{"namespaceSelector": ns_not_other}]}]})), allow_localhost=False)
     assert ids(state.endpoint("default/web").ingress) == {ep_id(state, "default/client"), ep_id(state, "default/web")}
 
@@ -325,7 +325,7 @@ def test_present_but_empty_peer_list_selects_nothing() -> None:
 def test_reserved_selector_selects_reserved_identities() -> None:
     _, got = _ingress_peers([{"fromEndpoints": [{"matchLabels": {"reserved:host": ""}}]}], CLIENT)
     assert got == set()   # host only (the allow-localhost rule is subtracted)
-    state = resolve(scen(WEB, cnp("p", {"endpointSelector": {}, "ingress": [
+    state = policy_state(scen(WEB, cnp("p", {"endpointSelector": {}, "ingress": [
         {"fromEndpoints": [{"matchLabels": {"reserved:remote-node": ""}}]}]})), allow_localhost=False)
     assert ids(state.endpoint("default/web").ingress) == {ID_REMOTE_NODE, ID_KUBE_APISERVER}
 
@@ -333,7 +333,7 @@ def test_reserved_selector_selects_reserved_identities() -> None:
 def test_endpoint_selector_cannot_leave_the_policy_namespace() -> None:
     s = scen(WEB, OTHER_NS, cnp("p", {"endpointSelector": {"matchLabels": {"k8s:io.kubernetes.pod.namespace": "other"}},
                                       "ingress": [{}]}))
-    state = resolve(s)
+    state = policy_state(s)
     assert state.endpoint("default/web").ingress_enforced
     assert not state.endpoint("other/client").ingress_enforced
 
@@ -343,18 +343,18 @@ def test_network_policy_peers_pod_namespace_and_both() -> None:
     docs = (CLIENT, OTHER_NS, db_other)
 
     def peers(peer: dict) -> set[int]:
-        state = resolve(scen(WEB, *docs, np("p", {"podSelector": {"matchLabels": {"app": "web"}},
+        state = policy_state(scen(WEB, *docs, np("p", {"podSelector": {"matchLabels": {"app": "web"}},
                                                   "ingress": [{"from": [peer]}]})), allow_localhost=False)
         return ids(state.endpoint("default/web").ingress)
 
-    state = resolve(scen(WEB, *docs))
+    state = policy_state(scen(WEB, *docs))
     c, oc, od, w = (ep_id(state, r) for r in ("default/client", "other/client", "other/db", "default/web"))
     assert peers({"podSelector": {"matchLabels": {"app": "client"}}}) == {c}
     other = {"matchLabels": {"kubernetes.io/metadata.name": "other"}}
     assert peers({"namespaceSelector": other}) == {oc, od}
     assert peers({"namespaceSelector": other, "podSelector": {"matchLabels": {"app": "client"}}}) == {oc}
     assert peers({"namespaceSelector": {}}) == {c, oc, od, w}
-    assert peers({"ipBlock": {"cidr": "203.0.113.0/24"}}) == {cidr_id(resolve(scen(
+    assert peers({"ipBlock": {"cidr": "203.0.113.0/24"}}) == {cidr_id(policy_state(scen(
         WEB, np("x", {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]}]}))),
         "203.0.113.0/24")}
 
@@ -366,7 +366,7 @@ def test_entities() -> None:
     base = (CLIENT, OTHER_NS)
 
     def entity(name: str) -> tuple[PolicyState, set[int]]:
-        state = resolve(scen(WEB, *base, cnp("p", {"endpointSelector": {"matchLabels": {"app": "web"}}, "egress": [
+        state = policy_state(scen(WEB, *base, cnp("p", {"endpointSelector": {"matchLabels": {"app": "web"}}, "egress": [
             {"toEntities": [name]}, {"toCIDR": ["203.0.113.0/24"], "toPorts": [{"ports": [{"port": "1"}]}]}]})))
         return state, {r.identity for r in state.endpoint("default/web").egress if r.proto == ANY_PROTO}
 
@@ -388,7 +388,7 @@ def test_entities() -> None:
 
 
 def test_port_ranges_any_protocol_and_icmp() -> None:
-    state = resolve(scen(WEB, CLIENT, cnp("p", {"endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [
+    state = policy_state(scen(WEB, CLIENT, cnp("p", {"endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [
         {"toPorts": [{"ports": [{"port": "8000", "endPort": 8100, "protocol": "TCP"}, {"port": "53"}]}]},
         {"fromEndpoints": [{}], "icmps": [{"fields": [{"type": 8}, {"type": "EchoRequest", "family": "IPv6"}]}]},
     ]})), allow_localhost=False)
@@ -408,7 +408,7 @@ def test_named_ports_ingress_and_egress() -> None:
              np("in", {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": "http"}]}]}),
              cnp("out", {"endpointSelector": {"matchLabels": {"app": "client"}},
                          "egress": [{"toPorts": [{"ports": [{"port": "http", "protocol": "TCP"}]}]}]}))
-    state = resolve(s, allow_localhost=False)
+    state = policy_state(s, allow_localhost=False)
     assert state.endpoint("default/web").ingress == (Rule(False, ANY_IDENTITY, TCP, PortRange(8080, 8080)),)
     assert state.endpoint("default/web2").ingress == (Rule(False, ANY_IDENTITY, TCP, PortRange(9090, 9090)),)
     # Egress: per destination identity; app=web's pods disagree (8080/9090), so only api's rule exists.
@@ -420,7 +420,7 @@ def test_named_ports_ingress_and_egress() -> None:
 
 def test_enforcement_flags_and_defaults() -> None:
     def flags(*policies: dict) -> tuple[bool, bool]:
-        ep = resolve(scen(WEB, *policies)).endpoint("default/web")
+        ep = policy_state(scen(WEB, *policies)).endpoint("default/web")
         return ep.ingress_enforced, ep.egress_enforced
 
     sel = {"matchLabels": {"app": "web"}}
@@ -433,7 +433,7 @@ def test_enforcement_flags_and_defaults() -> None:
     assert flags(np("p", {"podSelector": {}, "egress": [{}]})) == (True, True)
     assert flags(np("p", {"podSelector": {}, "egress": []})) == (True, False)
     assert flags(np("p", {"podSelector": {}, "policyTypes": ["Egress"], "ingress": [{}]})) == (False, True)
-    state = resolve(scen(WEB, cnp("p", {"endpointSelector": sel, "ingress": [{}]})), allow_localhost=False)
+    state = policy_state(scen(WEB, cnp("p", {"endpointSelector": sel, "ingress": [{}]})), allow_localhost=False)
     assert state.endpoint("default/web").ingress == ()
     assert matched(state, "default/web", "ingress", "198.18.0.11", TCP, 80) == "deny-default"
     assert matched(state, "default/web", "egress", "198.18.0.11", TCP, 80) == "allow"
@@ -441,7 +441,7 @@ def test_enforcement_flags_and_defaults() -> None:
 
 def test_allow_localhost() -> None:
     s = scen(WEB, np("p", {"podSelector": {}}))
-    state = resolve(s, local_node="cb-node0")
+    state = policy_state(s, local_node="cb-node0")
     assert state.endpoint("default/web").ingress == (Rule(False, ID_HOST, ANY_PROTO, ANY_PORT),)
     assert matched(state, "default/web", "ingress", "198.19.128.1", TCP, 80) == "allow"
     assert matched(state, "default/web", "ingress", "198.19.128.2", TCP, 80) == "deny-default"
@@ -452,7 +452,7 @@ def test_deny_wins_over_allow() -> None:
                                     "ingress": [{"fromEntities": ["all"]}],
                                     "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
                                                      "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}))
-    state = resolve(s)
+    state = policy_state(s)
     assert Rule(True, ep_id(state, "default/client"), TCP, PortRange(80, 80)) in state.endpoint("default/web").ingress
     assert matched(state, "default/web", "ingress", "198.18.0.11", TCP, 80) == "deny-rule"
     assert matched(state, "default/web", "ingress", "198.18.0.11", TCP, 81) == "allow"
@@ -464,7 +464,7 @@ def test_deny_wins_over_allow() -> None:
 
 def _error(*docs: dict) -> str:
     with pytest.raises(ScenarioError) as info:
-        resolve(scen(WEB, *docs))
+        policy_state(scen(WEB, *docs))
     text = str(info.value)
     assert "\n" not in text and text.startswith("t.yaml: document 2 (CiliumNetworkPolicy default/p)")
     return text
@@ -497,7 +497,7 @@ def test_l7_and_fqdn_rules_are_rejected_naming_the_field() -> None:
         built = Scenario("code", cilium_network_policies=(
             CiliumNetworkPolicy(ObjectMeta("p"), {"endpointSelector": {}, "egress": egress}),))
         with pytest.raises(ScenarioError, match=f"code: {re.escape(field)}: .*not supported"):
-            resolve(built)                                                # and so does the resolver
+            policy_state(built)                                                # and so does the resolver
 
 
 # ---------------------------------------------------------- differential
@@ -680,7 +680,7 @@ def scenarios(draw) -> tuple[Scenario, list[str], str | None]:
 @given(scenarios(), st.data())
 def test_resolve_agrees_with_reference(drawn: tuple, data: st.DataObject) -> None:
     scenario, refs, local_node = drawn
-    state = resolve(scenario, local_node=local_node)
+    state = policy_state(scenario, local_node=local_node)
     pod_ips = [str(ip) for p in scenario.pods if not p.host_network for ip in p.pod_ips]
     queries = data.draw(st.lists(st.tuples(
         st.sampled_from(refs), st.sampled_from(["ingress", "egress"]),
@@ -714,7 +714,7 @@ def test_np_ipblock_selects_exactly_the_pod_addresses_it_covers() -> None:
     carry the same labels."""
     s = _two_clients(_TO_C1, np("q", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
                                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]}))
-    state = resolve(s)
+    state = policy_state(s)
     want = {"198.18.0.11": "allow", "198.18.0.12": "deny-default", "2001:db8:1::11": "deny-default",
             "198.18.0.13": "allow", "203.0.113.9": "deny-default"}
     for ip, expected in want.items():
@@ -730,15 +730,15 @@ def test_np_ipblock_selects_exactly_the_pod_addresses_it_covers() -> None:
 
 def test_np_ipblock_cidr_mode_and_cnp_cidr_keep_ciliums_semantics() -> None:
     s = _two_clients(_TO_C1)
-    state = resolve(s, np_ipblock="cidr")
+    state = policy_state(s, np_ipblock="cidr")
     assert matched(state, "default/web", "egress", "198.18.0.11", TCP, 80) == "deny-default"
     assert verdict(s, "default/web", "egress", "198.18.0.11", TCP, 80, np_ipblock="cidr") == "deny-default"
     assert matched(state, "default/web", "egress", "198.18.0.13", TCP, 80) == "allow"
     cnp_s = _two_clients(cnp("c", {"endpointSelector": {"matchLabels": {"app": "web"}},
                                    "egress": [{"toCIDR": ["198.18.0.11/32"]}]}))
-    assert matched(resolve(cnp_s), "default/web", "egress", "198.18.0.11", TCP, 80) == "deny-default"
+    assert matched(policy_state(cnp_s), "default/web", "egress", "198.18.0.11", TCP, 80) == "deny-default"
     with pytest.raises(ValueError, match="np_ipblock"):
-        resolve(s, np_ipblock="nodes")
+        policy_state(s, np_ipblock="nodes")
 
 
 def _team_policy(team: str | None) -> Scenario:
@@ -754,10 +754,10 @@ def test_namespace_labels_select_and_relabelling_changes_the_verdict() -> None:
     expressed; a Namespace's labels become its pods' namespace labels."""
     for team, expected in (("blue", "allow"), (None, "deny-default"), ("red", "deny-default")):
         s = _team_policy(team)
-        state = resolve(s, allow_localhost=False)
+        state = policy_state(s, allow_localhost=False)
         assert matched(state, "default/web", "ingress", "198.18.1.12", TCP, 80) == expected, team
         assert verdict(s, "default/web", "ingress", "198.18.1.12", TCP, 80, allow_localhost=False) == expected
-    labels = [i.labels for i in resolve(_team_policy("blue")).identities if i.kind == "endpoint"]
+    labels = [i.labels for i in policy_state(_team_policy("blue")).identities if i.kind == "endpoint"]
     assert any("k8s:io.cilium.k8s.namespace.labels.team=blue" in lbls for lbls in labels)
 
 
@@ -777,7 +777,7 @@ def test_workloads_outside_the_scenario_are_the_unmanaged_entity() -> None:
     box = Workload("container:box", "cb-node0", ("198.18.0.50",))
     far = Workload("container:far", "cb-node1", ("198.18.1.50",))
     clash = Workload("container:clash", "cb-node1", ("198.18.0.10",))   # claims web's address
-    state = resolve(s, local_node="cb-node0", workloads=[box, far, clash])
+    state = policy_state(s, local_node="cb-node0", workloads=[box, far, clash])
     assert lpm(state, "198.18.0.50") == lpm(state, "198.18.1.50") == ID_UNMANAGED
     assert lpm(state, "198.18.0.10") == state.endpoint("default/web").identity != ID_UNMANAGED
     assert matched(state, "default/web", "ingress", "198.18.0.50", TCP, 8080) == "allow"
@@ -792,4 +792,4 @@ def test_workloads_outside_the_scenario_are_the_unmanaged_entity() -> None:
     assert RESERVED[ID_UNMANAGED] in {lbl for i in state.identities if i.id == ID_UNMANAGED
                                       for lbl in i.labels}
     # Without workloads nothing of theirs is left.
-    assert lpm(resolve(s, local_node="cb-node0"), "198.18.0.50") == ID_WORLD
+    assert lpm(policy_state(s, local_node="cb-node0"), "198.18.0.50") == ID_WORLD

@@ -28,7 +28,7 @@ from scapy.layers.sctp import SCTP
 from harness.node import datapath
 from harness.abi import drop_reasons
 from harness.policy.model import EndpointPolicy, IpcacheEntry, PolicyState
-from harness.policy.program import PolicyControl
+from harness.policy.control import PolicyControl
 
 from . import lbkit as K
 from .lbkit import CLIENT4, CLIENT6, assert_valid, endpoint, service

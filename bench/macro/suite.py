@@ -68,7 +68,7 @@ from harness.errors import ChainbenchError
 from harness.host import cgroups, netns, procs
 from harness.host.signals import shielded
 from harness.kubeproxy import apply as kp
-from harness.lb.state import ACTIVE, Backend, Frontend, LbState
+from harness.lb.model import ACTIVE, Backend, Frontend, LbState
 from harness.node import datapath
 from harness.node.sync import node_lock
 from harness.topology import chaining

@@ -42,7 +42,7 @@ from bench.micro.case import Case, CaseCheckFailed, Outcome
 from harness import addressing
 from harness.node import datapath
 from harness.bpf import Collection
-from harness.lb.state import ACTIVE, Backend, Frontend, LbState
+from harness.lb.model import ACTIVE, Backend, Frontend, LbState
 from harness.testrun.packets import eth
 
 __all__ = ["CaseCheckFailed", "cases", "packets", "synthetic_state"]

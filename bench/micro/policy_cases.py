@@ -29,7 +29,7 @@ from harness.node import datapath
 from harness.abi import drop_reasons
 from harness.bpf import Collection
 from harness.policy.model import EndpointPolicy, IpcacheEntry, PolicyState, PortRange, Rule
-from harness.policy.program import PolicyControl
+from harness.policy.control import PolicyControl
 from harness.testrun.packets import eth
 
 EP_ID, EP_IDENTITY = 1, 100000

@@ -1,7 +1,7 @@
 """What kube-proxy (v1.31+) programs, rendered from chainbench's LB state.
 
 - ``model``: the service ports kube-proxy would see (one per Service port and
-  protocol, IPv4 only), built from a :class:`harness.lb.state.LbState`;
+  protocol, IPv4 only), built from a :class:`harness.lb.model.LbState`;
 - ``names``: kube-proxy's chain, set and map names (hashes as in
   pkg/proxy/iptables and pkg/proxy/nftables);
 - ``iptables``: ``iptables-restore`` input for the filter and nat tables;

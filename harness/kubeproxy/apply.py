@@ -17,7 +17,7 @@ import subprocess
 import time
 
 from harness.host import netns
-from harness.lb.state import LbState
+from harness.lb.model import LbState
 
 from . import iptables as ipt
 from . import nftables as nft

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from harness.lb.state import LbState
+from harness.lb.model import LbState
 
 from . import names
 from .model import ServicePort, service_ports

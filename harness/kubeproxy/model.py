@@ -20,7 +20,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
-from harness.lb.state import Backend, Frontend, LbState
+from harness.lb.model import Backend, Frontend, LbState
 
 from . import names
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from harness.addressing import POD_CIDR_V4, SERVICE_CIDR_V4
-from harness.lb.state import LbState
+from harness.lb.model import LbState
 
 from . import names
 from .model import ServicePort, service_ports

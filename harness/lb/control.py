@@ -34,7 +34,7 @@ from harness import journal as map_journal
 from harness.bpf import Map
 from harness.lb import entries as E
 from harness.lb.listing import read_backends, read_services
-from harness.lb.state import ACTIVE, Backend, Frontend, LbState
+from harness.lb.model import ACTIVE, Backend, Frontend, LbState
 
 #: (rev_nat_index, backend ids, backend keys): the keys name backends in the
 #: Maglev permutation, so a table does not depend on how ids were assigned.

@@ -8,7 +8,7 @@ bpf_src/lib/lb.h.
 from __future__ import annotations
 
 from harness.abi.cheaders import defines
-from harness.lb.state import BACKEND_STATES, PROTOCOLS, Backend, Frontend
+from harness.lb.model import BACKEND_STATES, PROTOCOLS, Backend, Frontend
 from harness.abi.structs import (Lb4Backend, Lb4Key, Lb4ReverseNat, Lb6Backend, Lb6Key,
                              Lb6ReverseNat, LbService, V6Addr, be16, be32)
 

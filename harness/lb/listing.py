@@ -12,7 +12,7 @@ from typing import Mapping
 
 from harness.bpf import Map
 from harness.lb.entries import SVC_FLAGS
-from harness.lb.state import BACKEND_STATES, PROTOCOLS
+from harness.lb.model import BACKEND_STATES, PROTOCOLS
 from harness.abi.structs import from_be16, from_be32
 
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}

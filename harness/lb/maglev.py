@@ -78,7 +78,7 @@ _PROTOCOL_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP"}
 _U32_MAX = 0xFFFFFFFF
 
 #: What names a backend: ``(address, port)`` or ``(address, port, protocol)``
-#: (protocol a number or "TCP"/"UDP"/"SCTP"; ``harness.lb.state.Backend.key``
+#: (protocol a number or "TCP"/"UDP"/"SCTP"; ``harness.lb.model.Backend.key``
 #: is one), an ``Lb4Backend``/``Lb6Backend`` map value, or a str/bytes/int
 #: taken as the name itself (an int, e.g. a backend id, by its decimal text).
 BackendKey = str | bytes | int | tuple | Lb4Backend | Lb6Backend

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from harness import addressing
 from harness.abi import drop_reasons
 from harness.lb import flowhash, maglev
-from harness.lb.state import ACTIVE, PROTOCOLS, Frontend, LbState
+from harness.lb.model import ACTIVE, PROTOCOLS, Frontend, LbState
 
 PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 

@@ -22,7 +22,7 @@ passed), labelled ``container:name=<name>`` and given Cilium's
 ``reserved:unmanaged`` identity (3): it is in no scenario, so no label set
 and no policy selects it.  It is load-balanced like a pod (the same programs
 on its veth) and policed as the ``unmanaged`` entity at its peers (every
-node's ipcache maps its addresses to identity 3, see harness/policy/resolve.py).
+node's ipcache maps its addresses to identity 3, see harness/policy/desired.py).
 With neither a pod nor a container id ADD fails with one line.
 
 DEL always completes (CNI spec: missing information, a veth or netns already

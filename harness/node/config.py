@@ -52,8 +52,8 @@ class NodeSettings:
         self._write({**self._read(), "lb_map_max": lb_map_max})
 
     def save_np_ipblock(self, mode: str) -> None:
-        """What a NetworkPolicy ipBlock selects on the node (harness.policy.resolve NP_IPBLOCK_MODES)."""
-        from harness.policy.resolve import NP_IPBLOCK_MODES
+        """What a NetworkPolicy ipBlock selects on the node (harness.policy.desired NP_IPBLOCK_MODES)."""
+        from harness.policy.desired import NP_IPBLOCK_MODES
         if mode not in NP_IPBLOCK_MODES:
             raise ValueError(f"--netpol-ipblock {mode!r}: expected one of {', '.join(NP_IPBLOCK_MODES)}")
         self._write({**self._read(), "np_ipblock": mode})

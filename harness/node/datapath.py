@@ -18,12 +18,12 @@ from harness import addressing, paths
 from harness.bpf import Collection
 from harness.host import bpffs
 from harness.journal import Journal
-from harness.lb.state import desired_state
+from harness.lb.desired import lb_state
 from harness.node import node as node_home
 from harness.node.node import Node
 from harness.node.rodata import endpoint_rodata, node_rodata, rodata_for, service_rodata  # noqa: F401 - this module's API
-from harness.policy.program import PolicyControl, endpoint_ids
-from harness.policy.resolve import resolve
+from harness.policy.control import PolicyControl, endpoint_ids
+from harness.policy.desired import policy_state
 
 #: Map sizes for large scales (bench): frontends + slots, backends, ...
 SCALE_MAPS = ("cb_lb4_services", "cb_lb6_services", "cb_lb4_backends", "cb_lb6_backends",
@@ -64,7 +64,7 @@ def lb_control(coll: Collection, node: str | None = None):
 
 
 def _program_lb(coll: Collection, scenario, endpoint, settings) -> None:
-    lb_control(coll).apply(desired_state(scenario))
+    lb_control(coll).apply(lb_state(scenario))
 
 
 def test_run_endpoint_ids(scenario) -> dict[str, int]:
@@ -75,7 +75,7 @@ def test_run_endpoint_ids(scenario) -> dict[str, int]:
 
 def _program_policy(coll: Collection, scenario, endpoint, settings) -> None:
     node = endpoint.node_name if endpoint is not None else None
-    PolicyControl(coll.maps).apply(resolve(scenario, local_node=node,
+    PolicyControl(coll.maps).apply(policy_state(scenario, local_node=node,
                                            np_ipblock=settings.get("np_ipblock", "pods")),
                                    test_run_endpoint_ids(scenario))
 
@@ -93,7 +93,7 @@ def program_maps(coll: Collection, scenario, endpoint=None, settings: dict | Non
     """Program *coll*'s maps from *scenario* for *endpoint* (the pod whose program
     runs, test-run); returns the concerns programmed, in order.  *settings* are
     node settings (``np_ipblock``: what a NetworkPolicy ipBlock selects, see
-    harness.policy.resolve)."""
+    harness.policy.desired)."""
     ran = []
     for name, maps, program in PROGRAMMERS:
         if maps <= coll.maps.keys():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.lb.state import PROTOCOLS
+from harness.lb.model import PROTOCOLS
 from harness.abi.structs import Ct4Tuple, SnatEntry, be16, be32
 
 STATS_MAP = "cb_snat_stats"

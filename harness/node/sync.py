@@ -14,9 +14,9 @@ import contextlib
 
 from harness.node.endpoints import READY, workloads
 from harness.node.node import Node
-from harness.lb.state import desired_state, node_addresses
-from harness.policy.program import PolicyControl
-from harness.policy.resolve import resolve
+from harness.lb.desired import lb_state, node_addresses
+from harness.policy.control import PolicyControl
+from harness.policy.desired import policy_state
 from harness.scenario import Scenario
 
 
@@ -32,8 +32,8 @@ def sync_node(node: str, scenario: Scenario) -> str:
     with home.load("lxc") as coll:
         lb = home.lb_control(coll)
         lb.restore()
-        lb_stats = lb.apply(desired_state(scenario, node_addresses(scenario)))
-        state = resolve(scenario, local_node=node, np_ipblock=home.settings.np_ipblock,
+        lb_stats = lb.apply(lb_state(scenario, node_addresses(scenario)))
+        state = policy_state(scenario, local_node=node, np_ipblock=home.settings.np_ipblock,
                         workloads=workloads())
         for ep in state.endpoints:
             if ep.pod in registry.records:

@@ -1,6 +1,7 @@
 """Policy resolution: CiliumNetworkPolicy / NetworkPolicy -> identities, ipcache, per-endpoint rules.
 
-The data model is harness.policy.model; resolution lives in resolve.py,
+The data model is harness.policy.model; the desired state (scenario -> PolicyState) in desired.py, map programming in
+control.py (as harness.lb: model.py, desired.py, control.py),
 identities in identity.py, label selectors in selectors.py, and an
 independent direct evaluator (for differential tests) in reference.py.
 """
@@ -22,7 +23,7 @@ from harness.policy.model import (
     PortRange,
     Rule,
 )
-from harness.policy.resolve import format_identities, resolve
+from harness.policy.desired import format_identities, policy_state
 
 __all__ = [
     "ANY_IDENTITY",
@@ -39,6 +40,6 @@ __all__ = [
     "format_identities",
     "node_addresses",
     "node_identities",
-    "resolve",
+    "policy_state",
     "security_labels",
 ]

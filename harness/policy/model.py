@@ -1,6 +1,6 @@
 """What policy resolution produces, and what the datapath is programmed from.
 
-Resolution (harness/policy/resolve.py) turns a scenario's pods, Cilium and
+Resolution (harness/policy/desired.py) turns a scenario's pods, Cilium and
 Kubernetes network policies into:
 
 - identities: one numeric security identity per distinct set of

@@ -6,7 +6,7 @@ an ipcache or resolved rules: it classifies the remote address (a pod, a
 node, or the world), then walks every CiliumNetworkPolicy rule and
 NetworkPolicy, matching selectors against the remote pod's labels, CIDRs by
 containment, entities by the remote's kind, and ports against the rule.  It
-exists so that tests can compare it with harness.policy.resolve: the two
+exists so that tests can compare it with harness.policy.desired: the two
 share only the definition of which labels count (identity.security_labels)
 and of node addresses (identity.node_addresses); everything else is written
 separately here.  The semantics are those documented in resolve.py: with
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from harness.policy.identity import node_addresses, security_labels
-from harness.policy.resolve import ICMP_TYPES
+from harness.policy.desired import ICMP_TYPES
 from harness.scenario.model import IPAddress, Pod, Scenario
 
 __all__ = ["verdict", "Verdict"]
@@ -42,7 +42,7 @@ class _Remote:
     ip: IPAddress
     labels: dict[str, dict[str, str]]           # source -> {key: value}
     pod: Pod | None = None
-    np_ipblock: str = "pods"                    # resolve()'s setting: what an ipBlock matches
+    np_ipblock: str = "pods"                    # policy_state()'s setting: what an ipBlock matches
 
 
 def _labels_of(scenario: Scenario, pod: Pod) -> dict[str, dict[str, str]]:

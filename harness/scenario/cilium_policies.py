@@ -2,7 +2,7 @@
 each rule's endpointSelector or nodeSelector, ingress/egress and their Deny
 forms (endpoints, CIDRs, CIDR sets, entities, toServices, toPorts, icmps).
 What chainbench cannot enforce (L7 rules, FQDNs, groups...) is refused as
-unsupported.  The rules are kept as written; harness.policy.resolve gives them
+unsupported.  The rules are kept as written; harness.policy.desired gives them
 their meaning.
 """
 from __future__ import annotations

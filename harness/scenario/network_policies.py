@@ -1,6 +1,6 @@
 """NetworkPolicy (networking.k8s.io/v1) validation: podSelector, policyTypes,
 ingress/egress peers (pod and namespace selectors, or an ipBlock) and ports.
-The spec is kept as written; harness.policy.resolve gives it its meaning.
+The spec is kept as written; harness.policy.desired gives it its meaning.
 """
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ macro`` through ``up``); harness.validate parses and validates it:
   (values read as YAML scalars: 1000, true, UDP).
 * ``harness.validate.load`` = the loader's validation (harness.scenario.load: fields, names, node
   names, an empty scenario refused) plus what the control planes refuse when they
-  program it (``check``: the LB frontends, harness.lb.state; the policies,
-  harness.policy.resolve), so ``scenario check`` accepts exactly what ``up`` and the
+  program it (``check``: the LB frontends, harness.lb.desired; the policies,
+  harness.policy.desired), so ``scenario check`` accepts exactly what ``up`` and the
   other commands accept.  Every failure is a one-line ScenarioError naming the file.
 """
 from __future__ import annotations

@@ -6,11 +6,11 @@ topology the same way).  Each returns the summary line the CLI prints.
 from __future__ import annotations
 
 from harness import validate
-from harness.lb.state import desired_state
+from harness.lb.desired import lb_state
 from harness.node.endpoints import workloads
 from harness.node.node import Node
-from harness.policy.program import PolicyControl
-from harness.policy.resolve import resolve
+from harness.policy.control import PolicyControl
+from harness.policy.desired import policy_state
 from harness.scenario import Scenario
 
 
@@ -18,7 +18,7 @@ def lb_apply(node: str, text: str, origin: str) -> str:
     """Program *node*'s LB maps from the scenario *text* (its errors name *origin*) and
     keep the text, so ``services`` names the frontends by their Service."""
     scenario = validate.load_text(text, origin)    # a refused frontend: one line naming the file
-    state = desired_state(scenario)
+    state = lb_state(scenario)
     home = Node(node)
     with home.lock(), home.load("lxc") as coll:
         control = home.lb_control(coll)
@@ -32,7 +32,7 @@ def lb_apply(node: str, text: str, origin: str) -> str:
 def policy_apply(node: str, scenario: Scenario, np_ipblock: str) -> str:
     """Resolve *scenario*'s policies for *node* and program its endpoints (each switches
     atomically); the endpoint and identity files change with the maps, as one change."""
-    state = resolve(scenario, local_node=node, np_ipblock=np_ipblock, workloads=workloads())
+    state = policy_state(scenario, local_node=node, np_ipblock=np_ipblock, workloads=workloads())
     home = Node(node)
     with home.lock():
         registry = home.endpoints

@@ -29,7 +29,7 @@ from harness.host import bpffs, cgroups, netns
 from harness.host.cgroups import host_cgroup
 from harness.host.signals import shielded
 from harness.kubeproxy import apply as kp
-from harness.lb.state import desired_state, node_addresses
+from harness.lb.desired import lb_state, node_addresses
 from harness.node import datapath
 from harness.node.node import Node
 from harness.node.record import SKIP_ANNOTATION
@@ -60,7 +60,7 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     then "mixed"), each node its own (none: the primary CNI only, no service
     handling: a node that only hosts backends).  *lb_map_max* sizes the LB maps of
     BPF nodes (Cilium's --bpf-lb-map-max); *np_ipblock* what a NetworkPolicy ipBlock
-    selects on them (harness.policy.resolve; default "pods")."""
+    selects on them (harness.policy.desired; default "pods")."""
     path = os.path.abspath(scenario_path)
     scenario = validate.load(path)       # the validation `scenario check` applies
     plan = plan_topology(scenario, nodes, routing, "mixed" if node_datapaths else datapath_kind)
@@ -126,7 +126,7 @@ def apply_kube_proxy(state: TopologyState, scenario, mode: str,
                      nodes: list | None = None) -> dict[str, float]:
     """kube-proxy's rules for *scenario* in each of *nodes* (default: every node);
     seconds per node."""
-    lb_state = desired_state(scenario, node_addresses(scenario))
+    frontends = lb_state(scenario, node_addresses(scenario))
     took = {}
     for node in state.nodes if nodes is None else nodes:
         # Host processes reach ClusterIPs through the OUTPUT chain, which DNATs
@@ -135,9 +135,9 @@ def apply_kube_proxy(state: TopologyState, scenario, mode: str,
         netns.run(node.netns, "ip", "route", "replace", str(addressing.SERVICE_CIDR_V4),
                   "dev", node.uplink)
         if mode == "iptables":
-            took[node.name] = kp.apply_iptables(node.netns, lb_state)
+            took[node.name] = kp.apply_iptables(node.netns, frontends)
         else:
-            took[node.name] = kp.apply_nft(node.netns, lb_state)
+            took[node.name] = kp.apply_nft(node.netns, frontends)
     return took
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 
 from harness.errors import InputError
-from harness.lb.state import LbStateError, desired_state, node_addresses
+from harness.lb.desired import LbStateError, lb_state, node_addresses
 from harness.node import datapath
 from harness.node.node import Node
 from harness.node.endpoints import EndpointRegistry
@@ -86,7 +86,7 @@ def service_names(node: str) -> dict[tuple[str, int, str], tuple[str, dict[str, 
     if scenario is None:
         return {}
     try:
-        state = desired_state(scenario, node_addresses(scenario))
+        state = lb_state(scenario, node_addresses(scenario))
     except LbStateError:
         return {}
     labels = {o.ref: dict(o.meta.labels) for o in (*scenario.services, *scenario.pods)}

@@ -14,7 +14,7 @@ from harness.node import conntrack, datapath, snat
 from harness.node.endpoints import READY
 from harness.node.node import Node
 from harness.policy import entries as PE
-from harness.policy.program import read_rules
+from harness.policy.control import read_rules
 from harness.topology import lookup
 
 

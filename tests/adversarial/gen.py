@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from harness.node import datapath
 from harness.bpf import BpfError
-from harness.lb.state import desired_state
+from harness.lb.desired import lb_state
 from harness.policy.model import (EndpointPolicy, IpcacheEntry, PolicyState, PortRange,
                                   Rule as HRule)
 
@@ -229,7 +229,7 @@ def run_episode(seed: int, load, steps: int, avoid: frozenset = frozenset()
     node = N.AdvNode(load, program_services=False)
     try:
         datapath.lb_control(node.node.coll).apply(
-            desired_state(K.scenario(*N.services(), *extra_services())))
+            lb_state(K.scenario(*N.services(), *extra_services())))
         o = O.Oracle(A(N.NODE4), A(N.NODE6), "198.18.0.0/24", "2001:db8:1::/64")
         configure_oracle(o)
         for p in o.pods.values():

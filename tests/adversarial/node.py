@@ -52,10 +52,10 @@ from harness import addressing
 from harness.node import datapath
 from harness.bpf import BpfError, Collection
 from harness.bpf import _libbpf as L
-from harness.lb.state import desired_state
+from harness.lb.desired import lb_state
 from harness.policy.model import (ANY_IDENTITY, ANY_PORT, ANY_PROTO, ID_HOST, ID_WORLD,
                                   EndpointPolicy, IpcacheEntry, PolicyState, PortRange, Rule)
-from harness.policy.program import PolicyControl
+from harness.policy.control import PolicyControl
 
 from .. import lbkit as K
 from ..nodekit import Node
@@ -235,7 +235,7 @@ class AdvNode:
             self.policy = PolicyControl(self.maps)
             self.policy.apply(policy_state(), EP_IDS)
             if program_services:
-                datapath.lb_control(self.node.coll).apply(desired_state(K.scenario(*services())))
+                datapath.lb_control(self.node.coll).apply(lb_state(K.scenario(*services())))
         except BaseException:
             self.node.close()
             raise

@@ -1,6 +1,6 @@
 """Policy resolution: a scenario's pods and policies -> identities, ipcache, per-endpoint rules.
 
-``resolve(scenario, nodes, local_node)`` compiles every CiliumNetworkPolicy
+``policy_state(scenario, nodes, local_node)`` compiles every CiliumNetworkPolicy
 rule and NetworkPolicy into entries (allow or deny; peers; ports), then, for
 each endpoint (a non-hostNetwork pod with an IP), evaluates which policies
 select it and expands their entries into model.Rule values over numeric
@@ -135,7 +135,7 @@ from harness.policy.selectors import (
 from harness.scenario.errors import ScenarioError
 from harness.scenario.model import CiliumNetworkPolicy, IPAddress, NetworkPolicy, Pod, Scenario
 
-__all__ = ["resolve", "format_identities", "ICMP_TYPES", "ALLOW_LOCALHOST_SOURCE", "NP_IPBLOCK_MODES",
+__all__ = ["policy_state", "format_identities", "ICMP_TYPES", "ALLOW_LOCALHOST_SOURCE", "NP_IPBLOCK_MODES",
            "IPBLOCK_SET_LABEL"]
 
 #: What a NetworkPolicy ipBlock selects (resolve's np_ipblock): see the CIDRs section.
@@ -609,7 +609,7 @@ def _ipcache(scenario: Scenario, r: _Resolver, nodes: Mapping[str, Iterable[IPAd
     return tuple(IpcacheEntry(n, entries[n]) for n in order)
 
 
-def resolve(
+def policy_state(
     scenario: Scenario,
     nodes: Mapping[str, tuple[IPAddress, ...]] | None = None,
     local_node: str | None = None,

@@ -1,4 +1,4 @@
-"""The load balancer's desired state, derived from a scenario's Kubernetes objects.
+"""The load balancer's desired state (harness.lb.model), derived from a scenario's Kubernetes objects.
 
 What kube-proxy (or Cilium's agent) computes from Services and EndpointSlices:
 one Frontend per (address, port, protocol) a service answers on, each with its
@@ -22,80 +22,14 @@ not-serving ones are left out.  The annotation
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Mapping
 
-from harness.errors import InputError
 from harness.addressing import POD_CIDR_V4, POD_CIDR_V6, node_index, node_ip4, node_ip6
+from harness.errors import InputError
+from harness.lb.model import (ACTIVE, LB_ALGORITHM_ANNOTATION, TERMINATING, Backend,
+                              Frontend, LbState)
 from harness.scenario import Scenario, Service
 from harness.scenario.model import IPAddress
-
-LB_ALGORITHM_ANNOTATION = "service.cilium.io/lb-algorithm"
-
-ACTIVE, TERMINATING, MAINTENANCE = "active", "terminating", "maintenance"
-BACKEND_STATES = {ACTIVE: 0, TERMINATING: 1, "quarantined": 2, MAINTENANCE: 3}
-PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
-
-FRONTEND_TYPES = ("ClusterIP", "NodePort", "ExternalIP", "LoadBalancer", "HostPort")
-
-
-@dataclass(frozen=True, order=True)
-class Backend:
-    address: IPAddress
-    port: int
-    protocol: str
-    state: str = ACTIVE
-    node: str | None = field(default=None, compare=False)
-
-    @property
-    def key(self) -> tuple:
-        """Identity of the backend in the backends map: address, port, protocol."""
-        return (self.address, self.port, self.protocol)
-
-
-@dataclass(frozen=True)
-class Frontend:
-    service: str                 # namespace/name (HostPort: namespace/pod)
-    port_name: str
-    type: str                    # one of FRONTEND_TYPES
-    address: IPAddress
-    port: int
-    protocol: str
-    backends: tuple[Backend, ...]
-    affinity_timeout: int = 0    # seconds; 0: no session affinity
-    maglev: bool = False
-    local_scope: bool = False
-
-    @property
-    def key(self) -> tuple:
-        """Identity of the frontend in the services map."""
-        return (self.address, self.port, self.protocol)
-
-    @property
-    def family(self) -> int:
-        return self.address.version
-
-    def selectable(self) -> tuple[Backend, ...]:
-        """Backends new flows may go to, in a stable order."""
-        active = tuple(sorted(b for b in self.backends if b.state == ACTIVE))
-        if active:
-            return active
-        return tuple(sorted(b for b in self.backends if b.state == TERMINATING))
-
-
-@dataclass(frozen=True)
-class LbState:
-    frontends: tuple[Frontend, ...]
-
-    def by_key(self) -> dict[tuple, Frontend]:
-        return {f.key: f for f in self.frontends}
-
-    def services(self) -> tuple[str, ...]:
-        return tuple(sorted({f.service for f in self.frontends}))
-
-    def only(self, services: Iterable[str]) -> "LbState":
-        wanted = set(services)
-        return LbState(tuple(f for f in self.frontends if f.service in wanted))
 
 
 def node_addresses(scenario: Scenario) -> dict[str, tuple[IPAddress, ...]]:
@@ -207,7 +141,7 @@ def _sctp_checked(f: Frontend, field: str) -> Frontend:
     return f
 
 
-def desired_state(scenario: Scenario,
+def lb_state(scenario: Scenario,
                   nodes: Mapping[str, tuple[IPAddress, ...]] | None = None) -> LbState:
     """Every frontend the scenario's objects ask for."""
     nodes = node_addresses(scenario) if nodes is None else nodes
