@@ -557,6 +557,7 @@ def macro0(d: dict) -> dict:
      r"seconds: .* is not valid under any of the given schemas"),
     (lambda d: d["git"].update(dirty="no"), r"\$\.git\.dirty: 'no' is not of type 'boolean'"),
     (lambda d: d["suites"].update(soak={}), r"\$\.suites: .*\('soak' was unexpected\)"),
+    (lambda d: d.update(created="2026-11-26 19:30"), r"\$\.created: '2026-11-26 19:30' does not match"),
 ])
 def test_schema_rejects_bad_documents(schema, mutate, error):
     doc = documents()[1]
