@@ -4,8 +4,8 @@ The dashboard is rendered from synthetic result documents, then opened in
 headless Chromium: the live DOM after the inline JS ran must hold every chart
 with the right series and points, and a screenshot must show each series'
 colour inside its chart (pixels read by the small PNG decoder below).  The
-schema (results/schema/results.schema.json) is checked with a minimal
-validator written here, so the project needs no jsonschema dependency.
+result schema (results/schema/results.schema.json) is checked with
+bench.report.schema, which validates with jsonschema (Draft 2020-12).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from bench.report import dashboard
 from bench.report.dashboard import DashboardError, load_documents, render
 from bench.report.schema import KEYWORDS, keywords, validate
 from bench.report.screenshot import ScreenshotError, run_chromium
+from jsonschema import Draft202012Validator
 from harness import paths
 
 SCHEMA = paths.RESULTS / "schema" / "results.schema.json"
@@ -516,8 +517,10 @@ def schema() -> dict:
     return json.loads(SCHEMA.read_text())
 
 
-def test_schema_uses_only_what_the_validator_checks(schema):
-    assert schema["$schema"].endswith("/draft/2020-12/schema")
+def test_schema_is_a_valid_2020_12_schema_of_known_keywords(schema):
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema)
+    # jsonschema ignores unknown keys: a misspelt keyword would check nothing.
     assert keywords(schema) <= KEYWORDS, keywords(schema) - KEYWORDS
     assert schema["properties"]["schema_version"] == {"const": 3}
     assert "Summary" in schema["$defs"]
@@ -527,11 +530,6 @@ def test_synthetic_documents_match_the_schema(schema):
     older, newer = documents()
     assert validate(older, schema) == []
     assert validate(newer, schema) == []
-    try:                                  # a second opinion when jsonschema happens to be installed
-        import jsonschema
-    except ImportError:
-        return
-    jsonschema.Draft202012Validator(schema).validate(newer)
 
 
 def control0(d: dict) -> dict:
@@ -547,23 +545,66 @@ def macro0(d: dict) -> dict:
     (lambda d: macro0(d).update(mode="burst"), r"\.mode: 'burst' is not one of"),
     (lambda d: control0(d).update(status="stalled"), r"\.status: 'stalled'"),
     (lambda d: d.update(profile="nightly"), r"\$\.profile: 'nightly'"),
-    (lambda d: d.pop("created"), r"\$: missing 'created'"),
+    (lambda d: d.pop("created"), r"^\$: 'created' is a required property"),
     (lambda d: d["suites"]["micro"]["results"][0]["ns_per_packet"].pop("median"),
-     r"ns_per_packet: missing 'median'"),
-    (lambda d: macro0(d)["latency_us"].pop("p99"), r"latency_us: missing 'p99'"),
-    (lambda d: d.update(schema_version=1), r"\$\.schema_version: 1 is not 3"),
-    (lambda d: control0(d).pop("map_bytes"), r"missing 'map_bytes'"),
+     r"ns_per_packet: 'median' is a required"),
+    (lambda d: macro0(d)["latency_us"].pop("p99"), r"latency_us: 'p99' is a required"),
+    (lambda d: d.update(schema_version=1), r"\$\.schema_version: 3 was expected"),
+    (lambda d: control0(d).pop("map_bytes"), r"results\[0\]: 'map_bytes' is a required"),
     (lambda d: d["suites"]["micro"]["results"][0].update(scale={"services": 1, "identities": 1}),
-     r"scale: more than 1"),
-    (lambda d: control0(d).update(seconds={"median": 1.0}), r"seconds: matches no"),
-    (lambda d: d["git"].update(dirty="no"), r"\$\.git\.dirty: str is not boolean"),
-    (lambda d: d["suites"].update(soak={}), r"\$\.suites: unexpected 'soak'"),
+     r"scale: .* has too many properties"),
+    (lambda d: control0(d).update(seconds={"median": 1.0}),
+     r"seconds: .* is not valid under any of the given schemas"),
+    (lambda d: d["git"].update(dirty="no"), r"\$\.git\.dirty: 'no' is not of type 'boolean'"),
+    (lambda d: d["suites"].update(soak={}), r"\$\.suites: .*\('soak' was unexpected\)"),
+    (lambda d: d.update(created="2026-11-26 19:30"), r"\$\.created: '2026-11-26 19:30' does not match"),
 ])
 def test_schema_rejects_bad_documents(schema, mutate, error):
     doc = documents()[1]
     mutate(doc)
     errors = validate(doc, schema)
-    assert any(re.search(error, e) for e in errors), errors
+    assert re.search(error, errors[0]), errors
+
+
+@pytest.mark.parametrize("part, value, error", [
+    ({"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}]},
+     ["svc", "80"], r"^\$\[1\]: '80' is not of type 'integer'"),
+    ({"$ref": "#/$defs/Port", "unevaluatedProperties": False},
+     {"port": 80, "proto": "tcp"}, r"^\$: Unevaluated properties .*'proto'"),
+    ({"type": "object", "properties": {"port": {"exclusiveMinimum": 0, "maximum": 65535}}},
+     {"port": 0}, r"^\$\.port: 0 is less than or equal to the minimum of 0"),
+    ({"type": "object", "properties": {"sha": {"type": "string", "pattern": "^[0-9a-f]+$"}}},
+     {"sha": "HEAD"}, r"^\$\.sha: 'HEAD' does not match"),
+    ({"oneOf": [{"type": "integer"}, {"type": "number", "minimum": 0}]},
+     3, r"^\$: 3 is valid under each of"),
+    ({"type": "array", "uniqueItems": True}, [1, 2, 1], r"^\$: .* has non-unique elements"),
+    ({"type": "object", "dependentRequired": {"map_bytes": ["entries"]}},
+     {"map_bytes": 10}, r"^\$: 'entries' is a dependency of 'map_bytes'"),
+])
+def test_validate_checks_2020_12_keywords_beyond_the_old_subset(part, value, error):
+    """Keywords the hand-written validator (before jsonschema) silently ignored: it
+    returned no error for each of these documents."""
+    root = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": {
+        "Port": {"type": "object", "properties": {"port": {"type": "integer"}}}, "part": part}}
+    errors = validate(value, root["$defs"]["part"], root)
+    assert errors and re.search(error, errors[0]), errors
+
+
+def test_write_refuses_a_bad_document_naming_the_field(tmp_path):
+    """bench.results.write: InvalidDocument, one line naming the field; nothing written."""
+    from bench.report import results
+    doc = documents()[1]
+    control0(doc).update(method="ipvs")
+    macro0(doc)["latency_us"].pop("p99")
+    with pytest.raises(results.InvalidDocument) as caught:
+        results.write(doc, tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.fullmatch(r"result document does not match results\.schema\.json: "
+                        r"\$\.suites\.\w+\.results\[0\]\.\S+: .* \(and 1 more\)", message), message
+    assert list(tmp_path.iterdir()) == []
+    doc = documents()[1]
+    assert results.write(doc, tmp_path).name == "20261126T193000Z-abc123def456.json"
 
 
 def test_screenshot_is_a_png_of_the_whole_page(results_dir, tmp_path):

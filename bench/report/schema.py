@@ -1,5 +1,5 @@
-"""The result documents' JSON Schema (results/schema/results.schema.json) and a
-small validator for the subset of JSON Schema it uses (no extra dependency).
+"""The result documents' JSON Schema (results/schema/results.schema.json) and
+its validation, by the jsonschema library (JSON Schema Draft 2020-12).
 
 ``bench.report.results.write`` validates every document before writing it, so the
 writers and the documented format cannot drift apart.
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
 
 from harness import paths
 
@@ -18,60 +21,43 @@ def load() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
 
 
-#: What validate() implements; the schema may use nothing else (so nothing is silently ignored).
-KEYWORDS = {"$schema", "$defs", "$ref", "title", "description", "type", "const", "enum", "required",
-            "properties", "additionalProperties", "items", "anyOf", "minimum", "maxProperties"}
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+#: The Draft 2020-12 keywords, the ones that validate and the ones that only annotate or
+#: identify.  jsonschema ignores any other key, so the schema may use nothing else (a
+#: misspelt keyword would silently check nothing).
+KEYWORDS = set(Draft202012Validator.VALIDATORS) | {
+    "$schema", "$id", "$anchor", "$dynamicAnchor", "$vocabulary", "$comment", "$defs",
+    "then", "else", "title", "description", "default", "examples", "deprecated", "readOnly",
+    "writeOnly", "contentEncoding", "contentMediaType", "contentSchema"}
+_SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "dependentSchemas"}
+_SCHEMA_LISTS = {"allOf", "anyOf", "oneOf", "prefixItems"}
+_SCHEMAS = {"items", "additionalProperties", "unevaluatedProperties", "unevaluatedItems",
+            "contains", "propertyNames", "not", "if", "then", "else", "contentSchema"}
 
 
-def _is(value, name: str) -> bool:
-    if name in ("integer", "number"):
-        kinds = int if name == "integer" else (int, float)
-        return isinstance(value, kinds) and not isinstance(value, bool)
-    return isinstance(value, _TYPES[name])
+def _message(error: ValidationError, where: str) -> str:
+    """One line: the instance path (``$.a.b[0]``, under *where*) and jsonschema's message."""
+    return f"{where}{error.json_path[1:]}: {error.message}"
 
 
-def _equal(a, b) -> bool:
-    return a == b and isinstance(a, bool) == isinstance(b, bool)
+def _top(error: ValidationError) -> ValidationError:
+    while error.parent is not None:
+        error = error.parent
+    return error
 
 
 def validate(value, schema: dict, root: dict | None = None, where: str = "$") -> list[str]:
-    """Errors of *value* against a JSON Schema using only KEYWORDS ([] when valid)."""
-    root = root if root is not None else schema
-    errors: list[str] = []
-    if "$ref" in schema:
-        target = root
-        for part in schema["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        errors += validate(value, target, root, where)
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_is(value, t) for t in types):
-            return errors + [f"{where}: {type(value).__name__} is not {' or '.join(types)}"]
-    if "const" in schema and not _equal(value, schema["const"]):
-        errors.append(f"{where}: {value!r} is not {schema['const']!r}")
-    if "enum" in schema and not any(_equal(value, e) for e in schema["enum"]):
-        errors.append(f"{where}: {value!r} is not one of {schema['enum']}")
-    if "minimum" in schema and _is(value, "number") and value < schema["minimum"]:
-        errors.append(f"{where}: {value!r} < {schema['minimum']}")
-    if "anyOf" in schema and all(validate(value, s, root, where) for s in schema["anyOf"]):
-        errors.append(f"{where}: matches no alternative")
-    if isinstance(value, dict):
-        errors += [f"{where}: missing {k!r}" for k in schema.get("required", ()) if k not in value]
-        if len(value) > schema.get("maxProperties", len(value)):
-            errors.append(f"{where}: more than {schema['maxProperties']} properties")
-        props, extra = schema.get("properties", {}), schema.get("additionalProperties", True)
-        for key, item in value.items():
-            if key in props:
-                errors += validate(item, props[key], root, f"{where}.{key}")
-            elif extra is False:
-                errors.append(f"{where}: unexpected {key!r}")
-            elif isinstance(extra, dict):
-                errors += validate(item, extra, root, f"{where}.{key}")
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            errors += validate(item, schema["items"], root, f"{where}[{i}]")
-    return errors
+    """Errors of *value* against *schema* (Draft 2020-12; ``$ref`` resolved in *root*, the
+    whole schema, when *schema* is a part of it), one line each naming the field, the most
+    relevant one (jsonschema's best_match) first; [] when valid."""
+    validator = Draft202012Validator(root if root is not None else schema)
+    if root is not None and schema is not root:
+        validator = validator.evolve(schema=schema)
+    errors = list(validator.iter_errors(value))
+    if not errors:
+        return []
+    first = best_match(errors)
+    rest = [e for e in errors if e is not _top(first)]
+    return [_message(e, where) for e in (first, *rest)]
 
 
 def keywords(schema) -> set[str]:
@@ -82,9 +68,9 @@ def keywords(schema) -> set[str]:
         return set()
     found = set(schema)
     for key, value in schema.items():
-        if key in ("properties", "$defs"):
+        if key in _SCHEMA_MAPS:
             for sub in value.values():
                 found |= keywords(sub)
-        elif key in ("items", "additionalProperties", "anyOf"):
+        elif key in _SCHEMA_LISTS or key in _SCHEMAS:
             found |= keywords(value)
     return found
