@@ -90,9 +90,17 @@ def entered(name: str | None) -> Iterator[None]:
         yield
         return
     _check_name(name)
+    with entered_path(f"/run/netns/{name}"):
+        yield
+
+
+@contextlib.contextmanager
+def entered_path(path: str) -> Iterator[None]:
+    """Run the body with this thread inside the network namespace at *path* (a
+    container runtime's CNI_NETNS: the CNI plugin works in the namespace it is given)."""
     origin = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        target = os.open(path, os.O_RDONLY)
         try:
             _setns(target)
         finally:

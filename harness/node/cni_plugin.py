@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.bpf import attach_tc
+from harness.host import netns
 from harness.node.endpoints import CONTAINER_PREFIX, NOT_READY, UNMANAGED, WAITING_FOR_IDENTITY, \
     EndpointConflict, EndpointRecord, EndpointRegistry
 from harness.node.node import Node
@@ -191,6 +192,22 @@ def _fill(registry: EndpointRegistry, who: Attachment, **fields) -> EndpointReco
         raise PluginError(ERR_NAME_TAKEN, str(exc)) from None
 
 
+def _no_ipv6(ifname: str) -> None:
+    """A pod without an IPv6 address may send no IPv6 (the source check drops it, 132),
+    yet its kernel gives the interface a link-local address and sends MLD reports from
+    it: turn IPv6 off on the pod's interface (only there: ``::1`` on lo stays), as
+    CNIs do for IPv4-only pods, so the endpoint's drop counters carry no such noise."""
+    path = os.environ.get("CNI_NETNS", "")
+    if not path or not ifname:
+        return
+    try:
+        with netns.entered_path(path), \
+                open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError as exc:
+        _warn(f"{ifname}: IPv6 left on ({exc.strerror or exc})")
+
+
 def cmd_add(conf: dict, prev: dict) -> dict:
     who = _attachment()
     if conf.get("datapath", "bpf") != "bpf":
@@ -217,6 +234,8 @@ def cmd_add(conf: dict, prev: dict) -> dict:
         # programs are attached and the node's sync has set its identity (endpoints.py).
         rec = _fill(registry, who, state=NOT_READY, interface=veth, ipv4=ipv4, ipv6=ipv6)
         registry.save()
+        if ipv6 is None:
+            _no_ipv6(who.ifname)
         with node.load("lxc", **endpoint_rodata(rec.id, rec.ipv4, rec.ipv6)) as coll:
             # The filters keep the programs alive after this process exits.
             attach_tc(coll.programs["from_container"], veth, "ingress")
