@@ -389,8 +389,8 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from harness.topology import chaining   # lazy: the topology, CNI and datapath (~190 ms)
-    removed = chaining.down()
+    from harness.topology import build      # lazy: the topology, CNI and datapath (~190 ms)
+    removed = build.down()
     errors = removed.pop("errors", [])
     total = sum(len(v) for v in removed.values())
     for kind, items in removed.items():

@@ -32,7 +32,7 @@ def _no_bench_pins() -> bool:
 
 @pytest.fixture(scope="module")
 def scale1_cases():
-    return {c.case: c for c in lb_cases.cases(1) + policy_cases.cases(1)}
+    return {c.variant: c for c in lb_cases.cases(1) + policy_cases.cases(1)}
 
 
 def test_every_case_takes_its_path_at_scale_1(scale1_cases):
@@ -40,7 +40,7 @@ def test_every_case_takes_its_path_at_scale_1(scale1_cases):
     with micro.Bench(cases) as bench:
         assert os.path.isdir(bench.pin_dir)
         first = {name: out for name, (out, _) in bench.first.items()}
-        by_case = {c.case: first[c.name] for c in cases}
+        by_case = {c.variant: first[c.name] for c in cases}
         # Run again: the established flows hit the conntrack entries the first run made.
         for c in cases:
             bench.check(c)
@@ -212,7 +212,7 @@ def lb_names() -> set[str]:
 
 @pytest.mark.parametrize("method", ["calls", "loop"])
 def test_in_process_timing_gives_the_same_shape(method):
-    cases = [c for c in policy_cases.cases(1) if c.case == "policy-deny"]
+    cases = [c for c in policy_cases.cases(1) if c.variant == "policy-deny"]
     suite = micro.run(cases, samples=3, repeat=5_000, workers=False, method=method)
     assert _no_bench_pins()
     (r,) = suite["results"]
@@ -224,7 +224,7 @@ def test_in_process_timing_gives_the_same_shape(method):
 
 
 def test_a_failing_worker_is_an_error_and_leaves_no_pins(monkeypatch):
-    cases = [c for c in policy_cases.cases(1) if c.case == "policy-deny"]
+    cases = [c for c in policy_cases.cases(1) if c.variant == "policy-deny"]
     real = micro.Bench.pin_programs
 
     def broken(self):

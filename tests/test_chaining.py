@@ -17,12 +17,13 @@ import pytest
 
 from harness.host import cgroups, netns
 from harness.topology import chaining, connectivity
+from harness.topology import build
 from harness.host.bpffs import PIN_ROOT
 from harness.topology.cni_runtime import CNIError
 from harness.paths import STATE_ROOT
 from harness.scenario import SCENARIO_DIR, load_scenario
 from harness.topology.build import node_runtime, pod_runtime_conf
-from harness.topology.state import load_state, scenario_with_real_addresses
+from harness.topology.state import scenario_with_real_addresses
 
 SCENARIO = str(SCENARIO_DIR / "connectivity-check.yaml")
 
@@ -46,7 +47,7 @@ def topology(request):
         state = chaining.up(SCENARIO, routing=routing, datapath_kind=datapath)
         yield state
     finally:
-        chaining.down()
+        build.down()
     assert nothing_left() == []
 
 
@@ -228,7 +229,7 @@ def test_interrupted_up_leaves_nothing():
         assert "Traceback" not in err
         assert nothing_left() == []
     finally:
-        chaining.down()
+        build.down()
 
 
 def _plugin_processes() -> dict[int, str]:
@@ -286,7 +287,7 @@ def test_killed_up_leaves_no_ready_half_built_endpoint_and_down_ends_its_plugins
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        chaining.down()
+        build.down()
 
 
 def test_pod_add_reads_no_scenario_file(tmp_path):
@@ -315,5 +316,5 @@ def test_pod_add_reads_no_scenario_file(tmp_path):
         assert (row["state"], row["ipv4"]) == ("ready", pod.ipv4) and row["identity_id"]
         runtime.check(conflist, pod_runtime_conf(pod))
     finally:
-        chaining.down()
+        build.down()
     assert nothing_left() == []

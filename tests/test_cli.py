@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+
+from harness.topology import build
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.utils import wrpcap
 
@@ -512,7 +514,7 @@ def running_topology():
     try:
         yield chaining.up(str(SCENARIO_DIR / "connectivity-check.yaml"))
     finally:
-        chaining.down()
+        build.down()
 
 
 def test_read_commands_on_a_running_topology(running_topology):

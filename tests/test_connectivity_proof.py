@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from harness.topology import chaining, connectivity
+from harness.topology import build
 from harness.host import netns
 from harness.node.endpoints import EndpointRegistry
 from harness.scenario import SCENARIO_DIR, load_scenario
@@ -30,7 +31,7 @@ def topology():
     try:
         yield chaining.up(SCENARIO)
     finally:
-        chaining.down()
+        build.down()
     assert nothing_left() == []
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import pytest
 
 from harness.topology import chaining
+from harness.topology import build
 from harness.node.node import Node
 from harness.host import netns
 from harness.topology.cni_runtime import CNIError, CNIRuntime, RuntimeConf, validate_result
@@ -279,7 +280,7 @@ def topology():
     try:
         yield chaining.up(SCENARIO, nodes=2)
     finally:
-        chaining.down()
+        build.down()
         # libcni's cache: remove the directories podman made there if they are empty.
         if LIBCNI_CACHE not in existed:
             for d in (f"{LIBCNI_CACHE}/results", LIBCNI_CACHE):

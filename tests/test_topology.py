@@ -24,7 +24,7 @@ from harness.host import netns
 from harness.topology.cni_runtime import CNIError
 from harness.scenario import load_scenario_text
 from harness.topology import build
-from harness.topology.build import TopologyError, node_runtime, pod_runtime_conf, teardown, up
+from harness.topology.build import TopologyError, node_runtime, pod_runtime_conf, remove_topology, up
 from harness.topology.plan import PlanError, mac_link_local, plan_topology, pod_netns_names, vxlan_mac
 from harness.topology.state import STATE_PATH, NodeState, PodState, TopologyState, load_state, \
     scenario_with_real_addresses
@@ -191,7 +191,7 @@ def topo(request):
         yield t
     finally:
         t.stop()
-        summary = teardown()
+        summary = remove_topology()
         assert summary["errors"] == [] and sorted(summary["pods"]) == ["default/a0", "default/a1",
                                                                         "default/b0", "default/b1"]
         assert_nothing_left(state.namespaces())
@@ -321,7 +321,7 @@ def test_interrupted_up_leaves_nothing(tmp_path, sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-            teardown()
+            remove_topology()
     assert proc.returncode != 0 and "Interrupted" in err
     assert_nothing_left(plan.namespaces())
 
@@ -360,7 +360,7 @@ def test_chained_plugin_hook(tmp_path):
             assert call["config"]["prevResult"]["interfaces"][0]["name"] == pod.host_ifname
             assert call["netns_inode"] == os.stat("/run/netns/cb-node0").st_ino
     finally:
-        summary = teardown()
+        summary = remove_topology()
     dels = [json.loads(line) for line in log.read_text().splitlines()][2:]
     assert [c["env"]["CNI_COMMAND"] for c in dels] == ["DEL", "DEL"] and summary["errors"] == []
     assert_nothing_left(state.namespaces())

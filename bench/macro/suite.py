@@ -213,7 +213,7 @@ class Topology:
                              "run `chainbench down` first")
         try:
             self.say("macro: building the topology (4 nodes, 13 pods)")
-            self.stack.callback(lambda: self.state and chaining.teardown(self.state))
+            self.stack.callback(lambda: self.state and chaining.remove_chained_topology(self.state))
             self.state = chaining.up(str(SCENARIO), routing="native", node_datapaths=NODES,
                                      lb_map_max=lb_map_max(self.max_services))
             self.backend_ips = [ipaddress.IPv4Address(self.state.pod(b).ipv4) for b in BACKENDS]

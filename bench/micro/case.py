@@ -44,15 +44,15 @@ class Case:
     #: that does not take the path it names (a service miss instead of a hit, say)
     #: fails instead of timing the wrong thing.
     expect: Callable[[Outcome], None] | None = None
-    case: str = ""              # short name ("established", ...); default: the program
+    variant: str = ""           # the case's short name ("established", ...); default: the program
     scale: dict = field(default_factory=dict)   # {"services": N}, {"identities": N}, {}
     #: Cases with the same key share their maps (pinned in the run's directory);
     #: ``setup`` runs once per key.
     maps: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.case:
-            self.case = self.program
+        if not self.variant:
+            self.variant = self.program
 
     @property
     def hook(self) -> str:

@@ -207,7 +207,7 @@ def cases(services: int, floor: str = "empty:empty_tc") -> list[Case]:
 
     def case(short: str, obj: str, prog: str, rodata: dict, group: str, expect) -> Case:
         return Case(f"{obj}:{prog}/{short}@{tag}", obj, prog, pkts[short], rodata=rodata,
-                    group=f"{group}@{services}", expect=expect, case=short, **common)
+                    group=f"{group}@{services}", expect=expect, variant=short, **common)
     vip = _vip(services - 1)[0]
     return [
         case("established", "lxc", "from_container", base, "lb", _expect_translated(vip)),

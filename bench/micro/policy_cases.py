@@ -110,7 +110,7 @@ def cases(identities: int, floor: str = "empty:empty_tc") -> list[Case]:
 
     def case(short: str, prog: str, rodata: dict, group: str, expect) -> Case:
         return Case(f"lxc:{prog}/{short}@{tag}", "lxc", prog, pkts[short], rodata=rodata,
-                    group=f"{group}@{identities}", expect=expect, case=short, **common)
+                    group=f"{group}@{identities}", expect=expect, variant=short, **common)
     return [
         case("policy-new", "to_container", expired, "policy-new",
              _expect_passed(pkts["policy-new"])),

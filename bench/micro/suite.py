@@ -366,7 +366,7 @@ def _result(bench: Bench, c: Case, measure: str, case_bench,
     # program; XDP calls with repeat > 1 sleep in the static-key flip.
     one_call = bench.method == "loop" and c.hook == "sched_cls"
     return {
-        "name": c.name, "case": c.case, "scale": dict(c.scale),
+        "name": c.name, "case": c.variant, "scale": dict(c.scale),
         "object": c.object, "program": c.program,
         "verdict": verdict_name(prog.type, retval), "drop_reason": first.drop_reason,
         "floor": c.floor, "method": bench.method, "measure": measure,

@@ -13,7 +13,7 @@ undoes everything it made (``teardown``) before the exception propagates.
 ``teardown`` is the orderly undo: CNI DEL for every pod that reached ADD
 (reverse order, per node in parallel), then the topology's namespaces, the
 node CNI directories and the state file; it tolerates partial states.
-``down`` is ``teardown`` followed by ``harness.topology.cleanup.down`` (every other
+``down`` is ``remove_topology`` followed by ``harness.topology.cleanup.remove_leftovers`` (every other
 project leftover).
 """
 from __future__ import annotations
@@ -342,7 +342,7 @@ def build(plan: TopologyPlan, *, primary: Primary = "ptp", portmap: bool = False
             save_state(state, state_path)
 
     save()
-    with undo_on_failure(lambda: teardown(state, state_path=state_path)):
+    with undo_on_failure(lambda: remove_topology(state, state_path=state_path)):
         _build_network(plan, report)
         conflists = _write_conflists(plan, state, primary, portmap, chained, per_node)
         _add_pods(plan, state, conflists, report, save, timeout)
@@ -370,10 +370,10 @@ def up(scenario_path: str | os.PathLike[str] | Scenario, nodes: int | None = Non
                  progress=progress, timeout=timeout, per_node=per_node)
 
 
-# ------------------------------------------------------------------- teardown
+# ------------------------------------------------------------ remove_topology
 
 
-def teardown(state: TopologyState | None = None, *, state_path: str = STATE_PATH,
+def remove_topology(state: TopologyState | None = None, *, state_path: str = STATE_PATH,
              timeout: float = DEFAULT_TIMEOUT) -> dict[str, list[str]]:
     """Undo a topology (the recorded one by default): CNI DEL, namespaces, files.
 
@@ -453,8 +453,8 @@ def down() -> dict[str, list[str]]:
     "temp dirs"}.
     """
     ended = procs.end_all()
-    summary = teardown()
-    rest = cleanup.down()
+    summary = remove_topology()
+    rest = cleanup.remove_leftovers()
     return {"processes": ended["processes"] + rest.get("processes", []),
             "pods": summary["pods"], "errors": summary["errors"],
             "namespaces": summary["namespaces"] + rest["namespaces"], "cgroups": rest["cgroups"],

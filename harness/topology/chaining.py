@@ -14,8 +14,9 @@ the same Services and EndpointSlices.
 mixed (bench/macro/suite.py): each node its own datapath (bpf, iptables, nftables or
 none), so several datapaths are up at once in one topology.
 
-down: the orderly topology teardown (CNI DEL), then every other leftover;
-teardown(state): one topology and what its nodes own, nothing else.
+``chainbench down`` is harness.topology.build.down (the orderly teardown, CNI DEL,
+then every other leftover);
+remove_chained_topology(state): one topology and what its nodes own, nothing else.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
                              [n for n in state.nodes if kinds[n.name] == mode])
     except BaseException:
         with shielded():
-            down()
+            topology.down()
         raise
     return state
 
@@ -186,14 +187,10 @@ def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
         raise
 
 
-def down() -> dict[str, list[str]]:
-    return topology.down()
-
-
-def teardown(state: TopologyState) -> dict[str, list[str]]:
+def remove_chained_topology(state: TopologyState) -> dict[str, list[str]]:
     """Remove one topology and what its nodes own (pins, node state, host cgroups),
     leaving any other project object alone (``down`` removes everything)."""
-    summary = topology.teardown(state)         # CNI DEL first: it needs the pins
+    summary = topology.remove_topology(state)         # CNI DEL first: it needs the pins
     _remove_node_objects([node.name for node in state.nodes])
     return summary
 

@@ -35,8 +35,10 @@ def leftovers() -> dict[str, list[str]]:
             "states": state, "temp dirs": scratch}
 
 
-def down() -> dict[str, list[str]]:
-    """Remove every leftover; return what was removed."""
+def remove_leftovers() -> dict[str, list[str]]:
+    """Remove every leftover of the project (processes, namespaces, cgroups, pins,
+    state); return what was removed.  ``build.down`` runs it after the orderly
+    teardown."""
     ended = procs.end_all()
     found = leftovers()
     found.update(ended)
