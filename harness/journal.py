@@ -46,6 +46,7 @@ from typing import Callable, Mapping
 from harness.bpf import BpfError, KeyNotFoundError, Map
 from harness.host.locks import directory_lock
 from harness.host.signals import deferred as deferred_signals
+from harness.errors import ChainbenchError
 
 JOURNAL_NAME = "maps.journal"
 _VERSION = 1
@@ -60,7 +61,7 @@ MaglevInstall = Callable[[int, list, list], None]
 MaglevRemove = Callable[[int], None]
 
 
-class MapWriteError(RuntimeError):
+class MapWriteError(ChainbenchError, RuntimeError):
     """A step failed; every step made before it was undone."""
 
     def __init__(self, message: str, cause: BaseException):

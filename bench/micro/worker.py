@@ -29,6 +29,7 @@ import time
 
 import pyperf
 
+from harness import paths
 from harness.bpf import BpfError, Program
 from harness.bpf import _libbpf as L
 
@@ -36,7 +37,7 @@ PLAN_ENV = "CHAINBENCH_MICRO_PLAN"
 #: Environment variables workers need (pyperf passes only what --inherit-environ lists).
 INHERITED_ENV = (PLAN_ENV, "CHAINBENCH_LIBBPF")
 HOOK_NAME = PAIRS_METADATA = "chainbench_pairs"
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = str(paths.ROOT)     # the repository, so a worker imports this checkout
 #: What pyperf runs as a worker (its program_args): this module's main(), with the
 #: source tree first on sys.path whatever the worker's cwd and environment.
 WORKER_PROGRAM = ("-c", f"import sys; sys.path.insert(0, {_ROOT!r}); "

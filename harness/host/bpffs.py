@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from harness.errors import ChainbenchError
 
 MOUNT_POINT = "/sys/fs/bpf"
 PIN_ROOT = f"{MOUNT_POINT}/chainbench"
@@ -23,7 +24,7 @@ TEST_PIN_PREFIX = "cb-test-"
 BENCH_PIN_PREFIX = "cb-bench-"
 
 
-class BpffsError(RuntimeError):
+class BpffsError(ChainbenchError, RuntimeError):
     pass
 
 

@@ -7,11 +7,12 @@ ever load-balanced or filtered.
 from __future__ import annotations
 
 import os
+from harness.errors import ChainbenchError
 
 PREFIX = "cb-"
 
 
-class CgroupError(RuntimeError):
+class CgroupError(ChainbenchError, RuntimeError):
     pass
 
 

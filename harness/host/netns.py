@@ -14,13 +14,14 @@ import os
 import socket
 import subprocess
 from typing import Iterator
+from harness.errors import ChainbenchError
 
 PREFIX = "cb-"
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
-class NetnsError(RuntimeError):
+class NetnsError(ChainbenchError, RuntimeError):
     pass
 
 

@@ -18,6 +18,7 @@ import time
 
 from harness.host import netns
 from harness.lb.model import LbState
+from harness.errors import ChainbenchError
 
 from . import iptables as ipt
 from . import nftables as nft
@@ -26,7 +27,7 @@ BACKENDS = {"nft": ("iptables", "iptables-restore"),
             "legacy": ("iptables-legacy", "iptables-legacy-restore")}
 
 
-class ApplyError(RuntimeError):
+class ApplyError(ChainbenchError, RuntimeError):
     """A restore or nft transaction was rejected."""
 
 

@@ -32,12 +32,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from harness import paths
 from harness.host import cgroups, procs
 from harness.node import drop_counters
 from harness.abi import drop_reasons
 from harness.node.endpoints import EndpointRegistry
 from harness.host.signals import shielded
-from harness.errors import InputError
+from harness.errors import ChainbenchError, InputError
 from harness.scenario import load_scenario
 from harness.topology.servers import nginx
 from harness.topology.state import TopologyState, load_state, scenario_with_real_addresses
@@ -171,7 +172,7 @@ def select(checks: tuple[Check, ...], patterns: list[str]) -> tuple[Check, ...]:
                  and not any(r.search(c.name) for r in exclude))
 
 
-class ConnectivityError(RuntimeError):
+class ConnectivityError(ChainbenchError, RuntimeError):
     pass
 
 
@@ -336,8 +337,7 @@ def _run_check(state: TopologyState, scenario, check: Check, datapath: str,
 
 
 def _pythonpath() -> str:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return os.pathsep.join([str(paths.ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 
 class Servers:
