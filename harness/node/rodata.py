@@ -7,7 +7,7 @@ import ipaddress
 from typing import Any
 
 from harness import addressing
-from harness.abi.structs import V6Addr, be32
+from harness.abi.structs import EndpointConfig, V6Addr, be32
 
 
 def _hi64(net: ipaddress.IPv6Network) -> int:
@@ -55,6 +55,20 @@ def endpoint_rodata(endpoint_id: int, ipv4: str | None = None,
         "endpoint_ip4": be32(ipaddress.IPv4Address(ipv4)) if ipv4 else 0,
         "endpoint_ip6": bytes(V6Addr.of(ipaddress.IPv6Address(ipv6))) if ipv6 else bytes(16),
     }
+
+
+def shared_endpoint_rodata() -> dict[str, Any]:
+    """lxc programs loaded once for a node: each packet's endpoint is the
+    cb_endpoint_config entry of its veth (``endpoint_config``), none: dropped."""
+    return {"endpoint_shared": True}
+
+
+def endpoint_config(endpoint_id: int, ipv4: str | None = None, ipv6: str | None = None):
+    """The cb_endpoint_config value (lib/endpoint.h) of an endpoint: what
+    ``endpoint_rodata`` gives a per-endpoint load."""
+    ro = endpoint_rodata(endpoint_id, ipv4, ipv6)
+    return EndpointConfig(id=endpoint_id, ip4=ro["endpoint_ip4"],
+                          ip6=V6Addr.from_buffer_copy(ro["endpoint_ip6"]))
 
 
 def rodata_for(obj: str, node: str | None = None) -> dict[str, Any]:
