@@ -104,7 +104,8 @@ static __always_inline __u16 policy_port(const struct pkt_meta *m)
 static __always_inline int policy_verdict(const struct endpoint_info *ep, bool egress,
 					  __u32 identity, const struct pkt_meta *m, __u32 len)
 {
-	return policy_check(m->endpoint_id, ep, egress, identity, m->l4_proto, policy_port(m),
+	return policy_check(m->endpoint_id, ep, egress, identity, m->l4_proto,
+			    policy_port(m),
 			    (m->flags & PKT_F_LATER_FRAGMENT) && !(m->flags & PKT_F_FRAG_PORTS), len);
 }
 
@@ -143,7 +144,8 @@ static __always_inline int vip_echo_reply(struct __sk_buff *skb, const struct pk
  * direction that created it, so Q's tuple is tried as is and swapped) that
  * the endpoint's policy admitted, and the error must be no longer than an
  * ICMP error can be.  Returns the entry, with *in filled, or NULL. */
-static __always_inline struct ct_entry *icmp4_related(const struct endpoint_config *self, struct __sk_buff *skb,
+static __always_inline struct ct_entry *icmp4_related(const struct endpoint_config *self,
+						      struct __sk_buff *skb,
 						      const struct pkt_meta *m, bool to_pod,
 						      __u32 now, struct icmp_inner *in)
 {
@@ -162,6 +164,7 @@ static __always_inline struct ct_entry *icmp4_related(const struct endpoint_conf
 	} else if (in->daddr.p[0] != pod || in->saddr.p[0] != peer) {
 		return NULL;
 	}
+	/* From the pod, *pod* is the source the source check passed already. */
 	if (to_pod && m->endpoint_id && !endpoint_owns4(self, pod))
 		return NULL;
 	t.daddr = in->daddr.p[0];
@@ -179,7 +182,8 @@ static __always_inline struct ct_entry *icmp4_related(const struct endpoint_conf
 	return e && !(e->flags & CT_F_UNVERIFIED) ? e : NULL;
 }
 
-static __always_inline struct ct_entry *icmp6_related(const struct endpoint_config *self, struct __sk_buff *skb,
+static __always_inline struct ct_entry *icmp6_related(const struct endpoint_config *self,
+						      struct __sk_buff *skb,
 						      const struct pkt_meta *m, bool to_pod,
 						      __u32 now, struct icmp_inner *in)
 {
@@ -217,7 +221,7 @@ static __always_inline struct ct_entry *icmp6_related(const struct endpoint_conf
 
 /* A packet conntrack leaves alone (ct_tuple_ports: ICMP other than echo,
  * errors that are not related): the endpoint's policy decides each one. */
-static __always_inline int untracked_verdict(const struct endpoint_config *self, struct __sk_buff *skb, const struct pkt_meta *m,
+static __always_inline int untracked_verdict(struct __sk_buff *skb, const struct pkt_meta *m,
 					     bool egress, __u32 remote_identity)
 {
 	struct endpoint_info *ep = endpoint_lookup(m->endpoint_id);
@@ -225,7 +229,8 @@ static __always_inline int untracked_verdict(const struct endpoint_config *self,
 	return ep ? policy_verdict(ep, egress, remote_identity, m, skb->len) : 0;
 }
 
-static __always_inline int __from_container4(const struct endpoint_config *self, struct __sk_buff *skb, struct pkt_meta *m,
+static __always_inline int __from_container4(const struct endpoint_config *self,
+					     struct __sk_buff *skb, struct pkt_meta *m,
 					     __u32 now, struct svc4_pending *pend)
 {
 	struct ct_state st = {}, reply = {};
@@ -267,7 +272,7 @@ static __always_inline int __from_container4(const struct endpoint_config *self,
 			return 0;
 	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
-		return untracked_verdict(self, skb, m, true, ipcache_lookup4(m->daddr.p[0]));
+		return untracked_verdict(skb, m, true, ipcache_lookup4(m->daddr.p[0]));
 	t.daddr = m->daddr.p[0];
 	t.saddr = m->saddr.p[0];
 	t.nexthdr = m->l4_proto;
@@ -320,7 +325,8 @@ static __always_inline int __from_container4(const struct endpoint_config *self,
 	return 0;
 }
 
-static __always_inline int __from_container6(const struct endpoint_config *self, struct __sk_buff *skb, struct pkt_meta *m,
+static __always_inline int __from_container6(const struct endpoint_config *self,
+					     struct __sk_buff *skb, struct pkt_meta *m,
 					     __u32 now, struct svc6_pending *pend)
 {
 	struct ct_state st = {}, reply = {};
@@ -363,7 +369,7 @@ static __always_inline int __from_container6(const struct endpoint_config *self,
 			return 0;
 	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
-		return untracked_verdict(self, skb, m, true, ipcache_lookup6(&m->daddr));
+		return untracked_verdict(skb, m, true, ipcache_lookup6(&m->daddr));
 	t.daddr = m->daddr;
 	t.saddr = m->saddr;
 	t.nexthdr = m->l4_proto;
@@ -416,7 +422,8 @@ static __always_inline int __from_container6(const struct endpoint_config *self,
 
 /* The pod's packet, and once it has passed, the service entry of a new
  * service flow: a packet that is dropped leaves no conntrack state. */
-static __always_inline int from_container4(const struct endpoint_config *self, struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+static __always_inline int from_container4(const struct endpoint_config *self,
+					   struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct svc4_pending pend = {};
 	int ret = __from_container4(self, skb, m, now, &pend), err;
@@ -429,7 +436,8 @@ static __always_inline int from_container4(const struct endpoint_config *self, s
 	return ret;
 }
 
-static __always_inline int from_container6(const struct endpoint_config *self, struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+static __always_inline int from_container6(const struct endpoint_config *self,
+					   struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct svc6_pending pend = {};
 	int ret = __from_container6(self, skb, m, now, &pend), err;
@@ -447,7 +455,8 @@ static __always_inline int from_container6(const struct endpoint_config *self, s
  * service it is made to speak of the frontend.  1 if handled (related), 0
  * if unrelated (the caller treats it as any other packet), or a negative
  * drop reason. */
-static __always_inline int to_container_icmp4_error(const struct endpoint_config *self, struct __sk_buff *skb,
+static __always_inline int to_container_icmp4_error(const struct endpoint_config *self,
+						    struct __sk_buff *skb,
 						    const struct pkt_meta *m, __u32 now)
 {
 	struct icmp_inner in = {};
@@ -467,7 +476,8 @@ static __always_inline int to_container_icmp4_error(const struct endpoint_config
 	return ret < 0 ? ret : 1;
 }
 
-static __always_inline int to_container_icmp6_error(const struct endpoint_config *self, struct __sk_buff *skb,
+static __always_inline int to_container_icmp6_error(const struct endpoint_config *self,
+						    struct __sk_buff *skb,
 						    const struct pkt_meta *m, __u32 now)
 {
 	struct icmp_inner in = {};
@@ -487,7 +497,8 @@ static __always_inline int to_container_icmp6_error(const struct endpoint_config
 	return ret < 0 ? ret : 1;
 }
 
-static __always_inline int to_container4(const struct endpoint_config *self, struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+static __always_inline int to_container4(const struct endpoint_config *self,
+					 struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct ct_state st = {};
 	struct ct4_tuple t = {};
@@ -501,7 +512,7 @@ static __always_inline int to_container4(const struct endpoint_config *self, str
 			return ret < 0 ? ret : 0;
 	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
-		return untracked_verdict(self, skb, m, false, ipcache_lookup4(m->saddr.p[0]));
+		return untracked_verdict(skb, m, false, ipcache_lookup4(m->saddr.p[0]));
 	t.daddr = m->daddr.p[0];
 	t.saddr = m->saddr.p[0];
 	t.nexthdr = m->l4_proto;
@@ -545,7 +556,8 @@ static __always_inline int to_container4(const struct endpoint_config *self, str
 	}
 }
 
-static __always_inline int to_container6(const struct endpoint_config *self, struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+static __always_inline int to_container6(const struct endpoint_config *self,
+					 struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct ct_state st = {};
 	struct ct6_tuple t = {};
@@ -561,7 +573,7 @@ static __always_inline int to_container6(const struct endpoint_config *self, str
 			return ret < 0 ? ret : 0;
 	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
-		return untracked_verdict(self, skb, m, false, ipcache_lookup6(&m->saddr));
+		return untracked_verdict(skb, m, false, ipcache_lookup6(&m->saddr));
 	t.daddr = m->daddr;
 	t.saddr = m->saddr;
 	t.nexthdr = m->l4_proto;
@@ -612,6 +624,8 @@ static __always_inline int __from_container(const struct endpoint_config *self,
 	int ret = parse_skb(skb, &m);
 	__u32 now;
 
+	/* Carried in the packet's metadata from here: a stack slot, where a
+	 * pointer to the endpoint kept in a register would spill past 512 bytes. */
 	m.endpoint_id = endpoint_id_of(self);
 	if (ret < 0)
 		return drop_endpoint_packet(m.endpoint_id, skb->len, -ret, CB_DIR_EGRESS);
