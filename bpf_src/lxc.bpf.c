@@ -50,6 +50,15 @@ char LICENSE[] SEC("license") = "GPL";
 #define ICMP4_ERROR_MAX_LEN	576
 #define ICMP6_ERROR_MAX_LEN	1280
 
+/* The endpoint's id: the shared build carries it in the packet's metadata (a
+ * stack slot: a pointer to the endpoint kept in a register would spill past
+ * 512 bytes of stack); the per-endpoint build reads the loader's constant. */
+#ifdef CB_ENDPOINT_SHARED
+#define EP_ID(m)	((m)->endpoint_id)
+#else
+#define EP_ID(m)	endpoint_id
+#endif
+
 static __always_inline bool v6addr_equal(const union v6addr *a, const union v6addr *b)
 {
 	return a->d[0] == b->d[0] && a->d[1] == b->d[1];
@@ -104,7 +113,7 @@ static __always_inline __u16 policy_port(const struct pkt_meta *m)
 static __always_inline int policy_verdict(const struct endpoint_info *ep, bool egress,
 					  __u32 identity, const struct pkt_meta *m, __u32 len)
 {
-	return policy_check(m->endpoint_id, ep, egress, identity, m->l4_proto,
+	return policy_check(EP_ID(m), ep, egress, identity, m->l4_proto,
 			    policy_port(m),
 			    (m->flags & PKT_F_LATER_FRAGMENT) && !(m->flags & PKT_F_FRAG_PORTS), len);
 }
@@ -165,7 +174,7 @@ static __always_inline struct ct_entry *icmp4_related(const struct endpoint_conf
 		return NULL;
 	}
 	/* From the pod, *pod* is the source the source check passed already. */
-	if (to_pod && m->endpoint_id && !endpoint_owns4(self, pod))
+	if (to_pod && EP_ID(m) && !endpoint_owns4(self, pod))
 		return NULL;
 	t.daddr = in->daddr.p[0];
 	t.saddr = in->saddr.p[0];
@@ -202,7 +211,7 @@ static __always_inline struct ct_entry *icmp6_related(const struct endpoint_conf
 	} else if (!v6addr_equal(&in->daddr, pod) || !v6addr_equal(&in->saddr, peer)) {
 		return NULL;
 	}
-	if (to_pod && m->endpoint_id && !endpoint_owns6(self, pod))
+	if (to_pod && EP_ID(m) && !endpoint_owns6(self, pod))
 		return NULL;
 	t.daddr = in->daddr;
 	t.saddr = in->saddr;
@@ -224,7 +233,7 @@ static __always_inline struct ct_entry *icmp6_related(const struct endpoint_conf
 static __always_inline int untracked_verdict(struct __sk_buff *skb, const struct pkt_meta *m,
 					     bool egress, __u32 remote_identity)
 {
-	struct endpoint_info *ep = endpoint_lookup(m->endpoint_id);
+	struct endpoint_info *ep = endpoint_lookup(EP_ID(m));
 
 	return ep ? policy_verdict(ep, egress, remote_identity, m, skb->len) : 0;
 }
@@ -241,7 +250,7 @@ static __always_inline int __from_container4(const struct endpoint_config *self,
 	enum ct_status status;
 	int ret;
 
-	if (m->endpoint_id && !endpoint_owns4(self, m->saddr.p[0]))
+	if (EP_ID(m) && !endpoint_owns4(self, m->saddr.p[0]))
 		return -DROP_INVALID_SIP;
 	frag_track(m);		/* after the source check: a forged packet records nothing */
 	if (is_l4_lb_proto(m->l4_proto) && pkt_has_ports(m) &&
@@ -277,7 +286,7 @@ static __always_inline int __from_container4(const struct endpoint_config *self,
 	t.saddr = m->saddr.p[0];
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_EGRESS;
-	ep = endpoint_lookup(m->endpoint_id);
+	ep = endpoint_lookup(EP_ID(m));
 	status = ct4_lookup(&t, false, m->tcp_flags, skb->len, now, &reply);
 	/* A "reply" on a tuple this pod's ingress policy never admitted (a
 	 * NodePort flow from_netdev recorded before the verdict) is the pod
@@ -339,7 +348,7 @@ static __always_inline int __from_container6(const struct endpoint_config *self,
 
 	if (icmp6_is_ndp(skb, m, true))
 		return 0;
-	if (m->endpoint_id && !endpoint_owns6(self, &m->saddr))
+	if (EP_ID(m) && !endpoint_owns6(self, &m->saddr))
 		return -DROP_INVALID_SIP;
 	frag_track(m);
 	if (is_l4_lb_proto(m->l4_proto) && pkt_has_ports(m) &&
@@ -374,7 +383,7 @@ static __always_inline int __from_container6(const struct endpoint_config *self,
 	t.saddr = m->saddr;
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_EGRESS;
-	ep = endpoint_lookup(m->endpoint_id);
+	ep = endpoint_lookup(EP_ID(m));
 	status = ct6_lookup(&t, false, m->tcp_flags, skb->len, now, &reply);
 	/* A "reply" on a tuple this pod's ingress policy never admitted (a
 	 * NodePort flow from_netdev recorded before the verdict) is the pod
@@ -517,7 +526,7 @@ static __always_inline int to_container4(const struct endpoint_config *self,
 	t.saddr = m->saddr.p[0];
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_INGRESS;
-	ep = endpoint_lookup(m->endpoint_id);
+	ep = endpoint_lookup(EP_ID(m));
 	switch (ct4_lookup(&t, true, m->tcp_flags, skb->len, now, &st)) {
 	case CT_NEW:
 		if (ep) {
@@ -578,7 +587,7 @@ static __always_inline int to_container6(const struct endpoint_config *self,
 	t.saddr = m->saddr;
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_INGRESS;
-	ep = endpoint_lookup(m->endpoint_id);
+	ep = endpoint_lookup(EP_ID(m));
 	switch (ct6_lookup(&t, true, m->tcp_flags, skb->len, now, &st)) {
 	case CT_NEW:
 		if (ep) {
@@ -624,11 +633,11 @@ static __always_inline int __from_container(const struct endpoint_config *self,
 	int ret = parse_skb(skb, &m);
 	__u32 now;
 
-	/* Carried in the packet's metadata from here: a stack slot, where a
-	 * pointer to the endpoint kept in a register would spill past 512 bytes. */
+#ifdef CB_ENDPOINT_SHARED
 	m.endpoint_id = endpoint_id_of(self);
+#endif
 	if (ret < 0)
-		return drop_endpoint_packet(m.endpoint_id, skb->len, -ret, CB_DIR_EGRESS);
+		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_EGRESS);
 	now = cb_now_sec();
 	if (m.l3_proto == ETH_P_IP)
 		ret = from_container4(self, skb, &m, now);
@@ -637,7 +646,7 @@ static __always_inline int __from_container(const struct endpoint_config *self,
 	else
 		return TC_ACT_OK;
 	if (ret < 0)
-		return drop_endpoint_packet(m.endpoint_id, skb->len, -ret, CB_DIR_EGRESS);
+		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_EGRESS);
 	return ret == TC_ACT_REDIRECT ? TC_ACT_REDIRECT : TC_ACT_OK;
 }
 
@@ -648,9 +657,11 @@ static __always_inline int __to_container(const struct endpoint_config *self,
 	int ret = parse_skb(skb, &m);
 	__u32 now;
 
+#ifdef CB_ENDPOINT_SHARED
 	m.endpoint_id = endpoint_id_of(self);
+#endif
 	if (ret < 0)
-		return drop_endpoint_packet(m.endpoint_id, skb->len, -ret, CB_DIR_INGRESS);
+		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_INGRESS);
 	frag_track(&m);
 	now = cb_now_sec();
 	if (m.l3_proto == ETH_P_IP)
@@ -660,7 +671,7 @@ static __always_inline int __to_container(const struct endpoint_config *self,
 	else
 		return TC_ACT_OK;
 	if (ret < 0)
-		return drop_endpoint_packet(m.endpoint_id, skb->len, -ret, CB_DIR_INGRESS);
+		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_INGRESS);
 	return TC_ACT_OK;
 }
 

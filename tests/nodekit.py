@@ -23,7 +23,7 @@ from scapy.layers.l2 import Ether
 from harness.host import bpffs
 from harness.node import datapath
 from harness.bpf import Collection, SkBuffCtx
-from harness.node.rodata import endpoint_config, shared_endpoint_rodata
+from harness.node.rodata import endpoint_config
 from harness.testrun.runner import PacketResult, Runner
 
 _SEQ = itertools.count()
@@ -76,8 +76,7 @@ class Node:
         """The node's shared lxc programs (loaded once) run on interface *ifindex*; with
         *ep_id*, the interface's cb_endpoint_config entry names that endpoint."""
         if self._shared is None:
-            self._shared = self._load("lxc", {**datapath.rodata_for("lxc"),
-                                              **shared_endpoint_rodata()})
+            self._shared = self._load("lxc-shared", datapath.rodata_for("lxc-shared"))
         if ep_id is not None:
             self._shared.maps["cb_endpoint_config"].update(
                 ifindex, endpoint_config(ep_id, ip4, ip6))

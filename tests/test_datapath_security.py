@@ -335,7 +335,7 @@ def test_neighbour_discovery_to_a_routed_address_meets_policy(node):
 
 # -- 6. a node's shared programs: the endpoint is the veth's entry ---------------------
 #
-# A topology's node loads its lxc object once (endpoint_shared) and each pod's veth
+# A topology's node loads its lxc object once (lxc-shared) and each pod's veth
 # runs the same programs: the endpoint (id, addresses) is the cb_endpoint_config entry
 # of the interface the packet is on (skb->ifindex: the host-side veth, at tc ingress
 # and egress alike).  Test-run packets arrive on the interface __sk_buff.ifindex names

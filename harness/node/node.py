@@ -10,7 +10,7 @@ the node's record for the chained plugin (``record``, harness.node.record).
 Nothing else builds a node's paths.
 
 The lxc programs every pod veth runs (``LXC_PROGRAMS``) are loaded once per node
-(``ensure_lxc_programs``, in shared-endpoint mode) and pinned under
+(``ensure_lxc_programs``, the ``lxc-shared`` build) and pinned under
 ``programs/``; each endpoint is then an entry of ``cb_endpoint_config``, keyed by
 the ifindex of its host-side veth (``set_endpoint_config``,
 ``remove_endpoint_config``, ``endpoint_config``; lib/endpoint.h).
@@ -35,11 +35,13 @@ from harness.node import recovery
 from harness.node.config import NodeSettings
 from harness.node.endpoints import EndpointRegistry
 from harness.node.record import NodeRecord
-from harness.node.rodata import endpoint_config, rodata_for, shared_endpoint_rodata
+from harness.node.rodata import endpoint_config, rodata_for
 from harness.paths import STATE_ROOT
 
 #: The programs of a pod's host-side veth: (program, tc direction).
 LXC_PROGRAMS = (("from_container", "ingress"), ("to_container", "egress"))
+#: The build of bpf_src/lxc.bpf.c a node loads once for every veth (lib/endpoint.h).
+SHARED_LXC = "lxc-shared"
 #: The map of the node's endpoints by host-side veth ifindex (lib/endpoint.h).
 ENDPOINT_CONFIG_MAP = "cb_endpoint_config"
 
@@ -161,14 +163,14 @@ class Node:
         return os.path.join(self.pin_dir, "programs", f"lxc_{program}")
 
     def ensure_lxc_programs(self) -> bool:
-        """Load the node's lxc object once, in shared-endpoint mode, and pin its veth
-        programs (``up`` does it; an ADD on a node without them too).  True if loaded
+        """Load the node's lxc object once (lxc-shared: each packet's endpoint is its
+        veth's cb_endpoint_config entry) and pin its veth programs (``up`` does it; an ADD on a node without them too).  True if loaded
         now, False if they were pinned already."""
         with self.lock():
             pins = [self.lxc_program_pin(name) for name, _ in LXC_PROGRAMS]
             if all(os.path.exists(p) for p in pins):
                 return False
-            with self.load("lxc", **shared_endpoint_rodata()) as coll:
+            with self.load(SHARED_LXC) as coll:
                 for (name, _), path in zip(LXC_PROGRAMS, pins):
                     if os.path.exists(path):
                         os.unlink(path)

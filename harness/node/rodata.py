@@ -57,12 +57,6 @@ def endpoint_rodata(endpoint_id: int, ipv4: str | None = None,
     }
 
 
-def shared_endpoint_rodata() -> dict[str, Any]:
-    """lxc programs loaded once for a node: each packet's endpoint is the
-    cb_endpoint_config entry of its veth (``endpoint_config``), none: dropped."""
-    return {"endpoint_shared": True}
-
-
 def endpoint_config(endpoint_id: int, ipv4: str | None = None, ipv6: str | None = None):
     """The cb_endpoint_config value (lib/endpoint.h) of an endpoint: what
     ``endpoint_rodata`` gives a per-endpoint load."""
@@ -72,7 +66,7 @@ def endpoint_config(endpoint_id: int, ipv4: str | None = None, ipv6: str | None 
 
 
 def rodata_for(obj: str, node: str | None = None) -> dict[str, Any]:
-    if obj == "lxc":
+    if obj in ("lxc", "lxc-shared"):
         return service_rodata()
     if obj == "netdev":
         return {**service_rodata(), **(node_rodata(node) if node else {})}
