@@ -49,7 +49,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Objects also built without a kernel feature, for kernels that lack it: the
 # loader (harness/paths.py KERNEL_VARIANTS) picks the build the kernel can load.
-VARIANT_OBJS := $(BPF_OUT)/netdev-nobpfloop.bpf.o
+VARIANT_OBJS := $(BPF_OUT)/netdev-nobpfloop.bpf.o $(BPF_OUT)/lxc-shared.bpf.o
 
 build: $(BPF_OBJS) $(VARIANT_OBJS) $(TEST_OBJS)
 
@@ -67,6 +67,12 @@ $(BPF_OUT)/netdev-nobpfloop.bpf.o: bpf_src/netdev.bpf.c $(VMLINUX_H) Makefile
 	$(Q)mkdir -p $(dir $@)
 	@echo "  BPF     $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -DCB_NO_BPF_LOOP -c $< -o $@
+
+# A node's lxc programs, loaded once for every pod's veth (bpf_src/lib/endpoint.h).
+$(BPF_OUT)/lxc-shared.bpf.o: bpf_src/lxc.bpf.c $(VMLINUX_H) Makefile
+	$(Q)mkdir -p $(dir $@)
+	@echo "  BPF     $@"
+	$(Q)$(CLANG) $(BPF_CFLAGS) -DCB_ENDPOINT_SHARED -c $< -o $@
 
 $(BPF_OUT)/tests/%.bpf.o: tests/bpf/%.bpf.c $(VMLINUX_H) Makefile
 	$(Q)mkdir -p $(dir $@)

@@ -24,6 +24,7 @@
 #include "lib/common.h"
 #include "lib/ct.h"
 #include "lib/drop.h"
+#include "lib/endpoint.h"
 #include "lib/frag.h"
 #include "lib/ipcache.h"
 #include "lib/lb.h"
@@ -34,19 +35,14 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Set per endpoint by the loader. */
-const volatile __u32 endpoint_id = 0;
-
-/* The endpoint's own addresses, set with endpoint_id (Cilium compiles them
- * in as LXC_IPV4/LXC_IPV6).  With an endpoint, a packet from the pod whose
- * source is anything else is dropped (132): the conntrack map is shared by
- * the node, so a forged source would plant entries under another pod's
- * address (a "reply" to a flow its policy denies) or impersonate it to a
- * backend.  An unset address (0, ::) means the pod has none of that family
- * and may send none.  Programs loaded without an endpoint (test-run of the
- * load balancer alone) check nothing. */
-const volatile __be32 endpoint_ip4 = 0;
-const volatile union v6addr endpoint_ip6 = {};
+/* Which endpoint the programs run for (lib/endpoint.h): set per endpoint by
+ * the loader, or, loaded once for a node, the entry of the packet's veth.
+ * With an endpoint, a packet from the pod whose source is not one of its
+ * addresses is dropped (132): the conntrack map is shared by the node, so a
+ * forged source would plant entries under another pod's address (a "reply"
+ * to a flow its policy denies) or impersonate it to a backend.  A program
+ * loaded without an endpoint (test-run of the load balancer alone) checks
+ * nothing; a shared one on a veth without an entry drops everything. */
 
 /* The longest an ICMP error may be: RFC 1812 4.3.2.3 (576 bytes, IPv4) and
  * RFC 4443 2.4(c) (the minimum IPv6 MTU).  A longer "error" is not related
@@ -54,15 +50,14 @@ const volatile union v6addr endpoint_ip6 = {};
 #define ICMP4_ERROR_MAX_LEN	576
 #define ICMP6_ERROR_MAX_LEN	1280
 
-static __always_inline bool endpoint_owns4(__be32 addr)
-{
-	return addr == endpoint_ip4;
-}
-
-static __always_inline bool endpoint_owns6(const union v6addr *addr)
-{
-	return addr->d[0] == endpoint_ip6.d[0] && addr->d[1] == endpoint_ip6.d[1];
-}
+/* The endpoint's id: the shared build carries it in the packet's metadata (a
+ * stack slot: a pointer to the endpoint kept in a register would spill past
+ * 512 bytes of stack); the per-endpoint build reads the loader's constant. */
+#ifdef CB_ENDPOINT_SHARED
+#define EP_ID(m)	((m)->endpoint_id)
+#else
+#define EP_ID(m)	endpoint_id
+#endif
 
 static __always_inline bool v6addr_equal(const union v6addr *a, const union v6addr *b)
 {
@@ -118,7 +113,8 @@ static __always_inline __u16 policy_port(const struct pkt_meta *m)
 static __always_inline int policy_verdict(const struct endpoint_info *ep, bool egress,
 					  __u32 identity, const struct pkt_meta *m, __u32 len)
 {
-	return policy_check(endpoint_id, ep, egress, identity, m->l4_proto, policy_port(m),
+	return policy_check(EP_ID(m), ep, egress, identity, m->l4_proto,
+			    policy_port(m),
 			    (m->flags & PKT_F_LATER_FRAGMENT) && !(m->flags & PKT_F_FRAG_PORTS), len);
 }
 
@@ -157,7 +153,8 @@ static __always_inline int vip_echo_reply(struct __sk_buff *skb, const struct pk
  * direction that created it, so Q's tuple is tried as is and swapped) that
  * the endpoint's policy admitted, and the error must be no longer than an
  * ICMP error can be.  Returns the entry, with *in filled, or NULL. */
-static __always_inline struct ct_entry *icmp4_related(struct __sk_buff *skb,
+static __always_inline struct ct_entry *icmp4_related(const struct endpoint_config *self,
+						      struct __sk_buff *skb,
 						      const struct pkt_meta *m, bool to_pod,
 						      __u32 now, struct icmp_inner *in)
 {
@@ -176,7 +173,8 @@ static __always_inline struct ct_entry *icmp4_related(struct __sk_buff *skb,
 	} else if (in->daddr.p[0] != pod || in->saddr.p[0] != peer) {
 		return NULL;
 	}
-	if (endpoint_id && !endpoint_owns4(pod))
+	/* From the pod, *pod* is the source the source check passed already. */
+	if (to_pod && EP_ID(m) && !endpoint_owns4(self, pod))
 		return NULL;
 	t.daddr = in->daddr.p[0];
 	t.saddr = in->saddr.p[0];
@@ -193,7 +191,8 @@ static __always_inline struct ct_entry *icmp4_related(struct __sk_buff *skb,
 	return e && !(e->flags & CT_F_UNVERIFIED) ? e : NULL;
 }
 
-static __always_inline struct ct_entry *icmp6_related(struct __sk_buff *skb,
+static __always_inline struct ct_entry *icmp6_related(const struct endpoint_config *self,
+						      struct __sk_buff *skb,
 						      const struct pkt_meta *m, bool to_pod,
 						      __u32 now, struct icmp_inner *in)
 {
@@ -212,7 +211,7 @@ static __always_inline struct ct_entry *icmp6_related(struct __sk_buff *skb,
 	} else if (!v6addr_equal(&in->daddr, pod) || !v6addr_equal(&in->saddr, peer)) {
 		return NULL;
 	}
-	if (endpoint_id && !endpoint_owns6(pod))
+	if (to_pod && EP_ID(m) && !endpoint_owns6(self, pod))
 		return NULL;
 	t.daddr = in->daddr;
 	t.saddr = in->saddr;
@@ -234,12 +233,13 @@ static __always_inline struct ct_entry *icmp6_related(struct __sk_buff *skb,
 static __always_inline int untracked_verdict(struct __sk_buff *skb, const struct pkt_meta *m,
 					     bool egress, __u32 remote_identity)
 {
-	struct endpoint_info *ep = endpoint_lookup(endpoint_id);
+	struct endpoint_info *ep = endpoint_lookup(EP_ID(m));
 
 	return ep ? policy_verdict(ep, egress, remote_identity, m, skb->len) : 0;
 }
 
-static __always_inline int __from_container4(struct __sk_buff *skb, struct pkt_meta *m,
+static __always_inline int __from_container4(const struct endpoint_config *self,
+					     struct __sk_buff *skb, struct pkt_meta *m,
 					     __u32 now, struct svc4_pending *pend)
 {
 	struct ct_state st = {}, reply = {};
@@ -250,7 +250,7 @@ static __always_inline int __from_container4(struct __sk_buff *skb, struct pkt_m
 	enum ct_status status;
 	int ret;
 
-	if (endpoint_id && !endpoint_owns4(m->saddr.p[0]))
+	if (EP_ID(m) && !endpoint_owns4(self, m->saddr.p[0]))
 		return -DROP_INVALID_SIP;
 	frag_track(m);		/* after the source check: a forged packet records nothing */
 	if (is_l4_lb_proto(m->l4_proto) && pkt_has_ports(m) &&
@@ -277,7 +277,7 @@ static __always_inline int __from_container4(struct __sk_buff *skb, struct pkt_m
 		struct icmp_inner in = {};
 
 		/* The pod reports an error about a connection it has: related. */
-		if (icmp4_related(skb, m, false, now, &in))
+		if (icmp4_related(self, skb, m, false, now, &in))
 			return 0;
 	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
@@ -286,7 +286,7 @@ static __always_inline int __from_container4(struct __sk_buff *skb, struct pkt_m
 	t.saddr = m->saddr.p[0];
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_EGRESS;
-	ep = endpoint_lookup(endpoint_id);
+	ep = endpoint_lookup(EP_ID(m));
 	status = ct4_lookup(&t, false, m->tcp_flags, skb->len, now, &reply);
 	/* A "reply" on a tuple this pod's ingress policy never admitted (a
 	 * NodePort flow from_netdev recorded before the verdict) is the pod
@@ -334,7 +334,8 @@ static __always_inline int __from_container4(struct __sk_buff *skb, struct pkt_m
 	return 0;
 }
 
-static __always_inline int __from_container6(struct __sk_buff *skb, struct pkt_meta *m,
+static __always_inline int __from_container6(const struct endpoint_config *self,
+					     struct __sk_buff *skb, struct pkt_meta *m,
 					     __u32 now, struct svc6_pending *pend)
 {
 	struct ct_state st = {}, reply = {};
@@ -347,7 +348,7 @@ static __always_inline int __from_container6(struct __sk_buff *skb, struct pkt_m
 
 	if (icmp6_is_ndp(skb, m, true))
 		return 0;
-	if (endpoint_id && !endpoint_owns6(&m->saddr))
+	if (EP_ID(m) && !endpoint_owns6(self, &m->saddr))
 		return -DROP_INVALID_SIP;
 	frag_track(m);
 	if (is_l4_lb_proto(m->l4_proto) && pkt_has_ports(m) &&
@@ -373,7 +374,7 @@ static __always_inline int __from_container6(struct __sk_buff *skb, struct pkt_m
 	if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4) && icmp6_is_error(icmp_type)) {
 		struct icmp_inner in = {};
 
-		if (icmp6_related(skb, m, false, now, &in))
+		if (icmp6_related(self, skb, m, false, now, &in))
 			return 0;
 	}
 	if (!ct_tuple_ports(m, &t.sport, &t.dport))
@@ -382,7 +383,7 @@ static __always_inline int __from_container6(struct __sk_buff *skb, struct pkt_m
 	t.saddr = m->saddr;
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_EGRESS;
-	ep = endpoint_lookup(endpoint_id);
+	ep = endpoint_lookup(EP_ID(m));
 	status = ct6_lookup(&t, false, m->tcp_flags, skb->len, now, &reply);
 	/* A "reply" on a tuple this pod's ingress policy never admitted (a
 	 * NodePort flow from_netdev recorded before the verdict) is the pod
@@ -430,10 +431,11 @@ static __always_inline int __from_container6(struct __sk_buff *skb, struct pkt_m
 
 /* The pod's packet, and once it has passed, the service entry of a new
  * service flow: a packet that is dropped leaves no conntrack state. */
-static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+static __always_inline int from_container4(const struct endpoint_config *self,
+					   struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct svc4_pending pend = {};
-	int ret = __from_container4(skb, m, now, &pend), err;
+	int ret = __from_container4(self, skb, m, now, &pend), err;
 
 	if (ret >= 0 && pend.new_flow) {
 		err = svc4_commit(&pend, m, skb->len, now);
@@ -443,10 +445,11 @@ static __always_inline int from_container4(struct __sk_buff *skb, struct pkt_met
 	return ret;
 }
 
-static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+static __always_inline int from_container6(const struct endpoint_config *self,
+					   struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct svc6_pending pend = {};
-	int ret = __from_container6(skb, m, now, &pend), err;
+	int ret = __from_container6(self, skb, m, now, &pend), err;
 
 	if (ret >= 0 && pend.new_flow) {
 		err = svc6_commit(&pend, m, skb->len, now);
@@ -461,7 +464,8 @@ static __always_inline int from_container6(struct __sk_buff *skb, struct pkt_met
  * service it is made to speak of the frontend.  1 if handled (related), 0
  * if unrelated (the caller treats it as any other packet), or a negative
  * drop reason. */
-static __always_inline int to_container_icmp4_error(struct __sk_buff *skb,
+static __always_inline int to_container_icmp4_error(const struct endpoint_config *self,
+						    struct __sk_buff *skb,
 						    const struct pkt_meta *m, __u32 now)
 {
 	struct icmp_inner in = {};
@@ -469,7 +473,7 @@ static __always_inline int to_container_icmp4_error(struct __sk_buff *skb,
 	struct ct_entry *e;
 	int ret;
 
-	e = icmp4_related(skb, m, true, now, &in);
+	e = icmp4_related(self, skb, m, true, now, &in);
 	if (!e)
 		return 0;
 	if (!e->rev_nat_index)
@@ -481,7 +485,8 @@ static __always_inline int to_container_icmp4_error(struct __sk_buff *skb,
 	return ret < 0 ? ret : 1;
 }
 
-static __always_inline int to_container_icmp6_error(struct __sk_buff *skb,
+static __always_inline int to_container_icmp6_error(const struct endpoint_config *self,
+						    struct __sk_buff *skb,
 						    const struct pkt_meta *m, __u32 now)
 {
 	struct icmp_inner in = {};
@@ -489,7 +494,7 @@ static __always_inline int to_container_icmp6_error(struct __sk_buff *skb,
 	struct ct_entry *e;
 	int ret;
 
-	e = icmp6_related(skb, m, true, now, &in);
+	e = icmp6_related(self, skb, m, true, now, &in);
 	if (!e)
 		return 0;
 	if (!e->rev_nat_index)
@@ -501,7 +506,8 @@ static __always_inline int to_container_icmp6_error(struct __sk_buff *skb,
 	return ret < 0 ? ret : 1;
 }
 
-static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+static __always_inline int to_container4(const struct endpoint_config *self,
+					 struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct ct_state st = {};
 	struct ct4_tuple t = {};
@@ -510,7 +516,7 @@ static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta 
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 
 	if (m->l4_proto == IPPROTO_ICMP && (m->flags & PKT_F_L4) && icmp4_is_error(icmp_type)) {
-		ret = to_container_icmp4_error(skb, m, now);
+		ret = to_container_icmp4_error(self, skb, m, now);
 		if (ret != 0)
 			return ret < 0 ? ret : 0;
 	}
@@ -520,7 +526,7 @@ static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta 
 	t.saddr = m->saddr.p[0];
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_INGRESS;
-	ep = endpoint_lookup(endpoint_id);
+	ep = endpoint_lookup(EP_ID(m));
 	switch (ct4_lookup(&t, true, m->tcp_flags, skb->len, now, &st)) {
 	case CT_NEW:
 		if (ep) {
@@ -559,7 +565,8 @@ static __always_inline int to_container4(struct __sk_buff *skb, struct pkt_meta 
 	}
 }
 
-static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
+static __always_inline int to_container6(const struct endpoint_config *self,
+					 struct __sk_buff *skb, struct pkt_meta *m, __u32 now)
 {
 	struct ct_state st = {};
 	struct ct6_tuple t = {};
@@ -570,7 +577,7 @@ static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta 
 	if (icmp6_is_ndp(skb, m, false))
 		return 0;
 	if (m->l4_proto == IPPROTO_ICMPV6 && (m->flags & PKT_F_L4) && icmp6_is_error(icmp_type)) {
-		ret = to_container_icmp6_error(skb, m, now);
+		ret = to_container_icmp6_error(self, skb, m, now);
 		if (ret != 0)
 			return ret < 0 ? ret : 0;
 	}
@@ -580,7 +587,7 @@ static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta 
 	t.saddr = m->saddr;
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_INGRESS;
-	ep = endpoint_lookup(endpoint_id);
+	ep = endpoint_lookup(EP_ID(m));
 	switch (ct6_lookup(&t, true, m->tcp_flags, skb->len, now, &st)) {
 	case CT_NEW:
 		if (ep) {
@@ -619,45 +626,74 @@ static __always_inline int to_container6(struct __sk_buff *skb, struct pkt_meta 
 	}
 }
 
-SEC("tc")
-int from_container(struct __sk_buff *skb)
+static __always_inline int __from_container(const struct endpoint_config *self,
+					    struct __sk_buff *skb)
 {
 	struct pkt_meta m = {};
 	int ret = parse_skb(skb, &m);
 	__u32 now;
 
+#ifdef CB_ENDPOINT_SHARED
+	m.endpoint_id = endpoint_id_of(self);
+#endif
 	if (ret < 0)
-		return drop_endpoint_packet(endpoint_id, skb->len, -ret, CB_DIR_EGRESS);
+		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_EGRESS);
 	now = cb_now_sec();
 	if (m.l3_proto == ETH_P_IP)
-		ret = from_container4(skb, &m, now);
+		ret = from_container4(self, skb, &m, now);
 	else if (m.l3_proto == ETH_P_IPV6)
-		ret = from_container6(skb, &m, now);
+		ret = from_container6(self, skb, &m, now);
 	else
 		return TC_ACT_OK;
 	if (ret < 0)
-		return drop_endpoint_packet(endpoint_id, skb->len, -ret, CB_DIR_EGRESS);
+		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_EGRESS);
 	return ret == TC_ACT_REDIRECT ? TC_ACT_REDIRECT : TC_ACT_OK;
+}
+
+static __always_inline int __to_container(const struct endpoint_config *self,
+					  struct __sk_buff *skb)
+{
+	struct pkt_meta m = {};
+	int ret = parse_skb(skb, &m);
+	__u32 now;
+
+#ifdef CB_ENDPOINT_SHARED
+	m.endpoint_id = endpoint_id_of(self);
+#endif
+	if (ret < 0)
+		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_INGRESS);
+	frag_track(&m);
+	now = cb_now_sec();
+	if (m.l3_proto == ETH_P_IP)
+		ret = to_container4(self, skb, &m, now);
+	else if (m.l3_proto == ETH_P_IPV6)
+		ret = to_container6(self, skb, &m, now);
+	else
+		return TC_ACT_OK;
+	if (ret < 0)
+		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_INGRESS);
+	return TC_ACT_OK;
+}
+
+/* The endpoint is found first (its key's stack slot is free again before the
+ * packet's metadata needs one): a shared program on a veth the node has no
+ * endpoint for drops everything. */
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	const struct endpoint_config *self = endpoint_self(skb);
+
+	if (endpoint_unknown(self))
+		return drop_packet(skb->len, DROP_NO_CONFIG, CB_DIR_EGRESS);
+	return __from_container(self, skb);
 }
 
 SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
-	struct pkt_meta m = {};
-	int ret = parse_skb(skb, &m);
-	__u32 now;
+	const struct endpoint_config *self = endpoint_self(skb);
 
-	if (ret < 0)
-		return drop_endpoint_packet(endpoint_id, skb->len, -ret, CB_DIR_INGRESS);
-	frag_track(&m);
-	now = cb_now_sec();
-	if (m.l3_proto == ETH_P_IP)
-		ret = to_container4(skb, &m, now);
-	else if (m.l3_proto == ETH_P_IPV6)
-		ret = to_container6(skb, &m, now);
-	else
-		return TC_ACT_OK;
-	if (ret < 0)
-		return drop_endpoint_packet(endpoint_id, skb->len, -ret, CB_DIR_INGRESS);
-	return TC_ACT_OK;
+	if (endpoint_unknown(self))
+		return drop_packet(skb->len, DROP_NO_CONFIG, CB_DIR_INGRESS);
+	return __to_container(self, skb);
 }

@@ -29,6 +29,10 @@ def bpf_objects_dir() -> Path:
 #: Objects the Makefile also builds without a kernel feature: name -> (the kernel
 #: function the default build needs, the build that does without it).
 KERNEL_VARIANTS = {"netdev": ("bpf_loop", "netdev-nobpfloop")}
+#: Objects the Makefile builds from another's source configured otherwise: loaded by
+#: name where needed, not datapath objects of their own.  lxc-shared: a node's lxc
+#: programs, shared by every pod's veth (bpf_src/lib/endpoint.h).
+CONFIG_VARIANTS = {"lxc-shared": "lxc"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,7 +57,7 @@ def bpf_object(name: str) -> Path:
 
 def loadable_objects(directory: Path) -> list[Path]:
     """The objects in *directory*, one build per name: the one bpf_object() picks."""
-    fallbacks = {fb for _, fb in KERNEL_VARIANTS.values()}
+    fallbacks = {fb for _, fb in KERNEL_VARIANTS.values()} | set(CONFIG_VARIANTS)
     names = {p.name.removesuffix(".bpf.o") for p in directory.glob("*.bpf.o")} - fallbacks
     out = []
     for name in sorted(names):

@@ -1,6 +1,10 @@
 """One node's datapath in test-run: the lxc programs of several endpoints and the
 node's from_netdev, loaded with every map shared as chaining shares them, so a packet
 one endpoint's program handles changes what another's sees (conntrack, NAT, metrics).
+Endpoints are loaded each with its own id and addresses (``endpoint``), or, as a node
+of a topology runs them, share one lxc object that finds its endpoint by the packet's
+interface (``shared_endpoint``: its cb_endpoint_config entry; test-run packets arrive
+on the interface ``__sk_buff.ifindex`` names).
 
 The maps are pinned in a private bpffs directory (``/sys/fs/bpf/cb-test-<pid>-<n>``,
 outside the project's pin root so no topology command takes it for a node), removed
@@ -18,7 +22,8 @@ from scapy.layers.l2 import Ether
 
 from harness.host import bpffs
 from harness.node import datapath
-from harness.bpf import Collection
+from harness.bpf import Collection, SkBuffCtx
+from harness.node.rodata import endpoint_config
 from harness.testrun.runner import PacketResult, Runner
 
 _SEQ = itertools.count()
@@ -31,15 +36,16 @@ class Endpoint:
     id: int
     ip4: str | None
     ip6: str | None
+    ctx: SkBuffCtx | None = None     # the __sk_buff test-run gives (the interface)
 
     def __post_init__(self):
         self._runners = {p: Runner(self.coll, p) for p in ("from_container", "to_container")}
 
     def egress(self, pkt) -> tuple[PacketResult, Ether]:
-        return _run(self._runners["from_container"], pkt)
+        return _run(self._runners["from_container"], pkt, self.ctx)
 
     def ingress(self, pkt) -> tuple[PacketResult, Ether]:
-        return _run(self._runners["to_container"], pkt)
+        return _run(self._runners["to_container"], pkt, self.ctx)
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Node:
     pin: str = field(init=False)
     _first: Collection | None = field(default=None, init=False)
     _netdev: Runner | None = field(default=None, init=False)
+    _shared: Collection | None = field(default=None, init=False)
 
     def __post_init__(self):
         self.pin = bpffs.test_pin_dir(next(_SEQ))
@@ -63,6 +70,17 @@ class Node:
         """The lxc programs of endpoint *ep_id*, whose pod has addresses ip4/ip6."""
         rodata = {**datapath.rodata_for("lxc"), **datapath.endpoint_rodata(ep_id, ip4, ip6)}
         return Endpoint(self._load("lxc", rodata), ep_id, ip4, ip6)
+
+    def shared_endpoint(self, ifindex: int, ep_id: int | None = None, ip4: str | None = None,
+                        ip6: str | None = None) -> Endpoint:
+        """The node's shared lxc programs (loaded once) run on interface *ifindex*; with
+        *ep_id*, the interface's cb_endpoint_config entry names that endpoint."""
+        if self._shared is None:
+            self._shared = self._load("lxc-shared", datapath.rodata_for("lxc-shared"))
+        if ep_id is not None:
+            self._shared.maps["cb_endpoint_config"].update(
+                ifindex, endpoint_config(ep_id, ip4, ip6))
+        return Endpoint(self._shared, ep_id or 0, ip4, ip6, SkBuffCtx(ifindex=ifindex))
 
     def from_netdev(self, pkt) -> tuple[PacketResult, Ether]:
         if self._netdev is None:
@@ -81,8 +99,8 @@ class Node:
         shutil.rmtree(self.pin, ignore_errors=True)
 
 
-def _run(runner: Runner, pkt) -> tuple[PacketResult, Ether]:
-    result = runner.run(bytes(pkt))
+def _run(runner: Runner, pkt, ctx=None) -> tuple[PacketResult, Ether]:
+    result = runner.run(bytes(pkt), ctx=ctx)
     return result, Ether(result.packet_out)
 
 

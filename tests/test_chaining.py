@@ -91,6 +91,19 @@ def test_endpoints_and_cni_check(topology):
     with open(node.conflist) as f:
         conflist = json.load(f)
     runtime.check(conflist, pod_runtime_conf(pod))
+    # Without the veth's entry the node's programs drop everything: CHECK must notice.
+    from harness.node.node import Node
+    home = Node(pod.node)
+    ifindex = netns.ifindex(pod.host_ifname, node.netns)
+    entry = home.endpoint_config(ifindex)
+    assert entry is not None and entry.id == rows["default/echo-a"]["endpoint_id"]
+    home.remove_endpoint_config(entry.id)
+    with pytest.raises(CNIError, match="no entry"):
+        runtime.check(conflist, pod_runtime_conf(pod))
+    from harness.abi.structs import from_be32
+    home.set_endpoint_config(ifindex, entry.id, str(from_be32(entry.ip4)) if entry.ip4 else None,
+                             str(entry.ip6.ipv6()) if any(entry.ip6.addr) else None)
+    runtime.check(conflist, pod_runtime_conf(pod))
     # Remove our programs by hand: CHECK must notice.
     netns.run(node.netns, "tc", "qdisc", "del", "dev", pod.host_ifname, "clsact")
     with pytest.raises(CNIError, match="programs are not attached"):

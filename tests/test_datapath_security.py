@@ -16,6 +16,7 @@ is named) and passes after.
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, IPOption_RR
@@ -330,3 +331,71 @@ def test_neighbour_discovery_to_a_routed_address_meets_policy(node):
     assert dropped(node.client.egress(na)[0], "DROP_POLICY")
     ns = eth() / IPv6(src="fe80::40", dst="ff02::1:ff00:1", hlim=255) / ICMPv6ND_NS(tgt="fe80::1")
     assert passes(node.client.egress(ns)[0])
+
+
+# -- 6. a node's shared programs: the endpoint is the veth's entry ---------------------
+#
+# A topology's node loads its lxc object once (lxc-shared) and each pod's veth
+# runs the same programs: the endpoint (id, addresses) is the cb_endpoint_config entry
+# of the interface the packet is on (skb->ifindex: the host-side veth, at tc ingress
+# and egress alike).  Test-run packets arrive on the interface __sk_buff.ifindex names
+# (the loopback here: it is the only one every namespace has).
+
+LO = socket.if_nametoindex("lo")
+NOWHERE = 1_000_000                   # an ifindex no interface has
+
+
+def metrics_endpoints(n: Node, reason: str) -> set[int]:
+    return {k.endpoint_id for k, per_cpu in n.coll.maps["cb_metrics"].items()
+            if k.reason == DROP[reason] and sum(v.packets for v in per_cpu)}
+
+
+def test_a_shared_program_drops_a_forged_ipv4_source(node):
+    x = node.shared_endpoint(LO, 3, X, X6)
+    spoofed = eth() / IP(src=WEB, dst=WORLD) / TCP(sport=22, dport=40000, flags="SA")
+    assert dropped(x.egress(spoofed)[0], "DROP_INVALID_SIP")
+    assert WEB not in ct4_sources(node), "a dropped packet must not leave conntrack state"
+    assert metrics_endpoints(node, "DROP_INVALID_SIP") == {3}, "counted on the veth's endpoint"
+    assert passes(x.egress(eth() / IP(src=X, dst=WORLD) / TCP(sport=22, dport=40000, flags="S"))[0])
+
+
+def test_a_shared_program_drops_a_forged_ipv6_source(node):
+    x = node.shared_endpoint(LO, 3, X, X6)
+    spoofed = eth() / IPv6(src=WEB6, dst=WORLD6) / TCP(sport=22, dport=40000, flags="SA")
+    assert dropped(x.egress(spoofed)[0], "DROP_INVALID_SIP")
+    assert passes(x.egress(eth() / IPv6(src=X6, dst=WORLD6) / TCP(dport=80))[0])
+
+
+def test_a_shared_program_meets_the_policy_of_the_veths_endpoint(node):
+    """client (4) denies all ingress and allows egress TCP 80 to the world only."""
+    client = node.shared_endpoint(LO, 4, CLIENT, CLIENT6)
+    assert dropped(client.ingress(eth() / IP(src=WORLD, dst=CLIENT) / TCP(
+        sport=40000, dport=22, flags="S"))[0], "DROP_POLICY")
+    assert dropped(client.egress(eth() / IP(src=CLIENT, dst=WORLD) / TCP(dport=443))[0],
+                   "DROP_POLICY")
+    assert passes(client.egress(eth() / IP(src=CLIENT, dst=WORLD) / TCP(dport=80))[0])
+    assert metrics_endpoints(node, "DROP_POLICY") == {4}
+
+
+def test_a_shared_program_on_an_interface_without_an_entry_drops_everything(node):
+    """Fail closed: a veth the node has no endpoint for (another veth has one) sends
+    and receives nothing, whatever the source, and leaves no state."""
+    node.shared_endpoint(NOWHERE, 3, X, X6)
+    stray = node.shared_endpoint(LO)
+    for pkt in (eth() / IP(src=X, dst=WORLD) / TCP(sport=22, dport=40000, flags="S"),
+                eth() / IP(src=WEB, dst=WORLD) / TCP(sport=22, dport=40000, flags="SA"),
+                eth() / IPv6(src=X6, dst=WORLD6) / TCP(dport=80)):
+        assert dropped(stray.egress(pkt)[0], "DROP_NO_CONFIG")
+    assert dropped(stray.ingress(eth() / IP(src=WORLD, dst=X) / TCP(sport=80, dport=40000,
+                                                                   flags="SA"))[0],
+                   "DROP_NO_CONFIG")
+    assert not ct4_sources(node)
+
+
+def test_a_shared_program_drops_once_the_entry_is_removed(node):
+    """CNI DEL removes the veth's entry: what still arrives on it is dropped."""
+    x = node.shared_endpoint(LO, 3, X, X6)
+    own = eth() / IP(src=X, dst=WORLD) / TCP(sport=22, dport=40000, flags="S")
+    assert passes(x.egress(own)[0])
+    node.coll.maps["cb_endpoint_config"].delete(LO)
+    assert dropped(x.egress(own)[0], "DROP_NO_CONFIG")

@@ -47,6 +47,7 @@ from harness.topology import build
 from harness.node.node import Node
 from harness.host import netns
 from harness.topology.cni_runtime import CNIError, CNIRuntime, RuntimeConf, validate_result
+from harness.abi.structs import be32 as _be32
 from tests.test_chaining import nothing_left
 
 REPO = Path(__file__).resolve().parents[1]
@@ -348,13 +349,19 @@ def test_podman_container_is_an_endpoint_load_balanced_and_policed(topology, pod
     finally:
         servers.stop()
 
+    # The node's shared programs find the container by its veth's entry.
+    host_veth = [i["name"] for i in result["interfaces"] if not i.get("sandbox")][0]
+    home = Node(NODE)
+    entry = home.endpoint_config(netns.ifindex(host_veth, topology.node(NODE).netns))
+    assert entry is not None and (entry.id, entry.ip4) == (ep["endpoint_id"],
+                                                           _be32(address))
+
     # CHECK through the chain with podman's own attachment (ptp, then our plugin).
     node = topology.node(NODE)
     runtime = CNIRuntime(node.netns, topology.cni_path, cache_dir=LIBCNI_CACHE)
     rt = RuntimeConf(cid, info["NetworkSettings"]["SandboxKey"], "eth0",
                      (("IgnoreUnknown", "1"), ("K8S_POD_NAME", "box")))
     runtime.check(podman.conflist, rt)
-    host_veth = [i["name"] for i in result["interfaces"] if not i.get("sandbox")][0]
     netns.run(node.netns, "tc", "qdisc", "del", "dev", host_veth, "clsact")
     with pytest.raises(CNIError, match="programs are not attached"):
         runtime.check(podman.conflist, rt)
@@ -363,6 +370,7 @@ def test_podman_container_is_an_endpoint_load_balanced_and_policed(topology, pod
     rm = podman("rm", "--force", "--time", "0", "box")
     assert rm.returncode == 0, rm.stderr
     assert "container:box" not in _endpoints()
+    assert home.remove_endpoint_config(ep["endpoint_id"]) == 0, "DEL left the veth's entry"
     assert _ipcache_identity(NODE, address) is None and _ipcache_identity("cb-node1", address) is None
     assert not os.path.exists(f"{LIBCNI_CACHE}/results/chainbench-{cid}-eth0")
 

@@ -31,6 +31,7 @@ enum drop_reason {
 	DROP_FRAG_NOSUPPORT = 157,	/* Fragmented packet not supported */
 	DROP_NO_SERVICE = 158,		/* Service backend not found */
 	DROP_UNKNOWN_CT = 163,		/* Unknown connection tracking state */
+	DROP_NO_CONFIG = 165,		/* No configuration available to perform policy decision */
 	DROP_NAT_NO_MAPPING = 167,	/* No mapping for NAT masquerade */
 	DROP_NO_FIB = 169,		/* No FIB entry */
 	DROP_INVALID_IDENTITY = 171,	/* Invalid identity */

@@ -55,7 +55,7 @@ struct pkt_meta {
 	__u16 l3_end;		/* offset of the end of the IP packet (0xffff if further);
 				 * bytes from here on are a frame trailer */
 	__be32 frag_id;		/* fragments: the IP id (IPv4: 16 bits) or the fragment header's */
-	__u32 pad2;
+	__u32 endpoint_id;	/* not parsed: the endpoint whose program runs (lib/endpoint.h) */
 	union v6addr saddr;	/* IPv4 addresses use p[0] */
 	union v6addr daddr;
 };

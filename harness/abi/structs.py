@@ -188,6 +188,13 @@ class EndpointInfo(CStruct):
                 ("pad", c_uint16)]
 
 
+class EndpointConfig(CStruct):
+    """lib/endpoint.h: an endpoint as its node's shared lxc programs find it, by the
+    ifindex of its host-side veth (cb_endpoint_config): id and own addresses."""
+    _c_name_ = "endpoint_config"
+    _fields_ = [("id", c_uint32), ("ip4", c_uint32), ("ip6", V6Addr)]
+
+
 class PolicyKey(CStruct):
     """lib/policy.h: fields after prefixlen are big-endian (an LPM key); use the
     helpers in harness.policy.entries rather than setting them by hand."""

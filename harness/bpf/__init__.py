@@ -9,7 +9,7 @@ from .errors import (BpfError, KeyNotFoundError, NotSupportedError, StructMismat
                      VerifierError)
 from .layout import CStruct, check_layout
 from .maps import ANY, EXIST, NOEXIST, Map
-from .programs import Program, RunResult, verdict_name
+from .programs import Program, RunResult, SkBuffCtx, verdict_name
 from .ringbuf import RingBuffer
 
 __all__ = [

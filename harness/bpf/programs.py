@@ -66,6 +66,24 @@ def verdict_name(prog_type: str, retval: int) -> str:
     return str(retval)
 
 
+#: Room for any context test_run writes back (struct __sk_buff: 192 bytes).
+_CTX_OUT_MAX = 1024
+
+
+class SkBuffCtx(ctypes.Structure):
+    """The leading fields of ``struct __sk_buff`` (uapi/linux/bpf.h), as a tc program's
+    *ctx* for ``Program.test_run``: the kernel lets a caller set mark, priority,
+    ingress_ifindex, ifindex (an interface of the caller's network namespace; 0 or 1:
+    loopback) and cb; the others must stay 0."""
+    _fields_ = [("len", ctypes.c_uint32), ("pkt_type", ctypes.c_uint32),
+                ("mark", ctypes.c_uint32), ("queue_mapping", ctypes.c_uint32),
+                ("protocol", ctypes.c_uint32), ("vlan_present", ctypes.c_uint32),
+                ("vlan_tci", ctypes.c_uint32), ("vlan_proto", ctypes.c_uint32),
+                ("priority", ctypes.c_uint32), ("ingress_ifindex", ctypes.c_uint32),
+                ("ifindex", ctypes.c_uint32), ("tc_index", ctypes.c_uint32),
+                ("cb", ctypes.c_uint32 * 5)]
+
+
 class Program:
     def __init__(self, name: str, fd: int, prog_type: int, section: str, handle: int | None = None):
         self.name = name
@@ -97,9 +115,11 @@ class Program:
         if ctx is not None:
             raw = bytes(ctx)
             cin = ctypes.create_string_buffer(raw, len(raw))
-            cout = ctypes.create_string_buffer(len(raw))
+            # The kernel writes back its whole context (ENOSPC if it does not fit),
+            # however little of it was given.
+            cout = ctypes.create_string_buffer(max(len(raw), _CTX_OUT_MAX))
             opt.ctx_in, opt.ctx_size_in = ctypes.addressof(cin), len(raw)
-            opt.ctx_out, opt.ctx_size_out = ctypes.addressof(cout), len(raw)
+            opt.ctx_out, opt.ctx_size_out = ctypes.addressof(cout), len(cout)
         rc = L.bpf_prog_test_run_opts(self.fd, ctypes.byref(opt))
         if rc < 0:
             if -rc in (_ENOTSUPP, _errno.EOPNOTSUPP):

@@ -60,14 +60,16 @@ class Record:
 
     def save(self) -> None:
         tmp = f"{self.path}.tmp"
-        for _ in range(10):                # another thread may remove the emptied directory
-            os.makedirs(PROC_ROOT, exist_ok=True)
+        for _ in range(10):                # another process may remove the emptied directory
             try:
+                # makedirs(exist_ok=True) itself raises FileExistsError when the directory
+                # is removed between its mkdir and its isdir check.
+                os.makedirs(PROC_ROOT, exist_ok=True)
                 with open(tmp, "w") as f:
                     json.dump(asdict(self), f)
                 os.replace(tmp, self.path)
                 return
-            except FileNotFoundError:
+            except (FileNotFoundError, FileExistsError):
                 continue
         raise FileNotFoundError(PROC_ROOT)
 

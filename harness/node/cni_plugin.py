@@ -3,10 +3,13 @@ in a node's conflist as ``cilium-cni`` is in chaining mode.
 
 ADD reads ``prevResult`` (the host-side veth is ``interfaces[0]``, the pod's
 addresses are ``ips``), creates the endpoint (an id in the node's registry),
-attaches ``from_container`` (tc ingress) and ``to_container`` (tc egress) to
-the host veth with the node's shared, pinned maps, programs the node's LB,
-ipcache and policy, and returns ``prevResult`` unchanged.  DEL undoes it;
-CHECK verifies the programs are attached and the endpoint is known.
+writes the endpoint (id, addresses) into the node's ``cb_endpoint_config`` under
+the veth's ifindex and attaches the node's pinned ``from_container`` (tc
+ingress) and ``to_container`` (tc egress) to the host veth: the node loads its
+lxc object once (``up``, or the first ADD), not once per pod (harness.node.node).
+It programs the node's LB, ipcache and policy, and returns ``prevResult``
+unchanged.  DEL undoes it; CHECK verifies the programs are attached, the veth's
+entry names the endpoint and the endpoint is known.
 
 A pod annotated ``chainbench.io/chaining: skip`` stands for one created
 before chaining was enabled: it gets no programs and stays unmanaged (still
@@ -61,7 +64,7 @@ from harness.host import netns
 from harness.node.endpoints import CONTAINER_PREFIX, NOT_READY, UNMANAGED, WAITING_FOR_IDENTITY, \
     EndpointConflict, EndpointRecord, EndpointRegistry
 from harness.node.node import Node
-from harness.node.rodata import endpoint_rodata
+from harness.node.rodata import endpoint_config
 
 CNI_VERSION = "1.0.0"
 #: A container name as runtimes allow it (podman, docker: [a-zA-Z0-9][a-zA-Z0-9_.-]*).
@@ -236,10 +239,13 @@ def cmd_add(conf: dict, prev: dict) -> dict:
         registry.save()
         if ipv6 is None:
             _no_ipv6(who.ifname)
-        with node.load("lxc", **endpoint_rodata(rec.id, rec.ipv4, rec.ipv6)) as coll:
-            # The filters keep the programs alive after this process exits.
-            attach_tc(coll.programs["from_container"], veth, "ingress")
-            attach_tc(coll.programs["to_container"], veth, "egress")
+        node.recover()              # a map change a killed writer left, first
+        node.ensure_lxc_programs()  # loaded by `up`; here only for a node it did not set up
+        # The entry before the programs: a shared program on a veth without one drops.
+        node.set_endpoint_config(netns.ifindex(veth), rec.id, rec.ipv4, rec.ipv6)
+        with node.lxc_programs() as programs:
+            for program, direction in programs:
+                attach_tc(program, veth, direction)
         registry.fill(who.ref, state=WAITING_FOR_IDENTITY)
         registry.save()
         if sync:
@@ -288,6 +294,8 @@ def cmd_del(conf: dict, prev: dict | None) -> None:
             # The veth may be gone already (DEL must succeed regardless).
             subprocess.run(["tc", "qdisc", "del", "dev", rec.interface, "clsact"],
                            capture_output=True)
+        if node.is_pinned:
+            node.remove_endpoint_config(rec.id)
         if not (node.is_pinned and node.record.cluster_exists()):
             return             # not synced by `up` yet: its sync will leave the pod out
         try:
@@ -324,6 +332,14 @@ def cmd_check(conf: dict, prev: dict) -> None:
             "to_container" not in _tc_filters(veth, "egress"):
         raise PluginError(ERR_NOT_ATTACHED, f"endpoint {rec.pod}: programs are not attached "
                                             f"to {veth}")
+    try:
+        config = node.endpoint_config(netns.ifindex(veth))
+    except netns.NetnsError:
+        config = None
+    if config is None or bytes(config) != bytes(endpoint_config(rec.id, rec.ipv4, rec.ipv6)):
+        raise PluginError(ERR_NOT_ATTACHED, f"endpoint {rec.pod}: the datapath has no entry "
+                                            f"for {veth} naming endpoint {rec.id} and its "
+                                            "addresses")
     with node.open_pinned() as maps:
         info = maps["cb_endpoints"].get(rec.id) if "cb_endpoints" in maps else None
     if info is None or not info.identity or info.identity != rec.identity:

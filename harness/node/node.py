@@ -9,6 +9,12 @@ harness.node.endpoints), the write-ahead journal of its maps (``journal``) and
 the node's record for the chained plugin (``record``, harness.node.record).
 Nothing else builds a node's paths.
 
+The lxc programs every pod veth runs (``LXC_PROGRAMS``) are loaded once per node
+(``ensure_lxc_programs``, the ``lxc-shared`` build) and pinned under
+``programs/``; each endpoint is then an entry of ``cb_endpoint_config``, keyed by
+the ifindex of its host-side veth (``set_endpoint_config``,
+``remove_endpoint_config``, ``endpoint_config``; lib/endpoint.h).
+
 ``load(obj)`` loads a BPF object with the node's shared pinned maps and
 ``open_pinned()`` opens those maps typed with the struct mirrors (closed on
 leaving the block); both first finish a map change a killed ``lb apply`` /
@@ -21,7 +27,7 @@ import os
 from typing import Any, Iterator
 
 from harness import paths
-from harness.bpf import Collection, Map
+from harness.bpf import Collection, Map, Program
 from harness.host import bpffs
 from harness.host.locks import directory_lock
 from harness.journal import Journal, Writer
@@ -29,8 +35,15 @@ from harness.node import recovery
 from harness.node.config import NodeSettings
 from harness.node.endpoints import EndpointRegistry
 from harness.node.record import NodeRecord
-from harness.node.rodata import rodata_for
+from harness.node.rodata import endpoint_config, rodata_for
 from harness.paths import STATE_ROOT
+
+#: The programs of a pod's host-side veth: (program, tc direction).
+LXC_PROGRAMS = (("from_container", "ingress"), ("to_container", "egress"))
+#: The build of bpf_src/lxc.bpf.c a node loads once for every veth (lib/endpoint.h).
+SHARED_LXC = "lxc-shared"
+#: The map of the node's endpoints by host-side veth ifindex (lib/endpoint.h).
+ENDPOINT_CONFIG_MAP = "cb_endpoint_config"
 
 
 class Node:
@@ -143,6 +156,75 @@ class Node:
             self.recover(maps)
             yield maps
 
+    # ------------------------------------------------- its shared lxc programs
+
+    def lxc_program_pin(self, program: str) -> str:
+        """Where the node's shared *program* (from_container, to_container) is pinned."""
+        return os.path.join(self.pin_dir, "programs", f"lxc_{program}")
+
+    def ensure_lxc_programs(self) -> bool:
+        """Load the node's lxc object once (lxc-shared: each packet's endpoint is its
+        veth's cb_endpoint_config entry) and pin its veth programs (``up`` does it; an ADD on a node without them too).  True if loaded
+        now, False if they were pinned already."""
+        with self.lock():
+            pins = [self.lxc_program_pin(name) for name, _ in LXC_PROGRAMS]
+            if all(os.path.exists(p) for p in pins):
+                return False
+            with self.load(SHARED_LXC) as coll:
+                for (name, _), path in zip(LXC_PROGRAMS, pins):
+                    if os.path.exists(path):
+                        os.unlink(path)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    coll.programs[name].pin(path)
+            return True
+
+    @contextlib.contextmanager
+    def lxc_programs(self) -> Iterator[list[tuple[Program, str]]]:
+        """The node's pinned veth programs with their tc directions; closed on exit."""
+        with contextlib.ExitStack() as stack:
+            progs = []
+            for name, direction in LXC_PROGRAMS:
+                prog = Program.from_pin(self.lxc_program_pin(name))
+                stack.callback(prog.close)
+                progs.append((prog, direction))
+            yield progs
+
+    def _endpoint_config_map(self) -> Map:
+        import ctypes
+
+        from harness.abi.structs import EndpointConfig
+        return Map.from_pin(os.path.join(self.pin_dir, ENDPOINT_CONFIG_MAP), ctypes.c_uint32,
+                            EndpointConfig)
+
+    def set_endpoint_config(self, ifindex: int, endpoint_id: int, ipv4: str | None,
+                            ipv6: str | None) -> None:
+        """Endpoint *endpoint_id* is the one on the veth *ifindex*; an entry it had on
+        another veth (a re-ADD) goes."""
+        with self._endpoint_config_map() as m:
+            for key, value in list(m.items()):
+                if value.id == endpoint_id and key != ifindex:
+                    m.delete(key)
+            m.update(ifindex, endpoint_config(endpoint_id, ipv4, ipv6))
+
+    def remove_endpoint_config(self, endpoint_id: int) -> int:
+        """Forget endpoint *endpoint_id*'s veth entries (its veth may be gone already);
+        returns how many went."""
+        path = os.path.join(self.pin_dir, ENDPOINT_CONFIG_MAP)
+        if not os.path.exists(path):
+            return 0
+        with self._endpoint_config_map() as m:
+            gone = [key for key, value in m.items() if value.id == endpoint_id]
+            for key in gone:
+                m.delete(key)
+        return len(gone)
+
+    def endpoint_config(self, ifindex: int):
+        """The EndpointConfig the node's programs find for veth *ifindex*, or None."""
+        if not os.path.exists(os.path.join(self.pin_dir, ENDPOINT_CONFIG_MAP)):
+            return None
+        with self._endpoint_config_map() as m:
+            return m.get(ifindex)
+
 
 def lb_control(coll: Collection, journal: Journal | None = None):
     """An LbControl for a loaded lxc/netdev collection, Maglev tables included;
@@ -170,7 +252,8 @@ def _pinned_types() -> dict[str, tuple[type, type]]:
         "cb_lb_stats": (u32, S.TrafficCounter), "cb_ct4": (S.Ct4Tuple, S.CtEntry),
         "cb_ct6": (S.Ct6Tuple, S.CtEntry), "cb_metrics": (S.MetricsKey, S.TrafficCounter),
         "cb_lb_affinity": (S.LbAffinityKey, S.LbAffinityVal),
-        "cb_endpoints": (u32, S.EndpointInfo), "cb_policy": (S.PolicyKey, S.PolicyEntry),
+        "cb_endpoints": (u32, S.EndpointInfo), "cb_endpoint_config": (u32, S.EndpointConfig),
+        "cb_policy": (S.PolicyKey, S.PolicyEntry),
         "cb_policy_exact": (S.PolicyKey, S.PolicyEntry),
         "cb_ipcache": (S.IpcacheKey, S.IpcacheEntry), "cb_ipcache_hosts": (S.IpcacheKey, S.IpcacheEntry),
         "cb_snat4_fwd": (S.Ct4Tuple, S.SnatEntry), "cb_snat4_rev": (S.Ct4Tuple, S.SnatEntry),

@@ -7,7 +7,7 @@ import ipaddress
 from typing import Any
 
 from harness import addressing
-from harness.abi.structs import V6Addr, be32
+from harness.abi.structs import EndpointConfig, V6Addr, be32
 
 
 def _hi64(net: ipaddress.IPv6Network) -> int:
@@ -57,8 +57,16 @@ def endpoint_rodata(endpoint_id: int, ipv4: str | None = None,
     }
 
 
+def endpoint_config(endpoint_id: int, ipv4: str | None = None, ipv6: str | None = None):
+    """The cb_endpoint_config value (lib/endpoint.h) of an endpoint: what
+    ``endpoint_rodata`` gives a per-endpoint load."""
+    ro = endpoint_rodata(endpoint_id, ipv4, ipv6)
+    return EndpointConfig(id=endpoint_id, ip4=ro["endpoint_ip4"],
+                          ip6=V6Addr.from_buffer_copy(ro["endpoint_ip6"]))
+
+
 def rodata_for(obj: str, node: str | None = None) -> dict[str, Any]:
-    if obj == "lxc":
+    if obj in ("lxc", "lxc-shared"):
         return service_rodata()
     if obj == "netdev":
         return {**service_rodata(), **(node_rodata(node) if node else {})}

@@ -93,6 +93,8 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
             if np_ipblock is not None:
                 node.settings.save_np_ipblock(np_ipblock)
             node.record.write_pods(attached)
+            # The node's lxc object, loaded once: each ADD only attaches its programs.
+            node.ensure_lxc_programs()
         state = topology.build(plan, cni_path=cni_path, progress=progress, per_node=per_node)
     except BaseException:
         # build undid the topology (CNI DEL, namespaces); what the chained plugin made
