@@ -51,6 +51,7 @@ non-zero exit.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -145,7 +146,6 @@ def _host_veth(prev: dict) -> str:
 def _pod_addresses(prev: dict) -> tuple[str | None, str | None]:
     """The pod's IPv4 and IPv6 addresses as the primary plugin assigned them (prevResult
     ``ips``, CIDR notation): what the pod's packets must carry as their source."""
-    import ipaddress
     found: dict[int, str] = {}
     for entry in prev.get("ips") or []:
         try:
@@ -178,6 +178,7 @@ def _sync(node: Node) -> None:
 def _sync_other_nodes(node: Node) -> None:
     """Re-sync every other BPF node of the topology: a container's address is in
     every node's ipcache."""
+    # lazy: harness.node.datapath brings the control planes (see _sync)
     from harness.node.datapath import pinned_nodes
     for name in pinned_nodes():
         other = Node(name)

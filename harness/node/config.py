@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 
+from harness.bpf.collection import list_maps
+
 #: Maps sized by lb_map_max (the LB maps; Cilium's --bpf-lb-map-max covers the same).
 LB_MAPS = ("cb_lb4_services", "cb_lb6_services", "cb_lb4_backends", "cb_lb6_backends",
            "cb_lb4_reverse_nat", "cb_lb6_reverse_nat", "cb_lb_stats")
@@ -53,6 +55,8 @@ class NodeSettings:
 
     def save_np_ipblock(self, mode: str) -> None:
         """What a NetworkPolicy ipBlock selects on the node (harness.policy.desired NP_IPBLOCK_MODES)."""
+        # lazy: harness.policy.desired (and the scenario model under it) would add ~60 ms
+        # to every CNI ADD, which reads the settings but never saves them.
         from harness.policy.desired import NP_IPBLOCK_MODES
         if mode not in NP_IPBLOCK_MODES:
             raise ValueError(f"--netpol-ipblock {mode!r}: expected one of {', '.join(NP_IPBLOCK_MODES)}")
@@ -99,6 +103,5 @@ class NodeSettings:
         size = int(raw)
         names = LB_MAPS
         if obj_path is not None:
-            from harness.bpf.collection import list_maps
             names = tuple(n for n in LB_MAPS if n in list_maps(obj_path))
         return {name: size for name in names}

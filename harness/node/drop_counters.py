@@ -13,6 +13,9 @@ import os
 from dataclasses import dataclass
 
 from harness.abi import drop_reasons
+from harness.abi.structs import MetricsKey, TrafficCounter
+from harness.bpf import Map
+from harness.node.node import Node
 
 METRICS_MAP = "cb_metrics"
 DIRECTIONS = {1: "ingress", 2: "egress"}        # lib/common.h CB_DIR_*
@@ -33,9 +36,6 @@ class Key:
 
 def read(node: str) -> dict[Key, int]:
     """Dropped packets counted so far on *node*, by key (forwarded traffic left out)."""
-    from harness.bpf import Map
-    from harness.abi.structs import MetricsKey, TrafficCounter
-    from harness.node.node import Node
     path = os.path.join(Node(node).pin_dir, METRICS_MAP)
     if not os.path.exists(path):
         raise CountersUnavailable(f"node {node} has no pinned {METRICS_MAP} (not a bpf datapath)")

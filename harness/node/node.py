@@ -23,10 +23,13 @@ leaving the block); both first finish a map change a killed ``lb apply`` /
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from typing import Any, Iterator
 
 from harness import paths
+from harness.abi import structs as S
+from harness.abi.structs import EndpointConfig
 from harness.bpf import Collection, Map, Program
 from harness.host import bpffs
 from harness.host.locks import directory_lock
@@ -190,9 +193,6 @@ class Node:
             yield progs
 
     def _endpoint_config_map(self) -> Map:
-        import ctypes
-
-        from harness.abi.structs import EndpointConfig
         return Map.from_pin(os.path.join(self.pin_dir, ENDPOINT_CONFIG_MAP), ctypes.c_uint32,
                             EndpointConfig)
 
@@ -241,9 +241,6 @@ def lb_control(coll: Collection, journal: Journal | None = None):
 
 
 def _pinned_types() -> dict[str, tuple[type, type]]:
-    import ctypes
-
-    from harness.abi import structs as S
     u32 = ctypes.c_uint32
     return {
         "cb_lb4_services": (S.Lb4Key, S.LbService), "cb_lb6_services": (S.Lb6Key, S.LbService),
