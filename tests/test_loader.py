@@ -173,3 +173,30 @@ def test_verifier_summary_names_the_error_on_5_10_and_7_3():
     new = _summarise((data / "verifier-7.3.4-unchecked_read.log").read_text())
     assert "outside of the packet" in old
     assert new == "R1 min value is outside of the allowed memory range"
+
+
+def test_a_signal_while_libbpf_prints_is_not_lost(monkeypatch):
+    """Ctrl-C while libbpf is inside a load (its print callback running: the verifier
+    log of a rejected program) ends the caller once the call returns; an exception a
+    handler raises inside a ctypes callback would be dropped and the command would
+    go on (the fault suite saw `up` exit 0 after SIGINT)."""
+    import signal
+
+    from harness.bpf import _libbpf as L
+    real = L._vsnprintf
+    sent = []
+
+    def interrupting_vsnprintf(*args):
+        if not sent:
+            sent.append(True)
+            signal.raise_signal(signal.SIGINT)   # handled inside the callback
+        return real(*args)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(L, "_vsnprintf", interrupting_vsnprintf)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Collection.load(str(object_path("verifier_reject")))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sent

@@ -19,6 +19,8 @@ import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_bool, c_char_p, c_int, c_int64,
                     c_size_t, c_uint32, c_uint64, c_void_p)
 
+from harness.host.signals import deferred
+
 _LIB_ENV = "CHAINBENCH_LIBBPF"
 
 
@@ -214,19 +216,28 @@ _set_print(_print_fn)
 
 class captured_log:
     """Context manager collecting libbpf's messages (verifier log included) for
-    the calls made inside it on this thread; ``.text`` holds them afterwards."""
+    the calls made inside it on this thread; ``.text`` holds them afterwards.
+
+    SIGINT, SIGTERM and SIGHUP are held for the block and delivered after it
+    (harness.host.signals.deferred): libbpf calls ``_print_cb`` from inside these
+    calls (opening and loading an object: hundreds of ms), and an exception a
+    signal handler raises in a ctypes callback is printed and dropped, so Ctrl-C
+    would be lost and the command would go on."""
 
     def __init__(self, debug: bool = False):
         self.lines: list[str] = []
         self.debug = debug
 
     def __enter__(self) -> "captured_log":
+        self._held = deferred()
+        self._held.__enter__()
         self._saved = (getattr(_capture, "sink", None), getattr(_capture, "debug", False))
         _capture.sink, _capture.debug = self.lines, self.debug
         return self
 
     def __exit__(self, *exc) -> None:
         _capture.sink, _capture.debug = self._saved
+        self._held.__exit__(*exc)
 
     @property
     def text(self) -> str:
