@@ -392,6 +392,19 @@ def test_a_shared_program_on_an_interface_without_an_entry_drops_everything(node
     assert not ct4_sources(node)
 
 
+def test_a_shared_program_treats_an_entry_without_an_endpoint_id_as_none(node):
+    """Id 0 means "no endpoint" (no source check, no policy) in the per-endpoint build;
+    in a shared program an entry can only name an endpoint, so one with id 0 (a
+    half-written or corrupt entry) fails closed like a missing one."""
+    x = node.shared_endpoint(LO, 0, X, X6)            # the entry exists, with id 0
+    forged = eth() / IP(src=WEB, dst=WORLD) / TCP(sport=22, dport=40000, flags="SA")
+    assert dropped(x.egress(forged)[0], "DROP_NO_CONFIG")
+    assert dropped(x.ingress(eth() / IP(src=WORLD, dst=X) / TCP(sport=80, dport=40000,
+                                                                flags="SA"))[0],
+                   "DROP_NO_CONFIG")
+    assert not ct4_sources(node)
+
+
 def test_a_shared_program_drops_once_the_entry_is_removed(node):
     """CNI DEL removes the veth's entry: what still arrives on it is dropped."""
     x = node.shared_endpoint(LO, 3, X, X6)

@@ -62,10 +62,12 @@ static __always_inline const struct endpoint_config *endpoint_self(const struct 
 	return bpf_map_lookup_elem(&cb_endpoint_config, &ifindex);
 }
 
-/* A shared program on an interface without an entry: drop (fail closed). */
+/* A shared program on an interface without an entry, or whose entry names no
+ * endpoint (id 0: which the per-endpoint build reads as "check nothing"): drop
+ * (fail closed). */
 static __always_inline bool endpoint_unknown(const struct endpoint_config *self)
 {
-	return !self;
+	return !self || !self->id;
 }
 
 static __always_inline __u32 endpoint_id_of(const struct endpoint_config *self)
