@@ -329,7 +329,7 @@ def test_interrupted_up_leaves_nothing(tmp_path, sig):
 def test_down_runs_cni_del_then_cleanup(monkeypatch):
     wait_for_clean_machine()
     state = up(scenario(pod_doc("a", "cb-node0"), pod_doc("b", "cb-node1")), routing="vxlan")
-    monkeypatch.setattr(build.cleanup, "down",            # the machine-wide sweep is test_cli's
+    monkeypatch.setattr(build.cleanup, "remove_leftovers",          # the machine-wide sweep is test_cli's
                         lambda: {"namespaces": ["cb-other"], "cgroups": [], "pins": [], "states": []})
     summary = build.down()
     assert sorted(summary["pods"]) == ["default/a", "default/b"] and summary["errors"] == []
