@@ -272,3 +272,38 @@ def test_pcap_and_scenario_cannot_both_read_stdin(pcap):
     line = bad_input_line(chainbench("test-run", "lxc:from_container", "--pcap", "-",
                                      "--scenario", "-", stdin=pcap[1]))
     assert "only one of them can read standard input" in line
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_command_started_as_a_background_job_still_ends_on_a_signal(sig, code):
+    """A background job of a non-interactive shell (CI, `cmd &`) starts with SIGINT
+    and SIGQUIT ignored; the CLI installs its own handlers, so Ctrl-C (and SIGTERM)
+    still end a command (here one waiting for its scenario on standard input) with
+    128 + signal, one line, no traceback."""
+    import signal
+    import time
+
+    def like_a_background_job():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "scenario", "check", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT, preexec_fn=like_a_background_job)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:       # its handlers are in once it reads stdin
+            with open(f"/proc/{proc.pid}/status") as f:
+                caught = int(next(l for l in f if l.startswith("SigCgt:")).split()[1], 16)
+            if caught & (1 << (signal.SIGINT - 1)) and caught & (1 << (signal.SIGTERM - 1)):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    assert b"Traceback" not in err and len(err.decode().strip().splitlines()) <= 1
