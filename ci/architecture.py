@@ -38,6 +38,8 @@ LAYERS = (
      ("harness.lb", "harness.policy", "harness.kubeproxy")),
     ("the one scenario validation; a node's pinned datapath; BPF_PROG_TEST_RUN",
      ("harness.validate", "harness.node", "harness.testrun")),
+    ("flows: datapath events decoded, the observer, Hubble's API, metrics, service map",
+     ("harness.observe",)),
     ("namespaces, CNI, chaining, connectivity checks",
      ("harness.topology",)),
     ("benchmark suites and their reports",

@@ -242,3 +242,19 @@ class SnatStats(CStruct):
     _c_name_ = "snat_stats"
     _fields_ = [("allocated", c_uint64), ("collisions", c_uint64), ("reused", c_uint64),
                 ("exhausted", c_uint64)]
+
+
+# --- lib/events.h (datapath events for flow visibility) ------------------------------
+
+class Event(CStruct):
+    """lib/events.h: struct cb_event, one record of a node's cb_events ring buffer."""
+    _c_name_ = "cb_event"
+    _fields_ = [("ktime_ns", c_uint64), ("type", c_uint8), ("subtype", c_uint8),
+                ("endpoint_id", c_uint16), ("ifindex", c_uint32), ("orig_len", c_uint32),
+                ("cap_len", c_uint16), ("flags", c_uint8), ("dir", c_uint8),
+                ("remote_identity", c_uint32), ("match_type", c_uint8), ("rule_proto", c_uint8),
+                ("rule_port", c_uint16), ("trace_reason", c_uint8), ("l4_proto", c_uint8),
+                ("orig_port", c_uint16), ("rev_nat_index", c_uint32), ("orig_addr", V6Addr),
+                ("xlate_addr", V6Addr), ("xlate_port", c_uint16), ("pad1", c_uint16),
+                ("pad2", c_uint32), ("cookie", c_uint64), ("cgroup_id", c_uint64),
+                ("pkt", c_uint8 * 128)]
