@@ -16,7 +16,7 @@ TEST_SRCS  := $(wildcard tests/bpf/*.bpf.c)
 BPF_OBJS   := $(patsubst bpf_src/%.bpf.c,$(BPF_OUT)/%.bpf.o,$(BPF_SRCS))
 TEST_OBJS  := $(patsubst tests/bpf/%.bpf.c,$(BPF_OUT)/tests/%.bpf.o,$(TEST_SRCS))
 
-PROTO_SRC   := third_party/cilium/api/v1
+PROTO_SRC   ?= proto
 PROTOS      := $(PROTO_SRC)/flow/flow.proto $(PROTO_SRC)/observer/observer.proto $(PROTO_SRC)/relay/relay.proto
 PROTO_OUT   := $(BUILD)/proto
 PROTO_STAMP := $(PROTO_OUT)/.stamp
@@ -85,7 +85,8 @@ $(BPF_OUT)/tests/%.bpf.o: tests/bpf/%.bpf.c $(VMLINUX_H) Makefile
 	@echo "  BPF     $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
-# Hubble's API: Cilium's flow/observer/relay .proto files (third_party/cilium)
+# Hubble's API: the flow/observer/relay schema in proto/ (Hubble's packages,
+# messages, field names and numbers, so the wire and JSON forms are Hubble's)
 # compiled with grpcio-tools into build/proto, imported only through
 # harness/observe/proto.py. The venv (which has grpcio-tools) is made first when
 # PROTO_PY is its python, so `make build` works on a fresh clone too;

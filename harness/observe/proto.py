@@ -1,7 +1,7 @@
 """Hubble's protobuf API, as Python modules: owns the import of the code `make build`
-generates into ``build/proto`` (``harness.paths.build_dir()``) from Cilium's
-``flow/flow.proto``, ``observer/observer.proto`` and ``relay/relay.proto``
-(third_party/cilium/api/v1). Import them only from here::
+generates into ``build/proto`` (``harness.paths.build_dir()``) from the schema in
+``proto/`` (``flow/flow.proto``, ``observer/observer.proto``, ``relay/relay.proto``:
+Hubble's packages, messages, field names and numbers). Import them only from here::
 
     from harness.observe.proto import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 
