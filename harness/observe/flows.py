@@ -420,10 +420,10 @@ class FlowBuilder:
                                    pod_name=local.pod_name, labels=sort_labels(labels, ident))
         else:
             ident = datapath_identity
-            if ip:
+            if ip and not datapath_identity:
+                # an address no prefix covers is the world, as the datapath's ipcache says
                 cached = ctx.identity_of(ip)
-                if cached is not None and not datapath_identity:
-                    ident = cached
+                ident = cached if cached is not None else ID_WORLD
             ns, pod = (ctx.pod_of(ip) if ip else None) or ("", "")
             labels = ctx.labels_of(ident)
             ep = flow_pb2.Endpoint(identity=ident, namespace=ns, pod_name=pod,
