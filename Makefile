@@ -37,7 +37,7 @@ Q := @
 endif
 
 .DELETE_ON_ERROR:
-.PHONY: all setup deps venv build test bench kernel-matrix fuzz faults dashboard-screenshot architecture clean distclean
+.PHONY: all setup deps venv build hubble-schema test bench kernel-matrix fuzz faults dashboard-screenshot architecture clean distclean
 
 all: build
 
@@ -99,6 +99,13 @@ $(PROTO_STAMP): $(PROTOS) Makefile | $(if $(filter $(VPY),$(PROTO_PY)),$(VENV)/.
 	$(Q)touch $@
 
 -include $(BPF_OBJS:.o=.d) $(VARIANT_OBJS:.o=.d) $(TEST_OBJS:.o=.d)
+
+# proto/ against Cilium's own api/v1 (a directory with flow/, observer/, relay/):
+# every message, field, enum value and method of ours as Cilium has it
+# (ci/hubble_schema.py). `make hubble-schema CILIUM_API=/path/to/cilium/api/v1`.
+hubble-schema: | $(if $(filter $(VPY),$(PROTO_PY)),$(VENV)/.installed)
+	$(if $(CILIUM_API),,$(error set CILIUM_API to Cilium's api/v1 directory))
+	$(Q)$(PROTO_PY) -m ci.hubble_schema --ours $(PROTO_SRC) $(CILIUM_API)
 
 test: setup build
 	$(Q)ci/run-tests.sh $(PYTEST_ARGS)
