@@ -434,7 +434,6 @@ def write_flows(flows: list[dict], out: Path | str, source: str | None = None) -
     page = _render(g, source)
     out = Path(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(page, encoding="utf-8")
     except OSError as err:
         raise InputError(f"{out}: cannot write ({err.strerror or err})") from None
