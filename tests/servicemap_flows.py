@@ -145,8 +145,8 @@ def connectivity_flows() -> list[dict]:
 
 def json_lines(flows: list[dict]) -> str:
     """*flows* as ``-o json`` writes them: one ``{"flow", "node_name", "time"}`` object a line."""
-    return "".join(json.dumps({"flow": f, "node_name": f["node_name"], "time": f["time"]}) + "\n"
-                   for f in flows)
+    return "".join(json.dumps({"flow": f, "node_name": f.get("node_name", ""),
+                               "time": f.get("time", "")}) + "\n" for f in flows)
 
 
 def screenshot(page: Path, out: Path, width: int = 1400, height: int = 900) -> Path:
