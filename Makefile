@@ -37,7 +37,8 @@ Q := @
 endif
 
 .DELETE_ON_ERROR:
-.PHONY: all setup deps venv build test bench kernel-matrix fuzz faults dashboard-screenshot architecture clean distclean
+.PHONY: all setup deps venv web build hubble-schema test bench kernel-matrix fuzz faults dashboard-screenshot \
+        service-map-screenshot architecture clean distclean
 
 all: build
 
@@ -57,7 +58,20 @@ $(VENV)/.installed: pyproject.toml
 # loader (harness/paths.py KERNEL_VARIANTS) picks the build the kernel can load.
 VARIANT_OBJS := $(BPF_OUT)/netdev-nobpfloop.bpf.o $(BPF_OUT)/lxc-shared.bpf.o
 
-build: $(BPF_OBJS) $(VARIANT_OBJS) $(TEST_OBJS) $(PROTO_STAMP)
+build: $(BPF_OBJS) $(VARIANT_OBJS) $(TEST_OBJS) $(PROTO_STAMP) web
+
+# The service map's graph library (harness/observe/servicemap.py): cytoscape and
+# cytoscape-fcose from npm, pinned by web/package-lock.json, installed under
+# build/web/ and inlined into each page, which then needs no network.
+WEB := $(BUILD)/web
+web: $(WEB)/.installed
+
+$(WEB)/.installed: web/package.json web/package-lock.json
+	$(Q)mkdir -p $(WEB)
+	@echo "  NPM     $(WEB)"
+	$(Q)cp web/package.json web/package-lock.json $(WEB)/
+	$(Q)cd $(WEB) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
+	$(Q)touch $@
 
 $(VMLINUX_H):
 	$(Q)mkdir -p $(dir $@)
@@ -100,6 +114,13 @@ $(PROTO_STAMP): $(PROTOS) Makefile | $(if $(filter $(VPY),$(PROTO_PY)),$(VENV)/.
 
 -include $(BPF_OBJS:.o=.d) $(VARIANT_OBJS:.o=.d) $(TEST_OBJS:.o=.d)
 
+# proto/ against Cilium's own api/v1 (a directory with flow/, observer/, relay/):
+# every message, field, enum value and method of ours as Cilium has it
+# (ci/hubble_schema.py). `make hubble-schema CILIUM_API=/path/to/cilium/api/v1`.
+hubble-schema: | $(if $(filter $(VPY),$(PROTO_PY)),$(VENV)/.installed)
+	$(if $(CILIUM_API),,$(error set CILIUM_API to Cilium's api/v1 directory))
+	$(Q)$(PROTO_PY) -m ci.hubble_schema --ours $(PROTO_SRC) $(CILIUM_API)
+
 test: setup build
 	$(Q)ci/run-tests.sh $(PYTEST_ARGS)
 
@@ -135,8 +156,15 @@ faults: setup build
 
 # docs/dashboard.png, the README's picture of the dashboard: renders results/
 # (run `make bench` first) and photographs the page in headless Chromium.
-dashboard-screenshot: setup
+dashboard-screenshot: setup web
 	$(Q)$(VPY) -m bench.report.screenshot --results results --out docs/dashboard.png
+
+# docs/service-map.png, the README's picture of the service map: the flows of
+# SERVICE_MAP_FLOWS (a `chainbench observe -o json` file; default: the connectivity
+# check's flows of tests/servicemap_flows.py) drawn and photographed in headless Chromium.
+SERVICE_MAP_FLOWS ?=
+service-map-screenshot: setup web
+	$(Q)$(VPY) -m tests.servicemap_flows --out docs/service-map.png $(if $(SERVICE_MAP_FLOWS),--flows $(SERVICE_MAP_FLOWS))
 
 # docs/architecture.dot and .svg, the README's picture of the packages by layer, from the
 # code's imports (ci/architecture.py; tests/test_layers.py fails when the .dot is stale).

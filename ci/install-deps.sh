@@ -10,6 +10,7 @@ PACKAGES=(
   podman runc busybox-static               # a real runtime (CNI backend) running the chained plugin
   nginx-light wrk                          # pods' HTTP server, HTTP load
   chromium                                 # the dashboard test renders results/index.html headless
+  nodejs                                   # npm ci of web/: the service map's graph library
 )
 
 missing=()
@@ -18,6 +19,8 @@ for pkg in "${PACKAGES[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
   [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
 done
+# Debian's nodejs comes without npm (its own package); NodeSource's includes it.
+command -v npm >/dev/null || missing+=(npm)
 
 if ((${#missing[@]} == 0)); then
   exit 0

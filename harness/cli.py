@@ -206,6 +206,17 @@ def cmd_dashboard(args) -> int:
     return EXIT_OK
 
 
+def cmd_service_map(args) -> int:
+    from harness.observe import servicemap  # lazy: jinja2 and the template (~45 ms)
+    if args.flows == "-":
+        g = servicemap.write_flows(servicemap.read_flow_stream(sys.stdin), args.output, "<stdin>")
+    else:
+        g = servicemap.write_page(Path(args.flows), Path(args.output))
+    print(f"service map written to {args.output}: {len(g.edges)} edge(s) from {g.flows} flow(s), "
+          f"{g.replies} repl{'y' if g.replies == 1 else 'ies'} left out")
+    return EXIT_OK
+
+
 def _stderr_console():
     from rich.console import Console        # lazy: rich (~30 ms)
     return Console(stderr=True)
@@ -669,6 +680,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help=f"results directory (default {paths.RESULTS})")
     p.add_argument("--out", help="output file (default RESULTS/index.html)")
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("service-map", help="draw recorded flows as a service map, like the Hubble "
+                                           "UI's: one self-contained HTML page")
+    p.add_argument("--flows", required=True, metavar="FILE",
+                   help="flows as `chainbench observe -o json` (or `hubble observe -o json`) "
+                        "writes them; - reads standard input")
+    p.add_argument("-o", "--output", required=True, metavar="HTML", help="the page to write")
+    p.set_defaults(func=cmd_service_map)
 
     p = sub.add_parser("scenario", help="work with scenario files")
     ssub = p.add_subparsers(dest="scenario_command", required=True, metavar="COMMAND")

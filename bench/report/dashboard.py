@@ -9,8 +9,9 @@ small SVG line-chart drawer and its data (JSON in a
 
 Which document is shown: ``latest.json`` when present, else the newest by
 ``created``.  Every other ``*.json`` of the directory (``kernel-matrix.json``
-excepted, which gets a table of its own) is history.  A file that is not a
-result document is skipped and named on the page, never fatal.
+excepted, which gets a table of its own, and ``flows.json``, recorded flows
+drawn as ``service-map.html`` by harness.observe.servicemap) is history.  A
+file that is not a result document is skipped and named on the page, never fatal.
 """
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "dashboard.html.j2"
 LATEST = "latest.json"
 KERNEL_MATRIX = "kernel-matrix.json"
+#: Recorded flows (`chainbench observe -o json` lines), drawn as SERVICE_MAP beside index.html.
+FLOWS, SERVICE_MAP = "flows.json", "service-map.html"
 #: Files of a results directory that are not documents of the history.
-NOT_HISTORY = frozenset({LATEST, KERNEL_MATRIX})
+NOT_HISTORY = frozenset({LATEST, KERNEL_MATRIX, FLOWS})
 
 #: Display order of control-plane methods and macro datapaths (others sort after, by name).
 METHODS = ("bpf", "iptables-legacy", "iptables-nft", "nft")
@@ -566,8 +569,26 @@ def _context(current: dict, history: list[dict], warnings: list[str],
     }
 
 
+def _service_map(results_dir: Path, page: Path, warnings: list[str]) -> None:
+    """Write the service map of ``results_dir/flows.json`` to *page*; without that file, or
+    with one that cannot be drawn (named in *warnings*), a page that says so and draws nothing."""
+    from harness.observe import servicemap   # lazy: only render() needs it
+    flows = results_dir / FLOWS
+    if not flows.is_file():
+        page.write_text(servicemap.render_missing(
+            f"no recorded flows: {flows} does not exist (`chainbench connectivity --flows "
+            f"{flows}` or `chainbench observe -o json > {flows}` records them)"))
+        return
+    try:
+        servicemap.write_page(flows, page)
+    except InputError as exc:               # a bad line, or `make web` not run
+        warnings.append(f"{FLOWS}: no service map ({exc})")
+        page.write_text(servicemap.render_missing(f"the service map cannot be drawn: {exc}"))
+
+
 def render(results_dir: Path, out: Path | None = None) -> Path:
-    """Write the dashboard of *results_dir* to *out* (default ``results_dir/index.html``).
+    """Write the dashboard of *results_dir* to *out* (default ``results_dir/index.html``),
+    and beside it the service map of the flows recorded in ``flows.json``.
 
     Raises DashboardError when the directory holds no result document.
     """
@@ -579,9 +600,10 @@ def render(results_dir: Path, out: Path | None = None) -> Path:
     if latest is None and not history:
         raise DashboardError(f"no result documents in {results_dir} (run `chainbench bench` first)")
     current = latest if latest is not None else history[-1]
-    page = _environment().get_template(TEMPLATE).render(
-        _context(current, history or [current], warnings, _kernel_matrix(results_dir, warnings)))
     out = Path(out) if out is not None else results_dir / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
+    _service_map(results_dir, out.parent / SERVICE_MAP, warnings)
+    page = _environment().get_template(TEMPLATE).render(
+        _context(current, history or [current], warnings, _kernel_matrix(results_dir, warnings)))
     out.write_text(page)
     return out
