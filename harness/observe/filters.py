@@ -47,6 +47,11 @@ SUPPORTED = frozenset({
     "ip_version", "reply"})
 
 
+#: FlowFilter.drop_reason_desc is Hubble's; the schema compiled into build/proto (proto/,
+#: the subset chainbench serves) may lack it.
+_HAS_DROP_REASON_DESC = "drop_reason_desc" in flow_pb2.FlowFilter.DESCRIPTOR.fields_by_name
+
+
 class FilterError(ValueError):
     """A filter that cannot be evaluated: a bad value, or a field not supported."""
 
@@ -384,7 +389,7 @@ def _compile(flt) -> tuple[Callable, ...]:
     if flt.verdict:
         verdicts = set(flt.verdict)
         checks.append(lambda f: f.verdict in verdicts)
-    if flt.drop_reason_desc:
+    if _HAS_DROP_REASON_DESC and flt.drop_reason_desc:
         reasons = set(flt.drop_reason_desc)
         checks.append(lambda f: f.drop_reason_desc in reasons)
     if flt.event_type:
@@ -691,6 +696,9 @@ def _set(t: _Tracker, name: str, val) -> None:
     elif name == "verdict":
         each("verdict", _verdict(val))
     elif name == "drop-reason-desc":
+        if not _HAS_DROP_REASON_DESC:
+            raise FilterError("--drop-reason-desc: this build's FlowFilter has no "
+                              "drop_reason_desc field")
         each("drop_reason_desc", _drop_reason(val))
     elif name == "type":
         et = _event_type(val)

@@ -530,7 +530,8 @@ class FlowBuilder:
         if kind == D.EVENT_TRACE and flags & D.EVF_REV_XLATED and version:
             orig = _ip_text_bytes(r["orig_addr"], version)
             if orig != src_ip:
-                f.IP.source_xlated = src_ip
+                if _HAS_SOURCE_XLATED:
+                    f.IP.source_xlated = src_ip
                 f.IP.source = orig
                 src_ip = orig
 
@@ -572,7 +573,7 @@ class FlowBuilder:
             f.verdict = flow_pb2.FORWARDED
             f.trace_observation_point = subtype if subtype else flow_pb2.TO_ENDPOINT
             reason = r["trace_reason"]
-            if _has_field(flow_pb2.Flow, "trace_reason"):
+            if _HAS_TRACE_REASON:
                 # Cilium's TraceReasonUnknown (5) is Hubble's 0; the ones before it move up one
                 f.trace_reason = 0 if reason == 5 else reason + 1 if reason < 5 else reason
             f.is_reply.value = reply
@@ -662,6 +663,12 @@ def _ip_text_bytes(raw, version: int) -> str:
 
 def _has_field(message_class, name: str) -> bool:
     return name in message_class.DESCRIPTOR.fields_by_name
+
+
+#: Fields Hubble sets that the schema compiled into build/proto may lack (proto/ is the
+#: subset of Hubble's API chainbench serves): set when it has them.
+_HAS_TRACE_REASON = _has_field(flow_pb2.Flow, "trace_reason")
+_HAS_SOURCE_XLATED = _has_field(flow_pb2.IP, "source_xlated")
 
 
 def build_flows(node_name: str, context: NodeContext, records, offset_ns: int | None = None) -> list:
