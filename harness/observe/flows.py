@@ -41,7 +41,7 @@ import os
 import socket
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -282,8 +282,9 @@ class NodeContext:
         registry, identities, pinned ipcache, the cluster's pods and Services from the
         scenario it was synced from.  *resolve_ifnames*: names of interfaces are read
         with if_indextoname (call it in the node's network namespace)."""
+        from harness.abi.structs import IpcacheEntry, IpcacheKey, from_be32
+        from harness.bpf import Map
         from harness.node.node import Node
-        from harness.abi.structs import from_be32
 
         if not isinstance(node, Node):
             node = Node(node)
@@ -298,19 +299,17 @@ class NodeContext:
             endpoints.append(EndpointInfo(rec.id, rec.identity, ns, name, labels, rec.ipv4,
                                           rec.ipv6))
         ipcache: dict[str, int] = {}
-        if node.is_pinned:
-            with node.open_pinned() as maps:
-                for mname in ("cb_ipcache", "cb_ipcache_hosts"):
-                    m = maps.get(mname)
-                    if m is None:
-                        continue
-                    for k, v in m.items():
-                        plen = k.prefixlen - 32
-                        if k.family == 4:
-                            addr = str(from_be32(k.addr.p[0]))
-                        else:
-                            addr = str(k.addr.ipv6())
-                        ipcache[f"{addr}/{plen}"] = v.identity
+        for mname in ("cb_ipcache", "cb_ipcache_hosts"):
+            # read only: opened by its pin, not through Node.open_pinned (which first
+            # finishes a map change a killed apply left, a write)
+            path = os.path.join(node.pin_dir, mname)
+            if not os.path.exists(path):
+                continue
+            with Map.from_pin(path, IpcacheKey, IpcacheEntry) as m:
+                for k, v in m.items():
+                    plen = k.prefixlen - 32
+                    addr = str(from_be32(k.addr.p[0])) if k.family == 4 else str(k.addr.ipv6())
+                    ipcache[f"{addr}/{plen}"] = v.identity
         pods, services = _cluster_facts(node)
         sources = {}
         for path in (registry.path, registry.identities_path, node.record.cluster_path):
