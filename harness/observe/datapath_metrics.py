@@ -7,7 +7,9 @@ scrape time (a custom prometheus-client collector: nothing is cached between scr
 - ``cilium_drop_count_total{reason,direction}`` / ``cilium_drop_bytes_total``,
   ``cilium_forward_count_total{direction}`` / ``cilium_forward_bytes_total``: Cilium's
   names and labels (reason as Cilium's monitor words it, ``Policy denied``; direction
-  ``INGRESS`` / ``EGRESS``), summed over the node's endpoints from ``cb_metrics``;
+  ``INGRESS`` / ``EGRESS``), summed over the node's endpoints from ``cb_metrics``
+  (whose reason 0 is "forwarded": the forward families appear once a program counts
+  forwarded packets there; today the datapath counts its drops only);
 - ``chainbench_endpoint_drop_count_total{endpoint,endpoint_id,reason,direction}`` /
   ``..._drop_bytes_total`` and ``chainbench_endpoint_forward_count_total{endpoint,
   endpoint_id,direction}`` / ``..._forward_bytes_total``: the same per endpoint (its
@@ -157,8 +159,9 @@ class DatapathCollector(Collector):
         for dirname, (packets, nbytes) in sorted(node_fwd.items()):
             fwd.add_metric([dirname], packets)
             fwd_bytes.add_metric([dirname], nbytes)
-        yield from (drops, drop_bytes, fwd, fwd_bytes, ep_drops, ep_drop_bytes, ep_fwd,
-                    ep_fwd_bytes)
+        yield from (drops, drop_bytes, ep_drops, ep_drop_bytes)
+        if node_fwd:        # lib/drop.h counts drops; forwards only where a program counts them
+            yield from (fwd, fwd_bytes, ep_fwd, ep_fwd_bytes)
 
     def _services(self) -> Iterator[Metric]:
         maps: dict[str, Map] = {}
