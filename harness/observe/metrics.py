@@ -36,11 +36,15 @@ harness.observe.datapath_metrics.DatapathCollector.
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
 from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
+from prometheus_client.exposition import start_http_server
 
 from harness.errors import ChainbenchError, InputError
+from harness.host import netns
 
 NAMESPACE = "hubble"
 #: Hubble's metrics when none are named (its Helm chart's default set).
@@ -446,7 +450,6 @@ class MetricsServer:
     """A registry served over HTTP (``/metrics``) on a thread until ``close()``."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int):
-        from prometheus_client.exposition import start_http_server
         self._server, self._thread = start_http_server(port, host, registry=registry)
         self.host, self.port = host, self._server.server_address[1]
 
@@ -475,6 +478,27 @@ def serve(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9965
 
 class MetricsServeError(ChainbenchError, OSError):
     """The metrics address cannot be listened on (the port is taken, or no such address)."""
+
+
+class MetricsScrapeError(ChainbenchError, OSError):
+    """Nothing answered the scrape."""
+
+
+def scrape(netns_name: str, port: int = 9965, host: str = "127.0.0.1",
+           timeout: float = 5.0) -> str:
+    """GET http://host:port/metrics from inside network namespace *netns_name* (a node's):
+    the exposition text.  Proxy settings of the environment are not used."""
+    url = f"http://{host}:{port}/metrics"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with netns.entered(netns_name):
+        try:
+            with opener.open(url, timeout=timeout) as resp:
+                return resp.read().decode()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            reason = getattr(reason, "strerror", None) or reason
+            raise MetricsScrapeError(f"metrics: nothing answers on {url} in namespace "
+                                     f"{netns_name} ({reason})") from None
 
 
 def __getattr__(name: str):
