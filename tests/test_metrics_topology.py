@@ -18,10 +18,13 @@ import sys
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.host import netns
+from harness.observe.metrics import FlowMetrics, serve
 from harness.observe.prometheus_run import Prometheus
+from harness.observe.proto import flow_pb2
 from harness.scenario import SCENARIO_DIR
 from harness.topology import build, chaining, connectivity
 from tests.test_chaining import nothing_left
@@ -148,6 +151,40 @@ def test_a_real_prometheus_scrapes_the_datapath_metrics(topology):
         directory = prom.directory
     assert not os.path.exists(directory), "Prometheus's data directory is removed"
     assert not listening(9090, node.netns)
+
+
+def test_a_real_prometheus_reads_hubbles_flow_metrics_with_hubbles_queries(topology):
+    """FlowMetrics served by ``serve`` in the node's namespace, fed while Prometheus scrapes:
+    the issue's PromQL (``sum by (reason) (hubble_drop_total)``, ``rate(...[1m])``) reads
+    them as it would read Hubble's."""
+    node = topology.nodes[0]
+    registry = CollectorRegistry()
+    flows = FlowMetrics(registry, ["drop:sourceContext=namespace", "flow", "tcp"])
+    with netns.entered(node.netns):
+        server = serve(registry, "127.0.0.1", 9968)
+    with server, Prometheus(node.netns, ["127.0.0.1:9968"], lifetime=120) as prom:
+        prom.wait_for('up{job="chainbench"} == 1', bool)
+        denied = flow_pb2.Flow(verdict=2, drop_reason_desc=133,
+                               event_type=flow_pb2.CiliumEventType(type=1, sub_type=133),
+                               source=flow_pb2.Endpoint(namespace="default"))
+        denied.l4.TCP.flags.SYN = True
+        forwarded = flow_pb2.Flow(verdict=1, event_type=flow_pb2.CiliumEventType(type=4))
+        forwarded.l4.TCP.flags.SYN = True
+        forwarded.IP.ipVersion = 1
+        flows.observe(denied)
+        flows.observe(denied)
+        for _ in range(12):                     # over three scrapes: a rate
+            flows.observe(forwarded)
+            time.sleep(0.25)
+        drops = prom.wait_for("sum by (reason) (hubble_drop_total)",
+                              lambda r: r and r[0]["value"][1] == "2")
+        assert [(r["metric"], r["value"][1]) for r in drops] == [({"reason": "POLICY_DENIED"}, "2")]
+        by_source = prom.query("sum by (source, protocol) (hubble_drop_total)")
+        assert [r["metric"] for r in by_source] == [{"source": "default", "protocol": "TCP"}]
+        rate = prom.wait_for('rate(hubble_flows_processed_total{type="Trace"}[1m])',
+                             lambda r: r and float(r[0]["value"][1]) > 0)
+        assert rate[0]["metric"]["subtype"] == "to-endpoint"
+        prom.wait_for('hubble_tcp_flags_total{flag="SYN",family="IPv4"} == 12', bool)
 
 
 def test_after_the_connectivity_check_prometheus_sees_the_policy_drops_and_flows(topology):
