@@ -245,12 +245,22 @@ def _l4(flow) -> str | None:
     return flow.l4.WhichOneof("protocol")
 
 
+_L7_NAMES = {"dns": "DNS", "http": "HTTP", "kafka": "Kafka"}
+
+
+def _l7_record(flow) -> str | None:
+    """Which L7 record (dns, http, kafka) the flow carries; None without one (or with a
+    flow.proto compiled without the L7 messages: no L7 proxy runs here)."""
+    if "l7" not in flow.DESCRIPTOR.fields_by_name or not flow.HasField("l7"):
+        return None
+    return flow.l7.WhichOneof("record")
+
+
 def flow_protocol(flow) -> str:
     """pkg/hubble/api/v1 FlowProtocol: the L7 protocol, else the L4 one."""
     kind = flow.event_type.type
     if kind == MSG_ACCESS_LOG:
-        record = flow.l7.WhichOneof("record") if flow.HasField("l7") else None
-        return {"dns": "DNS", "http": "HTTP", "kafka": "Kafka"}.get(record, "Unknown L7")
+        return _L7_NAMES.get(_l7_record(flow), "Unknown L7")
     if kind in (MSG_DROP, MSG_TRACE, MSG_POLICY_VERDICT, MSG_CAPTURE):
         return _l4(flow) or "Unknown L4"
     return "Unknown flow"
@@ -330,8 +340,7 @@ class _FlowHandler(_Handler):
         subtype = ""
         if kind == MSG_ACCESS_LOG:
             type_name = "L7"
-            record = flow.l7.WhichOneof("record") if flow.HasField("l7") else None
-            subtype = {"dns": "DNS", "http": "HTTP", "kafka": "Kafka"}.get(record, "")
+            subtype = _L7_NAMES.get(_l7_record(flow), "")
         elif kind == MSG_DROP:
             type_name = "Drop"
         elif kind == MSG_CAPTURE:
