@@ -11,6 +11,7 @@ PACKAGES=(
   nginx-light wrk                          # pods' HTTP server, HTTP load
   chromium                                 # the dashboard test renders results/index.html headless
   nodejs                                   # npm ci of web/: the service map's graph library
+  prometheus                               # a real Prometheus scrapes the metrics (tests run it in a cb- netns)
 )
 
 missing=()
@@ -33,8 +34,9 @@ fi
 
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-# Packages like nginx start their service on install; chainbench runs servers
-# only inside its own namespaces, so keep services from starting meanwhile.
+# Packages like nginx and prometheus start their service on install; chainbench runs
+# servers only inside its own namespaces, so keep services from starting meanwhile
+# (policy-rc.d denies every start).
 policy=/usr/sbin/policy-rc.d
 if [[ ! -e $policy ]]; then
   printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
@@ -42,3 +44,8 @@ if [[ ! -e $policy ]]; then
 fi
 apt-get update -q >/dev/null
 apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+# Prometheus's package also enables its service for the next boot where systemd runs:
+# the tests run their own Prometheus inside a cb- namespace, none may listen on the host.
+if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+  systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi

@@ -532,6 +532,43 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def cmd_metrics(args) -> int:
+    # lazy: the node's pinned maps and prometheus-client (~160 ms)
+    from harness.observe import metrics
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: expected 1..65535")
+    node, netns_name = _node_netns(args.node)
+    if args.metrics_command == "scrape":
+        sys.stdout.write(metrics.scrape(netns_name, args.port))
+        return EXIT_OK
+    from prometheus_client import CollectorRegistry
+    from harness.host import netns
+    from harness.observe.datapath_metrics import DatapathCollector
+    from harness.topology import lookup
+    registry = CollectorRegistry()
+    registry.register(DatapathCollector(node, service_names=lambda: lookup.service_names(node)))
+    with netns.entered(netns_name):     # the listening socket lives in the node's namespace
+        server = metrics.serve(registry, "127.0.0.1", args.port)
+    with server:
+        print(f"serving {node}'s datapath metrics on http://127.0.0.1:{server.port}/metrics "
+              f"in namespace {netns_name} (Ctrl-C ends)", flush=True)
+        while True:
+            signal.pause()
+
+
+def _node_netns(node: str | None) -> tuple[str, str]:
+    """(node, its network namespace) of a node of the running topology."""
+    from harness.node import datapath       # lazy: the node's datapath (~140 ms)
+    from harness.topology.state import load_state
+    name = datapath.resolve_node(node)
+    topology = load_state()
+    found = next((n for n in (topology.nodes if topology else []) if n.name == name), None)
+    if found is None:
+        raise UsageError(f"node {name} has no network namespace (its metrics are served "
+                         "inside it: run `chainbench up`)")
+    return name, found.netns
+
+
 COMPLETION_SHELLS = ("bash", "zsh", "fish", "tcsh", "powershell")
 
 
@@ -803,6 +840,22 @@ def build_parser() -> argparse.ArgumentParser:
                                       "pressure per node, observer (like `cilium status`)")
     _add_output(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("metrics", help="Prometheus metrics of a node, served and scraped "
+                                       "inside the node's namespace")
+    msub = p.add_subparsers(dest="metrics_command", required=True, metavar="COMMAND")
+    c = msub.add_parser("serve", help="serve the node's datapath counters (drops, services, map "
+                                      "pressure, conntrack, lost events) on 127.0.0.1:PORT of "
+                                      "its namespace, in the foreground")
+    _add_node(c, "the node (default: the only one)")
+    c.add_argument("--port", type=int, default=9965, help="port (default 9965, Hubble's)")
+    c.set_defaults(func=cmd_metrics)
+    c = msub.add_parser("scrape", help="GET http://127.0.0.1:PORT/metrics inside the node's "
+                                       "namespace and print it")
+    _add_node(c, "the node (default: the only one)")
+    c.add_argument("--port", type=int, default=9965, help="port (default 9965: the node's "
+                                                          "observer)")
+    c.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("completion", help="print the shell completion script (bash: "
                                           "`source <(chainbench completion bash)`)")
