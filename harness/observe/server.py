@@ -57,10 +57,11 @@ class Matcher:
     """Whether an entry passes the request's whitelist/blacklist (flows.filters)."""
 
     def __init__(self, whitelist, blacklist):
-        from harness.observe import filters
         self._whitelist, self._blacklist = list(whitelist), list(blacklist)
-        self._select = filters.select
         self._none = not self._whitelist and not self._blacklist
+        if not self._none:
+            from harness.observe import filters
+            self._select = filters.select
 
     def __call__(self, entry) -> bool:
         if self._none or _is_lost(entry):
