@@ -16,6 +16,12 @@ TEST_SRCS  := $(wildcard tests/bpf/*.bpf.c)
 BPF_OBJS   := $(patsubst bpf_src/%.bpf.c,$(BPF_OUT)/%.bpf.o,$(BPF_SRCS))
 TEST_OBJS  := $(patsubst tests/bpf/%.bpf.c,$(BPF_OUT)/tests/%.bpf.o,$(TEST_SRCS))
 
+PROTO_SRC   ?= proto
+PROTOS      := $(PROTO_SRC)/flow/flow.proto $(PROTO_SRC)/observer/observer.proto $(PROTO_SRC)/relay/relay.proto
+PROTO_OUT   := $(BUILD)/proto
+PROTO_STAMP := $(PROTO_OUT)/.stamp
+PROTO_PY    ?= $(VPY)
+
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -fno-strict-aliasing -Wall -Wextra -Werror \
               -Wno-unused-parameter -I$(BUILD) -Ibpf_src -MMD -MP
 
@@ -51,7 +57,7 @@ $(VENV)/.installed: pyproject.toml
 # loader (harness/paths.py KERNEL_VARIANTS) picks the build the kernel can load.
 VARIANT_OBJS := $(BPF_OUT)/netdev-nobpfloop.bpf.o $(BPF_OUT)/lxc-shared.bpf.o
 
-build: $(BPF_OBJS) $(VARIANT_OBJS) $(TEST_OBJS)
+build: $(BPF_OBJS) $(VARIANT_OBJS) $(TEST_OBJS) $(PROTO_STAMP)
 
 $(VMLINUX_H):
 	$(Q)mkdir -p $(dir $@)
@@ -78,6 +84,19 @@ $(BPF_OUT)/tests/%.bpf.o: tests/bpf/%.bpf.c $(VMLINUX_H) Makefile
 	$(Q)mkdir -p $(dir $@)
 	@echo "  BPF     $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+# Hubble's API: the flow/observer/relay schema in proto/ (Hubble's packages,
+# messages, field names and numbers, so the wire and JSON forms are Hubble's)
+# compiled with grpcio-tools into build/proto, imported only through
+# harness/observe/proto.py. The venv (which has grpcio-tools) is made first when
+# PROTO_PY is its python, so `make build` works on a fresh clone too;
+# `make build PROTO_PY=/path/to/python` uses another python with grpcio-tools.
+$(PROTO_STAMP): $(PROTOS) Makefile | $(if $(filter $(VPY),$(PROTO_PY)),$(VENV)/.installed)
+	$(Q)rm -rf $(PROTO_OUT) && mkdir -p $(PROTO_OUT)
+	@echo "  PROTO   $(PROTO_OUT)"
+	$(Q)$(PROTO_PY) -m grpc_tools.protoc -I$(PROTO_SRC) --python_out=$(PROTO_OUT) \
+	  --grpc_python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) $(patsubst $(PROTO_SRC)/%,%,$(PROTOS))
+	$(Q)touch $@
 
 -include $(BPF_OBJS:.o=.d) $(VARIANT_OBJS:.o=.d) $(TEST_OBJS:.o=.d)
 
