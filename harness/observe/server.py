@@ -32,7 +32,7 @@ from typing import Iterator
 
 import grpc
 
-from harness.observe.proto import flow_pb2, observer_pb2, observer_pb2_grpc
+from harness.observe.proto import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 
 #: Concurrent calls (each follower holds a worker until it cancels).
 MAX_WORKERS = 32
@@ -173,7 +173,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         obs = self.observer
         node = observer_pb2.Node(
             name=obs.name, version=version(), address=f"unix://{obs.socket_path}",
-            state=observer_pb2.NODE_CONNECTED, uptime_ns=obs.uptime_ns(),
+            state=relay_pb2.NODE_CONNECTED, uptime_ns=obs.uptime_ns(),
             num_flows=len(obs.ring), max_flows=obs.ring.capacity, seen_flows=obs.seen)
         return observer_pb2.GetNodesResponse(nodes=[node])
 
