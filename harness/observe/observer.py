@@ -129,10 +129,19 @@ class Observer:
         return True
 
     def _builder(self) -> Callable[[bytes], list]:
+        """The node's flow builder (harness.observe.flows), its context read again when
+        the node's endpoints or cluster changed (pods added after the observer started)."""
         if self._build is None:
-            from harness.observe import flows
-            builder = flows.FlowBuilder(flows.NodeContext.from_node(self.node))
-            self._build = builder.responses
+            from harness.observe import decode, flows
+            state: dict = {}
+
+            def build(data: bytes) -> list:
+                ctx = state.get("context")
+                if ctx is None or ctx.is_stale():
+                    ctx = state["context"] = flows.NodeContext.from_node(self.node)
+                    state["builder"] = flows.FlowBuilder(self.name, ctx)
+                return state["builder"].build(decode.decode(data))
+            self._build = build
         return self._build
 
     # -------------------------------------------------------------------- reading
