@@ -52,13 +52,14 @@ class Running:
             self.obs.step(0.02)
 
     def write(self, ids, settle: bool = True) -> None:
+        ids = list(ids)
+        target = self.obs.ring.next_seq + len(ids)
         for i in ids:
             self.coll.programs["write_event"].test_run(record(i))
-        if settle:
-            deadline = time.monotonic() + 5
-            while self.obs.reader.pending_bytes() and time.monotonic() < deadline:
+        if settle:                               # every record is in the ring
+            deadline = time.monotonic() + 10
+            while self.obs.ring.next_seq < target and time.monotonic() < deadline:
                 time.sleep(0.01)
-            time.sleep(0.05)
 
     def close(self) -> None:
         self.channel.close()

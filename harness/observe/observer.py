@@ -251,13 +251,11 @@ def start_metrics(observer: Observer, port: int):
     call site of harness.observe.metrics); returns the server to close, or None."""
     if not port:
         return None
-    try:
-        from harness.observe import metrics
-    except ModuleNotFoundError as exc:
-        if exc.name != "harness.observe.metrics":
-            raise
+    import importlib.util
+    if importlib.util.find_spec("harness.observe.metrics") is None:
         observer._log("no metrics: harness.observe.metrics is not in this checkout")
         return None
+    from harness.observe import metrics
     from prometheus_client import CollectorRegistry
     registry = CollectorRegistry()
     observer.metrics = metrics.FlowMetrics(registry)

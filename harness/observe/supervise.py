@@ -97,8 +97,17 @@ def start(node: str, netns_name: str | None = None, buffer_size: int | None = No
             break
         time.sleep(0.05)
     procs.stop(proc, grace=2.0)
-    raise ObserverStartError(f"the flow observer of {node} did not start (see "
-                             f"{where.log_file(home)})")
+    raise ObserverStartError(f"the flow observer of {node} did not start: "
+                             f"{_last_line(where.log_file(home))} (log: {where.log_file(home)})")
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "nothing logged"
 
 
 def _serving(sock: str) -> bool:
@@ -198,6 +207,7 @@ class Supervisor:
             if self.stopping:
                 break
             procs.release(self.child)
+            _remove(where.socket_path(self.node))   # a killed observer's: nobody listens
             self.last_exit = rc
             self.restarts += 1
             if time.monotonic() - began >= STABLE_S:
