@@ -389,10 +389,17 @@ def cmd_up(args) -> int:
     start = time.monotonic()
     if args.bpf_lb_map_max is not None and not 1024 <= args.bpf_lb_map_max <= 1 << 24:
         raise UsageError(f"--bpf-lb-map-max {args.bpf_lb_map_max}: expected 1024..16777216")
+    if args.hubble_buffer_size is not None:
+        from harness.node.config import check_hubble_buffer_size
+        try:
+            check_hubble_buffer_size(args.hubble_buffer_size)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     state = chaining.up_scenario(
         args.file, dict(args.param), args.nodes, args.routing, args.datapath,
         progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else None,
-        lb_map_max=args.bpf_lb_map_max, np_ipblock=args.netpol_ipblock)
+        lb_map_max=args.bpf_lb_map_max, np_ipblock=args.netpol_ipblock,
+        hubble_buffer_size=args.hubble_buffer_size)
     pods = [p for p in state.pods if not p.host_network]
     print(f"up: {len(state.nodes)} nodes, {len(pods)} pods, routing {state.routing}, datapath "
           f"{state.datapath} in {time.monotonic() - start:.1f} s")
@@ -433,6 +440,27 @@ def cmd_connectivity(args) -> int:
               + ("  [flow validation disabled: expected failures were not attributed]"
                  if args.flow_validation == "disabled" else ""))
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAIL
+
+
+def cmd_observe(args) -> int:
+    # lazy: grpc and the protobuf modules (~150 ms)
+    from harness.observe import client, filters, output
+    whitelist, blacklist = filters.filters_from_cli(args)
+    req = client.request(last=args.last, first=args.first, all_flows=args.all,
+                         follow=args.follow, since=args.since, until=args.until,
+                         whitelist=whitelist, blacklist=blacklist)
+    found = client.targets(args.node)
+    result = client.Result()
+    printer = output.Printer(args.output, sys.stdout)
+    with contextlib.closing(client.stream(req, found, result)) as responses:
+        for resp in responses:
+            printer.write(resp)
+            if args.follow:
+                sys.stdout.flush()
+    printer.close()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_kube_proxy_render(args) -> int:
@@ -659,6 +687,48 @@ def _add_netpol_ipblock(p, default: str | None = "pods") -> None:
                         "does (CiliumNetworkPolicy CIDR rules always do)")
 
 
+#: hubble observe's filter flags (each repeatable; harness.observe.filters.filters_from_cli
+#: turns them into FlowFilters): (flags, metavar, help).
+FLOW_FILTER_FLAGS = (
+    (("--verdict",), "VERDICT", "FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED, TRANSLATED"),
+    (("-t", "--type"), "TYPE", "event type: drop, trace, policy-verdict, trace-sock, or "
+                               "TYPE:SUBTYPE (trace:to-endpoint)"),
+    (("--pod",), "[NS/]POD", "flows from or to the pod (prefix match)"),
+    (("--from-pod",), "[NS/]POD", "flows from the pod"),
+    (("--to-pod",), "[NS/]POD", "flows to the pod"),
+    (("-n", "--namespace"), "NS", "flows from or to pods of the namespace"),
+    (("--from-namespace",), "NS", "flows from pods of the namespace"),
+    (("--to-namespace",), "NS", "flows to pods of the namespace"),
+    (("-l", "--label"), "SELECTOR", "flows from or to endpoints with the labels"),
+    (("--from-label",), "SELECTOR", "flows from endpoints with the labels"),
+    (("--to-label",), "SELECTOR", "flows to endpoints with the labels"),
+    (("--ip",), "IP|CIDR", "flows from or to the address"),
+    (("--from-ip",), "IP|CIDR", "flows from the address"),
+    (("--to-ip",), "IP|CIDR", "flows to the address"),
+    (("--port",), "PORT", "flows from or to the L4 port"),
+    (("--from-port",), "PORT", "flows from the L4 port"),
+    (("--to-port",), "PORT", "flows to the L4 port"),
+    (("--protocol",), "PROTO", "tcp, udp, sctp, icmp, icmpv6"),
+    (("--identity",), "ID", "flows from or to the security identity"),
+    (("--from-identity",), "ID", "flows from the identity"),
+    (("--to-identity",), "ID", "flows to the identity"),
+    (("--service",), "[NS/]SVC", "flows from or to the service"),
+    (("--from-service",), "[NS/]SVC", "flows from the service"),
+    (("--to-service",), "[NS/]SVC", "flows to the service"),
+    (("--tcp-flags",), "FLAGS", "TCP flags set (SYN,ACK; repeat for alternatives)"),
+    (("--traffic-direction",), "DIR", "ingress or egress"),
+    (("--node-name",), "NAME", "flows observed on the node"),
+    (("--uuid",), "UUID", "the flow with this UUID"),
+)
+
+
+def _add_flow_filters(p) -> None:
+    g = p.add_argument_group("filters (as hubble observe's; a flow passes if it matches every "
+                             "kind given, any value of a repeated one)")
+    for flags, metavar, text in FLOW_FILTER_FLAGS:
+        g.add_argument(*flags, action="append", default=[], metavar=metavar, help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainbench",
@@ -796,6 +866,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bpf-lb-map-max", type=int, metavar="N",
                    help="entries of each LB map on BPF nodes (as Cilium's flag; default 65536: "
                         "about 5,000 services x 10 backends)")
+    p.add_argument("--hubble-buffer-size", type=int, metavar="N",
+                   help="flows each BPF node's observer keeps (one less than a power of two, "
+                        "as Hubble's --hubble-event-buffer-capacity; default 4095)")
     _add_netpol_ipblock(p, None)
     p.set_defaults(func=cmd_up)
 
@@ -821,6 +894,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "failure passes")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_connectivity)
+
+    p = sub.add_parser("observe", help="flows the nodes' observers recorded (like `hubble "
+                                       "observe`)")
+    _add_node(p, "only this node's observer (default: every node's, merged by time)")
+    p.add_argument("-f", "--follow", action="store_true", help="follow new flows (Ctrl-C ends)")
+    p.add_argument("--last", type=int, metavar="N", help="the last N flows (default 20 when "
+                                                         "no other range is given)")
+    p.add_argument("--first", type=int, metavar="N", help="the first N flows")
+    p.add_argument("--all", action="store_true", help="every flow the observers keep")
+    p.add_argument("--since", metavar="TIME", help="flows since TIME: RFC 3339 "
+                                                   "(2024-05-01T10:00:00Z) or a duration ago (5m)")
+    p.add_argument("--until", metavar="TIME", help="flows until TIME (as --since)")
+    p.add_argument("-o", "--output", choices=["compact", "dict", "json", "jsonpb", "table"],
+                   default="compact", help="compact (default), dict, json (one flow per line, "
+                                           "as `hubble observe -o json`), jsonpb, table")
+    _add_flow_filters(p)
+    p.set_defaults(func=cmd_observe)
 
     p = sub.add_parser("endpoints", help="endpoints of every node (like `kubectl get cep`)")
     _add_node(p, "only this node (default: every node with pinned maps)")

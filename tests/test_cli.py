@@ -431,7 +431,9 @@ def test_status_reports_maps_pins_and_observer(two_pinned_nodes):
         assert maps["cb_endpoints"]["entries"] is None        # an array: always full
         assert nodes[node]["pinned"]
     assert nodes[a]["endpoints"] == 2 and nodes[b]["endpoints"] == 1
-    assert doc["observer"].startswith("not available")
+    # Pinned nodes without a topology: no observer was started for them.
+    assert doc["observer"] == f"{a} not running; {b} not running"
+    assert [(o["node"], o["running"]) for o in doc["observers"]] == [(a, False), (b, False)]
     text = chainbench("status").stdout
     assert "Observer:" in text and "Pinned:" in text and f"{a}:" in text
     assert any(ln.split()[:2] == [b, "cb_lb4_backends"] and ln.split()[-1] == "0.0%"

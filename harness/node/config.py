@@ -11,7 +11,9 @@ The same file keeps the node's policy settings (``np_ipblock``: what a
 NetworkPolicy ipBlock selects, like Cilium's policy-cidr-match-mode), read
 by harness.node.sync whenever the node's policy is resolved, and the scenario
 ``lb apply`` last programmed the node from (``lb_scenario``), so read commands
-can name the maps' frontends by their Service.
+can name the maps' frontends by their Service, and the size of the ring of recent
+flows the node's observer keeps (``hubble_buffer_size``, Hubble's
+``--hubble-event-buffer-capacity``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ LB_MAPS = ("cb_lb4_services", "cb_lb6_services", "cb_lb4_backends", "cb_lb6_back
 #: The BPF programs' compiled-in size (bpf_src/lib/lb.h CB_LB_SERVICES_MAX).
 DEFAULT_LB_MAP_MAX = 65536
 SETTINGS_FILE = "datapath.json"
+#: Hubble's default ring of recent flows (hubble-event-buffer-capacity).
+DEFAULT_HUBBLE_BUFFER_SIZE = 4095
+MAX_HUBBLE_BUFFER_SIZE = (1 << 16) - 1
 LB_SCENARIO_FILE = "lb-scenario.yaml"
 
 
@@ -67,6 +72,14 @@ class NodeSettings:
         """The node's ipBlock setting ("pods", Kubernetes' semantics, unless set)."""
         return str(self._read().get("np_ipblock", "pods"))
 
+    def save_hubble_buffer_size(self, size: int) -> None:
+        self._write({**self._read(), "hubble_buffer_size": check_hubble_buffer_size(size)})
+
+    @property
+    def hubble_buffer_size(self) -> int:
+        """Flows the node's observer keeps (Hubble's 4095 unless set)."""
+        return int(self._read().get("hubble_buffer_size", DEFAULT_HUBBLE_BUFFER_SIZE))
+
     def save_lb_scenario(self, text: str) -> None:
         """Keep the scenario the node's LB maps were last programmed from (``lb apply``; its
         text, as the file may be stdin, a template or gone by the time it is read)."""
@@ -105,3 +118,12 @@ class NodeSettings:
         if obj_path is not None:
             names = tuple(n for n in LB_MAPS if n in list_maps(obj_path))
         return {name: size for name in names}
+
+
+def check_hubble_buffer_size(size: int) -> int:
+    """Hubble's rule for its ring's capacity: one less than a power of two, 1..65535."""
+    if not 1 <= size <= MAX_HUBBLE_BUFFER_SIZE or (size + 1) & size:
+        raise ValueError(f"--hubble-buffer-size {size}: must be one less than a power of two, "
+                         f"1..{MAX_HUBBLE_BUFFER_SIZE} (as Hubble's; default "
+                         f"{DEFAULT_HUBBLE_BUFFER_SIZE})")
+    return size

@@ -4,7 +4,8 @@ bpf: build the topology (harness.topology) with ``chainbench-cni`` appended
 to every node's conflist (it attaches from_container/to_container to each pod
 veth as the pod is added), attach from_netdev to every node's uplink and
 socket LB to its host cgroup, then sync every node's maps once all pods exist
-(each node needs every pod's address).
+(each node needs every pod's address), then start each BPF node's flow observer
+(harness.observe.supervise; ``down`` ends it with the other recorded processes).
 
 iptables / nftables (the kube-proxy baselines): the same topology and primary
 CNI, with the portmap plugin for hostPorts instead of our plugin, and
@@ -55,13 +56,15 @@ def plugin_dir() -> str:
 def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
        datapath_kind: str = "bpf", progress=None, *,
        node_datapaths: dict[str, str] | None = None,
-       lb_map_max: int | None = None, np_ipblock: str | None = None) -> TopologyState:
+       lb_map_max: int | None = None, np_ipblock: str | None = None,
+       hubble_buffer_size: int | None = None) -> TopologyState:
     """Build the topology with *datapath_kind* on every node, or, with
     *node_datapaths* ({node: bpf|iptables|nftables|none}; the topology's datapath is
     then "mixed"), each node its own (none: the primary CNI only, no service
     handling: a node that only hosts backends).  *lb_map_max* sizes the LB maps of
     BPF nodes (Cilium's --bpf-lb-map-max); *np_ipblock* what a NetworkPolicy ipBlock
-    selects on them (harness.policy.desired; default "pods")."""
+    selects on them (harness.policy.desired; default "pods"); *hubble_buffer_size* the
+    flows each BPF node's observer keeps (Hubble's 4095 by default)."""
     path = os.path.abspath(scenario_path)
     scenario = validate.load(path)       # the validation `scenario check` applies
     plan = plan_topology(scenario, nodes, routing, "mixed" if node_datapaths else datapath_kind)
@@ -92,6 +95,8 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
                 node.settings.save_lb_map_max(lb_map_max)
             if np_ipblock is not None:
                 node.settings.save_np_ipblock(np_ipblock)
+            if hubble_buffer_size is not None:
+                node.settings.save_hubble_buffer_size(hubble_buffer_size)
             node.record.write_pods(attached)
             # The node's lxc object, loaded once: each ADD only attaches its programs.
             node.ensure_lxc_programs()
@@ -115,6 +120,7 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
         for mode in ("iptables", "nftables"):
             apply_kube_proxy(state, scenario, mode,
                              [n for n in state.nodes if kinds[n.name] == mode])
+        start_observers(bpf_nodes)
     except BaseException:
         with shielded():
             topology.down()
@@ -123,6 +129,13 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
 
 
 NODE_DATAPATHS = ("bpf", "iptables", "nftables", "none")
+
+
+def start_observers(nodes: list) -> None:
+    """Each node's flow observer, under its supervisor, serving before this returns."""
+    from harness.observe import supervise   # lazy: only up starts observers
+    for node in nodes:
+        supervise.start(node.name, node.netns)
 
 
 def apply_kube_proxy(state: TopologyState, scenario, mode: str,
@@ -171,7 +184,8 @@ def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> No
 
 def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
                 routing: str = "native", datapath_kind: str = "bpf", progress=None, *,
-                lb_map_max: int | None = None, np_ipblock: str | None = None) -> TopologyState:
+                lb_map_max: int | None = None, np_ipblock: str | None = None,
+                hubble_buffer_size: int | None = None) -> TopologyState:
     """``up`` from the scenario *spec* names (a file, ``-`` for standard input, or a
     ``.j2`` template rendered with *params*), validated first (errors name *spec* as
     given).  The CNI plugin and later commands read the scenario from a file: standard
@@ -182,7 +196,7 @@ def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
     path = source.materialize(spec, text, STATE_ROOT)
     try:
         return up(path, nodes, routing, datapath_kind, progress, lb_map_max=lb_map_max,
-                  np_ipblock=np_ipblock)
+                  np_ipblock=np_ipblock, hubble_buffer_size=hubble_buffer_size)
     except BaseException:
         if path != os.path.abspath(spec) and os.path.exists(path):
             os.unlink(path)
@@ -198,8 +212,10 @@ def remove_chained_topology(state: TopologyState) -> dict[str, list[str]]:
 
 
 def _remove_node_objects(nodes: list[str]) -> None:
-    """The pins, node state and host cgroups of *nodes*."""
+    """The flow observers, pins, node state and host cgroups of *nodes*."""
+    from harness.observe import supervise   # lazy: the observer's modules
     for node in nodes:
+        supervise.stop(node)
         shutil.rmtree(Node(node).pin_path(), ignore_errors=True)
         shutil.rmtree(Node(node).state_dir, ignore_errors=True)
         if os.path.isdir(host_cgroup(node)):

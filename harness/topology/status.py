@@ -29,8 +29,6 @@ from harness.topology.state import load_state
 #: Map types whose size is fixed (every slot exists): no pressure.
 _FIXED_SIZE = {"array", "percpu_array", "prog_array", "perf_event_array", "cgroup_array",
                "array_of_maps", "ringbuf", "devmap", "cpumap", "xskmap"}
-#: Map types a flow observer reads events from.
-_EVENT_MAPS = {"ringbuf", "perf_event_array"}
 
 
 @dataclass
@@ -218,14 +216,46 @@ def node_status(name: str, topology=None) -> NodeStatus:
     return status
 
 
-def observer(nodes: list[NodeStatus]) -> str:
-    """The flow observer's state: what is pinned for it on the nodes."""
-    with_events = [n.name for n in nodes if any(m.type in _EVENT_MAPS for m in n.maps)]
-    if not with_events:
-        return ("not available (no flow event map is pinned on any node: the datapath has no "
-                "flow visibility yet)")
-    return f"event maps pinned on {len(with_events)} node(s) ({', '.join(with_events)}); " \
-           "no observer reads them"
+def observers(nodes: list[NodeStatus]) -> list[dict]:
+    """Each BPF node's flow observer: its supervisor's state (harness.observe.supervise),
+    restarts, and whether the node's cb_events ring buffer is pinned for it to read."""
+    from harness.observe import supervise, where   # lazy: only status reads them
+    out = []
+    for n in nodes:
+        home = Node(n.name)
+        doc = supervise.status(home)
+        if doc is None and n.datapath not in ("bpf", None):
+            continue
+        out.append({"node": n.name, "running": bool(doc and doc["running"]),
+                    "observer_running": bool(doc and doc["observer_running"]),
+                    "pid": doc.get("pid") if doc else None,
+                    "observer_pid": doc.get("observer_pid") if doc else None,
+                    "restarts": doc.get("restarts", 0) if doc else 0,
+                    "last_exit": doc.get("last_exit") if doc else None,
+                    "socket": where.socket_target(home),
+                    "events_pinned": os.path.exists(where.events_pin(home))})
+    return out
+
+
+def observer(nodes: list[NodeStatus], found: list[dict] | None = None) -> str:
+    """The flow observers' state in one line."""
+    found = observers(nodes) if found is None else found
+    if not found:
+        return "none (no BPF node)"
+    parts = []
+    for o in found:
+        if not o["running"]:
+            state = "not running"
+        else:
+            state = (f"running (supervisor {o['pid']}, observer "
+                     f"{o['observer_pid'] if o['observer_running'] else 'restarting'}, "
+                     f"{o['restarts']} restart{'s' if o['restarts'] != 1 else ''}"
+                     + (f", last exit {o['last_exit']}" if o["last_exit"] is not None else "")
+                     + ")")
+            if not o["events_pinned"]:
+                state += ", no cb_events ring buffer pinned: the datapath emits no flow events"
+        parts.append(f"{o['node']} {state}")
+    return "; ".join(parts)
 
 
 def collect() -> dict:
@@ -234,6 +264,7 @@ def collect() -> dict:
     names = sorted(set(datapath.pinned_nodes())
                    | {n.name for n in (topology.nodes if topology else [])})
     nodes = [node_status(n, topology) for n in names]
+    found = observers(nodes)
     topo = None
     if topology is not None:
         pods = [p for p in topology.pods if not p.host_network]
@@ -245,4 +276,5 @@ def collect() -> dict:
                        "features": [asdict(f) for f in kernel_features()]},
             "topology": topo, "pin_root": bpffs.PIN_ROOT,
             "pinned": os.path.isdir(bpffs.PIN_ROOT) and bool(datapath.pinned_nodes()),
-            "observer": observer(nodes), "nodes": [n.to_json() for n in nodes]}
+            "observer": observer(nodes, found), "observers": found,
+            "nodes": [n.to_json() for n in nodes]}

@@ -1,0 +1,329 @@
+"""The per-node flow observer: ``python -m harness.observe.observer --node cb-node0``.
+
+Started (and restarted) by harness.observe.supervise for each BPF node.  It
+enters the node's network namespace first (before any thread starts, so the
+gRPC and metrics listeners are there), then:
+
+- reloads the flows its predecessor recorded (harness.observe.store.FlowLog in the
+  node's state dir) into the bounded ring (``--buffer-size``, Hubble's 4095 by
+  default, the node setting ``chainbench up --hubble-buffer-size``);
+- opens the node's pinned ``cb_events`` ring buffer and ``cb_events_lost``
+  counter (bpf_src/lib/events.h).  A node without them (a datapath that emits no
+  events) is said so once in the log and in ``ring_state``; the observer serves
+  what it has and opens them as soon as they are pinned;
+- reads batches of raw records (harness.observe.ringreader), decodes and turns
+  them into ``GetFlowsResponse``s (harness.observe.flows), stores each batch in
+  the log *before* committing its consumer position (so a restarted observer
+  neither loses nor repeats a record), then appends them to the ring and feeds
+  the metrics;
+- reports the datapath's lost records (the per-CPU ``cb_events_lost`` totals)
+  and its own (records of the wrong size) as Hubble does: a ``LostEvent``
+  (PERF_EVENT_RING_BUFFER per CPU, OBSERVER_EVENTS_QUEUE) in the ring;
+- serves Hubble's Observer API (harness.observe.server) on the node's Unix socket
+  and on 127.0.0.1:4245 of its namespace, and Hubble's metrics on 127.0.0.1:9965.
+
+SIGTERM/SIGINT end it cleanly (the socket file is removed).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Sequence
+
+from harness.node.node import Node
+from harness.observe import where
+from harness.observe.store import (DEFAULT_CAPACITY, FlowLog, FlowRing, Position, check_capacity,
+                                   resume_position)
+
+EVENT_SIZE = 224                      # struct cb_event (harness.observe.decode.EVENT_SIZE)
+BATCH = 4096                          # records per read
+METRICS_PORT = 9965                   # Hubble's metrics port
+LOST_POLL_S = 1.0                     # how often cb_events_lost is read
+
+
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} observer[{os.getpid()}]: {msg}",
+          file=sys.stderr, flush=True)
+
+
+class Observer:
+    """The observer's state: ring, log, counters, and the node's event maps once open.
+
+    *build* turns a buffer of raw records into ``GetFlowsResponse``s (default: the
+    node's harness.observe.flows builder); *state_dir* and *pin_dir* default to the
+    node's (tests give their own).
+    """
+
+    def __init__(self, node: str, *, capacity: int = DEFAULT_CAPACITY,
+                 state_dir: str | None = None, pin_dir: str | None = None,
+                 build: Callable[[bytes], list] | None = None, log: Callable[[str], None] = _log):
+        from harness.observe.proto import flow_pb2, observer_pb2
+        self._flow_pb2, self._observer_pb2 = flow_pb2, observer_pb2
+        self.node = Node(node)
+        self.name = node
+        self.capacity = check_capacity(capacity)
+        self.state_dir = state_dir or self.node.state_dir
+        self.pin_dir = pin_dir or self.node.pin_dir
+        self.events_pin = os.path.join(self.pin_dir, where.EVENTS_MAP)
+        self.lost_pin = os.path.join(self.pin_dir, where.LOST_MAP)
+        self.ring = FlowRing(capacity)
+        self.store = FlowLog(os.path.join(self.state_dir, "observer", "flows.log"), capacity)
+        self.started_ns = time.monotonic_ns()
+        self.seen = 0                         # flows observed (kept across restarts)
+        self.lost_datapath = 0                # records the ring buffer had no room for
+        self.lost_local = 0                   # records this observer could not use
+        self._lost_reported: list[int] = []   # per-CPU cb_events_lost totals reported
+        self.reader = None
+        self._lost_map = None
+        self._lost_polled = 0.0
+        self.ring_state = "not opened"
+        self._build = build
+        self._log = log
+        self.metrics = None                   # harness.observe.metrics.FlowMetrics
+        self._missing_said = False
+
+    # ------------------------------------------------------------------ start-up
+
+    def load(self) -> int:
+        """Reload what the log holds into the ring; returns how many entries."""
+        loaded = self.store.load()
+        parse = self._observer_pb2.GetFlowsResponse.FromString
+        self.ring.extend(parse(raw) for raw in loaded.entries)
+        self.seen = loaded.seen
+        self._lost_reported = list(loaded.lost)
+        if loaded.dropped_bytes:
+            self._log(f"{self.store.path}: dropped a frame cut short ({loaded.dropped_bytes} "
+                      "bytes; its records were not committed and are read again)")
+        return len(loaded.entries)
+
+    def open_events(self) -> bool:
+        """Open the node's pinned cb_events (and cb_events_lost) if pinned; True once open."""
+        if self.reader is not None:
+            return True
+        if not os.path.exists(self.events_pin):
+            self.ring_state = f"no {where.EVENTS_MAP} ring buffer is pinned at {self.events_pin}"
+            if not self._missing_said:
+                self._log(f"node {self.name}: {self.ring_state} (the datapath emits no flow "
+                          "events yet); waiting for it")
+                self._missing_said = True
+            return False
+        from harness.bpf import Map
+        from harness.observe.ringreader import BatchReader
+        with Map.from_pin(self.events_pin) as ring:
+            reader = BatchReader(ring, EVENT_SIZE)
+        resume = resume_position(self.store.position, reader.map_id, reader.consumer_pos)
+        if resume is not None:
+            self._log(f"the last stored batch ({self.store.position.start}..{resume}) was not "
+                      "committed: committing it now (its records are already in the log)")
+            reader.commit(resume)
+        self.reader = reader
+        if os.path.exists(self.lost_pin):
+            self._lost_map = Map.from_pin(self.lost_pin)
+        self.ring_state = f"reading {self.events_pin}"
+        self._log(f"node {self.name}: {self.ring_state} (map id {reader.map_id}, "
+                  f"{reader.size} bytes, consumer at {reader.consumer_pos})")
+        return True
+
+    def _builder(self) -> Callable[[bytes], list]:
+        """The node's flow builder (harness.observe.flows), its context read again when
+        the node's endpoints or cluster changed (pods added after the observer started)."""
+        if self._build is None:
+            from harness.observe import decode, flows
+            state: dict = {}
+
+            def build(data: bytes) -> list:
+                ctx = state.get("context")
+                if ctx is None or ctx.is_stale():
+                    ctx = state["context"] = flows.NodeContext.from_node(self.node)
+                    state["builder"] = flows.FlowBuilder(self.name, ctx)
+                return state["builder"].build(decode.decode(data))
+            self._build = build
+        return self._build
+
+    # -------------------------------------------------------------------- reading
+
+    def _lost_event(self, source: str, count: int, cpu: int | None = None):
+        fp = self._flow_pb2
+        lost = fp.LostEvent(source=fp.LostEventSource.Value(source), num_events_lost=count)
+        if cpu is not None:
+            lost.cpu.value = cpu
+        resp = self._observer_pb2.GetFlowsResponse(lost_events=lost, node_name=self.name)
+        resp.time.FromNanoseconds(time.time_ns())
+        return resp
+
+    def _datapath_lost(self) -> list:
+        """LostEvents for what cb_events_lost counted since the last report, per CPU."""
+        if self._lost_map is None:
+            return []
+        per_cpu = [int(v) for v in self._lost_map.lookup(0)]
+        if len(self._lost_reported) != len(per_cpu):
+            self._lost_reported = (self._lost_reported + [0] * len(per_cpu))[:len(per_cpu)]
+        out = []
+        for cpu, (now, before) in enumerate(zip(per_cpu, self._lost_reported)):
+            if now > before:
+                out.append(self._lost_event("PERF_EVENT_RING_BUFFER", now - before, cpu))
+            elif now < before:               # the map was re-created: a new count
+                if now:
+                    out.append(self._lost_event("PERF_EVENT_RING_BUFFER", now, cpu))
+        self.lost_datapath = sum(per_cpu)
+        self._lost_reported = per_cpu
+        return out
+
+    def step(self, timeout: float = 0.2) -> int:
+        """Wait up to *timeout* s for records and handle one batch; returns the entries
+        added to the ring."""
+        if not self.open_events():
+            time.sleep(timeout)
+            return 0
+        got = self.reader.wait(timeout)
+        entries: list = []
+        now = time.monotonic()
+        if now - self._lost_polled >= LOST_POLL_S or got:
+            self._lost_polled = now
+            entries.extend(self._datapath_lost())
+        batch = self.reader.read(BATCH) if got else None
+        if batch is not None and batch.end > batch.start:
+            if batch.count:
+                entries.extend(self._flows(batch.data, batch.count))
+            if batch.odd:
+                self.lost_local += batch.odd
+                entries.append(self._lost_event("OBSERVER_EVENTS_QUEUE", batch.odd))
+        elif not entries:
+            return 0
+        flows = sum(1 for e in entries if e.HasField("flow"))
+        self.seen += flows
+        if batch is not None and batch.end > batch.start:
+            position = Position(self.reader.map_id, batch.start, batch.end)
+        else:                                 # lost events only: no record consumed
+            cons = self.reader.consumer_pos
+            position = Position(self.reader.map_id, cons, cons)
+        # Stored first, then committed: see harness.observe.store.
+        self.store.append([e.SerializeToString() for e in entries], position, self.seen,
+                          self._lost_reported)
+        if batch is not None and batch.end > batch.start:
+            self.reader.commit(batch.end)
+        self.ring.extend(entries)
+        self._feed_metrics(entries)
+        return len(entries)
+
+    def _flows(self, data: bytes, count: int) -> list:
+        """The batch's GetFlowsResponses; a batch the builder fails on is counted lost
+        (OBSERVER_EVENTS_QUEUE) rather than crashing the observer on it again and again."""
+        try:
+            return list(self._builder()(data))
+        except Exception as exc:   # noqa: BLE001 - reported as lost events, logged
+            self.lost_local += count
+            self._log(f"{count} records could not be turned into flows: "
+                      f"{type(exc).__name__}: {exc}")
+            return [self._lost_event("OBSERVER_EVENTS_QUEUE", count)]
+
+    def _feed_metrics(self, entries: Sequence) -> None:
+        if self.metrics is None:
+            return
+        for e in entries:
+            if e.HasField("flow"):
+                self.metrics.observe(e.flow)
+            else:
+                self.metrics.observe_lost(e.lost_events)
+
+    def uptime_ns(self) -> int:
+        return time.monotonic_ns() - self.started_ns
+
+    def close(self) -> None:
+        self.ring.close()
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        if self._lost_map is not None:
+            self._lost_map.close()
+            self._lost_map = None
+        self.store.close()
+
+
+# ------------------------------------------------------------------------- metrics
+
+def start_metrics(observer: Observer, port: int):
+    """Hubble's flow metrics of this node on 127.0.0.1:*port* of its namespace (the one
+    call site of harness.observe.metrics); returns the server to close, or None."""
+    if not port:
+        return None
+    import importlib.util
+    if importlib.util.find_spec("harness.observe.metrics") is None:
+        observer._log("no metrics: harness.observe.metrics is not in this checkout")
+        return None
+    from harness.observe import metrics
+    from prometheus_client import CollectorRegistry
+    registry = CollectorRegistry()
+    observer.metrics = metrics.FlowMetrics(registry)
+    return metrics.serve(registry, "127.0.0.1", port)
+
+
+# ---------------------------------------------------------------------------- main
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m harness.observe.observer",
+                                description="a node's flow observer (Hubble's Observer API)")
+    p.add_argument("--node", required=True, help="the node (cb-node0)")
+    p.add_argument("--netns", help="its network namespace (default: the node's name; "
+                                   "'-' stays in the current one)")
+    p.add_argument("--buffer-size", type=int, help="flows kept (2^n - 1; default: the node's "
+                                                   f"setting, else {DEFAULT_CAPACITY})")
+    p.add_argument("--socket", help="the Unix socket (default: in the node's state dir)")
+    p.add_argument("--listen", default=where.GRPC_ADDRESS,
+                   help=f"TCP address inside the namespace ({where.GRPC_ADDRESS}; '' none)")
+    p.add_argument("--metrics-port", type=int, default=METRICS_PORT,
+                   help=f"metrics port on 127.0.0.1 inside the namespace ({METRICS_PORT}; 0 none)")
+    p.add_argument("--state-dir", help="where the flows are kept (default: the node's)")
+    p.add_argument("--pin-dir", help="where cb_events is pinned (default: the node's)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    node = Node(args.node)
+    netns_name = args.node if args.netns is None else args.netns
+    stop = threading.Event()
+
+    def _stop(signum, _frame) -> None:
+        stop.set()
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
+    from harness.host import netns
+    with netns.entered(None if netns_name == "-" else netns_name):
+        capacity = args.buffer_size or node.settings.hubble_buffer_size
+        observer = Observer(args.node, capacity=capacity, state_dir=args.state_dir,
+                            pin_dir=args.pin_dir)
+        socket = args.socket or os.path.join(observer.state_dir, where.SOCKET_NAME)
+        reloaded = observer.load()
+        _log(f"node {args.node}: ring of {capacity} flows, {reloaded} reloaded from "
+             f"{observer.store.path}, {observer.seen} seen before")
+        from harness.observe import server
+        grpc_server = server.serve(observer, socket, args.listen)
+        metrics_server = None
+        try:
+            metrics_server = start_metrics(observer, args.metrics_port)
+            _log(f"serving on unix://{socket}" + (f" and {args.listen}" if args.listen else "")
+                 + f" in {netns_name}" + (f", metrics on 127.0.0.1:{args.metrics_port}"
+                                           if metrics_server else ""))
+            while not stop.is_set():
+                observer.step(0.2)
+        finally:
+            observer.close()
+            grpc_server.stop(grace=1.0).wait()
+            if metrics_server is not None:
+                metrics_server.close()
+            try:
+                os.unlink(socket)
+            except FileNotFoundError:
+                pass
+            _log("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
