@@ -257,6 +257,7 @@ static __always_inline int __from_container4(const struct endpoint_config *self,
 	    svc4_may_be_frontend(m->daddr.p[0]))
 		svc = lb4_lookup_service(m->daddr.p[0], m->dport, m->l4_proto);
 	if (svc) {
+		events_note_xlate4(CB_EVF_XLATED, m->daddr.p[0], m->dport, svc->rev_nat_index);
 		ret = svc4_translate(skb, m, svc, &st, 0, now, pend);
 		if (ret < 0)
 			return ret;
@@ -288,6 +289,7 @@ static __always_inline int __from_container4(const struct endpoint_config *self,
 	t.flags = CT_EGRESS;
 	ep = endpoint_lookup(EP_ID(m));
 	status = ct4_lookup(&t, false, m->tcp_flags, skb->len, now, &reply);
+	events_note_ct(status, status == CT_NEW || reply.monitor);
 	/* A "reply" on a tuple this pod's ingress policy never admitted (a
 	 * NodePort flow from_netdev recorded before the verdict) is the pod
 	 * starting a connection of its own. */
@@ -325,6 +327,8 @@ static __always_inline int __from_container4(const struct endpoint_config *self,
 			rn = bpf_map_lookup_elem(&cb_lb4_reverse_nat, &reply.rev_nat_index);
 			if (!rn)
 				return -DROP_NAT_NO_MAPPING;
+			events_note_xlate4(CB_EVF_REV_XLATED, m->saddr.p[0], m->sport,
+					   reply.rev_nat_index);
 			return nat4_rewrite_src(skb, m, rn->address, rn->port);
 		}
 		break;
@@ -355,6 +359,7 @@ static __always_inline int __from_container6(const struct endpoint_config *self,
 	    svc6_may_be_frontend(&m->daddr))
 		svc = lb6_lookup_service(&m->daddr, m->dport, m->l4_proto);
 	if (svc) {
+		events_note_xlate(CB_EVF_XLATED, &m->daddr, m->dport, svc->rev_nat_index);
 		ret = svc6_translate(skb, m, svc, &st, 0, now, pend);
 		if (ret < 0)
 			return ret;
@@ -385,6 +390,7 @@ static __always_inline int __from_container6(const struct endpoint_config *self,
 	t.flags = CT_EGRESS;
 	ep = endpoint_lookup(EP_ID(m));
 	status = ct6_lookup(&t, false, m->tcp_flags, skb->len, now, &reply);
+	events_note_ct(status, status == CT_NEW || reply.monitor);
 	/* A "reply" on a tuple this pod's ingress policy never admitted (a
 	 * NodePort flow from_netdev recorded before the verdict) is the pod
 	 * starting a connection of its own. */
@@ -420,6 +426,7 @@ static __always_inline int __from_container6(const struct endpoint_config *self,
 			rn = bpf_map_lookup_elem(&cb_lb6_reverse_nat, &reply.rev_nat_index);
 			if (!rn)
 				return -DROP_NAT_NO_MAPPING;
+			events_note_xlate(CB_EVF_REV_XLATED, &m->saddr, m->sport, reply.rev_nat_index);
 			return nat6_rewrite_src(skb, m, &rn->address, rn->port);
 		}
 		break;
@@ -512,6 +519,7 @@ static __always_inline int to_container4(const struct endpoint_config *self,
 	struct ct_state st = {};
 	struct ct4_tuple t = {};
 	struct endpoint_info *ep;
+	enum ct_status status;
 	int ret;
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 
@@ -527,7 +535,9 @@ static __always_inline int to_container4(const struct endpoint_config *self,
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_INGRESS;
 	ep = endpoint_lookup(EP_ID(m));
-	switch (ct4_lookup(&t, true, m->tcp_flags, skb->len, now, &st)) {
+	status = ct4_lookup(&t, true, m->tcp_flags, skb->len, now, &st);
+	events_note_ct(status, status == CT_NEW || st.monitor);
+	switch (status) {
 	case CT_NEW:
 		if (ep) {
 			st.src_sec_id = ipcache_lookup4(t.saddr);
@@ -557,6 +567,8 @@ static __always_inline int to_container4(const struct endpoint_config *self,
 			rn = bpf_map_lookup_elem(&cb_lb4_reverse_nat, &st.rev_nat_index);
 			if (!rn)
 				return -DROP_NAT_NO_MAPPING;
+			events_note_xlate4(CB_EVF_REV_XLATED, m->saddr.p[0], m->sport,
+					   st.rev_nat_index);
 			return nat4_rewrite_src(skb, m, rn->address, rn->port);
 		}
 		return 0;
@@ -571,6 +583,7 @@ static __always_inline int to_container6(const struct endpoint_config *self,
 	struct ct_state st = {};
 	struct ct6_tuple t = {};
 	struct endpoint_info *ep;
+	enum ct_status status;
 	int ret;
 	__u8 icmp_type = bpf_ntohs(m->dport) >> 8;
 
@@ -588,7 +601,9 @@ static __always_inline int to_container6(const struct endpoint_config *self,
 	t.nexthdr = m->l4_proto;
 	t.flags = CT_INGRESS;
 	ep = endpoint_lookup(EP_ID(m));
-	switch (ct6_lookup(&t, true, m->tcp_flags, skb->len, now, &st)) {
+	status = ct6_lookup(&t, true, m->tcp_flags, skb->len, now, &st);
+	events_note_ct(status, status == CT_NEW || st.monitor);
+	switch (status) {
 	case CT_NEW:
 		if (ep) {
 			st.src_sec_id = ipcache_lookup6(&t.saddr);
@@ -618,6 +633,7 @@ static __always_inline int to_container6(const struct endpoint_config *self,
 			rn = bpf_map_lookup_elem(&cb_lb6_reverse_nat, &st.rev_nat_index);
 			if (!rn)
 				return -DROP_NAT_NO_MAPPING;
+			events_note_xlate(CB_EVF_REV_XLATED, &m->saddr, m->sport, st.rev_nat_index);
 			return nat6_rewrite_src(skb, m, &rn->address, rn->port);
 		}
 		return 0;
@@ -637,7 +653,9 @@ static __always_inline int __from_container(const struct endpoint_config *self,
 	m.endpoint_id = endpoint_id_of(self);
 #endif
 	if (ret < 0)
-		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_EGRESS);
+		return drop_endpoint_packet(skb, EP_ID(&m), -ret, CB_DIR_EGRESS);
+	events_note_reset();
+	events_trace_plain(skb, EP_ID(&m), CB_DIR_EGRESS, TRACE_FROM_LXC, true);
 	now = cb_now_sec();
 	if (m.l3_proto == ETH_P_IP)
 		ret = from_container4(self, skb, &m, now);
@@ -645,8 +663,9 @@ static __always_inline int __from_container(const struct endpoint_config *self,
 		ret = from_container6(self, skb, &m, now);
 	else
 		return TC_ACT_OK;
+	events_exit(skb, EP_ID(&m), CB_DIR_EGRESS, ret, TRACE_TO_STACK);
 	if (ret < 0)
-		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_EGRESS);
+		return drop_endpoint_packet(skb, EP_ID(&m), -ret, CB_DIR_EGRESS);
 	return ret == TC_ACT_REDIRECT ? TC_ACT_REDIRECT : TC_ACT_OK;
 }
 
@@ -661,7 +680,8 @@ static __always_inline int __to_container(const struct endpoint_config *self,
 	m.endpoint_id = endpoint_id_of(self);
 #endif
 	if (ret < 0)
-		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_INGRESS);
+		return drop_endpoint_packet(skb, EP_ID(&m), -ret, CB_DIR_INGRESS);
+	events_note_reset();
 	frag_track(&m);
 	now = cb_now_sec();
 	if (m.l3_proto == ETH_P_IP)
@@ -670,8 +690,9 @@ static __always_inline int __to_container(const struct endpoint_config *self,
 		ret = to_container6(self, skb, &m, now);
 	else
 		return TC_ACT_OK;
+	events_exit(skb, EP_ID(&m), CB_DIR_INGRESS, ret, TRACE_TO_LXC);
 	if (ret < 0)
-		return drop_endpoint_packet(EP_ID(&m), skb->len, -ret, CB_DIR_INGRESS);
+		return drop_endpoint_packet(skb, EP_ID(&m), -ret, CB_DIR_INGRESS);
 	return TC_ACT_OK;
 }
 
@@ -684,7 +705,7 @@ int from_container(struct __sk_buff *skb)
 	const struct endpoint_config *self = endpoint_self(skb);
 
 	if (endpoint_unknown(self))
-		return drop_packet(skb->len, DROP_NO_CONFIG, CB_DIR_EGRESS);
+		return drop_packet(skb, DROP_NO_CONFIG, CB_DIR_EGRESS);
 	return __from_container(self, skb);
 }
 
@@ -694,6 +715,6 @@ int to_container(struct __sk_buff *skb)
 	const struct endpoint_config *self = endpoint_self(skb);
 
 	if (endpoint_unknown(self))
-		return drop_packet(skb->len, DROP_NO_CONFIG, CB_DIR_INGRESS);
+		return drop_packet(skb, DROP_NO_CONFIG, CB_DIR_INGRESS);
 	return __to_container(self, skb);
 }

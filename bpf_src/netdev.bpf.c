@@ -8,7 +8,9 @@
  *
  * A local backend's replies are reverse-NATed by its from_container, which
  * finds the conntrack entry created here.  ClusterIPs are not reachable from
- * outside.  Everything else passes untouched.
+ * outside.  Everything else passes untouched.  With the node's events on,
+ * from_netdev reports packets from the network (FROM_NETWORK) and to_netdev,
+ * on tc egress, packets to it (TO_NETWORK), as the aggregation allows.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -183,7 +185,8 @@ int from_netdev(struct __sk_buff *skb)
 	__u32 now;
 
 	if (ret < 0)
-		return drop_packet(skb->len, -ret, CB_DIR_INGRESS);
+		return drop_packet(skb, -ret, CB_DIR_INGRESS);
+	events_trace_plain(skb, 0, CB_DIR_INGRESS, TRACE_FROM_NETWORK, true);
 	frag_track(&m);
 	now = cb_now_sec();
 	if (m.l3_proto == ETH_P_IP)
@@ -193,6 +196,17 @@ int from_netdev(struct __sk_buff *skb)
 	else
 		return TC_ACT_OK;
 	if (ret < 0)
-		return drop_packet(skb->len, -ret, CB_DIR_INGRESS);
+		return drop_packet(skb, -ret, CB_DIR_INGRESS);
+	return TC_ACT_OK;
+}
+
+/* The node's uplink, tc egress: only a trace event at TRACE_TO_NETWORK.  There
+ * is no conntrack here, so with aggregation at medium or above it sends
+ * nothing (as Cilium's to-netdev without a conntrack lookup); with events off
+ * it is an empty program. */
+SEC("tc")
+int to_netdev(struct __sk_buff *skb)
+{
+	events_trace_plain(skb, 0, CB_DIR_EGRESS, TRACE_TO_NETWORK, false);
 	return TC_ACT_OK;
 }

@@ -74,7 +74,7 @@ int tc_parse_stats(struct __sk_buff *skb)
 
 	ret = count_parsed(ret, &m, skb->len);
 	if (ret < 0)
-		return drop_packet(skb->len, -ret, CB_DIR_INGRESS);
+		return drop_packet(skb, -ret, CB_DIR_INGRESS);
 	return TC_ACT_OK;
 }
 
@@ -88,7 +88,7 @@ int xdp_parse_stats(struct xdp_md *ctx)
 	ret = count_parsed(ret, &m, data_end - data);
 
 	if (ret < 0) {
-		drop_packet(data_end - data, -ret, CB_DIR_INGRESS);
+		drop_xdp_packet(data_end - data, -ret, CB_DIR_INGRESS);
 		return XDP_DROP;
 	}
 	return XDP_PASS;

@@ -16,6 +16,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "lib/common.h"
+#include "lib/events.h"
 #include "lib/lb.h"
 #include "lib/sock_lb.h"
 
@@ -29,6 +30,16 @@ static __always_inline int sock_reject(int err)
 	return SYS_REJECT;
 }
 
+/* The translation event of an IPv4 (or IPv4-mapped) address. */
+static __always_inline void sock4_event(struct bpf_sock_addr *ctx, __u8 point, __be32 orig,
+					__be16 orig_port, __be32 xlate, __be16 xlate_port)
+{
+	union v6addr o = { .p = { orig } }, x = { .p = { xlate } };
+
+	events_sock(point, ctx->protocol, false, bpf_get_socket_cookie(ctx), &o, orig_port, &x,
+		    xlate_port);
+}
+
 static __always_inline int sock4_fwd(struct bpf_sock_addr *ctx)
 {
 	__be32 addr = ctx->user_ip4;
@@ -40,6 +51,8 @@ static __always_inline int sock4_fwd(struct bpf_sock_addr *ctx)
 	if (ret < 0)
 		return sock_reject(ret);
 	if (ret > 0) {
+		sock4_event(ctx, SOCK_XLATE_POST_DIRECTION_FWD, ctx->user_ip4, ctx_get_port(ctx),
+			    addr, port);
 		ctx->user_ip4 = addr;
 		ctx_set_port(ctx, port);
 	}
@@ -58,13 +71,21 @@ static __always_inline int sock6_fwd(struct bpf_sock_addr *ctx)
 
 		ret = sock4_xlate_fwd(&addr4, &port, ctx->protocol, bpf_get_socket_cookie(ctx),
 				      bpf_get_netns_cookie(ctx));
-		if (ret > 0)
+		if (ret > 0) {
+			sock4_event(ctx, SOCK_XLATE_POST_DIRECTION_FWD, ctx->user_ip6[3],
+				    ctx_get_port(ctx), addr4, port);
 			ctx->user_ip6[3] = addr4;
+		}
 	} else {
+		union v6addr orig = addr;
+
 		ret = sock6_xlate_fwd(&addr, &port, ctx->protocol, bpf_get_socket_cookie(ctx),
 				      bpf_get_netns_cookie(ctx));
-		if (ret > 0)
+		if (ret > 0) {
+			events_sock(SOCK_XLATE_POST_DIRECTION_FWD, ctx->protocol, true,
+				    bpf_get_socket_cookie(ctx), &orig, ctx_get_port(ctx), &addr, port);
 			ctx_set_v6(ctx, &addr);
+		}
 	}
 	if (ret < 0)
 		return sock_reject(ret);
@@ -79,6 +100,8 @@ static __always_inline int sock4_rev(struct bpf_sock_addr *ctx)
 	__be16 port = ctx_get_port(ctx);
 
 	if (sock4_xlate_rev(&addr, &port, ctx->protocol, bpf_get_socket_cookie(ctx))) {
+		sock4_event(ctx, SOCK_XLATE_POST_DIRECTION_REV, ctx->user_ip4, ctx_get_port(ctx),
+			    addr, port);
 		ctx->user_ip4 = addr;
 		ctx_set_port(ctx, port);
 	}
@@ -96,12 +119,20 @@ static __always_inline int sock6_rev(struct bpf_sock_addr *ctx)
 		__be32 addr4 = addr.p[3];
 
 		done = sock4_xlate_rev(&addr4, &port, ctx->protocol, bpf_get_socket_cookie(ctx));
-		if (done)
+		if (done) {
+			sock4_event(ctx, SOCK_XLATE_POST_DIRECTION_REV, ctx->user_ip6[3],
+				    ctx_get_port(ctx), addr4, port);
 			ctx->user_ip6[3] = addr4;
+		}
 	} else {
+		union v6addr orig = addr;
+
 		done = sock6_xlate_rev(&addr, &port, ctx->protocol, bpf_get_socket_cookie(ctx));
-		if (done)
+		if (done) {
+			events_sock(SOCK_XLATE_POST_DIRECTION_REV, ctx->protocol, true,
+				    bpf_get_socket_cookie(ctx), &orig, ctx_get_port(ctx), &addr, port);
 			ctx_set_v6(ctx, &addr);
+		}
 	}
 	if (done)
 		ctx_set_port(ctx, port);

@@ -389,17 +389,19 @@ def cmd_up(args) -> int:
     start = time.monotonic()
     if args.bpf_lb_map_max is not None and not 1024 <= args.bpf_lb_map_max <= 1 << 24:
         raise UsageError(f"--bpf-lb-map-max {args.bpf_lb_map_max}: expected 1024..16777216")
-    if args.hubble_buffer_size is not None:
-        from harness.node.config import check_hubble_buffer_size
-        try:
+    from harness.node.config import NodeSettings, check_hubble_buffer_size
+    try:
+        if args.hubble_buffer_size is not None:
             check_hubble_buffer_size(args.hubble_buffer_size)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        NodeSettings.check_events_ring_size(args.events_ring_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     state = chaining.up_scenario(
         args.file, dict(args.param), args.nodes, args.routing, args.datapath,
         progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else None,
         lb_map_max=args.bpf_lb_map_max, np_ipblock=args.netpol_ipblock,
-        hubble_buffer_size=args.hubble_buffer_size)
+        hubble_buffer_size=args.hubble_buffer_size, monitor_aggregation=args.monitor_aggregation,
+        events_ring_size=args.events_ring_size)
     pods = [p for p in state.pods if not p.host_network]
     print(f"up: {len(state.nodes)} nodes, {len(pods)} pods, routing {state.routing}, datapath "
           f"{state.datapath} in {time.monotonic() - start:.1f} s")
@@ -870,6 +872,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flows each BPF node's observer keeps (one less than a power of two, "
                         "as Hubble's --hubble-event-buffer-capacity; default 4095)")
     _add_netpol_ipblock(p, None)
+    from harness.abi import monitor     # the levels, read from bpf_src/lib/events.h
+    p.add_argument("--monitor-aggregation", choices=list(monitor.LEVELS),
+                   help="how many trace events a connection sends (Cilium's levels; default "
+                        "medium: its first packet, new TCP flags, at most every 5 s; none: "
+                        "every packet; off: no events at all)")
+    p.add_argument("--events-ring-size", type=int, metavar="BYTES",
+                   help="size of each BPF node's events ring buffer (a power of two; default "
+                        "4194304)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("kube-proxy", help="kube-proxy's rule sets, the baselines")

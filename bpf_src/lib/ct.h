@@ -14,6 +14,13 @@
  * the close lifetime on RST or FIN in both directions.  The harness removes
  * expired entries (`chainbench ct gc`); lookups treat them as absent.
  *
+ * Monitor aggregation (lib/events.h, levels medium and maximum): a lookup
+ * says in ct_state.monitor whether the packet deserves a trace event: it
+ * brings a TCP flag its direction has not seen yet (the first SYN, the first
+ * ACK, FIN, RST), or CB_MONITOR_INTERVAL seconds passed since the entry's
+ * last report (last_report, then set to now).  A new connection is always
+ * reported.  With other levels that work is compiled in but never runs.
+ *
  * API: ct4_lookup(), ct6_lookup(), ct4_create(), ct6_create(), ct_update()
  */
 #ifndef CB_CT_H
@@ -21,6 +28,7 @@
 
 #include "lib/common.h"
 #include "lib/parse.h"
+#include "lib/events.h"
 
 #ifndef CB_CT_MAX
 #define CB_CT_MAX	262144
@@ -88,7 +96,7 @@ struct ct_entry {
 	__u8  tx_flags_seen;	/* TCP flags seen in each direction */
 	__u8  rx_flags_seen;
 	__u32 policy_rev;	/* endpoint policy revision the verdict was taken at */
-	__u32 pad;
+	__u32 last_report;	/* monotonic seconds of the last trace event (aggregation) */
 };
 
 /* Result of a lookup, copied out of the entry. */
@@ -98,7 +106,8 @@ struct ct_state {
 	__u32 src_sec_id;
 	__u32 policy_rev;
 	__u16 flags;
-	__u16 pad;
+	__u8  monitor;		/* events: report this packet (set only with aggregation) */
+	__u8  pad;
 };
 
 struct {
@@ -124,6 +133,19 @@ const volatile __u32 ct_lifetime_close = 10;
 static __always_inline __u8 ct_opposite(__u8 dir)
 {
 	return dir == CT_EGRESS ? CT_INGRESS : CT_EGRESS;
+}
+
+/* Should the packet be reported (monitor aggregation)?  Before ct_update
+ * records its flags. */
+static __always_inline bool ct_monitor(struct ct_entry *e, bool reply, __u8 tcp_flags, __u32 now)
+{
+	__u8 seen = reply ? e->rx_flags_seen : e->tx_flags_seen;
+
+	if ((tcp_flags & ~seen) || now - e->last_report >= CB_MONITOR_INTERVAL) {
+		e->last_report = now;
+		return true;
+	}
+	return false;
 }
 
 /* Account a packet to an entry and move its TCP state and lifetime on. */
@@ -247,6 +269,8 @@ static __always_inline enum ct_status ct4_lookup(struct ct4_tuple *t, bool reply
 			t->flags = dir;
 		}
 		if (e) {
+			if (events_aggregated())
+				st->monitor = ct_monitor(e, as_reply, tcp_flags, now);
 			ct_update(e, as_reply, t->nexthdr, tcp_flags, len, now);
 			__ct_copy_state(st, e);
 			return as_reply ? CT_REPLY : CT_ESTABLISHED;
@@ -277,6 +301,8 @@ static __always_inline enum ct_status ct6_lookup(struct ct6_tuple *t, bool reply
 			t->flags = dir;
 		}
 		if (e) {
+			if (events_aggregated())
+				st->monitor = ct_monitor(e, as_reply, tcp_flags, now);
 			ct_update(e, as_reply, t->nexthdr, tcp_flags, len, now);
 			__ct_copy_state(st, e);
 			return as_reply ? CT_REPLY : CT_ESTABLISHED;
@@ -409,6 +435,7 @@ static __always_inline void __ct_init(struct ct_entry *e, const struct ct_state 
 				      __u8 proto, __u8 tcp_flags, __u32 len, __u32 now)
 {
 	e->created = now;
+	e->last_report = now;	/* a new connection is reported by its creator */
 	e->backend_id = st->backend_id;
 	e->rev_nat_index = st->rev_nat_index;
 	e->src_sec_id = st->src_sec_id;

@@ -6,13 +6,16 @@
  * the names and descriptions from this file, so keep one entry per line in
  * the form `NAME = CODE, / * description * /`.
  *
- * API: drop_packet(ctx_len, reason, dir) and drop_endpoint_packet(endpoint_id,
- * ctx_len, reason, dir) count the drop in the metrics map and return
- * TC_ACT_SHOT.
+ * API: drop_packet(skb, reason, dir) and drop_endpoint_packet(skb, endpoint_id,
+ * reason, dir) count the drop in the metrics map, send a drop event (reason,
+ * endpoint, direction, the packet's first bytes; lib/events.h) when the
+ * node's events are on, and return TC_ACT_SHOT.  drop_xdp_packet(ctx,
+ * reason, dir) counts an XDP program's drop (no event: no node runs one).
  */
 #ifndef CB_DROP_H
 #define CB_DROP_H
 
+#include "lib/events.h"
 #include "lib/metrics.h"
 
 enum drop_reason {
@@ -40,16 +43,22 @@ enum drop_reason {
 	DROP_AUTH_REQUIRED = 189,	/* Authentication required */
 };
 
-static __always_inline int drop_endpoint_packet(__u16 endpoint_id, __u32 ctx_len,
+static __always_inline int drop_endpoint_packet(struct __sk_buff *skb, __u16 endpoint_id,
 						enum drop_reason reason, __u8 dir)
 {
-	metrics_count(endpoint_id, (__u8)reason, dir, ctx_len);
+	metrics_count(endpoint_id, (__u8)reason, dir, skb->len);
+	events_drop(skb, endpoint_id, (__u8)reason, dir);	/* drops are never aggregated */
 	return TC_ACT_SHOT;
 }
 
-static __always_inline int drop_packet(__u32 ctx_len, enum drop_reason reason, __u8 dir)
+static __always_inline int drop_packet(struct __sk_buff *skb, enum drop_reason reason, __u8 dir)
 {
-	return drop_endpoint_packet(0, ctx_len, reason, dir);
+	return drop_endpoint_packet(skb, 0, reason, dir);
+}
+
+static __always_inline void drop_xdp_packet(__u32 len, enum drop_reason reason, __u8 dir)
+{
+	metrics_count(0, (__u8)reason, dir, len);
 }
 
 #endif /* CB_DROP_H */

@@ -27,13 +27,14 @@
 #ifndef CB_EVENTS_H
 #define CB_EVENTS_H
 
+#include <bpf/bpf_endian.h>
 #include "lib/common.h"
 
-/* Message types (Cilium: MessageTypeDrop, Trace, PolicyVerdict, TraceSock) */
+/* Message types (Cilium's pkg/monitor/api MessageType: Drop 1, Trace 4, PolicyVerdict 5, TraceSock 7) */
 #define CB_EVENT_DROP			1
 #define CB_EVENT_TRACE			4
-#define CB_EVENT_POLICY_VERDICT		9
-#define CB_EVENT_TRACE_SOCK		11
+#define CB_EVENT_POLICY_VERDICT		5
+#define CB_EVENT_TRACE_SOCK		7
 
 /* Trace observation points (Cilium's enum trace_point) */
 #define TRACE_TO_LXC		0	/* Hubble: to-endpoint */
@@ -57,6 +58,8 @@
 #define POLICY_MATCH_L3_L4	2
 #define POLICY_MATCH_L4_ONLY	3
 #define POLICY_MATCH_ALL	4
+#define POLICY_MATCH_L3_PROTO	5	/* an identity, one protocol, any port */
+#define POLICY_MATCH_PROTO_ONLY	6	/* any identity, one protocol, any port */
 
 /* cb_event.flags */
 #define CB_EVF_IPV6		(1 << 0)	/* the packet (or socket) is IPv6 */
@@ -145,10 +148,13 @@ static __always_inline bool events_emit_trace(__u8 obs_point, bool monitor)
 	return true;
 }
 
+/* The key of cb_events_lost, a constant (not a stack slot: a caller may have
+ * none to spare). */
+static const __u32 events_lost_key = 0;
+
 static __always_inline void events_count_lost(void)
 {
-	__u32 zero = 0;
-	__u64 *lost = bpf_map_lookup_elem(&cb_events_lost, &zero);
+	__u64 *lost = bpf_map_lookup_elem(&cb_events_lost, &events_lost_key);
 
 	if (lost)
 		*lost += 1;	/* per-CPU: no other CPU writes it */
@@ -182,9 +188,14 @@ static __always_inline void events_capture(struct cb_event *e, struct __sk_buff 
 	e->orig_len = skb->len;
 	if (cap > CB_EVENT_CAP)
 		cap = CB_EVENT_CAP;
-	barrier_var(cap);
-	if (cap == 0 || cap > CB_EVENT_CAP)
+	if (cap == 0)
 		return;
+	/* The verifier needs the length in [1, CB_EVENT_CAP] in the register
+	 * passed; clang's own range checks test cap - 1 and pass cap.  The
+	 * mask (CB_EVENT_CAP is a power of two) is what the verifier bounds. */
+	cap -= 1;
+	barrier_var(cap);
+	cap = (cap & (CB_EVENT_CAP - 1)) + 1;
 	if (bpf_skb_load_bytes(skb, 0, e->pkt, cap) == 0)
 		e->cap_len = cap;
 }
@@ -192,6 +203,220 @@ static __always_inline void events_capture(struct cb_event *e, struct __sk_buff 
 static __always_inline void events_submit(struct cb_event *e)
 {
 	bpf_ringbuf_submit(e, 0);
+}
+
+/* Is a trace event sent only when conntrack asks (medium, maximum)? */
+static __always_inline bool events_aggregated(void)
+{
+	return events_enabled() && monitor_aggregation >= CB_MONITOR_MEDIUM;
+}
+
+static __always_inline bool skb_is_ipv6(const struct __sk_buff *skb)
+{
+	return skb->protocol == bpf_htons(ETH_P_IPV6);
+}
+
+/* What a program learns about a packet on its way (the policy verdict, the
+ * connection's status, a service translation), for the events it sends at
+ * its exit.  Kept per CPU, not on the stack, which the lxc programs have
+ * none of to spare; a tc program runs to its end on one CPU, so the note is
+ * the packet's until the next program starts (events_note_reset).  Written
+ * only under events_enabled(): with events off no code touches it. */
+#define NOTE_POLICY	(1 << 6)	/* a policy verdict was taken */
+#define NOTE_MONITOR	(1 << 7)	/* conntrack asks for a report */
+
+struct cb_event_note {
+	__u8  flags;		/* CB_EVF_XLATED/_REV_XLATED/_REPLY/_ALLOWED, NOTE_* */
+	__u8  ct_status;	/* enum ct_status, the trace's reason */
+	__u8  match_type;	/* policy verdict: POLICY_MATCH_* */
+	__u8  rule_proto;
+	__u16 rule_port;
+	__be16 orig_port;
+	__u32 identity;		/* policy verdict: the remote identity */
+	__u32 rev_nat_index;
+	union v6addr orig_addr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cb_event_note);
+} cb_event_note SEC(".maps");
+
+static __always_inline struct cb_event_note *events_note(void)
+{
+	if (!events_enabled())
+		return NULL;
+	return bpf_map_lookup_elem(&cb_event_note, &events_lost_key);
+}
+
+/* A new packet: nothing noted, and a packet conntrack does not see is
+ * reported (as Cilium: no conntrack, no aggregation). */
+static __always_inline void events_note_reset(void)
+{
+	struct cb_event_note *n = events_note();
+
+	if (n) {
+		n->flags = NOTE_MONITOR;
+		n->ct_status = 0;
+	}
+}
+
+/* Conntrack's view: the status and whether it asks for a report. */
+static __always_inline void events_note_ct(__u8 status, bool monitor)
+{
+	struct cb_event_note *n = events_note();
+
+	if (!n)
+		return;
+	n->ct_status = status;
+	if (!monitor && events_aggregated())
+		n->flags &= ~NOTE_MONITOR;
+	if (status == 2 /* CT_REPLY */)
+		n->flags |= CB_EVF_REPLY;
+}
+
+/* A translation: the packet was for (flag XLATED) or came from (REV_XLATED)
+ * addr:port before it was rewritten. */
+static __always_inline void events_note_xlate(__u8 flag, const union v6addr *addr, __be16 port,
+					      __u32 rev_nat_index)
+{
+	struct cb_event_note *n = events_note();
+
+	if (!n)
+		return;
+	n->flags |= flag;
+	n->orig_addr = *addr;
+	n->orig_port = port;
+	n->rev_nat_index = rev_nat_index;
+}
+
+static __always_inline void events_note_xlate4(__u8 flag, __be32 addr, __be16 port,
+					       __u32 rev_nat_index)
+{
+	union v6addr a = { .p = { addr } };
+
+	events_note_xlate(flag, &a, port, rev_nat_index);
+}
+
+/* The policy verdict: allowed or not, the remote identity, and the entry
+ * that decided (POLICY_MATCH_NONE: none did). */
+static __always_inline void events_note_policy(bool allowed, __u32 identity, __u8 match_type,
+					       __u8 proto, __u16 port)
+{
+	struct cb_event_note *n = events_note();
+
+	if (!n)
+		return;
+	n->flags |= NOTE_POLICY;
+	if (allowed)
+		n->flags |= CB_EVF_ALLOWED;
+	else
+		n->flags &= ~CB_EVF_ALLOWED;
+	n->identity = identity;
+	n->match_type = match_type;
+	n->rule_proto = proto;
+	n->rule_port = port;
+}
+
+static __always_inline void events_drop(struct __sk_buff *skb, __u16 endpoint_id, __u8 reason,
+					__u8 dir)
+{
+	struct cb_event *e;
+
+	if (!events_enabled())
+		return;
+	e = events_reserve(CB_EVENT_DROP, reason, endpoint_id, dir);
+	if (!e)
+		return;
+	if (skb_is_ipv6(skb))
+		e->flags |= CB_EVF_IPV6;
+	events_capture(e, skb);
+	events_submit(e);
+}
+
+/* The events a packet's program sends at its exit, from its note: the
+ * policy verdict if one was taken, then the trace at obs_point when the
+ * packet passed (ret >= 0) and the aggregation lets it through.  Drops send
+ * their own event (drop.h). */
+static __always_inline void events_exit(struct __sk_buff *skb, __u16 endpoint_id, __u8 dir,
+					int ret, __u8 obs_point)
+{
+	struct cb_event_note *n = events_note();
+	struct cb_event *e;
+	__u8 ipv6;
+
+	if (!n)
+		return;
+	ipv6 = skb_is_ipv6(skb) ? CB_EVF_IPV6 : 0;
+	if (n->flags & NOTE_POLICY) {
+		e = events_reserve(CB_EVENT_POLICY_VERDICT, 0, endpoint_id, dir);
+		if (e) {
+			e->flags = ipv6 | (n->flags & CB_EVF_ALLOWED);
+			e->remote_identity = n->identity;
+			e->match_type = n->match_type;
+			e->rule_proto = n->rule_proto;
+			e->rule_port = n->rule_port;
+			events_capture(e, skb);
+			events_submit(e);
+		}
+	}
+	if (ret < 0 || !events_emit_trace(obs_point, n->flags & NOTE_MONITOR))
+		return;
+	e = events_reserve(CB_EVENT_TRACE, obs_point, endpoint_id, dir);
+	if (!e)
+		return;
+	e->flags = ipv6 | (n->flags & (CB_EVF_XLATED | CB_EVF_REV_XLATED | CB_EVF_REPLY));
+	e->trace_reason = n->ct_status;
+	e->orig_addr = n->orig_addr;
+	e->orig_port = n->orig_port;
+	e->rev_nat_index = n->rev_nat_index;
+	events_capture(e, skb);
+	events_submit(e);
+}
+
+/* A trace event at an observation point with nothing noted (the packet as
+ * the program received it, FROM_*; or a program without conntrack). */
+static __always_inline void events_trace_plain(struct __sk_buff *skb, __u16 endpoint_id,
+					       __u8 dir, __u8 obs_point, bool monitor)
+{
+	struct cb_event *e;
+
+	if (!events_emit_trace(obs_point, monitor))
+		return;
+	e = events_reserve(CB_EVENT_TRACE, obs_point, endpoint_id, dir);
+	if (!e)
+		return;
+	if (skb_is_ipv6(skb))
+		e->flags |= CB_EVF_IPV6;
+	events_capture(e, skb);
+	events_submit(e);
+}
+
+/* A socket-LB translation (no packet): the socket's call went to orig:port
+ * and now goes to xlate:port (forward), or a reply's source backend is
+ * reported as the frontend (reverse). */
+static __always_inline void events_sock(__u8 point, __u8 proto, bool ipv6, __u64 cookie,
+					const union v6addr *orig, __be16 orig_port,
+					const union v6addr *xlate, __be16 xlate_port)
+{
+	struct cb_event *e;
+
+	if (!events_enabled())
+		return;
+	e = events_reserve(CB_EVENT_TRACE_SOCK, point, 0, 0);
+	if (!e)
+		return;
+	e->flags = ipv6 ? CB_EVF_IPV6 : 0;
+	e->l4_proto = proto;
+	e->orig_addr = *orig;
+	e->orig_port = orig_port;
+	e->xlate_addr = *xlate;
+	e->xlate_port = xlate_port;
+	e->cookie = cookie;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	events_submit(e);
 }
 
 #endif /* CB_EVENTS_H */

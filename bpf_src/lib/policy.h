@@ -26,6 +26,12 @@
  * so only rules for any port can allow them, and they are dropped outright
  * in a direction that has any deny rule (a port deny could not be applied).
  *
+ * Each entry also says what kind of rule it is (its match type, protocol
+ * and first port, written by the control plane), so that with the node's
+ * events on the verdict is noted for the policy-verdict event (lib/events.h)
+ * without another lookup.  A direction without enforcement notes nothing, as
+ * Cilium sends no verdict there.
+ *
  * API: endpoint_lookup(id), policy_check(ep, egress, identity, proto, port, later_fragment)
  */
 #ifndef CB_POLICY_H
@@ -33,6 +39,7 @@
 
 #include "lib/common.h"
 #include "lib/drop.h"
+#include "lib/events.h"
 
 #ifndef CB_ENDPOINTS_MAX
 #define CB_ENDPOINTS_MAX	4096
@@ -80,6 +87,10 @@ struct policy_key {
 struct policy_entry {
 	__u64 packets;		/* connections (and re-checks) this entry decided */
 	__u64 bytes;
+	__u8  match_type;	/* the rule's POLICY_MATCH_* (lib/events.h) */
+	__u8  proto;		/* the rule's protocol, 0: any */
+	__u16 port;		/* the rule's first port (host order), 0: any */
+	__u32 pad;
 };
 
 struct {
@@ -139,8 +150,10 @@ static __always_inline int policy_check(__u32 ep_id, const struct endpoint_info 
 	int pass;
 
 	if (later_fragment) {
-		if (ep->flags & denies)
+		if (ep->flags & denies) {
+			events_note_policy(false, identity, POLICY_MATCH_NONE, 0, 0);
 			return -DROP_FRAG_NOSUPPORT;
+		}
 		proto = 0;
 		port = 0;
 	}
@@ -157,9 +170,11 @@ static __always_inline int policy_check(__u32 ep_id, const struct endpoint_info 
 		if (e) {
 			__sync_fetch_and_add(&e->packets, 1);
 			__sync_fetch_and_add(&e->bytes, len);
+			events_note_policy(!deny, identity, e->match_type, e->proto, e->port);
 			return deny ? -DROP_POLICY_DENY : 0;
 		}
 	}
+	events_note_policy(false, identity, POLICY_MATCH_NONE, 0, 0);
 	return -DROP_POLICY;
 }
 

@@ -137,7 +137,7 @@ class CtEntry(CStruct):
                 ("rx_bytes", c_uint64), ("lifetime", c_uint32), ("created", c_uint32),
                 ("backend_id", c_uint32), ("rev_nat_index", c_uint32), ("src_sec_id", c_uint32),
                 ("flags", c_uint16), ("tx_flags_seen", c_uint8), ("rx_flags_seen", c_uint8),
-                ("policy_rev", c_uint32), ("pad", c_uint32)]
+                ("policy_rev", c_uint32), ("last_report", c_uint32)]
 
 
 # --- lib/sock_lb.h (socket LB: reverse-socket maps) ---------------------------------
@@ -206,7 +206,8 @@ class PolicyKey(CStruct):
 
 class PolicyEntry(CStruct):
     _c_name_ = "policy_entry"
-    _fields_ = [("packets", c_uint64), ("bytes", c_uint64)]
+    _fields_ = [("packets", c_uint64), ("bytes", c_uint64), ("match_type", c_uint8),
+                ("proto", c_uint8), ("port", c_uint16), ("pad", c_uint32)]
 
 
 # --- lib/frag.h ---------------------------------------------------------------------------

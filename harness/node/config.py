@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 
+from harness.abi.monitor import DEFAULT as DEFAULT_MONITOR_AGGREGATION, LEVELS as MONITOR_LEVELS
 from harness.bpf.collection import list_maps
 
 #: Maps sized by lb_map_max (the LB maps; Cilium's --bpf-lb-map-max covers the same).
@@ -31,6 +32,8 @@ SETTINGS_FILE = "datapath.json"
 #: Hubble's default ring of recent flows (hubble-event-buffer-capacity).
 DEFAULT_HUBBLE_BUFFER_SIZE = 4095
 MAX_HUBBLE_BUFFER_SIZE = (1 << 16) - 1
+#: The events ring buffer's compiled-in size (lib/events.h CB_EVENTS_SIZE).
+DEFAULT_EVENTS_RING_SIZE = 1 << 22
 LB_SCENARIO_FILE = "lb-scenario.yaml"
 
 
@@ -80,6 +83,42 @@ class NodeSettings:
         """Flows the node's observer keeps (Hubble's 4095 unless set)."""
         return int(self._read().get("hubble_buffer_size", DEFAULT_HUBBLE_BUFFER_SIZE))
 
+    def save_events(self, monitor_aggregation: str | None = None,
+                    ring_size: int | None = None) -> None:
+        """The node's events: Cilium's monitor aggregation level and the ring buffer's
+        size in bytes (a power of two, at least a page)."""
+        values = self._read()
+        if monitor_aggregation is not None:
+            if monitor_aggregation not in MONITOR_LEVELS:
+                raise ValueError(f"--monitor-aggregation {monitor_aggregation!r}: expected one of "
+                                 f"{', '.join(MONITOR_LEVELS)}")
+            values["monitor_aggregation"] = monitor_aggregation
+        if ring_size is not None:
+            self.check_events_ring_size(ring_size)
+            values["events_ring_size"] = ring_size
+        self._write(values)
+
+    @staticmethod
+    def check_events_ring_size(ring_size: int | None) -> None:
+        if ring_size is not None and (ring_size < 4096 or ring_size & (ring_size - 1)
+                                      or ring_size > 1 << 30):
+            raise ValueError(f"--events-ring-size {ring_size}: expected a power of two from "
+                             "4096 to 1073741824")
+
+    @property
+    def monitor_aggregation(self) -> str:
+        return str(self._read().get("monitor_aggregation", DEFAULT_MONITOR_AGGREGATION))
+
+    @property
+    def events_ring_size(self) -> int:
+        return int(self._read().get("events_ring_size", DEFAULT_EVENTS_RING_SIZE))
+
+    def events_rodata(self, obj_path: str) -> dict[str, int]:
+        """The monitor_aggregation constant of an object that sends events (has cb_events)."""
+        if "cb_events" not in list_maps(obj_path):
+            return {}
+        return {"monitor_aggregation": MONITOR_LEVELS[self.monitor_aggregation]}
+
     def save_lb_scenario(self, text: str) -> None:
         """Keep the scenario the node's LB maps were last programmed from (``lb apply``; its
         text, as the file may be stdin, a template or gone by the time it is read)."""
@@ -110,14 +149,14 @@ class NodeSettings:
     def max_entries(self, obj_path: str | None = None) -> dict[str, int] | None:
         """Map sizes for loads on the node (None: the compiled-in defaults), for the
         maps the object at *obj_path* has (all LB maps when not given)."""
-        raw = self._read().get("lb_map_max")
-        if raw is None:
-            return None
-        size = int(raw)
-        names = LB_MAPS
-        if obj_path is not None:
-            names = tuple(n for n in LB_MAPS if n in list_maps(obj_path))
-        return {name: size for name in names}
+        values = self._read()
+        present = list_maps(obj_path) if obj_path is not None else LB_MAPS + ("cb_events",)
+        sizes = {}
+        if values.get("lb_map_max") is not None:
+            sizes.update({name: int(values["lb_map_max"]) for name in LB_MAPS if name in present})
+        if values.get("events_ring_size") is not None and "cb_events" in present:
+            sizes["cb_events"] = int(values["events_ring_size"])
+        return sizes or None
 
 
 def check_hubble_buffer_size(size: int) -> int:

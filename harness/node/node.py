@@ -124,7 +124,8 @@ class Node:
         path = str(paths.bpf_object(obj))
         if max_entries is None:
             max_entries = self.settings.max_entries(path)
-        coll = Collection.load(path, rodata={**rodata_for(obj, self.name), **rodata} or None,
+        values = {**rodata_for(obj, self.name), **self.settings.events_rodata(path), **rodata}
+        coll = Collection.load(path, rodata=values or None,
                                max_entries=max_entries, pin_dir=self.pin_path())
         try:
             self.recover(coll.maps)

@@ -90,7 +90,8 @@ class PolicyControl:
             revision = (cur.revision + 1) if cur else 1
             new_keys = {k.to_bytes(): k for k in E.endpoint_keys(eid, gen, ep)}
             for name, keys in self._by_map(new_keys).items():
-                steps.append(("put", name, keys, [bytes(16)] * len(keys), [None] * len(keys)))
+                steps.append(("put", name, keys, [new_keys[k].value() for k in keys],
+                              [None] * len(keys)))
             stats.rule_writes += len(new_keys)
             steps.append(self._endpoint_step(eid, E.endpoint_value(ep, gen, revision)))
             if cur is not None:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from harness.abi.cheaders import defines
 from harness.policy.model import ANY_IDENTITY, ANY_PROTO, EndpointPolicy, IpcacheEntry, Rule
-from harness.abi.structs import EndpointInfo, IpcacheEntry as IpcacheValue, IpcacheKey, PolicyKey, V6Addr
+from harness.abi.structs import (EndpointInfo, IpcacheEntry as IpcacheValue, IpcacheKey, PolicyEntry,
+                                 PolicyKey, V6Addr)
 
 _P = defines("lib/policy.h", "POLICY_PREFIX_")
 EP_FLAGS = defines("lib/policy.h", "EP_F_")
+MATCH = defines("lib/events.h", "POLICY_MATCH_")
 IPCACHE_PREFIX_BASE = defines("lib/ipcache.h", "IPCACHE_PREFIX_BASE")["IPCACHE_PREFIX_BASE"]
 PREFIX_FIXED, PREFIX_PROTO, PREFIX_FULL = (_P["POLICY_PREFIX_FIXED"], _P["POLICY_PREFIX_PROTO"],
                                            _P["POLICY_PREFIX_FULL"])
@@ -69,6 +71,23 @@ class PolicyEntryKey:
         return cls(ep_gen >> 1, ep_gen & 1, bool(key.deny), bool(key.egress),
                    int.from_bytes(key.identity.to_bytes(4, "little"), "big"), proto, port,
                    max(0, key.prefixlen - PREFIX_PROTO))
+
+    @property
+    def match_type(self) -> int:
+        """Cilium's policy match type of this rule, as policy-verdict events report it."""
+        any_identity = self.identity == ANY_IDENTITY
+        if self.proto is None:
+            name = "ALL" if any_identity else "L3_ONLY"
+        elif self.port is None:
+            name = "PROTO_ONLY" if any_identity else "L3_PROTO"
+        else:
+            name = "L4_ONLY" if any_identity else "L3_L4"
+        return MATCH["POLICY_MATCH_" + name]
+
+    def value(self) -> bytes:
+        """The map value of a new entry: zero counters and what kind of rule it is."""
+        return bytes(PolicyEntry(match_type=self.match_type, proto=self.proto or 0,
+                                 port=self.port or 0))
 
     @property
     def exact(self) -> bool:

@@ -57,14 +57,16 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
        datapath_kind: str = "bpf", progress=None, *,
        node_datapaths: dict[str, str] | None = None,
        lb_map_max: int | None = None, np_ipblock: str | None = None,
-       hubble_buffer_size: int | None = None) -> TopologyState:
+       hubble_buffer_size: int | None = None, monitor_aggregation: str | None = None,
+       events_ring_size: int | None = None) -> TopologyState:
     """Build the topology with *datapath_kind* on every node, or, with
     *node_datapaths* ({node: bpf|iptables|nftables|none}; the topology's datapath is
     then "mixed"), each node its own (none: the primary CNI only, no service
     handling: a node that only hosts backends).  *lb_map_max* sizes the LB maps of
     BPF nodes (Cilium's --bpf-lb-map-max); *np_ipblock* what a NetworkPolicy ipBlock
     selects on them (harness.policy.desired; default "pods"); *hubble_buffer_size* the
-    flows each BPF node's observer keeps (Hubble's 4095 by default)."""
+    flows each BPF node's observer keeps (Hubble's 4095 by default); *monitor_aggregation*
+    and *events_ring_size* their flow events (harness.node.config; default medium, 4 MiB)."""
     path = os.path.abspath(scenario_path)
     scenario = validate.load(path)       # the validation `scenario check` applies
     plan = plan_topology(scenario, nodes, routing, "mixed" if node_datapaths else datapath_kind)
@@ -97,6 +99,7 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
                 node.settings.save_np_ipblock(np_ipblock)
             if hubble_buffer_size is not None:
                 node.settings.save_hubble_buffer_size(hubble_buffer_size)
+            node.settings.save_events(monitor_aggregation, events_ring_size)
             node.record.write_pods(attached)
             # The node's lxc object, loaded once: each ADD only attaches its programs.
             node.ensure_lxc_programs()
@@ -158,11 +161,18 @@ def apply_kube_proxy(state: TopologyState, scenario, mode: str,
 
 
 def attach_node_programs(state: TopologyState, nodes: list | None = None) -> None:
-    """from_netdev on each node's uplink (default: every node), with its shared maps."""
+    """from_netdev (tc ingress) on each node's uplink (default: every node), with its
+    shared maps; and to_netdev (tc egress) where the node's monitor aggregation lets it
+    report anything (none, lowest, low: without conntrack it is silent above)."""
     for node in state.nodes if nodes is None else nodes:
         with datapath.load("netdev", node.name, pinned=True) as coll:
             attach_tc(coll.programs["from_netdev"], node.uplink, "ingress", node.netns)
+            if Node(node.name).settings.monitor_aggregation in TO_NETWORK_LEVELS:
+                attach_tc(coll.programs["to_netdev"], node.uplink, "egress", node.netns)
 
+
+#: Aggregation levels at which to_netdev's TO_NETWORK trace events are sent.
+TO_NETWORK_LEVELS = ("none", "lowest", "low")
 
 SOCK_PROGRAMS = ("sock4_connect", "sock4_sendmsg", "sock4_recvmsg", "sock4_getpeername",
                  "sock6_connect", "sock6_sendmsg", "sock6_recvmsg", "sock6_getpeername")
@@ -185,7 +195,8 @@ def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> No
 def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
                 routing: str = "native", datapath_kind: str = "bpf", progress=None, *,
                 lb_map_max: int | None = None, np_ipblock: str | None = None,
-                hubble_buffer_size: int | None = None) -> TopologyState:
+                hubble_buffer_size: int | None = None, monitor_aggregation: str | None = None,
+                events_ring_size: int | None = None) -> TopologyState:
     """``up`` from the scenario *spec* names (a file, ``-`` for standard input, or a
     ``.j2`` template rendered with *params*), validated first (errors name *spec* as
     given).  The CNI plugin and later commands read the scenario from a file: standard
@@ -196,7 +207,8 @@ def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
     path = source.materialize(spec, text, STATE_ROOT)
     try:
         return up(path, nodes, routing, datapath_kind, progress, lb_map_max=lb_map_max,
-                  np_ipblock=np_ipblock, hubble_buffer_size=hubble_buffer_size)
+                  np_ipblock=np_ipblock, hubble_buffer_size=hubble_buffer_size,
+                  monitor_aggregation=monitor_aggregation, events_ring_size=events_ring_size)
     except BaseException:
         if path != os.path.abspath(spec) and os.path.exists(path):
             os.unlink(path)
