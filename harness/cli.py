@@ -447,19 +447,22 @@ def cmd_connectivity(args) -> int:
 def cmd_observe(args) -> int:
     # lazy: grpc and the protobuf modules (~150 ms)
     from harness.observe import client, filters, output
-    whitelist, blacklist = filters.filters_from_cli(args)
+    try:
+        whitelist, blacklist = filters.filters_from_cli(args)
+    except filters.FilterError as exc:
+        raise UsageError(str(exc)) from None
     req = client.request(last=args.last, first=args.first, all_flows=args.all,
                          follow=args.follow, since=args.since, until=args.until,
                          whitelist=whitelist, blacklist=blacklist)
     found = client.targets(args.node)
     result = client.Result()
-    printer = output.Printer(args.output, sys.stdout)
+    printer = output.Printer(args.output)
     with contextlib.closing(client.stream(req, found, result)) as responses:
         for resp in responses:
-            printer.write(resp)
+            sys.stdout.write(printer.format(resp))
             if args.follow:
                 sys.stdout.flush()
-    printer.close()
+    sys.stdout.write(printer.flush())
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK

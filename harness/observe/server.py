@@ -57,16 +57,16 @@ class Matcher:
     """Whether an entry passes the request's whitelist/blacklist (flows.filters)."""
 
     def __init__(self, whitelist, blacklist):
-        self._whitelist, self._blacklist = list(whitelist), list(blacklist)
-        self._none = not self._whitelist and not self._blacklist
+        whitelist, blacklist = list(whitelist), list(blacklist)
+        self._none = not whitelist and not blacklist
         if not self._none:
             from harness.observe import filters
-            self._select = filters.select
+            self._selector = filters.FlowSelector(whitelist, blacklist)   # compiled once
 
     def __call__(self, entry) -> bool:
         if self._none or _is_lost(entry):
             return True
-        return bool(self._select([entry.flow], self._whitelist, self._blacklist))
+        return self._selector(entry.flow)
 
 
 def start_index(entries: list, request, match: Matcher) -> int:
