@@ -425,7 +425,7 @@ def cmd_down(args) -> int:
 
 def cmd_connectivity(args) -> int:
     from harness.topology import connectivity   # lazy: the topology and datapath (~115 ms)
-    results = connectivity.run_selected(args.test, args.datapath, args.flow_validation)
+    results = connectivity.run_selected(args.test, args.datapath, args.flow_validation, args.flows)
     if args.output == "json":
         print(json.dumps([r.to_dict(args.flow_validation) for r in results], indent=1))
     else:
@@ -905,6 +905,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "expected drop on the expected endpoint and direction (strict, the "
                         "default); warning: without it, pass with a warning; disabled: any "
                         "failure passes")
+    p.add_argument("--flows", metavar="FILE",
+                   help="write the flows the nodes' observers recorded during the checks to FILE "
+                        "(`hubble observe -o json` lines), and require each check to show in "
+                        "them: a pass FORWARDED both ways, an expected failure DROPPED for its "
+                        "policy reason")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_connectivity)
 
