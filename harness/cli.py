@@ -448,7 +448,9 @@ def cmd_observe(args) -> int:
     # lazy: grpc and the protobuf modules (~150 ms)
     from harness.observe import client, filters, output
     try:
-        whitelist, blacklist = filters.filters_from_cli(args)
+        # --node picks the observers to ask; --node-name is the flow filter
+        whitelist, blacklist = filters.filters_from_cli(
+            {k: v for k, v in vars(args).items() if k != "node"})
     except filters.FilterError as exc:
         raise UsageError(str(exc)) from None
     req = client.request(last=args.last, first=args.first, all_flows=args.all,
