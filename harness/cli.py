@@ -458,6 +458,16 @@ def cmd_observe(args) -> int:
                          whitelist=whitelist, blacklist=blacklist)
     found = client.targets(args.node)
     result = client.Result()
+    if args.service_map:
+        from google.protobuf import json_format
+        from harness.observe import servicemap
+        with contextlib.closing(client.stream(req, found, result)) as responses:
+            flows = [json_format.MessageToDict(r.flow, preserving_proto_field_name=True)
+                     for r in responses if r.HasField("flow")]
+        g = servicemap.write_flows(flows, args.service_map, "chainbench observe")
+        print(f"service map written to {args.service_map}: {len(g.edges)} edge(s) from "
+              f"{g.flows} flow(s)")
+        return EXIT_OK
     printer = output.Printer(args.output)
     with contextlib.closing(client.stream(req, found, result)) as responses:
         for resp in responses:
@@ -929,6 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["compact", "dict", "json", "jsonpb", "table"],
                    default="compact", help="compact (default), dict, json (one flow per line, "
                                            "as `hubble observe -o json`), jsonpb, table")
+    p.add_argument("--service-map", metavar="OUT.html",
+                   help="instead of printing them, draw the selected flows as a service map "
+                        "(pods by namespace, services, edges by port and verdict) in OUT.html")
     _add_flow_filters(p)
     p.set_defaults(func=cmd_observe)
 

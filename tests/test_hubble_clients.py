@@ -91,6 +91,20 @@ def test_every_check_shows_in_the_flows_with_its_endpoints(suite):
                 assert reply["destination"]["pod_name"] == client
 
 
+def test_observe_draws_the_recorded_flows_as_a_service_map(suite, tmp_path):
+    from .test_servicemap import embedded
+    page = tmp_path / "map.html"
+    run_cli("observe", "--all", "--service-map", str(page))
+    data = embedded(page.read_text())
+    edges = {(e["data"]["source"], e["data"]["target"], e["data"]["label"]): e["data"]["verdict"]
+             for e in data["edges"]}
+    # a check that passed, through its service; one denied at the client's egress
+    assert edges[("pod:default/pod-to-a", "svc:default/echo-a", "8080/TCP")] in ("forwarded",
+                                                                                 "mixed")
+    assert edges[("svc:default/echo-a", "pod:default/echo-a", "8080/TCP")] == "forwarded"
+    assert edges[("pod:default/client-egress-deny", "pod:default/echo-a", "8080/TCP")] == "dropped"
+
+
 def test_hubble_audit2policy_policies_keep_what_was_seen_and_deny_the_rest(suite, tmp_path):
     results, flows = suite
     cnps = tmp_path / "cnps.yaml"
