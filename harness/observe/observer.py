@@ -23,13 +23,21 @@ gRPC and metrics listeners are there), then:
   and on 127.0.0.1:4245 of its namespace, and Hubble's metrics on 127.0.0.1:9965.
 
 SIGTERM/SIGINT end it cleanly (the socket file is removed).
+
+``python -m harness.observe.observer --bench`` measures the whole per-event path on
+one core (``bench``): batches of synthetic records read through BatchReader's batch
+path, decoded, enriched, stored in the log, kept in the ring and counted in the
+metrics, by ``Observer.step`` itself.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
+import statistics
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable, Sequence
@@ -262,6 +270,86 @@ def start_metrics(observer: Observer, port: int):
     return metrics.serve(registry, "127.0.0.1", port)
 
 
+# --------------------------------------------------------------------------- bench
+
+def _synthetic_reader(records: bytes, total: int):
+    """A BatchReader over an in-memory ring of *records* (ring-buffer slots: header then
+    the record), handing out *total* records in all, the same records lap after lap
+    (positions keep growing); its batches come from BatchReader's own fast path."""
+    import numpy as np
+    from harness.observe.ringreader import HDR_SIZE, Batch, BatchReader, _roundup
+
+    class SyntheticReader(BatchReader):
+        def __init__(self):                       # no map: the slots are in memory
+            self.name, self.record_size, self.fd = "cb_events", EVENT_SIZE, -1
+            self._epoll = self._prod = self._cons = None
+            self._slot = _roundup(EVENT_SIZE)
+            self._slot_dtype = np.dtype([("len", "<u4"), ("pg", "<u4"),
+                                         ("rec", f"V{self._slot - HDR_SIZE}")])
+            recs = np.frombuffer(records, dtype=f"V{EVENT_SIZE}")
+            slots = np.zeros(len(recs), dtype=self._slot_dtype)
+            slots["len"] = EVENT_SIZE
+            slots["rec"] = recs.astype(f"V{self._slot - HDR_SIZE}")
+            self._lap = len(recs)
+            self._data = memoryview(slots.tobytes())
+            self.map_id, self.size = 1, 1 << 30
+            self._pos = self._done = 0
+
+        consumer_pos = property(lambda self: self._pos)
+        producer_pos = property(lambda self: (total - self._done) * self._slot + self._pos)
+
+        def commit(self, position: int) -> None:
+            self._done += (position - self._pos) // self._slot
+            self._pos = position
+
+        def wait(self, timeout: float) -> bool:
+            return self._done < total
+
+        def read(self, max_records: int = BATCH) -> Batch:
+            n = min(max_records, total - self._done, self._lap - self._done % self._lap)
+            at = (self._done % self._lap) * self._slot
+            used, data, count = self._fast(at, n * self._slot)
+            return Batch(self._pos, self._pos + used, data, count, EVENT_SIZE)
+
+        def close(self) -> None:
+            pass
+    return SyntheticReader()
+
+
+def bench(count: int = 1_000_000, runs: int = 5, capacity: int = DEFAULT_CAPACITY) -> dict:
+    """Events/s the observer's whole per-event path reaches on one core: *count*
+    synthetic records (decode.synthetic_records: every event type and layer) read in
+    batches of BATCH, through ``Observer.step`` (decode, enrichment with
+    flows.sample_context(), the log in a temporary state dir, the ring of *capacity*,
+    Hubble's default metrics), *runs* times; the median and the range."""
+    from prometheus_client import CollectorRegistry
+    from harness.observe import decode, flows, metrics
+    records = decode.synthetic_records(32 * BATCH)
+    rates = []
+    for _ in range(runs):
+        state = tempfile.mkdtemp(prefix="cb-obs-bench-")
+        try:
+            context = flows.sample_context()
+            builder = flows.FlowBuilder("cb-bench", context)
+            obs = Observer("cb-bench", capacity=capacity, state_dir=state, pin_dir=state,
+                           build=lambda data: builder.build(decode.decode(data)),
+                           log=lambda _m: None)
+            obs.metrics = metrics.FlowMetrics(CollectorRegistry())
+            obs.reader = _synthetic_reader(records, count)
+            t0 = time.perf_counter()
+            while obs.reader.wait(0):
+                obs.step(0)
+            elapsed = time.perf_counter() - t0
+            if obs.seen != count:
+                raise RuntimeError(f"bench: {obs.seen} flows seen of {count} records")
+            obs.close()
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+        rates.append(count / elapsed)
+    return {"events": count, "batch": BATCH, "runs": runs, "median": statistics.median(rates),
+            "min": min(rates), "max": max(rates)}
+
+
 # ---------------------------------------------------------------------------- main
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -283,6 +371,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--bench"]:
+        r = bench()
+        print(f"observer: {r['events']:,} events (batches of {r['batch']}), {r['runs']} runs: "
+              f"median {r['median']:,.0f} events/s (min {r['min']:,.0f}, max {r['max']:,.0f})")
+        return 0
     args = _parse(argv)
     node = Node(args.node)
     netns_name = args.node if args.netns is None else args.netns
