@@ -29,7 +29,14 @@ pkg/hubble/parser/sock for socket translations):
   interface (traces), node_name, time (the event's CLOCK_MONOTONIC time on the
   wall clock), uuid.
 
-``NodeContext`` holds what the enrichment looks up; ``NodeContext.from_node``
+``FlowBatch`` is a batch as the observer keeps it: the raw records and their
+decoded columns, each flow built by a FlowBuilder only when first asked for
+(GetFlows, one flow per group of alike rows for the metrics: ``groups``), its
+uuid a uuid5 of where the record was read, so the flows rebuilt from the log
+after a restart are the same.
+
+``NodeContext`` holds what the enrichment looks up (``to_json``/``from_json``:
+kept in the log with the records it enriched); ``NodeContext.from_node``
 reads it from a running node (its endpoint registry, identities, pinned
 ipcache and LB maps, the cluster the node was synced from), ``NodeContext(...)``
 takes plain dicts (tests).

@@ -36,8 +36,9 @@ kernel: a frame whose positions the kernel's consumer position has not reached
 yet is a batch stored by an observer killed before its commit (``resume``
 commits it for it), so no record is stored twice and none is skipped.  A frame
 cut short by a kill is dropped at load (its records were not committed either).
-The file holds at most 2 x capacity entries: past that it is rewritten
-(temporary file, rename) as one frame with the last *capacity*.
+The file holds at most 2 x capacity entries: a batch that would take it past
+that is stored by rewriting it (temporary file, rename) as one frame with the
+last *capacity* entries, the batch's among them.
 """
 from __future__ import annotations
 
@@ -348,6 +349,16 @@ class FlowLog:
         """Store one batch (before its consumer position is committed): its entries
         (serialized entries, RawRecords), the positions it spans, the flows seen and
         the lost-event totals reported so far."""
+        added = sum(_count(e) for e in entries)
+        recent = self._recent + list(entries)
+        if self._recent_count + added > self.capacity:
+            recent = _last(recent, self.capacity)
+        if self._entries_in_file + added > 2 * self.capacity:
+            # the file would pass its bound: rewritten at once with the last capacity
+            # entries, this batch's among them (one write, not an append then a rewrite)
+            self.position, self.seen, self.lost = position, seen, list(lost)
+            self._rewrite(recent)
+            return
         contexts = set(self._contexts_in_file)
         frame = self._frame(entries, position, seen, lost, contexts)
         fd = self._open()
@@ -356,15 +367,9 @@ class FlowLog:
             done += os.write(fd, frame[done:])
         self._contexts_in_file = contexts
         self.position, self.seen, self.lost = position, seen, list(lost)
-        added = sum(_count(e) for e in entries)
         self._entries_in_file += added
-        self._recent.extend(entries)
-        self._recent_count += added
-        if self._recent_count > self.capacity:
-            self._recent = _last(self._recent, self.capacity)
-            self._recent_count = self.capacity
-        if self._entries_in_file > 2 * self.capacity:
-            self._rewrite(self._recent)
+        self._recent = recent
+        self._recent_count = min(self._recent_count + added, self.capacity)
 
     def _rewrite(self, entries: list) -> None:
         """The file as one frame of *entries* (temporary file, then rename)."""
