@@ -340,6 +340,39 @@ def test_lost_events_are_counted_by_source():
         lbl(source="perf_event_ring_buffer"): 7, lbl(source="hubble_ring_buffer"): 1}
 
 
+def all_samples(registry: CollectorRegistry) -> dict[tuple, float]:
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.mark.parametrize("config", [
+    (),
+    ("flow:sourceContext=pod|identity;destinationContext=namespace;"
+     "labelsContext=source_ip,destination_pod,traffic_direction",
+     "drop:sourceContext=identity;destinationEgressContext=pod;destinationIngressContext=ip",
+     "tcp:destinationContext=ip|pod", "port-distribution:sourceContext=reserved-identity",
+     "icmp:sourceContext=app;destinationContext=pod-short")])
+def test_a_batch_is_counted_as_its_flows_one_by_one(config):
+    """observe_batch (grouped rows, one flow's labels per group) gives exactly the counters
+    and labels observe gives fed every flow of the batch, with Hubble's default metrics
+    and with every kind of context label."""
+    from .test_observe_flows import flow_batch, mixed_records
+    recs = mixed_records()
+    one_by_one, m1 = metrics(*config)
+    for i in range(len(recs)):
+        m1.observe(flow_batch(recs).entry(i).flow)
+    batched, m2 = metrics(*config)
+    batch = flow_batch(recs)
+    m2.observe_batch(batch)
+    expected = all_samples(one_by_one)
+    assert all_samples(batched) == expected
+    assert sum(v for (name, _), v in expected.items()
+               if name == "hubble_flows_processed_total") == len(recs)
+    # far fewer flows built than counted
+    assert sum(b is not None for b in batch._built) < len(recs) // 2
+
+
 def test_registries_are_separate():
     a, ma = metrics("flow")
     b, _ = metrics("flow")

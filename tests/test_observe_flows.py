@@ -307,6 +307,114 @@ def test_trace_sock_translation():
     assert r.l4.UDP.source_port == 53 and r.Summary == "UDP" and r.verdict == flow_pb2.TRANSLATED
 
 
+def mixed_records() -> list[bytes]:
+    """Records of every kind the tests above build (traces forward, reply, translated and
+    reverse-translated; drops; allowed and denied policy verdicts; ICMP, UDP, SCTP;
+    socket translations), the bench's samples, and repeats of some with other ports."""
+    recs = [
+        record(D.EVENT_TRACE, tcp4("S"), subtype=0, endpoint_id=1, dir=2,
+               remote_identity=ID_ECHO, ifindex=7, ktime_ns=5_000),
+        record(D.EVENT_TRACE, tcp4("SA", src=ECHO4, dst=CLIENT4, sport=8080, dport=40000),
+               endpoint_id=1, dir=1, flags=D.EVF_REPLY, remote_identity=ID_ECHO, trace_reason=2),
+        record(D.EVENT_TRACE, tcp4("FA", src=ECHO4, dst=CLIENT4), endpoint_id=1, dir=1,
+               remote_identity=ID_ECHO),
+        record(D.EVENT_TRACE, tcp4("R"), endpoint_id=1, dir=2, subtype=3),
+        record(D.EVENT_DROP, tcp4("S", dst=WORLD4, dport=80), subtype=133, endpoint_id=1, dir=2),
+        record(D.EVENT_DROP, tcp4("S", dst="203.0.113.200"), subtype=181, endpoint_id=1, dir=2),
+        record(D.EVENT_POLICY_VERDICT, ETH / IPv6(src=ECHO6, dst=CLIENT6) / TCP(dport=80),
+               flags=D.EVF_IPV6 | D.EVF_ALLOWED, endpoint_id=1, dir=1, match_type=2,
+               remote_identity=ID_ECHO),
+        record(D.EVENT_POLICY_VERDICT, tcp4("S"), endpoint_id=1, dir=2, remote_identity=ID_ECHO),
+        record(D.EVENT_TRACE, tcp4("S", dport=8080), subtype=5, endpoint_id=1, dir=2,
+               flags=D.EVF_XLATED, orig_addr=V6Addr.of(VIP4), orig_port=be16(80),
+               remote_identity=ID_ECHO),
+        record(D.EVENT_TRACE, tcp4("SA", src=VIP4, dst=CLIENT4, sport=80, dport=40000),
+               endpoint_id=1, dir=1, flags=D.EVF_REPLY | D.EVF_REV_XLATED,
+               orig_addr=V6Addr.of(ECHO4), orig_port=be16(8080), trace_reason=2),
+        record(D.EVENT_TRACE, ETH / IP(src=CLIENT4, dst=ECHO4) / ICMP(type=8), endpoint_id=1,
+               dir=2),
+        record(D.EVENT_TRACE, ETH / IP(src=CLIENT4, dst=ECHO4) / ICMP(type=3, code=3),
+               endpoint_id=1, dir=2),
+        record(D.EVENT_TRACE, ETH / IPv6(src=CLIENT6, dst=ECHO6) / ICMPv6DestUnreach(code=4),
+               endpoint_id=1, dir=2, flags=D.EVF_IPV6),
+        record(D.EVENT_TRACE, ETH / IP(src=CLIENT4, dst=ECHO4) / UDP(sport=1, dport=53)),
+        record(D.EVENT_TRACE, ETH / IP(src=CLIENT4, dst=ECHO4) / SCTP(sport=1, dport=2)),
+        record(D.EVENT_TRACE_SOCK, subtype=1, endpoint_id=1, l4_proto=6,
+               orig_addr=V6Addr.of(VIP4), orig_port=be16(80), cookie=11, cgroup_id=22),
+        record(D.EVENT_TRACE_SOCK, subtype=2, endpoint_id=1, l4_proto=6,
+               orig_addr=V6Addr.of(VIP4), orig_port=be16(80), xlate_addr=V6Addr.of(ECHO4),
+               xlate_port=be16(8080), cookie=11, cgroup_id=22),
+        record(D.EVENT_TRACE_SOCK, subtype=4, endpoint_id=1, l4_proto=17, flags=D.EVF_IPV6,
+               orig_addr=V6Addr.of(ECHO6), orig_port=be16(53), xlate_addr=V6Addr.of(ECHO6),
+               xlate_port=be16(53)),
+    ]
+    recs += [D.event_record(kind, pkt, flags=flags, endpoint_id=1, dir=1 + i % 2)
+             for i, (kind, flags, pkt) in enumerate(D.sample_packets())]
+    # alike but for their addresses: other endpoints, other context labels
+    for dst in (ECHO4, WORLD4, "203.0.113.200", CLIENT4):
+        recs.append(record(D.EVENT_TRACE, tcp4("S", dst=dst, dport=443), endpoint_id=1, dir=2))
+        recs.append(record(D.EVENT_DROP, tcp4("S", src=dst, dst=CLIENT4), subtype=133,
+                           endpoint_id=1, dir=1))
+    for port in (8080, 8081, 9090):
+        recs.append(record(D.EVENT_TRACE, tcp4("S", dport=port), endpoint_id=1, dir=2,
+                           remote_identity=ID_ECHO))
+        recs.append(record(D.EVENT_TRACE, tcp4("SA", src=ECHO4, dst=CLIENT4, sport=port,
+                                               dport=40000 + port), endpoint_id=1, dir=1,
+                           flags=D.EVF_REPLY, remote_identity=ID_ECHO, trace_reason=2))
+    return [r for r in recs for _ in range(2)]          # twice: groups of more than one
+
+
+def flow_batch(records, node="cb-node0", start=4096, first=0) -> F.FlowBatch:
+    ctx = context()
+    blob = ctx.to_json()
+    return F.FlowBatch(F.FlowBuilder(node, ctx), b"".join(records), offset_ns=T0,
+                       context_id=F.context_id(blob), context_blob=blob, map_id=9,
+                       start=start, first=first)
+
+
+def without_uuid(resp):
+    resp = observer_pb2.GetFlowsResponse.FromString(resp.SerializeToString())
+    resp.flow.uuid = ""
+    return resp.SerializeToString()
+
+
+def test_a_flow_batch_builds_the_flows_build_does_with_uuids_from_where_they_were_read():
+    recs = mixed_records()
+    batch = flow_batch(recs)
+    eager = build(*recs)
+    assert len(batch) == len(eager)
+    lazy = [batch.entry(i) for i in range(len(batch))]
+    assert [without_uuid(r) for r in lazy] == [without_uuid(r) for r in eager]
+    assert batch.entry(3) is lazy[3]                                # built once
+    uuids = [r.flow.uuid for r in lazy]
+    assert len(set(uuids)) == len(uuids) and all(len(u) == 36 for u in uuids)
+    # The same records read at the same place: the same uuids; elsewhere: others.
+    assert [flow_batch(recs).entry(i).flow.uuid for i in range(len(recs))] == uuids
+    assert flow_batch(recs, start=8192).entry(0).flow.uuid != uuids[0]
+    assert flow_batch(recs, node="cb-node1").entry(0).flow.uuid != uuids[0]
+    # What the log keeps of it rebuilds it: same flows, same uuids, a cut one too.
+    item = batch.log_item()
+    ctx = F.NodeContext.from_json(item.context)
+    again = F.FlowBatch.from_log(item, F.FlowBuilder("cb-node0", ctx))
+    assert [again.entry(i).SerializeToString() for i in range(len(again))] == \
+        [r.SerializeToString() for r in lazy]
+    tail = F.FlowBatch.from_log(item.tail(5), F.FlowBuilder("cb-node0", ctx))
+    assert [tail.entry(i).SerializeToString() for i in range(5)] == \
+        [r.SerializeToString() for r in lazy[-5:]]
+
+
+def test_node_context_json_round_trip():
+    ctx = context()
+    blob = ctx.to_json()
+    again = F.NodeContext.from_json(blob)
+    assert again.to_json() == blob and F.context_id(blob) == F.context_id(again.to_json())
+    assert again.endpoint_by_ip(CLIENT6) == ctx.endpoint_by_ip(CLIENT6)
+    assert again.identity_of("203.0.113.9") == (1 << 24) | 5
+    assert again.service_at(VIP4, 80, "TCP") == ("default", "echo-svc")
+    assert again.pod_of(ECHO4) == ("default", "echo") and again.ifname(7) == "lxc-client"
+    assert F.context_id(blob) != F.context_id(F.NodeContext().to_json())
+
+
 def test_node_context_from_dicts_lookups():
     ctx = context()
     assert ctx.identity_of(ECHO4) == ID_ECHO

@@ -29,18 +29,28 @@ pkg/hubble/parser/sock for socket translations):
   interface (traces), node_name, time (the event's CLOCK_MONOTONIC time on the
   wall clock), uuid.
 
-``NodeContext`` holds what the enrichment looks up; ``NodeContext.from_node``
+``FlowBatch`` is a batch as the observer keeps it: the raw records and their
+decoded columns, each flow built by a FlowBuilder only when first asked for
+(GetFlows, one flow per group of alike rows for the metrics: ``groups``), its
+uuid a uuid5 of where the record was read, so the flows rebuilt from the log
+after a restart are the same.
+
+``NodeContext`` holds what the enrichment looks up (``to_json``/``from_json``:
+kept in the log with the records it enriched); ``NodeContext.from_node``
 reads it from a running node (its endpoint registry, identities, pinned
 ipcache and LB maps, the cluster the node was synced from), ``NodeContext(...)``
 takes plain dicts (tests).
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import os
 import socket
 import statistics
 import time
+import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -48,6 +58,7 @@ import numpy as np
 
 from harness.observe import decode as D
 from harness.observe.proto import flow_pb2, observer_pb2
+from harness.observe.store import LazyEntries, RawRecords
 
 # Cilium's monitor message types (pkg/monitor/api/types.go), as Hubble reports them.
 MSG_DROP, MSG_TRACE, MSG_POLICY_VERDICT, MSG_TRACE_SOCK = 1, 4, 5, 7
@@ -184,6 +195,17 @@ class NodeContext:
                  interfaces: Mapping[int, str] | None = None,
                  ifname_fallback: Callable[[int], str | None] | None = None,
                  sources: Mapping[str, float] | None = None):
+        endpoints = list(endpoints)
+        #: what it was made of, for to_json (a restarted observer rebuilds its flows with it)
+        self._made_of = {
+            "endpoints": [[e.id, e.identity, e.namespace, e.pod_name, list(e.labels), e.ipv4,
+                           e.ipv6] for e in endpoints],
+            "identities": {str(int(k)): list(v) for k, v in (identities or {}).items()},
+            "ipcache": {str(k): int(v) for k, v in (ipcache or {}).items()},
+            "pods": {str(a): list(v) for a, v in (pods or {}).items()},
+            "services": sorted([str(a), int(p), str(pr), ns, name]
+                               for (a, p, pr), (ns, name) in (services or {}).items()),
+            "interfaces": {str(int(k)): v for k, v in (interfaces or {}).items()}}
         self._by_id = {e.id: e for e in endpoints}
         self._by_ip: dict[str, EndpointInfo] = {}
         for e in self._by_id.values():
@@ -212,6 +234,24 @@ class NodeContext:
         self._ifname_fallback = ifname_fallback
         self._identity_cache: dict[str, int] = {}
         self.sources = dict(sources or {})
+
+    # -- kept with raw records
+    def to_json(self) -> bytes:
+        """What the context was made of (not its sources' times nor the fallback), as
+        canonical JSON: the same context gives the same bytes."""
+        return json.dumps(self._made_of, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, blob: bytes, *,
+                  ifname_fallback: Callable[[int], str | None] | None = None) -> "NodeContext":
+        d = json.loads(blob)
+        return cls(endpoints=[EndpointInfo(i, ident, ns, pod, tuple(labels), v4, v6)
+                              for i, ident, ns, pod, labels, v4, v6 in d["endpoints"]],
+                   identities={int(k): tuple(v) for k, v in d["identities"].items()},
+                   ipcache=d["ipcache"], pods={a: tuple(v) for a, v in d["pods"].items()},
+                   services={(a, p, pr): (ns, name) for a, p, pr, ns, name in d["services"]},
+                   interfaces={int(k): v for k, v in d["interfaces"].items()},
+                   ifname_fallback=ifname_fallback)
 
     # -- lookups
     def endpoint_by_id(self, endpoint_id: int) -> EndpointInfo | None:
@@ -452,16 +492,16 @@ class FlowBuilder:
         for row in rows:
             yield build_one(dict(zip(_ROW_FIELDS, row)))
 
-    def build_one(self, r: Mapping) -> "observer_pb2.GetFlowsResponse":
+    def build_one(self, r: Mapping, uuid: str | None = None) -> "observer_pb2.GetFlowsResponse":
         """A GetFlowsResponse of one decoded row (a mapping of DECODED_DTYPE's fields;
-        array fields as sequences of bytes)."""
+        array fields as sequences of bytes); *uuid*: the flow's (default: a random one)."""
         kind = r["type"]
         resp = observer_pb2.GetFlowsResponse(node_name=self.node_name)
         f = resp.flow
         seconds, nanos = divmod(r["wall_ns"], 1_000_000_000)
         f.time.seconds = resp.time.seconds = seconds
         f.time.nanos = resp.time.nanos = nanos
-        f.uuid = self._uuid()
+        f.uuid = uuid or self._uuid()
         f.node_name = self.node_name
         if kind == D.EVENT_TRACE_SOCK:
             self._sock(f, r)
@@ -673,6 +713,115 @@ _HAS_SOURCE_XLATED = _has_field(flow_pb2.IP, "source_xlated")
 def build_flows(node_name: str, context: NodeContext, records, offset_ns: int | None = None) -> list:
     """Decode raw records and build their GetFlowsResponse messages (the whole path)."""
     return FlowBuilder(node_name, context).build(D.decode(records, offset_ns))
+
+
+# ------------------------------------------------------------ batches kept lazily
+
+#: The namespace of the flows' uuids (uuid5 of where the record was read: see FlowBatch.uuid).
+FLOW_UUID_NAMESPACE = uuidlib.UUID("6c1d3b0e-8f7e-4f9a-9a43-3c2f0c5d1e14")
+
+#: DECODED_DTYPE's fields in order (a row's ``item()``).
+_ALL_FIELDS = tuple(D.DECODED_DTYPE.names)
+
+#: What Hubble's metrics read off a flow built from a row, as the row's columns: the
+#: event (type, subtype, flags, trace reason, direction, whether an endpoint is named:
+#: verdict, drop reason, is_reply, traffic direction, observation point), the layers
+#: (L4 protocol, family, TCP flags, ICMP type and code) and the L4 protocol of a socket
+#: translation; ``dport`` where port-distribution counts the row (see groups).
+_KEY_BASE = (("type", "u1"), ("subtype", "u1"), ("flags", "u1"), ("layers", "<u2"),
+             ("ip_version", "u1"), ("tcp_flags", "<u2"), ("icmp_type", "u1"),
+             ("icmp_code", "u1"), ("trace_reason", "u1"), ("dir", "u1"), ("l4_proto", "u1"))
+#: ... and with source/destination context labels: all the endpoints and addresses are
+#: resolved from.
+_KEY_CONTEXT = (("endpoint_id", "<u2"), ("remote_identity", "<u4"), ("ip_src", "u1", (16,)),
+                ("ip_dst", "u1", (16,)), ("orig_addr", "u1", (16,)),
+                ("xlate_addr", "u1", (16,)), ("orig_port", "<u2"), ("xlate_port", "<u2"))
+_KEY_DTYPES = {
+    (context, ports): np.dtype(list(_KEY_BASE) + [("has_endpoint", "u1")]
+                               + ([("dport", "<u2")] if ports else [])
+                               + (list(_KEY_CONTEXT) if context else []))
+    for context in (False, True) for ports in (False, True)}
+
+
+class FlowBatch(LazyEntries):
+    """A batch of records as the observer keeps it: the raw records and their decoded
+    columns, each turned into its ``GetFlowsResponse`` by *builder* only when something
+    asks for it (``entry``: GetFlows, a metric's representative), then kept.
+
+    Its flows' uuids are uuid5 of where each record was read (node, ring buffer map id,
+    the batch's start position, the record's index in the batch, its ktime): the same
+    after a restart rebuilds them from the log (``log_item``, ``from_log``).
+    """
+
+    def __init__(self, builder: FlowBuilder, records: bytes, *, offset_ns: int,
+                 context_id: int, context_blob: bytes, map_id: int, start: int,
+                 first: int = 0, decoded: np.ndarray | None = None):
+        self.builder = builder
+        self.records = records
+        self.offset_ns = offset_ns
+        self.context_id, self.context_blob = context_id, context_blob
+        self.map_id, self.start, self.first = map_id, start, first
+        self.decoded = D.decode(records, offset_ns) if decoded is None else decoded
+        self._rows = self.decoded.view(_ROW_VIEW)
+        self._built: list = [None] * len(self.decoded)
+
+    def __len__(self) -> int:
+        return len(self._built)
+
+    def uuid(self, i: int) -> str:
+        name = (f"{self.builder.node_name}/{self.map_id}/{self.start}/{self.first + i}/"
+                f"{int(self.decoded['ktime_ns'][i])}")
+        return str(uuidlib.uuid5(FLOW_UUID_NAMESPACE, name))
+
+    def entry(self, i: int):
+        """The GetFlowsResponse of row *i* (built once)."""
+        built = self._built[i]
+        if built is None:
+            row = dict(zip(_ALL_FIELDS, self._rows[i].item()))
+            built = self._built[i] = self.builder.build_one(row, self.uuid(i))
+        return built
+
+    def groups(self, *, context: bool = False, ports: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(a representative row, how many rows) of each group of rows whose flows Hubble's
+        metrics count under the same labels: rows equal in every column a metric reads
+        (``_KEY_BASE``; with *context*, also every column the endpoints, addresses and
+        services come from; with *ports*, the destination port where port-distribution
+        counts the row: a forwarded trace that is no reply, an allowed policy verdict)."""
+        d = self.decoded
+        key = np.zeros(len(d), dtype=_KEY_DTYPES[(context, ports)])
+        for name, *_ in _KEY_BASE:
+            key[name] = d[name]
+        key["has_endpoint"] = d["endpoint_id"] != 0
+        if ports:
+            kind, flags = d["type"], d["flags"]
+            reply = ((flags & D.EVF_REPLY) != 0) | (d["trace_reason"] == CT_REPLY)
+            counted = (((kind == D.EVENT_TRACE) & ~reply)
+                       | ((kind == D.EVENT_POLICY_VERDICT) & ((flags & D.EVF_ALLOWED) != 0)))
+            key["dport"] = np.where(counted, d["dport"], 0)
+        if context:
+            for name, *_ in _KEY_CONTEXT:
+                key[name] = d[name]
+        _, first, counts = np.unique(key.view(f"V{key.dtype.itemsize}"), return_index=True,
+                                     return_counts=True)
+        return first, counts
+
+    def log_item(self) -> RawRecords:
+        """The batch as the flow log keeps it (harness.observe.store.RawRecords)."""
+        return RawRecords(self.records, D.EVENT_SIZE, self.context_id, self.context_blob,
+                          self.offset_ns, self.map_id, self.start, self.first)
+
+    @classmethod
+    def from_log(cls, item: RawRecords, builder: FlowBuilder) -> "FlowBatch":
+        """The batch a log item holds, its flows built by *builder* (made with the context
+        ``item.context`` gives: NodeContext.from_json)."""
+        return cls(builder, item.records, offset_ns=item.offset_ns, context_id=item.context_id,
+                   context_blob=item.context, map_id=item.map_id, start=item.start,
+                   first=item.first)
+
+
+def context_id(blob: bytes) -> int:
+    """The id of a context's JSON (NodeContext.to_json) in the flow log: its hash."""
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little")
 
 
 # ------------------------------------------------------------------ benchmark

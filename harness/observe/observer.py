@@ -11,11 +11,15 @@ gRPC and metrics listeners are there), then:
   counter (bpf_src/lib/events.h).  A node without them (a datapath that emits no
   events) is said so once in the log and in ``ring_state``; the observer serves
   what it has and opens them as soon as they are pinned;
-- reads batches of raw records (harness.observe.ringreader), decodes and turns
-  them into ``GetFlowsResponse``s (harness.observe.flows), stores each batch in
-  the log *before* committing its consumer position (so a restarted observer
-  neither loses nor repeats a record), then appends them to the ring and feeds
-  the metrics;
+- reads batches of raw records (harness.observe.ringreader) and decodes them
+  (harness.observe.flows.FlowBatch, with the node's context of the moment), stores
+  each batch in the log *before* committing its consumer position (so a restarted
+  observer neither loses nor repeats a record), then appends it to the ring and
+  counts it in the metrics (grouped: FlowMetrics.observe_batch).  No ``flow.Flow``
+  is built per event: a flow is built when GetFlows (or a metric's group) first
+  asks for it, then kept; the log keeps the raw records with the context and clock
+  offset they were decoded with, so the flows rebuilt after a restart are the same,
+  uuids included;
 - reports the datapath's lost records (the per-CPU ``cb_events_lost`` totals)
   and its own (records of the wrong size) as Hubble does: a ``LostEvent``
   (PERF_EVENT_RING_BUFFER per CPU, OBSERVER_EVENTS_QUEUE) in the ring;
@@ -23,21 +27,29 @@ gRPC and metrics listeners are there), then:
   and on 127.0.0.1:4245 of its namespace, and Hubble's metrics on 127.0.0.1:9965.
 
 SIGTERM/SIGINT end it cleanly (the socket file is removed).
+
+``python -m harness.observe.observer --bench`` measures the whole per-event path on
+one core (``bench``): batches of synthetic records read through BatchReader's batch
+path, decoded, enriched, stored in the log, kept in the ring and counted in the
+metrics, by ``Observer.step`` itself.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
+import statistics
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable, Sequence
 
 from harness.node.node import Node
 from harness.observe import where
-from harness.observe.store import (DEFAULT_CAPACITY, FlowLog, FlowRing, Position, check_capacity,
-                                   resume_position)
+from harness.observe.store import (DEFAULT_CAPACITY, FlowLog, FlowRing, LazyEntries, Position,
+                                   check_capacity, resume_position)
 
 EVENT_SIZE = 224                      # struct cb_event (harness.observe.decode.EVENT_SIZE)
 BATCH = 4096                          # records per read
@@ -53,14 +65,17 @@ def _log(msg: str) -> None:
 class Observer:
     """The observer's state: ring, log, counters, and the node's event maps once open.
 
-    *build* turns a buffer of raw records into ``GetFlowsResponse``s (default: the
-    node's harness.observe.flows builder); *state_dir* and *pin_dir* default to the
-    node's (tests give their own).
+    *build* turns a buffer of raw records into ``GetFlowsResponse``s (tests); by
+    default a batch is kept as a harness.observe.flows.FlowBatch, its flows built
+    when asked for with *context* (a harness.observe.flows.NodeContext; default:
+    the node's, read again when it changed); *state_dir* and *pin_dir* default to
+    the node's (tests give their own).
     """
 
     def __init__(self, node: str, *, capacity: int = DEFAULT_CAPACITY,
                  state_dir: str | None = None, pin_dir: str | None = None,
-                 build: Callable[[bytes], list] | None = None, log: Callable[[str], None] = _log):
+                 build: Callable[[bytes], list] | None = None, context=None,
+                 log: Callable[[str], None] = _log):
         from harness.observe.proto import flow_pb2, observer_pb2
         self._flow_pb2, self._observer_pb2 = flow_pb2, observer_pb2
         self.node = Node(node)
@@ -82,6 +97,9 @@ class Observer:
         self._lost_polled = 0.0
         self.ring_state = "not opened"
         self._build = build
+        self._fixed_context = context
+        self._context = None                  # (NodeContext, its id, its JSON, FlowBuilder)
+        self._restored: dict[int, object] = {}  # context id -> FlowBuilder (log reload)
         self._log = log
         self.metrics = None                   # harness.observe.metrics.FlowMetrics
         self._missing_said = False
@@ -90,15 +108,29 @@ class Observer:
 
     def load(self) -> int:
         """Reload what the log holds into the ring; returns how many entries."""
+        from harness.observe.store import RawRecords
         loaded = self.store.load()
         parse = self._observer_pb2.GetFlowsResponse.FromString
-        self.ring.extend(parse(raw) for raw in loaded.entries)
+        self.ring.extend(self._restore(item) if isinstance(item, RawRecords) else parse(item)
+                         for item in loaded.entries)
         self.seen = loaded.seen
         self._lost_reported = list(loaded.lost)
         if loaded.dropped_bytes:
             self._log(f"{self.store.path}: dropped a frame cut short ({loaded.dropped_bytes} "
                       "bytes; its records were not committed and are read again)")
-        return len(loaded.entries)
+        return loaded.count
+
+    def _restore(self, item):
+        """The FlowBatch of raw records from the log, built with the context they were
+        first built with."""
+        import socket
+        from harness.observe import flows
+        builder = self._restored.get(item.context_id)
+        if builder is None:
+            ctx = flows.NodeContext.from_json(item.context,
+                                              ifname_fallback=socket.if_indextoname)
+            builder = self._restored[item.context_id] = flows.FlowBuilder(self.name, ctx)
+        return flows.FlowBatch.from_log(item, builder)
 
     def open_events(self) -> bool:
         """Open the node's pinned cb_events (and cb_events_lost) if pinned; True once open."""
@@ -128,21 +160,31 @@ class Observer:
                   f"{reader.size} bytes, consumer at {reader.consumer_pos})")
         return True
 
-    def _builder(self) -> Callable[[bytes], list]:
-        """The node's flow builder (harness.observe.flows), its context read again when
-        the node's endpoints or cluster changed (pods added after the observer started)."""
-        if self._build is None:
-            from harness.observe import decode, flows
-            state: dict = {}
+    def _current_context(self) -> tuple:
+        """(NodeContext, id, JSON, FlowBuilder) of the node now: read again when the
+        node's endpoints or cluster changed (pods added after the observer started)."""
+        from harness.observe import flows
+        cur = self._context
+        if cur is None or (self._fixed_context is None and cur[0].is_stale()):
+            ctx = self._fixed_context or flows.NodeContext.from_node(self.node)
+            blob = ctx.to_json()
+            cid = flows.context_id(blob)
+            if cur is not None and cur[1] == cid:         # re-read, same facts
+                cur = self._context = (ctx, cid, blob, cur[3])
+            else:
+                cur = self._context = (ctx, cid, blob, flows.FlowBuilder(self.name, ctx))
+        return cur
 
-            def build(data: bytes) -> list:
-                ctx = state.get("context")
-                if ctx is None or ctx.is_stale():
-                    ctx = state["context"] = flows.NodeContext.from_node(self.node)
-                    state["builder"] = flows.FlowBuilder(self.name, ctx)
-                return state["builder"].build(decode.decode(data))
-            self._build = build
-        return self._build
+    def _batch(self, batch) -> list:
+        """A batch of records as the ring and the log keep it (FlowBatch), or, with a
+        *build* of the caller's, its GetFlowsResponses."""
+        if self._build is not None:
+            return list(self._build(batch.data))
+        from harness.observe import decode, flows
+        _ctx, cid, blob, builder = self._current_context()
+        return [flows.FlowBatch(builder, batch.data, offset_ns=decode.realtime_offset_ns(),
+                                context_id=cid, context_blob=blob, map_id=self.reader.map_id,
+                                start=batch.start)]
 
     # -------------------------------------------------------------------- reading
 
@@ -188,13 +230,14 @@ class Observer:
         batch = self.reader.read(BATCH) if got else None
         if batch is not None and batch.end > batch.start:
             if batch.count:
-                entries.extend(self._flows(batch.data, batch.count))
+                entries.extend(self._flows(batch))
             if batch.odd:
                 self.lost_local += batch.odd
                 entries.append(self._lost_event("OBSERVER_EVENTS_QUEUE", batch.odd))
         elif not entries:
             return 0
-        flows = sum(1 for e in entries if e.HasField("flow"))
+        flows = sum(len(e) if isinstance(e, LazyEntries) else e.HasField("flow")
+                    for e in entries)
         self.seen += flows
         if batch is not None and batch.end > batch.start:
             position = Position(self.reader.map_id, batch.start, batch.end)
@@ -202,30 +245,32 @@ class Observer:
             cons = self.reader.consumer_pos
             position = Position(self.reader.map_id, cons, cons)
         # Stored first, then committed: see harness.observe.store.
-        self.store.append([e.SerializeToString() for e in entries], position, self.seen,
-                          self._lost_reported)
+        self.store.append([e.log_item() if isinstance(e, LazyEntries) else e.SerializeToString()
+                           for e in entries], position, self.seen, self._lost_reported)
         if batch is not None and batch.end > batch.start:
             self.reader.commit(batch.end)
         self.ring.extend(entries)
         self._feed_metrics(entries)
         return len(entries)
 
-    def _flows(self, data: bytes, count: int) -> list:
-        """The batch's GetFlowsResponses; a batch the builder fails on is counted lost
+    def _flows(self, batch) -> list:
+        """The batch's entries; a batch the decoder fails on is counted lost
         (OBSERVER_EVENTS_QUEUE) rather than crashing the observer on it again and again."""
         try:
-            return list(self._builder()(data))
+            return self._batch(batch)
         except Exception as exc:   # noqa: BLE001 - reported as lost events, logged
-            self.lost_local += count
-            self._log(f"{count} records could not be turned into flows: "
+            self.lost_local += batch.count
+            self._log(f"{batch.count} records could not be turned into flows: "
                       f"{type(exc).__name__}: {exc}")
-            return [self._lost_event("OBSERVER_EVENTS_QUEUE", count)]
+            return [self._lost_event("OBSERVER_EVENTS_QUEUE", batch.count)]
 
     def _feed_metrics(self, entries: Sequence) -> None:
         if self.metrics is None:
             return
         for e in entries:
-            if e.HasField("flow"):
+            if isinstance(e, LazyEntries):
+                self.metrics.observe_batch(e)
+            elif e.HasField("flow"):
                 self.metrics.observe(e.flow)
             else:
                 self.metrics.observe_lost(e.lost_events)
@@ -262,6 +307,83 @@ def start_metrics(observer: Observer, port: int):
     return metrics.serve(registry, "127.0.0.1", port)
 
 
+# --------------------------------------------------------------------------- bench
+
+def _synthetic_reader(records: bytes, total: int):
+    """A BatchReader over an in-memory ring of *records* (ring-buffer slots: header then
+    the record), handing out *total* records in all, the same records lap after lap
+    (positions keep growing); its batches come from BatchReader's own fast path."""
+    import numpy as np
+    from harness.observe.ringreader import HDR_SIZE, Batch, BatchReader, _roundup
+
+    class SyntheticReader(BatchReader):
+        def __init__(self):                       # no map: the slots are in memory
+            self.name, self.record_size, self.fd = "cb_events", EVENT_SIZE, -1
+            self._epoll = self._prod = self._cons = None
+            self._slot = _roundup(EVENT_SIZE)
+            self._slot_dtype = np.dtype([("len", "<u4"), ("pg", "<u4"),
+                                         ("rec", f"V{self._slot - HDR_SIZE}")])
+            recs = np.frombuffer(records, dtype=f"V{EVENT_SIZE}")
+            slots = np.zeros(len(recs), dtype=self._slot_dtype)
+            slots["len"] = EVENT_SIZE
+            slots["rec"] = recs.astype(f"V{self._slot - HDR_SIZE}")
+            self._lap = len(recs)
+            self._data = memoryview(slots.tobytes())
+            self.map_id, self.size = 1, 1 << 30
+            self._pos = self._done = 0
+
+        consumer_pos = property(lambda self: self._pos)
+        producer_pos = property(lambda self: (total - self._done) * self._slot + self._pos)
+
+        def commit(self, position: int) -> None:
+            self._done += (position - self._pos) // self._slot
+            self._pos = position
+
+        def wait(self, timeout: float) -> bool:
+            return self._done < total
+
+        def read(self, max_records: int = BATCH) -> Batch:
+            n = min(max_records, total - self._done, self._lap - self._done % self._lap)
+            at = (self._done % self._lap) * self._slot
+            used, data, count = self._fast(at, n * self._slot)
+            return Batch(self._pos, self._pos + used, data, count, EVENT_SIZE)
+
+        def close(self) -> None:
+            pass
+    return SyntheticReader()
+
+
+def bench(count: int = 1_000_000, runs: int = 5, capacity: int = DEFAULT_CAPACITY) -> dict:
+    """Events/s the observer's whole per-event path reaches on one core: *count*
+    synthetic records (decode.synthetic_records: every event type and layer) read in
+    batches of BATCH, through ``Observer.step`` (decode, enrichment with
+    flows.sample_context(), the log in a temporary state dir, the ring of *capacity*,
+    Hubble's default metrics), *runs* times; the median and the range."""
+    from prometheus_client import CollectorRegistry
+    from harness.observe import decode, flows, metrics
+    records = decode.synthetic_records(32 * BATCH)
+    rates = []
+    for _ in range(runs):
+        state = tempfile.mkdtemp(prefix="cb-obs-bench-")
+        try:
+            obs = Observer("cb-bench", capacity=capacity, state_dir=state, pin_dir=state,
+                           context=flows.sample_context(), log=lambda _m: None)
+            obs.metrics = metrics.FlowMetrics(CollectorRegistry())
+            obs.reader = _synthetic_reader(records, count)
+            t0 = time.perf_counter()
+            while obs.reader.wait(0):
+                obs.step(0)
+            elapsed = time.perf_counter() - t0
+            if obs.seen != count:
+                raise RuntimeError(f"bench: {obs.seen} flows seen of {count} records")
+            obs.close()
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+        rates.append(count / elapsed)
+    return {"events": count, "batch": BATCH, "runs": runs, "median": statistics.median(rates),
+            "min": min(rates), "max": max(rates)}
+
+
 # ---------------------------------------------------------------------------- main
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -283,6 +405,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--bench"]:
+        r = bench()
+        print(f"observer: {r['events']:,} events (batches of {r['batch']}), {r['runs']} runs: "
+              f"median {r['median']:,.0f} events/s (min {r['min']:,.0f}, max {r['max']:,.0f})")
+        return 0
     args = _parse(argv)
     node = Node(args.node)
     netns_name = args.node if args.netns is None else args.netns

@@ -7,22 +7,38 @@ ones (``wait_after``) knows when it fell behind the ring (Hubble then reports a
 ``LostEvent`` from HUBBLE_RING_BUFFER).  Hubble's capacity is 2^n - 1
 (``check_capacity``, harness.node.config's rule; default 4095).
 
+The observer keeps a batch of records as read (a ``LazyEntries``: the records, their
+decoded columns, each flow built only when asked for, harness.observe.flows.FlowBatch);
+the ring holds it as one entry per record and builds an entry when a reader takes it
+(``snapshot``, ``after``), so the per-event path builds no protobuf message.
+
 ``FlowLog(path, capacity)`` is the ring's copy on disk, so that an observer
 restarted after a kill -9 serves the flows recorded before.  It is an append
 file of frames, one per batch read from the ring buffer::
 
-    header  "CBF1", map id u32, entries u32, consumer start u64, end u64,
+    header  "CBF1", map id u32, items u32, consumer start u64, end u64,
             flows seen u64, CPUs u32, payload length u32, CRC-32 u32
             per-CPU lost-event totals reported so far (u64 each)
-    payload per entry: length u32 + the serialized GetFlowsResponse
+    payload per item, by its first word:
+      length u32 (< 2^30) + the serialized GetFlowsResponse         one entry
+      RAW | count u32 + context id u64, wall-clock offset i64,      count entries
+        map id u32, start u64, first u32, record size u32 + the raw records
+      CONTEXT | length u32 + context id u64 + the context           no entry
+
+Raw records (``RawRecords``) are a batch kept as read: the flows are built from them
+again after a restart, with the context they were first built with (the node's
+endpoints, identities, ipcache, pods and Services as JSON, written once per file
+before the first records that use it) and the same clock offset and uuids, so a
+rebuilt flow is the flow served before.
 
 written (one write) *before* the batch's consumer position is committed to the
 kernel: a frame whose positions the kernel's consumer position has not reached
 yet is a batch stored by an observer killed before its commit (``resume``
 commits it for it), so no record is stored twice and none is skipped.  A frame
 cut short by a kill is dropped at load (its records were not committed either).
-The file holds at most 2 x capacity entries: past that it is rewritten
-(temporary file, rename) as one frame with the last *capacity*.
+The file holds at most 2 x capacity entries: a batch that would take it past
+that is stored by rewriting it (temporary file, rename) as one frame with the
+last *capacity* entries, the batch's among them.
 """
 from __future__ import annotations
 
@@ -39,6 +55,65 @@ from harness.node.config import check_hubble_buffer_size as check_capacity
 _MAGIC = b"CBF1"
 _HEADER = struct.Struct("<4sIIQQQIII")
 _LEN = struct.Struct("<I")
+_RAW, _CONTEXT, _KIND = 1 << 31, 1 << 30, 3 << 30
+_RAW_HEADER = struct.Struct("<QqIQII")
+_CONTEXT_ID = struct.Struct("<Q")
+
+
+class LazyEntries:
+    """A run of ring entries whose messages are made on demand: ``len()`` entries,
+    ``entry(i)`` the i-th (made once), ``log_item()`` what the log stores of them."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def entry(self, i: int):
+        raise NotImplementedError
+
+
+@dataclass
+class RawRecords:
+    """*count* raw records of *size* bytes kept in the log, with what rebuilds their flows:
+    the context (JSON, *context_id* its hash), the CLOCK_REALTIME - CLOCK_MONOTONIC
+    offset used, and where they were read (map id, batch start, index of the first)."""
+    records: bytes
+    size: int
+    context_id: int
+    context: bytes
+    offset_ns: int
+    map_id: int
+    start: int
+    first: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.records) // self.size
+
+    def tail(self, n: int) -> "RawRecords":
+        """The last *n* records."""
+        drop = self.count - n
+        return RawRecords(self.records[drop * self.size:], self.size, self.context_id,
+                          self.context, self.offset_ns, self.map_id, self.start,
+                          self.first + drop)
+
+
+def _count(item) -> int:
+    return item.count if isinstance(item, RawRecords) else 1
+
+
+def _last(items: list, n: int) -> list:
+    """The items holding the last *n* entries (a run of raw records cut to fit)."""
+    out, have = [], 0
+    for item in reversed(items):
+        if have >= n:
+            break
+        c = _count(item)
+        if have + c > n:
+            item, c = item.tail(n - have), n - have
+        out.append(item)
+        have += c
+    out.reverse()
+    return out
 
 
 # ----------------------------------------------------------------------------- ring
@@ -49,6 +124,7 @@ class FlowRing:
     def __init__(self, capacity: int = DEFAULT_CAPACITY):
         self.capacity = check_capacity(capacity)
         self._buf: list = [None] * capacity
+        self._idx: list[int] = [-1] * capacity  # >= 0: entry _idx of the LazyEntries in _buf
         self._next = 0                        # sequence number of the next entry
         self._cond = threading.Condition()
         self._closed = False
@@ -65,25 +141,55 @@ class FlowRing:
         return max(0, self._next - self.capacity)
 
     def extend(self, entries: Iterable) -> None:
+        """Append *entries*: entries, or LazyEntries standing for len() entries each."""
+        cap = self.capacity
         with self._cond:
             for entry in entries:
-                self._buf[self._next % self.capacity] = entry
+                if isinstance(entry, LazyEntries):
+                    self._extend_lazy(entry)
+                    continue
+                self._buf[self._next % cap] = entry
+                self._idx[self._next % cap] = -1
                 self._next += 1
             self._cond.notify_all()
+
+    def _extend_lazy(self, lazy: LazyEntries) -> None:
+        cap, n = self.capacity, len(lazy)
+        skip = max(0, n - cap)                # overwritten at once: never held
+        self._next += skip
+        i = skip
+        while i < n:
+            at = self._next % cap
+            k = min(n - i, cap - at)
+            self._buf[at:at + k] = [lazy] * k
+            self._idx[at:at + k] = range(i, i + k)
+            self._next += k
+            i += k
+
+    def _held(self, start: int) -> list:
+        """(holder, index) of the entries from *start* to the newest (under the lock)."""
+        cap = self.capacity
+        return [(self._buf[s % cap], self._idx[s % cap]) for s in range(start, self._next)]
+
+    @staticmethod
+    def _made(held: list) -> list:
+        """The entries, LazyEntries' made now (outside the lock: building takes time)."""
+        return [holder if i < 0 else holder.entry(i) for holder, i in held]
 
     def snapshot(self) -> tuple[int, list]:
         """(sequence number of the first, every entry held, oldest first)."""
         with self._cond:
             start = self.oldest_seq
-            return start, [self._buf[s % self.capacity] for s in range(start, self._next)]
+            held = self._held(start)
+        return start, self._made(held)
 
     def after(self, seq: int) -> tuple[int, list]:
         """(entries overwritten before the reader got them, the entries from *seq* on)."""
         with self._cond:
             oldest = self.oldest_seq
             missed = max(0, oldest - seq)
-            start = max(seq, oldest)
-            return missed, [self._buf[s % self.capacity] for s in range(start, self._next)]
+            held = self._held(max(seq, oldest))
+        return missed, self._made(held)
 
     def wait_after(self, seq: int, timeout: float) -> bool:
         """Wait up to *timeout* s for an entry numbered *seq* or later; False on timeout or
@@ -116,11 +222,16 @@ class Position:
 @dataclass
 class Loaded:
     """What a log held: its last *capacity* entries and the counters of its last frame."""
-    entries: list[bytes] = field(default_factory=list)
+    entries: list = field(default_factory=list)     # serialized entries and RawRecords
     position: Position | None = None
     seen: int = 0
     lost: list[int] = field(default_factory=list)
     dropped_bytes: int = 0                  # a frame cut short (a kill mid-write), removed
+
+    @property
+    def count(self) -> int:
+        """Entries held (a RawRecords counts its records)."""
+        return sum(_count(item) for item in self.entries)
 
 
 class FlowLog:
@@ -130,7 +241,9 @@ class FlowLog:
         self.path = path
         self.capacity = check_capacity(capacity)
         self._entries_in_file = 0
-        self._recent: list[bytes] = []        # the last entries written (for compaction)
+        self._recent: list = []               # items of the last entries written (compaction)
+        self._recent_count = 0
+        self._contexts_in_file: set[int] = set()
         self._fd: int | None = None
         self.position: Position | None = None
         self.seen = 0
@@ -149,7 +262,9 @@ class FlowLog:
         except FileNotFoundError:
             raw = b""
         pos = good = 0
-        entries: list[bytes] = []
+        entries: list = []
+        held = 0
+        contexts: dict[int, bytes] = {}
         while pos + _HEADER.size <= len(raw):
             (magic, map_id, count, start, end, seen, ncpu, length,
              crc) = _HEADER.unpack_from(raw, pos)
@@ -161,22 +276,38 @@ class FlowLog:
             lost = list(struct.unpack_from(f"<{ncpu}Q", raw, body))
             at, batch = body + 8 * ncpu, []
             for _ in range(count):
-                (n,) = _LEN.unpack_from(raw, at)
-                batch.append(raw[at + 4:at + 4 + n])
-                at += 4 + n
+                (word,) = _LEN.unpack_from(raw, at)
+                at += 4
+                kind, n = word & _KIND, word & ~_KIND
+                if kind == _CONTEXT:
+                    (cid,) = _CONTEXT_ID.unpack_from(raw, at)
+                    at += _CONTEXT_ID.size
+                    contexts[cid] = raw[at:at + n]
+                elif kind == _RAW:
+                    cid, offset, rmap, rstart, first, size = _RAW_HEADER.unpack_from(raw, at)
+                    at += _RAW_HEADER.size
+                    batch.append(RawRecords(raw[at:at + n * size], size, cid, contexts[cid],
+                                            offset, rmap, rstart, first))
+                    n *= size
+                else:
+                    batch.append(raw[at:at + n])
+                at += n
             entries.extend(batch)
-            if len(entries) > 2 * self.capacity:
-                del entries[:-self.capacity]
+            held += sum(_count(item) for item in batch)
+            if held > 2 * self.capacity:
+                entries = _last(entries, self.capacity)
+                held = self.capacity
             out.position, out.seen, out.lost = Position(map_id, start, end), seen, lost
             pos = good = stop
         out.dropped_bytes = len(raw) - good
-        out.entries = entries[-self.capacity:]
+        out.entries = _last(entries, self.capacity)
         self.position, self.seen, self.lost = out.position, out.seen, list(out.lost)
-        if out.dropped_bytes or len(entries) > self.capacity:
+        if out.dropped_bytes or held > self.capacity:
             self._rewrite(out.entries)        # drop the torn frame, bound the file
         else:
-            self._entries_in_file = len(entries)
+            self._entries_in_file = self._recent_count = held
             self._recent = list(out.entries)
+            self._contexts_in_file = set(contexts)
         return out
 
     def _open(self) -> int:
@@ -187,44 +318,75 @@ class FlowLog:
         return self._fd
 
     @staticmethod
-    def _frame(entries: Sequence[bytes], position: Position, seen: int,
-               lost: Sequence[int]) -> bytes:
-        body = struct.pack(f"<{len(lost)}Q", *lost) + b"".join(
-            _LEN.pack(len(e)) + e for e in entries)
+    def _frame(entries: Sequence, position: Position, seen: int,
+               lost: Sequence[int], contexts: set[int] | None = None) -> bytes:
+        """A frame of *entries* (serialized entries, RawRecords); the context of a
+        RawRecords goes first unless its id is in *contexts* (those in the file
+        already; updated)."""
+        contexts = set() if contexts is None else contexts
+        parts = [struct.pack(f"<{len(lost)}Q", *lost)]
+        items = 0
+        for e in entries:
+            if isinstance(e, RawRecords):
+                if e.context_id not in contexts:
+                    parts += [_LEN.pack(_CONTEXT | len(e.context)),
+                              _CONTEXT_ID.pack(e.context_id), e.context]
+                    contexts.add(e.context_id)
+                    items += 1
+                parts += [_LEN.pack(_RAW | e.count),
+                          _RAW_HEADER.pack(e.context_id, e.offset_ns, e.map_id, e.start,
+                                           e.first, e.size), e.records]
+            else:
+                parts += [_LEN.pack(len(e)), e]
+            items += 1
+        body = b"".join(parts)
         length = len(body) - 8 * len(lost)
-        return _HEADER.pack(_MAGIC, position.map_id, len(entries), position.start,
+        return _HEADER.pack(_MAGIC, position.map_id, items, position.start,
                             position.end, seen, len(lost), length, zlib.crc32(body)) + body
 
-    def append(self, entries: Sequence[bytes], position: Position, seen: int,
+    def append(self, entries: Sequence, position: Position, seen: int,
                lost: Sequence[int]) -> None:
-        """Store one batch (before its consumer position is committed): its entries, the
-        positions it spans, the flows seen and the lost-event totals reported so far."""
-        frame = self._frame(entries, position, seen, lost)
+        """Store one batch (before its consumer position is committed): its entries
+        (serialized entries, RawRecords), the positions it spans, the flows seen and
+        the lost-event totals reported so far."""
+        added = sum(_count(e) for e in entries)
+        recent = self._recent + list(entries)
+        if self._recent_count + added > self.capacity:
+            recent = _last(recent, self.capacity)
+        if self._entries_in_file + added > 2 * self.capacity:
+            # the file would pass its bound: rewritten at once with the last capacity
+            # entries, this batch's among them (one write, not an append then a rewrite)
+            self.position, self.seen, self.lost = position, seen, list(lost)
+            self._rewrite(recent)
+            return
+        contexts = set(self._contexts_in_file)
+        frame = self._frame(entries, position, seen, lost, contexts)
         fd = self._open()
         done = 0
         while done < len(frame):
             done += os.write(fd, frame[done:])
+        self._contexts_in_file = contexts
         self.position, self.seen, self.lost = position, seen, list(lost)
-        self._entries_in_file += len(entries)
-        self._recent.extend(entries)
-        if len(self._recent) > self.capacity:
-            del self._recent[:-self.capacity]
-        if self._entries_in_file > 2 * self.capacity:
-            self._rewrite(self._recent)
+        self._entries_in_file += added
+        self._recent = recent
+        self._recent_count = min(self._recent_count + added, self.capacity)
 
-    def _rewrite(self, entries: list[bytes]) -> None:
+    def _rewrite(self, entries: list) -> None:
         """The file as one frame of *entries* (temporary file, then rename)."""
         self.close()
         if self.position is None:            # nothing stored yet: an empty file
             if os.path.exists(self.path):
                 os.unlink(self.path)
-            self._entries_in_file, self._recent = 0, []
+            self._entries_in_file = self._recent_count = 0
+            self._recent, self._contexts_in_file = [], set()
             return
         tmp = self.path + ".tmp"
+        contexts: set[int] = set()
         with open(tmp, "wb") as f:
-            f.write(self._frame(entries, self.position, self.seen, self.lost))
+            f.write(self._frame(entries, self.position, self.seen, self.lost, contexts))
         os.replace(tmp, self.path)
-        self._entries_in_file, self._recent = len(entries), list(entries)
+        self._recent, self._contexts_in_file = list(entries), contexts
+        self._entries_in_file = self._recent_count = sum(_count(e) for e in entries)
 
     def close(self) -> None:
         if self._fd is not None:
