@@ -188,9 +188,9 @@ def test_a_real_prometheus_reads_hubbles_flow_metrics_with_hubbles_queries(topol
 
 
 def test_after_the_connectivity_check_prometheus_sees_the_policy_drops_and_flows(topology):
-    """The issue's end-to-end check.  Needs every node's observer serving Hubble's metrics on
-    127.0.0.1:9965 of its namespace (harness.observe.observer, started by `up`) and the
-    datapath's events (bpf_src/lib/events.h emission): fails until both are merged."""
+    """The issue's end-to-end check: every node's observer (started by `up`) serves Hubble's
+    metrics and the datapath's own counters on 127.0.0.1:9965 of its namespace, and a real
+    Prometheus there sees the suite's policy drops, flow rates and service packets."""
     proms = []
     try:
         for node in topology.nodes:
@@ -218,6 +218,12 @@ def test_after_the_connectivity_check_prometheus_sees_the_policy_drops_and_flows
         rates = [float(r["value"][1]) for prom in proms
                  for r in prom.query("rate(hubble_flows_processed_total[1m])")]
         assert rates and max(rates) > 0, rates
+        pressure = [r for prom in proms
+                    for r in prom.query('cilium_bpf_map_pressure{map_name="cb_ct4"}')]
+        assert len(pressure) == len(proms) and all(float(r["value"][1]) > 0 for r in pressure)
+        served = sum(float(r["value"][1]) for prom in proms for r in prom.query(
+            'chainbench_service_packets_total{service="default/echo-a"}'))
+        assert served > 0
     finally:
         for prom in proms:
             prom.stop()

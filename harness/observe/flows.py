@@ -304,6 +304,10 @@ class NodeContext:
             self._interfaces[ifindex] = name
         return name or ""
 
+    def service_names(self) -> dict[tuple[str, int, str], str]:
+        """(frontend address, port, protocol) -> the Service's ``namespace/name``."""
+        return {k: f"{ns}/{name}" for k, (ns, name) in self._services.items()}
+
     def is_stale(self) -> bool:
         """Whether a file this context was read from changed since (from_node)."""
         for path, mtime in self.sources.items():

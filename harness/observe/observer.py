@@ -292,18 +292,22 @@ class Observer:
 # ------------------------------------------------------------------------- metrics
 
 def start_metrics(observer: Observer, port: int):
-    """Hubble's flow metrics of this node on 127.0.0.1:*port* of its namespace (the one
-    call site of harness.observe.metrics); returns the server to close, or None."""
+    """Hubble's flow metrics of this node and its datapath's own counters (read from the
+    pinned maps at each scrape, services named from the node's context) on
+    127.0.0.1:*port* of its namespace; returns the server to close, or None."""
     if not port:
         return None
-    import importlib.util
-    if importlib.util.find_spec("harness.observe.metrics") is None:
-        observer._log("no metrics: harness.observe.metrics is not in this checkout")
-        return None
     from harness.observe import metrics
+    from harness.observe.datapath_metrics import DatapathCollector
     from prometheus_client import CollectorRegistry
     registry = CollectorRegistry()
     observer.metrics = metrics.FlowMetrics(registry)
+
+    def service_names():
+        ctx = observer._current_context()[0]
+        return {k: (name, {}) for k, name in ctx.service_names().items()}
+    registry.register(DatapathCollector(observer.name, pin_dir=observer.pin_dir,
+                                        service_names=service_names))
     return metrics.serve(registry, "127.0.0.1", port)
 
 
