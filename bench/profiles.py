@@ -4,6 +4,10 @@ quick  ``make bench``: 1 and 10k services, one interleaved round, <= 15 min here
 full   every scale of the issue, >= 3 rounds (a bare-metal runner's job).
 smoke  ``make test``: a tiny version of each suite, to prove they run end to end;
        its figures are not benchmarks (short runs, few samples) and say so.
+
+All three time the cost of flow events in micro (``events``: the established
+ClusterIP hit and the pod-to-pod cases at monitor aggregation off, medium and
+none, at 1 service and 1 identity; ``chainbench bench micro --events-only``).
 """
 from __future__ import annotations
 
@@ -17,6 +21,11 @@ class MicroSettings:
     samples: int
     repeat: int
     rounds: int
+    #: The cost of flow events (bench.micro.events_cases): the established ClusterIP
+    #: hit and the pod-to-pod allowed cases at monitor aggregation off, medium, none.
+    events: bool = True
+    #: Every program on the default packet (bench.micro.suite.discover_cases).
+    generic: bool = True
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ PROFILES = {
     "quick": Profile(
         "quick",
         MicroSettings(services=(1, 10_000), identities=(1, 16_000), samples=5, repeat=100_000,
-                      rounds=1),
+                      rounds=1, events=True),
         ControlSettings(scales=(1, 10_000), rounds=1, timeout=300,
                         method_timeouts=(("iptables-nft", 60),)),
         MacroSettings(scales=(1, 10_000), rounds=1, seconds=5, connections=32,
@@ -60,14 +69,15 @@ PROFILES = {
     "full": Profile(
         "full",
         MicroSettings(services=(1, 1_000, 10_000, 100_000), identities=(1, 1_000, 16_000),
-                      samples=7, repeat=100_000, rounds=3),
+                      samples=7, repeat=100_000, rounds=3, events=True),
         ControlSettings(scales=(1, 1_000, 10_000, 50_000), rounds=3, timeout=900,
                         method_timeouts=(("iptables-nft", 300),)),
         MacroSettings(scales=(1, 1_000, 10_000), rounds=3, seconds=8, connections=32,
                       locust_seconds=20, locust_users=100)),
     "smoke": Profile(
         "smoke",
-        MicroSettings(services=(1,), identities=(1,), samples=5, repeat=10_000, rounds=1),
+        MicroSettings(services=(1,), identities=(1,), samples=5, repeat=10_000, rounds=1,
+                      events=True),
         ControlSettings(scales=(1, 100), rounds=1, timeout=60),
         MacroSettings(scales=(1, 100), rounds=1, seconds=1, connections=8,
                       locust_seconds=3, locust_users=5),

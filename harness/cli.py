@@ -122,11 +122,18 @@ def cmd_bench(args) -> int:
     from bench.report import results    # lazy: ~8 ms, only bench needs it
     if args.rounds is not None and args.rounds < 1:
         raise UsageError("--rounds must be >= 1")
+    only = args.events_only
+    if only and args.suite != "micro":
+        raise UsageError("--events-only: a micro option (`chainbench bench micro --events-only`)")
+    if only and (args.services or args.identities):
+        raise UsageError("--events-only times 1 service and 1 identity: no --services or "
+                         "--identities with it")
     profile = profiles.get(
-        args.profile, services=_scales_arg("--services", args.services),
-        identities=_scales_arg("--identities", args.identities),
+        args.profile, services=() if only else _scales_arg("--services", args.services),
+        identities=() if only else _scales_arg("--identities", args.identities),
         scales=_scales_arg("--scales", args.scales), samples=args.samples, repeat=args.repeat,
-        rounds=args.rounds, seconds=args.seconds, timeout=args.timeout)
+        rounds=args.rounds, seconds=args.seconds, timeout=args.timeout,
+        generic=False if only else None, events=True if only else None)
     suites = _suites()
     wanted = profiles.SUITES if args.suite == "all" else (args.suite,)
     if "micro" in wanted and suites["micro"].indicative(profile.micro):
@@ -788,6 +795,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "3 rounds; smoke: tiny, for make test (default quick)")
     p.add_argument("--services", help="micro: service counts (x 10 backends) of the LB cases")
     p.add_argument("--identities", help="micro: identity x rule counts of the policy cases")
+    p.add_argument("--events-only", action="store_true",
+                   help="micro: only the cost of flow events (monitor aggregation off, medium, "
+                        "none)")
     p.add_argument("--samples", type=int, help="micro: interleaved samples per case (>= 5)")
     p.add_argument("--repeat", type=int, help="micro: runs per sample (>= 100000)")
     p.add_argument("--scales", help="control and macro: service counts, e.g. 1,1000,10000")

@@ -49,6 +49,12 @@ class Case:
     #: Cases with the same key share their maps (pinned in the run's directory);
     #: ``setup`` runs once per key.
     maps: str | None = None
+    #: The monitor aggregation level (harness.abi.monitor.LEVELS) of an events case
+    #: (bench.micro.events_cases), timed in-process with its ring buffer drained
+    #: after each sample; None for every other case.
+    events: str | None = None
+    #: The case an events case loads at its level (its variant, "established").
+    events_base: str | None = None
 
     def __post_init__(self) -> None:
         if not self.variant:

@@ -29,8 +29,9 @@ from typing import Callable
 import pyperf
 from scapy.layers.inet import IP, TCP
 
-from bench.micro import lb_cases, policy_cases
+from bench.micro import events_cases, lb_cases, policy_cases
 from bench.micro import worker as W
+from bench.micro.events_drain import EventsDrain
 from bench.micro.case import MEASURE, METHOD, Case, CaseCheckFailed, Outcome
 from bench.micro.worker import PAIRS_METADATA, PairTimer
 from bench.profiles import MicroSettings
@@ -83,9 +84,12 @@ def discover_cases(packet: bytes | None = None) -> list[Case]:
     return cases
 
 
-def cases_for(services: list[int], identities: list[int], generic: bool = True) -> list[Case]:
+def cases_for(services: list[int], identities: list[int], generic: bool = True,
+              events: bool = False, repeat: int = MIN_REPEAT) -> list[Case]:
     """The suite's cases: every program on the default packet (*generic*), the LB
-    cases at each service count, the policy cases at each identity count."""
+    cases at each service count, the policy cases at each identity count, and
+    with *events* the events cases (bench.micro.events_cases, rings sized for
+    *repeat* runs a sample)."""
     cases = discover_cases() if generic else []
     if generic and not cases:
         raise MicroBenchError(f"no compiled programs in {paths.bpf_objects_dir()} "
@@ -94,6 +98,8 @@ def cases_for(services: list[int], identities: list[int], generic: bool = True) 
         cases += lb_cases.cases(n)
     for n in identities:
         cases += policy_cases.cases(n)
+    if events:
+        cases += events_cases.cases(repeat)
     return cases
 
 
@@ -182,6 +188,10 @@ class Bench:
             if c.floor not in self.floor_retval:
                 self.floor_retval[c.floor] = self.floors[c.name].test_run(c.packet).retval
 
+    def collection(self, c: Case) -> Collection:
+        """The loaded collection *c* runs in."""
+        return self._colls[c.group or c.name]
+
     def check(self, c: Case) -> tuple[Outcome, int]:
         """Run *c*'s packet once (untimed) and apply its expect check."""
         r = Runner(self._colls[c.group or c.name], c.program).run(c.packet)
@@ -228,14 +238,15 @@ def _never_in_parent(loops: int) -> float:
     raise AssertionError("pyperf called a time function in its parent process")
 
 
-def _measure_workers(bench: Bench, measures: dict[str, str], samples: int, repeat: int,
-                     rounds: int, cpu: int, step: Callable[[], None]) -> dict:
-    """Case name -> (case pyperf.Benchmark, [pair records of each run])."""
+def _measure_workers(bench: Bench, cases: list[Case], measures: dict[str, str], samples: int,
+                     repeat: int, rounds: int, cpu: int, step: Callable[[], None]) -> dict:
+    """Case name -> (case pyperf.Benchmark, [pair records of each run]), for *cases*
+    (of *bench*)."""
     bench.pin_programs()
     plan = {"samples": samples, "rounds": rounds, "repeat": repeat, "cases": [
         {"name": c.name, "program_pin": bench.pins[c.name][0], "floor_pin": bench.pins[c.name][1],
          "packet": c.packet.hex(), "measure": measures[c.name], "method": bench.method}
-        for c in bench.cases]}
+        for c in cases]}
     runner = W.make_runner(samples, rounds)
     runner.parse_args(["--quiet", f"--affinity={cpu}", "--inherit-environ",
                        ",".join(W.INHERITED_ENV), "--hook", W.HOOK_NAME,
@@ -244,7 +255,7 @@ def _measure_workers(bench: Bench, measures: dict[str, str], samples: int, repea
     os.environ[W.PLAN_ENV] = json.dumps(plan)
     measured = {}
     try:
-        for entry, c in zip(plan["cases"], bench.cases):
+        for entry, c in zip(plan["cases"], cases):
             try:
                 with contextlib.redirect_stdout(io.StringIO()):   # pyperf prints each result
                     pb = runner.bench_time_func(c.name, _never_in_parent,
@@ -284,28 +295,38 @@ def _run_pairs(run, measure: str, name: str) -> list[dict]:
     return recs
 
 
-def _measure_in_process(bench: Bench, measures: dict[str, str], samples: int, repeat: int,
-                        rounds: int, cpu: int, step: Callable[[], None]) -> dict:
-    """The same pairs in this process: per round one warmup pass over every case,
-    then *samples* passes; pyperf runs built from them."""
+def _measure_in_process(bench: Bench, cases: list[Case], measures: dict[str, str],
+                        samples: int, repeat: int, rounds: int, cpu: int,
+                        step: Callable[[], None], drain: EventsDrain | None = None) -> dict:
+    """The same pairs in this process: per round one warmup pass over *cases*, then
+    *samples* passes; pyperf runs built from them.  With *drain* (the events cases)
+    the passes start each at the next case (no case always follows the same one)
+    and each case's ring buffer is drained after its sample (EventsDrain.after)."""
 
     timers = {c.name: PairTimer(bench.programs[c.name].fd, bench.floors[c.name].fd, c.packet,
-                                repeat, measures[c.name], bench.method) for c in bench.cases}
-    per_round: dict[str, list[list[dict]]] = {c.name: [] for c in bench.cases}
+                                repeat, measures[c.name], bench.method) for c in cases}
+    per_round: dict[str, list[list[dict]]] = {c.name: [] for c in cases}
     saved = os.sched_getaffinity(0)
     try:
         os.sched_setaffinity(0, {cpu})
+        if drain:
+            drain.drain_all()           # the checks' records: before any sample
         for _ in range(rounds):
             start = {name: len(t.records) for name, t in timers.items()}
             for i in range(1 + samples):
-                for c in bench.cases:
-                    timers[c.name].sample(warmup=i == 0)
+                first = i % len(cases) if drain else 0
+                for c in cases[first:] + cases[:first]:
+                    if drain:
+                        drain.before(c)
+                    rec = timers[c.name].sample(warmup=i == 0)
+                    if drain:
+                        drain.after(c, rec)
             for name, t in timers.items():
                 per_round[name].append(t.records[start[name]:])
     finally:
         os.sched_setaffinity(0, saved)
     measured = {}
-    for c in bench.cases:
+    for c in cases:
         runs = []
         m = measures[c.name]
         for recs in per_round[c.name]:
@@ -382,7 +403,64 @@ def _result(bench: Bench, c: Case, measure: str, case_bench,
         "rounds": len(runs_pairs),
         "pyperf": {"benchmark": c.name, "floor_benchmark": c.name + FLOOR_SUFFIX},
         "packet_hex": c.packet.hex(),
+        **({"events": _events(c, case_bench, runs_pairs)} if c.events is not None else {}),
     }, floor_bench
+
+
+def _events(c: Case, case_bench, runs_pairs: list[list[dict]]) -> dict:
+    """What an events case's samples wrote to its ring (bench.micro.events_drain):
+    records of the timed samples (warmups apart), by type and per packet, and the
+    records lost (cb_events_lost) during every sample, warmups included."""
+    timed, warm = [], []
+    for run, recs in zip(case_bench.get_runs(), runs_pairs):
+        nwarm = len(run.warmups)
+        warm += recs[:nwarm]
+        timed += recs[nwarm:]
+    runs = sum(r["runs"] for r in timed)
+    types: dict[str, int] = {}
+    for r in timed:
+        for kind, n in r["event_types"].items():
+            types[kind] = types.get(kind, 0) + n
+    records = sum(r["events"] for r in timed)
+    return {
+        "level": c.events, "monitor_aggregation": events_cases.level_value(c.events),
+        "base_case": c.events_base, "ring_bytes": (c.max_entries or {}).get("cb_events"),
+        "records": records, "records_per_packet": round(records / runs, 6) if runs else 0.0,
+        "records_per_sample": [r["events"] for r in timed], "runs_per_sample": timed[0]["runs"],
+        "by_type": types, "warmup_records": sum(r["events"] for r in warm),
+        "lost": sum(r["lost"] for r in warm + timed),
+        "lost_per_sample": [r["lost"] for r in timed],
+    }
+
+
+def _add_ratios_to_off(results: list[dict]) -> None:
+    """Each events result's cost against its case at level off of the same run,
+    sample by sample (the samples of one index were taken back to back): the
+    ratio of the ns above the empty program (the programs' own cost), and the ns
+    more than off."""
+    offs = {(r["events"]["base_case"], json.dumps(r["scale"], sort_keys=True)): r
+            for r in results if "events" in r and r["events"]["level"] == events_cases.BASELINE}
+    for r in results:
+        if "events" not in r:
+            continue
+        key = (r["events"]["base_case"], json.dumps(r["scale"], sort_keys=True))
+        off = offs.get(key)
+        if off is None:
+            raise MicroBenchError(f"{r['name']}: no {events_cases.BASELINE!r} case of "
+                                  f"{key[0]} in this run to compare with")
+        mine = [a - b for a, b in zip(r["samples_ns"], r["floor_samples_ns"])]
+        base = [a - b for a, b in zip(off["samples_ns"], off["floor_samples_ns"])]
+        if len(mine) != len(base):
+            raise MicroBenchError(f"{r['name']}: {len(mine)} samples, its off case "
+                                  f"{len(base)}")
+        if min(base) <= 0:
+            raise MicroBenchError(f"{off['name']}: a sample at or below the empty program's "
+                                  "time; no ratio to it")
+        ratios = [a / b for a, b in zip(mine, base)]
+        r["events"]["baseline"] = off["name"]
+        r["ratio_to_off"] = summary(ratios)
+        r["ratio_to_off_samples"] = [round(x, 6) for x in ratios]
+        r["above_off_ns"] = summary([a - b for a, b in zip(mine, base)])
 
 
 def _execute(cases: list[Case], samples: int, repeat: int, rounds: int, cpu: int | None,
@@ -404,11 +482,21 @@ def _execute(cases: list[Case], samples: int, repeat: int, rounds: int, cpu: int
         if progress:
             progress(done, total)
 
+    plain = [c for c in cases if c.events is None]
+    evs = [c for c in cases if c.events is not None]
     t0 = time.monotonic()
     with Bench(cases, step, method) as bench:
         t1 = time.monotonic()
-        measure = _measure_workers if workers else _measure_in_process
-        measured = measure(bench, measures, samples, repeat, rounds, cpu, step)
+        measured = {}
+        if plain:
+            measure = _measure_workers if workers else _measure_in_process
+            measured.update(measure(bench, plain, measures, samples, repeat, rounds, cpu, step))
+        t_events = time.monotonic()
+        if evs:     # in this process, so the ring is drained by the timing process itself
+            with EventsDrain(bench, evs) as drain:
+                measured.update(_measure_in_process(bench, evs, measures, samples, repeat,
+                                                    rounds, cpu, step, drain))
+                untimed = drain.untimed
         t2 = time.monotonic()
         for c in cases:                 # still on its path after timing
             bench.check(c)
@@ -418,6 +506,7 @@ def _execute(cases: list[Case], samples: int, repeat: int, rounds: int, cpu: int
             res, floor_bench = _result(bench, c, measures[c.name], case_bench, runs_pairs)
             results.append(res)
             benches += [case_bench, floor_bench]
+        _add_ratios_to_off(results)
     if pyperf_out is not None:
         pyperf_out = Path(pyperf_out)
         pyperf_out.parent.mkdir(parents=True, exist_ok=True)
@@ -438,12 +527,28 @@ def _execute(cases: list[Case], samples: int, repeat: int, rounds: int, cpu: int
         "seconds": {"prepare": round(t1 - t0, 3), "measure": round(t2 - t1, 3),
                     "total": round(time.monotonic() - t0, 3)},
         "method": method, "measure": dict(MEASURE[method]),
+        **({"events": _events_config(evs, untimed, t2 - t_events)} if evs else {}),
         "description": "BPF_PROG_TEST_RUN; each sample an A/B pair (the case and its floor on "
                        "the same packet, back to back, order alternating); ratios within "
                        "pairs; " + _DESCRIBE[method] + "; pyperf "
                        + ("worker processes" if workers else "runs built in-process"),
     }
     return {"config": config, "results": results}
+
+
+def _events_config(cases: list[Case], untimed: int, seconds: float) -> dict:
+    return {
+        "levels": list(dict.fromkeys(c.events for c in cases)),
+        "cases": list(dict.fromkeys(c.events_base for c in cases)),
+        "baseline": events_cases.BASELINE,
+        "workers": False, "seconds": round(seconds, 3), "untimed_records": untimed,
+        "description": "each case loaded at each monitor_aggregation level (rodata per load; "
+                       "the levels of a case share its maps); timed in this process, every "
+                       "pass over all of them back to back (starting one case later each "
+                       "pass), the ring buffer drained and cb_events_lost read after each "
+                       "sample; ratio_to_off: ns above the empty program at the level / at "
+                       "off, sample by sample",
+    }
 
 
 _DESCRIBE = {
@@ -460,7 +565,7 @@ def suite(services: list[int], identities: list[int], samples: int = 7,
           progress: Callable[[int, int], None] | None = None,
           pyperf_out: Path | str | None = None, *, indicative: bool = False,
           generic: bool = True, workers: bool = True, cpu: int | None = None,
-          method: str = METHOD) -> dict:
+          method: str = METHOD, events: bool = False) -> dict:
     """The micro suite: every program on the default packet (*generic*), the LB
     cases at each count of *services* (x 10 backends), the policy cases at each
     count of *identities*; each case beside its floor in *rounds* x *samples*
@@ -472,14 +577,16 @@ def suite(services: list[int], identities: list[int], samples: int = 7,
     pyperf JSON (cases and floors).  *workers*: time in pyperf worker
     processes (default) or in this process.  *cpu*: the CPU timing runs on
     (default: the last one this process may use).  *method*: "calls" (default)
-    or "loop" (see the module docstring).
+    or "loop" (see the module docstring).  *events*: also the cost of flow
+    events (bench.micro.events_cases: cases at monitor aggregation off, medium
+    and none, timed in this process, each with ``events`` and ``ratio_to_off``).
 
     Returns {"config": {...}, "results": [...]}, one result per case.
     """
     if not indicative and (samples < MIN_SAMPLES or repeat < MIN_REPEAT):
         raise ValueError(f"fewer than {MIN_SAMPLES} samples or {MIN_REPEAT} runs per sample "
                          "give indicative figures only: pass indicative=True")
-    cases = cases_for(services, identities, generic)
+    cases = cases_for(services, identities, generic, events, repeat)
     extra = {"services": list(services), "identities": list(identities), "generic": generic}
     return _execute(cases, samples, repeat, rounds, cpu, progress, pyperf_out, workers,
                     indicative, extra, method)
@@ -507,21 +614,43 @@ def run_suite(settings: MicroSettings,
     runs are marked indicative.  *progress(done, total, description)*."""
     return suite(list(settings.services), list(settings.identities), samples=settings.samples,
                  repeat=settings.repeat, rounds=settings.rounds,
-                 indicative=indicative(settings),
+                 indicative=indicative(settings), generic=settings.generic,
+                 events=settings.events,
                  progress=(lambda done, total: progress(done, total, "micro")) if progress
                  else None)
 
 
-HEADER = ("CASE", "VERDICT", "NS/PKT", "MAD", "CLOCK", "EMPTY NS", "VS EMPTY")
+HEADER = ("CASE", "VERDICT", "NS/PKT", "MAD", "CLOCK", "EMPTY NS", "VS EMPTY", "ABOVE EMPTY",
+          "VS OFF", "EVENTS/PKT")
+
+
+def _ratio_text(ratio: dict) -> str:
+    spread = f" ±{ratio['mad']:.2f}" if ratio["n"] >= MIN_SPREAD_SAMPLES else ""
+    return f"{ratio['median']:.2f}x{spread}"
+
+
+def _events_text(r: dict) -> str:
+    ev = r.get("events")
+    if not ev:
+        return "-"
+    text = f"{ev['records_per_packet']:.4g}"
+    return text + (f" ({ev['lost']} LOST)" if ev["lost"] else "")
 
 
 def table(suite: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """Header and rows: name, verdict, median ns, MAD %, clock, floor ns, ratio to floor."""
+    """Header and rows: name, verdict, median ns, MAD %, clock, floor ns, ratio to
+    floor, ns above the floor (median ± MAD), and for the events cases the ratio
+    of that to the case at level off and the records written per packet (lost
+    records named)."""
     rows = []
     for r in suite["results"]:
         ns, floor, ratio = r["ns_per_packet"], r["floor_ns_per_packet"], r["ratio_to_floor"]
-        spread = f" ±{ratio['mad']:.2f}" if ratio["n"] >= MIN_SPREAD_SAMPLES else ""
+        above = r.get("above_floor_ns")
+        above_text = "-" if not above else (
+            f"{above['median']:.1f}" + (f" ±{above['mad']:.1f}"
+                                        if above["n"] >= MIN_SPREAD_SAMPLES else ""))
         rows.append((r["name"], r["verdict"], f"{ns['median']:.2f}", mad_pct_text(ns, "sample"),
-                     r["measure"], f"{floor['median']:.2f}",
-                     f"{ratio['median']:.2f}x{spread}"))
+                     r["measure"], f"{floor['median']:.2f}", _ratio_text(ratio), above_text,
+                     _ratio_text(r["ratio_to_off"]) if r.get("ratio_to_off") else "-",
+                     _events_text(r)))
     return HEADER, rows

@@ -294,11 +294,45 @@ def micro_case(result: dict) -> tuple[str, dict]:
     return case, {_SCALE_UNITS[m.group("unit")]: int(m.group("n"))}
 
 
+#: Monitor aggregation levels in display order (the events table: off, the ratios' base, first).
+EVENT_LEVELS = ("off", "maximum", "medium", "low", "lowest", "none")
+
+
+def _events_level(r: dict) -> str | None:
+    ev = r.get("events")
+    return str(ev.get("level")) if isinstance(ev, dict) else None
+
+
+def _micro_events(results: list[dict]) -> list[dict]:
+    """The cost of flow events: each base case's levels side by side (off first), with
+    ns above the empty program, the ratio to off, the records per packet and the
+    records lost (bench/micro/events_cases.py)."""
+    rows = [r for r in results if _events_level(r) is not None]
+    rows.sort(key=lambda r: (str(r["events"].get("base_case")),
+                             _order(_events_level(r), EVENT_LEVELS)))
+    table = []
+    for r in rows:
+        ev = r["events"]
+        lost = _num(ev.get("lost"))
+        table.append({"name": r.get("name", "?"), "case": str(ev.get("base_case", "?")),
+                      "level": _events_level(r),
+                      "program": f"{r.get('object', '?')}:{r.get('program', '?')}",
+                      "median": _fmt(_median(r.get("ns_per_packet"))),
+                      "above": _fmt_summary(r.get("above_floor_ns")),
+                      "ratio_to_off": _fmt_summary(r.get("ratio_to_off"), "×"),
+                      "mad_pct": _fmt_pct(r.get("ratio_to_off")),
+                      "per_packet": _fmt(ev.get("records_per_packet")),
+                      "lost": _fmt_int(lost), "lost_bad": bool(lost)})
+    return table
+
+
 def _micro(suite: Any, charts: _Charts) -> dict | None:
     if not isinstance(suite, dict):
         return None
     rows = []
     for r in _results(suite):
+        if _events_level(r) is not None:
+            continue        # the events table's (_micro_events)
         case, scale = micro_case(r)
         dim = next((d for d in ("services", "identities") if d in scale), None)
         rows.append({"r": r, "case": case, "dim": dim, "n": _num(scale.get(dim)) if dim else None,
@@ -347,7 +381,8 @@ def _micro(suite: Any, charts: _Charts) -> dict | None:
                       "mad_pct": _fmt_pct(r.get("ns_per_packet")),
                       "floor": _fmt(_median(r.get("floor_ns_per_packet"))),
                       "ratio": _fmt_summary(r.get("ratio_to_floor"))})
-    return {"config": suite.get("config"), "figures": figures, "table": table}
+    return {"config": suite.get("config"), "figures": figures, "table": table,
+            "events": _micro_events(_results(suite))}
 
 
 # ---------------------------------------------------------------- control
