@@ -425,7 +425,7 @@ def cmd_down(args) -> int:
 
 def cmd_connectivity(args) -> int:
     from harness.topology import connectivity   # lazy: the topology and datapath (~115 ms)
-    results = connectivity.run_selected(args.test, args.datapath, args.flow_validation)
+    results = connectivity.run_selected(args.test, args.datapath, args.flow_validation, args.flows)
     if args.output == "json":
         print(json.dumps([r.to_dict(args.flow_validation) for r in results], indent=1))
     else:
@@ -448,7 +448,9 @@ def cmd_observe(args) -> int:
     # lazy: grpc and the protobuf modules (~150 ms)
     from harness.observe import client, filters, output
     try:
-        whitelist, blacklist = filters.filters_from_cli(args)
+        # --node picks the observers to ask; --node-name is the flow filter
+        whitelist, blacklist = filters.filters_from_cli(
+            {k: v for k, v in vars(args).items() if k != "node"})
     except filters.FilterError as exc:
         raise UsageError(str(exc)) from None
     req = client.request(last=args.last, first=args.first, all_flows=args.all,
@@ -456,6 +458,16 @@ def cmd_observe(args) -> int:
                          whitelist=whitelist, blacklist=blacklist)
     found = client.targets(args.node)
     result = client.Result()
+    if args.service_map:
+        from google.protobuf import json_format
+        from harness.observe import servicemap
+        with contextlib.closing(client.stream(req, found, result)) as responses:
+            flows = [json_format.MessageToDict(r.flow, preserving_proto_field_name=True)
+                     for r in responses if r.HasField("flow")]
+        g = servicemap.write_flows(flows, args.service_map, "chainbench observe")
+        print(f"service map written to {args.service_map}: {len(g.edges)} edge(s) from "
+              f"{g.flows} flow(s)")
+        return EXIT_OK
     printer = output.Printer(args.output)
     with contextlib.closing(client.stream(req, found, result)) as responses:
         for resp in responses:
@@ -905,6 +917,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "expected drop on the expected endpoint and direction (strict, the "
                         "default); warning: without it, pass with a warning; disabled: any "
                         "failure passes")
+    p.add_argument("--flows", metavar="FILE",
+                   help="write the flows the nodes' observers recorded during the checks to FILE "
+                        "(`hubble observe -o json` lines), and require each check to show in "
+                        "them: a pass FORWARDED both ways, an expected failure DROPPED for its "
+                        "policy reason")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_connectivity)
 
@@ -922,6 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["compact", "dict", "json", "jsonpb", "table"],
                    default="compact", help="compact (default), dict, json (one flow per line, "
                                            "as `hubble observe -o json`), jsonpb, table")
+    p.add_argument("--service-map", metavar="OUT.html",
+                   help="instead of printing them, draw the selected flows as a service map "
+                        "(pods by namespace, services, edges by port and verdict) in OUT.html")
     _add_flow_filters(p)
     p.set_defaults(func=cmd_observe)
 

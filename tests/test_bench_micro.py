@@ -175,9 +175,11 @@ def test_suite_with_pyperf_workers(tmp_path):
         assert REQUIRED <= set(r), REQUIRED - set(r)
         assert len(r["samples_ns"]) == len(r["floor_samples_ns"]) == len(r["ratio_samples"]) == 5
         assert r["floor_ns_per_packet"]["median"] > 0
-        if r["object"] == "parse_stats":
+        if r["object"] == "parse_stats" or r["name"] == "netdev:to_netdev":
             # 10-40 ns above a 45-70 ns floor: within the noise of 20k-run samples on a
-            # loaded machine, so only "not below the floor" is certain.
+            # loaded machine, so only "not below the floor" is certain.  to_netdev only
+            # sends trace events, and programs loaded outside a node have them off: it
+            # is the floor plus a return.
             assert r["ratio_to_floor"]["median"] > 0.9, r["name"]
         else:
             assert r["ratio_to_floor"]["median"] > 1.2, r["name"]

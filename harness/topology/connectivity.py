@@ -20,6 +20,12 @@ the expected endpoint and direction (the client's egress, or the server's
 ingress) grew during the check.  The counters are per endpoint, direction
 and reason (harness/node/drop_counters.py), so the checks that must fail run after
 the others, never two on one endpoint and direction at once.
+
+With ``--flows FILE`` the flows the nodes' observers recorded during the suite
+are written to FILE (``hubble observe -o json`` lines) and each check must also
+show in them (harness/topology/flow_proof.py): a pass as its connection
+FORWARDED both ways, an expected failure as a DROPPED flow with its policy drop
+reason from the client to the target.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from harness.node.endpoints import EndpointRegistry
 from harness.host.signals import shielded
 from harness.errors import ChainbenchError, InputError
 from harness.scenario import load_scenario
+from harness.topology import flow_proof
 from harness.topology.servers import nginx
 from harness.topology.state import TopologyState, load_state, scenario_with_real_addresses
 
@@ -139,6 +146,11 @@ class Result:
     drops: tuple[str, ...] = ()
     #: --flow-validation=warning: why the pass is not proven
     warning: str = ""
+    #: wall-clock start and end of the check, and its connection's ends (for flows)
+    window: tuple[float, float] = (0.0, 0.0)
+    ends: flow_proof.Ends | None = None
+    #: --flows: what the recorded flows show about the check
+    flows: flow_proof.FlowProof | None = None
 
     @property
     def ok(self) -> bool:
@@ -150,7 +162,8 @@ class Result:
                 "detail": self.detail, "seconds": round(self.seconds, 3),
                 "flow_validation": flow_validation,
                 "proof": self.proof.to_dict() if self.proof else None,
-                "drops": list(self.drops), "warning": self.warning or None}
+                "drops": list(self.drops), "warning": self.warning or None,
+                "flows": self.flows.to_dict() if self.flows else None}
 
 
 def select(checks: tuple[Check, ...], patterns: list[str]) -> tuple[Check, ...]:
@@ -204,6 +217,25 @@ def _resolve_target(state: TopologyState, scenario, target: str) -> str:
     if kind == "nodeport":
         return _url(state.node(name).ipv4, NODEPORT)
     raise ConnectivityError(f"unknown check target {target!r}")
+
+
+def _ends(state: TopologyState, scenario, check: Check, url: str) -> flow_proof.Ends:
+    """The check's client address and the addresses its connection may go to: the one
+    dialled and that of the pod serving it (after a service's translation)."""
+    if check.client.startswith("host:"):
+        client_ip = state.node(check.client.split(":", 1)[1]).ipv4
+    else:
+        client_ip = state.pod(check.client).ipv4
+    targets = {flow_proof.host_of(url)}
+    server = _server_pod(scenario, check.target)
+    if server is not None:
+        try:
+            pod = state.pod(server)
+        except KeyError:
+            pod = None
+        if pod is not None and not pod.host_network:
+            targets.add(pod.ipv4)
+    return flow_proof.Ends(str(client_ip), frozenset(str(t) for t in targets))
 
 
 def _client_cmd(state: TopologyState, client: str, url: str) -> tuple[list[str], object]:
@@ -286,8 +318,16 @@ def _run_check(state: TopologyState, scenario, check: Check, datapath: str,
     try:
         url = _resolve_target(state, scenario, check.target)
         cmd, preexec = _client_cmd(state, check.client, url)
+        ends = _ends(state, scenario, check, url)
     except (KeyError, ConnectivityError) as exc:
         return Result(check, "FAIL", f"cannot run: {exc}", 0.0)
+    result = _probe_check(state, scenario, check, validation, url, cmd, preexec, start)
+    result.ends = ends
+    return result
+
+
+def _probe_check(state: TopologyState, scenario, check: Check, validation: str, url: str,
+                 cmd: list[str], preexec, start: float) -> Result:
     expected, watches = (None, []) if validation == "disabled" else \
         _watches(state, scenario, check)
     if check.expect == "fail" and validation != "disabled" and expected is None:
@@ -418,20 +458,28 @@ def _waves(scenario, checks: list[Check]) -> list[list[Check]]:
 
 
 def run(state: TopologyState, scenario, datapath: str | None = None,
-        checks: tuple[Check, ...] = CHECKS, flow_validation: str = "strict") -> list[Result]:
+        checks: tuple[Check, ...] = CHECKS, flow_validation: str = "strict",
+        flows_path: str | None = None) -> list[Result]:
     """Run *checks* against the topology (servers up for the duration), in their
     order; those expecting success first, all at once, then those that must fail
-    (see _waves), so a drop counted during one is that one's."""
+    (see _waves), so a drop counted during one is that one's.  With *flows_path*,
+    the flows recorded meanwhile are written there and each check must show in them."""
     if flow_validation not in FLOW_VALIDATION:
         raise ValueError(f"flow validation {flow_validation!r}: one of {', '.join(FLOW_VALIDATION)}")
     datapath = datapath or state.datapath
     results: dict[Check, Result] = {}
+    suite_start = time.time()
+
+    def timed(c: Check) -> Result:
+        began = time.time()
+        r = _run_check(state, scenario, c, datapath, flow_validation)
+        r.window = (began, time.time())
+        return r
     with Servers(state):
         pool = ThreadPoolExecutor(max_workers=8)
         try:
             def batch(group):
-                for c, r in zip(group, pool.map(lambda c: _run_check(
-                        state, scenario, c, datapath, flow_validation), group)):
+                for c, r in zip(group, pool.map(timed, group)):
                     results[c] = r
             batch([c for c in checks if c.expect != "fail"])
             for wave in _waves(scenario, [c for c in checks if c.expect == "fail"]):
@@ -441,11 +489,40 @@ def run(state: TopologyState, scenario, datapath: str | None = None,
             # their deadline (their probes are recorded processes: down ends any left).
             with shielded():
                 pool.shutdown(wait=True, cancel_futures=True)
-    return [results[c] for c in checks]
+    ordered = [results[c] for c in checks]
+    if flows_path is not None:
+        _prove_with_flows(ordered, suite_start, flow_validation, flows_path)
+    return ordered
+
+
+def _prove_with_flows(results: list[Result], since: float, validation: str, path: str) -> None:
+    """Fetch the flows recorded since *since*, write them to *path*, and match each
+    check with its flows: under strict validation a check they do not show fails."""
+    judged = [r for r in results if r.status != "N/A" and r.ends is not None]
+
+    def proofs(responses):
+        found, claimed = {}, set()
+        for r in judged:
+            found[id(r)] = flow_proof.prove(r.check.expect, r.check.drop_reason, r.ends,
+                                            r.window, responses, claimed)
+            claimed.update(found[id(r)].uuids)
+        return found
+    responses = flow_proof.settle(lambda rs: all(p.ok for p in proofs(rs).values()), since)
+    flow_proof.write(path, responses)
+    found = proofs(responses)
+    for r in judged:
+        r.flows = found[id(r)]
+        if r.flows.ok or validation == "disabled" or r.status != "PASS":
+            continue
+        missing = f"flows: {r.flows.text}"
+        if validation == "warning":
+            r.warning = "; ".join(x for x in (r.warning, missing) if x)
+        else:
+            r.status, r.detail = "FAIL", f"{r.detail}; {missing}"
 
 
 def run_selected(patterns: list[str], datapath: str | None = None,
-                 flow_validation: str = "strict") -> list[Result]:
+                 flow_validation: str = "strict", flows_path: str | None = None) -> list[Result]:
     """The checks *patterns* select (select(); none: every check) run on the topology
     that is up, against *datapath* (default: the topology's)."""
     try:
@@ -460,4 +537,4 @@ def run_selected(patterns: list[str], datapath: str | None = None,
         raise InputError("no topology is up: run `chainbench up -f "
                          "bench/scenarios/connectivity-check.yaml` first")
     scenario = scenario_with_real_addresses(load_scenario(state.scenario), state)
-    return run(state, scenario, datapath, checks, flow_validation)
+    return run(state, scenario, datapath, checks, flow_validation, flows_path)
