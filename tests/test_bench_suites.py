@@ -194,7 +194,7 @@ def test_summarise_takes_the_events_to_off_ratio_within_rounds():
         return {"datapath": dp, "services": 100, "target": "last", "mode": mode,
                 "round": rnd, "rps": rps, "requests": int(rps), "errors": 0, "p50": 1.0,
                 "p90": 2.0, "p99": 3.0, "cpu_us_per_request": {"system": 1.0, "softirq": 2.0},
-                "observer_cpu_s": obs}
+                "observer_cpu_s": obs, "observer_drain_cpu_s": obs and obs / 2}
     runs = [run("bpf-tc", 0, 1000), run("bpf-tc-events", 0, 950, obs=0.05),
             run("bpf-tc", 1, 800), run("bpf-tc-events", 1, 792, obs=0.04),
             run("bpf-tc", 2, 1200), run("bpf-tc-events", 2, 1080, obs=0.06),
@@ -212,6 +212,7 @@ def test_summarise_takes_the_events_to_off_ratio_within_rounds():
     assert row["cost_pct"] == pytest.approx(5.0)
     assert row["off_rps"]["median"] == 1000 and row["events_rps"]["median"] == 950
     assert row["observer_cpu_us_per_request"]["median"] == pytest.approx(0.05e6 / 950)
+    assert row["observer_total_cpu_us_per_request"]["median"] == pytest.approx(0.075e6 / 950)
     assert cost["monitor_aggregation"] == {"bpf-tc": "off", "bpf-tc-events": "medium"}
     _, table_rows = macro.table({"results": [events, rows[("bpf-tc", "new-conn")]]})
     assert table_rows[0][-1] == "0.950x ±4.2%" and table_rows[1][-1] == "-"
@@ -455,6 +456,8 @@ def test_macro_measures_the_cost_of_visibility_and_leaves_nothing(macro_run):
     for r in vis["results"]:
         assert len(r["ratios"]) == 2 and all(x > 0 for x in r["ratios"])
         assert r["observer_cpu_us_per_request"]["median"] >= 0
+        assert (r["observer_total_cpu_us_per_request"]["median"]
+                >= r["observer_cpu_us_per_request"]["median"])
     obs = vis["observer"]
     assert obs["node"] == "cb-node4" and obs["restarts"] == 0
     assert obs["cpu_seconds"] > 0 and obs["cpu_share"] > 0

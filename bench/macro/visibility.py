@@ -76,6 +76,20 @@ class ObserverProbe:
             return None
         return (after[2] + after[3] - before[2] - before[3]) / self.hz
 
+    def drain(self, quiet_s: float = 0.2, limit_s: float = 15.0) -> tuple[float, float | None]:
+        """Wait until the observer is idle (no CPU tick over *quiet_s*; at most *limit_s*):
+        the events a run left in the ring buffer read.  (seconds waited, its CPU seconds)."""
+        began, first = time.monotonic(), self.sample()
+        last = first
+        while time.monotonic() - began < limit_s:
+            time.sleep(quiet_s)
+            now = self.sample()
+            spent = self.cpu_seconds(last, now)
+            last = now
+            if spent is None or spent == 0:
+                break
+        return round(time.monotonic() - began, 3), self.cpu_seconds(first, last)
+
     def report(self, client_ip: str) -> dict:
         """The observer's account since ``start``."""
         now = self.sample()
@@ -144,19 +158,25 @@ def ratios(runs: list[dict]) -> dict[tuple, list[float]]:
 def cost(runs: list[dict], observer: dict | None) -> dict:
     """The macro section's ``visibility``: per scale, target and mode, both datapaths'
     req/s and the ratio events/off (within rounds) with its cost in percent, the
-    observer's CPU per request in the events datapath's runs, and its account."""
+    observer's CPU per request in the events datapath's runs (while wrk ran, and with
+    the events it read after the run: ``observer_total_cpu_us_per_request``), and its
+    account."""
     rows = []
     for (n, target, mode), values in ratios(runs).items():
         pick = [r for r in runs if (r["services"], r["target"], r["mode"]) == (n, target, mode)]
         per_dp = {dp: [r for r in pick if r["datapath"] == dp] for dp in (OFF, EVENTS)}
         obs = [r["observer_cpu_s"] * 1e6 / max(r["requests"], 1) for r in per_dp[EVENTS]
                if r.get("observer_cpu_s") is not None]
+        total = [(r["observer_cpu_s"] + r["observer_drain_cpu_s"]) * 1e6 / max(r["requests"], 1)
+                 for r in per_dp[EVENTS] if r.get("observer_cpu_s") is not None
+                 and r.get("observer_drain_cpu_s") is not None]
         ratio = summary(values)
         rows.append({"services": n, "target": target, "mode": mode,
                      "off_rps": summary([r["rps"] for r in per_dp[OFF]]),
                      "events_rps": summary([r["rps"] for r in per_dp[EVENTS]]),
                      "ratio": ratio, "ratios": values,
                      "cost_pct": round(100.0 * (1.0 - ratio["median"]), 3),
-                     "observer_cpu_us_per_request": summary(obs) if obs else None})
+                     "observer_cpu_us_per_request": summary(obs) if obs else None,
+                     "observer_total_cpu_us_per_request": summary(total) if total else None})
     return {"off": OFF, "events": EVENTS, "monitor_aggregation": dict(LEVELS),
             "target_cost_pct": TARGET_COST_PCT, "results": rows, "observer": observer}

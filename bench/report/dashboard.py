@@ -464,7 +464,9 @@ def _macro_visibility(section: Any) -> dict | None:
                      "ratio": _fmt_summary(r.get("ratio"), "×"),
                      "cost": "—" if cost is None else f"{cost:.1f} %",
                      "ok": None if cost is None or target is None else cost <= target,
-                     "observer_us": _fmt_summary(r.get("observer_cpu_us_per_request"))})
+                     "observer_us": _fmt_summary(r.get("observer_cpu_us_per_request")),
+                     "observer_total_us": _fmt_summary(
+                         r.get("observer_total_cpu_us_per_request"))})
     obs = section.get("observer") if isinstance(section.get("observer"), dict) else None
     observer = None
     if obs:
