@@ -185,6 +185,53 @@ def test_summarise_takes_ratios_within_rounds():
     assert ipt["ratio_to_iptables"]["median"] == 1.0
 
 
+def test_summarise_takes_the_events_to_off_ratio_within_rounds():
+    """bpf-tc-events (aggregation medium, observer running) over bpf-tc (events off),
+    round by round, on the events rows only; and the section's visibility account."""
+    from bench.macro import visibility
+
+    def run(dp, rnd, rps, mode="new-conn", obs=None):
+        return {"datapath": dp, "services": 100, "target": "last", "mode": mode,
+                "round": rnd, "rps": rps, "requests": int(rps), "errors": 0, "p50": 1.0,
+                "p90": 2.0, "p99": 3.0, "cpu_us_per_request": {"system": 1.0, "softirq": 2.0},
+                "observer_cpu_s": obs, "observer_drain_cpu_s": obs and obs / 2}
+    runs = [run("bpf-tc", 0, 1000), run("bpf-tc-events", 0, 950, obs=0.05),
+            run("bpf-tc", 1, 800), run("bpf-tc-events", 1, 792, obs=0.04),
+            run("bpf-tc", 2, 1200), run("bpf-tc-events", 2, 1080, obs=0.06),
+            run("bpf-tc", 0, 5000, "keepalive"), run("iptables", 0, 500)]
+    rows = {(r["datapath"], r["mode"]): r for r in macro.summarise(runs)}
+    events = rows[("bpf-tc-events", "new-conn")]
+    # rounds: 0.95, 0.99, 0.90 -> median 0.95 (not 950/1000 of the medians' 950/1000 by luck)
+    assert events["ratio_to_events_off"]["median"] == pytest.approx(0.95)
+    assert events["ratio_to_events_off"]["n"] == 3
+    assert "ratio_to_events_off" not in rows[("bpf-tc", "new-conn")]
+    cost = visibility.cost(runs, None)
+    (row,) = cost["results"]        # keepalive: the events datapath did not run
+    assert (row["services"], row["target"], row["mode"]) == (100, "last", "new-conn")
+    assert row["ratios"] == pytest.approx([0.95, 0.99, 0.90])
+    assert row["cost_pct"] == pytest.approx(5.0)
+    assert row["off_rps"]["median"] == 1000 and row["events_rps"]["median"] == 950
+    assert row["observer_cpu_us_per_request"]["median"] == pytest.approx(0.05e6 / 950)
+    assert row["observer_total_cpu_us_per_request"]["median"] == pytest.approx(0.075e6 / 950)
+    assert cost["monitor_aggregation"] == {"bpf-tc": "off", "bpf-tc-events": "medium"}
+    _, table_rows = macro.table({"results": [events, rows[("bpf-tc", "new-conn")]]})
+    assert table_rows[0][-1] == "0.950x ±4.2%" and table_rows[1][-1] == "-"
+
+
+def test_up_rejects_per_node_events_settings_for_a_node_that_is_not_bpf():
+    """chaining.up's per-node monitor aggregation and observers name BPF nodes only;
+    refused before anything is built."""
+    from harness.topology import chaining
+    from harness.topology.build import leftovers
+    before = leftovers()
+    with pytest.raises(ValueError, match="monitor aggregation for node cb-node1: not a BPF"):
+        chaining.up(str(macro.SCENARIO), node_datapaths=macro.NODES,
+                    node_monitor_aggregation={"cb-node1": "off"})
+    with pytest.raises(ValueError, match="observer for node cb-node3: not a BPF"):
+        chaining.up(str(macro.SCENARIO), node_datapaths=macro.NODES, observers=("cb-node3",))
+    assert leftovers() == before
+
+
 def test_macro_scenario_is_the_one_in_bench_scenarios():
     """The macro suite's topology file moved with the suite into bench/macro/ but the
     scenarios stayed in bench/scenarios/: `bench macro` refused to start."""
@@ -364,3 +411,73 @@ def test_bpf_lb_map_max_sizes_every_pinned_load_of_a_node():
         bpffs.prune()
     with pytest.raises(ValueError, match="bpf-lb-map-max"):
         Node(node).settings.save_lb_map_max(10)
+
+
+@pytest.mark.skipif(not kp.available_backends(), reason="iptables-restore is not installed")
+def test_macro_measures_the_cost_of_visibility_and_leaves_nothing(macro_run):
+    """bpf-tc (events off, no observer) and bpf-tc-events (aggregation medium, its node's
+    observer running) in the same interleaved rounds: both answer, the ratio events/off
+    is taken, the observer saw the events client's flows (asked with `chainbench observe`
+    while the suite runs) and its CPU time and lost events are reported; afterwards no
+    observer, topology or state is left."""
+    import subprocess
+
+    from bench.macro import visibility
+    from harness.node.node import Node
+    from harness.observe import supervise
+    from harness.topology.build import leftovers
+    from harness.topology.state import load_state
+    seen: dict = {}
+
+    def progress(_done, _total, text):
+        if not text.startswith("macro: asking the flow observer") or seen:
+            return
+        client = load_state().pod(macro.CLIENT[visibility.EVENTS]).ipv4
+        out = subprocess.run([sys.executable, "-m", "harness.cli", "observe", "--node",
+                              macro.NODE_OF[visibility.EVENTS], "--all", "--from-ip", client,
+                              "-o", "json"], capture_output=True, text=True, timeout=60)
+        seen.update(client=client, observe=out,
+                    settings={n: Node(n).settings.monitor_aggregation
+                              for n in macro.MONITOR_AGGREGATION},
+                    status={n: supervise.status(Node(n)) for n in macro.MONITOR_AGGREGATION})
+
+    suite = macro.run([100], rounds=2, seconds=1, connections=8, locust_seconds=0,
+                      progress=progress)
+    rows = {(r["datapath"], r["target"], r["mode"]): r for r in suite["results"]}
+    for target in ("last", "random"):
+        for mode in macro.MODES:
+            off, events = rows[("bpf-tc", target, mode)], rows[("bpf-tc-events", target, mode)]
+            assert off["rps"]["median"] > 0 and off["errors"] == 0, off
+            assert events["rps"]["median"] > 0 and events["errors"] == 0, events
+            assert events["ratio_to_events_off"]["n"] == 2
+    vis = suite["visibility"]
+    assert {(r["target"], r["mode"]) for r in vis["results"]} == {
+        (t, m) for t in ("last", "random") for m in macro.MODES}
+    for r in vis["results"]:
+        assert len(r["ratios"]) == 2 and all(x > 0 for x in r["ratios"])
+        assert r["observer_cpu_us_per_request"]["median"] >= 0
+        assert (r["observer_total_cpu_us_per_request"]["median"]
+                >= r["observer_cpu_us_per_request"]["median"])
+    obs = vis["observer"]
+    assert obs["node"] == "cb-node4" and obs["restarts"] == 0
+    assert obs["cpu_seconds"] > 0 and obs["cpu_share"] > 0
+    assert obs["seen_flows"] > 0 and obs["flows_of_client"] > 0 and obs["lost_events"] >= 0
+    # Every wrk run has the observer's CPU over it; more during its own datapath's runs.
+    cpu = {dp: sum(s["observer_cpu_s"] for s in suite["samples"] if s["datapath"] == dp)
+           for dp in ("bpf-tc", "bpf-tc-events")}
+    assert cpu["bpf-tc-events"] > cpu["bpf-tc"]
+
+    # While it ran: medium on the events node and off on bpf-tc's, one observer only,
+    # and `chainbench observe` showed the events client's flows (Hubble's JSON).
+    assert seen["settings"] == {"cb-node0": "off", "cb-node4": "medium"}
+    assert seen["status"]["cb-node0"] is None
+    assert seen["status"]["cb-node4"]["observer_running"]
+    assert seen["observe"].returncode == 0, seen["observe"].stderr
+    flows = [json.loads(line)["flow"] for line in seen["observe"].stdout.splitlines()]
+    assert flows and all(f["IP"]["source"] == seen["client"] for f in flows)
+    assert {f["source"]["pod_name"] for f in flows} == {"client-events"}
+    assert any(f.get("Type") == "L3_L4" and f.get("verdict") == "FORWARDED" for f in flows)
+
+    # Nothing left: the observer and its supervisor went with the topology.
+    assert leftovers() == [] and cgroups.list_project() == []
+    assert supervise.status(Node("cb-node4")) is None

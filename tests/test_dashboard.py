@@ -41,7 +41,8 @@ POLICY_CASES = {"policy-new": ("to_container", 250.0), "policy-established": ("f
 CONTROL_SERVICES = (100, 1000, 10000)
 METHODS = ("bpf", "iptables-legacy", "iptables-nft", "nft")
 MACRO_SERVICES = (1, 1000, 10000)
-DATAPATHS = {"bpf-tc": 1.0, "bpf-sock": 1.3, "iptables": 0.45, "nftables": 0.7}
+DATAPATHS = {"bpf-tc": 1.0, "bpf-tc-events": 0.97, "bpf-sock": 1.3, "iptables": 0.45,
+             "nftables": 0.7}
 
 
 def summ(median: float, mad_pct: float = 4.0, n: int = 5) -> dict:
@@ -121,13 +122,30 @@ def macro_suite() -> dict:
                     "cpu_us_per_request": {"softirq": summ(12.0 * slow), "system": summ(20.0)},
                     "ratio_to_iptables": summ(rps / iptables_rps),
                     "errors": 0})
+                if dp == "bpf-tc-events":
+                    results[-1]["ratio_to_events_off"] = summ(0.97, 1.0)
     # A random-target row: in the table, not in the charts (they show target=last).
     results.append(dict(copy.deepcopy(results[0]), target="random"))
     locust = [{"datapath": dp, "services": 10000, "users": 50, "workers": 2, "duration_s": 20,
                "requests": 12345, "failures": 0, "rps": 617.2,
                "latency_ms": {"p50": 3, "p90": 8, "p99": 20}}
               for dp in ("bpf-tc", "iptables")]
-    return {"config": {"duration_s": 10}, "results": results, "locust": locust}
+    visibility = {
+        "off": "bpf-tc", "events": "bpf-tc-events",
+        "monitor_aggregation": {"bpf-tc": "off", "bpf-tc-events": "medium"},
+        "target_cost_pct": 5.0,
+        "results": [{"services": 10000, "target": "last", "mode": mode, "off_rps": summ(base),
+                     "events_rps": summ(base * ratio), "ratio": summ(ratio, 1.0),
+                     "ratios": [ratio] * 5, "cost_pct": round(100 * (1 - ratio), 3),
+                     "observer_cpu_us_per_request": summ(us)}
+                    for mode, base, ratio, us in (("new-conn", 9000.0, 0.93, 41.5),
+                                                  ("keepalive", 30000.0, 0.99, 1.25))],
+        "observer": {"node": "cb-node4", "pid": 4242, "restarts": 0, "wall_seconds": 120.0,
+                     "cpu_seconds": 18.5, "user_seconds": 16.0, "system_seconds": 2.5,
+                     "cpu_share": 0.1542, "seen_flows": 812345, "flows_of_client": 4095,
+                     "lost_events": 1234}}
+    return {"config": {"duration_s": 10}, "results": results, "locust": locust,
+            "visibility": visibility}
 
 
 def document(created: str, sha: str, profile: str, suites: dict) -> dict:
@@ -400,6 +418,28 @@ def test_page_has_every_section(results_dir):
                  "Kernel matrix", "5.15.170", "verifier: too many states",
                  "0a1b2c3d4e5f (dirty)"):
         assert text in html, text
+
+
+def test_macro_shows_the_cost_of_visibility(results_dir):
+    """bpf-tc-events vs bpf-tc: both req/s, the ratio within rounds and the cost against
+    the 5 % target (flagged when over it), the observer's CPU and lost events."""
+    html = render(results_dir, results_dir / "out" / "page.html").read_text()
+    table = html.split('<table id="visibility">')[1].split("</table>")[0]
+    cells = [[re.sub(r"<[^>]+>", "|", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+             for row in table.split("<tr>")[2:]]
+    keepalive, new_conn = cells            # sorted by mode
+    assert keepalive[:3] == ["10,000", "last", "keepalive"]
+    assert keepalive[5].startswith("0.990×") and "1.0 %" in keepalive[6]
+    assert "st-ok" in table.split("<tr>")[2]
+    assert new_conn[2] == "new-conn" and "7.0 %" in new_conn[6]
+    assert "st-failed" in table.split("<tr>")[3]          # over the 5 % target
+    assert new_conn[7].startswith("41.5")
+    observer = html.split('<table class="kv" id="observer">')[1].split("</table>")[0]
+    for text in ("cb-node4", "18.5 (16.0 + 2.50) over 120 s", "15.4 %", "812,345", "1,234"):
+        assert text in observer, text
+    assert "bpf-tc: off, bpf-tc-events: medium" in html
+    # The datapaths table: the events row has its events/off ratio, the others a dash.
+    assert "0.970× ± 0.0097" in html
 
 
 def test_no_documents(tmp_path):

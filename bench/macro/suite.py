@@ -3,16 +3,21 @@
 Topology (bench/scenarios/macro.yaml, built by harness.topology.chaining.up with one
 datapath per node, so every datapath is up at once and runs interleave):
 
-  cb-node0  bpf        client-bpf   tc LB (from_container)
-                       client-sock  socket LB (the sock programs on a cb- cgroup)
-  cb-node1  iptables   client-ipt   kube-proxy iptables mode
-  cb-node2  nftables   client-nft   kube-proxy nftables mode
-  cb-node3  none       backend-0..9 nginx on 8080-8082 (no service handling)
+  cb-node0  bpf        client-bpf     tc LB (from_container), flow events off
+                       client-sock    socket LB (the sock programs on a cb- cgroup)
+  cb-node1  iptables   client-ipt     kube-proxy iptables mode
+  cb-node2  nftables   client-nft     kube-proxy nftables mode
+  cb-node3  none       backend-0..9   nginx on 8080-8082 (no service handling)
+  cb-node4  bpf        client-events  tc LB, flow events at aggregation medium and the
+                                      node's flow observer running
 
 Datapaths measured: ``bpf-tc`` (wrk in client-bpf: the VIP is translated per
-packet by tc), ``bpf-sock`` (wrk in client-sock, inside a cb- cgroup with the
-socket-LB programs attached: connect() is translated once), ``iptables`` and
-``nftables``.
+packet by tc; monitor aggregation off, no observer), ``bpf-tc-events`` (the same
+programs on cb-node4 with Cilium's default aggregation, medium, and the node's flow
+observer reading and decoding the events on the same cores: the cost of visibility,
+bench/macro/visibility.py), ``bpf-sock`` (wrk in client-sock, inside a cb- cgroup
+with the socket-LB programs attached: connect() is translated once), ``iptables``
+and ``nftables``.
 
 A client pod per datapath and a backend port per measured service keep the
 paths independent: no client reaches one backend tuple through two frontends
@@ -34,7 +39,8 @@ each time: A/B/A/B), from its client pod to the VIP:
 CPU: system + softirq time of the whole machine from /proc/stat over the run,
 per request (all namespaces share the kernel, so this is the datapath's cost
 plus the same client and server work for every datapath).  Ratios to iptables
-are taken within each round.  Locust (bench/macro/locust_run.py, distributed: one
+are taken within each round, and so is the ratio bpf-tc-events / bpf-tc (the section's
+``visibility``, with the observer's CPU time and the events lost).  Locust (bench/macro/locust_run.py, distributed: one
 master, worker processes) then drives a mix of keep-alive and new connections
 over many services per datapath at the largest scale.
 
@@ -59,7 +65,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
-from bench.macro import locust_run
+from bench.macro import locust_run, visibility
 from bench.profiles import MacroSettings
 from bench.stats import mad_pct_text, summary
 from harness import addressing, paths
@@ -77,12 +83,17 @@ from harness.topology.chaining import SOCK_PROGRAMS
 from harness.topology.servers import nginx
 
 SCENARIO = paths.SCENARIO_DIR / "macro.yaml"
-DATAPATHS = ("bpf-tc", "bpf-sock", "iptables", "nftables")
-NODES = {"cb-node0": "bpf", "cb-node1": "iptables", "cb-node2": "nftables", "cb-node3": "none"}
-CLIENT = {"bpf-tc": "bench/client-bpf", "bpf-sock": "bench/client-sock",
-          "iptables": "bench/client-ipt", "nftables": "bench/client-nft"}
-NODE_OF = {"bpf-tc": "cb-node0", "bpf-sock": "cb-node0", "iptables": "cb-node1",
-           "nftables": "cb-node2"}
+DATAPATHS = ("bpf-tc", "bpf-tc-events", "bpf-sock", "iptables", "nftables")
+NODES = {"cb-node0": "bpf", "cb-node1": "iptables", "cb-node2": "nftables", "cb-node3": "none",
+         "cb-node4": "bpf"}
+CLIENT = {"bpf-tc": "bench/client-bpf", "bpf-tc-events": "bench/client-events",
+          "bpf-sock": "bench/client-sock", "iptables": "bench/client-ipt",
+          "nftables": "bench/client-nft"}
+NODE_OF = {"bpf-tc": "cb-node0", "bpf-tc-events": "cb-node4", "bpf-sock": "cb-node0",
+           "iptables": "cb-node1", "nftables": "cb-node2"}
+#: Each BPF node's monitor aggregation; the flow observer runs on the events node only.
+MONITOR_AGGREGATION = {NODE_OF[dp]: level for dp, level in visibility.LEVELS.items()}
+OBSERVED = (NODE_OF[visibility.EVENTS],)
 BACKENDS = [f"bench/backend-{k}" for k in range(10)]
 SERVER_PORT = 8080
 TARGET_PORTS = {"last": 8080, "random": 8081}
@@ -205,6 +216,7 @@ class Topology:
         self.state = None
         self.backend_ips: list[ipaddress.IPv4Address] = []
         self.sock_cgroup: str | None = None
+        self.observer: visibility.ObserverProbe | None = None
 
     def __enter__(self) -> "Topology":
         found = leftovers()
@@ -212,10 +224,15 @@ class Topology:
             raise MacroError(f"leftovers of an earlier run ({', '.join(found[:3])}): "
                              "run `chainbench down` first")
         try:
-            self.say("macro: building the topology (4 nodes, 13 pods)")
+            self.say(f"macro: building the topology ({len(NODES)} nodes, "
+                     f"{len(CLIENT) - 1 + len(BACKENDS)} pods)")
+            # Its cleanup also stops the flow observer (remove_chained_topology).
             self.stack.callback(lambda: self.state and chaining.remove_chained_topology(self.state))
             self.state = chaining.up(str(SCENARIO), routing="native", node_datapaths=NODES,
-                                     lb_map_max=lb_map_max(self.max_services))
+                                     lb_map_max=lb_map_max(self.max_services),
+                                     node_monitor_aggregation=MONITOR_AGGREGATION,
+                                     observers=OBSERVED)
+            self.observer = visibility.ObserverProbe(OBSERVED[0])
             self.backend_ips = [ipaddress.IPv4Address(self.state.pod(b).ipv4) for b in BACKENDS]
             for dp in DATAPATHS:
                 netns.run(self.client_netns(dp), "sysctl", "-qw",
@@ -270,13 +287,14 @@ class Topology:
     def program(self, svcs: Services, iptables_backend: str) -> dict[str, float]:
         """The same services in every datapath; seconds each took."""
         took = {}
-        node = NODE_OF["bpf-tc"]
-        with node_lock(node), datapath.load("lxc", node, pinned=True) as coll:
-            ctl = datapath.lb_control(coll)
-            ctl.restore()
-            start = time.perf_counter()
-            ctl.apply(svcs.state)
-            took["bpf"] = time.perf_counter() - start
+        for key, dp in (("bpf", "bpf-tc"), ("bpf-events", "bpf-tc-events")):
+            node = NODE_OF[dp]
+            with node_lock(node), datapath.load("lxc", node, pinned=True) as coll:
+                ctl = datapath.lb_control(coll)
+                ctl.restore()
+                start = time.perf_counter()
+                ctl.apply(svcs.state)
+                took[key] = time.perf_counter() - start
         ns = self.node_netns("iptables")
         cli, restore = kp.BACKENDS[iptables_backend]
         # A fresh ruleset per scale: restore without --noflush empties both tables.
@@ -297,10 +315,12 @@ class Topology:
         cmd.append(url)
         preexec = (lambda: cgroups.enter(self.sock_cgroup)) if dp == "bpf-sock" else None
         opens0 = _active_opens(self.client_netns(dp))
+        obs0 = self.observer.sample() if self.observer else None
         sys0, soft0 = _cpu_ticks()
         proc = procs.run("wrk", cmd, capture_output=True, text=True, timeout=seconds + 30,
                          preexec_fn=preexec)
         sys1, soft1 = _cpu_ticks()
+        obs1 = self.observer.sample() if self.observer else None
         opens1 = _active_opens(self.client_netns(dp))
         if proc.returncode != 0:
             raise MacroError(f"wrk ({dp}) exit {proc.returncode}: {proc.stderr.strip()[:200]}")
@@ -312,6 +332,13 @@ class Topology:
         # TCP connections the client opened (its namespace's counter): proves the mode,
         # one per request with Connection: close, about one per wrk connection otherwise.
         out["connections_opened"] = opens1 - opens0
+        # The events node's observer over this run (whichever datapath ran): its CPU
+        # while its own datapath is loaded, and what it costs idle during the others.
+        out["observer_cpu_s"] = self.observer.cpu_seconds(obs0, obs1) if self.observer else None
+        if self.observer and dp == visibility.EVENTS:
+            # What the observer still has to read of this run's events is its work too:
+            # let it finish before the next datapath runs, so that one is not charged.
+            out["observer_drain_s"], out["observer_drain_cpu_s"] = self.observer.drain()
         return out
 
 
@@ -350,6 +377,7 @@ def run(scales: list[int], rounds: int = 1, seconds: float = 5, connections: int
             progress(done, total, text)
 
     with Topology(max(scales), progress=lambda m: tick(m)) as topo:
+        topo.observer.start()
         for n in scales:
             tick(f"macro: programming {n} services into every datapath")
             svcs = services(n, topo.backend_ips)
@@ -388,16 +416,19 @@ def run(scales: list[int], rounds: int = 1, seconds: float = 5, connections: int
                     except (locust_run.LocustRunError, OSError) as exc:
                         locust.append({"datapath": dp, "services": n, "error": str(exc)[:300]})
                     done += 1
+        tick("macro: asking the flow observer for its account")
+        observer = topo.observer.report(topo.state.pod(CLIENT[visibility.EVENTS]).ipv4)
     tick("macro: done")
     return {"config": {"scales": scales, "rounds": rounds, "seconds": seconds,
                        "connections": connections, "threads": 1, "datapaths": list(datapaths),
                        "iptables_backend": backend, "endpoints_per_service": 10,
                        "locust_seconds": locust_seconds, "locust_users": locust_users,
                        "method": "wrk from a client pod to a ClusterIP per datapath, datapaths "
-                                 "interleaved (rotated order) per round; ratios to iptables "
+                                 "interleaved (rotated order) per round; ratios to iptables and "
+                                 "bpf-tc-events/bpf-tc (events medium with observer / off) "
                                  "within a round; CPU from /proc/stat (whole machine)"},
             "programming": programming, "samples": runs, "results": summarise(runs),
-            "locust": locust}
+            "visibility": visibility.cost(runs, observer), "locust": locust}
 
 
 def _locust_summary(stats: dict) -> dict:
@@ -407,12 +438,14 @@ def _locust_summary(stats: dict) -> dict:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """Per datapath, scale, target and mode: medians over rounds and ratios to iptables."""
+    """Per datapath, scale, target and mode: medians over rounds and ratios to iptables;
+    bpf-tc-events also its ratio to bpf-tc (events off), within rounds too."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["datapath"], r["services"], r["target"], r["mode"]), []).append(r)
     base = {(k[1], k[2], k[3]): {s["round"]: s["rps"] for s in v}
             for k, v in groups.items() if k[0] == "iptables"}
+    to_off = visibility.ratios(runs)
     out = []
     for (dp, n, target, mode), samples in sorted(groups.items(),
                                                  key=lambda kv: (kv[0][1], kv[0][2], kv[0][3],
@@ -433,6 +466,9 @@ def summarise(runs: list[dict]) -> list[dict]:
             "errors": sum(s["errors"] for s in samples),
             "requests": sum(s["requests"] for s in samples),
         })
+        if dp == visibility.EVENTS:
+            got = to_off.get((n, target, mode))
+            out[-1]["ratio_to_events_off"] = summary(got) if got else None
     return out
 
 
@@ -445,12 +481,12 @@ def run_suite(settings: MacroSettings,
 
 
 HEADER = ("SERVICES", "TARGET", "MODE", "DATAPATH", "REQ/S", "MAD", "P50 US", "P99 US",
-          "CPU US/REQ", "VS IPTABLES", "ERRORS")
+          "CPU US/REQ", "VS IPTABLES", "ERRORS", "EVENTS/OFF")
 
 
 def table(suite: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """Header and rows: services, target, mode, datapath, req/s, MAD %, p50/p99 µs,
-    CPU µs/req, x iptables."""
+    CPU µs/req, x iptables, errors, and for bpf-tc-events x bpf-tc (events off) with its MAD."""
     rows = []
     for r in suite["results"]:
         lat = r["latency_us"]
@@ -462,5 +498,13 @@ def table(suite: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
                      f"{lat['p99']['median']:.0f}" if "p99" in lat else "-",
                      f"{cpu['system']['median'] + cpu['softirq']['median']:.1f}",
                      f"{ratio['median']:.2f}x" if ratio else "-",
-                     str(r["errors"])))
+                     str(r["errors"]), _events_off_text(r.get("ratio_to_events_off"))))
     return HEADER, rows
+
+
+def _events_off_text(ratio: dict | None) -> str:
+    """``0.971x ±0.8%`` (the spread only from two rounds on), ``-`` when there is none."""
+    if not ratio:
+        return "-"
+    spread = mad_pct_text(ratio)
+    return f"{ratio['median']:.3f}x" + (f" ±{spread}" if ratio["n"] >= 2 else "")

@@ -41,7 +41,7 @@ NOT_HISTORY = frozenset({LATEST, KERNEL_MATRIX, FLOWS})
 
 #: Display order of control-plane methods and macro datapaths (others sort after, by name).
 METHODS = ("bpf", "iptables-legacy", "iptables-nft", "nft")
-DATAPATHS = ("bpf-tc", "bpf-sock", "iptables", "nftables")
+DATAPATHS = ("bpf-tc", "bpf-tc-events", "bpf-sock", "iptables", "nftables")
 OPERATIONS = ("full", "change-one")
 #: History: the control figure is the bpf apply time at this many services.
 HISTORY_CONTROL_SERVICES = 10000
@@ -462,6 +462,7 @@ def _macro(suite: Any, charts: _Charts) -> dict | None:
                       "cpu_total": _fmt(soft + system) if soft is not None and system is not None
                       else "—",
                       "ratio": _fmt_summary(r.get("ratio_to_iptables"), "×"),
+                      "events_off": _fmt_summary(r.get("ratio_to_events_off"), "×"),
                       "errors": _fmt_int(r.get("errors"))})
     locust = []
     for r in sorted(_results(suite, "locust"), key=lambda r: (
@@ -474,7 +475,50 @@ def _macro(suite: Any, charts: _Charts) -> dict | None:
                        "failures": _fmt_int(r.get("failures")), "rps": _fmt(r.get("rps")),
                        "p50": _fmt(lat.get("p50")), "p90": _fmt(lat.get("p90")),
                        "p99": _fmt(lat.get("p99"))})
-    return {"config": suite.get("config"), "figures": figures, "table": table, "locust": locust}
+    return {"config": suite.get("config"), "figures": figures, "table": table, "locust": locust,
+            "visibility": _macro_visibility(suite.get("visibility"))}
+
+
+def _macro_visibility(section: Any) -> dict | None:
+    """The cost of flow visibility (bench/macro/visibility.py): rows of req/s events off
+    vs aggregation medium with the observer, their ratio within rounds, and the
+    observer's account."""
+    if not isinstance(section, dict):
+        return None
+    levels = section.get("monitor_aggregation") if isinstance(
+        section.get("monitor_aggregation"), dict) else {}
+    target = _num(section.get("target_cost_pct"))
+    rows = []
+    for r in sorted((r for r in section.get("results") or [] if isinstance(r, dict)),
+                    key=lambda r: (str(r.get("mode")), _num(r.get("services")) or 0,
+                                   str(r.get("target")))):
+        cost = _num(r.get("cost_pct"))
+        rows.append({"services": _fmt_int(r.get("services")), "target": r.get("target") or "?",
+                     "mode": r.get("mode") or "?", "off": _fmt_summary(r.get("off_rps")),
+                     "events": _fmt_summary(r.get("events_rps")),
+                     "ratio": _fmt_summary(r.get("ratio"), "×"),
+                     "cost": "—" if cost is None else f"{cost:.1f} %",
+                     "ok": None if cost is None or target is None else cost <= target,
+                     "observer_us": _fmt_summary(r.get("observer_cpu_us_per_request")),
+                     "observer_total_us": _fmt_summary(
+                         r.get("observer_total_cpu_us_per_request"))})
+    obs = section.get("observer") if isinstance(section.get("observer"), dict) else None
+    observer = None
+    if obs:
+        share = _num(obs.get("cpu_share"))
+        observer = [("node", obs.get("node") or "?"),
+                    ("CPU s (user + system)", f"{_fmt(obs.get('cpu_seconds'))} "
+                     f"({_fmt(obs.get('user_seconds'))} + {_fmt(obs.get('system_seconds'))}) over "
+                     f"{_fmt(obs.get('wall_seconds'))} s"),
+                    ("CPU share of one core", "—" if share is None else f"{100 * share:.1f} %"),
+                    ("flows seen", _fmt_int(obs.get("seen_flows"))),
+                    ("flows of the client kept", _fmt_int(obs.get("flows_of_client"))),
+                    ("events lost (cb_events_lost)", _fmt_int(obs.get("lost_events"))),
+                    ("restarts", _fmt_int(obs.get("restarts")))]
+    return {"off": section.get("off") or "?", "events": section.get("events") or "?",
+            "levels": ", ".join(f"{k}: {v}" for k, v in levels.items()),
+            "target": "—" if target is None else f"{target:g} %", "rows": rows,
+            "observer": observer}
 
 
 # ---------------------------------------------------------------- history

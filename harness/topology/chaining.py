@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from typing import Collection
 
 from harness import addressing, validate
 from harness.bpf import attach_cgroup, attach_tc
@@ -58,7 +59,9 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
        node_datapaths: dict[str, str] | None = None,
        lb_map_max: int | None = None, np_ipblock: str | None = None,
        hubble_buffer_size: int | None = None, monitor_aggregation: str | None = None,
-       events_ring_size: int | None = None) -> TopologyState:
+       events_ring_size: int | None = None,
+       node_monitor_aggregation: dict[str, str] | None = None,
+       observers: Collection[str] | None = None) -> TopologyState:
     """Build the topology with *datapath_kind* on every node, or, with
     *node_datapaths* ({node: bpf|iptables|nftables|none}; the topology's datapath is
     then "mixed"), each node its own (none: the primary CNI only, no service
@@ -66,7 +69,10 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     BPF nodes (Cilium's --bpf-lb-map-max); *np_ipblock* what a NetworkPolicy ipBlock
     selects on them (harness.policy.desired; default "pods"); *hubble_buffer_size* the
     flows each BPF node's observer keeps (Hubble's 4095 by default); *monitor_aggregation*
-    and *events_ring_size* their flow events (harness.node.config; default medium, 4 MiB)."""
+    and *events_ring_size* their flow events (harness.node.config; default medium, 4 MiB);
+    *node_monitor_aggregation* ({node: level}) sets the level of the BPF nodes it names
+    instead (bench/macro: events off on one node, medium on another, in one topology).
+    *observers* names the BPF nodes whose flow observer is started (default: every one)."""
     path = os.path.abspath(scenario_path)
     scenario = validate.load(path)       # the validation `scenario check` applies
     plan = plan_topology(scenario, nodes, routing, "mixed" if node_datapaths else datapath_kind)
@@ -79,6 +85,14 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     if node_datapaths and set(node_datapaths) - set(kinds):
         raise ValueError(f"node {sorted(set(node_datapaths) - set(kinds))[0]} is not in the "
                          "topology")
+    bpf_names = {name for name, kind in kinds.items() if kind == "bpf"}
+    for what, names in (("monitor aggregation", node_monitor_aggregation or {}),
+                        ("observer", observers or ())):
+        if set(names) - bpf_names:
+            raise ValueError(f"{what} for node {sorted(set(names) - bpf_names)[0]}: not a BPF "
+                             "node of the topology")
+    levels = {name: (node_monitor_aggregation or {}).get(name, monitor_aggregation)
+              for name in bpf_names}
     # Each BPF node is synced once all pods exist (below), not once per pod.
     chained = ({"type": PLUGIN, "datapath": "bpf", "deferSync": True},)
     per_node = {name: topology.NodePlugins(kind, portmap=kind in ("iptables", "nftables"),
@@ -99,7 +113,7 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
                 node.settings.save_np_ipblock(np_ipblock)
             if hubble_buffer_size is not None:
                 node.settings.save_hubble_buffer_size(hubble_buffer_size)
-            node.settings.save_events(monitor_aggregation, events_ring_size)
+            node.settings.save_events(levels[name], events_ring_size)
             node.record.write_pods(attached)
             # The node's lxc object, loaded once: each ADD only attaches its programs.
             node.ensure_lxc_programs()
@@ -123,7 +137,7 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
         for mode in ("iptables", "nftables"):
             apply_kube_proxy(state, scenario, mode,
                              [n for n in state.nodes if kinds[n.name] == mode])
-        start_observers(bpf_nodes)
+        start_observers([n for n in bpf_nodes if observers is None or n.name in observers])
     except BaseException:
         with shielded():
             topology.down()
