@@ -22,9 +22,10 @@ from harness.abi.structs import CtEntry, MetricsKey, TrafficCounter
 from harness.bpf import Map
 from harness.lb.desired import lb_state
 from harness.node import datapath
+from harness.observe import icmp_names
 from harness.observe.datapath_metrics import DatapathCollector
 from harness.observe.metrics import (DEFAULT_METRICS, FlowMetrics, MetricsConfigError,
-                                     icmp_type_name, parse_metrics)
+                                     parse_metrics)
 from harness.observe.proto import flow_pb2
 from harness.policy.control import PolicyControl
 from harness.policy.model import EndpointPolicy, IpcacheEntry, PolicyState, PortRange, Rule
@@ -217,7 +218,7 @@ def test_icmp_counts_every_icmp_flow_by_family_and_gopacket_type_name():
     (4, 5, 2, "Redirect(TOS+Net)"), (6, 135, 0, "NeighborSolicitation"),
     (6, 2, 0, "PacketTooBig"), (6, 200, 0, "200(0)")])
 def test_icmp_type_names_are_gopackets(family, t, c, name):
-    assert icmp_type_name(family, t, c) == name
+    assert icmp_names.type_code(family, t, c) == name
 
 
 # -- context options -------------------------------------------------------------------------

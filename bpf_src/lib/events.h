@@ -320,20 +320,25 @@ static __always_inline void events_note_policy(bool allowed, __u32 identity, __u
 	n->rule_port = port;
 }
 
-static __always_inline void events_drop(struct __sk_buff *skb, __u16 endpoint_id, __u8 reason,
-					__u8 dir)
+/* A record of the packet alone: its type, sub-type, endpoint and direction. */
+static __always_inline void events_send_packet(struct __sk_buff *skb, __u8 type, __u8 subtype,
+					       __u16 endpoint_id, __u8 dir)
 {
-	struct cb_event *e;
+	struct cb_event *e = events_reserve(type, subtype, endpoint_id, dir);
 
-	if (!events_enabled())
-		return;
-	e = events_reserve(CB_EVENT_DROP, reason, endpoint_id, dir);
 	if (!e)
 		return;
 	if (skb_is_ipv6(skb))
 		e->flags |= CB_EVF_IPV6;
 	events_capture(e, skb);
 	events_submit(e);
+}
+
+static __always_inline void events_drop(struct __sk_buff *skb, __u16 endpoint_id, __u8 reason,
+					__u8 dir)
+{
+	if (events_enabled())
+		events_send_packet(skb, CB_EVENT_DROP, reason, endpoint_id, dir);
 }
 
 /* The events a packet's program sends at its exit, from its note: the
@@ -381,17 +386,8 @@ static __always_inline void events_exit(struct __sk_buff *skb, __u16 endpoint_id
 static __always_inline void events_trace_plain(struct __sk_buff *skb, __u16 endpoint_id,
 					       __u8 dir, __u8 obs_point, bool monitor)
 {
-	struct cb_event *e;
-
-	if (!events_emit_trace(obs_point, monitor))
-		return;
-	e = events_reserve(CB_EVENT_TRACE, obs_point, endpoint_id, dir);
-	if (!e)
-		return;
-	if (skb_is_ipv6(skb))
-		e->flags |= CB_EVF_IPV6;
-	events_capture(e, skb);
-	events_submit(e);
+	if (events_emit_trace(obs_point, monitor))
+		events_send_packet(skb, CB_EVENT_TRACE, obs_point, endpoint_id, dir);
 }
 
 /* A socket-LB translation (no packet): the socket's call went to orig:port

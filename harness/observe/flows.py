@@ -56,7 +56,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from harness.observe import decode as D
+from harness.observe import decode as D, icmp_names
 from harness.observe.proto import flow_pb2, observer_pb2
 from harness.observe.store import LazyEntries, RawRecords
 
@@ -91,47 +91,6 @@ _TCP_FLAG_FIELDS = tuple(tuple(n for n, bit in _TCP_FLAG_NAMES if m & bit) for m
 #: flags bitmask (decode.TCP_*) -> "SYN, ACK" in Hubble's order.
 TCP_FLAGS_TEXT = tuple(", ".join(n for n, bit in _TCP_FLAG_NAMES if m & bit) for m in range(512))
 
-# gopacket's ICMP type/code names (layers/icmp4.go, icmp6.go), for Hubble's Summary.
-_ICMP4 = {0: ("EchoReply", None),
-          3: ("DestinationUnreachable", {0: "Net", 1: "Host", 2: "Protocol", 3: "Port",
-                                         4: "FragmentationNeeded", 5: "SourceRoutingFailed",
-                                         6: "NetUnknown", 7: "HostUnknown", 8: "SourceIsolated",
-                                         9: "NetAdminProhibited", 10: "HostAdminProhibited",
-                                         11: "NetTOS", 12: "HostTOS", 13: "CommAdminProhibited",
-                                         14: "HostPrecedence", 15: "PrecedenceCutoff"}),
-          4: ("SourceQuench", None),
-          5: ("Redirect", {0: "Net", 1: "Host", 2: "TOS+Net", 3: "TOS+Host"}),
-          8: ("EchoRequest", None), 9: ("RouterAdvertisement", None),
-          10: ("RouterSolicitation", None),
-          11: ("TimeExceeded", {0: "TTLExceeded", 1: "FragmentReassemblyTimeExceeded"}),
-          12: ("ParameterProblem", {0: "PointerIndicatesError", 1: "MissingOption",
-                                    2: "BadLength"}),
-          13: ("TimestampRequest", None), 14: ("TimestampReply", None),
-          15: ("InfoRequest", None), 16: ("InfoReply", None),
-          17: ("AddressMaskRequest", None), 18: ("AddressMaskReply", None)}
-_ICMP6 = {1: ("DestinationUnreachable", {0: "NoRouteToDst", 1: "AdminProhibited",
-                                         2: "BeyondScopeOfSrc", 3: "AddressUnreachable",
-                                         4: "PortUnreachable", 5: "SrcAddressFailedPolicy",
-                                         6: "RejectRouteToDst"}),
-          2: ("PacketTooBig", None),
-          3: ("TimeExceeded", {0: "HopLimitExceeded", 1: "FragmentReassemblyTimeExceeded"}),
-          4: ("ParameterProblem", {0: "ErroneousHeaderField", 1: "UnrecognizedNextHeader",
-                                   2: "UnrecognizedIPv6Option"}),
-          128: ("EchoRequest", None), 129: ("EchoReply", None),
-          133: ("RouterSolicitation", None), 134: ("RouterAdvertisement", None),
-          135: ("NeighborSolicitation", None), 136: ("NeighborAdvertisement", None),
-          137: ("Redirect", None)}
-
-
-def icmp_type_code(table: Mapping, itype: int, code: int) -> str:
-    """gopacket's ICMPv4TypeCode/ICMPv6TypeCode String()."""
-    info = table.get(itype)
-    if info is None:
-        return f"{itype}({code})"
-    name, codes = info
-    if codes is None:
-        return name if code == 0 else f"{name}(Code: {code})"
-    return f"{name}({codes[code]})" if code in codes else f"{name}(Code: {code})"
 
 
 def sort_labels(labels: Iterable[str], identity: int) -> list[str]:
@@ -562,10 +521,10 @@ class FlowBuilder:
             proto_name = "SCTP"
         elif layers & D.L_ICMPV4:
             f.l4.ICMPv4.type, f.l4.ICMPv4.code = r["icmp_type"], r["icmp_code"]
-            summary = "ICMPv4 " + icmp_type_code(_ICMP4, r["icmp_type"], r["icmp_code"])
+            summary = "ICMPv4 " + icmp_names.type_code(4, r["icmp_type"], r["icmp_code"])
         elif layers & D.L_ICMPV6:
             f.l4.ICMPv6.type, f.l4.ICMPv6.code = r["icmp_type"], r["icmp_code"]
-            summary = "ICMPv6 " + icmp_type_code(_ICMP6, r["icmp_type"], r["icmp_code"])
+            summary = "ICMPv6 " + icmp_names.type_code(6, r["icmp_type"], r["icmp_code"])
         f.Summary = summary
 
         # the packet's source before a reverse translation (Hubble: OrigIP, source_xlated)

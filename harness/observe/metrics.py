@@ -45,6 +45,7 @@ from prometheus_client.exposition import start_http_server
 
 from harness.errors import ChainbenchError, InputError
 from harness.host import netns
+from harness.observe import icmp_names
 
 NAMESPACE = "hubble"
 #: Hubble's metrics when none are named (its Helm chart's default set).
@@ -269,45 +270,6 @@ def flow_protocol(flow) -> str:
 _FORWARDED, _DROPPED, _REDIRECTED = 1, 2, 5            # flow.Verdict
 
 
-# --- gopacket's ICMP type/code names (layers.ICMPv4TypeCode / ICMPv6TypeCode String()) ----
-
-_ICMP4_UNREACH = ("Net", "Host", "Protocol", "Port", "FragmentationNeeded",
-                  "SourceRoutingFailed", "NetUnknown", "HostUnknown", "SourceIsolated",
-                  "NetAdminProhibited", "HostAdminProhibited", "NetTOS", "HostTOS",
-                  "CommAdminProhibited", "HostPrecedence", "PrecedenceCutoff")
-_ICMP4 = {
-    0: ("EchoReply", None), 3: ("DestinationUnreachable", dict(enumerate(_ICMP4_UNREACH))),
-    4: ("SourceQuench", None),
-    5: ("Redirect", {0: "Net", 1: "Host", 2: "TOS+Net", 3: "TOS+Host"}),
-    8: ("EchoRequest", None), 9: ("RouterAdvertisement", None), 10: ("RouterSolicitation", None),
-    11: ("TimeExceeded", {0: "TTLExceeded", 1: "FragmentReassemblyTimeExceeded"}),
-    12: ("ParameterProblem", {0: "PointerIndicatesError", 1: "MissingOption", 2: "BadLength"}),
-    13: ("TimestampRequest", None), 14: ("TimestampReply", None), 15: ("InfoRequest", None),
-    16: ("InfoReply", None), 17: ("AddressMaskRequest", None), 18: ("AddressMaskReply", None),
-}
-_ICMP6 = {
-    1: ("DestinationUnreachable", dict(enumerate(
-        ("NoRouteToDst", "AdminProhibited", "BeyondScopeOfSrc", "AddressUnreachable",
-         "PortUnreachable", "SrcAddressFailedPolicy", "RejectRouteToDst")))),
-    2: ("PacketTooBig", None),
-    3: ("TimeExceeded", {0: "HopLimitExceeded", 1: "FragmentReassemblyTimeExceeded"}),
-    4: ("ParameterProblem", {0: "ErroneousHeaderField", 1: "UnrecognizedNextHeader",
-                             2: "UnrecognizedIPv6Option"}),
-    128: ("EchoRequest", None), 129: ("EchoReply", None), 133: ("RouterSolicitation", None),
-    134: ("RouterAdvertisement", None), 135: ("NeighborSolicitation", None),
-    136: ("NeighborAdvertisement", None), 137: ("Redirect", None),
-}
-
-
-def icmp_type_name(family: int, icmp_type: int, code: int) -> str:
-    """``EchoRequest``, ``DestinationUnreachable(Port)``, ``EchoReply(Code: 3)``, ``42(0)``."""
-    info = (_ICMP4 if family == 4 else _ICMP6).get(icmp_type)
-    if info is None:
-        return f"{icmp_type}({code})"
-    name, codes = info
-    if codes is None:
-        return name if code == 0 else f"{name}(Code: {code})"
-    return f"{name}({codes[code]})" if code in codes else f"{name}(Code: {code})"
 
 
 # --- the handlers ----------------------------------------------------------------------------
@@ -409,11 +371,11 @@ class _IcmpHandler(_Handler):
         proto = _l4(flow)
         if proto == "ICMPv4":
             msg = flow.l4.ICMPv4
-            self.inc(["IPv4", icmp_type_name(4, msg.type, msg.code)], flow, amount)
+            self.inc(["IPv4", icmp_names.type_code(4, msg.type, msg.code)], flow, amount)
         elif proto == "ICMPv6":
             # Hubble labelled these "IPv4" until cilium/cilium#41427 fixed it.
             msg = flow.l4.ICMPv6
-            self.inc(["IPv6", icmp_type_name(6, msg.type, msg.code)], flow, amount)
+            self.inc(["IPv6", icmp_names.type_code(6, msg.type, msg.code)], flow, amount)
 
 
 _HANDLERS = {h.name: h for h in (_DropHandler, _TcpHandler, _FlowHandler,
