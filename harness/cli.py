@@ -432,6 +432,12 @@ def cmd_down(args) -> int:
 
 def cmd_connectivity(args) -> int:
     from harness.topology import connectivity   # lazy: the topology and datapath (~115 ms)
+    if args.flows is not None:
+        try:                # a file that cannot be written is refused before the suite runs
+            with open(args.flows, "a"):
+                pass
+        except OSError as exc:
+            raise InputError(f"--flows {args.flows}: {exc.strerror}") from None
     results = connectivity.run_selected(args.test, args.datapath, args.flow_validation, args.flows)
     if args.output == "json":
         print(json.dumps([r.to_dict(args.flow_validation) for r in results], indent=1))
@@ -458,6 +464,7 @@ def cmd_observe(args) -> int:
         # --node picks the observers to ask; --node-name is the flow filter
         whitelist, blacklist = filters.filters_from_cli(
             {k: v for k, v in vars(args).items() if k != "node"})
+        filters.FlowSelector(whitelist, blacklist)      # refused here, before any observer
     except filters.FilterError as exc:
         raise UsageError(str(exc)) from None
     req = client.request(last=args.last, first=args.first, all_flows=args.all,
@@ -981,7 +988,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "pressure, conntrack, lost events) on 127.0.0.1:PORT of "
                                       "its namespace, in the foreground")
     _add_node(c, "the node (default: the only one)")
-    c.add_argument("--port", type=int, default=9965, help="port (default 9965, Hubble's)")
+    c.add_argument("--port", type=int, default=9962,
+                   help="port (default 9962, the Cilium agent's: the node's observer holds "
+                        "Hubble's 9965, where it serves these counters with Hubble's metrics)")
     c.set_defaults(func=cmd_metrics)
     c = msub.add_parser("scrape", help="GET http://127.0.0.1:PORT/metrics inside the node's "
                                        "namespace and print it")

@@ -23,6 +23,8 @@ from harness.bpf import RingBuffer
 from harness.lb.control import LbControl
 from harness.lb.desired import lb_state
 from harness.node import datapath
+from harness.observe import flows
+from harness.observe.proto import flow_pb2
 from harness.policy.control import PolicyControl
 from harness.policy.model import (ANY_IDENTITY, ANY_PORT, ANY_PROTO, EndpointPolicy, IpcacheEntry,
                                   PolicyState, PortRange, Rule)
@@ -172,7 +174,7 @@ def test_a_denied_connection_sends_the_verdict_then_the_drop(node):
     n.policy(ingress=[Rule(False, CLIENT_ID, TCP_, PortRange(443, 443))])
     assert n.into.run(bytes(tcp_in(dport=80))).drop_reason == DROP["DROP_POLICY"]
     verdict, drop = n.events()
-    assert verdict.type == EV["CB_EVENT_POLICY_VERDICT"]
+    assert (verdict.type, verdict.subtype) == (EV["CB_EVENT_POLICY_VERDICT"], DROP["DROP_POLICY"])
     assert not verdict.flags & EVF["CB_EVF_ALLOWED"]
     assert (verdict.match_type, verdict.remote_identity) == (MATCH["POLICY_MATCH_NONE"], CLIENT_ID)
     assert (drop.type, drop.subtype, drop.dir) == (EV["CB_EVENT_DROP"], DROP["DROP_POLICY"],
@@ -186,6 +188,7 @@ def test_a_deny_rule_sends_its_own_match(node):
     assert n.out.run(bytes(tcp_out(dport=22))).drop_reason == DROP["DROP_POLICY_DENY"]
     verdict, drop = n.events()
     assert not verdict.flags & EVF["CB_EVF_ALLOWED"]
+    assert verdict.subtype == DROP["DROP_POLICY_DENY"]          # the reason, as the drop's
     assert (verdict.match_type, verdict.rule_proto, verdict.rule_port, verdict.dir) == (
         MATCH["POLICY_MATCH_L3_L4"], TCP_, 22, DIR["CB_DIR_EGRESS"])
     assert drop.subtype == DROP["DROP_POLICY_DENY"]
@@ -245,6 +248,38 @@ def test_each_level_reports_a_repeated_packet_as_cilium_does(node, level, points
     n.events()
     n.out.run(bytes(tcp_out("A")))                     # nothing new about the connection
     assert [e.subtype for e in n.events()] == [TRACE[p] for p in points]
+
+
+def test_a_trace_without_a_conntrack_lookup_says_so_and_hubble_leaves_is_reply_unset(node):
+    """FROM_ENDPOINT is sent before conntrack: Cilium's TRACE_REASON_UNKNOWN, and the
+    flow has no is_reply and no direction (a reply must not read as a request)."""
+    n = node("none")
+    n.out.run(bytes(tcp_out("S")))
+    n.events()
+    reply_from_pod = bytes(eth() / IP(src=POD, dst=REMOTE) / TCP(sport=80, dport=33000, flags="SA"))
+    n.into.run(bytes(tcp_in("S", sport=33000, dport=80)))       # the remote's connection in
+    n.events()
+    n.out.run(reply_from_pod)
+    entry, exit_ = n.events()
+    assert entry.subtype == TRACE["TRACE_FROM_LXC"]
+    assert entry.trace_reason == defines("lib/events.h", "TRACE_REASON_")["TRACE_REASON_UNKNOWN"]
+    assert (exit_.subtype, exit_.trace_reason) == (TRACE["TRACE_TO_STACK"], CT["reply"])
+    first, second = flows.build_flows("cb-node0", flows.NodeContext(),
+                                      [bytes(entry), bytes(exit_)])
+    assert not first.flow.HasField("is_reply")
+    assert first.flow.traffic_direction == flow_pb2.TRAFFIC_DIRECTION_UNKNOWN
+    assert second.flow.is_reply.value is True
+
+
+def test_a_trace_carries_a_translation_only_when_its_packet_had_one(node):
+    n = service_node(node)
+    n.out.run(bytes(tcp_out("S", dst=VIP)))
+    (xlated,) = n.events()
+    assert xlated.flags & EVF["CB_EVF_XLATED"]
+    n.out.run(bytes(tcp_out("S", sport=40001, dst=REMOTE)))     # no service: nothing to report
+    (plain,) = n.events()
+    assert not plain.flags & (EVF["CB_EVF_XLATED"] | EVF["CB_EVF_REV_XLATED"])
+    assert bytes(plain.orig_addr.addr) == bytes(16) and plain.orig_port == plain.rev_nat_index == 0
 
 
 def test_off_sends_nothing_not_even_drops(node):

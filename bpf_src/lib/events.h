@@ -44,7 +44,10 @@
 #define TRACE_TO_NETWORK	11
 
 /* Why a trace's packet was forwarded: its conntrack status (ct.h enum
- * ct_status: new = passed policy, established, reply, related). */
+ * ct_status: new = passed policy, established, reply, related), or, where no
+ * conntrack lookup was made, Cilium's TRACE_REASON_UNKNOWN (Hubble then leaves
+ * is_reply unset). */
+#define TRACE_REASON_UNKNOWN	5
 
 /* Socket translation points (Cilium's enum sock_xlate_point) */
 #define SOCK_XLATE_PRE_DIRECTION_FWD	1
@@ -232,6 +235,8 @@ struct cb_event_note {
 	__u8  rule_proto;
 	__u16 rule_port;
 	__be16 orig_port;
+	__u8  drop_reason;	/* policy verdict: why a denied packet was refused */
+	__u8  pad[3];
 	__u32 identity;		/* policy verdict: the remote identity */
 	__u32 rev_nat_index;
 	union v6addr orig_addr;
@@ -259,7 +264,7 @@ static __always_inline void events_note_reset(void)
 
 	if (n) {
 		n->flags = NOTE_MONITOR;
-		n->ct_status = 0;
+		n->ct_status = TRACE_REASON_UNKNOWN;
 	}
 }
 
@@ -300,9 +305,9 @@ static __always_inline void events_note_xlate4(__u8 flag, __be32 addr, __be16 po
 	events_note_xlate(flag, &a, port, rev_nat_index);
 }
 
-/* The policy verdict: allowed or not, the remote identity, and the entry
- * that decided (POLICY_MATCH_NONE: none did). */
-static __always_inline void events_note_policy(bool allowed, __u32 identity, __u8 match_type,
+/* The policy verdict: allowed (drop_reason 0) or the reason it was refused,
+ * the remote identity, and the entry that decided (POLICY_MATCH_NONE: none did). */
+static __always_inline void events_note_policy(__u8 drop_reason, __u32 identity, __u8 match_type,
 					       __u8 proto, __u16 port)
 {
 	struct cb_event_note *n = events_note();
@@ -310,10 +315,11 @@ static __always_inline void events_note_policy(bool allowed, __u32 identity, __u
 	if (!n)
 		return;
 	n->flags |= NOTE_POLICY;
-	if (allowed)
+	if (!drop_reason)
 		n->flags |= CB_EVF_ALLOWED;
 	else
 		n->flags &= ~CB_EVF_ALLOWED;
+	n->drop_reason = drop_reason;
 	n->identity = identity;
 	n->match_type = match_type;
 	n->rule_proto = proto;
@@ -330,6 +336,8 @@ static __always_inline void events_send_packet(struct __sk_buff *skb, __u8 type,
 		return;
 	if (skb_is_ipv6(skb))
 		e->flags |= CB_EVF_IPV6;
+	if (type == CB_EVENT_TRACE)
+		e->trace_reason = TRACE_REASON_UNKNOWN;	/* no conntrack lookup here */
 	events_capture(e, skb);
 	events_submit(e);
 }
@@ -356,7 +364,7 @@ static __always_inline void events_exit(struct __sk_buff *skb, __u16 endpoint_id
 		return;
 	ipv6 = skb_is_ipv6(skb) ? CB_EVF_IPV6 : 0;
 	if (n->flags & NOTE_POLICY) {
-		e = events_reserve(CB_EVENT_POLICY_VERDICT, 0, endpoint_id, dir);
+		e = events_reserve(CB_EVENT_POLICY_VERDICT, n->drop_reason, endpoint_id, dir);
 		if (e) {
 			e->flags = ipv6 | (n->flags & CB_EVF_ALLOWED);
 			e->remote_identity = n->identity;
@@ -374,9 +382,11 @@ static __always_inline void events_exit(struct __sk_buff *skb, __u16 endpoint_id
 		return;
 	e->flags = ipv6 | (n->flags & (CB_EVF_XLATED | CB_EVF_REV_XLATED | CB_EVF_REPLY));
 	e->trace_reason = n->ct_status;
-	e->orig_addr = n->orig_addr;
-	e->orig_port = n->orig_port;
-	e->rev_nat_index = n->rev_nat_index;
+	if (n->flags & (CB_EVF_XLATED | CB_EVF_REV_XLATED)) {	/* else an earlier packet's */
+		e->orig_addr = n->orig_addr;
+		e->orig_port = n->orig_port;
+		e->rev_nat_index = n->rev_nat_index;
+	}
 	events_capture(e, skb);
 	events_submit(e);
 }

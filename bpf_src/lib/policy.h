@@ -151,7 +151,7 @@ static __always_inline int policy_check(__u32 ep_id, const struct endpoint_info 
 
 	if (later_fragment) {
 		if (ep->flags & denies) {
-			events_note_policy(false, identity, POLICY_MATCH_NONE, 0, 0);
+			events_note_policy(DROP_FRAG_NOSUPPORT, identity, POLICY_MATCH_NONE, 0, 0);
 			return -DROP_FRAG_NOSUPPORT;
 		}
 		proto = 0;
@@ -170,11 +170,12 @@ static __always_inline int policy_check(__u32 ep_id, const struct endpoint_info 
 		if (e) {
 			__sync_fetch_and_add(&e->packets, 1);
 			__sync_fetch_and_add(&e->bytes, len);
-			events_note_policy(!deny, identity, e->match_type, e->proto, e->port);
+			events_note_policy(deny ? DROP_POLICY_DENY : 0, identity, e->match_type, e->proto,
+					   e->port);
 			return deny ? -DROP_POLICY_DENY : 0;
 		}
 	}
-	events_note_policy(false, identity, POLICY_MATCH_NONE, 0, 0);
+	events_note_policy(DROP_POLICY, identity, POLICY_MATCH_NONE, 0, 0);
 	return -DROP_POLICY;
 }
 

@@ -56,6 +56,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from harness.abi.cheaders import defines
 from harness.observe import decode as D, icmp_names
 from harness.observe.proto import flow_pb2, observer_pb2
 from harness.observe.store import LazyEntries, RawRecords
@@ -79,6 +80,8 @@ LOCAL_IDENTITY_SCOPE = 1 << 24
 
 CB_DIR_INGRESS, CB_DIR_EGRESS = 1, 2
 CT_REPLY = 2                    # enum ct_status (lib/ct.h)
+#: a trace made where no conntrack lookup was (lib/events.h)
+TRACE_REASON_UNKNOWN = defines("lib/events.h", "TRACE_REASON_")["TRACE_REASON_UNKNOWN"]
 SOCK_XLATE_PRE_FWD, SOCK_XLATE_POST_FWD, SOCK_XLATE_PRE_REV, SOCK_XLATE_POST_REV = 1, 2, 3, 4
 DROP_POLICY = 133
 PROTO_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP"}
@@ -578,10 +581,13 @@ class FlowBuilder:
             if _HAS_TRACE_REASON:
                 # Cilium's TraceReasonUnknown (5) is Hubble's 0; the ones before it move up one
                 f.trace_reason = 0 if reason == 5 else reason + 1 if reason < 5 else reason
-            f.is_reply.value = reply
-            f.reply = reply
-            if r["endpoint_id"] and r["dir"]:
-                f.traffic_direction = flow_pb2.EGRESS if egress != reply else flow_pb2.INGRESS
+            if reason != TRACE_REASON_UNKNOWN:
+                # no conntrack lookup (FROM_*, TO_NETWORK, untracked): is_reply stays unset
+                # and the direction unknown, as Hubble leaves them
+                f.is_reply.value = reply
+                f.reply = reply
+                if r["endpoint_id"] and r["dir"]:
+                    f.traffic_direction = flow_pb2.EGRESS if egress != reply else flow_pb2.INGRESS
             if r["ifindex"]:
                 f.interface.index = r["ifindex"]
                 name = ctx.ifname(r["ifindex"])
@@ -623,7 +629,12 @@ class FlowBuilder:
             dst_raw, dst_port = r["orig_addr"], r["orig_port"]
         dst_ip = _ip_text_bytes(dst_raw, version)
         src_port = 0
-        src_ep = self.resolve_endpoint(src_ip, 0) if src_ip else flow_pb2.Endpoint()
+        if src_ip:
+            src_ep = self.resolve_endpoint(src_ip, 0)
+        else:
+            # the sock programs sit on the nodes' host cgroups: a socket with no
+            # endpoint is the node's own (its address is not bound yet at connect())
+            src_ep = flow_pb2.Endpoint(identity=ID_HOST, labels=RESERVED_LABELS[ID_HOST])
         dst_ep = self.resolve_endpoint(dst_ip, 0)
         if point in (SOCK_XLATE_PRE_REV, SOCK_XLATE_POST_REV):
             src_ip, dst_ip = dst_ip, src_ip
@@ -758,7 +769,8 @@ class FlowBatch(LazyEntries):
         if ports:
             kind, flags = d["type"], d["flags"]
             reply = ((flags & D.EVF_REPLY) != 0) | (d["trace_reason"] == CT_REPLY)
-            counted = (((kind == D.EVENT_TRACE) & ~reply)
+            known = d["trace_reason"] != TRACE_REASON_UNKNOWN       # is_reply set and false
+            counted = (((kind == D.EVENT_TRACE) & ~reply & known)
                        | ((kind == D.EVENT_POLICY_VERDICT) & ((flags & D.EVF_ALLOWED) != 0)))
             key["dport"] = np.where(counted, d["dport"], 0)
         if context:

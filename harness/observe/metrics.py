@@ -486,12 +486,3 @@ def scrape(netns_name: str, port: int = 9965, host: str = "127.0.0.1",
             reason = getattr(reason, "strerror", None) or reason
             raise MetricsScrapeError(f"metrics: nothing answers on {url} in namespace "
                                      f"{netns_name} ({reason})") from None
-
-
-def __getattr__(name: str):
-    """``DatapathCollector`` is harness.observe.datapath_metrics's (imported on first use:
-    it loads libbpf, which Hubble's flow metrics do not need)."""
-    if name == "DatapathCollector":
-        from harness.observe.datapath_metrics import DatapathCollector
-        return DatapathCollector
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -403,8 +403,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m harness.observe.observer",
                                 description="a node's flow observer (Hubble's Observer API)")
     p.add_argument("--node", required=True, help="the node (cb-node0)")
-    p.add_argument("--netns", help="its network namespace (default: the node's name; "
-                                   "'-' stays in the current one)")
+    p.add_argument("--netns", help="its network namespace, a cb-* one (default: the node's name)")
     p.add_argument("--buffer-size", type=int, help="flows kept (2^n - 1; default: the node's "
                                                    f"setting, else {DEFAULT_CAPACITY})")
     p.add_argument("--socket", help="the Unix socket (default: in the node's state dir)")
@@ -435,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
 
     from harness.host import netns
-    with netns.entered(None if netns_name == "-" else netns_name):
+    with netns.entered(netns_name):
         capacity = args.buffer_size or node.settings.hubble_buffer_size
         observer = Observer(args.node, capacity=capacity, state_dir=args.state_dir,
                             pin_dir=args.pin_dir)

@@ -107,7 +107,11 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         if request.first and request.follow:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "first cannot be specified with follow")
-        match = Matcher(request.whitelist, request.blacklist)
+        from harness.observe.filters import FilterError
+        try:
+            match = Matcher(request.whitelist, request.blacklist)
+        except FilterError as exc:      # a filter this server cannot evaluate: say so
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         ring = self.observer.ring
         start_seq, entries = ring.snapshot()
         idx = start_index(entries, request, match)

@@ -38,10 +38,6 @@ def observer_dir(node: Node) -> str:
     return os.path.join(node.state_dir, "observer")
 
 
-def flow_log(node: Node) -> str:
-    return os.path.join(observer_dir(node), "flows.log")
-
-
 def supervisor_state(node: Node) -> str:
     return os.path.join(observer_dir(node), "supervisor.json")
 

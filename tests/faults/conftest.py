@@ -28,9 +28,9 @@ def clean_machine():
     """The machine before the first point: nothing of the project on it (an earlier
     run's leftovers are removed first, and must then be gone), and the root
     namespace's snapshot every point is compared with."""
-    if nonempty(project_leftovers(Baseline.take())):
+    if nonempty(project_leftovers(Baseline.take().after_down())):
         inject.chainbench("down")
-    left = nonempty(project_leftovers(Baseline.take()))
+    left = nonempty(project_leftovers(Baseline.take().after_down()))
     if left:
         pytest.fail(f"the machine is not clean before the fault runs: {left}")
     return root_snapshot()

@@ -142,13 +142,24 @@ def temp_dirs() -> set[str]:
 
 @dataclass
 class Baseline:
-    """What existed before the run and is not the run's to clean up."""
+    """What existed before the run and is not the run's to clean up: a topology the test
+    set up first runs its nodes' flow observers (recorded processes, and so the records'
+    directory)."""
     processes: set[tuple[int, str]] = field(default_factory=set)
     temp_dirs: set[str] = field(default_factory=set)
+    recorded: set[tuple[int, str | None]] = field(default_factory=set)
 
     @classmethod
     def take(cls) -> "Baseline":
-        return cls({(p.pid, p.start) for p in project_processes()}, temp_dirs())
+        dirs = temp_dirs() | {d for d in (procs.PROC_ROOT, procs.SCRATCH_ROOT)
+                              if os.path.exists(d)}
+        return cls({(p.pid, p.start) for p in project_processes()}, dirs,
+                   {(pid, start) for pid, (start, _d) in procs.live().items()})
+
+    def after_down(self) -> "Baseline":
+        """After ``down`` nothing of the project may be left, the topology's own included."""
+        project_dirs = {procs.PROC_ROOT, procs.SCRATCH_ROOT}
+        return Baseline(self.processes, self.temp_dirs - project_dirs, set())
 
 
 def _pins() -> list[str]:
@@ -178,13 +189,15 @@ def project_leftovers(baseline: Baseline | None = None,
                 for line in subprocess.run(ROOT_COMMANDS[name], capture_output=True,
                                            text=True).stdout.splitlines()
                 if PROJECT_RULE.search(line)]
-    project_dirs = [d for d in (procs.PROC_ROOT, procs.SCRATCH_ROOT) if os.path.exists(d)]
+    project_dirs = [d for d in (procs.PROC_ROOT, procs.SCRATCH_ROOT)
+                    if os.path.exists(d) and d not in baseline.temp_dirs]
     return {
         "namespaces": netns.list_project(),
         "links": [n for n in links if n.startswith("cb-")],
         "pins": _pins(),
         "cgroups": cgroups.list_project(),
-        "recorded processes": [d for _s, d in procs.live().values()],
+        "recorded processes": [d for pid, (s, d) in procs.live().items()
+                               if (pid, s) not in baseline.recorded],
         "processes": sorted(str(p) for p in project_processes(marker)
                             if (p.pid, p.start) not in baseline.processes),
         "temp dirs": sorted(temp_dirs() - baseline.temp_dirs) + project_dirs,

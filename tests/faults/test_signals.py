@@ -74,7 +74,7 @@ def _after(command: str, sig: str | None, outcome: inject.Outcome, baseline: Bas
                                      if line.startswith("removed ")})
     if down.returncode != 0:
         problems.append(f"down exited {down.returncode}: {down.stderr[-300:]}")
-    left = nonempty(project_leftovers(baseline, outcome.marker))
+    left = nonempty(project_leftovers(baseline.after_down(), outcome.marker))
     diff = root_diff(before, root_snapshot())
     record["left_after_down"] = left
     record["root_namespace_changed"] = sorted(diff)
