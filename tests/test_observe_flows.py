@@ -307,6 +307,17 @@ def test_trace_sock_translation():
     assert r.l4.UDP.source_port == 53 and r.Summary == "UDP" and r.verdict == flow_pb2.TRANSLATED
 
 
+def test_a_socket_without_an_endpoint_is_the_hosts():
+    """The sock programs sit on the nodes' host cgroups, and the datapath sends them with
+    endpoint 0: the source is the host (reserved:host), as Hubble names a host socket."""
+    (post,) = build(record(D.EVENT_TRACE_SOCK, subtype=2, endpoint_id=0, l4_proto=6,
+                           orig_addr=V6Addr.of(VIP4), orig_port=be16(80),
+                           xlate_addr=V6Addr.of(ECHO4), xlate_port=be16(8080)))
+    f = post.flow
+    assert (f.source.identity, list(f.source.labels)) == (1, ["reserved:host"])
+    assert f.destination.pod_name == "echo" and f.verdict == flow_pb2.TRANSLATED
+
+
 def mixed_records() -> list[bytes]:
     """Records of every kind the tests above build (traces forward, reply, translated and
     reverse-translated; drops; allowed and denied policy verdicts; ICMP, UDP, SCTP;
