@@ -130,7 +130,8 @@ def test_bench_micro_tiny(tmp_path):
                  "lxc:from_container/new-flow@50svc", "lxc:from_container/non-service@50svc"):
         assert name in proc.stdout
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert "latest.json" in written and "index.html" in written and len(written) == 3
+    # the result, latest.json, the dashboard and its service-map page
+    assert {"latest.json", "index.html", "service-map.html"} <= set(written) and len(written) == 4
     doc = json.loads((tmp_path / "latest.json").read_text())
     assert doc["schema_version"] == 3 and doc["machine"]["cores"] >= 1
     results = {r["name"]: r for r in doc["suites"]["micro"]["results"]}
@@ -448,7 +449,7 @@ def test_status_and_read_commands_without_a_topology():
     assert load_state() is None and not datapath.pinned_nodes(), "a topology is up"
     text = chainbench("status").stdout
     assert "Topology:     none" in text and "Pinned:       nothing pinned" in text
-    assert "Observer:     not available" in text
+    assert "Observer:     none (no BPF node)" in text
     for cmd in (("services",), ("ct", "list"), ("policy", "get", "default/x")):
         assert "no datapath is pinned" in one_line_error(chainbench(*cmd, check_rc=2))
     assert chainbench("endpoints").stdout.split()[:2] == ["NODE", "ENDPOINT"]
@@ -539,7 +540,9 @@ def test_read_commands_on_a_running_topology(running_topology):
             "sock4_connect", "sock6_connect"}
         assert status[node.name]["pinned_links"] == 8 and status[node.name]["datapath"] == "bpf"
     text = chainbench("status").stdout
-    assert "Topology:     2 nodes" in text and "Observer:     not available" in text
+    assert "Topology:     2 nodes" in text
+    observer = next(line for line in text.splitlines() if line.startswith("Observer:"))
+    assert all(f"{n.name} running (supervisor " in observer for n in topo.nodes), observer
 
     rows = json.loads(chainbench("services", "-o", "json").stdout)
     named = {(r["node"], r["service"]) for r in rows}
