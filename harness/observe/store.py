@@ -42,6 +42,7 @@ last *capacity* entries, the batch's among them.
 """
 from __future__ import annotations
 
+import abc
 import os
 import struct
 import threading
@@ -60,15 +61,15 @@ _RAW_HEADER = struct.Struct("<QqIQII")
 _CONTEXT_ID = struct.Struct("<Q")
 
 
-class LazyEntries:
+class LazyEntries(abc.ABC):
     """A run of ring entries whose messages are made on demand: ``len()`` entries,
     ``entry(i)`` the i-th (made once), ``log_item()`` what the log stores of them."""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
 
-    def entry(self, i: int):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def entry(self, i: int): ...
 
 
 @dataclass
