@@ -3,8 +3,10 @@ every base packet cut at every length, every header field at its edges, forged I
 quotes, frame trailers; each outcome checked against the spec's invariants
 (tests/adversarial/invariants.py) and, where the spec is definite, its verdict.
 
-The corpus runs once per module (about 87,000 packets); the tests below read its
-report.  Failures are sorted into the classes of finding issue 11 fixed (one test each:
+The corpus runs once per module (about 87,000 packets), with the node's flow events
+at level `none` (every event path taken: a trace at entry and exit, a verdict, a drop,
+into a ring large enough for all of them): events are a side effect, so every
+outcome must still be the spec's; the tests below read its report.  Failures are sorted into the classes of finding issue 11 fixed (one test each:
 a failure there is a regression of that fix) and new findings
 (test_corpus_has_no_new_findings), and the finding first found here has its own
 reproducer test.
@@ -12,7 +14,8 @@ reproducer test.
 from __future__ import annotations
 
 import pytest
-from harness.bpf import Collection
+from harness.abi import monitor
+from harness.bpf import Collection, RingBuffer
 
 from .adversarial import corpus as C
 from .adversarial import drive as D
@@ -24,6 +27,9 @@ pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (
 #: packets this module must run (the suite's share of `make test`'s 100,000 with the
 #: differential stage)
 TARGET = 80_000
+#: the corpus runs with every event sent, into a ring that holds them all (bytes)
+EVERY_PACKET = monitor.LEVELS["none"]
+EVENTS_RING = 1 << 27
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +37,8 @@ def report():
     opened: list[Collection] = []
 
     def load(name: str, **kw) -> Collection:
+        kw["rodata"] = {**(kw.get("rodata") or {}), "monitor_aggregation": EVERY_PACKET}
+        kw["max_entries"] = {**(kw.get("max_entries") or {}), "cb_events": EVENTS_RING}
         coll = Collection.load(str(object_path(name)), **kw)
         opened.append(coll)
         return coll
@@ -38,6 +46,11 @@ def report():
     try:
         cases = C.corpus()
         rep = D.drive(node, cases, warmups=[c for c in cases if c.warmup])
+        sent = []
+        with RingBuffer(node.maps["cb_events"], sent.append) as ring:
+            ring.consume()
+        rep.events_sent = len(sent)
+        rep.events_lost = sum(node.maps["cb_events_lost"].lookup(0))
     finally:
         node.close()
         for coll in opened:
@@ -52,6 +65,11 @@ def test_corpus_runs_the_target_packet_count(report):
     # every kind of outcome the spec names shows up: the corpus is not all one verdict
     for v in ("pass", 132, 133, 134, 174, 181, "REFUSED"):
         assert report.outcomes.get(v, 0) > 0, v
+
+
+def test_the_corpus_ran_with_every_event_sent(report):
+    """Every packet went through the event paths (a trace at least: `none`), none lost."""
+    assert report.events_sent >= report.count and report.events_lost == 0
 
 
 def test_corpus_has_no_new_findings(report):
