@@ -632,6 +632,18 @@ def _identity(value: str) -> int:
                           f"{', '.join(sorted(by_name))} or a numeric value") from None
 
 
+#: Options that come as X (either side), from-X and to-X: FlowFilter's source and
+#: destination fields, and how the value is read.
+_PAIRED = {
+    "pod": ("source_pod", "destination_pod", str),
+    "ip": ("source_ip", "destination_ip", str),
+    "label": ("source_label", "destination_label", str),
+    "service": ("source_service", "destination_service", str),
+    "port": ("source_port", "destination_port", str),
+    "identity": ("source_identity", "destination_identity", _identity),
+}
+
+
 def _set(t: _Tracker, name: str, val) -> None:
     """hubble observe's flowFilter.set for one option."""
     def both(left_field, right_field, value):
@@ -641,32 +653,24 @@ def _set(t: _Tracker, name: str, val) -> None:
     def each(fld, value):
         t.apply(lambda f: getattr(f, fld).append(value))
 
-    if name == "uuid":
+    base = name.removeprefix("from-").removeprefix("to-")
+    if base in _PAIRED:
+        src, dst, convert = _PAIRED[base]
+        value = convert(val)
+        if name.startswith("from-"):
+            each(src, value)
+        elif name.startswith("to-"):
+            each(dst, value)
+        else:
+            both(src, dst, value)
+    elif name == "uuid":
         each("uuid", val)
-    elif name == "pod":
-        both("source_pod", "destination_pod", val)
-    elif name == "from-pod":
-        each("source_pod", val)
-    elif name == "to-pod":
-        each("destination_pod", val)
-    elif name == "ip":
-        both("source_ip", "destination_ip", val)
-    elif name == "from-ip":
-        each("source_ip", val)
-    elif name == "to-ip":
-        each("destination_ip", val)
     elif name == "ipv4":
         each("ip_version", flow_pb2.IPv4)
     elif name == "ipv6":
         each("ip_version", flow_pb2.IPv6)
     elif name == "ip-version":
         each("ip_version", _ip_version(val))
-    elif name == "label":
-        both("source_label", "destination_label", val)
-    elif name == "from-label":
-        each("source_label", val)
-    elif name == "to-label":
-        each("destination_label", val)
     elif name == "namespace":
         t.ns.append(val)
     elif name == "from-namespace":
@@ -675,24 +679,6 @@ def _set(t: _Tracker, name: str, val) -> None:
         t.dst_ns.append(val)
     elif name == "all-namespaces":
         t.ns.append("")
-    elif name == "service":
-        both("source_service", "destination_service", val)
-    elif name == "from-service":
-        each("source_service", val)
-    elif name == "to-service":
-        each("destination_service", val)
-    elif name == "port":
-        both("source_port", "destination_port", val)
-    elif name == "from-port":
-        each("source_port", val)
-    elif name == "to-port":
-        each("destination_port", val)
-    elif name == "identity":
-        both("source_identity", "destination_identity", _identity(val))
-    elif name == "from-identity":
-        each("source_identity", _identity(val))
-    elif name == "to-identity":
-        each("destination_identity", _identity(val))
     elif name == "verdict":
         each("verdict", _verdict(val))
     elif name == "drop-reason-desc":
