@@ -67,9 +67,9 @@ def test_model_skips_hostport_and_ipv6_and_prefers_ready():
     hp = Frontend("default/pod", "hp", "HostPort", NODE, 40000, "TCP", (_be(5),))
     st = LbState((_cip([_be(0), _be(1, TERMINATING)]), v6, hp))
     (sp,) = service_ports(st)
-    assert sp.name == "default/web:http" and [str(e) for e in sp.endpoints] == ["198.18.1.10:8080"]
+    assert sp.name == "default/web:http" and [str(e) for e in sp.cluster_endpoints] == ["198.18.1.10:8080"]
     only_term = service_ports(LbState((_cip([_be(1, TERMINATING)]),)))[0]
-    assert [str(e) for e in only_term.endpoints] == ["198.18.1.11:8080"]
+    assert [str(e) for e in only_term.cluster_endpoints] == ["198.18.1.11:8080"]
 
 
 def test_probabilities_and_large_cluster_mode():

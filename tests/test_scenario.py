@@ -507,10 +507,19 @@ def services(draw) -> Service:
     etp = draw(st.sampled_from(["Cluster", "Local"])) if external or external_ips else "Cluster"
     meta = ObjectMeta(draw(_dns_labels), draw(st.sampled_from(["default", "bench-1"])), draw(_labels),
                       draw(st.dictionaries(_label_keys, st.text(max_size=20), max_size=2)))
+    lb = stype == "LoadBalancer"
+    hc_port = (draw(st.integers(30000, 32767).filter(lambda p: p not in node_ports))
+               if lb and etp == "Local" else None)
+    ranges = tuple(draw(st.lists(st.sampled_from([ipaddress.ip_network("203.0.113.0/25"),
+                                                  ipaddress.ip_network("10.0.0.0/8"),
+                                                  ipaddress.ip_network("2001:db8::/48")]),
+                                 max_size=2, unique=True))) if lb else ()
+    lb_ips = tuple(draw(st.lists(_address_in(WORLD_V4), max_size=2, unique=True))) if lb else ()
     return Service(meta=meta, type=stype, cluster_ips=cluster_ips, headless=headless, ports=tuple(ports),
                    selector=draw(_labels), session_affinity=affinity, affinity_timeout_seconds=timeout,
                    external_traffic_policy=etp, internal_traffic_policy=draw(st.sampled_from(["Cluster", "Local"])),
-                   ip_families=families, external_ips=external_ips, ip_family_policy=policy)
+                   ip_families=families, external_ips=external_ips, ip_family_policy=policy,
+                   load_balancer_source_ranges=ranges, health_check_node_port=hc_port, load_balancer_ips=lb_ips)
 
 
 def _manifest(svc: Service) -> dict:
@@ -535,9 +544,16 @@ def _manifest(svc: Service) -> dict:
         spec["externalIPs"] = [str(a) for a in svc.external_ips]
     if svc.type != "ClusterIP" or svc.external_ips:
         spec["externalTrafficPolicy"] = svc.external_traffic_policy
+    if svc.load_balancer_source_ranges:
+        spec["loadBalancerSourceRanges"] = [str(n) for n in svc.load_balancer_source_ranges]
+    if svc.health_check_node_port is not None:
+        spec["healthCheckNodePort"] = svc.health_check_node_port
     meta = {"name": svc.meta.name, "namespace": svc.meta.namespace, "labels": svc.meta.labels,
             "annotations": svc.meta.annotations}
-    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+    out = {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+    if svc.load_balancer_ips:
+        out["status"] = {"loadBalancer": {"ingress": [{"ip": str(a)} for a in svc.load_balancer_ips]}}
+    return out
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

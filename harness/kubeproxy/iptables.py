@@ -110,7 +110,7 @@ class _Writer:
         o, p, n = self.out, sp.proto, sp.name
         svc, ext = names.svc_chain(n, p), names.ext_chain(n, p)
         m = f"-m {p} -p {p}"
-        if sp.endpoints:
+        if sp.cluster_endpoints:
             if sp.cluster_ip:
                 o.nat_rules.append(f'-A KUBE-SERVICES -m comment --comment "{n} cluster IP" '
                                    f"{m} -d {sp.cluster_ip} --dport {sp.port} -j {svc}")
@@ -137,11 +137,11 @@ class _Writer:
 
     def service_chains(self, sp: ServicePort) -> None:
         """KUBE-SVC / KUBE-EXT / KUBE-SEP chains of one service port."""
-        if not sp.endpoints:
+        if not sp.cluster_endpoints:
             return
         o, p, n = self.out, sp.proto, sp.name
         svc, ext = names.svc_chain(n, p), names.ext_chain(n, p)
-        seps = [(ep, names.sep_chain(n, p, str(ep))) for ep in sp.endpoints]
+        seps = [(ep, names.sep_chain(n, p, str(ep))) for ep in sp.cluster_endpoints]
         o.nat_chains.append(f":{svc} - [0:0]")
         if sp.external:
             o.nat_chains.append(f":{ext} - [0:0]")
@@ -187,15 +187,15 @@ class _Writer:
 
 
 def _large(sps: Iterable[ServicePort]) -> bool:
-    return sum(len(sp.endpoints) for sp in sps) > LARGE_CLUSTER_ENDPOINTS
+    return sum(len(sp.cluster_endpoints) for sp in sps) > LARGE_CLUSTER_ENDPOINTS
 
 
 def service_chain_names(sp: ServicePort) -> set[str]:
     """The nat chains kube-proxy keeps for *sp*."""
-    if not sp.endpoints:
+    if not sp.cluster_endpoints:
         return set()
     p, n = sp.proto, sp.name
-    out = {names.svc_chain(n, p)} | {names.sep_chain(n, p, str(ep)) for ep in sp.endpoints}
+    out = {names.svc_chain(n, p)} | {names.sep_chain(n, p, str(ep)) for ep in sp.cluster_endpoints}
     if sp.external:
         out.add(names.ext_chain(n, p))
     return out

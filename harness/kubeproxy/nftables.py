@@ -133,7 +133,7 @@ def _ep_names(sp: ServicePort) -> list[tuple[str, str, str]]:
     """(endpoint "ip:port", endpoint chain, affinity set) of each endpoint."""
     return [(str(ep), names.nft_endpoint_chain(sp.service, sp.port_name, sp.proto, ep.ip, ep.port),
              names.nft_affinity_set(sp.service, sp.port_name, sp.proto, ep.ip, ep.port))
-            for ep in sp.endpoints]
+            for ep in sp.cluster_endpoints]
 
 
 def elements(sp: ServicePort) -> dict[tuple[str, str], str]:
@@ -147,13 +147,13 @@ def elements(sp: ServicePort) -> dict[tuple[str, str], str]:
     for ip, target in ([(sp.cluster_ip, svc)] if sp.cluster_ip else []) + \
             [(ip, ext) for ip in (*sp.external_ips, *sp.lb_ips)]:
         key = f"{ip} . {p} . {sp.port}"
-        if sp.endpoints:
+        if sp.cluster_endpoints:
             out[("service-ips", key)] = f" : goto {target}"
         else:
             out[("no-endpoint-services", key)] = reject
     if sp.node_port:
         key = f"{p} . {sp.node_port}"
-        if sp.endpoints:
+        if sp.cluster_endpoints:
             out[("service-nodeports", key)] = f" : goto {ext}"
         else:
             out[("no-endpoint-nodeports", key)] = reject
@@ -162,19 +162,19 @@ def elements(sp: ServicePort) -> dict[tuple[str, str], str]:
 
 def chain_names(sp: ServicePort) -> set[str]:
     """Service chains (names with a "/") kube-proxy keeps for *sp*."""
-    if not sp.endpoints:
+    if not sp.cluster_endpoints:
         return set()
     svc, ext = _chains(sp)
     return {svc, *([ext] if sp.external else []), *(c for _, c, _ in _ep_names(sp))}
 
 
 def affinity_sets(sp: ServicePort) -> set[str]:
-    return {s for _, _, s in _ep_names(sp)} if sp.endpoints and sp.affinity_timeout else set()
+    return {s for _, _, s in _ep_names(sp)} if sp.cluster_endpoints and sp.affinity_timeout else set()
 
 
 def _service_rules(sp: ServicePort, out: list[str]) -> None:
     """Chains and rules of one service port (kube-proxy's per-service part)."""
-    if not sp.endpoints:
+    if not sp.cluster_endpoints:
         return
     t, p = TABLE, sp.proto
     svc, ext = _chains(sp)

@@ -9,7 +9,12 @@ backends and their states.
   frontends are in every node's maps, so a pod translates a NodePort at its
   own veth wherever the node is; externalTrafficPolicy: Local keeps only the
   backends on the frontend's own node.
+- LoadBalancer: every status.loadBalancer.ingress IP x service port, with the
+  Service's loadBalancerSourceRanges.
 - ExternalIPs: every external IP x service port.
+- Traffic policies: a node's own view (``lb_state(..., node=N)``) narrows
+  ITP Local ClusterIPs and ETP Local external / load-balancer IPs to N's
+  backends; ``Frontend.endpoints`` keeps the full list (kube-proxy's view).
 - HostPort: a pod's containerPort with hostPort, on its node's address.
 
 Backends come from EndpointSlices of the service's family, matched by port
@@ -70,34 +75,60 @@ def _backends_for(scenario: Scenario, svc: Service, family: int, port_name: str,
     return tuple(sorted(out.values()))
 
 
+def _scoped(backends: tuple[Backend, ...], node: str | None) -> tuple[Backend, ...]:
+    return tuple(b for b in backends if b.node == node)
+
+
 def _service_frontends(scenario: Scenario, svc: Service,
-                       nodes: Mapping[str, tuple[IPAddress, ...]]) -> list[Frontend]:
+                       nodes: Mapping[str, tuple[IPAddress, ...]],
+                       node: str | None) -> list[Frontend]:
+    """*svc*'s frontends.  Traffic-policy scoping for one node: ETP Local NodePort
+    frontends keep the backends of the node owning the address; with *node* given,
+    ITP Local ClusterIPs and ETP Local external IPs / load-balancer IPs keep
+    *node*'s backends (each node's maps hold its own view)."""
     if svc.headless:
         return []
     timeout = svc.affinity_timeout_seconds if svc.session_affinity == "ClientIP" else 0
     maglev = svc.meta.annotations.get(LB_ALGORITHM_ANNOTATION, "").lower() == "maglev"
+    etp_local = svc.external_traffic_policy == "Local"
+    itp_local = svc.internal_traffic_policy == "Local"
+    hc = svc.health_check_node_port
     out = []
+
+    def fe(kind: str, addr: IPAddress, port: int, sp, backends, chosen, **kw) -> Frontend:
+        return Frontend(svc.ref, sp.name, kind, addr, port, sp.protocol, chosen, timeout, maglev,
+                        all_backends=None if chosen == backends else backends,
+                        health_check_node_port=hc, **kw)
+
     for j, sp in enumerate(svc.ports):
         for ip in svc.cluster_ips:
             backends = _backends_for(scenario, svc, ip.version, sp.name, sp.protocol)
-            out.append(_sctp_checked(Frontend(svc.ref, sp.name, "ClusterIP", ip, sp.port,
-                                              sp.protocol, backends, timeout, maglev),
+            chosen = _scoped(backends, node) if itp_local and node is not None else backends
+            out.append(_sctp_checked(fe("ClusterIP", ip, sp.port, sp, backends, chosen,
+                                        internal_local=itp_local),
                                      f"spec.ports[{j}].targetPort"))
+            ext_chosen = _scoped(backends, node) if etp_local and node is not None else backends
             for ext in svc.external_ips:
                 if ext.version == ip.version:
-                    out.append(Frontend(svc.ref, sp.name, "ExternalIP", ext, sp.port,
-                                        sp.protocol, backends, timeout, maglev))
+                    out.append(fe("ExternalIP", ext, sp.port, sp, backends, ext_chosen,
+                                  local_scope=etp_local))
+            for lb_ip in svc.load_balancer_ips:
+                if lb_ip.version == ip.version:
+                    out.append(_sctp_checked(fe("LoadBalancer", lb_ip, sp.port, sp, backends,
+                                                ext_chosen, local_scope=etp_local,
+                                                source_ranges=tuple(
+                                                    n for n in svc.load_balancer_source_ranges
+                                                    if n.version == ip.version)),
+                                             f"spec.ports[{j}].targetPort"))
             if sp.node_port is None or svc.type not in ("NodePort", "LoadBalancer"):
                 continue
-            local = svc.external_traffic_policy == "Local"
-            for node, addrs in sorted(nodes.items()):
+            for owner, addrs in sorted(nodes.items()):
                 for addr in addrs:
                     if addr.version != ip.version:
                         continue
-                    chosen = tuple(b for b in backends if b.node == node) if local else backends
-                    out.append(_sctp_checked(Frontend(svc.ref, sp.name, "NodePort", addr,
-                                                      sp.node_port, sp.protocol, chosen, timeout,
-                                                      maglev, local),
+                    chosen = _scoped(backends, owner) if etp_local else backends
+                    out.append(_sctp_checked(fe("NodePort", addr, sp.node_port, sp, backends,
+                                                chosen, local_scope=etp_local, node=owner),
                                              f"spec.ports[{j}].nodePort"))
     return out
 
@@ -119,7 +150,8 @@ def _hostport_frontends(scenario: Scenario,
                     continue
                 be = Backend(pod_ip, cp.container_port, cp.protocol, ACTIVE, pod.node_name)
                 out.append(_sctp_checked(Frontend(pod.ref, cp.name, "HostPort", host,
-                                                  cp.host_port, cp.protocol, (be,)),
+                                                  cp.host_port, cp.protocol, (be,),
+                                                  node=pod.node_name),
                                          "hostPort"))
     return out
 
@@ -142,11 +174,13 @@ def _sctp_checked(f: Frontend, field: str) -> Frontend:
 
 
 def lb_state(scenario: Scenario,
-                  nodes: Mapping[str, tuple[IPAddress, ...]] | None = None) -> LbState:
-    """Every frontend the scenario's objects ask for."""
+             nodes: Mapping[str, tuple[IPAddress, ...]] | None = None,
+             node: str | None = None) -> LbState:
+    """Every frontend the scenario's objects ask for; with *node*, as that node's
+    maps hold them (traffic policies Local scoped to its backends)."""
     nodes = node_addresses(scenario) if nodes is None else nodes
     frontends: dict[tuple, Frontend] = {}
-    for f in [fe for svc in scenario.services for fe in _service_frontends(scenario, svc, nodes)] \
+    for f in [fe for svc in scenario.services for fe in _service_frontends(scenario, svc, nodes, node)] \
             + _hostport_frontends(scenario, nodes):
         if any(f.address in net for net in (POD_CIDR_V4, POD_CIDR_V6)):
             # The datapath skips the service lookup for pod destinations.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from harness.scenario.model import IPAddress
+from harness.scenario.model import IPAddress, IPNetwork
 
 LB_ALGORITHM_ANNOTATION = "service.cilium.io/lb-algorithm"
 
@@ -42,7 +42,20 @@ class Frontend:
     backends: tuple[Backend, ...]
     affinity_timeout: int = 0    # seconds; 0: no session affinity
     maglev: bool = False
+    #: externalTrafficPolicy: Local on an externally reachable frontend (NodePort,
+    #: LoadBalancer, ExternalIP): traffic from outside goes to node-local backends only.
     local_scope: bool = False
+    #: internalTrafficPolicy: Local (ClusterIP frontends): node-local backends only.
+    internal_local: bool = False
+    #: loadBalancerSourceRanges (LoadBalancer frontends): the clients allowed; () allows all.
+    source_ranges: tuple[IPNetwork, ...] = ()
+    #: spec.healthCheckNodePort of the Service (LoadBalancer, externalTrafficPolicy Local).
+    health_check_node_port: int | None = None
+    #: The node whose address this is (NodePort, HostPort); None for cluster-wide addresses.
+    node: str | None = None
+    #: Every backend of the service port, before any traffic-policy scoping narrowed
+    #: ``backends`` to one node's; None when ``backends`` holds them all.
+    all_backends: tuple[Backend, ...] | None = None
 
     @property
     def key(self) -> tuple:
@@ -52,6 +65,11 @@ class Frontend:
     @property
     def family(self) -> int:
         return self.address.version
+
+    @property
+    def endpoints(self) -> tuple[Backend, ...]:
+        """Every backend of the service port (kube-proxy's endpoint list)."""
+        return self.backends if self.all_backends is None else self.all_backends
 
     def selectable(self) -> tuple[Backend, ...]:
         """Backends new flows may go to, in a stable order."""

@@ -32,7 +32,7 @@ def sync_node(node: str, scenario: Scenario) -> str:
     with home.load("lxc") as coll:
         lb = home.lb_control(coll)
         lb.restore()
-        lb_stats = lb.apply(lb_state(scenario, node_addresses(scenario)))
+        lb_stats = lb.apply(lb_state(scenario, node_addresses(scenario), node))
         state = policy_state(scenario, local_node=node, np_ipblock=home.settings.np_ipblock,
                         workloads=workloads())
         for ep in state.endpoints:

@@ -252,16 +252,22 @@ class _Builder:
         return result
 
     def _allocate_node_ports(self) -> dict[int, dict[int, int]]:
+        """nodePorts for the ports that need one; port index -1 is the Service's
+        healthCheckNodePort (same range and pool, as the API server allocates it)."""
         used = {p.node_port for d in self.drafts for p in d.service.ports if p.node_port is not None}
+        used |= {d.service.health_check_node_port for d in self.drafts
+                 if d.service.health_check_node_port is not None}
         pending = sorted((d.service.meta.namespace, d.service.meta.name, j, i)
-                         for i, d in enumerate(self.drafts) for j in d.node_port_wanted)
+                         for i, d in enumerate(self.drafts)
+                         for j in (*d.node_port_wanted, *((-1,) if d.health_check_wanted else ())))
         result: dict[int, dict[int, int]] = {}
         candidate = NODE_PORT_RANGE[0]
         for _, _, j, i in pending:
             while candidate in used:
                 candidate += 1
             if candidate > NODE_PORT_RANGE[1]:
-                raise self.fail(self.drafts[i].service, f"spec.ports[{j}].nodePort",
+                field = "spec.healthCheckNodePort" if j < 0 else f"spec.ports[{j}].nodePort"
+                raise self.fail(self.drafts[i].service, field,
                                 f"no free nodePort left in {NODE_PORT_RANGE[0]}-{NODE_PORT_RANGE[1]}")
             used.add(candidate)
             result.setdefault(i, {})[j] = candidate
@@ -279,6 +285,8 @@ class _Builder:
             if i in node_ports:
                 changes["ports"] = tuple(dataclasses.replace(p, node_port=node_ports[i][j]) if j in node_ports[i] else p
                                          for j, p in enumerate(svc.ports))
+                if -1 in node_ports[i]:
+                    changes["health_check_node_port"] = node_ports[i][-1]
             services.append(dataclasses.replace(svc, **changes) if changes else svc)
         frontends: dict[tuple[IPAddress, int, str], Service] = {}
         node_port_owner: dict[tuple[int, str], Service] = {}
@@ -296,6 +304,12 @@ class _Builder:
                         raise self.fail(svc, f"spec.ports[{j}].nodePort",
                                         f"nodePort {port.node_port}/{port.protocol} is already used by Service "
                                         f"{other.ref} (document {other.meta.document})")
+            if svc.health_check_node_port is not None:
+                other = node_port_owner.setdefault((svc.health_check_node_port, "TCP"), svc)
+                if other is not svc:
+                    raise self.fail(svc, "spec.healthCheckNodePort",
+                                    f"port {svc.health_check_node_port}/TCP is already used by Service "
+                                    f"{other.ref} (document {other.meta.document})")
         return services
 
     def finish(self) -> Scenario:

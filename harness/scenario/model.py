@@ -17,6 +17,7 @@ from typing import ClassVar, Literal, Union
 from harness.scenario.errors import ScenarioError
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Protocol = Literal["TCP", "UDP", "SCTP"]
 
 #: Label that ties an EndpointSlice to its Service.
@@ -113,6 +114,12 @@ class Service:
     ip_families: tuple[Literal["IPv4", "IPv6"], ...] = ("IPv4",)
     external_ips: tuple[IPAddress, ...] = ()
     ip_family_policy: Literal["SingleStack", "PreferDualStack", "RequireDualStack"] = "SingleStack"
+    #: spec.loadBalancerSourceRanges: clients allowed to reach the load-balancer IPs (empty: all).
+    load_balancer_source_ranges: tuple[IPNetwork, ...] = ()
+    #: spec.healthCheckNodePort (LoadBalancer with externalTrafficPolicy: Local), allocated if unset.
+    health_check_node_port: int | None = None
+    #: status.loadBalancer.ingress[].ip: the load-balancer IPs the cloud assigned.
+    load_balancer_ips: tuple[IPAddress, ...] = ()
 
     @property
     def ref(self) -> str:

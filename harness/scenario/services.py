@@ -10,6 +10,7 @@ import dataclasses
 
 from harness.addressing import SERVICE_CIDR_V4, SERVICE_CIDR_V6
 from harness.scenario.errors import FieldError
+from harness.scenario.policy_fields import parse_cidr
 from harness.scenario.fields import (
     IP_FAMILIES,
     PROTOCOLS,
@@ -34,11 +35,11 @@ NODE_PORT_RANGE = (30000, 32767)
 _SERVICE_SPEC_KEYS = frozenset({
     "type", "clusterIP", "clusterIPs", "ports", "selector", "sessionAffinity", "sessionAffinityConfig",
     "externalTrafficPolicy", "internalTrafficPolicy", "ipFamilies", "ipFamilyPolicy", "externalIPs",
-    "allocateLoadBalancerNodePorts",
+    "allocateLoadBalancerNodePorts", "loadBalancerSourceRanges", "healthCheckNodePort",
 })
 _SERVICE_SPEC_IGNORED = frozenset({"publishNotReadyAddresses", "loadBalancerClass"})
 _SERVICE_SPEC_UNSUPPORTED = frozenset({
-    "externalName", "loadBalancerIP", "loadBalancerSourceRanges", "healthCheckNodePort", "trafficDistribution",
+    "externalName", "loadBalancerIP", "trafficDistribution",
 })
 _SERVICE_PORT_KEYS = frozenset({"name", "protocol", "port", "targetPort", "nodePort"})
 _SERVICE_PORT_IGNORED = frozenset({"appProtocol"})
@@ -54,6 +55,7 @@ class ServiceDraft:
     service: Service
     explicit_ips: tuple[IPAddress, ...]
     node_port_wanted: tuple[int, ...]  # indexes into ports needing an allocated nodePort
+    health_check_wanted: bool = False  # LoadBalancer + externalTrafficPolicy Local without healthCheckNodePort
 
 
 def _cluster_ip(value: object, path: str, family: str | None = None) -> IPAddress:
@@ -205,10 +207,45 @@ def parse_service(obj: dict, meta: ObjectMeta, cache: dict) -> ServiceDraft:
                          "may only be set for externally-accessible services (NodePort, LoadBalancer or externalIPs)")
     itp = enum_field(spec, "internalTrafficPolicy", "spec", ("Cluster", "Local"), "Cluster")
 
+    ranges = tuple(parse_cidr(v, f"spec.loadBalancerSourceRanges[{i}]")
+                   for i, v in enumerate(list_field(spec, "loadBalancerSourceRanges", "spec")))
+    if ranges and stype != "LoadBalancer":
+        raise FieldError("spec.loadBalancerSourceRanges", "may only be set when type is LoadBalancer")
+    hc_node_port = int_field(spec, "healthCheckNodePort", "spec", *NODE_PORT_RANGE,
+                             what=" (the NodePort range)")
+    hc_needed = stype == "LoadBalancer" and etp == "Local"
+    if hc_node_port is not None and not hc_needed:
+        raise FieldError("spec.healthCheckNodePort",
+                         "may only be set when type is LoadBalancer and externalTrafficPolicy is Local")
+    lb_ips = _ingress_ips(obj, stype)
+
     service = Service(
         meta=meta, type=stype, cluster_ips=explicit, headless=headless, ports=tuple(ports),  # type: ignore[arg-type]
         selector=selector, session_affinity=affinity, affinity_timeout_seconds=timeout,  # type: ignore[arg-type]
         external_traffic_policy=etp or "Cluster", internal_traffic_policy=itp,  # type: ignore[arg-type]
         ip_families=families, external_ips=external_ips, ip_family_policy=policy,  # type: ignore[arg-type]
+        load_balancer_source_ranges=ranges, health_check_node_port=hc_node_port, load_balancer_ips=lb_ips,
     )
-    return ServiceDraft(service, explicit, tuple(wanted))
+    return ServiceDraft(service, explicit, tuple(wanted), hc_needed and hc_node_port is None)
+
+
+def _ingress_ips(obj: dict, stype: str) -> tuple[IPAddress, ...]:
+    """status.loadBalancer.ingress[].ip: the addresses a cloud load balancer gave the Service."""
+    status = mapping(obj.get("status") or {}, "status")
+    check_keys(status, "status", frozenset({"loadBalancer"}), hints=frozenset({"loadBalancer"}))
+    lb = mapping(status.get("loadBalancer") or {}, "status.loadBalancer")
+    check_keys(lb, "status.loadBalancer", frozenset({"ingress"}))
+    out: list[IPAddress] = []
+    for i, item in enumerate(list_field(lb, "ingress", "status.loadBalancer")):
+        path = f"status.loadBalancer.ingress[{i}]"
+        item = mapping(item, path)
+        check_keys(item, path, frozenset({"ip", "ipMode", "hostname", "ports"}))
+        if stype != "LoadBalancer":
+            raise FieldError(path, "only a Service of type LoadBalancer has load-balancer ingress")
+        if item.get("ip") is None:
+            raise FieldError(f"{path}.ip", "required (a hostname-only ingress is not supported by chainbench)")
+        addr = project_address(item["ip"], f"{path}.ip")
+        if addr in out:
+            raise FieldError(f"{path}.ip", f"duplicate ingress IP {addr}")
+        out.append(addr)
+    return tuple(out)
