@@ -15,6 +15,7 @@ from harness.errors import InputError
 POD_CIDR_V4 = ipaddress.ip_network("198.18.0.0/16")        # node i: 198.18.i.0/24
 SERVICE_CIDR_V4 = ipaddress.ip_network("198.19.0.0/17")    # ClusterIP VIPs
 NODE_UNDERLAY_V4 = ipaddress.ip_network("198.19.128.0/24")  # node underlay addresses
+EXTERNAL_VIP_CIDR_V4 = ipaddress.ip_network("198.19.160.0/19")  # externalIPs, load-balancer ingress IPs
 WORLD_V4 = ipaddress.ip_network("203.0.113.0/24")          # TEST-NET-3: the stand-in "world"
 
 # RFC 3849 documentation range for everything IPv6.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import collections
 import ipaddress
 import json
 import random
@@ -234,6 +235,29 @@ ERRORS = [
     ("Namespace spec", _NS % "{name: y}" + "spec: {owner: me}\n", "document 1 (Namespace y): spec.owner: unknown field"),
     ("duplicate Namespace", _NS % "{name: y}" + "---\n" + _NS % "{name: y}",
      "document 2 (Namespace y): metadata.name: duplicate Namespace y (already defined in document 1)"),
+    ("source ranges on a ClusterIP", _SVC % "{ports: [{port: 80}], loadBalancerSourceRanges: [203.0.113.0/25]}",
+     "document 1 (Service default/web): spec.loadBalancerSourceRanges: may only be set when type is LoadBalancer"),
+    ("source range not a CIDR", _SVC % "{type: LoadBalancer, ports: [{port: 80}], loadBalancerSourceRanges: [nope]}",
+     "document 1 (Service default/web): spec.loadBalancerSourceRanges[0]: 'nope' is not a valid CIDR"),
+    ("health check port without ETP Local", _SVC % "{type: LoadBalancer, ports: [{port: 80}], healthCheckNodePort: 30100}",
+     "document 1 (Service default/web): spec.healthCheckNodePort: may only be set when type is LoadBalancer "
+     "and externalTrafficPolicy is Local"),
+    ("health check port clashes with a nodePort",
+     _SVC % "{type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: 30100, "
+            "ports: [{port: 80, nodePort: 30100}]}",
+     "document 1 (Service default/web): spec.healthCheckNodePort: port 30100/TCP is already used by "
+     "Service default/web (document 1)"),
+    ("ingress on a ClusterIP", _SVC % "{ports: [{port: 80}]}" + "status: {loadBalancer: {ingress: [{ip: 198.19.160.1}]}}\n",
+     "document 1 (Service default/web): status.loadBalancer.ingress[0]: only a Service of type LoadBalancer "
+     "has load-balancer ingress"),
+    ("ingress IP outside the plan", _SVC % "{type: LoadBalancer, ports: [{port: 80}]}"
+     + "status: {loadBalancer: {ingress: [{ip: 1.2.3.4}]}}\n",
+     "document 1 (Service default/web): status.loadBalancer.ingress[0].ip: 1.2.3.4 is outside the project's "
+     "address plan (198.18.0.0/15, 203.0.113.0/24, 2001:db8::/32)"),
+    ("hostname-only ingress", _SVC % "{type: LoadBalancer, ports: [{port: 80}]}"
+     + "status: {loadBalancer: {ingress: [{hostname: lb.example}]}}\n",
+     "document 1 (Service default/web): status.loadBalancer.ingress[0].ip: required (a hostname-only ingress "
+     "is not supported by chainbench)"),
 ]
 
 
@@ -392,6 +416,34 @@ def test_template_renders_a_thousand_services_with_shared_backends() -> None:
     assert svc.ports[0].protocol == "UDP"
     # interned: services sharing a backend share the Endpoint object
     assert s.endpoint_slices[0].endpoints[0] is s.endpoint_slices[48].endpoints[0]
+
+
+def test_health_check_node_port_is_allocated_beside_the_node_ports() -> None:
+    s = load_scenario_text(_SVC % "{type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 80}]}")
+    (svc,) = s.services
+    assert svc.ports[0].node_port == 30000 and svc.health_check_node_port == 30001
+
+
+def test_template_realistic_mix_holds_every_feature_in_its_share() -> None:
+    s = load_template_scenario("services", services=200, endpoints=4, mix="realistic", client=False)
+    by_kind = collections.Counter()
+    for svc in s.services:
+        by_kind["dual"] += len(svc.cluster_ips) == 2
+        by_kind["affinity"] += svc.session_affinity == "ClientIP"
+        by_kind["itp-local"] += svc.internal_traffic_policy == "Local"
+        by_kind["external-ip"] += bool(svc.external_ips)
+        by_kind["etp-local"] += svc.external_traffic_policy == "Local"
+        by_kind["ranges"] += bool(svc.load_balancer_source_ranges)
+        by_kind["hc"] += svc.health_check_node_port is not None
+        by_kind[svc.type] += 1
+    assert by_kind == {"ClusterIP": 150, "NodePort": 30, "LoadBalancer": 20, "dual": 40, "affinity": 20,
+                       "itp-local": 10, "external-ip": 10, "etp-local": 20, "ranges": 10, "hc": 10}
+    terminating = [ep for es in s.endpoint_slices for ep in es.endpoints if ep.terminating]
+    # i % 25 == 11: eight Services, none dual-stack (i % 5 == 1), one IPv4 slice each
+    assert len(terminating) == 8 and all(ep.serving and not ep.ready for ep in terminating)
+    lb = [svc for svc in s.services if svc.type == "LoadBalancer"]
+    assert all(len(svc.load_balancer_ips) == 1 for svc in lb)
+    assert all(svc.ports[0].node_port is None for svc in lb if svc.load_balancer_source_ranges)
 
 
 def test_template_nodeport_mode() -> None:

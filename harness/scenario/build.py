@@ -257,9 +257,10 @@ class _Builder:
         used = {p.node_port for d in self.drafts for p in d.service.ports if p.node_port is not None}
         used |= {d.service.health_check_node_port for d in self.drafts
                  if d.service.health_check_node_port is not None}
-        pending = sorted((d.service.meta.namespace, d.service.meta.name, j, i)
-                         for i, d in enumerate(self.drafts)
-                         for j in (*d.node_port_wanted, *((-1,) if d.health_check_wanted else ())))
+        pending = sorted(((d.service.meta.namespace, d.service.meta.name, j, i)
+                          for i, d in enumerate(self.drafts)
+                          for j in (*d.node_port_wanted, *((-1,) if d.health_check_wanted else ()))),
+                         key=lambda p: (p[0], p[1], p[2] < 0, p[2]))   # ports first, then the health check
         result: dict[int, dict[int, int]] = {}
         candidate = NODE_PORT_RANGE[0]
         for _, _, j, i in pending:
@@ -305,8 +306,9 @@ class _Builder:
                                         f"nodePort {port.node_port}/{port.protocol} is already used by Service "
                                         f"{other.ref} (document {other.meta.document})")
             if svc.health_check_node_port is not None:
-                other = node_port_owner.setdefault((svc.health_check_node_port, "TCP"), svc)
-                if other is not svc:
+                other = node_port_owner.get((svc.health_check_node_port, "TCP"))
+                node_port_owner.setdefault((svc.health_check_node_port, "TCP"), svc)
+                if other is not None:
                     raise self.fail(svc, "spec.healthCheckNodePort",
                                     f"port {svc.health_check_node_port}/TCP is already used by Service "
                                     f"{other.ref} (document {other.meta.document})")

@@ -6,6 +6,12 @@ Templates see these globals, registered here for address arithmetic:
     The *host*-th address (1-254) of node *node*'s pod CIDR, ``node_pod_cidr_v4``.
 ``service_vip(index)``
     The *index*-th usable address (0-based) of SERVICE_CIDR_V4: 0 → 198.19.0.1.
+``pod_ip6(node, host)``
+    The same host's IPv6 address in ``node_pod_cidr_v6``.
+``service_vip(index)`` ... as above; ``external_vip(index)``
+    The *index*-th address (0-based, up to 8,189) of EXTERNAL_VIP_CIDR_V4
+    (198.19.160.0/19, outside the service CIDR): externalIPs and load-balancer
+    ingress IPs.
 ``SERVICE_VIPS``
     How many usable addresses SERVICE_CIDR_V4 has (32,766).
 ``fail(message)``
@@ -27,7 +33,8 @@ import jinja2
 import jinja2.meta
 
 from harness.paths import SCENARIO_DIR
-from harness.addressing import SERVICE_CIDR_V4, AddressPlanError, node_pod_cidr_v4
+from harness.addressing import (EXTERNAL_VIP_CIDR_V4, SERVICE_CIDR_V4, AddressPlanError,
+                                node_pod_cidr_v4, node_pod_cidr_v6)
 from harness.scenario.errors import ScenarioError
 from harness.scenario.model import Scenario
 from harness.scenario.load import load_scenario_text
@@ -58,6 +65,25 @@ def _pod_ip(node: int, host: int) -> str:
         raise _TemplateFailure(str(err)) from None
 
 
+@functools.lru_cache(maxsize=None)
+def _pod_ip6(node: int, host: int) -> str:
+    if not 1 <= host <= 254:
+        raise _TemplateFailure(f"pod host index {host} out of range 1-254")
+    try:
+        return str(node_pod_cidr_v6(node)[host])
+    except AddressPlanError as err:
+        raise _TemplateFailure(str(err)) from None
+
+
+_EXTERNAL_VIPS = EXTERNAL_VIP_CIDR_V4.num_addresses - 2
+
+
+def _external_vip(index: int) -> str:
+    if not 0 <= index < _EXTERNAL_VIPS:
+        raise _TemplateFailure(f"external VIP index {index} out of range 0-{_EXTERNAL_VIPS - 1}")
+    return str(EXTERNAL_VIP_CIDR_V4[index + 1])
+
+
 def _service_vip(index: int) -> str:
     if not 0 <= index < SERVICE_VIPS:
         raise _TemplateFailure(f"service VIP index {index} out of range 0-{SERVICE_VIPS - 1}")
@@ -74,7 +100,8 @@ def _environment(directory: Path = SCENARIO_DIR) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.globals.update(pod_ip=_pod_ip, service_vip=_service_vip, SERVICE_VIPS=SERVICE_VIPS, fail=_fail)
+    env.globals.update(pod_ip=_pod_ip, pod_ip6=_pod_ip6, service_vip=_service_vip,
+                       external_vip=_external_vip, SERVICE_VIPS=SERVICE_VIPS, fail=_fail)
     return env
 
 
