@@ -1,7 +1,19 @@
 """Control-plane benchmark: how long programming N services x 10 endpoints takes.
 
-Methods, each timed on the same synthetic LB state (bench.micro.lb_cases.synthetic_state,
-IPv4 ClusterIPs only: what kube-proxy's renderers here cover):
+What is programmed (``mix``):
+
+  realistic  bench/scenarios/services.yaml.j2 with mix=realistic: the Service features
+             kube-proxy and Cilium implement in fixed shares (ITP/ETP Local, externalIPs,
+             NodePort, LoadBalancer with ingress IPs and source ranges, health-check
+             ports, ClientIP affinity, 20 % dual-stack, terminating endpoints), as node
+             cb-node0 of two programs them (its traffic-policy view for BPF; kube-proxy
+             with hostname cb-node0, both families: the IPv6 rules go through
+             ip6tables-restore or the ``ip6 kube-proxy`` table, timed together with IPv4
+             as one sync).
+  clusterip  bench.micro.lb_cases.synthetic_state: IPv4 ClusterIPs only (the figures
+             before issue 15).
+
+Methods, each timed on the same LB state:
 
   bpf              LbControl.apply on a freshly loaded lxc collection sized for N
                    services: diff, then one batch write per map (BPF_MAP_UPDATE_BATCH).
@@ -67,7 +79,9 @@ from harness.bpf import Collection
 from harness.kubeproxy import apply as kp
 from harness.kubeproxy import iptables as ipt
 from harness.kubeproxy import nftables as nft
+from harness.lb.desired import lb_state
 from harness.lb.model import LbState
+from harness.scenario.templates import load_template_scenario
 
 METHODS = ("bpf", "iptables-legacy", "iptables-nft", "iptables-nft-flush", "nft")
 ENDPOINTS = 10
@@ -90,12 +104,35 @@ def available(method: str) -> str | None:
 
 
 def changed_state(state: LbState) -> tuple[LbState, str]:
-    """*state* with the last service's first endpoint replaced; (new state, service)."""
-    last = state.frontends[-1]
-    backends = (dataclasses.replace(last.backends[0], address=CHANGED_ENDPOINT),
-                *last.backends[1:])
-    new_last = dataclasses.replace(last, backends=backends)
-    return LbState((*state.frontends[:-1], new_last)), last.service
+    """*state* with the first IPv4 endpoint of the last service replaced in every one of
+    its frontends (an EndpointSlice update); (new state, service)."""
+    service = state.frontends[-1].service
+    v4 = [f for f in state.frontends if f.service == service and f.family == 4]
+    old = next(f.endpoints[0] for f in v4 if f.endpoints)
+    new_be = dataclasses.replace(old, address=CHANGED_ENDPOINT)
+
+    def swap(backends):
+        return None if backends is None else tuple(new_be if b == old else b for b in backends)
+    frontends = tuple(dataclasses.replace(f, backends=swap(f.backends),
+                                          all_backends=swap(f.all_backends))
+                      if f.service == service else f for f in state.frontends)
+    return LbState(frontends), service
+
+
+MIXES = ("realistic", "clusterip")
+#: The node whose view the realistic mix is programmed as (of two).
+MIX_NODE = "cb-node0"
+
+
+def bench_state(services: int, mix: str = "realistic") -> LbState:
+    """The LB state the suite programs at *services* services."""
+    if mix == "clusterip":
+        return synthetic_state(services, ENDPOINTS, ipv6=False, nodeport=False)
+    if mix != "realistic":
+        raise ValueError(f"mix {mix!r}: one of {', '.join(MIXES)}")
+    scenario = load_template_scenario("services", services=services, endpoints=ENDPOINTS,
+                                      mix="realistic", nodes=2, client=False)
+    return lb_state(scenario, node=MIX_NODE)
 
 
 # -- one sample per method ---------------------------------------------------------------
@@ -212,7 +249,7 @@ def sample(method: str, state: LbState, new: LbState, service: str, timeout: flo
 # -- the suite ----------------------------------------------------------------------------
 def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
         timeout: float = 300, progress: Callable[[int, int, str], None] | None = None,
-        method_timeouts: dict[str, float] | None = None) -> dict:
+        method_timeouts: dict[str, float] | None = None, mix: str = "realistic") -> dict:
     """Time every method at every scale in *rounds* interleaved rounds; a load may take
     *timeout* seconds, or what *method_timeouts* gives its method."""
     method_timeouts = dict(method_timeouts or {})
@@ -227,8 +264,7 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
     total = len(scales) * rounds * len(methods)
     done = 0
     for n in scales:
-        # IPv4 ClusterIPs: what kube-proxy's renderers here cover.
-        state = synthetic_state(n, ENDPOINTS, ipv6=False, nodeport=False)
+        state = bench_state(n, mix)
         new, service = changed_state(state)
         per: dict[str, dict] = {m: {"full": [], "change-one": [], "render": [], "full-writes": [],
                                     "change-one-writes": [], "cpu": [], "entries": None,
@@ -271,7 +307,7 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
         if progress:
             progress(done, total, f"control: {n} services done")
         results += _summarise(n, per)
-    return {"config": {"scales": scales, "rounds": rounds, "methods": list(methods),
+    return {"config": {"scales": scales, "rounds": rounds, "methods": list(methods), "mix": mix,
                        "endpoints_per_service": ENDPOINTS, "timeout_s": timeout,
                        "method_timeouts_s": method_timeouts,
                        "method": "full sync from nothing, then one service changed; methods "
@@ -315,7 +351,8 @@ def run_suite(settings: ControlSettings,
               progress: Callable[[int, int, str], None] | None = None) -> dict:
     """The suite's section of the result document for *settings* (a profile's)."""
     return run(list(settings.scales), settings.rounds, timeout=settings.timeout,
-               method_timeouts=dict(settings.method_timeouts), progress=progress)
+               method_timeouts=dict(settings.method_timeouts), progress=progress,
+               mix=settings.mix)
 
 
 # MAP MEM: the BPF LB maps' memlock bytes; RULES TEXT: bytes of the iptables-save /

@@ -36,6 +36,9 @@ class ControlSettings:
     #: Tighter bounds for loaders known not to scale here (README: iptables-nft with
     #: --noflush takes 49 s at 2,000 services and over 20 minutes at 10k).
     method_timeouts: tuple[tuple[str, float], ...] = ()
+    #: The services programmed: "realistic" (bench/scenarios/services.yaml.j2's mix of
+    #: Service features) or "clusterip" (IPv4 ClusterIPs only, as before issue 15).
+    mix: str = "realistic"
 
 
 @dataclass(frozen=True)

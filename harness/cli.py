@@ -132,7 +132,7 @@ def cmd_bench(args) -> int:
         args.profile, services=() if only else _scales_arg("--services", args.services),
         identities=() if only else _scales_arg("--identities", args.identities),
         scales=_scales_arg("--scales", args.scales), samples=args.samples, repeat=args.repeat,
-        rounds=args.rounds, seconds=args.seconds, timeout=args.timeout,
+        rounds=args.rounds, seconds=args.seconds, timeout=args.timeout, mix=args.mix,
         generic=False if only else None, events=True if only else None)
     suites = _suites()
     wanted = profiles.SUITES if args.suite == "all" else (args.suite,)
@@ -811,6 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="interleaved rounds of every suite")
     p.add_argument("--seconds", type=float, help="macro: seconds per wrk run")
     p.add_argument("--timeout", type=float, help="control: seconds a load may take")
+    p.add_argument("--mix", choices=["realistic", "clusterip"],
+                   help="control: the services programmed (default realistic: "
+                        "bench/scenarios/services.yaml.j2 mix=realistic)")
     p.add_argument("--out", help=f"results directory (default {paths.RESULTS})")
     p.add_argument("--no-write", action="store_true", help="print only, write no result file")
     p.add_argument("--no-dashboard", action="store_true", help="do not re-render the dashboard")

@@ -115,6 +115,19 @@ def test_control_changed_state_changes_only_the_last_service():
     assert new.frontends[-1].backends[1:] == state.frontends[-1].backends[1:]
 
 
+def test_control_realistic_mix_changes_every_frontend_of_the_service():
+    state = control.bench_state(20)          # svc-19: a LoadBalancer with source ranges
+    assert {f.type for f in state.frontends} == {"ClusterIP", "NodePort", "LoadBalancer",
+                                                   "ExternalIP"}
+    new, service = control.changed_state(state)
+    changed = [(a, b) for a, b in zip(state.frontends, new.frontends) if a != b]
+    assert service == "default/svc-19"
+    assert [a.type for a, _ in changed] == ["ClusterIP", "LoadBalancer"]
+    for _, b in changed:
+        assert control.CHANGED_ENDPOINT in {be.address for be in b.endpoints}
+    assert control.bench_state(3, "clusterip").frontends[0].type == "ClusterIP"
+
+
 def test_control_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown control method"):
         control.run([1], methods=("ipvs",))
