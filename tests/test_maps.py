@@ -171,3 +171,13 @@ def test_from_pin_missing():
         Map.from_pin(bpffs.pin_path("does-not-exist"))
     bpffs.prune()
     assert info.value.errno == 2
+
+
+def test_pin_path_creates_nothing(monkeypatch):
+    # A path computed to look or to remove (chainbench down, a test's clean-up) must
+    # not leave an empty pin root behind, as it did after `make test`.
+    root = os.path.join(bpffs.MOUNT_POINT, f"{bpffs.TEST_PIN_PREFIX}{os.getpid()}-root")
+    monkeypatch.setattr(bpffs, "PIN_ROOT", root)
+    path = bpffs.pin_path("node", "maps")
+    assert path == os.path.join(root, "node", "maps")
+    assert not os.path.exists(root)

@@ -50,8 +50,11 @@ def _mount() -> None:
 
 
 def pin_path(*parts: str) -> str:
-    """A path below the project's pin root (mounting bpffs if needed)."""
-    root = ensure_mounted()
+    """A path below the project's pin root (mounting bpffs if needed).  Nothing is
+    created: whatever pins there makes its directories (a path computed only to look
+    or to remove must not leave an empty pin root behind)."""
+    _mount()
+    root = PIN_ROOT
     path = os.path.join(root, *parts)
     if os.path.commonpath([root, os.path.realpath(path)]) != root:
         raise BpffsError(f"pin path {path} escapes {root}")
