@@ -39,12 +39,13 @@ TestOverallIPTablesRules and TestSyncProxyRulesRepeated are left out likewise.
 """
 from __future__ import annotations
 
-import itertools
+import collections
 import pathlib
 
 import pytest
 
-from harness.kubeproxy import iptables as ipt
+from harness.host import netns
+from harness.kubeproxy import apply, iptables as ipt
 from tests import iptables_tracer as tr
 from tests.iptables_tracer import Flow
 from tests.kubeproxy_objects import (TEST_EXTERNAL_CLIENT, TEST_EXTERNAL_CLIENT_BLOCKED,
@@ -887,3 +888,115 @@ def test_sync_proxy_rules_repeated():
     assert fake.proxier.need_full_sync
     assert_rules_equal(expected("repeated_9.txt"), fake.sync(), False)
     assert fake.ipt.dump.chain("nat", "KUBE-SEP-AYCN5HPXMIRJNJXU") is None
+
+
+# -- the same outputs loaded by the real iptables-restore / ip6tables-restore ---------
+# (root; a cb- namespace, so run under the topology lock)
+
+@pytest.fixture
+def ns():
+    name = "cb-kp-upstream"
+    netns.delete(name)
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        netns.delete(name)
+
+
+BACKENDS = apply.available_backends()
+
+
+def _save(ns: str, backend: str, family: int = 4) -> str:
+    cli = apply._binaries(backend, family)[0]
+    return netns.run(ns, f"{cli}-save").stdout
+
+
+def _rule_counts(text: str) -> collections.Counter:
+    """Rules per (table, chain) of restore input or iptables-save output."""
+    counts: collections.Counter = collections.Counter()
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-A "):
+            counts[table, line.split()[1]] += 1
+    return counts
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overall_rules_load_and_round_trip(ns, backend):
+    """TestOverallIPTablesRules' output (without the nfacct matches: no counters exist
+    in a fresh namespace) is accepted by iptables-restore; iptables-save gives back
+    every rule, and the base-chain jumps include KUBE-FIREWALL from INPUT and OUTPUT."""
+    proxier = ipt.IptablesProxier(fake_proxier_config(nfacct=False, random_fully=True))
+    text = proxier.sync(overall_cluster().state())
+    apply.ensure_jumps(ns, backend)
+    apply.restore(ns, text, backend)
+    save = _save(ns, backend)
+    want = _rule_counts(text)
+    got = _rule_counts(save)
+    assert {k: got[k] for k in want} == dict(want)
+    assert "-A INPUT -j KUBE-FIREWALL" in save and "-A OUTPUT -j KUBE-FIREWALL" in save
+    assert "--mark 0x4000/0x4000" in save
+    assert "-m recent --set --name KUBE-SEP-I77PXRDZVX7PMWMN" in save
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ipv6_node_port_rules_load_with_ip6tables_restore(ns, backend):
+    """TestNodePorts' IPv6 service, rendered for ip6tables-restore, loads; NodePorts
+    skip ::1 and there is no KUBE-FIREWALL rule (IPv6 has no localhost NodePorts)."""
+    c = Cluster().add(
+        make_service("ns1", "svc1", type="NodePort", cluster_ip="fd00:172:30::41",
+                     ports=[port("p80", 80, node_port=3001)]),
+        make_slice("ns1", "svc1", 1, [ep("fd00:10:180::1"), ep("fd00:10:180::2:1", TEST_HOSTNAME)],
+                   p80(), address_type="IPv6"))
+    text = ipt.IptablesProxier(fake_proxier_config(6, nfacct=False)).sync(c.state())
+    apply.ensure_jumps(ns, backend, 6)
+    apply.restore(ns, text, backend, family=6)
+    save = _save(ns, backend, 6)
+    assert "! -d ::1/128" in save and "-j KUBE-NODEPORTS" in save
+    assert "--to-destination [fd00:10:180::2:1]:80" in save
+    assert "-A INPUT -j KUBE-FIREWALL" in save
+    assert "-A KUBE-FIREWALL " not in save
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_apply_dual_stack_loads_both_families(ns, backend):
+    """apply_iptables loads IPv4 with iptables-restore and IPv6 with
+    ip6tables-restore when the state has IPv6 frontends."""
+    c = Cluster().add(
+        make_service("ns1", "svc1", cluster_ip=("172.30.0.41", "fd00:172:30::41"),
+                     ports=[port("p80", 80)]),
+        make_slice("ns1", "svc1", 1, [ep("10.180.0.1")], p80()),
+        make_slice("ns1", "svc1", 2, [ep("fd00:10:180::1")], p80(), address_type="IPv6"))
+    assert ipt.families(c.state()) == (4, 6)
+    assert apply.apply_iptables(ns, c.state(), backend) > 0
+    assert "--to-destination 10.180.0.1:80" in _save(ns, backend, 4)
+    v6 = _save(ns, backend, 6)
+    assert "-d fd00:172:30::41/128" in v6 and "--to-destination [fd00:10:180::1]:80" in v6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_partial_restore_fails_on_dangling_jump(ns, backend):
+    """The partial-restore failure TestSyncProxyRulesRepeated provokes in its fake
+    happens with the real iptables-restore too: the restore is rejected whole,
+    the chain stays, and the proxier's next (full) sync loads."""
+    proxier = ipt.IptablesProxier(fake_proxier_config(nfacct=False))
+    c = Cluster()
+    svc4 = make_service("ns4", "svc4", cluster_ip="172.30.0.44", ports=[port("p80", 80)])
+    c.add(make_service("ns3", "svc3", cluster_ip="172.30.0.43", ports=[port("p80", 80)]), svc4,
+          make_slice("ns3", "svc3", 1, [ep("10.0.3.2")], p80()),
+          make_slice("ns4", "svc4", 1, [ep("10.0.4.1")], p80()))
+    apply.ensure_jumps(ns, backend)
+    apply.restore(ns, proxier.sync(c.state()), backend)
+    cli = apply.BACKENDS[backend][0]
+    netns.run(ns, cli, "-t", "nat", "-A", "KUBE-SVC-X27LE4BHSL4DOUIK", "-j",
+              "KUBE-SEP-AYCN5HPXMIRJNJXU")
+    c.delete(svc4)
+    with pytest.raises(apply.ApplyError):
+        apply.restore(ns, proxier.sync(c.state()), backend)
+    proxier.restore_failed()
+    assert ":KUBE-SEP-AYCN5HPXMIRJNJXU" in _save(ns, backend)
+    apply.restore(ns, proxier.sync(c.state()), backend)
+    assert "KUBE-SEP-AYCN5HPXMIRJNJXU" not in _save(ns, backend)
