@@ -972,7 +972,10 @@ def test_apply_dual_stack_loads_both_families(ns, backend):
         make_slice("ns1", "svc1", 2, [ep("fd00:10:180::1")], p80(), address_type="IPv6"))
     assert ipt.families(c.state()) == (4, 6)
     assert apply.apply_iptables(ns, c.state(), backend) > 0
-    assert "--to-destination 10.180.0.1:80" in _save(ns, backend, 4)
+    v4 = _save(ns, backend, 4)
+    assert "--to-destination 10.180.0.1:80" in v4
+    # kube-proxy writes the mark 0x00004000 (Go's %#08x); the kernel keeps the value.
+    assert "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000" in v4
     v6 = _save(ns, backend, 6)
     assert "-d fd00:172:30::41/128" in v6 and "--to-destination [fd00:10:180::1]:80" in v6
 
@@ -1000,3 +1003,14 @@ def test_real_partial_restore_fails_on_dangling_jump(ns, backend):
     assert ":KUBE-SEP-AYCN5HPXMIRJNJXU" in _save(ns, backend)
     apply.restore(ns, proxier.sync(c.state()), backend)
     assert "KUBE-SEP-AYCN5HPXMIRJNJXU" not in _save(ns, backend)
+
+
+def test_masquerade_mark_is_written_as_go_percent_08x():
+    """NewProxier formats the mark with fmt.Sprintf("%#08x", 1<<bit): Go pads the
+    digits (not the whole string) to eight, so bit 14 is written 0x00004000."""
+    from harness.kubeproxy.model import ProxierConfig
+    assert ProxierConfig().masquerade_mark_str == "0x00004000"
+    assert ProxierConfig(masquerade_bit=0).masquerade_mark_str == "0x00000001"
+    text = ipt.render(overall_cluster().state())
+    assert "-A KUBE-MARK-MASQ -j MARK --or-mark 0x00004000" in text
+    assert "--mark 0x00004000/0x00004000" in text
