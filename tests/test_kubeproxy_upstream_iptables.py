@@ -990,6 +990,8 @@ def test_apply_dual_stack_loads_both_families(ns, backend):
     assert "--to-destination 10.180.0.1:80" in v4
     # kube-proxy writes the mark 0x00004000 (Go's %#08x); the kernel keeps the value.
     assert "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000" in v4
+    # Localhost NodePorts are on by default: kube-proxy sets route_localnet.
+    assert netns.run(ns, "sysctl", "-n", "net.ipv4.conf.all.route_localnet").stdout.strip() == "1"
     v6 = _save(ns, backend, 6)
     assert "-d fd00:172:30::41/128" in v6 and "--to-destination [fd00:10:180::1]:80" in v6
 

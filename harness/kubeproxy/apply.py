@@ -112,9 +112,12 @@ def apply_iptables(ns: str, state: LbState, backend: str = "nft", timeout: float
     Seconds the restores took."""
     seconds = 0.0
     for family in ipt.families(state):
+        cfg = _config(config, family)
+        if family == 4 and ipt.IptablesProxier(cfg).localhost_nodeports:
+            # NewProxier: NodePorts on 127.0.0.0/8 need route_localnet (issue 90259).
+            netns.run(ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1")
         ensure_jumps(ns, backend, family)
-        seconds += restore(ns, ipt.render(state, _config(config, family)), backend, timeout,
-                           family=family)
+        seconds += restore(ns, ipt.render(state, cfg), backend, timeout, family=family)
     return seconds
 
 
