@@ -2,7 +2,8 @@
 
 Everything runs inside a ``cb-*`` namespace through ``ip netns exec``; the
 root namespace is never touched.  iptables input goes through
-``iptables-restore --noflush --counters`` as kube-proxy runs it (``-w`` for
+``iptables-restore --noflush --counters`` (``ip6tables-restore`` for IPv6) as
+kube-proxy runs it (``-w`` for
 the xtables lock), with either the nf_tables backend (``iptables-restore``
 on this machine; :func:`iptables_backend` reads ``iptables --version``) or the
 legacy one (``iptables-legacy-restore``) when installed.  nftables input goes
@@ -11,6 +12,7 @@ elapsed wall-clock seconds of the load alone (rendering excluded).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -22,9 +24,17 @@ from harness.errors import ChainbenchError
 
 from . import iptables as ipt
 from . import nftables as nft
+from .model import ProxierConfig
 
 BACKENDS = {"nft": ("iptables", "iptables-restore"),
             "legacy": ("iptables-legacy", "iptables-legacy-restore")}
+#: the IPv6 binaries of each backend (ip6tables-restore for kube-proxy's IPv6 proxier)
+BACKENDS6 = {"nft": ("ip6tables", "ip6tables-restore"),
+             "legacy": ("ip6tables-legacy", "ip6tables-legacy-restore")}
+
+
+def _binaries(backend: str, family: int) -> tuple[str, str]:
+    return (BACKENDS if family == 4 else BACKENDS6)[backend]
 
 
 class ApplyError(ChainbenchError, RuntimeError):
@@ -61,40 +71,64 @@ def _run(ns: str, cmd: list[str], data: str, timeout: float) -> float:
 
 
 def restore(ns: str, text: str, backend: str = "nft", timeout: float = 900,
-            noflush: bool = True) -> float:
-    """Feed iptables-restore input to *backend* in *ns*; seconds taken.
+            noflush: bool = True, family: int = 4) -> float:
+    """Feed iptables-restore input (ip6tables-restore with *family* 6) to
+    *backend* in *ns*; seconds taken.
 
     kube-proxy always passes --noflush.  Without it the tables are replaced
     whole, which on iptables-nft 1.8.x avoids a per-chain name list that makes
     --noflush restores of large inputs super-quadratic (README, kube-proxy
     baselines)."""
-    _, binary = BACKENDS[backend]
+    _, binary = _binaries(backend, family)
     flags = ["-w", "--noflush", "--counters"] if noflush else ["-w", "--counters"]
     return _run(ns, [binary, *flags], text, timeout)
 
 
-def ensure_jumps(ns: str, backend: str = "nft") -> None:
-    """Insert the built-in-chain jumps kube-proxy ensures, when missing."""
-    cli, _ = BACKENDS[backend]
+def ensure_jumps(ns: str, backend: str = "nft", family: int = 4) -> None:
+    """kube-proxy's EnsureChain + EnsureRule(Prepend) for every built-in-chain
+    jump (iptablesJumpChains and iptablesKubeletJumpChains), when missing."""
+    cli, _ = _binaries(backend, family)
     for jump in ipt.JUMPS:
-        table, _, chain, _, _ = jump
+        table, dst, chain, _, _ = jump
+        if netns.run(ns, cli, "-w", "-t", table, "-S", dst, check=False).returncode != 0:
+            netns.run(ns, cli, "-w", "-t", table, "-N", dst)
         args = ipt.jump_rule(jump)
         check = netns.run(ns, cli, "-w", "-t", table, "-C", chain, *args, check=False)
         if check.returncode != 0:
             netns.run(ns, cli, "-w", "-t", table, "-I", chain, *args)
 
 
-def apply_iptables(ns: str, state: LbState, backend: str = "nft", timeout: float = 900) -> float:
-    """A full kube-proxy iptables sync of *state* in *ns* (chains, then base jumps)."""
-    seconds = restore(ns, ipt.render(state), backend, timeout)
-    ensure_jumps(ns, backend)
+def _config(config: ProxierConfig | None, family: int) -> ProxierConfig:
+    return dataclasses.replace(config, family=family, cluster_cidr=None) \
+        if config is not None and config.family != family else \
+        (config or ProxierConfig(family=family))
+
+
+def apply_iptables(ns: str, state: LbState, backend: str = "nft", timeout: float = 900,
+                   config: ProxierConfig | None = None) -> float:
+    """A full kube-proxy iptables sync of *state* in *ns*: the base-chain jumps,
+    then the rules, with iptables-restore for IPv4 and, when *state* has IPv6
+    frontends, ip6tables-restore for IPv6 (kube-proxy's dual-stack proxier).
+    Seconds the restores took."""
+    seconds = 0.0
+    for family in ipt.families(state):
+        cfg = _config(config, family)
+        if family == 4 and ipt.IptablesProxier(cfg).localhost_nodeports:
+            # NewProxier: NodePorts on 127.0.0.0/8 need route_localnet (issue 90259).
+            netns.run(ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1")
+        ensure_jumps(ns, backend, family)
+        seconds += restore(ns, ipt.render(state, cfg), backend, timeout, family=family)
     return seconds
 
 
 def incremental_iptables(ns: str, old: LbState, new: LbState, backend: str = "nft",
-                         timeout: float = 900) -> float:
-    """A partial sync from *old* (already loaded) to *new*."""
-    return restore(ns, ipt.render_incremental(old, new), backend, timeout)
+                         timeout: float = 900, config: ProxierConfig | None = None) -> float:
+    """A partial sync from *old* (already loaded) to *new*, per family."""
+    seconds = 0.0
+    for family in sorted(set(ipt.families(old)) | set(ipt.families(new))):
+        seconds += restore(ns, ipt.render_incremental(old, new, _config(config, family)),
+                           backend, timeout, family=family)
+    return seconds
 
 
 def nft_load(ns: str, text: str, timeout: float = 900) -> float:

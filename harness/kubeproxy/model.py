@@ -49,6 +49,18 @@ class ProxierConfig:
     #: route_localnet: NodePorts answer on 127.0.0.0/8 (IPv4 iptables mode).
     localhost_nodeports: bool = True
     masquerade_bit: int = 14
+    # -- iptables mode (pkg/proxy/iptables) --------------------------------
+    #: iptables supports MASQUERADE --random-fully (HasRandomFully(), iptables >= 1.6.2).
+    random_fully: bool = True
+    #: the nfacct counters ct_state_invalid_dropped_pkts and localhost_nps_accepted_pkts
+    #: could be created (kube-proxy adds "-m nfacct" matches only then).
+    nfacct: bool = False
+    #: net.netfilter.nf_conntrack_tcp_be_liberal is set (no INVALID drop rule).
+    conntrack_tcp_liberal: bool = False
+    #: a LocalTrafficDetector is configured (False: NewNoOpLocalDetector).
+    detect_local: bool = True
+    #: the masquerade mark as written; None: kube-proxy's fmt.Sprintf("%#08x", 1<<bit).
+    masquerade_mark_text: str | None = None
 
     def __post_init__(self) -> None:
         if self.cluster_cidr is None:
@@ -58,6 +70,14 @@ class ProxierConfig:
     @property
     def masquerade_mark(self) -> int:
         return 1 << self.masquerade_bit
+
+    @property
+    def masquerade_mark_str(self) -> str:
+        """The mark as kube-proxy's iptables mode writes it: Go's %#08x pads the
+        digits to eight ("0x00004000"); iptables-save prints it back as 0x4000."""
+        if self.masquerade_mark_text is not None:
+            return self.masquerade_mark_text
+        return "0x%08x" % self.masquerade_mark
 
 
 @dataclass(frozen=True, order=True)
