@@ -22,6 +22,7 @@ from harness.errors import ChainbenchError
 
 from . import iptables as ipt
 from . import nftables as nft
+from .model import ProxierConfig
 
 BACKENDS = {"nft": ("iptables", "iptables-restore"),
             "legacy": ("iptables-legacy", "iptables-legacy-restore")}
@@ -102,18 +103,32 @@ def nft_load(ns: str, text: str, timeout: float = 900) -> float:
     return _run(ns, ["nft", "-f", "-"], text, timeout)
 
 
+def _nft_configs(state: LbState) -> list[ProxierConfig]:
+    """One proxier per family *state* has frontends in (a dual-stack kube-proxy)."""
+    return [ProxierConfig(family=f) for f in nft.families(state)]
+
+
 def apply_nft(ns: str, state: LbState, timeout: float = 900) -> float:
-    """A full kube-proxy nftables sync of *state* in *ns*."""
-    return nft_load(ns, nft.render(state), timeout)
+    """A full kube-proxy nftables sync of *state* in *ns*: ``ip kube-proxy``, and
+    ``ip6 kube-proxy`` too when *state* has IPv6 frontends."""
+    return sum(nft_load(ns, nft.render(state, cfg), timeout) for cfg in _nft_configs(state))
 
 
 def incremental_nft(ns: str, old: LbState, new: LbState, timeout: float = 900) -> float:
-    """A partial sync from *old* to *new*, then the stale-chain deletion
-    kube-proxy runs in a later transaction (both timed together)."""
-    seconds = nft_load(ns, nft.render_incremental(old, new), timeout)
-    cleanup = nft.stale_chain_cleanup(old, new)
-    if cleanup:
-        seconds += nft_load(ns, cleanup, timeout)
+    """The partial sync kube-proxy v1.32 sends from *old* (already loaded) to *new*
+    (element deltas, changed Services' chains, stale chains flushed), then the
+    stale-chain deletion it runs in a later transaction; both timed together."""
+    seconds = 0.0
+    loaded = set(nft.families(old))
+    for fam in sorted(loaded | set(nft.families(new))):
+        cfg = ProxierConfig(family=fam)
+        if fam not in loaded:       # this family's proxier syncs for the first time
+            seconds += nft_load(ns, nft.render(new, cfg), timeout)
+            continue
+        seconds += nft_load(ns, nft.render_incremental(old, new, cfg), timeout)
+        cleanup = nft.stale_chain_cleanup(old, new, cfg)
+        if cleanup:
+            seconds += nft_load(ns, cleanup, timeout)
     return seconds
 
 

@@ -29,7 +29,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from harness.addressing import POD_CIDR_V4, POD_CIDR_V6
+from harness.addressing import POD_CIDR_V4, POD_CIDR_V6, SERVICE_CIDR_V4, SERVICE_CIDR_V6
 from harness.lb.model import ACTIVE, TERMINATING, Frontend, LbState
 
 from . import names
@@ -49,15 +49,55 @@ class ProxierConfig:
     #: route_localnet: NodePorts answer on 127.0.0.0/8 (IPv4 iptables mode).
     localhost_nodeports: bool = True
     masquerade_bit: int = 14
+    #: The ServiceCIDRs of this family (nftables' "Drop traffic to unallocated
+    #: ClusterIPs" rule); None: the project's service CIDR of the family.
+    service_cidrs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.cluster_cidr is None:
             object.__setattr__(self, "cluster_cidr",
                                str(POD_CIDR_V4 if self.family == 4 else POD_CIDR_V6))
+        if self.service_cidrs is None:
+            object.__setattr__(self, "service_cidrs",
+                               (str(SERVICE_CIDR_V4 if self.family == 4 else SERVICE_CIDR_V6),))
 
     @property
     def masquerade_mark(self) -> int:
         return 1 << self.masquerade_bit
+
+    @property
+    def masquerade_mark_text(self) -> str:
+        """The mark as kube-proxy prints it, Go's ``fmt.Sprintf("%#08x", mark)``: Go pads
+        the digits to the width (the "0x" is not counted), 1 << 14 -> "0x00004000"."""
+        return f"0x{self.masquerade_mark:08x}"
+
+    @property
+    def local_detector(self) -> bool:
+        """A LocalTrafficDetector is implemented (cluster_cidr "" means none: no-op)."""
+        return bool(self.cluster_cidr)
+
+    @property
+    def node_ip(self) -> str | None:
+        """The primary node IP of this family (the first of node_ips)."""
+        return next((ip for ip in self.node_ips
+                     if ipaddress.ip_address(ip).version == self.family), None)
+
+    def nodeport_ips(self) -> tuple[str, ...] | None:
+        """NodePortAddresses.GetNodeIPs: the node's addresses of this family inside
+        --nodeport-addresses (loopback left out, as kube-proxy's nftables mode does);
+        None when every local address accepts NodePorts (MatchAll: no CIDR of this
+        family given, or a zero CIDR)."""
+        nets = [ipaddress.ip_network(c.strip(), strict=False) for c in self.nodeport_addresses]
+        nets = [n for n in nets if n.version == self.family]
+        if not nets or any(n.prefixlen == 0 for n in nets):
+            return None
+        out = []
+        for ip in self.node_ips:
+            addr = ipaddress.ip_address(ip)
+            if addr.version == self.family and not addr.is_loopback and any(addr in n for n in nets):
+                if ip not in out:
+                    out.append(ip)
+        return tuple(out)
 
 
 @dataclass(frozen=True, order=True)
