@@ -30,17 +30,15 @@ Ported (data in tests/data/kubeproxy/upstream/nft/), all passing:
   and without --nodeport-addresses), TestExternalTrafficPolicyLocal,
   TestExternalTrafficPolicyCluster, TestInternalTrafficPolicy (with the
   "endpoints deleted" partial sync), TestTerminatingEndpointsTrafficPolicyLocal
-  and TestTerminatingEndpointsTrafficPolicyCluster (with the deletion syncs);
+  and TestTerminatingEndpointsTrafficPolicyCluster (with the deletion syncs),
+  TestInternalExternalMasquerade (27 flows x base, no LocalTrafficDetector,
+  masqueradeAll, both, with upstream's per-variant overrides);
 - helpers_test.go's Test_sortNFTablesTransaction input/expected pair is not
   ported (our sort is checked through every comparison above instead).
 Every transaction rendered here is also loaded with the real ``nft -f`` in a
 cb- namespace (both families) by test_transactions_load_in_nft (root).
 
 Left out, with the reason:
-- TestInternalExternalMasquerade: its "no LocalTrafficDetector" and
-  masqueradeAll variants are covered here by unit cases of the renderer
-  (test_masquerade_all_and_no_local_detector) but the 19-flow matrix itself is
-  not transcribed yet;
 - TestSyncProxyRulesLargeClusterMode: does not exist in pkg/proxy/nftables
   (large-cluster mode is iptables-only);
 - TestNoEndpointsMetric, TestBuildServiceMap*, TestUpdateEndpointsMap,
@@ -114,11 +112,12 @@ class Harness:
         assert not failures, "\n".join(failures)
 
 
-ALL_TRANSACTIONS: list[tuple[int, str]] = []
+#: Every Harness built by the tests: (family, its transactions, in order).
+ALL_TRANSACTIONS: list[tuple[int, list[str]]] = []
 
 
 def _keep(h: Harness) -> Harness:
-    ALL_TRANSACTIONS.extend((h.config.family, t) for t in h.transactions)
+    ALL_TRANSACTIONS.append((h.config.family, h.transactions))
     return h
 
 
@@ -370,3 +369,90 @@ def test_terminating_endpoints_traffic_policy(policy):
                   "destIP": "172.30.1.1", "destPort": 80, "output": "REJECT"},
                  {"name": "external to LB after endpoints deleted", "sourceIP": TEST_EXTERNAL_CLIENT,
                   "destIP": "1.2.3.4", "destPort": 80, "output": "REJECT"}])
+
+
+@pytest.mark.parametrize("case", FLOWS["TestInternalExternalMasquerade"]["cases"],
+                         ids=lambda c: c["name"])
+def test_internal_external_masquerade(case):
+    h = _keep(Harness(masquerade_all=case["masqueradeAll"], local_detector=case["localDetector"]))
+    svcs, slices = [], []
+    for n, (np, hc, lb, extra) in enumerate([(3001, 30001, "1.2.3.4", {}),
+                                             (3002, 30002, "5.6.7.8",
+                                              {"external_traffic_policy": "Local"}),
+                                             (3003, 30003, "9.10.11.12",
+                                              {"internal_traffic_policy": "Local"})], start=1):
+        svcs.append(make_test_service(f"ns{n}", f"svc{n}", type="LoadBalancer",
+                                      cluster_ip=f"172.30.0.{40 + n}",
+                                      ports=[port("p80", 80, node_port=np)],
+                                      health_check_node_port=hc, lb_ingress=[lb], **extra))
+        slices.append(make_test_endpoint_slice(
+            f"ns{n}", f"svc{n}", 1, [EP(f"10.180.0.{n}", TEST_HOSTNAME), EP(f"10.180.1.{n}", "remote")],
+            P80))
+    h.sync(svcs, slices)
+    flows = []
+    for tc in FLOWS["TestInternalExternalMasquerade"]["flows"]:
+        tc = dict(tc, **case["overrides"].get(tc["name"], {}))
+        flows.append(tc)
+    assert all(any(f["name"] == n for f in flows) for n in case["overrides"])
+    h.flows(flows)
+
+
+# -- the real nft ------------------------------------------------------------
+
+UPSTREAM_TESTS = [
+    lambda: test_overall_nftables_rules(),
+    lambda: test_sync_proxy_rules_repeated(),
+    lambda: test_no_endpoints_reject(),
+    lambda: test_cluster_ip_general(),
+    lambda: test_load_balancer(),
+    *[(lambda c=c: test_node_ports(c)) for c in sorted(FLOWS["TestNodePorts"])],
+    *[(lambda e=e: test_external_traffic_policy(e)) for e in ("Local", "Cluster")],
+    *[(lambda c=c: test_internal_traffic_policy(c)) for c in FLOWS["TestInternalTrafficPolicy"]],
+    *[(lambda p=p: test_terminating_endpoints_traffic_policy(p)) for p in ("Local", "Cluster")],
+    *[(lambda c=c: test_internal_external_masquerade(c))
+      for c in FLOWS["TestInternalExternalMasquerade"]["cases"]],
+]
+
+
+@pytest.fixture
+def nft_ns():
+    from harness.host import netns
+    name = "cb-kp-upnft"
+    netns.delete(name)
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        netns.delete(name)
+
+
+def test_transactions_load_in_nft(nft_ns):
+    """Every transaction the ported tests render (IPv4 and IPv6, full and partial
+    syncs, stale-chain deletions) is accepted by the real ``nft -f``, in order, and
+    the kernel's table then holds what the fake holds (same chains and elements)."""
+    import json
+    from harness.host import netns
+    from harness.kubeproxy import apply
+    ALL_TRANSACTIONS.clear()
+    for run in UPSTREAM_TESTS:
+        run()
+    assert len(ALL_TRANSACTIONS) >= 20
+    for family, txs in ALL_TRANSACTIONS:
+        fam = "ip" if family == 4 else "ip6"
+        for tx in txs:
+            apply.nft_load(nft_ns, tx)
+        listing = json.loads(netns.run(nft_ns, "nft", "-j", "list", "table", fam,
+                                       "kube-proxy").stdout)["nftables"]
+        fake = FakeTable(fam)
+        for tx in txs:
+            fake.run(tx)
+        chains = {o["chain"]["name"] for o in listing if "chain" in o}
+        assert chains == set(fake.chains)
+        rules = sum(1 for o in listing if "rule" in o)
+        assert rules == sum(len(c.rules) for c in fake.chains.values())
+        for o in listing:
+            for kind in ("set", "map"):
+                if kind in o and not o[kind]["name"].startswith("affinity-"):
+                    assert len(o[kind].get("elem", [])) == \
+                        len(fake.containers[o[kind]["name"]].elements), o[kind]["name"]
+        netns.run(nft_ns, "nft", "delete", "table", fam, "kube-proxy")
