@@ -456,3 +456,32 @@ def test_transactions_load_in_nft(nft_ns):
                     assert len(o[kind].get("elem", [])) == \
                         len(fake.containers[o[kind]["name"]].elements), o[kind]["name"]
         netns.run(nft_ns, "nft", "delete", "table", fam, "kube-proxy")
+
+
+def test_apply_nft_dual_stack(nft_ns):
+    """apply_nft loads ``ip6 kube-proxy`` beside ``ip kube-proxy`` when the state has
+    IPv6 frontends, and incremental_nft syncs both (project addresses)."""
+    import ipaddress as ipa
+    from harness.host import netns
+    from harness.kubeproxy import apply
+    from harness.lb.model import Backend, Frontend, LbState
+
+    def state(v6_backend: str) -> LbState:
+        be4 = Backend(ipa.ip_address("198.18.1.10"), 8080, "TCP")
+        be6 = Backend(ipa.ip_address(v6_backend), 8080, "TCP")
+        return LbState((
+            Frontend("default/web", "http", "ClusterIP", ipa.ip_address("198.19.0.10"), 80, "TCP",
+                     (be4,)),
+            Frontend("default/web", "http", "ClusterIP", ipa.ip_address("2001:db8:2::a"), 80,
+                     "TCP", (be6,))))
+    old, new = state("2001:db8:1:1::a"), state("2001:db8:1:1::b")
+    apply.apply_nft(nft_ns, old)
+    tables = netns.run(nft_ns, "nft", "list", "tables").stdout
+    assert "table ip kube-proxy" in tables and "table ip6 kube-proxy" in tables
+    v6 = netns.run(nft_ns, "nft", "list", "table", "ip6", "kube-proxy").stdout
+    assert "dnat to [2001:db8:1:1::a]:8080" in v6 and "ip6 daddr @cluster-ips reject" in v6
+    apply.incremental_nft(nft_ns, old, new)
+    v6 = netns.run(nft_ns, "nft", "list", "table", "ip6", "kube-proxy").stdout
+    assert "dnat to [2001:db8:1:1::b]:8080" in v6 and "2001:db8:1:1::a" not in v6
+    assert "dnat to 198.18.1.10:8080" in netns.run(nft_ns, "nft", "list", "table", "ip",
+                                                   "kube-proxy").stdout
