@@ -33,10 +33,13 @@ Ported (data in tests/data/kubeproxy/upstream/nft/), all passing:
   and TestTerminatingEndpointsTrafficPolicyCluster (with the deletion syncs),
   TestInternalExternalMasquerade (27 flows x base, no LocalTrafficDetector,
   masqueradeAll, both, with upstream's per-variant overrides);
-- helpers_test.go's Test_sortNFTablesTransaction input/expected pair is not
-  ported (our sort is checked through every comparison above instead).
+- helpers_test.go: Test_sortNFTablesTransaction and Test_diffNFTablesTransaction
+  (sort_input.nft / sort_expected.nft), checking the comparison itself.
 Every transaction rendered here is also loaded with the real ``nft -f`` in a
-cb- namespace (both families) by test_transactions_load_in_nft (root).
+cb- namespace (both families) by test_transactions_load_in_nft, and
+test_apply_nft_dual_stack loads ``ip`` and ``ip6 kube-proxy`` through
+harness.kubeproxy.apply (both need root and a cb- netns: run them under
+flock /work/helper-notes/topology.lock).
 
 Left out, with the reason:
 - TestSyncProxyRulesLargeClusterMode: does not exist in pkg/proxy/nftables
@@ -485,3 +488,16 @@ def test_apply_nft_dual_stack(nft_ns):
     assert "dnat to [2001:db8:1:1::b]:8080" in v6 and "2001:db8:1:1::a" not in v6
     assert "dnat to 198.18.1.10:8080" in netns.run(nft_ns, "nft", "list", "table", "ip",
                                                    "kube-proxy").stdout
+
+
+# -- helpers_test.go's own tests of the comparison ----------------------------
+
+def test_sort_nftables_transaction():
+    """Test_sortNFTablesTransaction and Test_diffNFTablesTransaction (helpers_test.go)."""
+    from tests.nft_tracer import sort_transaction
+    given = (DATA / "sort_input.nft").read_text()
+    expected = (DATA / "sort_expected.nft").read_text()
+    assert sort_transaction(given) == expected.strip()
+    assert diff_transaction(given, expected) == ""
+    not_expected = "\n".join(expected.split("\n")[2:])
+    assert diff_transaction(given, not_expected) != ""
