@@ -501,3 +501,30 @@ def test_sort_nftables_transaction():
     assert diff_transaction(given, expected) == ""
     not_expected = "\n".join(expected.split("\n")[2:])
     assert diff_transaction(given, not_expected) != ""
+
+
+def test_both_traffic_policies_local_keep_the_short_circuit():
+    """ITP Local and ETP Local on a LoadBalancer: kube-proxy's UsesClusterEndpoints is
+    ``!InternalPolicyLocal() || ExternallyAccessible()`` ("we need Cluster endpoints to
+    implement short circuiting", pkg/proxy/serviceport.go), so pod and node traffic
+    to the LB IP is short-circuited to the cluster chain (all endpoints) while
+    external traffic gets the local endpoint only."""
+    h = _keep(Harness())
+    h.sync([make_test_service("ns1", "svc1", type="LoadBalancer", cluster_ip="172.30.0.41",
+                              ports=[port("p80", 80, node_port=3001)], lb_ingress=["1.2.3.4"],
+                              external_traffic_policy="Local", internal_traffic_policy="Local",
+                              health_check_node_port=30000)],
+           [make_test_endpoint_slice("ns1", "svc1", 1,
+                                     [EP("10.180.0.1", TEST_HOSTNAME), EP("10.180.1.1", "remote")],
+                                     P80)])
+    both = "10.180.0.1:80, 10.180.1.1:80"
+    h.flows([
+        {"name": "pod to ClusterIP", "sourceIP": "10.0.0.2", "destIP": "172.30.0.41",
+         "destPort": 80, "output": "10.180.0.1:80"},
+        {"name": "pod to LB", "sourceIP": "10.0.0.2", "destIP": "1.2.3.4", "destPort": 80,
+         "output": both},
+        {"name": "node to LB", "sourceIP": TEST_NODE_IP, "destIP": "1.2.3.4", "destPort": 80,
+         "output": both, "masq": True},
+        {"name": "external to LB", "sourceIP": TEST_EXTERNAL_CLIENT, "destIP": "1.2.3.4",
+         "destPort": 80, "output": "10.180.0.1:80"},
+    ])

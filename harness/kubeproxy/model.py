@@ -151,7 +151,10 @@ class ServicePort:
         return self.external_local and self.external
 
     def uses_cluster_endpoints(self) -> bool:
-        return not self.internal_local or (self.external and not self.external_local)
+        """UsesClusterEndpoints (pkg/proxy/serviceport.go): ITP Cluster, or any external
+        destination ("even if the external traffic policy is Local, we need Cluster
+        endpoints to implement short circuiting")."""
+        return not self.internal_local or self.external
 
     def uses_local_endpoints(self) -> bool:
         return self.internal_local or self.external_policy_local

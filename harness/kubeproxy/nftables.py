@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+
 from harness.lb.model import LbState
 
 from . import names
@@ -82,7 +83,7 @@ JUMP_CHAINS = (
     ("cluster-ips-check", "filter-output-post-dnat", "ct state new"),
 )
 
-# The element containers kube-proxy keeps in memory: name -> (kind, key fields).
+# The element containers kube-proxy keeps in memory (nftElementStorage): name -> kind.
 CONTAINERS = {
     "cluster-ips": "set",
     "service-ips": "map",
@@ -440,10 +441,7 @@ class _ServicePortWriter:
         if uses_ext_chain:
             if not sp.external_policy_local:
                 tx.rule(ext_chain, "jump mark-for-masquerade")
-            elif uses_cluster_chain:
-                # (kube-proxy writes these even when no cluster chain exists, ITP and
-                # ETP both Local: the goto would name a missing chain and nft would
-                # reject the transaction; without a cluster chain they are left out.)
+            else:
                 if cfg.local_detector:
                     tx.rule(ext_chain, f"{ipx} saddr {cfg.cluster_cidr} goto {cluster_chain}",
                             "short-circuit pod traffic")
