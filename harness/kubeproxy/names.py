@@ -87,6 +87,14 @@ def nft_external_chain(service: str, port_name: str, protocol: str) -> str:
     return "external-" + nft_service_base(service, port_name, protocol)
 
 
+def nft_local_chain(service: str, port_name: str, protocol: str) -> str:
+    return "local-" + nft_service_base(service, port_name, protocol)
+
+
+def nft_firewall_chain(service: str, port_name: str, protocol: str) -> str:
+    return "firewall-" + nft_service_base(service, port_name, protocol)
+
+
 def nft_endpoint_chain(service: str, port_name: str, protocol: str, ip: str, port: int) -> str:
     return "endpoint-" + nft_endpoint_base(service, port_name, protocol, ip, port)
 

@@ -346,9 +346,9 @@ class _ServicePortWriter:
     def write(self) -> None:
         sp, tx, ipx, cfg = self.sp, self.tx, self.ipx, self.cfg
         proto = sp.proto
-        base = names.nft_service_base(sp.service, sp.port_name, sp.protocol)
-        cluster_chain, local_chain = "service-" + base, "local-" + base
-        ext_chain, fw_chain = "external-" + base, "firewall-" + base
+        svc_args = (sp.service, sp.port_name, sp.protocol)
+        cluster_chain, local_chain = names.nft_service_chain(*svc_args), names.nft_local_chain(*svc_args)
+        ext_chain, fw_chain = names.nft_external_chain(*svc_args), names.nft_firewall_chain(*svc_args)
         cluster_eps, local_eps, reachable, has_endpoints = sp.categorized
 
         def ep_base(ep) -> str:
