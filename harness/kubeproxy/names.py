@@ -59,7 +59,9 @@ def sep_chain(spn: str, protocol: str, endpoint: str) -> str:
 
 
 def hash_and_truncate(name: str) -> str:
-    out = _b32sha(name)[:8] + "-" + name
+    # The first 8 base32 characters encode exactly the first 5 bytes of the digest.
+    digest = hashlib.sha256(name.encode()).digest()[:5]
+    out = base64.b32encode(digest).decode() + "-" + name
     return out if len(out) <= _NFT_BASE_MAX else out[:_NFT_BASE_MAX - 3] + "..."
 
 

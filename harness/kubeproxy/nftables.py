@@ -351,8 +351,13 @@ class _ServicePortWriter:
         ext_chain, fw_chain = names.nft_external_chain(*svc_args), names.nft_firewall_chain(*svc_args)
         cluster_eps, local_eps, reachable, has_endpoints = sp.categorized
 
+        bases: dict = {}
+
         def ep_base(ep) -> str:
-            return names.nft_endpoint_base(sp.service, sp.port_name, sp.protocol, ep.ip, ep.port)
+            if ep not in bases:
+                bases[ep] = names.nft_endpoint_base(sp.service, sp.port_name, sp.protocol,
+                                                    ep.ip, ep.port)
+            return bases[ep]
         for ep in reachable:
             self.ensure_chain("endpoint-" + ep_base(ep))
             if sp.affinity_timeout:
