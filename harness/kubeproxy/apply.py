@@ -136,18 +136,37 @@ def nft_load(ns: str, text: str, timeout: float = 900) -> float:
     return _run(ns, ["nft", "-f", "-"], text, timeout)
 
 
-def apply_nft(ns: str, state: LbState, timeout: float = 900) -> float:
-    """A full kube-proxy nftables sync of *state* in *ns*."""
-    return nft_load(ns, nft.render(state), timeout)
+def _nft_config(family: int, node: str | None, node_ips: tuple[str, ...]) -> ProxierConfig:
+    return ProxierConfig(family=family, hostname=node, node_ips=tuple(node_ips))
 
 
-def incremental_nft(ns: str, old: LbState, new: LbState, timeout: float = 900) -> float:
-    """A partial sync from *old* to *new*, then the stale-chain deletion
-    kube-proxy runs in a later transaction (both timed together)."""
-    seconds = nft_load(ns, nft.render_incremental(old, new), timeout)
-    cleanup = nft.stale_chain_cleanup(old, new)
-    if cleanup:
-        seconds += nft_load(ns, cleanup, timeout)
+def apply_nft(ns: str, state: LbState, timeout: float = 900, node: str | None = None,
+              node_ips: tuple[str, ...] = ()) -> float:
+    """A full kube-proxy nftables sync of *state* in *ns*: ``ip kube-proxy``, and
+    ``ip6 kube-proxy`` too when *state* has IPv6 frontends (a dual-stack kube-proxy
+    runs one proxier per family).  *node* is the kube-proxy's node name (its
+    endpoints are the local ones externalTrafficPolicy / internalTrafficPolicy Local
+    use) and *node_ips* its addresses (the first of each family is the node IP)."""
+    return sum(nft_load(ns, nft.render(state, _nft_config(f, node, node_ips)), timeout)
+               for f in nft.families(state))
+
+
+def incremental_nft(ns: str, old: LbState, new: LbState, timeout: float = 900,
+                    node: str | None = None, node_ips: tuple[str, ...] = ()) -> float:
+    """The partial sync kube-proxy v1.32 sends from *old* (already loaded) to *new*
+    (element deltas, changed Services' chains, stale chains flushed), then the
+    stale-chain deletion it runs in a later transaction; both timed together."""
+    seconds = 0.0
+    loaded = set(nft.families(old))
+    for fam in sorted(loaded | set(nft.families(new))):
+        cfg = _nft_config(fam, node, node_ips)
+        if fam not in loaded:       # this family's proxier syncs for the first time
+            seconds += nft_load(ns, nft.render(new, cfg), timeout)
+            continue
+        seconds += nft_load(ns, nft.render_incremental(old, new, cfg), timeout)
+        cleanup = nft.stale_chain_cleanup(old, new, cfg)
+        if cleanup:
+            seconds += nft_load(ns, cleanup, timeout)
     return seconds
 
 

@@ -29,7 +29,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from harness.addressing import POD_CIDR_V4, POD_CIDR_V6
+from harness.addressing import POD_CIDR_V4, POD_CIDR_V6, SERVICE_CIDR_V4, SERVICE_CIDR_V6
 from harness.lb.model import ACTIVE, TERMINATING, Frontend, LbState
 
 from . import names
@@ -61,11 +61,18 @@ class ProxierConfig:
     detect_local: bool = True
     #: the masquerade mark as written; None: kube-proxy's fmt.Sprintf("%#08x", 1<<bit).
     masquerade_mark_text: str | None = None
+    # -- nftables mode (pkg/proxy/nftables) --------------------------------
+    #: The ServiceCIDRs of this family (nftables' "Drop traffic to unallocated
+    #: ClusterIPs" rule); None: the project's service CIDR of the family.
+    service_cidrs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.cluster_cidr is None:
             object.__setattr__(self, "cluster_cidr",
                                str(POD_CIDR_V4 if self.family == 4 else POD_CIDR_V6))
+        if self.service_cidrs is None:
+            object.__setattr__(self, "service_cidrs",
+                               (str(SERVICE_CIDR_V4 if self.family == 4 else SERVICE_CIDR_V6),))
 
     @property
     def masquerade_mark(self) -> int:
@@ -78,6 +85,34 @@ class ProxierConfig:
         if self.masquerade_mark_text is not None:
             return self.masquerade_mark_text
         return "0x%08x" % self.masquerade_mark
+
+    @property
+    def local_detector(self) -> bool:
+        """A LocalTrafficDetector is implemented (cluster_cidr "" means none: no-op)."""
+        return self.detect_local and bool(self.cluster_cidr)
+
+    @property
+    def node_ip(self) -> str | None:
+        """The primary node IP of this family (the first of node_ips)."""
+        return next((ip for ip in self.node_ips
+                     if ipaddress.ip_address(ip).version == self.family), None)
+
+    def nodeport_ips(self) -> tuple[str, ...] | None:
+        """NodePortAddresses.GetNodeIPs: the node's addresses of this family inside
+        --nodeport-addresses (loopback left out, as kube-proxy's nftables mode does);
+        None when every local address accepts NodePorts (MatchAll: no CIDR of this
+        family given, or a zero CIDR)."""
+        nets = [ipaddress.ip_network(c.strip(), strict=False) for c in self.nodeport_addresses]
+        nets = [n for n in nets if n.version == self.family]
+        if not nets or any(n.prefixlen == 0 for n in nets):
+            return None
+        out = []
+        for ip in self.node_ips:
+            addr = ipaddress.ip_address(ip)
+            if addr.version == self.family and not addr.is_loopback and any(addr in n for n in nets):
+                if ip not in out:
+                    out.append(ip)
+        return tuple(out)
 
 
 @dataclass(frozen=True, order=True)
@@ -131,7 +166,10 @@ class ServicePort:
         return self.external_local and self.external
 
     def uses_cluster_endpoints(self) -> bool:
-        return not self.internal_local or (self.external and not self.external_local)
+        """UsesClusterEndpoints (pkg/proxy/serviceport.go): ITP Cluster, or any external
+        destination ("even if the external traffic policy is Local, we need Cluster
+        endpoints to implement short circuiting")."""
+        return not self.internal_local or self.external
 
     def uses_local_endpoints(self) -> bool:
         return self.internal_local or self.external_policy_local

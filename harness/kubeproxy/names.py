@@ -59,7 +59,9 @@ def sep_chain(spn: str, protocol: str, endpoint: str) -> str:
 
 
 def hash_and_truncate(name: str) -> str:
-    out = _b32sha(name)[:8] + "-" + name
+    # The first 8 base32 characters encode exactly the first 5 bytes of the digest.
+    digest = hashlib.sha256(name.encode()).digest()[:5]
+    out = base64.b32encode(digest).decode() + "-" + name
     return out if len(out) <= _NFT_BASE_MAX else out[:_NFT_BASE_MAX - 3] + "..."
 
 
@@ -85,6 +87,14 @@ def nft_service_chain(service: str, port_name: str, protocol: str) -> str:
 
 def nft_external_chain(service: str, port_name: str, protocol: str) -> str:
     return "external-" + nft_service_base(service, port_name, protocol)
+
+
+def nft_local_chain(service: str, port_name: str, protocol: str) -> str:
+    return "local-" + nft_service_base(service, port_name, protocol)
+
+
+def nft_firewall_chain(service: str, port_name: str, protocol: str) -> str:
+    return "firewall-" + nft_service_base(service, port_name, protocol)
 
 
 def nft_endpoint_chain(service: str, port_name: str, protocol: str, ip: str, port: int) -> str:
