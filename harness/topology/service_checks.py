@@ -263,6 +263,15 @@ def _judge_healthz(check: FeatureCheck, scenario, where: str, answer: dict) -> t
     return "PASS", f"{where}: {status}, localEndpoints {count}"
 
 
+def _summary(answer: str) -> str:
+    """An answer in a few words: 'STATUS from SERVER' (HTTP) or the SCTP server's name."""
+    try:
+        doc = json.loads(answer)
+        return f"{doc['status']} from {doc['body'].strip()[:60]}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return answer[:80]
+
+
 def run_check(state: TopologyState, scenario, check: FeatureCheck, datapath: str,
               settings: dict) -> Result:
     """One check (its expected outcome already resolved)."""
@@ -288,7 +297,8 @@ def run_check(state: TopologyState, scenario, check: FeatureCheck, datapath: str
         answers.append(out)
     took = time.monotonic() - start
     if check.expect == "fail":
-        return Result(check, "FAIL", f"{where}: answered {answers[0][:80]}, but must not", took)
+        return Result(check, "FAIL", f"{where}: answered {_summary(answers[0])}, but must not",
+                      took)
     if check.protocol == "sctp":
         wrong = [a for a in answers if check.servers and a not in check.servers]
         if wrong:
