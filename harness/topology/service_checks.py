@@ -94,16 +94,19 @@ CHECKS = (
     FeatureCheck("etp-local-nodeport-local-backend", "world", "nodeport:etp-local@cb-node0",
                  servers=("echo-0",), client_seen="client"),
     FeatureCheck("etp-local-nodeport-no-local-backend", "world", "nodeport:etp-local@cb-node1",
-                 "fail", control="lb-ip"),
+                 "fail", control="nodeport-from-world"),
     FeatureCheck("etp-local-lb-ip", "world", "lb:etp-local", servers=("echo-0",),
                  client_seen="client"),
     # 2. internalTrafficPolicy: Local
-    FeatureCheck("itp-local-node0", "client-0", "svc:itp-local", servers=("echo-0",), requests=6),
-    FeatureCheck("itp-local-node1", "client-1", "svc:itp-local", servers=("echo-1",), requests=6),
+    # (10 requests: without the policy, 2 backends answer all from one with p = 2^-9)
+    FeatureCheck("itp-local-node0", "client-0", "svc:itp-local", servers=("echo-0",), requests=10),
+    FeatureCheck("itp-local-node1", "client-1", "svc:itp-local", servers=("echo-1",), requests=10),
     FeatureCheck("itp-local-no-local-backend", "client-1", "svc:itp-local-one", "fail",
                  control="itp-local-node1"),
     # 3. LoadBalancer IPs and loadBalancerSourceRanges
     FeatureCheck("lb-ip", "world", "lb:lb-open", servers=("echo-1",)),
+    # (a NodePort from outside the cluster: the path the ETP Local checks depend on)
+    FeatureCheck("nodeport-from-world", "world", "nodeport:lb-open@cb-node1", servers=("echo-1",)),
     FeatureCheck("lb-source-ranges-deny", "world", "lb:lb-ranges-deny", "fail",
                  control="lb-source-ranges-allow"),
     FeatureCheck("lb-source-ranges-allow", "world", "lb:lb-ranges-allow", servers=("echo-1",)),
@@ -120,6 +123,8 @@ CHECKS = (
     # 7. terminating endpoints
     FeatureCheck("terminating-endpoint-fallback", "client-0", "svc:terminating",
                  servers=("echo-1",)),
+    FeatureCheck("terminating-not-serving", "client-0", "svc:terminating-gone", "fail",
+                 control="terminating-endpoint-fallback"),
     # 8. SCTP
     FeatureCheck("sctp-clusterip", "client-0", "svc:sctp", protocol="sctp", servers=("echo-1",)),
     # 9. masqueradeAll and --nodeport-addresses
