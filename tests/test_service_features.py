@@ -75,18 +75,16 @@ def _state(kube_proxy: dict) -> TopologyState:
                          [node], [], kube_proxy=kube_proxy)
 
 
-def test_proxier_configs_per_family_with_the_up_options():
+def test_proxier_config_carries_the_node_and_the_up_options():
     state = _state({"masquerade_all": True, "nodeport_addresses": [UNDERLAY]})
-    v4, v6 = chaining.proxier_configs(state, state.nodes[0], "iptables")
-    assert (v4.family, v4.hostname, v4.node_ips, v4.masquerade_all, v4.nodeport_addresses) == \
-        (4, "cb-node0", ("198.19.128.1",), True, (UNDERLAY,))
-    assert (v6.family, v6.node_ips, v6.nodeport_addresses) == (6, ("2001:db8:3::1",), ())
+    config = chaining.proxier_config(state, state.nodes[0], "iptables")
+    assert (config.hostname, config.node_ips, config.masquerade_all, config.nodeport_addresses) \
+        == ("cb-node0", ("198.19.128.1", "2001:db8:3::1"), True, (UNDERLAY,))
     # Without the option: iptables every address, nftables the node's primary ones.
     state = _state({})
-    assert chaining.proxier_configs(state, state.nodes[0], "iptables")[0].nodeport_addresses == ()
-    assert [c.nodeport_addresses for c in chaining.proxier_configs(state, state.nodes[0],
-                                                                    "nftables")] == \
-        [("198.19.128.1/32",), ("2001:db8:3::1/128",)]
+    assert chaining.proxier_config(state, state.nodes[0], "iptables").nodeport_addresses == ()
+    assert chaining.proxier_config(state, state.nodes[0], "nftables").nodeport_addresses == \
+        ("198.19.128.1/32", "2001:db8:3::1/128")
 
 
 def test_nodeport_addresses_option_is_checked():

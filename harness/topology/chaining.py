@@ -15,8 +15,8 @@ CNI, with the portmap plugin for hostPorts instead of our plugin, and
 kube-proxy's rules (harness/kubeproxy) loaded in every node namespace from
 the same Services and EndpointSlices, rendered with each node's ProxierConfig
 (its name and addresses, and the ``up`` options masqueradeAll and
---nodeport-addresses, recorded in the topology state), one per IP family the
-topology has.
+--nodeport-addresses, recorded in the topology state); the renderers run one
+proxier per IP family of the rules.
 
 mixed (bench/macro/suite.py): each node its own datapath (bpf, iptables, nftables or
 none), so several datapaths are up at once in one topology.
@@ -194,36 +194,30 @@ def start_health_servers(state: TopologyState, scenario) -> None:
         healthcheck.start(node.name, node.netns, addrs)
 
 
-def proxier_configs(state: TopologyState, node, mode: str = "iptables") -> list[ProxierConfig]:
-    """*node*'s kube-proxy settings, one per IP family of the topology.  Without
-    --nodeport-addresses, nftables mode takes the node's primary address (kube-proxy's
-    server.go defaults it to "primary" in that mode); iptables mode every address."""
-    settings = state.kube_proxy
-    out = []
-    for family, ip in ((4, node.ipv4), (6, node.ipv6 if state.ipv6 else None)):
-        if ip is None:
-            continue
-        cidrs = tuple(c for c in settings.get("nodeport_addresses", ())
-                      if ipaddress.ip_network(c).version == family)
-        if mode == "nftables" and not settings.get("nodeport_addresses"):
-            cidrs = (f"{ip}/{32 if family == 4 else 128}",)
-        out.append(ProxierConfig(family=family, hostname=node.name, node_ips=(ip,),
-                                 masquerade_all=bool(settings.get("masquerade_all")),
-                                 nodeport_addresses=cidrs))
-    return out
-
-
-def _takes_config(fn) -> bool:
-    return "config" in inspect.signature(fn).parameters
+def proxier_config(state: TopologyState, node, mode: str = "iptables") -> ProxierConfig:
+    """*node*'s kube-proxy settings: its name, its addresses (one per family of the
+    topology; the renderer keeps its family's), masqueradeAll and --nodeport-addresses
+    as ``up`` recorded them.  Without --nodeport-addresses, nftables mode takes the
+    node's primary addresses (kube-proxy's server.go defaults it to "primary" in that
+    mode); iptables mode every address."""
+    settings = state.kube_proxy or {}
+    ips = tuple(ip for ip in (node.ipv4, node.ipv6 if state.ipv6 else None) if ip)
+    cidrs = tuple(settings.get("nodeport_addresses") or ())
+    if mode == "nftables" and not cidrs:
+        cidrs = tuple(f"{ip}/{ipaddress.ip_address(ip).max_prefixlen}" for ip in ips)
+    return ProxierConfig(family=4, hostname=node.name, node_ips=ips,
+                         masquerade_all=bool(settings.get("masquerade_all")),
+                         nodeport_addresses=cidrs)
 
 
 def apply_kube_proxy(state: TopologyState, scenario, mode: str,
                      nodes: list | None = None) -> dict[str, float]:
     """kube-proxy's rules for *scenario* in each of *nodes* (default: every node),
-    each node with its own ProxierConfig per family (proxier_configs); seconds per node.
-    A renderer that does not take a config yet renders the IPv4 rules alone."""
+    each node with its own ProxierConfig (proxier_config; the renderer syncs one
+    proxier per family the rules have); seconds per node."""
     frontends = lb_state(scenario, node_addresses(scenario))
     apply = kp.apply_iptables if mode == "iptables" else kp.apply_nft
+    params = inspect.signature(apply).parameters
     took = {}
     for node in state.nodes if nodes is None else nodes:
         # Host processes reach ClusterIPs through the OUTPUT chain, which DNATs
@@ -234,11 +228,17 @@ def apply_kube_proxy(state: TopologyState, scenario, mode: str,
         if state.ipv6 and node.ipv6:
             netns.run(node.netns, "ip", "-6", "route", "replace",
                       str(addressing.SERVICE_CIDR_V6), "dev", node.uplink)
-        if not _takes_config(apply):
+        config = proxier_config(state, node, mode)
+        # The renderers take the config (config=); one that takes the node's name and
+        # addresses alone (node=, node_ips=) gets those; one that takes neither renders
+        # without a node (no Local traffic policies, default settings).
+        if "config" in params:
+            took[node.name] = apply(node.netns, frontends, config=config)
+        elif "node" in params:
+            took[node.name] = apply(node.netns, frontends, node=node.name,
+                                    node_ips=config.node_ips)
+        else:
             took[node.name] = apply(node.netns, frontends)
-            continue
-        took[node.name] = sum(apply(node.netns, frontends, config=config)
-                              for config in proxier_configs(state, node, mode))
     return took
 
 
