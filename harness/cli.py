@@ -418,13 +418,17 @@ def cmd_up(args) -> int:
 
 
 def _nodeport_addresses(value: str | None) -> tuple[str, ...]:
-    """--nodeport-addresses CIDR,...: each a network of the project's address plan."""
+    """--nodeport-addresses CIDR,...: each a network of the project's address plan, or
+    kube-proxy's keyword "primary" (the node's own addresses)."""
     import ipaddress
     from harness import addressing
     if not value:
         return ()
     out = []
     for item in (v.strip() for v in value.split(",")):
+        if item == "primary":
+            out.append(item)
+            continue
         try:
             net = ipaddress.ip_network(item, strict=False)
         except ValueError:
@@ -938,8 +942,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "traffic sent to a ClusterIP (Cilium has no such setting)")
     p.add_argument("--nodeport-addresses", metavar="CIDR,...",
                    help="kube-proxy's --nodeport-addresses: NodePorts and health-check ports "
-                        "answer only on node addresses inside these ranges (default: every "
-                        "address for iptables, the node's primary addresses for nftables)")
+                        "answer only on node addresses inside these ranges ('primary': the "
+                        "node's own addresses; default: every address for iptables, "
+                        "'primary' for nftables)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("kube-proxy", help="kube-proxy's rule sets, the baselines")

@@ -85,6 +85,18 @@ def test_proxier_config_carries_the_node_and_the_up_options():
     assert chaining.proxier_config(state, state.nodes[0], "iptables").nodeport_addresses == ()
     assert chaining.proxier_config(state, state.nodes[0], "nftables").nodeport_addresses == \
         ("198.19.128.1/32", "2001:db8:3::1/128")
+    state = _state({"nodeport_addresses": ["primary", UNDERLAY]})
+    assert chaining.proxier_config(state, state.nodes[0], "iptables").nodeport_addresses == \
+        ("198.19.128.1/32", "2001:db8:3::1/128", UNDERLAY)
+
+
+def test_nodeport_addresses_outcome_follows_the_datapath_and_the_setting():
+    outcome = service_checks.CHECKS_BY_NAME["nodeport-addresses-out-of-range"].outcome
+    assert outcome("bpf", {}) == "fail"                 # Cilium: its devices' addresses only
+    assert outcome("iptables", {}) == "pass"            # every local address
+    assert outcome("nftables", {}) == "fail"            # "primary"
+    assert outcome("iptables", {"nodeport_addresses": [UNDERLAY]}) == "fail"
+    assert outcome("nftables", {"nodeport_addresses": ["198.18.0.0/24"]}) == "pass"
 
 
 def test_nodeport_addresses_option_is_checked():

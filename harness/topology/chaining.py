@@ -85,14 +85,14 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     *node_monitor_aggregation* ({node: level}) sets the level of the BPF nodes it names
     instead (bench/macro: events off on one node, medium on another, in one topology).
     *observers* names the BPF nodes whose flow observer is started (default: every one).
-    *kube_proxy_masquerade_all* and *nodeport_addresses* (CIDRs) are kube-proxy's
+    *kube_proxy_masquerade_all* and *nodeport_addresses* (CIDRs, or "primary") are kube-proxy's
     --masquerade-all and --nodeport-addresses for the iptables / nftables nodes
     (harness.kubeproxy.model.ProxierConfig); the health servers listen on the
     node addresses inside *nodeport_addresses* too.  (BPF nodes serve NodePorts on
     their underlay addresses only, as Cilium on its devices' addresses; Cilium has no
     masqueradeAll.)"""
     try:
-        nodeport_cidrs = tuple(str(ipaddress.ip_network(c, strict=False))
+        nodeport_given = tuple(c if c == "primary" else str(ipaddress.ip_network(c, strict=False))
                                for c in nodeport_addresses)
     except ValueError as exc:
         raise ValueError(f"--nodeport-addresses: {exc}") from None
@@ -142,7 +142,7 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
             node.ensure_lxc_programs()
         state = topology.build(plan, cni_path=cni_path, progress=progress, per_node=per_node)
         state.kube_proxy = {"masquerade_all": kube_proxy_masquerade_all,
-                            "nodeport_addresses": list(nodeport_cidrs)}
+                            "nodeport_addresses": list(nodeport_given)}
         save_state(state)
     except BaseException:
         # build undid the topology (CNI DEL, namespaces); what the chained plugin made
@@ -187,24 +187,39 @@ def start_health_servers(state: TopologyState, scenario) -> None:
     healthCheckNodePort), on the node's addresses inside --nodeport-addresses."""
     if not any(s.health_check_node_port for s in scenario.services):
         return
-    cidrs = [ipaddress.ip_network(c) for c in state.kube_proxy.get("nodeport_addresses", ())]
     for node in state.nodes:
+        mode = node.datapath or state.datapath
+        cidrs = [ipaddress.ip_network(c) for c in nodeport_cidrs(state, node, mode)]
         addrs = [a for a in (node.ipv4, node.ipv6) if a and any(
             ipaddress.ip_address(a) in c for c in cidrs)] if cidrs else []
         healthcheck.start(node.name, node.netns, addrs)
 
 
+def nodeport_cidrs(state: TopologyState, node, mode: str = "iptables") -> tuple[str, ...]:
+    """--nodeport-addresses for *node*: the recorded CIDRs, "primary" standing for the
+    node's own addresses (kube-proxy's keyword); unset, nftables mode means "primary"
+    (cmd/kube-proxy/app/server_linux.go, platformApplyDefaults), iptables every
+    address (())."""
+    given = tuple((state.kube_proxy or {}).get("nodeport_addresses") or ())
+    if mode == "nftables" and not given:
+        given = ("primary",)
+    ips = [ip for ip in (node.ipv4, node.ipv6 if state.ipv6 else None) if ip]
+    out: list[str] = []
+    for item in given:
+        if item == "primary":
+            out += [f"{ip}/{ipaddress.ip_address(ip).max_prefixlen}" for ip in ips]
+        else:
+            out.append(item)
+    return tuple(dict.fromkeys(out))
+
+
 def proxier_config(state: TopologyState, node, mode: str = "iptables") -> ProxierConfig:
     """*node*'s kube-proxy settings: its name, its addresses (one per family of the
     topology; the renderer keeps its family's), masqueradeAll and --nodeport-addresses
-    as ``up`` recorded them.  Without --nodeport-addresses, nftables mode takes the
-    node's primary addresses (kube-proxy's server.go defaults it to "primary" in that
-    mode); iptables mode every address."""
+    (nodeport_cidrs) as ``up`` recorded them."""
     settings = state.kube_proxy or {}
     ips = tuple(ip for ip in (node.ipv4, node.ipv6 if state.ipv6 else None) if ip)
-    cidrs = tuple(settings.get("nodeport_addresses") or ())
-    if mode == "nftables" and not cidrs:
-        cidrs = tuple(f"{ip}/{ipaddress.ip_address(ip).max_prefixlen}" for ip in ips)
+    cidrs = nodeport_cidrs(state, node, mode)
     return ProxierConfig(family=4, hostname=node.name, node_ips=ips,
                          masquerade_all=bool(settings.get("masquerade_all")),
                          nodeport_addresses=cidrs)
