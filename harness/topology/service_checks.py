@@ -215,7 +215,15 @@ def _exchange(cmd: list[str]) -> tuple[bool, str]:
 
 def _client_seen(state: TopologyState, check: FeatureCheck, datapath: str, settings: dict,
                  version: int) -> tuple[set[str], str]:
-    """The addresses the server may report as the client, and how to say it."""
+    """The addresses the server may report as the client, and how to say it.
+
+    "client": the client's own address (source preserved).  "masquerade-all":
+    kube-proxy's --masquerade-all marks every connection to a ClusterIP for SNAT
+    (KUBE-SVC / the service chain jumps to the masquerade mark whatever the source),
+    so the server sees an address of the client's node; Cilium has no masqueradeAll
+    (its masquerading is for traffic leaving the cluster, a ClusterIP is translated
+    at the pod's veth or socket), so on bpf, as without the option, the server sees
+    the pod's own address."""
     own = _client_address(state, check.client, version)
     if check.client_seen == "masquerade-all" and datapath != "bpf" \
             and settings.get("masquerade_all"):
