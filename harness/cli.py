@@ -408,11 +408,36 @@ def cmd_up(args) -> int:
         progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else None,
         lb_map_max=args.bpf_lb_map_max, np_ipblock=args.netpol_ipblock,
         hubble_buffer_size=args.hubble_buffer_size, monitor_aggregation=args.monitor_aggregation,
-        events_ring_size=args.events_ring_size)
+        events_ring_size=args.events_ring_size,
+        kube_proxy_masquerade_all=args.kube_proxy_masquerade_all,
+        nodeport_addresses=_nodeport_addresses(args.nodeport_addresses))
     pods = [p for p in state.pods if not p.host_network]
     print(f"up: {len(state.nodes)} nodes, {len(pods)} pods, routing {state.routing}, datapath "
           f"{state.datapath} in {time.monotonic() - start:.1f} s")
     return EXIT_OK
+
+
+def _nodeport_addresses(value: str | None) -> tuple[str, ...]:
+    """--nodeport-addresses CIDR,...: each a network of the project's address plan, or
+    kube-proxy's keyword "primary" (the node's own addresses)."""
+    import ipaddress
+    from harness import addressing
+    if not value:
+        return ()
+    out = []
+    for item in (v.strip() for v in value.split(",")):
+        if item == "primary":
+            out.append(item)
+            continue
+        try:
+            net = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise UsageError(f"--nodeport-addresses {item!r}: not a CIDR") from None
+        if not any(net.subnet_of(a) for a in addressing.ALLOWED if a.version == net.version):
+            raise UsageError(f"--nodeport-addresses {item}: outside the project's address plan "
+                             f"({', '.join(str(a) for a in addressing.ALLOWED)})")
+        out.append(str(net))
+    return tuple(out)
 
 
 def cmd_down(args) -> int:
@@ -915,6 +940,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events-ring-size", type=int, metavar="BYTES",
                    help="size of each BPF node's events ring buffer (a power of two; default "
                         "4194304)")
+    p.add_argument("--kube-proxy-masquerade-all", action="store_true",
+                   help="kube-proxy's --masquerade-all on iptables / nftables nodes: SNAT all "
+                        "traffic sent to a ClusterIP (Cilium has no such setting)")
+    p.add_argument("--nodeport-addresses", metavar="CIDR,...",
+                   help="kube-proxy's --nodeport-addresses: NodePorts and health-check ports "
+                        "answer only on node addresses inside these ranges ('primary': the "
+                        "node's own addresses; default: every address for iptables, "
+                        "'primary' for nftables)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("kube-proxy", help="kube-proxy's rule sets, the baselines")

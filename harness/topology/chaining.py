@@ -6,11 +6,17 @@ veth as the pod is added), attach from_netdev to every node's uplink and
 socket LB to its host cgroup, then sync every node's maps once all pods exist
 (each node needs every pod's address), then start each BPF node's flow observer
 (harness.observe.supervise; ``down`` ends it with the other recorded processes).
+Every node, whatever its datapath, gets kube-proxy's service health server
+(harness/topology/servers/healthcheck.py) when a Service has a healthCheckNodePort:
+Cilium's agent answers those ports too.
 
 iptables / nftables (the kube-proxy baselines): the same topology and primary
 CNI, with the portmap plugin for hostPorts instead of our plugin, and
 kube-proxy's rules (harness/kubeproxy) loaded in every node namespace from
-the same Services and EndpointSlices.
+the same Services and EndpointSlices, rendered with each node's ProxierConfig
+(its name and addresses, and the ``up`` options masqueradeAll and
+--nodeport-addresses, recorded in the topology state); the renderers run one
+proxier per IP family of the rules.
 
 mixed (bench/macro/suite.py): each node its own datapath (bpf, iptables, nftables or
 none), so several datapaths are up at once in one topology.
@@ -21,6 +27,8 @@ remove_chained_topology(state): one topology and what its nodes own, nothing els
 """
 from __future__ import annotations
 
+import inspect
+import ipaddress
 import os
 import shutil
 import sys
@@ -32,6 +40,7 @@ from harness.host import bpffs, cgroups, netns
 from harness.host.cgroups import host_cgroup
 from harness.host.signals import shielded
 from harness.kubeproxy import apply as kp
+from harness.kubeproxy.model import ProxierConfig
 from harness.lb.desired import lb_state, node_addresses
 from harness.node import datapath
 from harness.node.node import Node
@@ -42,7 +51,8 @@ from harness.scenario import source
 from harness.topology import build as topology
 from harness.topology.cni_runtime import discover_cni_path
 from harness.topology.plan import plan_topology
-from harness.topology.state import TopologyState, scenario_with_real_addresses
+from harness.topology.servers import healthcheck
+from harness.topology.state import TopologyState, save_state, scenario_with_real_addresses
 
 PLUGIN = "chainbench-cni"
 
@@ -61,7 +71,9 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
        hubble_buffer_size: int | None = None, monitor_aggregation: str | None = None,
        events_ring_size: int | None = None,
        node_monitor_aggregation: dict[str, str] | None = None,
-       observers: Collection[str] | None = None) -> TopologyState:
+       observers: Collection[str] | None = None,
+       kube_proxy_masquerade_all: bool = False,
+       nodeport_addresses: Collection[str] = ()) -> TopologyState:
     """Build the topology with *datapath_kind* on every node, or, with
     *node_datapaths* ({node: bpf|iptables|nftables|none}; the topology's datapath is
     then "mixed"), each node its own (none: the primary CNI only, no service
@@ -72,7 +84,18 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
     and *events_ring_size* their flow events (harness.node.config; default medium, 4 MiB);
     *node_monitor_aggregation* ({node: level}) sets the level of the BPF nodes it names
     instead (bench/macro: events off on one node, medium on another, in one topology).
-    *observers* names the BPF nodes whose flow observer is started (default: every one)."""
+    *observers* names the BPF nodes whose flow observer is started (default: every one).
+    *kube_proxy_masquerade_all* and *nodeport_addresses* (CIDRs, or "primary") are kube-proxy's
+    --masquerade-all and --nodeport-addresses for the iptables / nftables nodes
+    (harness.kubeproxy.model.ProxierConfig); the health servers listen on the
+    node addresses inside *nodeport_addresses* too.  (BPF nodes serve NodePorts on
+    their underlay addresses only, as Cilium on its devices' addresses; Cilium has no
+    masqueradeAll.)"""
+    try:
+        nodeport_given = tuple(c if c == "primary" else str(ipaddress.ip_network(c, strict=False))
+                               for c in nodeport_addresses)
+    except ValueError as exc:
+        raise ValueError(f"--nodeport-addresses: {exc}") from None
     path = os.path.abspath(scenario_path)
     scenario = validate.load(path)       # the validation `scenario check` applies
     plan = plan_topology(scenario, nodes, routing, "mixed" if node_datapaths else datapath_kind)
@@ -118,6 +141,9 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
             # The node's lxc object, loaded once: each ADD only attaches its programs.
             node.ensure_lxc_programs()
         state = topology.build(plan, cni_path=cni_path, progress=progress, per_node=per_node)
+        state.kube_proxy = {"masquerade_all": kube_proxy_masquerade_all,
+                            "nodeport_addresses": list(nodeport_given)}
+        save_state(state)
     except BaseException:
         # build undid the topology (CNI DEL, namespaces); what the chained plugin made
         # for the nodes (pins, endpoint state) and the node settings go too.
@@ -138,6 +164,7 @@ def up(scenario_path: str, nodes: int | None = None, routing: str = "native",
             apply_kube_proxy(state, scenario, mode,
                              [n for n in state.nodes if kinds[n.name] == mode])
         start_observers([n for n in bpf_nodes if observers is None or n.name in observers])
+        start_health_servers(state, scenario)
     except BaseException:
         with shielded():
             topology.down()
@@ -155,11 +182,57 @@ def start_observers(nodes: list) -> None:
         supervise.start(node.name, node.netns)
 
 
+def start_health_servers(state: TopologyState, scenario) -> None:
+    """kube-proxy's service health server in every node (when a Service has a
+    healthCheckNodePort), on the node's addresses inside --nodeport-addresses."""
+    if not any(s.health_check_node_port for s in scenario.services):
+        return
+    for node in state.nodes:
+        mode = node.datapath or state.datapath
+        cidrs = [ipaddress.ip_network(c) for c in nodeport_cidrs(state, node, mode)]
+        addrs = [a for a in (node.ipv4, node.ipv6) if a and any(
+            ipaddress.ip_address(a) in c for c in cidrs)] if cidrs else []
+        healthcheck.start(node.name, node.netns, addrs)
+
+
+def nodeport_cidrs(state: TopologyState, node, mode: str = "iptables") -> tuple[str, ...]:
+    """--nodeport-addresses for *node*: the recorded CIDRs, "primary" standing for the
+    node's own addresses (kube-proxy's keyword); unset, nftables mode means "primary"
+    (cmd/kube-proxy/app/server_linux.go, platformApplyDefaults), iptables every
+    address (())."""
+    given = tuple((state.kube_proxy or {}).get("nodeport_addresses") or ())
+    if mode == "nftables" and not given:
+        given = ("primary",)
+    ips = [ip for ip in (node.ipv4, node.ipv6 if state.ipv6 else None) if ip]
+    out: list[str] = []
+    for item in given:
+        if item == "primary":
+            out += [f"{ip}/{ipaddress.ip_address(ip).max_prefixlen}" for ip in ips]
+        else:
+            out.append(item)
+    return tuple(dict.fromkeys(out))
+
+
+def proxier_config(state: TopologyState, node, mode: str = "iptables") -> ProxierConfig:
+    """*node*'s kube-proxy settings: its name, its addresses (one per family of the
+    topology; the renderer keeps its family's), masqueradeAll and --nodeport-addresses
+    (nodeport_cidrs) as ``up`` recorded them."""
+    settings = state.kube_proxy or {}
+    ips = tuple(ip for ip in (node.ipv4, node.ipv6 if state.ipv6 else None) if ip)
+    cidrs = nodeport_cidrs(state, node, mode)
+    return ProxierConfig(family=4, hostname=node.name, node_ips=ips,
+                         masquerade_all=bool(settings.get("masquerade_all")),
+                         nodeport_addresses=cidrs)
+
+
 def apply_kube_proxy(state: TopologyState, scenario, mode: str,
                      nodes: list | None = None) -> dict[str, float]:
-    """kube-proxy's rules for *scenario* in each of *nodes* (default: every node);
-    seconds per node."""
+    """kube-proxy's rules for *scenario* in each of *nodes* (default: every node),
+    each node with its own ProxierConfig (proxier_config; the renderer syncs one
+    proxier per family the rules have); seconds per node."""
     frontends = lb_state(scenario, node_addresses(scenario))
+    apply = kp.apply_iptables if mode == "iptables" else kp.apply_nft
+    params = inspect.signature(apply).parameters
     took = {}
     for node in state.nodes if nodes is None else nodes:
         # Host processes reach ClusterIPs through the OUTPUT chain, which DNATs
@@ -167,10 +240,20 @@ def apply_kube_proxy(state: TopologyState, scenario, mode: str,
         # the service range a route (the DNAT re-routes to the backend).
         netns.run(node.netns, "ip", "route", "replace", str(addressing.SERVICE_CIDR_V4),
                   "dev", node.uplink)
-        if mode == "iptables":
-            took[node.name] = kp.apply_iptables(node.netns, frontends)
+        if state.ipv6 and node.ipv6:
+            netns.run(node.netns, "ip", "-6", "route", "replace",
+                      str(addressing.SERVICE_CIDR_V6), "dev", node.uplink)
+        config = proxier_config(state, node, mode)
+        # The renderers take the config (config=); one that takes the node's name and
+        # addresses alone (node=, node_ips=) gets those; one that takes neither renders
+        # without a node (no Local traffic policies, default settings).
+        if "config" in params:
+            took[node.name] = apply(node.netns, frontends, config=config)
+        elif "node" in params:
+            took[node.name] = apply(node.netns, frontends, node=node.name,
+                                    node_ips=config.node_ips)
         else:
-            took[node.name] = kp.apply_nft(node.netns, frontends)
+            took[node.name] = apply(node.netns, frontends)
     return took
 
 
@@ -210,7 +293,8 @@ def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
                 routing: str = "native", datapath_kind: str = "bpf", progress=None, *,
                 lb_map_max: int | None = None, np_ipblock: str | None = None,
                 hubble_buffer_size: int | None = None, monitor_aggregation: str | None = None,
-                events_ring_size: int | None = None) -> TopologyState:
+                events_ring_size: int | None = None, kube_proxy_masquerade_all: bool = False,
+                nodeport_addresses: Collection[str] = ()) -> TopologyState:
     """``up`` from the scenario *spec* names (a file, ``-`` for standard input, or a
     ``.j2`` template rendered with *params*), validated first (errors name *spec* as
     given).  The CNI plugin and later commands read the scenario from a file: standard
@@ -222,7 +306,9 @@ def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
     try:
         return up(path, nodes, routing, datapath_kind, progress, lb_map_max=lb_map_max,
                   np_ipblock=np_ipblock, hubble_buffer_size=hubble_buffer_size,
-                  monitor_aggregation=monitor_aggregation, events_ring_size=events_ring_size)
+                  monitor_aggregation=monitor_aggregation, events_ring_size=events_ring_size,
+                  kube_proxy_masquerade_all=kube_proxy_masquerade_all,
+                  nodeport_addresses=nodeport_addresses)
     except BaseException:
         if path != os.path.abspath(spec) and os.path.exists(path):
             os.unlink(path)
@@ -242,6 +328,7 @@ def _remove_node_objects(nodes: list[str]) -> None:
     from harness.observe import supervise   # lazy: the observer's modules
     for node in nodes:
         supervise.stop(node)
+        healthcheck.stop(node)
         shutil.rmtree(Node(node).pin_path(), ignore_errors=True)
         shutil.rmtree(Node(node).state_dir, ignore_errors=True)
         if os.path.isdir(host_cgroup(node)):

@@ -9,7 +9,8 @@ cgroup, where socket LB translates service addresses, as Cilium's
 kube-proxy replacement does for host processes.
 
 The scenario is bench/scenarios/connectivity-check.yaml; checks name its
-pods and services.  With the iptables or nftables datapaths, checks that
+pods and services.  A topology of bench/scenarios/service-features.yaml runs
+the Service feature checks instead (harness/topology/service_checks.py).  With the iptables or nftables datapaths, checks that
 need network policy are reported "not applicable": enforcing policy is not
 kube-proxy's job.
 
@@ -524,17 +525,25 @@ def _prove_with_flows(results: list[Result], since: float, validation: str, path
 def run_selected(patterns: list[str], datapath: str | None = None,
                  flow_validation: str = "strict", flows_path: str | None = None) -> list[Result]:
     """The checks *patterns* select (select(); none: every check) run on the topology
-    that is up, against *datapath* (default: the topology's)."""
+    that is up, against *datapath* (default: the topology's): the topology's scenario
+    picks the suite (this module's, or service_checks' for service-features.yaml)."""
+    from harness.topology import service_checks     # lazy: it imports this module
+    state = load_state()
+    suite = service_checks.CHECKS if state is not None and service_checks.applies(state) \
+        else CHECKS
+    if suite is not CHECKS and flows_path is not None:
+        raise InputError("--flows: the Service feature checks are not matched with flows")
     try:
-        checks = select(CHECKS, patterns)
+        checks = select(suite, patterns)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if not checks:
         raise InputError(f"--test {','.join(patterns)}: no check matches "
-                         f"(checks: {', '.join(c.name for c in CHECKS)})")
-    state = load_state()
+                         f"(checks: {', '.join(c.name for c in suite)})")
     if state is None:
         raise InputError("no topology is up: run `chainbench up -f "
                          "bench/scenarios/connectivity-check.yaml` first")
     scenario = scenario_with_real_addresses(load_scenario(state.scenario), state)
+    if suite is not CHECKS:
+        return service_checks.run(state, scenario, datapath, checks)
     return run(state, scenario, datapath, checks, flow_validation, flows_path)

@@ -23,7 +23,10 @@ Shape, for nodes i = 0..N-1 (every name below is a network namespace):
   prefix directly on eth0; the world routes each node's pod CIDR via that
   node (as a VPC route table would, so replies are symmetric in both modes)
   and 198.18.0.0/15 / 2001:db8::/32 via the first node as the catch-all
-  (service VIPs).
+  (service VIPs).  Each Service's load-balancer IPs (status.loadBalancer.ingress)
+  and external IPs get a host route via the node that would announce them, as a
+  MetalLB L2/BGP speaker does with externalTrafficPolicy: Local: the node of the
+  Service's first ready endpoint (by node name), else the first node.
 * Pods: one namespace per pod, ``cb-pod-<namespace>-<name>``; names that
   collide or exceed 64 characters get a hash suffix.  hostNetwork pods get no
   namespace: they live in their node's.
@@ -299,7 +302,29 @@ def _node_plan(i: int, indices: list[int], routing: str, ipv6: bool) -> NodePlan
         pod_mtu=pod_mtu, routes=tuple(routes), vxlan=vxlan, underlay_port=f"node{i}")
 
 
-def _world_plan(indices: list[int], ipv6: bool) -> WorldPlan:
+def announced_routes(scenario: Scenario, indices: list[int], ipv6: bool) -> tuple[Route, ...]:
+    """The world's host routes to the Services' load-balancer and external IPs (see the
+    module doc: via the announcing node's underlay address)."""
+    routes: dict[str, Route] = {}
+    for svc in scenario.services:
+        addrs = [*svc.load_balancer_ips, *svc.external_ips]
+        if not addrs:
+            continue
+        ready = sorted({addressing.node_index(ep.node_name)
+                        for sl in scenario.endpoint_slices_for(svc) for ep in sl.endpoints
+                        if ep.ready and ep.node_name and ep.node_name.startswith("cb-node")
+                        and addressing.node_index(ep.node_name) in indices})
+        node = ready[0] if ready else indices[0]
+        for addr in addrs:
+            if addr.version == 6 and not ipv6:
+                continue
+            via = addressing.node_ip4(node) if addr.version == 4 else addressing.node_ip6(node)
+            dst = f"{addr}/{addr.max_prefixlen}"
+            routes.setdefault(dst, Route(dst, str(via), onlink=True))
+    return tuple(routes.values())
+
+
+def _world_plan(indices: list[int], ipv6: bool, announced: tuple[Route, ...] = ()) -> WorldPlan:
     first = indices[0]
     routes = [Route(str(addressing.NODE_UNDERLAY_V4))]
     routes += [Route(str(addressing.node_pod_cidr_v4(i)), str(addressing.node_ip4(i)), onlink=True)
@@ -310,6 +335,7 @@ def _world_plan(indices: list[int], ipv6: bool) -> WorldPlan:
         routes += [Route(str(addressing.node_pod_cidr_v6(i)), str(addressing.node_ip6(i)), onlink=True)
                    for i in indices]
         routes.append(Route(POD_SUPERNET_V6, str(addressing.node_ip6(first)), onlink=True))
+    routes += announced
     return WorldPlan(ipv4=str(WORLD_IP4), ipv6=str(WORLD_IP6) if ipv6 else None, routes=tuple(routes))
 
 
@@ -353,4 +379,6 @@ def plan_topology(scenario: Scenario, nodes: int | None = None, routing: str = "
                             port_mappings=mappings))
     return TopologyPlan(routing=routing, datapath=datapath, ipv6=ipv6,
                         nodes=tuple(_node_plan(i, indices, routing, ipv6) for i in indices),
-                        pods=tuple(pods), world=_world_plan(indices, ipv6), scenario=scenario.source)
+                        pods=tuple(pods),
+                        world=_world_plan(indices, ipv6, announced_routes(scenario, indices, ipv6)),
+                        scenario=scenario.source)

@@ -78,6 +78,8 @@ class TopologyState:
     pods: list[PodState]
     complete: bool = False
     version: int = STATE_VERSION
+    #: kube-proxy settings `up` ran with: masquerade_all (bool), nodeport_addresses (CIDRs)
+    kube_proxy: dict[str, Any] = field(default_factory=dict)
 
     def pod(self, ref: str) -> PodState:
         """The pod ``"ns/name"`` (``"name"``: namespace default); KeyError if absent."""

@@ -1,5 +1,7 @@
 """A small asyncio HTTP/1.1 echo server: every request gets ``200`` and a body
-naming the server (``--name``), keep-alive honoured.  Runs inside a pod's
+naming the server (``--name``), with the peer's address in an ``X-Client-Address``
+header (what a Service check reads to tell whether the client's source was
+preserved or masqueraded), keep-alive honoured.  Runs inside a pod's
 namespace for the connectivity checks and the HTTP benchmarks.
 
     python -m harness.topology.servers.echo_http --port 8080 --name echo-a [--bind ADDR]
@@ -12,6 +14,8 @@ import signal
 
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> None:
+    peer = writer.get_extra_info("peername")
+    client = (peer[0] if peer else "").removeprefix("::ffff:").encode()
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -21,7 +25,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bod
                            if h.lower().startswith("content-length:")), 0)
             if length:
                 await reader.readexactly(length)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Client-Address: "
+                         + client + b"\r\nContent-Length: "
                          + str(len(body)).encode() + (b"\r\nConnection: close" if close else b"")
                          + b"\r\n\r\n" + body)
             await writer.drain()

@@ -1,5 +1,6 @@
 """nginx as the pods' HTTP server: one instance per pod, answering every
-request with ``200`` and the pod's name, keep-alive on.
+request with ``200`` and the pod's name (the peer's address in an
+``X-Client-Address`` header, as harness/topology/servers/echo_http.py), keep-alive on.
 
 Measured against harness/topology/servers/echo_http.py (asyncio), both in a namespace
 on this kind of machine, wrk -t1 -c32 -d4s from another namespace over a
@@ -34,7 +35,8 @@ http {{
 SERVER = """  server {{
     listen {bind4}{port} backlog=4096;
     listen [::]:{port} ipv6only=on backlog=4096;
-    location / {{ default_type text/plain; return 200 "{name}\\n"; }}
+    location / {{ default_type text/plain; add_header X-Client-Address $remote_addr always;
+                 return 200 "{name}\\n"; }}
   }}
 """
 
