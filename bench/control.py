@@ -74,11 +74,12 @@ from bench.profiles import ControlSettings
 from bench.stats import mad_pct_text, summary
 from harness.node import datapath
 from harness.host import netns
-from harness import paths
+from harness import addressing, paths
 from harness.bpf import Collection
 from harness.kubeproxy import apply as kp
 from harness.kubeproxy import iptables as ipt
 from harness.kubeproxy import nftables as nft
+from harness.kubeproxy.model import ProxierConfig
 from harness.lb.desired import lb_state
 from harness.lb.model import LbState
 from harness.scenario.templates import load_template_scenario
@@ -122,6 +123,16 @@ def changed_state(state: LbState) -> tuple[LbState, str]:
 MIXES = ("realistic", "clusterip")
 #: The node whose view the realistic mix is programmed as (of two).
 MIX_NODE = "cb-node0"
+
+
+def mix_config(mix: str) -> ProxierConfig | None:
+    """The kube-proxy settings of *mix*: the node it is programmed as (its name and
+    addresses decide the Local traffic policies), or None (no node: clusterip)."""
+    if mix != "realistic":
+        return None
+    index = addressing.node_index(MIX_NODE)
+    return ProxierConfig(hostname=MIX_NODE, node_ips=(str(addressing.node_ip4(index)),
+                                                      str(addressing.node_ip6(index))))
 
 
 def bench_state(services: int, mix: str = "realistic") -> LbState:
@@ -168,26 +179,34 @@ def _sample_bpf(state: LbState, new: LbState, service: str, timeout: float,
         coll.close()
 
 
-def _count_save(ns: str, backend: str) -> tuple[int, int]:
-    cli = kp.BACKENDS[backend][0]
-    text = netns.run(ns, f"{cli}-save", timeout=300).stdout
-    return sum(1 for line in text.splitlines() if line.startswith("-A ")), len(text.encode())
+def _count_save(ns: str, backend: str, families: tuple[int, ...]) -> tuple[int, int]:
+    """(rules, bytes of ``iptables-save`` [+ ``ip6tables-save``]) in *ns*."""
+    rules = size = 0
+    for family in families:
+        cli = (kp.BACKENDS if family == 4 else kp.BACKENDS6)[backend][0]
+        text = netns.run(ns, f"{cli}-save", timeout=300).stdout
+        rules += sum(1 for line in text.splitlines() if line.startswith("-A "))
+        size += len(text.encode())
+    return rules, size
 
 
-def _count_nft(ns: str) -> tuple[int, int]:
-    """(rules + set/map elements, bytes of ``nft list table``) of kube-proxy's table."""
-    family, name = nft.TABLE.split()
-    text = netns.run(ns, "nft", "list", "table", family, name, timeout=300).stdout
-    listing = json.loads(netns.run(ns, "nft", "-j", "list", "table", family, name,
-                                   timeout=300).stdout)
-    count = 0
-    for obj in listing.get("nftables", []):
-        if "rule" in obj:
-            count += 1
-        for kind in ("set", "map"):
-            if kind in obj:
-                count += len(obj[kind].get("elem", []))
-    return count, len(text.encode())
+def _count_nft(ns: str, families: tuple[int, ...]) -> tuple[int, int]:
+    """(rules + set/map elements, bytes of ``nft list table``) of kube-proxy's tables."""
+    count = size = 0
+    for family in families:
+        fam = "ip" if family == 4 else "ip6"
+        name = nft.TABLE.split()[1]
+        text = netns.run(ns, "nft", "list", "table", fam, name, timeout=300).stdout
+        listing = json.loads(netns.run(ns, "nft", "-j", "list", "table", fam, name,
+                                       timeout=300).stdout)
+        size += len(text.encode())
+        for obj in listing.get("nftables", []):
+            if "rule" in obj:
+                count += 1
+            for kind in ("set", "map"):
+                if kind in obj:
+                    count += len(obj[kind].get("elem", []))
+    return count, size
 
 
 def _guard(fn: Callable[[], float], timeout_note: str, cpu: list | None = None) -> float:
@@ -204,33 +223,42 @@ def _guard(fn: Callable[[], float], timeout_note: str, cpu: list | None = None) 
 
 
 def _sample_kube_proxy(method: str, state: LbState, new: LbState, timeout: float,
-                       measure_size: bool, ns: str) -> dict:
+                       measure_size: bool, ns: str, config: ProxierConfig | None) -> dict:
+    """One kube-proxy sample: a full sync (one proxier per family, timed together) and
+    a partial one; the renders are timed apart (``render``)."""
     out: dict = {"cpu": []}
     netns.create(ns)
     try:
         if method == "nft":
+            fams = nft.families(state)
             start = time.perf_counter()
-            text = nft.render(state)
+            texts = [nft.render(state, kp.family_config(config, f)) for f in fams]
             out["render"] = time.perf_counter() - start
-            out["full"] = _guard(lambda: kp.nft_load(ns, text, timeout),
+            out["full"] = _guard(lambda: sum(kp.nft_load(ns, t, timeout) for t in texts),
                                  f"nft -f > {timeout:.0f} s", out["cpu"])
             if measure_size:
-                out["entries"], out["rules_text_bytes"] = _count_nft(ns)
-            out["change-one"] = _guard(lambda: kp.incremental_nft(ns, state, new, timeout),
-                                       f"nft -f partial > {timeout:.0f} s")
+                out["entries"], out["rules_text_bytes"] = _count_nft(ns, fams)
+            out["change-one"] = _guard(
+                lambda: kp.incremental_nft(ns, state, new, timeout, config),
+                f"nft -f partial > {timeout:.0f} s")
         else:
             backend = method.split("-")[1]
             noflush = not method.endswith("-flush")
+            fams = ipt.families(state)
             start = time.perf_counter()
-            text = ipt.render(state)
+            texts = {f: ipt.render(state, kp.family_config(config, f)) for f in fams}
             out["render"] = time.perf_counter() - start
-            out["full"] = _guard(lambda: kp.restore(ns, text, backend, timeout, noflush),
+            for f in fams:                  # kube-proxy ensures the jumps before restoring
+                kp.ensure_jumps(ns, backend, f)
+            out["full"] = _guard(lambda: sum(kp.restore(ns, texts[f], backend, timeout, noflush,
+                                                        family=f) for f in fams),
                                  f"iptables-restore > {timeout:.0f} s", out["cpu"])
-            kp.ensure_jumps(ns, backend)
+            for f in fams:                  # a restore without --noflush replaced them
+                kp.ensure_jumps(ns, backend, f)
             if measure_size:
-                out["entries"], out["rules_text_bytes"] = _count_save(ns, backend)
+                out["entries"], out["rules_text_bytes"] = _count_save(ns, backend, fams)
             out["change-one"] = _guard(
-                lambda: kp.incremental_iptables(ns, state, new, backend, timeout),
+                lambda: kp.incremental_iptables(ns, state, new, backend, timeout, config),
                 f"iptables-restore partial > {timeout:.0f} s")
         return out
     finally:
@@ -238,12 +266,13 @@ def _sample_kube_proxy(method: str, state: LbState, new: LbState, timeout: float
 
 
 def sample(method: str, state: LbState, new: LbState, service: str, timeout: float,
-           measure_size: bool) -> dict:
-    """Seconds of a full sync and of a one-service change with *method* (plus sizes)."""
+           measure_size: bool, config: ProxierConfig | None = None) -> dict:
+    """Seconds of a full sync and of a one-service change with *method* (plus sizes);
+    *config*: the kube-proxy's settings (node name and IPs)."""
     if method == "bpf":
         return _sample_bpf(state, new, service, timeout, measure_size)
     return _sample_kube_proxy(method, state, new, timeout, measure_size,
-                              f"cb-ctl-{os.getpid()}")
+                              f"cb-ctl-{os.getpid()}", config)
 
 
 # -- the suite ----------------------------------------------------------------------------
@@ -288,7 +317,7 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
                     progress(done - 1, total, f"control: {m} @ {n} services, round {r + 1}")
                 try:
                     got = sample(m, state, new, service, method_timeouts.get(m, timeout),
-                                 measure_size=(r == 0))
+                                 measure_size=(r == 0), config=mix_config(mix))
                 except Timeout as exc:
                     rec.update(status="timeout", detail=str(exc))
                     timed_out[m] = f"{n} services: {exc}"

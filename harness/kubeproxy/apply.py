@@ -98,10 +98,14 @@ def ensure_jumps(ns: str, backend: str = "nft", family: int = 4) -> None:
             netns.run(ns, cli, "-w", "-t", table, "-I", chain, *args)
 
 
-def _config(config: ProxierConfig | None, family: int) -> ProxierConfig:
-    return dataclasses.replace(config, family=family, cluster_cidr=None) \
-        if config is not None and config.family != family else \
-        (config or ProxierConfig(family=family))
+def family_config(config: ProxierConfig | None, family: int) -> ProxierConfig:
+    """*config* for the proxier of *family* (the family's default CIDRs when the
+    family changes)."""
+    if config is None:
+        return ProxierConfig(family=family)
+    if config.family == family:
+        return config
+    return dataclasses.replace(config, family=family, cluster_cidr=None, service_cidrs=None)
 
 
 def apply_iptables(ns: str, state: LbState, backend: str = "nft", timeout: float = 900,
@@ -112,7 +116,7 @@ def apply_iptables(ns: str, state: LbState, backend: str = "nft", timeout: float
     Seconds the restores took."""
     seconds = 0.0
     for family in ipt.families(state):
-        cfg = _config(config, family)
+        cfg = family_config(config, family)
         if family == 4 and ipt.IptablesProxier(cfg).localhost_nodeports:
             # NewProxier: NodePorts on 127.0.0.0/8 need route_localnet (issue 90259).
             netns.run(ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1")
@@ -126,7 +130,7 @@ def incremental_iptables(ns: str, old: LbState, new: LbState, backend: str = "nf
     """A partial sync from *old* (already loaded) to *new*, per family."""
     seconds = 0.0
     for family in sorted(set(ipt.families(old)) | set(ipt.families(new))):
-        seconds += restore(ns, ipt.render_incremental(old, new, _config(config, family)),
+        seconds += restore(ns, ipt.render_incremental(old, new, family_config(config, family)),
                            backend, timeout, family=family)
     return seconds
 
@@ -136,30 +140,25 @@ def nft_load(ns: str, text: str, timeout: float = 900) -> float:
     return _run(ns, ["nft", "-f", "-"], text, timeout)
 
 
-def _nft_config(family: int, node: str | None, node_ips: tuple[str, ...]) -> ProxierConfig:
-    return ProxierConfig(family=family, hostname=node, node_ips=tuple(node_ips))
-
-
-def apply_nft(ns: str, state: LbState, timeout: float = 900, node: str | None = None,
-              node_ips: tuple[str, ...] = ()) -> float:
+def apply_nft(ns: str, state: LbState, timeout: float = 900,
+              config: ProxierConfig | None = None) -> float:
     """A full kube-proxy nftables sync of *state* in *ns*: ``ip kube-proxy``, and
     ``ip6 kube-proxy`` too when *state* has IPv6 frontends (a dual-stack kube-proxy
-    runs one proxier per family).  *node* is the kube-proxy's node name (its
-    endpoints are the local ones externalTrafficPolicy / internalTrafficPolicy Local
-    use) and *node_ips* its addresses (the first of each family is the node IP)."""
-    return sum(nft_load(ns, nft.render(state, _nft_config(f, node, node_ips)), timeout)
+    runs one proxier per family), each with *config* in its family (node name, node
+    IPs, masqueradeAll, --nodeport-addresses...)."""
+    return sum(nft_load(ns, nft.render(state, family_config(config, f)), timeout)
                for f in nft.families(state))
 
 
 def incremental_nft(ns: str, old: LbState, new: LbState, timeout: float = 900,
-                    node: str | None = None, node_ips: tuple[str, ...] = ()) -> float:
+                    config: ProxierConfig | None = None) -> float:
     """The partial sync kube-proxy v1.32 sends from *old* (already loaded) to *new*
     (element deltas, changed Services' chains, stale chains flushed), then the
     stale-chain deletion it runs in a later transaction; both timed together."""
     seconds = 0.0
     loaded = set(nft.families(old))
     for fam in sorted(loaded | set(nft.families(new))):
-        cfg = _nft_config(fam, node, node_ips)
+        cfg = family_config(config, fam)
         if fam not in loaded:       # this family's proxier syncs for the first time
             seconds += nft_load(ns, nft.render(new, cfg), timeout)
             continue

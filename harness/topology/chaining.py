@@ -27,7 +27,6 @@ remove_chained_topology(state): one topology and what its nodes own, nothing els
 """
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import os
 import shutil
@@ -232,7 +231,6 @@ def apply_kube_proxy(state: TopologyState, scenario, mode: str,
     proxier per family the rules have); seconds per node."""
     frontends = lb_state(scenario, node_addresses(scenario))
     apply = kp.apply_iptables if mode == "iptables" else kp.apply_nft
-    params = inspect.signature(apply).parameters
     took = {}
     for node in state.nodes if nodes is None else nodes:
         # Host processes reach ClusterIPs through the OUTPUT chain, which DNATs
@@ -243,17 +241,7 @@ def apply_kube_proxy(state: TopologyState, scenario, mode: str,
         if state.ipv6 and node.ipv6:
             netns.run(node.netns, "ip", "-6", "route", "replace",
                       str(addressing.SERVICE_CIDR_V6), "dev", node.uplink)
-        config = proxier_config(state, node, mode)
-        # The renderers take the config (config=); one that takes the node's name and
-        # addresses alone (node=, node_ips=) gets those; one that takes neither renders
-        # without a node (no Local traffic policies, default settings).
-        if "config" in params:
-            took[node.name] = apply(node.netns, frontends, config=config)
-        elif "node" in params:
-            took[node.name] = apply(node.netns, frontends, node=node.name,
-                                    node_ips=config.node_ips)
-        else:
-            took[node.name] = apply(node.netns, frontends)
+        took[node.name] = apply(node.netns, frontends, config=proxier_config(state, node, mode))
     return took
 
 
