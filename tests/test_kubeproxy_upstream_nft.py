@@ -38,8 +38,7 @@ Ported (data in tests/data/kubeproxy/upstream/nft/), all passing:
 Every transaction rendered here is also loaded with the real ``nft -f`` in a
 cb- namespace (both families) by test_transactions_load_in_nft, and
 test_apply_nft_dual_stack loads ``ip`` and ``ip6 kube-proxy`` through
-harness.kubeproxy.apply (both need root and a cb- netns: run them under
-flock /work/helper-notes/topology.lock).
+harness.kubeproxy.apply (both need root and a cb- netns).
 
 Left out, with the reason:
 - TestSyncProxyRulesLargeClusterMode: does not exist in pkg/proxy/nftables
