@@ -172,6 +172,20 @@ def test_etp_local_reply_is_reverse_translated_by_the_backend(load):
     assert_valid(back)
 
 
+def test_etp_local_falls_back_to_terminating_local_backends(load):
+    """kube-proxy's fallback is per scope: with only a serving-terminating backend on
+    the node, clients outside the node get it (not the ready remote one); pods, whose
+    scope has a ready backend, get only that."""
+    f = FAMILIES[4]
+    eps = [endpoint(LOCAL, "cb-node0", ready=False, serving=True, terminating=True),
+           endpoint(REMOTE, "cb-node1")]
+    dp = build(load, service("web", VIP, [("http", 80, 8080, "TCP")], eps,
+                             svc_type="LoadBalancer", node_ports={"http": 31080},
+                             lb_ips=[LB_IP], local=True))
+    assert run_many(dp, "from_netdev", f, LB_IP, 80, WORLD, 20) == {LOCAL}
+    assert run_many(dp, "from_container", f, LB_IP, 80, CLIENT4, 20) == {REMOTE}
+
+
 # --- internalTrafficPolicy: Local -----------------------------------------------------------
 
 @pytest.mark.parametrize("family", [4, 6])
