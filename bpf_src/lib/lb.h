@@ -309,7 +309,7 @@ lb4_lookup_service_internal(__be32 addr, __be16 dport, __u8 proto)
 	struct lb4_key key = { .address = addr, .dport = dport, .proto = proto };
 	struct lb_service *svc = bpf_map_lookup_elem(&cb_lb4_services, &key);
 
-	if (svc && unlikely(svc->flags & SVC_F_TWO_SCOPES)) {
+	if (svc && (svc->flags & SVC_F_TWO_SCOPES)) {
 		key.scope = LB_SCOPE_INT;
 		svc = bpf_map_lookup_elem(&cb_lb4_services, &key);
 	}
@@ -324,7 +324,7 @@ lb6_lookup_service_internal(const union v6addr *addr, __be16 dport, __u8 proto)
 
 	key.address = *addr;
 	svc = bpf_map_lookup_elem(&cb_lb6_services, &key);
-	if (svc && unlikely(svc->flags & SVC_F_TWO_SCOPES)) {
+	if (svc && (svc->flags & SVC_F_TWO_SCOPES)) {
 		key.scope = LB_SCOPE_INT;
 		svc = bpf_map_lookup_elem(&cb_lb6_services, &key);
 	}
@@ -336,7 +336,7 @@ static __always_inline bool lb4_src_range_ok(const struct lb_service *svc, __be3
 {
 	struct lb4_src_range_key key;
 
-	if (likely(!(svc->flags & SVC_F_SOURCE_RANGE)))
+	if (!(svc->flags & SVC_F_SOURCE_RANGE))
 		return true;
 	key.prefixlen = LB_SRC_RANGE_STATIC_PREFIX + 32;
 	key.rev_nat_index = svc->rev_nat_index;
@@ -349,7 +349,7 @@ static __always_inline bool lb6_src_range_ok(const struct lb_service *svc,
 {
 	struct lb6_src_range_key key;
 
-	if (likely(!(svc->flags & SVC_F_SOURCE_RANGE)))
+	if (!(svc->flags & SVC_F_SOURCE_RANGE))
 		return true;
 	key.prefixlen = LB_SRC_RANGE_STATIC_PREFIX + 128;
 	key.rev_nat_index = svc->rev_nat_index;
@@ -443,9 +443,10 @@ static __always_inline __u8 lb_svc_scope(const struct lb_service *svc)
 	return (svc->flags & SVC_F_INT_SCOPE) ? LB_SCOPE_INT : LB_SCOPE_EXT;
 }
 
-static __always_inline __u32 lb_maglev_key(const struct lb_service *svc)
+/* The Maglev table of *scope* of frontend *rev_nat_index*. */
+static __always_inline __u32 lb_maglev_key(__u32 rev_nat_index, __u8 scope)
 {
-	return svc->rev_nat_index | ((svc->flags & SVC_F_INT_SCOPE) ? CB_MAGLEV_INT_KEY : 0);
+	return rev_nat_index | (scope == LB_SCOPE_INT ? CB_MAGLEV_INT_KEY : 0);
 }
 
 /* Choose a backend for a new flow from (saddr, sport) to frontend (vip,
@@ -459,9 +460,11 @@ static __always_inline __u32 lb4_select_backend(const struct lb_service *svc, __
 {
 	struct lb_affinity_key akey = {};
 	__u32 backend_id = 0;
+	__u8 scope;
 
 	if (svc->count == 0)
 		return 0;
+	scope = lb_svc_scope(svc);
 	if (svc->flags & SVC_F_AFFINITY) {
 		if (cookie) {
 			akey.client.d[0] = cookie;
@@ -470,7 +473,7 @@ static __always_inline __u32 lb4_select_backend(const struct lb_service *svc, __
 			akey.family = 4;
 		}
 		akey.rev_nat_index = svc->rev_nat_index;
-		akey.scope = lb_svc_scope(svc);
+		akey.scope = scope;
 		backend_id = lb_affinity_get(&akey, svc->affinity_timeout, now);
 		if (backend_id) {
 			struct lb4_backend *be = lb4_lookup_backend(backend_id);
@@ -481,11 +484,11 @@ static __always_inline __u32 lb4_select_backend(const struct lb_service *svc, __
 		}
 	}
 	if (svc->flags & SVC_F_MAGLEV) {
-		backend_id = lb_maglev_pick(lb_maglev_key(svc),
+		backend_id = lb_maglev_pick(lb_maglev_key(svc->rev_nat_index, scope),
 					    flow_hash4(saddr, vip, sport, vport, proto, maglev_seed));
 	} else {
 		struct lb4_key key = { .address = vip, .dport = vport, .proto = proto,
-				       .scope = lb_svc_scope(svc) };
+				       .scope = scope };
 
 		backend_id = lb4_slot_backend(&key, (bpf_get_prandom_u32() % svc->count) + 1);
 	}
@@ -501,9 +504,11 @@ static __always_inline __u32 lb6_select_backend(const struct lb_service *svc,
 {
 	struct lb_affinity_key akey = {};
 	__u32 backend_id = 0;
+	__u8 scope;
 
 	if (svc->count == 0)
 		return 0;
+	scope = lb_svc_scope(svc);
 	if (svc->flags & SVC_F_AFFINITY) {
 		if (cookie)
 			akey.client.d[0] = cookie;
@@ -512,7 +517,7 @@ static __always_inline __u32 lb6_select_backend(const struct lb_service *svc,
 			akey.family = 6;
 		}
 		akey.rev_nat_index = svc->rev_nat_index;
-		akey.scope = lb_svc_scope(svc);
+		akey.scope = scope;
 		backend_id = lb_affinity_get(&akey, svc->affinity_timeout, now);
 		if (backend_id) {
 			struct lb6_backend *be = lb6_lookup_backend(backend_id);
@@ -523,10 +528,10 @@ static __always_inline __u32 lb6_select_backend(const struct lb_service *svc,
 		}
 	}
 	if (svc->flags & SVC_F_MAGLEV) {
-		backend_id = lb_maglev_pick(lb_maglev_key(svc),
+		backend_id = lb_maglev_pick(lb_maglev_key(svc->rev_nat_index, scope),
 					    flow_hash6(saddr, vip, sport, vport, proto, maglev_seed));
 	} else {
-		struct lb6_key key = { .dport = vport, .proto = proto, .scope = lb_svc_scope(svc) };
+		struct lb6_key key = { .dport = vport, .proto = proto, .scope = scope };
 
 		key.address = *vip;
 		backend_id = lb6_slot_backend(&key, (bpf_get_prandom_u32() % svc->count) + 1);
