@@ -476,3 +476,33 @@ def test_socket_lb_uses_the_internal_scope_and_leaves_source_ranges_to_packets()
     finally:
         shutil.rmtree(pins, ignore_errors=True)
     assert not os.path.exists(pins)
+
+
+def test_services_listing_from_pinned_maps_shows_scopes_and_ranges(load):
+    """`chainbench services` reads a node's pins (harness.node.node._pinned_types):
+    the source-range maps are among them, typed."""
+    from harness.bpf import Map
+    from harness.node.node import _pinned_types
+    f = FAMILIES[6]
+    pins = bpffs.pin_path(f"cb-slb{os.getpid()}-rng")
+    try:
+        with Collection.load(str(object_path("lxc")), pin_dir=pins) as lxc:
+            datapath.lb_control(lxc).apply(lb_state(K.scenario(
+                web(f, local=True, source_ranges=f["ranges"])), node=NODE))
+            maps = {}
+            try:
+                for name, (kt, vt) in _pinned_types().items():
+                    if os.path.exists(os.path.join(pins, name)):
+                        maps[name] = Map.from_pin(os.path.join(pins, name), kt, vt)
+                [row] = [r for r in read_services(maps) if r.address == LB_IP6]
+            finally:
+                for m in maps.values():
+                    m.close()
+        assert row.source_ranges == sorted(f["ranges"], key=ipaddress.ip_network)
+        assert [b.address for b in row.backends] == [LOCAL6]
+        assert sorted(b.address for b in row.internal_backends) == sorted([LOCAL6, REMOTE6])
+        doc = row.to_json()
+        assert doc["source_ranges"] == row.source_ranges and len(doc["internal_backends"]) == 2
+    finally:
+        shutil.rmtree(pins, ignore_errors=True)
+    assert not os.path.exists(pins)
