@@ -506,3 +506,34 @@ def test_services_listing_from_pinned_maps_shows_scopes_and_ranges(load):
     finally:
         shutil.rmtree(pins, ignore_errors=True)
     assert not os.path.exists(pins)
+
+
+def test_dual_stack_loadbalancer_each_family_its_ranges(load):
+    """A dual-stack LoadBalancer with an ingress IP and a range per family: each family's
+    frontend checks its own family's ranges, at from_netdev and from_container."""
+    svc = {"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "ds", "namespace": "default"},
+           "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack",
+                    "ipFamilies": ["IPv4", "IPv6"], "clusterIPs": [VIP, VIP6],
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080,
+                               "protocol": "TCP", "nodePort": 31080}],
+                    "loadBalancerSourceRanges": ["203.0.113.0/28", "2001:db8:ff::/64"]},
+           "status": {"loadBalancer": {"ingress": [{"ip": LB_IP}, {"ip": LB_IP6}]}}}
+    slices = [{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": f"ds-{fam.lower()}", "namespace": "default",
+                            "labels": {"kubernetes.io/service-name": "ds"}},
+               "addressType": fam, "endpoints": [endpoint(addr, "cb-node0")],
+               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
+              for fam, addr in (("IPv4", LOCAL), ("IPv6", LOCAL6))]
+    dp = build(load, [svc, *slices])
+    for family in (4, 6):
+        f = FAMILIES[family]
+        pkt = f["pkt"](f["lb"], 80, src=f["world"], sport=50400)
+        res, out = dp.run("from_netdev", pkt)
+        assert res.verdict == "TC_ACT_OK"
+        assert_translated(pkt, out, f["local"], 8080)
+        for prog, src in (("from_netdev", f["outsider"]), ("from_container", f["pod"])):
+            res, _ = dp.run(prog, f["pkt"](f["lb"], 80, src=src))
+            assert res.drop_reason == DROP["DROP_NOT_IN_SRC_RANGE"], (family, prog)
+    ranges = {fam: len(dp.lxc.maps[E.source_range_map(fam)]) for fam in (4, 6)}
+    assert ranges == {4: 1, 6: 1}
