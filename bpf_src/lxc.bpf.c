@@ -6,7 +6,9 @@
  *                                <--tc egress--- to_container   (world -> pod)
  *
  * from_container load-balances packets to service frontends (DNAT to a
- * backend, with a service conntrack entry), answers pings to service VIPs,
+ * backend, with a service conntrack entry; the internal scope of a two-scope
+ * frontend, and a LoadBalancer's source ranges checked: lib/lb.h), answers
+ * pings to service VIPs,
  * drops traffic to a ClusterIP on a port it does not serve, enforces the
  * endpoint's egress policy on new connections, and tracks connections.
  * to_container enforces ingress policy on new connections, tracks them, and
@@ -255,8 +257,10 @@ static __always_inline int __from_container4(const struct endpoint_config *self,
 	frag_track(m);		/* after the source check: a forged packet records nothing */
 	if (is_l4_lb_proto(m->l4_proto) && pkt_has_ports(m) &&
 	    svc4_may_be_frontend(m->daddr.p[0]))
-		svc = lb4_lookup_service(m->daddr.p[0], m->dport, m->l4_proto);
+		svc = lb4_lookup_service_internal(m->daddr.p[0], m->dport, m->l4_proto);
 	if (svc) {
+		if (!lb4_src_range_ok(svc, m->saddr.p[0]))
+			return -DROP_NOT_IN_SRC_RANGE;
 		events_note_xlate4(CB_EVF_XLATED, m->daddr.p[0], m->dport, svc->rev_nat_index);
 		ret = svc4_translate(skb, m, svc, &st, 0, now, pend);
 		if (ret < 0)
@@ -357,8 +361,10 @@ static __always_inline int __from_container6(const struct endpoint_config *self,
 	frag_track(m);
 	if (is_l4_lb_proto(m->l4_proto) && pkt_has_ports(m) &&
 	    svc6_may_be_frontend(&m->daddr))
-		svc = lb6_lookup_service(&m->daddr, m->dport, m->l4_proto);
+		svc = lb6_lookup_service_internal(&m->daddr, m->dport, m->l4_proto);
 	if (svc) {
+		if (!lb6_src_range_ok(svc, &m->saddr))
+			return -DROP_NOT_IN_SRC_RANGE;
 		events_note_xlate(CB_EVF_XLATED, &m->daddr, m->dport, svc->rev_nat_index);
 		ret = svc6_translate(skb, m, svc, &st, 0, now, pend);
 		if (ret < 0)

@@ -1,10 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The program on a node's external device (tc ingress), for traffic from
- * outside the node to NodePort, HostPort and external-IP frontends:
+ * outside the node to NodePort, HostPort, external-IP and LoadBalancer
+ * frontends:
  *
  *   client --> [ext dev] from_netdev --DNAT--> local backend pod
  *                                    --DNAT+SNAT--> backend on another node
  *   backend reply (other node) --> from_netdev --reverse SNAT+DNAT--> client
+ *
+ * Clients here are external: the frontend's EXT scope (lib/lb.h).  With
+ * externalTrafficPolicy: Local that scope holds the node's own backends
+ * only, and the client's source is kept (no SNAT); without one, the packet
+ * is dropped (158, DROP_NO_SERVICE).  A LoadBalancer frontend with
+ * loadBalancerSourceRanges drops other clients (177) before choosing.
  *
  * A local backend's replies are reverse-NATed by its from_container, which
  * finds the conntrack entry created here.  ClusterIPs are not reachable from
@@ -110,10 +117,12 @@ static __always_inline int from_netdev4(struct __sk_buff *skb, struct pkt_meta *
 	svc = lb4_lookup_service(m->daddr.p[0], m->dport, m->l4_proto);
 	if (!svc || (svc->flags & SVC_F_CLUSTERIP))
 		return 0;
+	if (!lb4_src_range_ok(svc, client))
+		return -DROP_NOT_IN_SRC_RANGE;
 	ret = svc4_translate(skb, m, svc, &st, 0, now, NULL);
 	if (ret < 0)
 		return ret;
-	if (backend_is_local4(m->daddr.p[0])) {
+	if ((svc->flags & SVC_F_LOCAL_SCOPE) || backend_is_local4(m->daddr.p[0])) {
 		struct ct4_tuple t = {
 			.daddr = m->daddr.p[0], .saddr = client, .dport = m->dport, .sport = cport,
 			.nexthdr = m->l4_proto, .flags = CT_INGRESS,
@@ -158,10 +167,12 @@ static __always_inline int from_netdev6(struct __sk_buff *skb, struct pkt_meta *
 	svc = lb6_lookup_service(&m->daddr, m->dport, m->l4_proto);
 	if (!svc || (svc->flags & SVC_F_CLUSTERIP))
 		return 0;
+	if (!lb6_src_range_ok(svc, &client))
+		return -DROP_NOT_IN_SRC_RANGE;
 	ret = svc6_translate(skb, m, svc, &st, 0, now, NULL);
 	if (ret < 0)
 		return ret;
-	if (backend_is_local6(&m->daddr)) {
+	if ((svc->flags & SVC_F_LOCAL_SCOPE) || backend_is_local6(&m->daddr)) {
 		struct ct6_tuple t = {
 			.dport = m->dport, .sport = cport, .nexthdr = m->l4_proto, .flags = CT_INGRESS,
 		};

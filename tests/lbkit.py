@@ -31,8 +31,12 @@ def endpoint(ip: str, node: str = "cb-node1", ready: bool = True, serving: bool 
 def service(name: str, vip: str | None, ports: list[tuple[str, int, int, str]],
             endpoints: list[dict], *, svc_type: str = "ClusterIP", affinity: int = 0,
             maglev: bool = False, node_ports: dict[str, int] | None = None,
-            family: str = "IPv4", local: bool = False, external_ips: list[str] = ()) -> list[dict]:
-    """A Service and its EndpointSlice.  ports: (name, port, targetPort, protocol)."""
+            family: str = "IPv4", local: bool = False, external_ips: list[str] = (),
+            internal_local: bool = False, lb_ips: list[str] = (),
+            source_ranges: list[str] = ()) -> list[dict]:
+    """A Service and its EndpointSlice.  ports: (name, port, targetPort, protocol).
+    local / internal_local: externalTrafficPolicy / internalTrafficPolicy Local;
+    lb_ips: status.loadBalancer.ingress IPs; source_ranges: loadBalancerSourceRanges."""
     spec: dict = {
         "type": svc_type,
         "ports": [{"name": n, "port": p, "targetPort": t, "protocol": proto,
@@ -49,10 +53,16 @@ def service(name: str, vip: str | None, ports: list[tuple[str, int, int, str]],
         spec["externalTrafficPolicy"] = "Local"
     if external_ips:
         spec["externalIPs"] = list(external_ips)
+    if internal_local:
+        spec["internalTrafficPolicy"] = "Local"
+    if source_ranges:
+        spec["loadBalancerSourceRanges"] = list(source_ranges)
     meta = {"name": name, "namespace": "default"}
     if maglev:
         meta["annotations"] = {"service.cilium.io/lb-algorithm": "maglev"}
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+    if lb_ips:
+        svc["status"] = {"loadBalancer": {"ingress": [{"ip": a} for a in lb_ips]}}
     eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
            "metadata": {"name": f"{name}-1", "namespace": "default",
                         "labels": {"kubernetes.io/service-name": name}},
@@ -87,12 +97,14 @@ def scenario(*docs: dict | list[dict]) -> Scenario:
 
 @dataclass
 class Datapath:
-    """An lxc (and netdev) collection pair sharing nothing, programmed from a scenario."""
+    """An lxc (and netdev) collection pair sharing nothing, programmed from a scenario
+    as node *node*'s maps hold it (traffic policies Local scoped to its backends)."""
     lxc: Collection
     control: LbControl
     netdev: Collection | None = None
     netdev_control: LbControl | None = None
     runners: dict[str, Runner] = field(default_factory=dict)
+    node: str | None = None
 
     def run(self, program: str, pkt, repeat: int = 1) -> tuple[PacketResult, Ether]:
         coll = self.netdev if program == "from_netdev" else self.lxc
@@ -101,15 +113,16 @@ class Datapath:
         return result, Ether(result.packet_out)
 
     def apply(self, scen: Scenario, services=None) -> None:
-        self.control.apply(lb_state(scen), services)
+        state = lb_state(scen, node=self.node)
+        self.control.apply(state, services)
         if self.netdev_control:
-            self.netdev_control.apply(lb_state(scen), services)
+            self.netdev_control.apply(state, services)
 
 
 def build(load, scen: Scenario, node: str = "cb-node0", netdev: bool = False,
           max_entries: dict | None = None, **rodata) -> Datapath:
     lxc = load_datapath(load, "lxc", node, max_entries, **rodata)
-    dp = Datapath(lxc, datapath.lb_control(lxc))
+    dp = Datapath(lxc, datapath.lb_control(lxc), node=node)
     if netdev:
         nd = load_datapath(load, "netdev", node, max_entries, **rodata)
         dp.netdev, dp.netdev_control = nd, datapath.lb_control(nd)

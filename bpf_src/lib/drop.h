@@ -39,6 +39,7 @@ enum drop_reason {
 	DROP_NO_FIB = 169,		/* No FIB entry */
 	DROP_INVALID_IDENTITY = 171,	/* Invalid identity */
 	DROP_IS_CLUSTER_IP = 174,	/* Packet to a ClusterIP without a port */
+	DROP_NOT_IN_SRC_RANGE = 177,	/* Denied by LB src range check */
 	DROP_POLICY_DENY = 181,		/* Policy denied by denylist */
 	DROP_AUTH_REQUIRED = 189,	/* Authentication required */
 };

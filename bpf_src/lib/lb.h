@@ -8,7 +8,37 @@
  * with slots 1..count holding one backend id each.  Unlike Cilium,
  * rev_nat_index is 32 bits wide, so more than 65,535 frontends fit.
  *
- * API: lb4_lookup_service(), lb6_lookup_service(), lb4_lookup_backend(),
+ * Two scopes (Cilium's design): a frontend whose external and internal
+ * clients may reach different backends (externalTrafficPolicy and
+ * internalTrafficPolicy differ on a NodePort, LoadBalancer or external IP)
+ * has two service entries, scope LB_SCOPE_EXT (node-local backends with
+ * ETP Local) and LB_SCOPE_INT (every backend, or the node's own with ITP
+ * Local), each with its own slots.  The EXT entry, the one every lookup
+ * finds first, carries SVC_F_TWO_SCOPES; from_netdev (clients outside the
+ * node) stays on it, from_container and the socket LB (pods and host
+ * processes) move on to the INT entry (lb*_lookup_service_internal).  Both
+ * entries share the rev_nat_index: replies, counters and source ranges are
+ * the frontend's.  The INT entry carries SVC_F_INT_SCOPE, so selection
+ * reads its own slots, Maglev table (key rev_nat_index | CB_MAGLEV_INT_KEY)
+ * and affinity entries.  Cost: a frontend without the flag pays one flag
+ * test; a two-scope one a second hash lookup, at internal clients only.
+ *
+ * loadBalancerSourceRanges: a LoadBalancer frontend with ranges carries
+ * SVC_F_SOURCE_RANGE and has one cb_lb{4,6}_source_range entry per range,
+ * keyed (rev_nat_index, range) in an LPM trie (Cilium's lb4_source_range
+ * layout, with our 32-bit rev_nat_index).  lb*_src_range_ok() drops (177,
+ * DROP_NOT_IN_SRC_RANGE) a client outside them before any backend is
+ * chosen; a frontend without the flag pays one flag test.  Where: Cilium
+ * checks only traffic from outside the node (nodeport_lb*); we follow
+ * kube-proxy, whose KUBE-FW chain (iptables) and firewall set (nftables)
+ * filter every client of the LB IP, pods and host processes included, so
+ * from_netdev and from_container both check, and the socket LB leaves such
+ * frontends to from_container (connect() does not know the source address
+ * yet; the packet does).
+ *
+ * API: lb4_lookup_service(), lb6_lookup_service() (scope EXT),
+ *      lb4_lookup_service_internal(), lb6_lookup_service_internal(),
+ *      lb4_src_range_ok(), lb6_src_range_ok(), lb4_lookup_backend(),
  *      lb6_lookup_backend(), lb4_select_backend(), lb6_select_backend(),
  *      lb_count_service()
  */
@@ -34,6 +64,15 @@
 #define CB_MAGLEV_TABLE_SIZE	16381	/* a prime, Cilium's default M */
 #endif
 #define CB_MAGLEV_SERVICES_MAX	8192
+#ifndef CB_LB_SRC_RANGE_MAX
+#define CB_LB_SRC_RANGE_MAX	16384	/* loadBalancerSourceRanges entries, per family */
+#endif
+/* The Maglev table of a frontend's INT scope: its rev_nat_index with this bit. */
+#define CB_MAGLEV_INT_KEY	0x80000000
+
+/* lb*_key.scope */
+#define LB_SCOPE_EXT		0
+#define LB_SCOPE_INT		1
 
 /* lb_service.flags */
 #define SVC_F_CLUSTERIP		(1 << 0)
@@ -45,6 +84,10 @@
 #define SVC_F_MAGLEV		(1 << 6)	/* Maglev instead of random selection */
 #define SVC_F_LOCAL_SCOPE	(1 << 7)	/* externalTrafficPolicy: Local */
 #define SVC_F_VIP		(1 << 8)	/* address-only entry (port 0, proto 0) */
+#define SVC_F_TWO_SCOPES	(1 << 9)	/* EXT entry: internal clients use the INT entry */
+#define SVC_F_INT_SCOPE		(1 << 10)	/* this is the INT scope's entry */
+#define SVC_F_SOURCE_RANGE	(1 << 11)	/* loadBalancerSourceRanges: check the client */
+#define SVC_F_INT_LOCAL		(1 << 12)	/* internalTrafficPolicy: Local */
 
 /* lb*_backend.state, Cilium's values */
 #define BE_STATE_ACTIVE		0
@@ -57,7 +100,7 @@ struct lb4_key {
 	__be16 dport;		/* frontend port; 0 in the address-only entry */
 	__u16  backend_slot;	/* 0: the service entry; 1..count: backend slots */
 	__u8   proto;		/* IPPROTO_TCP/UDP/SCTP; 0 in the address-only entry */
-	__u8   scope;		/* reserved for internal/external scopes (always 0) */
+	__u8   scope;		/* LB_SCOPE_EXT, or LB_SCOPE_INT for a two-scope frontend */
 	__u8   pad[2];
 };
 
@@ -110,8 +153,25 @@ struct lb_affinity_key {
 	union v6addr client;	/* IPv4 in p[0]; netns cookie in d[0] */
 	__u32 rev_nat_index;
 	__u8  family;		/* 4, 6, or 0 for a netns cookie */
-	__u8  pad[3];
+	__u8  scope;		/* LB_SCOPE_*: each scope has its own backends */
+	__u8  pad[2];
 };
+
+/* loadBalancerSourceRanges, LPM trie keys: prefixlen counts the 32 bits of
+ * rev_nat_index (always matched whole) plus the range's prefix length. */
+struct lb4_src_range_key {
+	__u32  prefixlen;
+	__u32  rev_nat_index;
+	__be32 address;
+};
+
+struct lb6_src_range_key {
+	__u32  prefixlen;
+	__u32  rev_nat_index;
+	union v6addr address;
+};
+
+#define LB_SRC_RANGE_STATIC_PREFIX	32	/* the rev_nat_index bits */
 
 struct lb_affinity_val {
 	__u64 last_used;	/* monotonic seconds */
@@ -178,6 +238,22 @@ struct {
 	__type(value, struct lb_affinity_val);
 } cb_lb_affinity SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, CB_LB_SRC_RANGE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb4_src_range_key);
+	__type(value, __u8);
+} cb_lb4_source_range SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, CB_LB_SRC_RANGE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb6_src_range_key);
+	__type(value, __u8);
+} cb_lb6_source_range SEC(".maps");
+
 /* Packets and bytes per frontend (index: rev_nat_index), for `chainbench services`. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -225,6 +301,62 @@ lb6_lookup_service(const union v6addr *addr, __be16 dport, __u8 proto)
 	return bpf_map_lookup_elem(&cb_lb6_services, &key);
 }
 
+/* The entry internal clients (pods, host processes) use: the EXT entry, or
+ * for a two-scope frontend its INT entry. */
+static __always_inline struct lb_service *
+lb4_lookup_service_internal(__be32 addr, __be16 dport, __u8 proto)
+{
+	struct lb4_key key = { .address = addr, .dport = dport, .proto = proto };
+	struct lb_service *svc = bpf_map_lookup_elem(&cb_lb4_services, &key);
+
+	if (svc && (svc->flags & SVC_F_TWO_SCOPES)) {
+		key.scope = LB_SCOPE_INT;
+		svc = bpf_map_lookup_elem(&cb_lb4_services, &key);
+	}
+	return svc;
+}
+
+static __always_inline struct lb_service *
+lb6_lookup_service_internal(const union v6addr *addr, __be16 dport, __u8 proto)
+{
+	struct lb6_key key = { .dport = dport, .proto = proto };
+	struct lb_service *svc;
+
+	key.address = *addr;
+	svc = bpf_map_lookup_elem(&cb_lb6_services, &key);
+	if (svc && (svc->flags & SVC_F_TWO_SCOPES)) {
+		key.scope = LB_SCOPE_INT;
+		svc = bpf_map_lookup_elem(&cb_lb6_services, &key);
+	}
+	return svc;
+}
+
+/* May *saddr* use frontend *svc*?  Always, unless it has source ranges. */
+static __always_inline bool lb4_src_range_ok(const struct lb_service *svc, __be32 saddr)
+{
+	struct lb4_src_range_key key;
+
+	if (!(svc->flags & SVC_F_SOURCE_RANGE))
+		return true;
+	key.prefixlen = LB_SRC_RANGE_STATIC_PREFIX + 32;
+	key.rev_nat_index = svc->rev_nat_index;
+	key.address = saddr;
+	return bpf_map_lookup_elem(&cb_lb4_source_range, &key) != NULL;
+}
+
+static __always_inline bool lb6_src_range_ok(const struct lb_service *svc,
+					     const union v6addr *saddr)
+{
+	struct lb6_src_range_key key;
+
+	if (!(svc->flags & SVC_F_SOURCE_RANGE))
+		return true;
+	key.prefixlen = LB_SRC_RANGE_STATIC_PREFIX + 128;
+	key.rev_nat_index = svc->rev_nat_index;
+	key.address = *saddr;
+	return bpf_map_lookup_elem(&cb_lb6_source_range, &key) != NULL;
+}
+
 static __always_inline struct lb4_backend *lb4_lookup_backend(__u32 backend_id)
 {
 	return bpf_map_lookup_elem(&cb_lb4_backends, &backend_id);
@@ -245,13 +377,14 @@ static __always_inline void lb_count_service(__u32 rev_nat_index, __u32 bytes)
 	}
 }
 
-static __always_inline __u32 lb_maglev_pick(__u32 rev_nat_index, __u32 hash)
+/* *table_key*: the rev_nat_index, with CB_MAGLEV_INT_KEY for an INT scope. */
+static __always_inline __u32 lb_maglev_pick(__u32 table_key, __u32 hash)
 {
 	struct lb_maglev_table *table;
 	void *inner;
 	__u32 zero = 0, idx;
 
-	inner = bpf_map_lookup_elem(&cb_lb_maglev, &rev_nat_index);
+	inner = bpf_map_lookup_elem(&cb_lb_maglev, &table_key);
 	if (!inner)
 		return 0;
 	table = bpf_map_lookup_elem(inner, &zero);
@@ -304,9 +437,22 @@ static __always_inline __u32 lb6_slot_backend(const struct lb6_key *svc_key, __u
 	return entry ? entry->backend_id : 0;
 }
 
+/* The scope whose slots, Maglev table and affinity entries *svc* selects from. */
+static __always_inline __u8 lb_svc_scope(const struct lb_service *svc)
+{
+	return (svc->flags & SVC_F_INT_SCOPE) ? LB_SCOPE_INT : LB_SCOPE_EXT;
+}
+
+/* The Maglev table of *scope* of frontend *rev_nat_index*. */
+static __always_inline __u32 lb_maglev_key(__u32 rev_nat_index, __u8 scope)
+{
+	return rev_nat_index | (scope == LB_SCOPE_INT ? CB_MAGLEV_INT_KEY : 0);
+}
+
 /* Choose a backend for a new flow from (saddr, sport) to frontend (vip,
- * vport, proto): affinity first, then Maglev or random.  *cookie* is the
- * netns cookie when socket LB asks (affinity per network namespace), else 0.
+ * vport, proto): affinity first, then Maglev or random, in the scope of the
+ * entry *svc* (lb_svc_scope).  *cookie* is the netns cookie when socket LB
+ * asks (affinity per network namespace), else 0.
  * Returns the backend id, 0 if the service has none. */
 static __always_inline __u32 lb4_select_backend(const struct lb_service *svc, __be32 saddr,
 						__be16 sport, __be32 vip, __be16 vport,
@@ -314,9 +460,11 @@ static __always_inline __u32 lb4_select_backend(const struct lb_service *svc, __
 {
 	struct lb_affinity_key akey = {};
 	__u32 backend_id = 0;
+	__u8 scope;
 
 	if (svc->count == 0)
 		return 0;
+	scope = lb_svc_scope(svc);
 	if (svc->flags & SVC_F_AFFINITY) {
 		if (cookie) {
 			akey.client.d[0] = cookie;
@@ -325,6 +473,7 @@ static __always_inline __u32 lb4_select_backend(const struct lb_service *svc, __
 			akey.family = 4;
 		}
 		akey.rev_nat_index = svc->rev_nat_index;
+		akey.scope = scope;
 		backend_id = lb_affinity_get(&akey, svc->affinity_timeout, now);
 		if (backend_id) {
 			struct lb4_backend *be = lb4_lookup_backend(backend_id);
@@ -335,10 +484,11 @@ static __always_inline __u32 lb4_select_backend(const struct lb_service *svc, __
 		}
 	}
 	if (svc->flags & SVC_F_MAGLEV) {
-		backend_id = lb_maglev_pick(svc->rev_nat_index,
+		backend_id = lb_maglev_pick(lb_maglev_key(svc->rev_nat_index, scope),
 					    flow_hash4(saddr, vip, sport, vport, proto, maglev_seed));
 	} else {
-		struct lb4_key key = { .address = vip, .dport = vport, .proto = proto };
+		struct lb4_key key = { .address = vip, .dport = vport, .proto = proto,
+				       .scope = scope };
 
 		backend_id = lb4_slot_backend(&key, (bpf_get_prandom_u32() % svc->count) + 1);
 	}
@@ -354,9 +504,11 @@ static __always_inline __u32 lb6_select_backend(const struct lb_service *svc,
 {
 	struct lb_affinity_key akey = {};
 	__u32 backend_id = 0;
+	__u8 scope;
 
 	if (svc->count == 0)
 		return 0;
+	scope = lb_svc_scope(svc);
 	if (svc->flags & SVC_F_AFFINITY) {
 		if (cookie)
 			akey.client.d[0] = cookie;
@@ -365,6 +517,7 @@ static __always_inline __u32 lb6_select_backend(const struct lb_service *svc,
 			akey.family = 6;
 		}
 		akey.rev_nat_index = svc->rev_nat_index;
+		akey.scope = scope;
 		backend_id = lb_affinity_get(&akey, svc->affinity_timeout, now);
 		if (backend_id) {
 			struct lb6_backend *be = lb6_lookup_backend(backend_id);
@@ -375,10 +528,10 @@ static __always_inline __u32 lb6_select_backend(const struct lb_service *svc,
 		}
 	}
 	if (svc->flags & SVC_F_MAGLEV) {
-		backend_id = lb_maglev_pick(svc->rev_nat_index,
+		backend_id = lb_maglev_pick(lb_maglev_key(svc->rev_nat_index, scope),
 					    flow_hash6(saddr, vip, sport, vport, proto, maglev_seed));
 	} else {
-		struct lb6_key key = { .dport = vport, .proto = proto };
+		struct lb6_key key = { .dport = vport, .proto = proto, .scope = scope };
 
 		key.address = *vip;
 		backend_id = lb6_slot_backend(&key, (bpf_get_prandom_u32() % svc->count) + 1);

@@ -27,6 +27,11 @@
  * connect6 hook for such a connect, and recvmsg6/getpeername6 see mapped
  * addresses, so leaving them alone would let dual-stack clients bypass LB.)
  *
+ * Sockets are internal clients: a two-scope frontend's INT entry
+ * (lib/lb.h).  A frontend with loadBalancerSourceRanges is left alone here:
+ * connect() does not know the source address the packet will carry, so the
+ * per-packet datapath (from_container) checks it and translates.
+ *
  * Translations are counted per frontend in cb_lb_stats: one "packet" per
  * connect()/sendmsg() translated, 0 bytes (the hooks do not see the
  * payload length).
@@ -191,8 +196,8 @@ static __always_inline int sock4_xlate_fwd(__be32 *addr, __be16 *port, __u8 prot
 
 	if (!sock_lb_proto(proto))
 		return 0;
-	svc = lb4_lookup_service(vip, vport, proto);
-	if (!svc)
+	svc = lb4_lookup_service_internal(vip, vport, proto);
+	if (!svc || (svc->flags & SVC_F_SOURCE_RANGE))
 		return 0;
 	backend_id = lb4_select_backend(svc, (__be32)sk_cookie, (__be16)(sk_cookie >> 32),
 					vip, vport, proto, netns_cookie, cb_now_sec());
@@ -219,8 +224,8 @@ static __always_inline int sock6_xlate_fwd(union v6addr *addr, __be16 *port, __u
 
 	if (!sock_lb_proto(proto))
 		return 0;
-	svc = lb6_lookup_service(&vip, vport, proto);
-	if (!svc)
+	svc = lb6_lookup_service_internal(&vip, vport, proto);
+	if (!svc || (svc->flags & SVC_F_SOURCE_RANGE))
 		return 0;
 	src.d[0] = sk_cookie;
 	backend_id = lb6_select_backend(svc, &src, 0, &vip, vport, proto, netns_cookie,

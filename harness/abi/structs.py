@@ -109,7 +109,19 @@ class Lb6ReverseNat(CStruct):
 class LbAffinityKey(CStruct):
     _c_name_ = "lb_affinity_key"
     _fields_ = [("client", V6Addr), ("rev_nat_index", c_uint32), ("family", c_uint8),
-                ("pad", c_uint8 * 3)]
+                ("scope", c_uint8), ("pad", c_uint8 * 2)]
+
+
+class Lb4SrcRangeKey(CStruct):
+    """LPM key of cb_lb4_source_range: prefixlen = 32 (rev_nat_index) + the range's."""
+    _c_name_ = "lb4_src_range_key"
+    _fields_ = [("prefixlen", c_uint32), ("rev_nat_index", c_uint32), ("address", c_uint32)]
+
+
+class Lb6SrcRangeKey(CStruct):
+    """LPM key of cb_lb6_source_range: prefixlen = 32 (rev_nat_index) + the range's."""
+    _c_name_ = "lb6_src_range_key"
+    _fields_ = [("prefixlen", c_uint32), ("rev_nat_index", c_uint32), ("address", V6Addr)]
 
 
 class LbAffinityVal(CStruct):

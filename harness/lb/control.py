@@ -4,14 +4,16 @@
 new desired state, for all services or just some, into the smallest set of
 map writes, in an order the datapath can never trip over:
 
-  1. backends (new, or changed state)     4. service entries (slot 0)
-  2. reverse-NAT entries                  5. ClusterIP address-only entries
-  3. Maglev tables; backend slots 1..n    6. deletions: service entries before
-                                             their slots, reverse NAT, Maglev
-                                             tables, backends nobody uses
+  1. backends (new, or changed state)     5. service entries (slot 0, scope EXT)
+  2. reverse-NAT entries                  6. ClusterIP address-only entries
+  3. source ranges (new ones)             7. deletions: service entries before
+  4. Maglev tables; backend slots 1..n;      their slots and INT scopes, source
+     a two-scope frontend's INT scope        ranges, reverse NAT, Maglev tables,
+     (its slots, then its entry)             backends nobody uses
 
-A packet therefore never finds a service entry whose slots, backends or
-reverse-NAT entry are missing.  Writes go out as one batch per map and
+A packet therefore never finds a service entry whose slots, INT scope,
+source ranges, backends or reverse-NAT entry are missing.  (A changed set of
+source ranges allows the union of old and new between phases 3 and 7.)  Writes go out as one batch per map and
 phase.  If any write fails, every write already made is undone from the
 journal of the values it replaced, and LbApplyError is raised: the maps and
 the LbControl are left exactly as they were before the call.  Planning only
@@ -55,7 +57,23 @@ class _FrontendRecord:
     frontend: Frontend
     rev_nat_index: int
     backend_ids: list[int]              # selectable backends, in slot order
-    entries: dict[bytes, bytes]         # its services-map entries
+    entries: dict[bytes, bytes]         # its services-map entries (both scopes)
+    internal_ids: list[int] | None = None   # the INT scope's, for a two-scope frontend
+    ranges: dict[bytes, bytes] = field(default_factory=dict)    # its source-range entries
+
+    def tables(self) -> dict[int, tuple[list[int], list[tuple]]]:
+        """Its Maglev tables: table key -> (backend ids, backend keys)."""
+        f = self.frontend
+        if not f.maglev:
+            return {}
+        out = {}
+        if self.backend_ids:
+            out[E.maglev_table_key(self.rev_nat_index, False)] = (
+                list(self.backend_ids), [b.key for b in f.selectable()])
+        if self.internal_ids:
+            out[E.maglev_table_key(self.rev_nat_index, True)] = (
+                list(self.internal_ids), [b.key for b in f.selectable(internal=True)])
+        return out
 
 
 @dataclass
@@ -118,8 +136,8 @@ class _Plan:
 
 
 # Phases in execution order (see the module docstring).
-_PHASES = ("backends", "revnat", "slots", "masters", "vips",
-           "del-masters", "del-slots", "del-revnat", "del-backends")
+_PHASES = ("backends", "revnat", "ranges", "slots", "masters", "vips",
+           "del-masters", "del-slots", "del-ranges", "del-revnat", "del-backends")
 
 
 class LbControl:
@@ -179,7 +197,10 @@ class LbControl:
             raise ValueError("restore() is for a fresh LbControl")
         rows = read_services(self.maps)
         for name in (E.services_map(4), E.services_map(6), E.backends_map(4),
-                     E.backends_map(6), E.reverse_nat_map(4), E.reverse_nat_map(6)):
+                     E.backends_map(6), E.reverse_nat_map(4), E.reverse_nat_map(6),
+                     E.source_range_map(4), E.source_range_map(6)):
+            if name not in self.maps:
+                continue
             for k, v in self.maps[name].items():
                 key = bytes(k) if not isinstance(k, int) else E.u32(k)
                 self._kernel[(name, key)] = bytes(v)
@@ -190,22 +211,33 @@ class LbControl:
             backends = tuple(Backend(ipaddress.ip_address(b.address), b.port, b.protocol,
                                      b.state if b.state != "quarantined" else ACTIVE)
                              for b in r.backends)
+            internal = None if r.internal_backends is None else tuple(
+                Backend(ipaddress.ip_address(b.address), b.port, b.protocol,
+                        b.state if b.state != "quarantined" else ACTIVE)
+                for b in r.internal_backends)
             f = Frontend("", "", r.type, addr, r.port, r.protocol, backends,
                          r.affinity_timeout if "affinity" in r.flags else 0,
-                         "maglev" in r.flags, "local" in r.flags)
+                         "maglev" in r.flags, "local" in r.flags,
+                         internal_local="internal-local" in r.flags,
+                         source_ranges=tuple(ipaddress.ip_network(n) for n in r.source_ranges),
+                         internal_backends=internal)
             ids = [b.id for b in r.backends]
+            internal_ids = None if r.internal_backends is None else \
+                [b.id for b in r.internal_backends]
             rid = r.id
-            entries = {k: v for k, v in E.frontend_entries(f, rid, ids).items()}
+            entries = E.frontend_entries(f, rid, ids, internal_ids)
             # Keep the bytes the kernel holds (the service entry may differ in detail).
             smap = E.services_map(addr.version)
             entries = {k: self._kernel.get((smap, k), v) for k, v in entries.items()}
-            self._fe[f.key] = _FrontendRecord(f, rid, ids, entries)
+            self._fe[f.key] = _FrontendRecord(f, rid, ids, entries, internal_ids,
+                                              E.source_range_entries(f, rid))
             self._by_addr.setdefault(addr, set()).add(f.key)
             self._by_service.setdefault(f.service, set()).add(f.key)
             self._fe_ids.used.add(rid)
-            for b, bid in zip(backends, ids):
-                self._backend_id[b.key] = bid
+            for bid in {b.id for b in r.backends + (r.internal_backends or [])}:
                 self._refs[bid] = self._refs.get(bid, 0) + 1
+            for b in r.backends + (r.internal_backends or []):
+                self._backend_id[(ipaddress.ip_address(b.address), b.port, b.protocol)] = b.id
         # Backends no slot names (terminating ones, or leftovers): known, unreferenced;
         # the next full apply keeps those it wants and deletes the rest.
         for bid, b in read_backends(self.maps).items():
@@ -249,7 +281,7 @@ class LbControl:
             if scope is None else {}
 
         def ref(frontend: Frontend, delta: int) -> None:
-            for b in frontend.backends:
+            for b in _uses(frontend):
                 bid = ids[b.key]
                 refs[bid] = refs.get(bid, self._refs.get(bid, 0)) + delta
 
@@ -261,11 +293,12 @@ class LbControl:
             if new is None:
                 f = rec.frontend
                 for k in rec.entries:
-                    plan.put("del-slots" if _slot_of(f.family, k) else "del-masters",
+                    plan.put("del-masters" if _is_master(f.family, k) else "del-slots",
                              E.services_map(f.family), k, None)
+                for k in rec.ranges:
+                    plan.put("del-ranges", E.source_range_map(f.family), k, None)
                 plan.put("del-revnat", E.reverse_nat_map(f.family), E.u32(rec.rev_nat_index), None)
-                if f.maglev:
-                    plan.maglev_remove.append(rec.rev_nat_index)
+                plan.maglev_remove.extend(rec.tables())
                 plan.records[key] = None
                 # Freed at commit, not now: reused within this plan, the id's
                 # new entries would be written before the old ones are deleted.
@@ -277,7 +310,7 @@ class LbControl:
             old = have.get(key)
             if old is not None and old.frontend == f:
                 continue
-            for b in f.backends:
+            for b in _uses(f):
                 bid = ids.get(b.key)
                 if bid is None:
                     bid = ids[b.key] = plan.be_ids.take()
@@ -297,23 +330,36 @@ class LbControl:
             else:
                 rid = old.rev_nat_index
                 plan.stats.frontends_changed += 1
-            selectable = f.selectable()
-            slot_ids = [ids[b.key] for b in selectable]
-            new_entries = E.frontend_entries(f, rid, slot_ids)
+            slot_ids = [ids[b.key] for b in f.selectable()]
+            internal_ids = [ids[b.key] for b in f.selectable(internal=True)] \
+                if f.two_scopes else None
+            new_entries = E.frontend_entries(f, rid, slot_ids, internal_ids)
             old_entries = old.entries if old else {}
             smap = E.services_map(f.family)
             for k, v in new_entries.items():
                 if old_entries.get(k) != v:
-                    plan.put("slots" if _slot_of(f.family, k) else "masters", smap, k, v)
+                    plan.put("masters" if _is_master(f.family, k) else "slots", smap, k, v)
             for k in old_entries:
                 if k not in new_entries:
                     plan.put("del-slots", smap, k, None)
-            if f.maglev and slot_ids:
-                if not (old and old.frontend.maglev and old.backend_ids == slot_ids):
-                    plan.maglev_install[rid] = (slot_ids, [b.key for b in selectable])
-            elif old is not None and old.frontend.maglev:
-                plan.maglev_remove.append(rid)
-            plan.records[key] = _FrontendRecord(f, rid, slot_ids, new_entries)
+            new_ranges = E.source_range_entries(f, rid)
+            old_ranges = old.ranges if old else {}
+            if new_ranges and E.source_range_map(f.family) not in self.maps:
+                raise ValueError(f"{f.service}: source ranges need a datapath with "
+                                 f"{E.source_range_map(f.family)}")
+            for k, v in new_ranges.items():
+                if old_ranges.get(k) != v:
+                    plan.put("ranges", E.source_range_map(f.family), k, v)
+            for k in old_ranges:
+                if k not in new_ranges:
+                    plan.put("del-ranges", E.source_range_map(f.family), k, None)
+            rec = _FrontendRecord(f, rid, slot_ids, new_entries, internal_ids, new_ranges)
+            old_tables = old.tables() if old else {}
+            for table_key, table in rec.tables().items():
+                if old_tables.get(table_key, (None,))[0] != table[0]:
+                    plan.maglev_install[table_key] = table
+            plan.maglev_remove.extend(t for t in old_tables if t not in rec.tables())
+            plan.records[key] = rec
 
         # Backends whose last user went away in this plan.
         by_id = {bid: bkey for bkey, bid in ids.items()}
@@ -358,13 +404,11 @@ class LbControl:
             raise ValueError("a Maglev service needs a datapath with Maglev tables")
         tables: dict[int, tuple] | None = None
 
-        def old_table(rid: int) -> tuple | None:
+        def old_table(table_key: int) -> tuple | None:
             nonlocal tables
             if tables is None:
-                tables = {r.rev_nat_index: (list(r.backend_ids),
-                                            [b.key for b in r.frontend.selectable()])
-                          for r in self._fe.values() if r.frontend.maglev and r.backend_ids}
-            return tables.get(rid)
+                tables = {k: t for r in self._fe.values() for k, t in r.tables().items()}
+            return tables.get(table_key)
 
         steps: list[tuple] = []
         for phase in _PHASES:
@@ -432,7 +476,14 @@ class LbControl:
                 del self._by_service[service]
 
 
-def _slot_of(family: int, key: bytes) -> int:
-    """backend_slot of a services-map key (after the address and the port)."""
-    offset = 6 if family == 4 else 18
-    return int.from_bytes(key[offset:offset + 2], "little")
+def _is_master(family: int, key: bytes) -> bool:
+    """Is *key* a frontend's EXT service entry (slot 0), the one every lookup finds
+    first?  Slots and the INT scope's entry are written before it, deleted after."""
+    return E.key_slot(family, key) == 0 and E.key_scope(family, key) == E.SCOPE_EXT
+
+
+def _uses(f: Frontend) -> tuple[Backend, ...]:
+    """Every backend *f*'s entries name, in either scope, each once."""
+    if f.internal_backends is None:
+        return f.backends
+    return tuple({b.key: b for b in f.backends + f.internal_backends}.values())

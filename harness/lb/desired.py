@@ -15,6 +15,11 @@ backends and their states.
 - Traffic policies: a node's own view (``lb_state(..., node=N)``) narrows
   ITP Local ClusterIPs and ETP Local external / load-balancer IPs to N's
   backends; ``Frontend.endpoints`` keeps the full list (kube-proxy's view).
+  On NodePort, LoadBalancer and external-IP frontends, ``backends`` is what
+  clients outside the node reach (ETP) and ``internal_backends``, when it
+  differs, what pods and host processes reach (every backend, or with ITP
+  Local and a node, that node's): the datapath's two scopes, as Cilium keeps
+  them (bpf_src/lib/lb.h).
 - HostPort: a pod's containerPort with hostPort, on its node's address.
 
 Backends come from EndpointSlices of the service's family, matched by port
@@ -96,16 +101,18 @@ def _service_frontends(scenario: Scenario, svc: Service,
     out = []
 
     def fe(kind: str, addr: IPAddress, port: int, sp, backends, chosen, **kw) -> Frontend:
+        if kind != "ClusterIP":     # externally reachable: internal clients may differ
+            internal = _scoped(backends, node) if itp_local and node is not None else backends
+            kw["internal_backends"] = None if internal == chosen else internal
         return Frontend(svc.ref, sp.name, kind, addr, port, sp.protocol, chosen, timeout, maglev,
                         all_backends=None if chosen == backends else backends,
-                        health_check_node_port=hc, **kw)
+                        health_check_node_port=hc, internal_local=itp_local, **kw)
 
     for j, sp in enumerate(svc.ports):
         for ip in svc.cluster_ips:
             backends = _backends_for(scenario, svc, ip.version, sp.name, sp.protocol)
             chosen = _scoped(backends, node) if itp_local and node is not None else backends
-            out.append(_sctp_checked(fe("ClusterIP", ip, sp.port, sp, backends, chosen,
-                                        internal_local=itp_local),
+            out.append(_sctp_checked(fe("ClusterIP", ip, sp.port, sp, backends, chosen),
                                      f"spec.ports[{j}].targetPort"))
             ext_chosen = _scoped(backends, node) if etp_local and node is not None else backends
             for ext in svc.external_ips:

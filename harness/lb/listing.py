@@ -1,7 +1,9 @@
 """Reading services back out of the LB maps, for ``chainbench services``.
 
-Decodes the services, backends and counter maps as the kernel holds them
-(whoever programmed them), into rows like ``cilium service list`` prints;
+Decodes the services, backends, source-range and counter maps as the kernel
+holds them (whoever programmed them), into rows like ``cilium service list``
+prints (a two-scope frontend's INT scope as the row's internal backends, a
+LoadBalancer's loadBalancerSourceRanges as its source ranges);
 ``name_services`` adds the Service each frontend belongs to (from the scenario
 the node was programmed from, matched by frontend address, port and protocol).
 """
@@ -11,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from harness.bpf import Map
-from harness.lb.entries import SVC_FLAGS
+import ipaddress
+
+from harness.lb.entries import SCOPE_INT, SRC_RANGE_STATIC_PREFIX, SVC_FLAGS
 from harness.lb.model import BACKEND_STATES, PROTOCOLS
-from harness.abi.structs import from_be16, from_be32
+from harness.abi.structs import Lb4SrcRangeKey, Lb6SrcRangeKey, from_be16, from_be32
 
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 _STATE_NAMES = {v: k for k, v in BACKEND_STATES.items()}
@@ -21,7 +25,8 @@ _TYPES = (("SVC_F_NODEPORT", "NodePort"), ("SVC_F_HOSTPORT", "HostPort"),
           ("SVC_F_EXTERNAL_IP", "ExternalIP"), ("SVC_F_LOADBALANCER", "LoadBalancer"),
           ("SVC_F_CLUSTERIP", "ClusterIP"))
 _EXTRAS = (("SVC_F_AFFINITY", "affinity"), ("SVC_F_MAGLEV", "maglev"),
-           ("SVC_F_LOCAL_SCOPE", "local"))
+           ("SVC_F_LOCAL_SCOPE", "local"), ("SVC_F_INT_LOCAL", "internal-local"),
+           ("SVC_F_TWO_SCOPES", "two-scopes"), ("SVC_F_SOURCE_RANGE", "source-ranges"))
 
 
 @dataclass
@@ -52,6 +57,11 @@ class ServiceRow:
     node: str = ""
     service: str = ""            # namespace/name; "" when no scenario names it
     labels: dict[str, str] = field(default_factory=dict)
+    #: A two-scope frontend's INT scope: the backends pods and host processes reach
+    #: (``backends``: what clients outside the node reach); None: one scope.
+    internal_backends: list[BackendRow] | None = None
+    #: loadBalancerSourceRanges: the clients allowed (CIDRs); []: every client.
+    source_ranges: list[str] = field(default_factory=list)
 
     @property
     def frontend(self) -> str:
@@ -64,7 +74,10 @@ class ServiceRow:
                 "flags": self.flags,
                 "affinity_timeout": self.affinity_timeout, "packets": self.packets,
                 "bytes": self.bytes,
-                "backends": [b.__dict__ for b in self.backends]}
+                "backends": [b.__dict__ for b in self.backends],
+                "internal_backends": None if self.internal_backends is None else
+                [b.__dict__ for b in self.internal_backends],
+                "source_ranges": list(self.source_ranges)}
 
 
 def _address(family: int, raw) -> str:
@@ -89,6 +102,22 @@ def read_backends(maps: Mapping[str, Map]) -> dict[int, BackendRow]:
     return rows
 
 
+def read_source_ranges(maps: Mapping[str, Map], family: int) -> dict[int, list[str]]:
+    """rev_nat_index -> its loadBalancerSourceRanges (CIDRs, sorted), from the LPM map."""
+    out: dict[int, list] = {}
+    m = maps.get(f"cb_lb{family}_source_range")
+    if m is None:
+        return {}
+    key_type = Lb4SrcRangeKey if family == 4 else Lb6SrcRangeKey
+    for k in m.keys():
+        key = key_type.from_buffer_copy(bytes(k))
+        addr = from_be32(key.address) if family == 4 else key.address.ipv6()
+        net = ipaddress.ip_network(f"{addr}/{key.prefixlen - SRC_RANGE_STATIC_PREFIX}",
+                                   strict=False)
+        out.setdefault(key.rev_nat_index, []).append(net)
+    return {rid: [str(n) for n in sorted(nets)] for rid, nets in out.items()}
+
+
 def read_services(maps: Mapping[str, Map]) -> list[ServiceRow]:
     rows: list[ServiceRow] = []
     stats = maps.get("cb_lb_stats")
@@ -96,28 +125,41 @@ def read_services(maps: Mapping[str, Map]) -> list[ServiceRow]:
         services, backends = maps[f"cb_lb{family}_services"], maps[f"cb_lb{family}_backends"]
         entries = list(services.items())
         masters = {}
+        internal: dict[tuple, object] = {}      # frontend -> its INT scope's entry
         slots: dict[tuple, dict[int, int]] = {}
         for k, v in entries:
-            frontend = (bytes(k.address) if family == 6 else k.address, k.dport, k.proto)
+            frontend = (bytes(k.address) if family == 6 else k.address, k.dport, k.proto,
+                        k.scope)
             if k.backend_slot == 0:
                 if k.dport == 0 and k.proto == 0:
                     continue              # the address-only entry of a ClusterIP
-                masters[frontend] = (k, v)
+                if k.scope == SCOPE_INT:
+                    internal[frontend[:3]] = v
+                else:
+                    masters[frontend] = (k, v)
             else:
                 slots.setdefault(frontend, {})[k.backend_slot] = v.backend_id
         backend_rows = {bid: BackendRow(bid, _address(family, b.address), from_be16(b.port),
                                         _PROTO_NAMES.get(b.proto, str(b.proto)),
                                         _STATE_NAMES.get(b.state, str(b.state)))
                         for bid, b in backends.items()}
+        ranges = read_source_ranges(maps, family)
+
+        def slot_rows(frontend: tuple, count: int) -> list[BackendRow]:
+            ids = [slots.get(frontend, {}).get(slot) for slot in range(1, count + 1)]
+            return [backend_rows[bid] for bid in ids if bid in backend_rows]
+
         for frontend, (k, v) in masters.items():
             kind, extras = _type(v.flags)
             row = ServiceRow(v.rev_nat_index, _address(family, k.address), from_be16(k.dport),
                              _PROTO_NAMES.get(k.proto, str(k.proto)), kind, extras,
                              v.affinity_timeout)
-            for slot in range(1, v.count + 1):
-                bid = slots.get(frontend, {}).get(slot)
-                if bid in backend_rows:
-                    row.backends.append(backend_rows[bid])
+            row.backends = slot_rows(frontend, v.count)
+            int_entry = internal.get(frontend[:3])
+            if v.flags & SVC_FLAGS["SVC_F_TWO_SCOPES"] and int_entry is not None:
+                row.internal_backends = slot_rows(frontend[:3] + (SCOPE_INT,), int_entry.count)
+            if v.flags & SVC_FLAGS["SVC_F_SOURCE_RANGE"]:
+                row.source_ranges = ranges.get(v.rev_nat_index, [])
             if stats is not None:
                 per_cpu = stats.get(v.rev_nat_index) or []
                 row.packets = sum(c.packets for c in per_cpu)
@@ -148,6 +190,13 @@ def format_table(rows: list[ServiceRow], node_column: bool = False,
                   str(r.bytes), labels)]
         for i, b in enumerate(r.backends[1:], start=2):
             lines.append(("", "", "", "", f"{i} => {b}", "", "", ""))
+        if r.internal_backends is not None:     # the INT scope: pods and host processes
+            lines += [("", "", "", "", f"internal {i} => {b}", "", "", "")
+                      for i, b in enumerate(r.internal_backends, start=1)] or \
+                [("", "", "", "", "internal: (no backends)", "", "", "")]
+        if r.source_ranges:
+            lines.append(("", "", "", "", f"source ranges {', '.join(r.source_ranges)}",
+                          "", "", ""))
         for n, line in enumerate(lines):
             cells = line if wide else line[:-1]
             out.append(((r.node if n == 0 else "",) if node_column else ()) + cells)

@@ -45,7 +45,8 @@ class Frontend:
     #: externalTrafficPolicy: Local on an externally reachable frontend (NodePort,
     #: LoadBalancer, ExternalIP): traffic from outside goes to node-local backends only.
     local_scope: bool = False
-    #: internalTrafficPolicy: Local (ClusterIP frontends): node-local backends only.
+    #: internalTrafficPolicy: Local: internal clients (pods, host processes) reach
+    #: node-local backends only (every frontend of such a Service carries it).
     internal_local: bool = False
     #: loadBalancerSourceRanges (LoadBalancer frontends): the clients allowed; () allows all.
     source_ranges: tuple[IPNetwork, ...] = ()
@@ -56,6 +57,11 @@ class Frontend:
     #: Every backend of the service port, before any traffic-policy scoping narrowed
     #: ``backends`` to one node's; None when ``backends`` holds them all.
     all_backends: tuple[Backend, ...] | None = None
+    #: The backends internal clients (pods, host processes) reach, where they differ from
+    #: ``backends`` (what clients outside the node reach): an externally reachable
+    #: frontend whose traffic policies differ.  The datapath keeps the two as two scopes
+    #: (bpf_src/lib/lb.h); None: one set for every client.
+    internal_backends: tuple[Backend, ...] | None = None
 
     @property
     def key(self) -> tuple:
@@ -71,12 +77,29 @@ class Frontend:
         """Every backend of the service port (kube-proxy's endpoint list)."""
         return self.backends if self.all_backends is None else self.all_backends
 
-    def selectable(self) -> tuple[Backend, ...]:
-        """Backends new flows may go to, in a stable order."""
-        active = tuple(sorted(b for b in self.backends if b.state == ACTIVE))
-        if active:
-            return active
-        return tuple(sorted(b for b in self.backends if b.state == TERMINATING))
+    @property
+    def internal(self) -> tuple[Backend, ...]:
+        """The backends internal clients (pods, host processes) reach."""
+        return self.backends if self.internal_backends is None else self.internal_backends
+
+    @property
+    def two_scopes(self) -> bool:
+        return self.internal_backends is not None
+
+    def selectable(self, internal: bool = False) -> tuple[Backend, ...]:
+        """Backends new flows may go to, in a stable order: from outside the node, or with
+        *internal*, from pods and host processes."""
+        return selectable(self.internal if internal else self.backends)
+
+
+def selectable(backends: Iterable[Backend]) -> tuple[Backend, ...]:
+    """The active backends in a stable order, or if none is, the terminating ones
+    (kube-proxy's fallback for new flows)."""
+    backends = tuple(backends)
+    active = tuple(sorted(b for b in backends if b.state == ACTIVE))
+    if active:
+        return active
+    return tuple(sorted(b for b in backends if b.state == TERMINATING))
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,9 @@ def lb_control(coll: Collection, node: str | None = None):
 
 
 def _program_lb(coll: Collection, scenario, endpoint, settings) -> None:
-    lb_control(coll).apply(lb_state(scenario))
+    # The endpoint's node's view: traffic policies Local keep that node's backends.
+    node = endpoint.node_name if endpoint is not None else None
+    lb_control(coll).apply(lb_state(scenario, node=node))
 
 
 def test_run_endpoint_ids(scenario) -> dict[str, int]:

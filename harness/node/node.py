@@ -247,6 +247,8 @@ def _pinned_types() -> dict[str, tuple[type, type]]:
         "cb_lb4_services": (S.Lb4Key, S.LbService), "cb_lb6_services": (S.Lb6Key, S.LbService),
         "cb_lb4_backends": (u32, S.Lb4Backend), "cb_lb6_backends": (u32, S.Lb6Backend),
         "cb_lb4_reverse_nat": (u32, S.Lb4ReverseNat), "cb_lb6_reverse_nat": (u32, S.Lb6ReverseNat),
+        "cb_lb4_source_range": (S.Lb4SrcRangeKey, ctypes.c_uint8),
+        "cb_lb6_source_range": (S.Lb6SrcRangeKey, ctypes.c_uint8),
         "cb_lb_stats": (u32, S.TrafficCounter), "cb_ct4": (S.Ct4Tuple, S.CtEntry),
         "cb_ct6": (S.Ct6Tuple, S.CtEntry), "cb_metrics": (S.MetricsKey, S.TrafficCounter),
         "cb_lb_affinity": (S.LbAffinityKey, S.LbAffinityVal),

@@ -18,7 +18,7 @@ def lb_apply(node: str, text: str, origin: str) -> str:
     """Program *node*'s LB maps from the scenario *text* (its errors name *origin*) and
     keep the text, so ``services`` names the frontends by their Service."""
     scenario = validate.load_text(text, origin)    # a refused frontend: one line naming the file
-    state = lb_state(scenario)
+    state = lb_state(scenario, node=node)           # the node's view: traffic policies Local
     home = Node(node)
     with home.lock(), home.load("lxc") as coll:
         control = home.lb_control(coll)
