@@ -27,6 +27,7 @@
 #include "lib/ct.h"
 #include "lib/drop.h"
 #include "lib/endpoint.h"
+#include "lib/fib.h"
 #include "lib/frag.h"
 #include "lib/ipcache.h"
 #include "lib/lb.h"
@@ -333,7 +334,12 @@ static __always_inline int __from_container4(const struct endpoint_config *self,
 				return -DROP_NAT_NO_MAPPING;
 			events_note_xlate4(CB_EVF_REV_XLATED, m->saddr.p[0], m->sport,
 					   reply.rev_nat_index);
-			return nat4_rewrite_src(skb, m, rn->address, rn->port);
+			ret = nat4_rewrite_src(skb, m, rn->address, rn->port);
+			if (ret < 0 || !(reply.flags & CT_F_NODEPORT))
+				return ret;
+			/* Its source is now the node's own address: out of the
+			 * node's device, not into its stack (lib/fib.h). */
+			return fib_redirect4(skb, m, rn->address, m->daddr.p[0]);
 		}
 		break;
 	default:
@@ -433,7 +439,10 @@ static __always_inline int __from_container6(const struct endpoint_config *self,
 			if (!rn)
 				return -DROP_NAT_NO_MAPPING;
 			events_note_xlate(CB_EVF_REV_XLATED, &m->saddr, m->sport, reply.rev_nat_index);
-			return nat6_rewrite_src(skb, m, &rn->address, rn->port);
+			ret = nat6_rewrite_src(skb, m, &rn->address, rn->port);
+			if (ret < 0 || !(reply.flags & CT_F_NODEPORT))
+				return ret;
+			return fib_redirect6(skb, m, &rn->address, &m->daddr);
 		}
 		break;
 	default:

@@ -25,6 +25,7 @@
 #include "lib/common.h"
 #include "lib/ct.h"
 #include "lib/drop.h"
+#include "lib/fib.h"
 #include "lib/frag.h"
 #include "lib/lb.h"
 #include "lib/nat.h"
@@ -111,7 +112,11 @@ static __always_inline int from_netdev4(struct __sk_buff *skb, struct pkt_meta *
 			ret = nat4_rewrite_dst(skb, m, sn->addr.p[0], sn->port);
 			if (ret < 0)
 				return ret;
-			return nat4_rewrite_src(skb, m, rn->address, rn->port);
+			ret = nat4_rewrite_src(skb, m, rn->address, rn->port);
+			if (ret < 0)
+				return ret;
+			/* From the node's own address: back out, not into the stack. */
+			return fib_redirect4(skb, m, rn->address, sn->addr.p[0]);
 		}
 	}
 	svc = lb4_lookup_service(m->daddr.p[0], m->dport, m->l4_proto);
@@ -161,7 +166,10 @@ static __always_inline int from_netdev6(struct __sk_buff *skb, struct pkt_meta *
 			ret = nat6_rewrite_dst(skb, m, &sn->addr, sn->port);
 			if (ret < 0)
 				return ret;
-			return nat6_rewrite_src(skb, m, &rn->address, rn->port);
+			ret = nat6_rewrite_src(skb, m, &rn->address, rn->port);
+			if (ret < 0)
+				return ret;
+			return fib_redirect6(skb, m, &rn->address, &sn->addr);
 		}
 	}
 	svc = lb6_lookup_service(&m->daddr, m->dport, m->l4_proto);
@@ -208,7 +216,7 @@ int from_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (ret < 0)
 		return drop_packet(skb, -ret, CB_DIR_INGRESS);
-	return TC_ACT_OK;
+	return ret == TC_ACT_REDIRECT ? TC_ACT_REDIRECT : TC_ACT_OK;
 }
 
 /* The node's uplink, tc egress: only a trace event at TRACE_TO_NETWORK.  There
