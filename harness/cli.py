@@ -456,14 +456,14 @@ def cmd_down(args) -> int:
 
 
 def cmd_connectivity(args) -> int:
-    from harness.topology import connectivity   # lazy: the topology and datapath (~115 ms)
+    from harness.topology import check_suites   # lazy: the topology and datapath (~115 ms)
     if args.flows is not None:
         try:                # a file that cannot be written is refused before the suite runs
             with open(args.flows, "a"):
                 pass
         except OSError as exc:
             raise InputError(f"--flows {args.flows}: {exc.strerror}") from None
-    results = connectivity.run_selected(args.test, args.datapath, args.flow_validation, args.flows)
+    results = check_suites.run_selected(args.test, args.datapath, args.flow_validation, args.flows)
     if args.output == "json":
         print(json.dumps([r.to_dict(args.flow_validation) for r in results], indent=1))
     else:

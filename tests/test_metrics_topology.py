@@ -26,7 +26,7 @@ from harness.observe.metrics import FlowMetrics, serve
 from harness.observe.prometheus_run import Prometheus
 from harness.observe.proto import flow_pb2
 from harness.scenario import SCENARIO_DIR
-from harness.topology import build, chaining, connectivity
+from harness.topology import build, chaining, check_suites
 from tests.test_chaining import nothing_left
 
 SCENARIO = str(SCENARIO_DIR / "connectivity-check.yaml")
@@ -198,7 +198,7 @@ def test_after_the_connectivity_check_prometheus_sees_the_policy_drops_and_flows
                                     lifetime=240).start())
         for prom in proms:
             prom.wait_for('up{job="chainbench"} == 1', bool, timeout=30)
-        results = connectivity.run_selected([], None, "strict")
+        results = check_suites.run_selected([], None, "strict")
         assert all(r.ok for r in results), [(r.check.name, r.detail) for r in results
                                              if not r.ok]
         denied = [r for r in results if r.check.expect == "fail"]

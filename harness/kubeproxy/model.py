@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from harness.addressing import POD_CIDR_V4, POD_CIDR_V6, SERVICE_CIDR_V4, SERVICE_CIDR_V6
 from harness.lb.model import ACTIVE, TERMINATING, Frontend, LbState

@@ -45,11 +45,10 @@ from harness.node import drop_counters
 from harness.abi import drop_reasons
 from harness.node.endpoints import EndpointRegistry
 from harness.host.signals import shielded
-from harness.errors import ChainbenchError, InputError
-from harness.scenario import load_scenario
+from harness.errors import ChainbenchError
 from harness.topology import flow_proof
 from harness.topology.servers import nginx
-from harness.topology.state import TopologyState, load_state, scenario_with_real_addresses
+from harness.topology.state import TopologyState
 
 CHECK_TIMEOUT = 3.0
 ECHO_PORT, HOST_ECHO_PORT, WORLD_PORT, HOSTPORT, NODEPORT = 8080, 41000, 80, 40000, 31313
@@ -520,30 +519,3 @@ def _prove_with_flows(results: list[Result], since: float, validation: str, path
             r.warning = "; ".join(x for x in (r.warning, missing) if x)
         else:
             r.status, r.detail = "FAIL", f"{r.detail}; {missing}"
-
-
-def run_selected(patterns: list[str], datapath: str | None = None,
-                 flow_validation: str = "strict", flows_path: str | None = None) -> list[Result]:
-    """The checks *patterns* select (select(); none: every check) run on the topology
-    that is up, against *datapath* (default: the topology's): the topology's scenario
-    picks the suite (this module's, or service_checks' for service-features.yaml)."""
-    from harness.topology import service_checks     # lazy: it imports this module
-    state = load_state()
-    suite = service_checks.CHECKS if state is not None and service_checks.applies(state) \
-        else CHECKS
-    if suite is not CHECKS and flows_path is not None:
-        raise InputError("--flows: the Service feature checks are not matched with flows")
-    try:
-        checks = select(suite, patterns)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    if not checks:
-        raise InputError(f"--test {','.join(patterns)}: no check matches "
-                         f"(checks: {', '.join(c.name for c in suite)})")
-    if state is None:
-        raise InputError("no topology is up: run `chainbench up -f "
-                         "bench/scenarios/connectivity-check.yaml` first")
-    scenario = scenario_with_real_addresses(load_scenario(state.scenario), state)
-    if suite is not CHECKS:
-        return service_checks.run(state, scenario, datapath, checks)
-    return run(state, scenario, datapath, checks, flow_validation, flows_path)
