@@ -451,7 +451,7 @@ def test_socket_lb_uses_the_internal_scope_and_leaves_source_ranges_to_packets()
     only (INT scope); a frontend with source ranges is not translated at the socket (the
     source is unknown at connect()): the packet path checks and translates it."""
     from .test_socket_lb import BE4, BE_PORT, lb_packets, served_by, socket_lb_env
-    pins = bpffs.pin_path(f"cb-slb{os.getpid()}-feat")
+    pins = bpffs.test_pin_dir(985)   # outside the pin root: no topology command sweeps it
     eps = [endpoint(BE4[0], "cb-node0"), endpoint(BE4[1], "cb-node1")]
     itp = service("itp", "198.19.0.41", [("http", 80, BE_PORT, "TCP")], eps,
                   svc_type="LoadBalancer", node_ports={"http": 31081}, lb_ips=["203.0.113.81"],
@@ -484,7 +484,7 @@ def test_services_listing_from_pinned_maps_shows_scopes_and_ranges(load):
     from harness.bpf import Map
     from harness.node.node import _pinned_types
     f = FAMILIES[6]
-    pins = bpffs.pin_path(f"cb-slb{os.getpid()}-rng")
+    pins = bpffs.test_pin_dir(984)   # outside the pin root: no topology command sweeps it
     try:
         with Collection.load(str(object_path("lxc")), pin_dir=pins) as lxc:
             datapath.lb_control(lxc).apply(lb_state(K.scenario(

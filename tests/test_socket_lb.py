@@ -386,7 +386,7 @@ def test_node_maps_shared_with_lxc_count_socket_lb():
     """Loaded with a node's pin directory (harness.node.datapath.load(..., pinned=True)),
     sock shares the service maps and cb_lb_stats with lxc: the node's counters, and
     so `chainbench services`, include socket-LB translations."""
-    pins = bpffs.pin_path(f"cb-slb{os.getpid()}-node")
+    pins = bpffs.test_pin_dir(986)   # outside the pin root: no topology command sweeps it
     try:
         with Collection.load(str(object_path("lxc")), pin_dir=pins) as lxc:
             program_all(lxc)                                  # programmed through lxc ...
