@@ -9,8 +9,10 @@
  *
  * Clients here are external: the frontend's EXT scope (lib/lb.h).  With
  * externalTrafficPolicy: Local that scope holds the node's own backends
- * only, and the client's source is kept (no SNAT); without one, the packet
- * is dropped (158, DROP_NO_SERVICE).  A LoadBalancer frontend with
+ * only, so a new flow keeps the client's source (only a remote backend is
+ * SNATed: a flow established before the policy turned Local keeps its remote
+ * backend and its SNAT); without a local backend the packet is dropped (158,
+ * DROP_NO_SERVICE).  A LoadBalancer frontend with
  * loadBalancerSourceRanges drops other clients (177) before choosing.
  *
  * A local backend's replies are reverse-NATed by its from_container, which
@@ -127,7 +129,7 @@ static __always_inline int from_netdev4(struct __sk_buff *skb, struct pkt_meta *
 	ret = svc4_translate(skb, m, svc, &st, 0, now, NULL);
 	if (ret < 0)
 		return ret;
-	if ((svc->flags & SVC_F_LOCAL_SCOPE) || backend_is_local4(m->daddr.p[0])) {
+	if (backend_is_local4(m->daddr.p[0])) {
 		struct ct4_tuple t = {
 			.daddr = m->daddr.p[0], .saddr = client, .dport = m->dport, .sport = cport,
 			.nexthdr = m->l4_proto, .flags = CT_INGRESS,
@@ -180,7 +182,7 @@ static __always_inline int from_netdev6(struct __sk_buff *skb, struct pkt_meta *
 	ret = svc6_translate(skb, m, svc, &st, 0, now, NULL);
 	if (ret < 0)
 		return ret;
-	if ((svc->flags & SVC_F_LOCAL_SCOPE) || backend_is_local6(&m->daddr)) {
+	if (backend_is_local6(&m->daddr)) {
 		struct ct6_tuple t = {
 			.dport = m->dport, .sport = cport, .nexthdr = m->l4_proto, .flags = CT_INGRESS,
 		};

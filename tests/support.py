@@ -1,6 +1,7 @@
 """Helpers shared by test modules (fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,16 @@ def object_path(name: str) -> Path:
         if candidate.is_file():
             return candidate
     pytest.fail(f"{name}.bpf.o is not built: run `make build` (make test does)")
+
+
+@contextlib.contextmanager
+def scratch_netns(name: str):
+    """A fresh ``cb-`` network namespace *name* (a leftover of that name is removed
+    first), deleted afterwards."""
+    from harness.host import netns
+    netns.delete(name)
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        netns.delete(name)

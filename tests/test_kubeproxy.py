@@ -23,6 +23,7 @@ from harness.host import netns
 from harness.kubeproxy import apply, iptables as ipt, names, nftables as nft
 from harness.kubeproxy.model import service_ports
 from harness.lb.model import ACTIVE, TERMINATING, Backend, Frontend, LbState
+from tests.support import scratch_netns
 
 DATA = pathlib.Path(__file__).parent / "data" / "kubeproxy"
 VIP = ipaddress.ip_address("198.19.0.10")
@@ -100,13 +101,8 @@ def test_golden(case, kind):
 
 @pytest.fixture
 def ns():
-    name = "cb-kp-load"
-    netns.delete(name)
-    netns.create(name)
-    try:
+    with scratch_netns("cb-kp-load") as name:
         yield name
-    finally:
-        netns.delete(name)
 
 
 BACKENDS = apply.available_backends()

@@ -55,6 +55,7 @@ from harness.host import netns
 from harness.kubeproxy import apply, iptables as ipt
 from tests import iptables_tracer as tr
 from tests.iptables_tracer import Flow
+from tests.support import scratch_netns
 from tests.kubeproxy_objects import (TEST_EXTERNAL_CLIENT, TEST_EXTERNAL_CLIENT_BLOCKED,
                                      TEST_HOSTNAME, TEST_NODE_IP, TEST_NODE_IP_ALT,
                                      TEST_NODE_IPS, TEST_NODE_IPV6, TEST_NODE_IPV6_ALT, Cluster,
@@ -909,13 +910,8 @@ def test_sync_proxy_rules_repeated():
 
 @pytest.fixture
 def ns():
-    name = "cb-kp-upstream"
-    netns.delete(name)
-    netns.create(name)
-    try:
+    with scratch_netns("cb-kp-upstream") as name:
         yield name
-    finally:
-        netns.delete(name)
 
 
 BACKENDS = apply.available_backends()

@@ -64,6 +64,7 @@ from tests.kubeproxy_objects_nft import (EP, FAKE_MASQUERADE_MARK, TEST_EXTERNAL
                                          fake_proxier_config, make_test_endpoint_slice,
                                          make_test_service, port, state_of)
 from tests.nft_tracer import FakeTable, diff_transaction, trace_packet
+from tests.support import scratch_netns
 
 DATA = pathlib.Path(__file__).parent / "data" / "kubeproxy" / "upstream" / "nft"
 BASE_RULES = (DATA / "base_rules.nft").read_text()
@@ -418,14 +419,8 @@ UPSTREAM_TESTS = [
 
 @pytest.fixture
 def nft_ns():
-    from harness.host import netns
-    name = "cb-kp-upnft"
-    netns.delete(name)
-    netns.create(name)
-    try:
+    with scratch_netns("cb-kp-upnft") as name:
         yield name
-    finally:
-        netns.delete(name)
 
 
 def test_transactions_load_in_nft(nft_ns):

@@ -122,6 +122,27 @@ def test_etp_local_external_goes_to_local_backend_with_client_source(load, famil
 
 
 @pytest.mark.parametrize("family", [4, 6])
+def test_flow_to_a_remote_backend_stays_snated_when_the_policy_turns_local(load, family):
+    """An outside connection SNATed to a remote backend under externalTrafficPolicy
+    Cluster keeps its backend when the policy turns Local (an established flow), and
+    so keeps its SNAT: without it the remote backend would answer the client directly
+    (found by the differential test).  New flows then go to the local backend only."""
+    f = FAMILIES[family]
+    dp = build(load, web(f, backends=("remote",)))
+    syn = f["pkt"](f["node"], 31080, src=f["world"], sport=50000)
+    res, out = dp.run("from_netdev", syn)
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_OK", None)
+    assert out[f["l3"]].dst == f["remote"] and out[f["l3"]].src == f["node"]
+    snat_port = out[TCP].sport
+    dp.apply(K.scenario(web(f, local=True)))
+    ack = f["pkt"](f["node"], 31080, src=f["world"], sport=50000, flags="A")
+    res, out = dp.run("from_netdev", ack)
+    assert (res.verdict, res.drop_reason) == ("TC_ACT_OK", None)
+    assert_translated(ack, out, f["remote"], 8080, src=f["node"], sport=snat_port)
+    assert run_many(dp, "from_netdev", f, f["node"], 31080, f["world"]) == {f["local"]}
+
+
+@pytest.mark.parametrize("family", [4, 6])
 def test_etp_local_without_local_backend_drops_no_service(load, family):
     f = FAMILIES[family]
     dp = build(load, web(f, backends=("remote",), local=True))
