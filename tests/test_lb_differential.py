@@ -200,7 +200,7 @@ def check_policy_packet(runners: dict, model: ReferenceLb, dst, proto, saddr, sp
     model.observe(pkt, expected, chosen, external=external)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_traffic_policies_and_source_ranges_agree_with_reference_model(data):
     """cb-node0's maps (lb_state(..., node="cb-node0")): pods through from_container,
