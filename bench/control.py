@@ -157,7 +157,9 @@ def _memlock(fd: int) -> int:
 
 def _sample_bpf(state: LbState, new: LbState, service: str, timeout: float,
                 measure_size: bool) -> dict:
-    sizes = datapath.scaled_max_entries(len(state.frontends), ENDPOINTS)
+    v6 = sum(1 for f in state.frontends if f.family == 6)
+    sizes = datapath.scaled_max_entries(len(state.frontends) - v6, ENDPOINTS, v6,
+                                        sum(1 for f in state.frontends if f.two_scopes))
     coll = Collection.load(str(paths.bpf_object("lxc")), rodata=datapath.service_rodata(),
                            max_entries=sizes)
     try:

@@ -523,8 +523,19 @@ def cmd_kube_proxy_render(args) -> int:
     # lazy: the control plane and the scenario parser (~85 ms)
     from harness.kubeproxy import iptables, nftables
     from harness.lb.desired import lb_state
+    from harness.addressing import node_index, node_ip4, node_ip6
+    from harness.kubeproxy.model import ProxierConfig
     renderer = iptables if args.mode == "iptables" else nftables
-    sys.stdout.write(renderer.render(lb_state(_load_scenario(args))))
+    scenario = _load_scenario(args)
+    config = ProxierConfig(family=args.family)
+    if args.node is not None:
+        if args.node not in scenario.nodes:
+            raise InputError(f"--node {args.node}: not a node of the scenario "
+                             f"({', '.join(scenario.nodes) or 'none'})")
+        index = node_index(args.node)
+        config = ProxierConfig(family=args.family, hostname=args.node,
+                               node_ips=(str(node_ip4(index)), str(node_ip6(index))))
+    sys.stdout.write(renderer.render(lb_state(scenario), config))
     return EXIT_OK
 
 
@@ -955,6 +966,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = ksub.add_parser("render", help="print the iptables-restore input or nft script kube-proxy "
                                        "would program for a scenario")
     c.add_argument("--mode", choices=["iptables", "nftables"], required=True)
+    c.add_argument("--family", type=int, choices=[4, 6], default=4,
+                   help="the proxier's IP family: iptables-restore or ip6tables-restore input, "
+                        "table ip or ip6 kube-proxy (default 4)")
+    c.add_argument("--node", help="the node whose kube-proxy renders (its name and addresses: "
+                                  "the endpoints Local traffic policies use); default none")
     _add_scenario_file(c)
     c.set_defaults(func=cmd_kube_proxy_render)
 

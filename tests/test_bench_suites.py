@@ -128,6 +128,23 @@ def test_control_realistic_mix_changes_every_frontend_of_the_service():
     assert control.bench_state(3, "clusterip").frontends[0].type == "ClusterIP"
 
 
+def test_control_sizes_the_maps_for_both_families_and_scopes():
+    """The realistic mix at 10k services has ~3,000 IPv6 frontends and two-scope
+    ones: the BPF maps of the control suite hold them (it failed with E2BIG on
+    cb_lb6_reverse_nat when only IPv4 was counted)."""
+    from harness.node import datapath
+    state = control.bench_state(10_000)
+    v6 = [f for f in state.frontends if f.family == 6]
+    scoped = [f for f in state.frontends if f.two_scopes]
+    assert len(v6) > 1024 and scoped
+    sizes = datapath.scaled_max_entries(len(state.frontends) - len(v6), control.ENDPOINTS,
+                                        len(v6), len(scoped))
+    assert sizes["cb_lb6_reverse_nat"] >= len(v6) and sizes["cb_lb4_reverse_nat"] >= \
+        len(state.frontends) - len(v6)
+    slots6 = sum(len(f.backends) + 1 + (len(f.internal) + 1 if f.two_scopes else 0) for f in v6)
+    assert sizes["cb_lb6_services"] >= slots6
+
+
 def test_control_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown control method"):
         control.run([1], methods=("ipvs",))

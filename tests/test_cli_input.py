@@ -307,3 +307,28 @@ def test_a_command_started_as_a_background_job_still_ends_on_a_signal(sig, code)
             proc.wait()
     assert proc.returncode == code, err
     assert b"Traceback" not in err and len(err.decode().strip().splitlines()) <= 1
+
+
+# ------------------------------------------------------------------- kube-proxy render
+
+FEATURES = ROOT / "bench" / "scenarios" / "service-features.yaml"
+
+
+def test_kube_proxy_render_as_a_node_and_per_family():
+    # Without a node no endpoint is local: an externalTrafficPolicy Local service's
+    # KUBE-SVL chain has nothing to jump to; as cb-node0 it has cb-node0's endpoint.
+    anon = chainbench("kube-proxy", "render", "--mode", "iptables", "-f", str(FEATURES))
+    node = chainbench("kube-proxy", "render", "--mode", "iptables", "--node", "cb-node0",
+                      "-f", str(FEATURES))
+    assert anon.returncode == node.returncode == 0, (anon.stderr, node.stderr)
+    assert "-A KUBE-SVL-" in node.stdout and "has no local endpoints" in anon.stdout
+    v6 = chainbench("kube-proxy", "render", "--mode", "nftables", "--family", "6",
+                    "--node", "cb-node0", "-f", str(FEATURES))
+    assert v6.returncode == 0 and "add table ip6 kube-proxy" in v6.stdout
+    assert "ip6 daddr" in v6.stdout and " ip daddr " not in v6.stdout
+
+
+def test_kube_proxy_render_refuses_an_unknown_node():
+    line = bad_input_line(chainbench("kube-proxy", "render", "--mode", "nftables", "--node",
+                                     "cb-node9", "-f", str(FEATURES)))
+    assert line == "ERROR: --node cb-node9: not a node of the scenario (cb-node0, cb-node1)"

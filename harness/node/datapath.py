@@ -46,14 +46,21 @@ def journal(node: str | None) -> Journal | None:
     return Node(node).journal if node else None
 
 
-def scaled_max_entries(frontends: int, backends_per_frontend: int) -> dict[str, int]:
-    """Map sizes that hold *frontends* x *backends_per_frontend* (with headroom)."""
-    slots = frontends * (backends_per_frontend + 1) + frontends  # slots + masters + VIPs
-    sizes = {"cb_lb4_services": slots, "cb_lb6_services": 1024,
+def scaled_max_entries(frontends: int, backends_per_frontend: int,
+                       frontends6: int = 0, two_scopes: int = 0) -> dict[str, int]:
+    """Map sizes that hold *frontends* IPv4 frontends (and *frontends6* IPv6 ones) x
+    *backends_per_frontend*, *two_scopes* of them (either family) with a second,
+    internal, service entry and slots, with headroom."""
+    per = backends_per_frontend + 1
+    scoped = two_scopes * per
+
+    def slots(n: int) -> int:                   # slots + masters + VIPs (+ INT scopes)
+        return n * per + n + (scoped if n else 0)
+    sizes = {"cb_lb4_services": slots(frontends), "cb_lb6_services": slots(frontends6),
              "cb_lb4_backends": max(65536, frontends * backends_per_frontend),
-             "cb_lb6_backends": 1024,
-             "cb_lb4_reverse_nat": frontends + 1024, "cb_lb6_reverse_nat": 1024,
-             "cb_lb_stats": frontends + 1024}
+             "cb_lb6_backends": frontends6 * backends_per_frontend,
+             "cb_lb4_reverse_nat": frontends + 1024, "cb_lb6_reverse_nat": frontends6 + 1024,
+             "cb_lb_stats": frontends + frontends6 + 1024}
     return {k: max(v, 1024) for k, v in sizes.items()}
 
 
