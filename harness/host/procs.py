@@ -249,6 +249,12 @@ def remove_scratch(directory: str) -> None:
     _rmdir_if_empty(SCRATCH_ROOT)
 
 
+def prune_scratch_root() -> None:
+    """Remove the scratch root if it is empty (a command interrupted between making
+    the root and its directory leaves it so)."""
+    _rmdir_if_empty(SCRATCH_ROOT)
+
+
 # -- ending ---------------------------------------------------------------------------------
 def records() -> list[Record]:
     out = []

@@ -390,8 +390,9 @@ class Servers:
 
     def _start(self, netns: str, port: int, name: str) -> None:
         if nginx.available():
-            server, directory = nginx.command(port, name)
-            self.scratch.append(directory)
+            with shielded():    # a signal here must not leave the directory unrecorded
+                server, directory = nginx.command(port, name)
+                self.scratch.append(directory)
             kind = "nginx"
         else:
             server = [_python(), "-m", "harness.topology.servers.echo_http", "--port", str(port),
@@ -439,6 +440,7 @@ class Servers:
                 procs.stop(p)
             for directory in self.scratch:
                 nginx.stop_scratch(directory)
+            procs.prune_scratch_root()
 
 
 def _waves(scenario, checks: list[Check]) -> list[list[Check]]:
