@@ -120,6 +120,11 @@ def changed_state(state: LbState) -> tuple[LbState, str]:
     return LbState(frontends), service
 
 
+def service_frontends(state: LbState, service: str) -> LbState:
+    """*service*'s frontends alone: what an agent recomputes on one EndpointSlice event."""
+    return LbState(tuple(f for f in state.frontends if f.service == service))
+
+
 MIXES = ("realistic", "clusterip")
 #: The node whose view the realistic mix is programmed as (of two).
 MIX_NODE = "cb-node0"
@@ -155,30 +160,100 @@ def _memlock(fd: int) -> int:
     return 0
 
 
-def _sample_bpf(state: LbState, new: LbState, service: str, timeout: float,
-                measure_size: bool) -> dict:
+def _rss_reset() -> None:
+    """Start a new peak-RSS window for this process (VmHWM := VmRSS)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _rss() -> tuple[int, int]:
+    """(VmRSS, VmHWM) of this process, bytes."""
+    got = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                got[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return got["VmRSS"], got["VmHWM"]
+
+
+def _load_bpf(state: LbState) -> Collection:
     v6 = sum(1 for f in state.frontends if f.family == 6)
     sizes = datapath.scaled_max_entries(len(state.frontends) - v6, ENDPOINTS, v6,
                                         sum(1 for f in state.frontends if f.two_scopes))
-    coll = Collection.load(str(paths.bpf_object("lxc")), rodata=datapath.service_rodata(),
+    return Collection.load(str(paths.bpf_object("lxc")), rodata=datapath.service_rodata(),
                            max_entries=sizes)
+
+
+#: The LB maps in the order an apply writes them (backends, reverse NAT, ranges, services).
+FLOOR_MAPS = tuple(f"cb_lb{fam}_{m}" for m in ("backends", "reverse_nat", "source_range",
+                                                "services") for fam in (4, 6))
+
+
+def floor_entries(coll: Collection) -> dict[str, tuple]:
+    """What an apply left in the LB maps, packed as it is in the kernel."""
+    out = {}
+    for name in FLOOR_MAPS:
+        m = coll.maps[name]
+        if m.type == "lpm_trie":       # no batch lookup: read entry by entry
+            items = [(bytes(k), bytes(v)) for k, v in m.items()]
+            out[name] = ([k for k, _ in items], [v for _, v in items])
+        else:
+            out[name] = m.dump_packed()
+    return out
+
+
+def _sample_floor(state: LbState, entries: dict[str, tuple]) -> float:
+    """The raw batch-write floor: *entries* written into fresh maps, one batch per map,
+    no planning (the seconds of the update_batch calls alone)."""
+    coll = _load_bpf(state)
+    try:
+        seconds = 0.0
+        for name, (keys, values) in entries.items():
+            if len(keys):
+                start = time.perf_counter()
+                coll.maps[name].update_batch(keys, values)
+                seconds += time.perf_counter() - start
+        return seconds
+    finally:
+        coll.close()
+
+
+def _sample_bpf(state: LbState, changed: LbState, service: str, timeout: float,
+                measure_size: bool, floor: dict | None) -> dict:
+    """One BPF sample: a full apply, then *service* re-applied from *changed* (its
+    frontends alone, as an agent handling one EndpointSlice event passes them), and the
+    raw write floor of the full apply's entries.  *floor*: entries of an earlier round
+    (written before the apply, so the two alternate), or None (dump this apply's)."""
+    out: dict = {}
+    if floor is not None:
+        out["floor"] = _sample_floor(state, floor)
+    coll = _load_bpf(state)
     try:
         ctl = datapath.lb_control(coll)
+        rss_before = _rss()[0]
+        _rss_reset()
         start = time.perf_counter()
         stats = ctl.apply(state)
-        out = {"full": time.perf_counter() - start, "full-writes": stats.write_seconds}
+        out["full"] = time.perf_counter() - start
+        out["rss_before"], out["rss_peak"] = rss_before, _rss()[1]
+        out["full-plan"], out["full-writes"] = stats.plan_seconds, stats.write_seconds
         if measure_size:
             counts = ctl.entry_count()
             out["entries"] = sum(counts.values())
             out["map_bytes"] = sum(_memlock(m.fd) for name, m in coll.maps.items()
                                    if name.startswith("cb_lb"))
+        if floor is None:
+            out["floor-entries"] = floor_entries(coll)
         start = time.perf_counter()
-        stats = ctl.apply(new, services=[service])
+        stats = ctl.apply(changed, services=[service])
         out["change-one"] = time.perf_counter() - start
+        out["change-one-plan"] = stats.plan_seconds
         out["change-one-writes"] = stats.write_seconds
-        return out
     finally:
         coll.close()
+    if floor is None:
+        out["floor"] = _sample_floor(state, out["floor-entries"])
+    return out
 
 
 def _count_save(ns: str, backend: str, families: tuple[int, ...]) -> tuple[int, int]:
@@ -268,11 +343,14 @@ def _sample_kube_proxy(method: str, state: LbState, new: LbState, timeout: float
 
 
 def sample(method: str, state: LbState, new: LbState, service: str, timeout: float,
-           measure_size: bool, config: ProxierConfig | None = None) -> dict:
+           measure_size: bool, config: ProxierConfig | None = None,
+           floor: dict | None = None) -> dict:
     """Seconds of a full sync and of a one-service change with *method* (plus sizes);
-    *config*: the kube-proxy's settings (node name and IPs)."""
+    *config*: the kube-proxy's settings (node name and IPs); *floor*: BPF only, the
+    entries of an earlier round's apply for the raw write floor."""
     if method == "bpf":
-        return _sample_bpf(state, new, service, timeout, measure_size)
+        return _sample_bpf(state, service_frontends(new, service), service, timeout,
+                           measure_size, floor)
     return _sample_kube_proxy(method, state, new, timeout, measure_size,
                               f"cb-ctl-{os.getpid()}", config)
 
@@ -297,8 +375,11 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
     for n in scales:
         state = bench_state(n, mix)
         new, service = changed_state(state)
+        floor_entries: dict | None = None
         per: dict[str, dict] = {m: {"full": [], "change-one": [], "render": [], "full-writes": [],
-                                    "change-one-writes": [], "cpu": [], "entries": None,
+                                    "change-one-writes": [], "full-plan": [],
+                                    "change-one-plan": [], "floor": [], "rss_peak": [],
+                                    "rss_before": [], "cpu": [], "entries": None,
                                     "map_bytes": None, "rules_text_bytes": None,
                                     "status": "ok", "detail": None}
                                 for m in methods}
@@ -319,7 +400,8 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
                     progress(done - 1, total, f"control: {m} @ {n} services, round {r + 1}")
                 try:
                     got = sample(m, state, new, service, method_timeouts.get(m, timeout),
-                                 measure_size=(r == 0), config=mix_config(mix))
+                                 measure_size=(r == 0), config=mix_config(mix),
+                                 floor=floor_entries if r % 2 else None)
                 except Timeout as exc:
                     rec.update(status="timeout", detail=str(exc))
                     timed_out[m] = f"{n} services: {exc}"
@@ -327,7 +409,10 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
                 except (kp.ApplyError, OSError) as exc:
                     rec.update(status="error", detail=str(exc).splitlines()[0][:300])
                     continue
-                for op in ("full", "change-one", "render", "full-writes", "change-one-writes"):
+                if "floor-entries" in got:
+                    floor_entries = got.pop("floor-entries")
+                for op in ("full", "change-one", "render", "full-writes", "change-one-writes",
+                           "full-plan", "change-one-plan", "floor", "rss_peak", "rss_before"):
                     if op in got:
                         rec[op].append(got[op])
                 rec["cpu"] += got.get("cpu", [])
@@ -343,7 +428,9 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
                        "method_timeouts_s": method_timeouts,
                        "method": "full sync from nothing, then one service changed; methods "
                                  "interleaved per round; kube-proxy rendering excluded "
-                                 "(render_seconds)"},
+                                 "(render_seconds); bpf: planning and map writes apart, and "
+                                 "the raw batch-write floor of the same entries (even rounds "
+                                 "after the apply, odd rounds before it)"},
             "results": results}
 
 
@@ -368,6 +455,17 @@ def _summarise(n: int, per: dict[str, dict]) -> list[dict]:
                 "render_seconds": summary(rec["render"]) if rec["render"] and op == "full"
                 else None,
                 "write_seconds": summary(rec[f"{op}-writes"]) if rec[f"{op}-writes"] else None,
+                "plan_seconds": (summary(rec[f"{op}-plan"]) if rec[f"{op}-plan"] else
+                                 summary(rec["render"]) if rec["render"] and op == "full"
+                                 else None),
+                "floor_seconds": summary(rec["floor"]) if rec["floor"] and op == "full"
+                else None,
+                "ratio_to_floor": summary([a / b for a, b in zip(samples, rec["floor"])])
+                if ok and rec["floor"] and op == "full" else None,
+                "peak_rss_bytes": max(rec["rss_peak"]) if rec["rss_peak"] and op == "full"
+                else None,
+                "rss_before_bytes": max(rec["rss_before"]) if rec["rss_before"] and op == "full"
+                else None,
                 "cpu_seconds": ({"user": summary([u for u, _ in rec["cpu"]]),
                                  "system": summary([s for _, s in rec["cpu"]])}
                                 if rec["cpu"] and op == "full" else None),
@@ -386,25 +484,35 @@ def run_suite(settings: ControlSettings,
                mix=settings.mix)
 
 
-# MAP MEM: the BPF LB maps' memlock bytes; RULES TEXT: bytes of the iptables-save /
-# nft list output (kube-proxy).  Different quantities: never one column.
-HEADER = ("SERVICES", "OPERATION", "METHOD", "STATUS", "SECONDS", "MAD", "VS BPF", "ENTRIES",
-          "MAP MEM", "RULES TEXT")
+# PLAN: BPF planning / kube-proxy rendering; WRITE: BPF map writes (syscalls) /
+# kube-proxy's loader (what SECONDS is for kube-proxy); FLOOR: the same entries
+# written raw, x FLOOR: BPF total over it.  MAP MEM: the BPF LB maps' memlock
+# bytes; RULES TEXT: bytes of the iptables-save / nft list output (kube-proxy).
+# Different quantities: never one column.  PEAK RSS: this process while applying.
+HEADER = ("SERVICES", "OPERATION", "METHOD", "STATUS", "SECONDS", "MAD", "VS BPF", "PLAN",
+          "WRITE", "FLOOR", "X FLOOR", "ENTRIES", "MAP MEM", "RULES TEXT", "PEAK RSS")
+
+
+def _s(fig: dict | None, fmt: str = "{:.4f}") -> str:
+    return fmt.format(fig["median"]) if fig else "-"
 
 
 def table(suite: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """Header and rows: services, operation, method, status, median s, MAD %, x bpf,
-    entries, map memory (BPF), rules text (kube-proxy): "-" where a figure does not apply."""
+    plan / write / floor seconds, x floor, entries, map memory (BPF), rules text
+    (kube-proxy), peak RSS: "-" where a figure does not apply."""
     rows = []
     for r in suite["results"]:
         s = r["seconds"]
-        ratio = r["ratio_to_bpf"]
+        write = r.get("write_seconds") or (s if r["method"] != "bpf" else None)
+        rss = r.get("peak_rss_bytes")
         rows.append((str(r["services"]), r["operation"], r["method"],
                      r["status"] if r["status"] == "ok" else f"{r['status']}: {r['detail']}",
-                     f"{s['median']:.4f}" if s else "-",
-                     mad_pct_text(s),
-                     f"{ratio['median']:.1f}x" if ratio else "-",
+                     _s(s), mad_pct_text(s), _s(r["ratio_to_bpf"], "{:.1f}x"),
+                     _s(r.get("plan_seconds")), _s(write), _s(r.get("floor_seconds")),
+                     _s(r.get("ratio_to_floor"), "{:.2f}x"),
                      str(r["entries"]) if r["entries"] is not None else "-",
                      str(r["map_bytes"]) if r["map_bytes"] is not None else "-",
-                     str(r["rules_text_bytes"]) if r["rules_text_bytes"] is not None else "-"))
+                     str(r["rules_text_bytes"]) if r["rules_text_bytes"] is not None else "-",
+                     f"{rss / 2**20:.0f} MiB" if rss else "-"))
     return HEADER, rows

@@ -183,10 +183,22 @@ struct lb_maglev_table {
 	__u32 backend_ids[CB_MAGLEV_TABLE_SIZE];
 };
 
+/* The services, backends and reverse-NAT maps are preallocated: a full sync
+ * writes every entry at once, and BPF_MAP_UPDATE_BATCH into a preallocated
+ * hash map costs about half of what it costs with BPF_F_NO_PREALLOC, which
+ * allocates per element (python -m bench.map_floor measures it).  The price is
+ * max_entries elements of memory up front, and the reuse race of preallocated
+ * hash maps: the element an update replaces or a delete removes goes back to
+ * the free list at once, and the next write on that CPU may reuse it while a
+ * packet on another CPU is still reading it.  Such a packet reads the entry
+ * written into the element instead: another frontend's slot (a valid backend,
+ * of another service; egress policy still judges the translated address) or
+ * service entry (a count with no matching slot: dropped as no backend).  The
+ * window is a map read long and opens only while the control plane writes. */
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CB_LB_SERVICES_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct lb4_key);
 	__type(value, struct lb_service);
 } cb_lb4_services SEC(".maps");
@@ -194,7 +206,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CB_LB_SERVICES_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct lb6_key);
 	__type(value, struct lb_service);
 } cb_lb6_services SEC(".maps");
@@ -202,7 +213,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CB_LB_BACKENDS_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct lb4_backend);
 } cb_lb4_backends SEC(".maps");
@@ -210,7 +220,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CB_LB_BACKENDS_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct lb6_backend);
 } cb_lb6_backends SEC(".maps");
@@ -218,7 +227,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CB_LB_REVNAT_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct lb4_reverse_nat);
 } cb_lb4_reverse_nat SEC(".maps");
@@ -226,7 +234,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CB_LB_REVNAT_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct lb6_reverse_nat);
 } cb_lb6_reverse_nat SEC(".maps");

@@ -8,13 +8,13 @@ from .collection import Collection
 from .errors import (BpfError, KeyNotFoundError, NotSupportedError, StructMismatchError,
                      VerifierError)
 from .layout import CStruct, check_layout
-from .maps import ANY, EXIST, NOEXIST, Map
+from .maps import ANY, EXIST, NOEXIST, Map, Packed
 from .programs import Program, RunResult, SkBuffCtx, verdict_name
 from .ringbuf import RingBuffer
 
 __all__ = [
     "ANY", "EXIST", "NOEXIST", "BpfError", "CStruct", "Collection", "KeyNotFoundError", "Link",
-    "Map", "NotSupportedError", "Program", "RingBuffer", "RunResult", "StructMismatchError",
+    "Map", "NotSupportedError", "Packed", "Program", "RingBuffer", "RunResult", "StructMismatchError",
     "TcAttachment", "VerifierError", "XdpAttachment", "attach_cgroup", "attach_tc", "attach_xdp",
     "check_layout", "verdict_name",
 ]

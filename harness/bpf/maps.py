@@ -2,6 +2,9 @@
 
 Keys and values are ctypes types (a mirrored struct, an integer type, or a
 byte array).  Per-CPU maps take and return one value per possible CPU.
+Batch writes also take ``Packed`` records: many keys or values already laid
+out back to back in one buffer (a bulk planner's output), passed to the
+kernel without a copy per entry.
 """
 from __future__ import annotations
 
@@ -34,6 +37,51 @@ ANY, NOEXIST, EXIST = 0, 1, 2
 _NO_BATCH = {_errno.EINVAL, 524, _errno.EOPNOTSUPP}
 
 _INT_TYPES = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
+
+
+class Packed(Sequence):
+    """Fixed-size records back to back in one bytes buffer: keys or values of a
+    batch, as a sequence of bytes (``len``, indexing, iteration) that batch
+    operations hand to the kernel as they are."""
+
+    __slots__ = ("data", "size")
+
+    def __init__(self, data: bytes, size: int):
+        if size <= 0 or len(data) % size:
+            raise ValueError(f"{len(data)} bytes are not records of {size} bytes")
+        self.data, self.size = bytes(data), size
+
+    def __len__(self) -> int:
+        return len(self.data) // self.size
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return Packed(self.data[start * self.size:stop * self.size], self.size)
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(index)
+        return self.data[index * self.size:(index + 1) * self.size]
+
+    def __iter__(self):
+        size, data = self.size, self.data
+        return (data[i:i + size] for i in range(0, len(data), size))
+
+    def __reversed__(self):
+        size, data = self.size, self.data
+        return (data[i:i + size] for i in range(len(data) - size, -1, -size))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Packed):
+            return (self.size, self.data) == (other.size, other.data)
+        return NotImplemented
+
+    def __reduce__(self):
+        return (Packed, (self.data, self.size))
 
 
 class _MapInfo(ctypes.Structure):
@@ -219,6 +267,11 @@ class Map:
 
     # -- batch operations --------------------------------------------------------------
     def _pack(self, items: Sequence, ctype: type, size: int, what: str):
+        if isinstance(items, Packed):
+            if items.size != size:
+                raise ValueError(f"map {self.name}: {what}s of {items.size} bytes, "
+                                 f"the map's are {size}")
+            return items.data                   # read by the kernel in place
         if all(type(item) is bytes and len(item) == size for item in items):
             joined = b"".join(items)            # the common case, without a per-item copy
             return ctypes.create_string_buffer(joined, len(joined))
@@ -275,6 +328,31 @@ class Map:
             return len(keys)
         check(rc, f"batch delete from map {self.name}")
         return count.value
+
+    def dump_packed(self, chunk: int = 65536) -> tuple[Packed, Packed]:
+        """Every entry as (keys, values) Packed records, read with BPF_MAP_LOOKUP_BATCH
+        and not decoded (hash-type maps, not per-CPU)."""
+        if self.per_cpu:
+            raise ValueError(f"map {self.name}: dump_packed reads maps with one value per key")
+        keys, values = [], []
+        kbuf = ctypes.create_string_buffer(self.key_size * chunk)
+        vbuf = ctypes.create_string_buffer(self.value_size * chunk)
+        in_batch, out_batch = None, ctypes.create_string_buffer(max(self.key_size, 8))
+        while True:
+            count = ctypes.c_uint32(chunk)
+            opt = L.opts(L.MapBatchOpts)
+            rc = L.bpf_map_lookup_batch(self.fd, in_batch, out_batch, kbuf, vbuf,
+                                        ctypes.byref(count), ctypes.byref(opt))
+            if rc < 0 and rc != -_errno.ENOENT:
+                if -rc in _NO_BATCH:
+                    raise NotSupportedError(f"batch lookup in map {self.name}", -rc)
+                check(rc, f"batch lookup in map {self.name}")
+            keys.append(kbuf.raw[:count.value * self.key_size])
+            values.append(vbuf.raw[:count.value * self.value_size])
+            if rc == -_errno.ENOENT:
+                return Packed(b"".join(keys), self.key_size), \
+                    Packed(b"".join(values), self.value_size)
+            in_batch = ctypes.create_string_buffer(out_batch.raw, len(out_batch))
 
     def lookup_batch(self, chunk: int = 4096) -> list[tuple]:
         """Read every entry with BPF_MAP_LOOKUP_BATCH (hash-type maps); returns (key, value) pairs."""

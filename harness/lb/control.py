@@ -21,22 +21,36 @@ reads; the writes run through ``harness.journal`` (signals held while they
 run; with a node's journal, a SIGKILL mid-way is finished by the next command
 that opens the node's maps: see that module for what the datapath can see).
 
-Cost is proportional to what changes: changing one service of 100,000
-touches that service's entries only.
+Planning is in bulk (harness.lb.columns): the keys and values of every new or
+changed frontend are built as packed arrays in one pass over all of them, and
+each phase goes to the kernel as one BPF_MAP_UPDATE_BATCH straight from those
+buffers.  Python work per frontend is a dictionary lookup and a record; per
+distinct backend, one more.  Cost is proportional to what changes: changing
+one service of 100,000 touches that service's entries only (pass that
+service's frontends as *desired*, as an agent reacting to one EndpointSlice
+does; a full desired state is filtered first, which reads all of it).
 """
 from __future__ import annotations
 
-import time
+import contextlib
+import gc
+import heapq
 import ipaddress
+import time
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from typing import Callable, Iterable, Mapping
+
+import numpy as np
 
 from harness.errors import ChainbenchError
 from harness import journal as map_journal
-from harness.bpf import Map
+from harness.bpf import Map, Packed
+from harness.lb import columns as C
 from harness.lb import entries as E
 from harness.lb.listing import read_backends, read_services
-from harness.lb.model import ACTIVE, Backend, Frontend, LbState
+from harness.lb.model import ACTIVE, Backend, Frontend, LbState, selectable
 
 #: (rev_nat_index, backend ids, backend keys): the keys name backends in the
 #: Maglev permutation, so a table does not depend on how ids were assigned.
@@ -52,14 +66,16 @@ class LbApplyError(ChainbenchError, RuntimeError):
         self.cause = cause
 
 
-@dataclass
-class _FrontendRecord:
+@dataclass(slots=True, eq=False)
+class _Record:
+    """What one programmed frontend wrote (its entries follow from these)."""
     frontend: Frontend
     rev_nat_index: int
-    backend_ids: list[int]              # selectable backends, in slot order
-    entries: dict[bytes, bytes]         # its services-map entries (both scopes)
-    internal_ids: list[int] | None = None   # the INT scope's, for a two-scope frontend
-    ranges: dict[bytes, bytes] = field(default_factory=dict)    # its source-range entries
+    backend_ids: tuple[int, ...]                # EXT scope's slots, in slot order
+    internal_ids: tuple[int, ...] | None        # the INT scope's, for a two-scope frontend
+    uses: tuple[int, ...]                       # every backend its entries may name, per scope
+    ranges: dict[bytes, bytes] | None = None    # its source-range entries
+    kernel: dict[bytes, bytes] | None = None    # restored: the services entries the kernel held
 
     def tables(self) -> dict[int, tuple[list[int], list[tuple]]]:
         """Its Maglev tables: table key -> (backend ids, backend keys)."""
@@ -84,6 +100,8 @@ class ApplyStats:
     frontends_changed: int = 0
     frontends_removed: int = 0
     maglev_tables: int = 0
+    #: Seconds spent planning (reading only: what to write), out of the whole apply.
+    plan_seconds: float = 0.0
     #: Seconds spent in the map writes and deletes (syscalls), out of the whole apply.
     write_seconds: float = 0.0
 
@@ -94,50 +112,82 @@ class ApplyStats:
 
 
 class _Ids:
-    """Smallest-free-first id allocator (ids start at 1)."""
+    """Smallest-free-first id allocator (ids start at 1), taking many at once."""
 
     def __init__(self):
-        self.used: set[int] = set()
-        self._next = 1
+        self.top = 1                    # every id from here on is free
+        self.holes: list[int] = []      # free ids below top (a heap)
 
     def copy(self) -> "_Ids":
         c = _Ids()
-        c.used, c._next = set(self.used), self._next
+        c.top, c.holes = self.top, list(self.holes)
         return c
 
-    def take(self) -> int:
-        while self._next in self.used:
-            self._next += 1
-        self.used.add(self._next)
-        return self._next
+    def take(self, n: int = 1) -> list[int]:
+        out = [heapq.heappop(self.holes) for _ in range(min(n, len(self.holes)))]
+        rest = n - len(out)
+        out.extend(range(self.top, self.top + rest))
+        self.top += rest
+        return out
 
     def give(self, value: int) -> None:
-        self.used.discard(value)
-        self._next = min(self._next, value)
+        heapq.heappush(self.holes, value)
+
+    def adopt(self, used: Iterable[int]) -> None:
+        """Mark *used* taken (a fresh allocator adopting what the maps hold)."""
+        used = set(used) | {i for i in range(1, self.top) if i not in self.holes}
+        self.top = max(used, default=0) + 1
+        self.holes = [i for i in range(1, self.top) if i not in used]
+        heapq.heapify(self.holes)
+
+
+#: A batch of one phase: (keys, values or None for deletes, what the keys held).
+_Chunk = tuple
 
 
 @dataclass
 class _Plan:
-    # (phase, map name) -> {key: value or None (delete)}, executed in insertion order
-    phases: dict[tuple[str, str], dict[bytes, bytes | None]] = field(default_factory=dict)
+    # (phase, map name) -> chunks, executed in phase order
+    phases: dict[tuple[str, str], list[_Chunk]] = field(default_factory=dict)
     maglev_install: dict[int, tuple[list[int], list[tuple]]] = field(default_factory=dict)
     maglev_remove: list[int] = field(default_factory=list)
-    records: dict[tuple, _FrontendRecord | None] = field(default_factory=dict)
-    backend_ids: dict[tuple, int] = field(default_factory=dict)    # new or released (-id)
+    records: dict[bytes, _Record | None] = field(default_factory=dict)
+    new_backends: dict[tuple, int] = field(default_factory=dict)       # key -> new id
+    backend_values: dict[int, bytes | None] = field(default_factory=dict)
     refs: dict[int, int] = field(default_factory=dict)
+    vips: dict[bytes, bytes | None] = field(default_factory=dict)
+    #: (address-only key, is a ClusterIP, EXT slots) of every new or changed frontend
+    addresses: list[tuple[bytes, bool, int]] = field(default_factory=list)
+    #: backend ids named by new and changed frontends, and how many times each
+    increments: tuple = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     fe_ids: _Ids | None = None
     be_ids: _Ids | None = None
     freed_fe_ids: list[int] = field(default_factory=list)
     freed_be_ids: list[int] = field(default_factory=list)
     stats: ApplyStats = field(default_factory=ApplyStats)
 
-    def put(self, phase: str, mapname: str, key: bytes, value: bytes | None) -> None:
-        self.phases.setdefault((phase, mapname), {})[key] = value
+    def put(self, phase: str, mapname: str, keys, values, olds) -> None:
+        if len(keys):
+            self.phases.setdefault((phase, mapname), []).append((keys, values, olds))
 
+
+#: Up to this many new or changed frontends are planned one by one (the array
+#: operations of bulk planning cost about half a millisecond whatever their size).
+SMALL = 16
 
 # Phases in execution order (see the module docstring).
 _PHASES = ("backends", "revnat", "ranges", "slots", "masters", "vips",
            "del-masters", "del-slots", "del-ranges", "del-revnat", "del-backends")
+
+_version = attrgetter("address._version")
+
+
+def _packed(arr: np.ndarray) -> Packed:
+    return Packed(arr.tobytes(), arr.dtype.itemsize)
+
+
+def _family_of_key(key: bytes) -> int:
+    return 4 if len(key) == C.KEY[4].itemsize else 6
 
 
 class LbControl:
@@ -154,13 +204,15 @@ class LbControl:
         self._maglev_install = maglev_install
         self._maglev_remove = maglev_remove
         self._journal = journal
-        self._fe: dict[tuple, _FrontendRecord] = {}
-        self._by_addr: dict[object, set[tuple]] = {}        # address -> frontend keys
-        self._by_service: dict[str, set[tuple]] = {}        # service -> frontend keys
+        self._fe: dict[bytes, _Record] = {}                 # service-entry key -> record
+        self._by_service: dict[str, set[bytes]] = {}        # service -> its frontends' keys
+        self._clusterips: dict[bytes, set[bytes]] = {}      # address-only key -> ClusterIPs there
+        self._vip: dict[bytes, bytes] = {}                  # address-only entries written
         self._fe_ids, self._be_ids = _Ids(), _Ids()
-        self._backend_id: dict[tuple, int] = {}             # backend key -> id
-        self._refs: dict[int, int] = {}                     # backend id -> frontends using it
-        self._kernel: dict[tuple[str, bytes], bytes] = {}   # (map, key) -> value we wrote
+        self._backend_id: dict[tuple, int] = {}             # backend key -> id (columns.backend_key)
+        self._backend_key: dict[int, tuple] = {}            # id -> backend key
+        self._backend_value: dict[int, bytes] = {}          # id -> value written
+        self._refs: dict[int, int] = {}                     # backend id -> scopes naming it
 
     # -- queries ----------------------------------------------------------------------
     @property
@@ -168,10 +220,12 @@ class LbControl:
         return LbState(tuple(r.frontend for r in self._fe.values()))
 
     def frontend_id(self, frontend_key: tuple) -> int:
-        return self._fe[frontend_key].rev_nat_index
+        addr, port, proto = frontend_key
+        return self._fe[E.service_key(addr.version, addr, port, proto, 0)].rev_nat_index
 
     def backend_id(self, backend_key: tuple) -> int:
-        return self._backend_id[backend_key]
+        addr, port, proto = backend_key
+        return self._backend_id[C.backend_key(Backend(addr, port, proto))]
 
     def records(self) -> list[tuple[Frontend, int, list[int]]]:
         """(frontend, rev_nat_index, slot backend ids) of everything programmed."""
@@ -180,8 +234,21 @@ class LbControl:
     def entry_count(self) -> dict[str, int]:
         """Entries written per map."""
         counts: dict[str, int] = {}
-        for name, _ in self._kernel:
-            counts[name] = counts.get(name, 0) + 1
+
+        def add(name: str, n: int) -> None:
+            if n:
+                counts[name] = counts.get(name, 0) + n
+        for key, r in self._fe.items():
+            fam = _family_of_key(key)
+            add(E.services_map(fam), len(r.kernel) if r.kernel is not None else
+                len(r.backend_ids) + 1 + (len(r.internal_ids) + 1
+                                          if r.internal_ids is not None else 0))
+            add(E.reverse_nat_map(fam), 1)
+            add(E.source_range_map(fam), len(r.ranges or ()))
+        for key in self._vip:
+            add(E.services_map(_family_of_key(key)), 1)
+        for value in self._backend_value.values():
+            add(E.backends_map(4 if len(value) == C.BACKEND[4].itemsize else 6), 1)
         return counts
 
     # -- restoring ----------------------------------------------------------------------
@@ -192,58 +259,63 @@ class LbControl:
         Restored frontends lack their service names (the maps do not keep them);
         a full apply() reconciles them, an apply() for some services only leaves
         them alone."""
-
         if self._fe:
             raise ValueError("restore() is for a fresh LbControl")
         rows = read_services(self.maps)
-        for name in (E.services_map(4), E.services_map(6), E.backends_map(4),
-                     E.backends_map(6), E.reverse_nat_map(4), E.reverse_nat_map(6),
-                     E.source_range_map(4), E.source_range_map(6)):
-            if name not in self.maps:
-                continue
-            for k, v in self.maps[name].items():
-                key = bytes(k) if not isinstance(k, int) else E.u32(k)
-                self._kernel[(name, key)] = bytes(v)
-        for bkey_bytes in [k for (n, k) in self._kernel if "_backends" in n]:
-            self._be_ids.used.add(int.from_bytes(bkey_bytes, "little"))
+        held: dict[str, dict[bytes, bytes]] = {}
+        for fam in (4, 6):
+            for name in (E.services_map(fam), E.backends_map(fam)):
+                held[name] = {bytes(k) if not isinstance(k, int) else E.u32(k): bytes(v)
+                              for k, v in self.maps[name].items()}
+        for fam in (4, 6):
+            for key, value in held[E.backends_map(fam)].items():
+                self._backend_value[int.from_bytes(key, "little")] = value
+        self._be_ids.adopt(self._backend_value)
+
+        def backend(b) -> Backend:
+            return Backend(ipaddress.ip_address(b.address), b.port, b.protocol,
+                           b.state if b.state != "quarantined" else ACTIVE)
         for r in rows:
             addr = ipaddress.ip_address(r.address)
-            backends = tuple(Backend(ipaddress.ip_address(b.address), b.port, b.protocol,
-                                     b.state if b.state != "quarantined" else ACTIVE)
-                             for b in r.backends)
+            backends = tuple(backend(b) for b in r.backends)
             internal = None if r.internal_backends is None else tuple(
-                Backend(ipaddress.ip_address(b.address), b.port, b.protocol,
-                        b.state if b.state != "quarantined" else ACTIVE)
-                for b in r.internal_backends)
+                backend(b) for b in r.internal_backends)
             f = Frontend("", "", r.type, addr, r.port, r.protocol, backends,
                          r.affinity_timeout if "affinity" in r.flags else 0,
                          "maglev" in r.flags, "local" in r.flags,
                          internal_local="internal-local" in r.flags,
                          source_ranges=tuple(ipaddress.ip_network(n) for n in r.source_ranges),
                          internal_backends=internal)
-            ids = [b.id for b in r.backends]
+            ids = tuple(b.id for b in r.backends)
             internal_ids = None if r.internal_backends is None else \
-                [b.id for b in r.internal_backends]
-            rid = r.id
-            entries = E.frontend_entries(f, rid, ids, internal_ids)
-            # Keep the bytes the kernel holds (the service entry may differ in detail).
+                tuple(b.id for b in r.internal_backends)
+            entries = E.frontend_entries(f, r.id, list(ids),
+                                         None if internal_ids is None else list(internal_ids))
             smap = E.services_map(addr.version)
-            entries = {k: self._kernel.get((smap, k), v) for k, v in entries.items()}
-            self._fe[f.key] = _FrontendRecord(f, rid, ids, entries, internal_ids,
-                                              E.source_range_entries(f, rid))
-            self._by_addr.setdefault(addr, set()).add(f.key)
-            self._by_service.setdefault(f.service, set()).add(f.key)
-            self._fe_ids.used.add(rid)
-            for bid in {b.id for b in r.backends + (r.internal_backends or [])}:
+            # Keep the bytes the kernel holds (the service entry may differ in detail).
+            kernel = {k: held[smap].get(k, v) for k, v in entries.items()}
+            key = E.service_key(addr.version, addr, r.port, r.protocol, 0)
+            uses = tuple(sorted(set(ids) | set(internal_ids or ())))
+            rec = _Record(f, r.id, ids, internal_ids, uses,
+                          E.source_range_entries(f, r.id) or None, kernel)
+            self._index(key, rec)
+            for bid in uses:
                 self._refs[bid] = self._refs.get(bid, 0) + 1
             for b in r.backends + (r.internal_backends or []):
-                self._backend_id[(ipaddress.ip_address(b.address), b.port, b.protocol)] = b.id
+                self._backend_id[C.backend_key(backend(b))] = b.id
+                self._backend_key[b.id] = C.backend_key(backend(b))
+        self._fe_ids.adopt(r.rev_nat_index for r in self._fe.values())
+        for fam in (4, 6):
+            for key, value in held[E.services_map(fam)].items():
+                if int.from_bytes(value[14:16], "little") & E.SVC_FLAGS["SVC_F_VIP"]:
+                    self._vip[key] = value
         # Backends no slot names (terminating ones, or leftovers): known, unreferenced;
         # the next full apply keeps those it wants and deletes the rest.
         for bid, b in read_backends(self.maps).items():
-            key = (ipaddress.ip_address(b.address), b.port, b.protocol)
+            key = C.backend_key(Backend(ipaddress.ip_address(b.address), b.port, b.protocol))
             if key not in self._backend_id:
                 self._backend_id[key] = bid
+                self._backend_key[bid] = key
                 self._refs[bid] = 0
         return len(rows)
 
@@ -252,12 +324,15 @@ class LbControl:
         """Make the maps hold *desired*.  With *services*, only those services are
         touched: their frontends in *desired* replace theirs, others stay."""
         scope = None if services is None else set(services)
-        plan = self._plan(desired, scope)
+        start = time.perf_counter()
+        with _no_gc():
+            plan = self._plan(desired, scope)
         writer = map_journal.Writer(self.maps, self._maglev_install, self._maglev_remove)
         try:
             steps = self._steps(plan)
         except ValueError as exc:
             raise LbApplyError(f"LB programming failed, nothing was written: {exc}", exc) from exc
+        plan.stats.plan_seconds = time.perf_counter() - start
         try:
             start = time.perf_counter()
             map_journal.run(steps, writer, self._journal)
@@ -265,141 +340,402 @@ class LbControl:
         except map_journal.MapWriteError as exc:
             raise LbApplyError(f"LB programming failed and was rolled back: {exc}",
                                exc.cause) from exc.cause
-        self._commit(plan)
+        with _no_gc():
+            self._commit(plan)
         return plan.stats
 
     def _plan(self, desired: LbState, scope: set[str] | None) -> _Plan:
         plan = _Plan(fe_ids=self._fe_ids.copy(), be_ids=self._be_ids.copy())
-        want = {f.key: f for f in desired.frontends if scope is None or f.service in scope}
+        fes = list(desired.frontends) if scope is None else \
+            [f for f in desired.frontends if f.service in scope]
+        keys, cols = self._keys(fes)
+        want = dict(zip(keys, fes))
+        if len(want) != len(fes):           # the same frontend twice: the last one counts
+            fes = list(want.values())
+            keys, cols = self._keys(fes)
         if scope is None:
-            have = dict(self._fe)
-        else:       # by index: changing one service of 100,000 must not walk them all
+            have = self._fe
+            removed = [k for k in have if k not in want]
+        else:   # by index: changing one service of 100,000 must not walk them all
             have = {k: self._fe[k] for svc in scope for k in self._by_service.get(svc, ())}
-        ids = dict(self._backend_id)
-        # Unreferenced backends (adopted by restore()) go unless this apply wants them.
-        refs: dict[int, int] = {bid: 0 for bid, n in self._refs.items() if n == 0} \
-            if scope is None else {}
+            removed = [k for k in have if k not in want]
+        todo: list[int] = []                # new or changed, in desired order
+        for i, (k, f) in enumerate(zip(keys, fes)):
+            rec = have.get(k)
+            if rec is None or (rec.frontend is not f and rec.frontend != f):
+                todo.append(i)
+        changed = [keys[i] for i in todo if keys[i] in have]
+        gone = [have[k] for k in chain(removed, changed)]
 
-        def ref(frontend: Frontend, delta: int) -> None:
-            for b in _uses(frontend):
-                bid = ids[b.key]
-                refs[bid] = refs.get(bid, self._refs.get(bid, 0)) + delta
+        for k in removed:
+            plan.records[k] = None
+            rec = have[k]
+            # Freed at commit, not now: reused within this plan, the id's
+            # new entries would be written before the old ones are deleted.
+            plan.freed_fe_ids.append(rec.rev_nat_index)
+            plan.maglev_remove.extend(rec.tables())
+        plan.stats.frontends_removed = len(removed)
+        plan.stats.frontends_changed = len(changed)
+        plan.stats.frontends_added = len(todo) - len(changed)
 
-        for key, rec in have.items():
-            new = want.get(key)
-            if new == rec.frontend:
-                continue
-            ref(rec.frontend, -1)
-            if new is None:
-                f = rec.frontend
-                for k in rec.entries:
-                    plan.put("del-masters" if _is_master(f.family, k) else "del-slots",
-                             E.services_map(f.family), k, None)
-                for k in rec.ranges:
-                    plan.put("del-ranges", E.source_range_map(f.family), k, None)
-                plan.put("del-revnat", E.reverse_nat_map(f.family), E.u32(rec.rev_nat_index), None)
-                plan.maglev_remove.extend(rec.tables())
-                plan.records[key] = None
-                # Freed at commit, not now: reused within this plan, the id's
-                # new entries would be written before the old ones are deleted.
-                plan.freed_fe_ids.append(rec.rev_nat_index)
-                plan.stats.frontends_removed += 1
-
-        checked: set[tuple[int, str]] = set()
-        for key, f in want.items():
-            old = have.get(key)
-            if old is not None and old.frontend == f:
-                continue
-            for b in _uses(f):
-                bid = ids.get(b.key)
-                if bid is None:
-                    bid = ids[b.key] = plan.be_ids.take()
-                    plan.backend_ids[b.key] = bid
-                if (bid, b.state) in checked:       # shared by many frontends: once
-                    continue
-                checked.add((bid, b.state))
-                bmap = E.backends_map(b.address.version)
-                value = E.backend_value(b)
-                if self._kernel.get((bmap, E.u32(bid))) != value:
-                    plan.put("backends", bmap, E.u32(bid), value)
-            ref(f, +1)
-            if old is None:
-                rid = plan.fe_ids.take()
-                plan.put("revnat", E.reverse_nat_map(f.family), E.u32(rid), E.reverse_nat_value(f))
-                plan.stats.frontends_added += 1
-            else:
-                rid = old.rev_nat_index
-                plan.stats.frontends_changed += 1
-            slot_ids = [ids[b.key] for b in f.selectable()]
-            internal_ids = [ids[b.key] for b in f.selectable(internal=True)] \
-                if f.two_scopes else None
-            new_entries = E.frontend_entries(f, rid, slot_ids, internal_ids)
-            old_entries = old.entries if old else {}
-            smap = E.services_map(f.family)
-            for k, v in new_entries.items():
-                if old_entries.get(k) != v:
-                    plan.put("masters" if _is_master(f.family, k) else "slots", smap, k, v)
-            for k in old_entries:
-                if k not in new_entries:
-                    plan.put("del-slots", smap, k, None)
-            new_ranges = E.source_range_entries(f, rid)
-            old_ranges = old.ranges if old else {}
-            if new_ranges and E.source_range_map(f.family) not in self.maps:
-                raise ValueError(f"{f.service}: source ranges need a datapath with "
-                                 f"{E.source_range_map(f.family)}")
-            for k, v in new_ranges.items():
-                if old_ranges.get(k) != v:
-                    plan.put("ranges", E.source_range_map(f.family), k, v)
-            for k in old_ranges:
-                if k not in new_ranges:
-                    plan.put("del-ranges", E.source_range_map(f.family), k, None)
-            rec = _FrontendRecord(f, rid, slot_ids, new_entries, internal_ids, new_ranges)
-            old_tables = old.tables() if old else {}
-            for table_key, table in rec.tables().items():
-                if old_tables.get(table_key, (None,))[0] != table[0]:
-                    plan.maglev_install[table_key] = table
-            plan.maglev_remove.extend(t for t in old_tables if t not in rec.tables())
-            plan.records[key] = rec
-
-        # Backends whose last user went away in this plan.
-        by_id = {bid: bkey for bkey, bid in ids.items()}
-        for bid, count in refs.items():
-            if count <= 0:
-                bkey = by_id[bid]
-                plan.put("del-backends", E.backends_map(bkey[0].version), E.u32(bid), None)
-                plan.backend_ids[bkey] = -bid
-                plan.freed_be_ids.append(bid)
-        plan.refs = refs
-        self._plan_vips(plan)
+        if len(todo) <= SMALL:
+            new_entries = self._plan_new_small(plan, [fes[i] for i in todo],
+                                               [keys[i] for i in todo], have)
+        else:
+            new_entries = self._plan_new(plan, [fes[i] for i in todo], [keys[i] for i in todo],
+                                         cols, todo, have)
+        self._plan_old(plan, removed, changed, have, new_entries)
+        self._plan_refs(plan, gone, scope is None)
+        self._plan_vips(plan, removed, changed, have)
         plan.stats.maglev_tables = len(plan.maglev_install)
         return plan
 
-    def _plan_vips(self, plan: _Plan) -> None:
-        """Recompute the address-only entries of the ClusterIPs this plan touches."""
-        touched: dict[object, set[tuple]] = {}
-        for key in plan.records:
-            addr = key[0]
-            if addr not in touched:
-                touched[addr] = set(self._by_addr.get(addr, ()))
-            if plan.records[key] is None:
-                touched[addr].discard(key)
+    @staticmethod
+    def _keys(fes: list[Frontend]) -> tuple[list[bytes], dict[int, tuple]]:
+        """Every frontend's service-entry key, and per family (positions, columns)."""
+        cols = C.frontend_columns(fes)
+        if len(cols) == 1:
+            return next(iter(cols.values()))[1].keys(), cols
+        keys = np.empty(len(fes), object)
+        for rows, c in cols.values():
+            keys[rows] = c.keys()
+        return keys.tolist(), cols
+
+    def _plan_new(self, plan: _Plan, todo: list[Frontend], todo_keys: list[bytes],
+                  cols: dict[int, tuple], todo_rows: list[int],
+                  have: Mapping[bytes, _Record]) -> dict[bytes, dict[bytes, bytes]]:
+        """Entries of new and changed frontends; returns the changed ones' new services
+        entries (key -> value), to compare with what they had."""
+        # Backend tuples, each distinct object once, numbered in desired order.
+        gidx: dict[int, int] = {}
+        groups: list[tuple] = []
+
+        def group(t) -> int:
+            g = gidx.get(id(t))
+            if g is None:
+                g = gidx[id(t)] = len(groups)
+                groups.append(t)
+            return g
+        ext_g: list[int] = []
+        int_g: list[int] = []
+        for f in todo:
+            ext_g.append(group(f.backends))
+            t = f.internal_backends
+            int_g.append(-1 if t is None else group(t))
+        refs = C.BackendRefs.of(groups)
+        first, inverse = refs.unique()
+        ukeys = list(zip(refs.family[first].tolist(), refs.hi[first].tolist(),
+                         refs.lo[first].tolist(), refs.port[first].tolist(),
+                         refs.proto[first].tolist()))
+        uid = [self._backend_id.get(k, 0) for k in ukeys]
+        missing = [j for j, bid in enumerate(uid) if not bid]
+        for j, bid in zip(missing, plan.be_ids.take(len(missing))):
+            uid[j] = bid
+            plan.new_backends[ukeys[j]] = bid
+        uid_arr = np.array(uid, np.uint32)
+        ref_ids = uid_arr[inverse] if len(inverse) else np.zeros(0, np.uint32)
+        # Backend values: each distinct backend in the state its first reference gives.
+        for fam in (4, 6):
+            sel = first[refs.family[first] == fam]
+            if not len(sel):
+                continue
+            vals = C.backend_values(fam, refs.hi[sel], refs.lo[sel], refs.port[sel],
+                                    refs.proto[sel], refs.state[sel])
+            ids = uid_arr[inverse[sel]].tolist()
+            put_k, put_v, olds = [], [], []
+            for bid, v in zip(ids, vals.view(f"V{vals.itemsize}").tolist()):
+                old = self._backend_value.get(bid)
+                if old != v:
+                    put_k.append(E.u32(bid))
+                    put_v.append(v)
+                    olds.append(old)
+                    plan.backend_values[bid] = v
+            plan.put("backends", E.backends_map(fam), put_k, put_v, olds)
+
+        # Reference counts: every backend of a group, once per scope naming the group.
+        ext_a, int_a = np.array(ext_g, np.int64), np.array(int_g, np.int64)
+        mult = np.bincount(ext_a, minlength=len(groups)) + \
+            np.bincount(int_a[int_a >= 0], minlength=len(groups))
+        plan.increments = (ref_ids.astype(np.int64), mult[refs.group])
+        # Each group's selectable ids (slot order) and every id it names.
+        counts = refs.counts
+        sel_ids = ref_ids[refs.selected]
+        lens = np.bincount(refs.group, minlength=len(groups)) if len(groups) else counts
+        flat_sel = sel_ids.tolist()
+        flat_all = ref_ids.tolist()
+        sel_end = np.cumsum(counts).tolist()
+        all_end = np.cumsum(lens).tolist()
+        g_sel = [tuple(flat_sel[e - n:e]) for e, n in zip(sel_end, counts.tolist())]
+        g_all = [tuple(flat_all[e - n:e]) for e, n in zip(all_end, lens.tolist())]
+
+        # Reverse NAT indexes: changed frontends keep theirs, new ones take the next free.
+        olds = [have.get(k) for k in todo_keys]
+        new_rows = [j for j, rec in enumerate(olds) if rec is None]
+        rids = [0 if rec is None else rec.rev_nat_index for rec in olds]
+        for j, rid in zip(new_rows, plan.fe_ids.take(len(new_rows))):
+            rids[j] = rid
+
+        # Records.
+        records = plan.records
+        for k, f, rid, eg, ig in zip(todo_keys, todo, rids, ext_g, int_g):
+            records[k] = _Record(f, rid, g_sel[eg], None if ig < 0 else g_sel[ig],
+                                 g_all[eg] if ig < 0 else g_all[eg] + g_all[ig])
+        # Source ranges and Maglev tables: per frontend that has (or had) them.
+        for j in [j for j, f in enumerate(todo) if f.source_ranges or f.maglev or (
+                olds[j] is not None and (olds[j].ranges or olds[j].frontend.maglev))]:
+            self._plan_extras(plan, todo[j], records[todo_keys[j]], olds[j])
+
+        # Services entries and reverse NAT, per family, in bulk.
+        changed_entries: dict[bytes, dict[bytes, bytes]] = {}
+        is_new = np.zeros(len(todo), bool)
+        is_new[new_rows] = True
+        sel_start = np.cumsum(counts) - counts
+        ext_ga, int_ga = ext_a, int_a
+        rid_a = np.array(rids, np.uint32)
+        where = np.full(sum(len(rows) for rows, _ in cols.values()), -1, np.int64)
+        where[np.array(todo_rows, np.int64)] = np.arange(len(todo_rows))  # desired -> todo
+        for fam, (rows, c) in cols.items():
+            at = where[rows]
+            fr = np.flatnonzero(at >= 0)                       # rows of c
+            if not len(fr):
+                continue
+            js = at[fr]                                        # their todo indexes
+            eg, ig = ext_ga[js], int_ga[js]
+            two = ig >= 0
+            ext_flags, int_flags = C.scope_flags(c.flags[fr], two)
+            rid = rid_a[js]
+            frontend = np.concatenate([np.flatnonzero(two), np.arange(len(js))])
+            scope_groups = np.concatenate([ig[two], eg])
+            scopes = C.Scopes(
+                frontend=fr[frontend],
+                scope=np.concatenate([np.full(two.sum(), E.SCOPE_INT, np.uint8),
+                                      np.full(len(js), E.SCOPE_EXT, np.uint8)]),
+                flags=np.concatenate([int_flags[two], ext_flags]),
+                rev_nat=rid[frontend], counts=counts[scope_groups],
+                ids=_gather(sel_ids, sel_start[scope_groups], counts[scope_groups]))
+            skeys, svals, masters, row = C.service_entries(c, scopes)
+            owner = js[frontend][row]               # entry -> index into todo
+            new_e = is_new[owner]
+            smap = E.services_map(fam)
+            for phase, mask in (("slots", new_e & ~masters), ("masters", new_e & masters)):
+                n = int(mask.sum())
+                plan.put(phase, smap, _packed(skeys[mask]), _packed(svals[mask]), [None] * n)
+            if not new_e.all():
+                kk = skeys[~new_e].view(f"V{skeys.itemsize}").tolist()
+                vv = svals[~new_e].view(f"V{svals.itemsize}").tolist()
+                for o, k, v in zip(owner[~new_e].tolist(), kk, vv):
+                    changed_entries.setdefault(todo_keys[o], {})[k] = v
+            sub = np.flatnonzero(is_new[js])
+            if len(sub):
+                rn = C.reverse_nat_values(C.FrontendColumns(
+                    fam, c.address[fr[sub]], c.port[fr[sub]], c.proto[fr[sub]],
+                    c.flags[fr[sub]], c.affinity[fr[sub]]))
+                plan.put("revnat", E.reverse_nat_map(fam),
+                         _packed(C.u32_keys(rid[sub])), _packed(rn), [None] * len(sub))
+            # ClusterIP markers: every address these frontends are on.
+            vks = c.vip_keys(fr)
+            cluster = (c.flags[fr] & np.uint16(E.SVC_FLAGS["SVC_F_CLUSTERIP"])) > 0
+            plan.addresses.extend(zip(vks, cluster.tolist(), counts[eg].tolist()))
+        return changed_entries
+
+    def _plan_new_small(self, plan: _Plan, todo: list[Frontend], todo_keys: list[bytes],
+                        have: Mapping[bytes, _Record]) -> dict[bytes, dict[bytes, bytes]]:
+        """_plan_new for a few frontends, one at a time (harness.lb.entries): the same
+        entries, ids and counts, without the fixed cost of the array operations."""
+        seen: set[int] = set()
+        groups: list[tuple] = []
+        for f in todo:
+            for t in (f.backends, f.internal_backends):
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    groups.append(t)
+        first: dict[tuple, Backend] = {}
+        for b in chain.from_iterable(groups):
+            first.setdefault(C.backend_key(b), b)
+        ids: dict[tuple, int] = {}
+        missing = []
+        for k in first:
+            bid = self._backend_id.get(k)
+            if bid is None:
+                missing.append(k)
             else:
-                touched[addr].add(key)
-        for addr, keys in touched.items():
-            recs = [plan.records[k] if k in plan.records else self._fe[k] for k in keys]
-            cluster = [r for r in recs if r.frontend.type == "ClusterIP"]
-            k, v = E.vip_entry(addr.version, addr, sum(len(r.backend_ids) for r in cluster))
-            smap = E.services_map(addr.version)
+                ids[k] = bid
+        for k, bid in zip(missing, plan.be_ids.take(len(missing))):
+            ids[k] = plan.new_backends[k] = bid
+        puts: dict[int, tuple[list, list, list]] = {4: ([], [], []), 6: ([], [], [])}
+        for k, b in first.items():
+            bid, v = ids[k], E.backend_value(b)
+            old = self._backend_value.get(bid)
+            if old != v:
+                ks, vs, os_ = puts[b.address.version]
+                ks.append(E.u32(bid))
+                vs.append(v)
+                os_.append(old)
+                plan.backend_values[bid] = v
+        for fam, (ks, vs, os_) in puts.items():
+            plan.put("backends", E.backends_map(fam), ks, vs, os_)
+
+        def slot_ids(t) -> tuple[int, ...]:
+            return tuple(ids[C.backend_key(b)] for b in selectable(t))
+
+        def all_ids(t) -> tuple[int, ...]:
+            return tuple(ids[C.backend_key(b)] for b in t)
+        olds = [have.get(k) for k in todo_keys]
+        new_rows = [j for j, rec in enumerate(olds) if rec is None]
+        rids = [0 if rec is None else rec.rev_nat_index for rec in olds]
+        for j, rid in zip(new_rows, plan.fe_ids.take(len(new_rows))):
+            rids[j] = rid
+        increments: list[int] = []
+        changed_entries: dict[bytes, dict[bytes, bytes]] = {}
+        for k, f, rid, old in zip(todo_keys, todo, rids, olds):
+            two = f.internal_backends is not None
+            ext_ids = slot_ids(f.backends)
+            int_ids = slot_ids(f.internal_backends) if two else None
+            uses = all_ids(f.backends) + (all_ids(f.internal_backends) if two else ())
+            increments.extend(uses)
+            rec = plan.records[k] = _Record(f, rid, ext_ids, int_ids, uses)
+            if f.source_ranges or f.maglev or (old is not None and (
+                    old.ranges or old.frontend.maglev)):
+                self._plan_extras(plan, f, rec, old)
+            entries = E.frontend_entries(f, rid, list(ext_ids),
+                                         None if int_ids is None else list(int_ids))
+            smap = E.services_map(f.family)
+            if old is None:
+                for phase, is_m in (("slots", False), ("masters", True)):
+                    ks = [x for x in entries if _is_master(f.family, x) == is_m]
+                    plan.put(phase, smap, ks, [entries[x] for x in ks], [None] * len(ks))
+                plan.put("revnat", E.reverse_nat_map(f.family), [E.u32(rid)],
+                         [E.reverse_nat_value(f)], [None])
+            else:
+                changed_entries[k] = entries
+            plan.addresses.append((_vip_key(k), f.type == "ClusterIP", len(ext_ids)))
+        plan.increments = (np.array(increments, np.int64), np.ones(len(increments), np.int64))
+        return changed_entries
+
+    def _plan_extras(self, plan: _Plan, f: Frontend, rec: _Record, old: _Record | None) -> None:
+        """Source ranges and Maglev tables of one new or changed frontend."""
+        new_ranges = E.source_range_entries(f, rec.rev_nat_index) if f.source_ranges else {}
+        old_ranges = (old.ranges or {}) if old else {}
+        if new_ranges and E.source_range_map(f.family) not in self.maps:
+            raise ValueError(f"{f.service}: source ranges need a datapath with "
+                             f"{E.source_range_map(f.family)}")
+        rec.ranges = new_ranges or None
+        if new_ranges or old_ranges:
+            rmap = E.source_range_map(f.family)
+            ks = [x for x in new_ranges if old_ranges.get(x) != new_ranges[x]]
+            plan.put("ranges", rmap, ks, [new_ranges[x] for x in ks],
+                     [old_ranges.get(x) for x in ks])
+            ds = [x for x in old_ranges if x not in new_ranges]
+            plan.put("del-ranges", rmap, ds, None, [old_ranges[x] for x in ds])
+        if f.maglev or (old is not None and old.frontend.maglev):
+            old_tables = old.tables() if old else {}
+            new_tables = rec.tables()
+            for table_key, table in new_tables.items():
+                if old_tables.get(table_key, (None,))[0] != table[0]:
+                    plan.maglev_install[table_key] = table
+            plan.maglev_remove.extend(t for t in old_tables if t not in new_tables)
+
+    def _plan_old(self, plan: _Plan, removed: list[bytes], changed: list[bytes],
+                  have: Mapping[bytes, _Record], new_entries: dict[bytes, dict]) -> None:
+        """Deletions of removed frontends; writes and deletions of changed ones."""
+        for k in removed:
+            rec = have[k]
+            f = rec.frontend
+            fam = f.family
+            old = self._entries(rec)
+            masters = [x for x in old if _is_master(fam, x)]
+            others = [x for x in old if not _is_master(fam, x)]
+            plan.put("del-masters", E.services_map(fam), masters, None, [old[x] for x in masters])
+            plan.put("del-slots", E.services_map(fam), others, None, [old[x] for x in others])
+            if rec.ranges:
+                plan.put("del-ranges", E.source_range_map(fam), list(rec.ranges), None,
+                         list(rec.ranges.values()))
+            plan.put("del-revnat", E.reverse_nat_map(fam), [E.u32(rec.rev_nat_index)], None,
+                     [E.reverse_nat_value(f)])
+        for k in changed:
+            rec = have[k]
+            fam = rec.frontend.family
+            smap = E.services_map(fam)
+            old, new = self._entries(rec), new_entries.get(k, {})
+            for phase, is_m in (("slots", False), ("masters", True)):
+                ks = [x for x, v in new.items() if old.get(x) != v and _is_master(fam, x) == is_m]
+                plan.put(phase, smap, ks, [new[x] for x in ks], [old.get(x) for x in ks])
+            ds = [x for x in old if x not in new]
+            plan.put("del-slots", smap, ds, None, [old[x] for x in ds])
+
+    @staticmethod
+    def _entries(rec: _Record) -> dict[bytes, bytes]:
+        if rec.kernel is not None:
+            return rec.kernel
+        return E.frontend_entries(rec.frontend, rec.rev_nat_index, list(rec.backend_ids),
+                                  None if rec.internal_ids is None else list(rec.internal_ids))
+
+    def _plan_refs(self, plan: _Plan, gone: list[_Record], full: bool) -> None:
+        """Backend reference counts after the plan; backends nobody names any more go."""
+        inc, weights = plan.increments
+        dec = np.fromiter(chain.from_iterable(r.uses for r in gone), np.int64)
+        ids = np.concatenate([inc, dec])
+        if len(ids):
+            touched, inv = np.unique(ids, return_inverse=True)
+            delta = np.rint(np.bincount(inv, weights=np.concatenate(
+                [weights.astype(np.float64), -np.ones(len(dec))]))).astype(np.int64)
+            for bid, d in zip(touched.tolist(), delta.tolist()):
+                plan.refs[bid] = self._refs.get(bid, 0) + d
+        dead = [bid for bid, n in plan.refs.items() if n <= 0]
+        if full:    # unreferenced backends (adopted by restore()) go unless this apply wants them
+            dead += [bid for bid, n in self._refs.items() if n == 0 and bid not in plan.refs]
+        by_family: dict[int, list[int]] = {4: [], 6: []}
+        for bid in dead:
+            value = plan.backend_values.get(bid, self._backend_value.get(bid))
+            if value is None:
+                continue
+            by_family[4 if len(value) == C.BACKEND[4].itemsize else 6].append(bid)
+            plan.backend_values[bid] = None
+            plan.freed_be_ids.append(bid)
+        for fam, bids in by_family.items():
+            plan.put("del-backends", E.backends_map(fam), [E.u32(b) for b in bids], None,
+                     [self._backend_value[b] for b in bids])
+
+    def _plan_vips(self, plan: _Plan, removed: list[bytes], changed: list[bytes],
+                   have: Mapping[bytes, _Record]) -> None:
+        """Recompute the address-only entries of the addresses this plan touches."""
+        members: dict[bytes, int] = {}       # address -> selectable backends of its ClusterIPs
+        touched: set[bytes] = set()
+        for k in chain(removed, changed):
+            touched.add(_vip_key(k))
+        for vk, cluster, n in plan.addresses:
+            touched.add(vk)
             if cluster:
-                if self._kernel.get((smap, k)) != v:
-                    plan.put("vips", smap, k, v)
-            elif (smap, k) in self._kernel:
-                plan.put("del-masters", smap, k, None)
+                members[vk] = members.get(vk, 0) + n
+        for vk in touched:
+            for k in self._clusterips.get(vk, ()):
+                if k not in plan.records:
+                    members[vk] = members.get(vk, 0) + len(self._fe[k].backend_ids)
+        present = list(members)
+        values = C.vip_values(np.array([members[vk] for vk in present], np.int64))
+        puts: dict[int, tuple[list, list, list]] = {4: ([], [], []), 6: ([], [], [])}
+        for vk, v in zip(present, values):
+            old = self._vip.get(vk)
+            if old != v:
+                ks, vs, os_ = puts[_family_of_key(vk)]
+                ks.append(vk)
+                vs.append(v)
+                os_.append(old)
+                plan.vips[vk] = v
+        dels: dict[int, tuple[list, list]] = {4: ([], []), 6: ([], [])}
+        for vk in touched:
+            if vk not in members and vk in self._vip:
+                ks, os_ = dels[_family_of_key(vk)]
+                ks.append(vk)
+                os_.append(self._vip[vk])
+                plan.vips[vk] = None
+        for fam in (4, 6):
+            plan.put("vips", E.services_map(fam), *puts[fam])
+            plan.put("del-masters", E.services_map(fam), dels[fam][0], None, dels[fam][1])
 
     # -- execution ---------------------------------------------------------------------------
     def _steps(self, plan: _Plan) -> list[tuple]:
-        """The plan as map_journal steps, in phase order, each with what it replaces
-        (the kernel's values as _kernel holds them: it changes only at commit)."""
+        """The plan as map_journal steps, in phase order, each with what it replaces."""
         if plan.maglev_install and self._maglev_install is None:
             raise ValueError("a Maglev service needs a datapath with Maglev tables")
         tables: dict[int, tuple] | None = None
@@ -418,72 +754,111 @@ class LbControl:
             if phase == "del-backends" and self._maglev_remove is not None:
                 for rid in plan.maglev_remove:
                     steps.append(("maglev-del", rid, old_table(rid)))
-            for (ph, mapname), changes in plan.phases.items():
-                if ph != phase or not changes:
+            for (ph, mapname), chunks in plan.phases.items():
+                if ph != phase:
                     continue
-                keys = list(changes)
-                olds = [self._kernel.get((mapname, k)) for k in keys]
-                if phase.startswith("del-"):
-                    steps.append(("del", mapname, keys, olds))
-                    plan.stats.deletes += len(keys)
-                else:
-                    steps.append(("put", mapname, keys, [changes[k] for k in keys], olds))
-                    plan.stats.writes += len(keys)
+                for keys, values, olds in _merged(chunks):
+                    if phase.startswith("del-"):
+                        steps.append(("del", mapname, keys, olds))
+                        plan.stats.deletes += len(keys)
+                    else:
+                        steps.append(("put", mapname, keys, values, olds))
+                        plan.stats.writes += len(keys)
         return steps
 
     def _commit(self, plan: _Plan) -> None:
-        for (_, mapname), changes in plan.phases.items():
-            for k, v in changes.items():
-                if v is None:
-                    self._kernel.pop((mapname, k), None)
-                else:
-                    self._kernel[(mapname, k)] = v
         for key, rec in plan.records.items():
             old = self._fe.get(key)
             if old is not None:
-                self._unindex(old.frontend.service, key)
-            addr_keys = self._by_addr.setdefault(key[0], set())
-            if rec is None:
-                self._fe.pop(key, None)
-                addr_keys.discard(key)
+                self._unindex(key, old)
+            if rec is not None:
+                self._index(key, rec)
+        for vk, v in plan.vips.items():
+            if v is None:
+                self._vip.pop(vk, None)
             else:
-                self._fe[key] = rec
-                addr_keys.add(key)
-                self._by_service.setdefault(rec.frontend.service, set()).add(key)
-            if not addr_keys:
-                del self._by_addr[key[0]]
-        for bkey, bid in plan.backend_ids.items():
-            if bid < 0:
-                self._backend_id.pop(bkey, None)
-                self._refs.pop(-bid, None)
+                self._vip[vk] = v
+        self._backend_id.update(plan.new_backends)
+        self._backend_key.update((bid, k) for k, bid in plan.new_backends.items())
+        for bid, v in plan.backend_values.items():
+            if v is None:
+                self._backend_value.pop(bid, None)
             else:
-                self._backend_id[bkey] = bid
-        for bid, count in plan.refs.items():
-            if count > 0:
-                self._refs[bid] = count
+                self._backend_value[bid] = v
+        self._refs.update(plan.refs)
+        for bid in plan.freed_be_ids:
+            del self._backend_id[self._backend_key.pop(bid)]
+            self._refs.pop(bid, None)
         self._fe_ids, self._be_ids = plan.fe_ids, plan.be_ids
         for rid in plan.freed_fe_ids:
             self._fe_ids.give(rid)
         for bid in plan.freed_be_ids:
             self._be_ids.give(bid)
 
+    def _index(self, key: bytes, rec: _Record) -> None:
+        self._fe[key] = rec
+        self._by_service.setdefault(rec.frontend.service, set()).add(key)
+        if rec.frontend.type == "ClusterIP":
+            self._clusterips.setdefault(_vip_key(key), set()).add(key)
 
-    def _unindex(self, service: str, key: tuple) -> None:
-        keys = self._by_service.get(service)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._by_service[service]
+    def _unindex(self, key: bytes, rec: _Record) -> None:
+        del self._fe[key]
+        for index, name in ((self._by_service, rec.frontend.service),
+                            (self._clusterips, _vip_key(key))):
+            keys = index.get(name)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del index[name]
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Planning and committing create an object or two per frontend and per backend and
+    no reference cycles; the cycle collector, triggered by those allocations, would walk
+    every object the caller holds (the whole desired state) over and over meanwhile."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _merged(chunks: list[_Chunk]) -> list[_Chunk]:
+    """*chunks* of one phase and map as one batch."""
+    if len(chunks) == 1:
+        return chunks
+    if all(isinstance(k, Packed) and (v is None or isinstance(v, Packed)) for k, v, _ in chunks):
+        keys = Packed(b"".join(k.data for k, _, _ in chunks), chunks[0][0].size)
+        values = None if chunks[0][1] is None else \
+            Packed(b"".join(v.data for _, v, _ in chunks), chunks[0][1].size)
+    else:
+        keys = [x for k, _, _ in chunks for x in k]
+        values = None if chunks[0][1] is None else [x for _, v, _ in chunks for x in v]
+    return [(keys, values, [o for _, _, os_ in chunks for o in os_])]
+
+
+def _gather(values: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """values[starts[i]:starts[i]+counts[i]] for every i, concatenated."""
+    counts = counts.astype(np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, values.dtype)
+    begin = np.cumsum(counts) - counts
+    idx = np.arange(total) - np.repeat(begin, counts) + np.repeat(starts.astype(np.int64), counts)
+    return values[idx]
+
+
+def _vip_key(key: bytes) -> bytes:
+    """The address-only key of a frontend's service-entry key (port and protocol 0)."""
+    if len(key) == C.KEY[4].itemsize:
+        return key[:4] + bytes(8)
+    return key[:16] + bytes(8)
 
 
 def _is_master(family: int, key: bytes) -> bool:
     """Is *key* a frontend's EXT service entry (slot 0), the one every lookup finds
     first?  Slots and the INT scope's entry are written before it, deleted after."""
     return E.key_slot(family, key) == 0 and E.key_scope(family, key) == E.SCOPE_EXT
-
-
-def _uses(f: Frontend) -> tuple[Backend, ...]:
-    """Every backend *f*'s entries name, in either scope, each once."""
-    if f.internal_backends is None:
-        return f.backends
-    return tuple({b.key: b for b in f.backends + f.internal_backends}.values())

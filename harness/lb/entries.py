@@ -22,7 +22,7 @@ MAGLEV_INT_KEY = defines("lib/lb.h", "CB_MAGLEV_INT_KEY")["CB_MAGLEV_INT_KEY"]
 SRC_RANGE_STATIC_PREFIX = defines("lib/lb.h", "LB_SRC_RANGE_STATIC_PREFIX")[
     "LB_SRC_RANGE_STATIC_PREFIX"]
 SRC_RANGE_VALUE = b"\x01"
-_TYPE_FLAG = {
+TYPE_FLAGS = {
     "ClusterIP": SVC_FLAGS["SVC_F_CLUSTERIP"],
     "NodePort": SVC_FLAGS["SVC_F_NODEPORT"],
     "ExternalIP": SVC_FLAGS["SVC_F_EXTERNAL_IP"],
@@ -48,7 +48,7 @@ def source_range_map(family: int) -> str:
 
 
 def frontend_flags(f: Frontend) -> int:
-    flags = _TYPE_FLAG[f.type]
+    flags = TYPE_FLAGS[f.type]
     if f.affinity_timeout:
         flags |= SVC_FLAGS["SVC_F_AFFINITY"]
     if f.maglev:
