@@ -49,6 +49,15 @@ def test_control_smoke_every_method_programs_and_counts():
     bpf100 = by[("bpf", 100, "full")]
     assert bpf100["entries"] >= 100 * 11 + 100 + 100
     assert bpf100["write_seconds"]["median"] <= bpf100["seconds"]["median"]
+    # Planning and writing apart, beside the raw write floor of the same entries and
+    # the process's peak RSS while applying.
+    assert bpf100["plan_seconds"]["median"] + bpf100["write_seconds"]["median"] \
+        <= bpf100["seconds"]["median"]
+    assert 0 < bpf100["floor_seconds"]["median"]
+    assert bpf100["ratio_to_floor"]["median"] > 0
+    assert bpf100["peak_rss_bytes"] >= bpf100["rss_before_bytes"] > 0
+    change = by[("bpf", 100, "change-one")]
+    assert change["plan_seconds"]["median"] > 0 and change["floor_seconds"] is None
     assert not [n for n in netns.list_project() if n.startswith("cb-ctl-")]
 
 
@@ -61,8 +70,12 @@ def test_control_table_names_map_memory_and_rules_text_apart_and_no_mad_from_one
     header, rows = control.table(suite)
     row = rows[0]
     assert len(header) == len(row)
-    assert row[5] == "n/a (1 round)"                      # not "0.0%"
-    assert row[8] == str(full["map_bytes"]) and row[9] == "-"
+    col = dict(zip(header, row))
+    assert col["MAD"] == "n/a (1 round)"                  # not "0.0%"
+    assert col["MAP MEM"] == str(full["map_bytes"]) and col["RULES TEXT"] == "-"
+    # Planning, writing and the raw floor apart; the floor is BPF's own figure.
+    assert float(col["PLAN"]) > 0 and float(col["WRITE"]) > 0 and float(col["FLOOR"]) > 0
+    assert col["X FLOOR"].endswith("x") and col["PEAK RSS"].endswith("MiB")
 
 
 def test_bench_tables_header_splits_map_memory_and_rules_text(capsys):
@@ -75,7 +88,7 @@ def test_bench_tables_header_splits_map_memory_and_rules_text(capsys):
     _print_bench_tables({"control": suite})
     header, row = capsys.readouterr().out.strip().splitlines()
     assert "MAP MEM" in header and "RULES TEXT" in header and "BYTES" not in header.split()
-    assert row.split()[-3:] == ["12", "-", "4096"] and "2.0%" in row
+    assert row.split()[-4:] == ["12", "-", "4096", "-"] and "2.0%" in row   # no PEAK RSS
 
 
 def test_micro_and_macro_tables_show_no_mad_from_a_single_sample():

@@ -359,12 +359,13 @@ class LbControl:
         else:   # by index: changing one service of 100,000 must not walk them all
             have = {k: self._fe[k] for svc in scope for k in self._by_service.get(svc, ())}
             removed = [k for k in have if k not in want]
-        todo: list[int] = []                # new or changed, in desired order
-        for i, (k, f) in enumerate(zip(keys, fes)):
-            rec = have.get(k)
-            if rec is None or (rec.frontend is not f and rec.frontend != f):
-                todo.append(i)
-        changed = [keys[i] for i in todo if keys[i] in have]
+        if have:                            # new or changed, in desired order
+            todo = [i for i, (k, f) in enumerate(zip(keys, fes))
+                    if (rec := have.get(k)) is None or (rec.frontend is not f
+                                                         and rec.frontend != f)]
+            changed = [keys[i] for i in todo if keys[i] in have]
+        else:
+            todo, changed = list(range(len(fes))), []
         gone = [have[k] for k in chain(removed, changed)]
 
         for k in removed:
@@ -409,19 +410,21 @@ class LbControl:
         # Backend tuples, each distinct object once, numbered in desired order.
         gidx: dict[int, int] = {}
         groups: list[tuple] = []
-
-        def group(t) -> int:
-            g = gidx.get(id(t))
-            if g is None:
-                g = gidx[id(t)] = len(groups)
-                groups.append(t)
-            return g
         ext_g: list[int] = []
         int_g: list[int] = []
-        for f in todo:
-            ext_g.append(group(f.backends))
-            t = f.internal_backends
-            int_g.append(-1 if t is None else group(t))
+        for t, u in zip(map(attrgetter("backends"), todo),
+                        map(attrgetter("internal_backends"), todo)):
+            g = gidx.setdefault(id(t), len(groups))
+            if g == len(groups):
+                groups.append(t)
+            ext_g.append(g)
+            if u is None:
+                int_g.append(-1)
+            else:
+                g = gidx.setdefault(id(u), len(groups))
+                if g == len(groups):
+                    groups.append(u)
+                int_g.append(g)
         refs = C.BackendRefs.of(groups)
         first, inverse = refs.unique()
         ukeys = list(zip(refs.family[first].tolist(), refs.hi[first].tolist(),
