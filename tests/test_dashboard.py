@@ -664,3 +664,21 @@ def test_screenshot_without_results_is_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ERROR:")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_control_shows_plan_write_and_the_raw_write_floor(tmp_path):
+    """bpf full results with planning, writes and the raw write floor: a dashed floor
+    curve beside bpf's and the columns in the table; older results show dashes."""
+    newer = documents()[1]
+    for r in newer["suites"]["control"]["results"]:
+        if r["method"] == "bpf" and r["operation"] == "full" and r["seconds"]:
+            total = r["seconds"]["median"]
+            r.update(plan_seconds=summ(total * 0.6), write_seconds=summ(total * 0.35),
+                     floor_seconds=summ(total * 0.3), ratio_to_floor=summ(3.33),
+                     peak_rss_bytes=700 * 2**20, rss_before_bytes=600 * 2**20)
+    html = render(write_results(tmp_path, [newer])).read_text()
+    assert "bpf raw write floor" in html
+    for column in (">plan</th>", ">write</th>", ">raw write floor</th>", ">× floor</th>",
+                   ">peak RSS</th>"):
+        assert column in html
+    assert "3.33×" in html and "700 MiB" in html

@@ -404,6 +404,12 @@ def _control(suite: Any, charts: _Charts) -> dict | None:
             _mad(r.get("seconds")) if r.get("status") == "ok" else None)) for r in rows)
         series = [charts.series("method", name, pts) for name, pts in
                   sorted(grouped.items(), key=lambda kv: _order(kv[0], METHODS))]
+        floor = [(_num(r.get("services")), _median(r.get("floor_seconds")),
+                  _mad(r.get("floor_seconds"))) for r in rows
+                 if r.get("method") == "bpf" and r.get("floor_seconds")]
+        if floor:       # the same entries written raw: what the apply could at best take
+            series.append(charts.series("method", "bpf raw write floor", floor, dashed=True,
+                                        colour=charts.colour("method", "bpf")))
         spec = charts.add(chart_id, title, {"label": "services", "log": True},
                           {"label": "seconds (median, log)", "log": True}, series)
         figures.append({"spec": spec, "title": title,
@@ -422,7 +428,12 @@ def _control(suite: Any, charts: _Charts) -> dict | None:
                       "entries": _fmt_int(r.get("entries")),
                       "map_bytes": _fmt_bytes(map_bytes), "map_bytes_exact": _fmt_int(map_bytes),
                       "rules_bytes": _fmt_bytes(rules_bytes),
-                      "rules_bytes_exact": _fmt_int(rules_bytes), "ratio": ratio})
+                      "rules_bytes_exact": _fmt_int(rules_bytes), "ratio": ratio,
+                      "plan": _fmt_summary(r.get("plan_seconds")),
+                      "write": _fmt_summary(r.get("write_seconds")),
+                      "floor": _fmt_summary(r.get("floor_seconds")),
+                      "floor_ratio": _fmt_summary(r.get("ratio_to_floor"), "×"),
+                      "peak_rss": _fmt_bytes(r.get("peak_rss_bytes"))})
     return {"config": suite.get("config"), "figures": figures, "table": table}
 
 
