@@ -276,7 +276,8 @@ def node_addresses(
     """Every node's addresses.
 
     *nodes* if given, else the address plan's underlay addresses of every
-    ``cb-node<i>`` the pods name (and of *local_node*); in both cases plus
+    ``cb-node<i>`` the pods name (and of *local_node*; another name: its Node
+    object's addresses when the scenario has one); in both cases plus
     each pod's hostIP and each hostNetwork pod's IPs, under the pod's node.
     Raises ValueError for an address claimed by two nodes or a *local_node*
     without addresses.
@@ -284,7 +285,8 @@ def node_addresses(
     result: dict[str, list[IPAddress]] = {}
     if nodes is None:
         for name in sorted(set(scenario.nodes) | ({local_node} if local_node else set())):
-            result[name] = list(_plan_addresses(name))
+            # a foreign node (a real cluster's dump): its Node object's addresses, if any
+            result[name] = list(_plan_addresses(name) or scenario.node_ips.get(name, ()))
     else:
         for name, addrs in nodes.items():
             result[name] = list(addrs)
