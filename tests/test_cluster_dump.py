@@ -148,6 +148,25 @@ def test_test_run_sends_a_packet_to_a_foreign_cluster_ip_and_dnats_it_to_a_forei
     assert out[IP].src == "10.244.2.9"
 
 
+def test_test_run_for_a_pod_on_a_node_with_no_known_address(tmp_path):
+    """No Node object, no hostIP: the node has no address (no host identity address),
+    which is no reason to refuse the pod's program (it was: "local node ... has no
+    known address")."""
+    scenario = tmp_path / "w.yaml"
+    scenario.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: a}}\n"
+                        "spec: {nodeName: worker-1, containers: [{name: c}]}\n"
+                        "status: {podIP: 10.244.0.5}\n")
+    pcap = tmp_path / "in.pcap"
+    wrpcap(str(pcap), [Ether(bytes(eth() / IP(src="10.244.0.5", dst="10.244.0.6")
+                                   / TCP(sport=41000, dport=80, flags="S")))])
+    proc = chainbench("test-run", "lxc:from_container", "--pcap", str(pcap), "--scenario",
+                      str(scenario), "--endpoint", "default/p", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "TC_ACT_OK"
+    check = chainbench("scenario", "check", str(scenario))
+    assert "node addresses: worker-1 no address (none)" in check.stdout
+
+
 def test_identities_of_the_dump():
     proc = chainbench("identities", "-f", str(DUMP), "-o", "json")
     assert proc.returncode == 0, proc.stderr
