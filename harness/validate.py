@@ -23,9 +23,23 @@ from harness.scenario.load import load_scenario_text
 from harness.scenario.source import read
 
 
+#: What a plan-checked load adds to its refusal of a valid object outside the plan.
+RENUMBER_HINT = ("a foreign cluster's objects: `chainbench up --renumber` maps its nodes and "
+                 "addresses into the address plan")
+
+
 def load_text(text: str, source: str, *, plan_checked: bool = True) -> Scenario:
-    """Parse and fully validate scenario *text* (see the module docstring)."""
-    return check(load_scenario_text(text, source, plan_checked=plan_checked))
+    """Parse and fully validate scenario *text* (see the module docstring).  A plan-checked
+    load refuses a valid object outside the plan in one line naming ``up --renumber``."""
+    try:
+        scenario = load_scenario_text(text, source, plan_checked=plan_checked)
+    except ScenarioError as err:
+        if not err.plan:
+            raise
+        raise ScenarioError(f"{err.message}; {RENUMBER_HINT}", source=err.source,
+                            document=err.document, kind=err.kind, ref=err.ref, field=err.field,
+                            line=err.line, column=err.column, plan=True) from None
+    return check(scenario)
 
 
 def load(spec: str, params: dict[str, Any] | None = None,

@@ -175,8 +175,10 @@ def test_identities_of_the_dump():
                for ls in labels)
 
 
-def test_up_refuses_the_dump_in_one_line_naming_renumber():
-    line = bad_input_line(chainbench("up", "-f", str(DUMP)))
+@pytest.mark.parametrize("command", [("up",), ("lb", "apply"), ("policy", "apply")])
+def test_what_touches_the_network_refuses_the_dump_in_one_line_naming_renumber(command):
+    """Refused while validating, before any node, namespace or map is touched."""
+    line = bad_input_line(chainbench(*command, "-f", str(DUMP)))
     assert line.startswith(f"ERROR: {DUMP}: document 1 (Service shop/web): "
                            "items[0].spec.clusterIPs[0]: 10.96.12.34 is outside")
     assert line.endswith("`chainbench up --renumber` maps its nodes and addresses into the "
@@ -285,3 +287,40 @@ def test_bench_micro_times_the_dump():
     assert by["established"]["verdict"] == "TC_ACT_OK"
     assert by["established"]["scale"]["frontend"].startswith("shop/web")
     assert all(r["ns_per_packet"]["median"] > 0 for r in section["results"])
+
+
+def test_renumber_host_network_pods_and_ipv6_external_ips():
+    text = """apiVersion: v1
+kind: Pod
+metadata: {name: agent, namespace: kube-system}
+spec: {nodeName: worker-7, hostNetwork: true, containers: [{name: a, ports: [{containerPort: 9100}]}]}
+status: {podIP: 172.30.9.7, hostIP: 172.30.9.7}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: metrics, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.99
+  clusterIPs: [10.96.0.99, 'fc00:10:96::99']
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  externalIPs: ['fc00:aa::1']
+  ports: [{port: 9100}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: metrics-1, namespace: kube-system, labels: {kubernetes.io/service-name: metrics}}
+addressType: IPv4
+endpoints: [{addresses: [172.30.9.7], nodeName: worker-7}]
+ports: [{port: 9100}]
+"""
+    r = renumber_text(text, "h.yaml")
+    s = validate.load_text(r.text, "h.yaml")
+    agent = s.pod("kube-system/agent")
+    assert (agent.node_name, str(agent.pod_ips[0]), str(agent.host_ip)) == \
+        ("cb-node0", "198.19.128.1", "198.19.128.1")
+    (ep,) = s.endpoint_slices[0].endpoints
+    assert [str(a) for a in ep.addresses] == ["198.19.128.1"] and ep.node_name == "cb-node0"
+    svc = s.service("kube-system/metrics")
+    assert [str(a) for a in svc.cluster_ips] == ["198.19.0.1", "2001:db8:2::1"]
+    assert [str(a) for a in svc.external_ips] == ["2001:db8:5::1"]

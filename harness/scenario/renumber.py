@@ -185,6 +185,11 @@ class _Mapper:
                     self.external[addr] = (ext4 if addr.version == 4 else ext6).take()
         oth4 = _Allocator(addressing.WORLD_V4, 100, "endpoints outside the cluster", 254)
         oth6 = _Allocator(addressing.WORLD_V6, 0x100, "endpoints outside the cluster")
+        for pod in s.pods:
+            if pod.host_network and not pod.node_name:
+                for addr in pod.pod_ips:
+                    if addr not in self.node_addr and addr not in self.other:
+                        self.other[addr] = (oth4 if addr.version == 4 else oth6).take()
         for sl in sorted(s.endpoint_slices, key=lambda e: (e.meta.namespace, e.meta.name)):
             for ep in sl.endpoints:
                 for addr in ep.addresses:
@@ -207,7 +212,12 @@ class _Mapper:
 
     def pod_address(self, value: str, host_network: bool) -> str:
         addr = ipaddress.ip_address(value)
-        return str((self.node_addr if host_network else self.pod_addr)[addr])
+        new = (self.node_addr if host_network else self.pod_addr).get(addr)
+        if new is None:     # a hostNetwork pod on no node: its address is no node's
+            new = self.other.get(addr)
+        if new is None:
+            raise ScenarioError(f"--renumber: {addr} of a pod on no node: set its spec.nodeName")
+        return str(new)
 
     def cidr(self, value: str) -> str:
         net = ipaddress.ip_network(value, strict=False)

@@ -48,7 +48,7 @@ from harness.node.node import Node
 from harness.node.record import SKIP_ANNOTATION
 from harness.node.sync import sync_node
 from harness.paths import STATE_ROOT
-from harness.scenario import ScenarioError, source
+from harness.scenario import source
 from harness.scenario.renumber import Renumbered, renumber_text
 from harness.topology import build as topology
 from harness.topology.cni_runtime import discover_cni_path
@@ -282,8 +282,6 @@ def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> No
 
 #: Where ``up --renumber`` saves the mapping it applied (removed by ``down``).
 RENUMBER_MAP = os.path.join(STATE_ROOT, "renumber.json")
-RENUMBER_HINT = ("a foreign cluster's objects: `chainbench up --renumber` maps its nodes and "
-                 "addresses into the address plan")
 
 
 def renumber_scenario(spec: str, params: dict | None = None) -> Renumbered:
@@ -322,14 +320,7 @@ def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
         kept.append(RENUMBER_MAP)
     else:
         text, name = source.read(spec, dict(params or {}))
-        try:
-            validate.load_text(text, name)
-        except ScenarioError as err:
-            if err.plan:
-                raise ScenarioError(f"{err.message}; {RENUMBER_HINT}", source=err.source,
-                                    document=err.document, kind=err.kind, ref=err.ref,
-                                    field=err.field, plan=True) from None
-            raise
+        validate.load_text(text, name)      # outside the plan: one line naming --renumber
         path = source.materialize(spec, text, STATE_ROOT)
         if path != os.path.abspath(spec):
             kept.append(path)
