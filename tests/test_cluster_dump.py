@@ -263,6 +263,9 @@ def test_bench_control_times_the_dump_with_bpf():
     rows = {r["operation"]: r for r in section["results"]}
     assert rows["full"]["status"] == "ok" and rows["change-one"]["status"] == "ok", rows
     assert rows["full"]["entries"] > 0 and rows["full"]["seconds"]["median"] > 0
+    from bench.report import results, schema
+    doc = results.new_document({"control": section}, profile="custom")
+    assert schema.validate(doc, schema.load()) == []
 
 
 def test_bench_control_kube_proxy_config_names_the_first_node():
@@ -285,7 +288,12 @@ def test_bench_micro_times_the_dump():
     section = suite.run(cases, samples=2, repeat=20, workers=False)
     by = {r["case"]: r for r in section["results"]}
     assert by["established"]["verdict"] == "TC_ACT_OK"
-    assert by["established"]["scale"]["frontend"].startswith("shop/web")
+    assert by["established"]["name"] == ("lxc:from_container/established@scenario "
+                                         f"{CLIENT} -> shop/web 10.96.12.34:80")
+    assert by["established"]["scale"] == {"services": 5}
+    from bench.report import results, schema
+    doc = results.new_document({"micro": section}, profile="custom")
+    assert schema.validate(doc, schema.load()) == []
     assert all(r["ns_per_packet"]["median"] > 0 for r in section["results"])
 
 

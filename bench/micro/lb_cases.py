@@ -284,15 +284,16 @@ def scenario_cases(scenario, floor: str = "empty:empty_tc") -> list[Case]:
     expired = {**base, "ct_lifetime_tcp": EXPIRED, "ct_lifetime_nontcp": EXPIRED,
                "ct_lifetime_syn": EXPIRED, "ct_lifetime_close": EXPIRED}
     tag = "scenario"
-    scale = {"services": len(scenario.services), "scenario": scenario.source,
-             "frontend": f"{fe.service} {fe.address}:{fe.port}"}
+    scale = {"services": len(scenario.services)}
 
     def setup(coll: Collection) -> None:
         datapath.lb_control(coll).apply(state)
     common = dict(floor=floor, setup=setup, max_entries=sizes, scale=scale, maps="lb@scenario")
 
     def case(short: str, rodata: dict, group: str, expect) -> Case:
-        return Case(f"lxc:from_container/{short}@{tag}", "lxc", "from_container", pkts[short],
+        # the name says what is timed: the ClusterIP (its Service) from the client pod
+        return Case(f"lxc:from_container/{short}@{tag} {client.ref} -> {fe.service} "
+                    f"{fe.address}:{fe.port}", "lxc", "from_container", pkts[short],
                     rodata=rodata, group=f"{group}@scenario", expect=expect, variant=short,
                     **common)
     out = [case("established", base, "lb", _expect_backend(fe)),
