@@ -332,3 +332,16 @@ ports: [{port: 9100}]
     svc = s.service("kube-system/metrics")
     assert [str(a) for a in svc.cluster_ips] == ["198.19.0.1", "2001:db8:2::1"]
     assert [str(a) for a in svc.external_ips] == ["2001:db8:5::1"]
+
+
+def test_bench_micro_scenario_through_the_command_line():
+    proc = chainbench("bench", "micro", "--scenario", str(DUMP), "--samples", "1", "--repeat",
+                      "100", "--no-write")
+    assert proc.returncode == 0, proc.stderr
+    rows = proc.stdout.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ["lxc:from_container/established@scenario",
+                                            "lxc:from_container/new-flow@scenario",
+                                            "lxc:from_container/non-service@scenario"]
+    to = [f"{CLIENT} -> shop/web 10.96.12.34:80 TC_ACT_OK"] * 2 + \
+        [f"{CLIENT} -> 10.244.1.8:8080 TC_ACT_OK"]
+    assert all(t in " ".join(r.split()) for t, r in zip(to, rows)), rows

@@ -291,9 +291,12 @@ def scenario_cases(scenario, floor: str = "empty:empty_tc") -> list[Case]:
     common = dict(floor=floor, setup=setup, max_entries=sizes, scale=scale, maps="lb@scenario")
 
     def case(short: str, rodata: dict, group: str, expect) -> Case:
-        # the name says what is timed: the ClusterIP (its Service) from the client pod
-        return Case(f"lxc:from_container/{short}@{tag} {client.ref} -> {fe.service} "
-                    f"{fe.address}:{fe.port}", "lxc", "from_container", pkts[short],
+        # the name says what is timed: from the client pod to the ClusterIP (its Service),
+        # or to the other pod
+        to = f"{other}:{BACKEND_PORT}" if short == "non-service" else \
+            f"{fe.service} {fe.address}:{fe.port}"
+        return Case(f"lxc:from_container/{short}@{tag} {client.ref} -> {to}", "lxc",
+                    "from_container", pkts[short],
                     rodata=rodata, group=f"{group}@scenario", expect=expect, variant=short,
                     **common)
     out = [case("established", base, "lb", _expect_backend(fe)),
