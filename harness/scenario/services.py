@@ -1,5 +1,6 @@
 """Service validation: type, ports (targetPort; nodePort within
-NODE_PORT_RANGE), ClusterIPs inside the service CIDRs with the ipFamilies /
+NODE_PORT_RANGE), ClusterIPs (inside the service CIDRs when the load checks the
+address plan) with the ipFamilies /
 ipFamilyPolicy the API server would settle, session affinity, traffic
 policies and externalIPs.  A Service comes out as a ``ServiceDraft``:
 harness.scenario.build allocates its missing ClusterIPs and nodePorts.
