@@ -13,6 +13,10 @@ What is programmed (``mix``):
   clusterip  bench.micro.lb_cases.synthetic_state: IPv4 ClusterIPs only (the figures
              before issue 15).
 
+Or a user's own cluster (``scenario``, ``chainbench bench control --scenario FILE``): a
+scenario file, ``kubectl get ... -o yaml`` output as it is, programmed as its first node
+(sorted by name) holds it, kube-proxy named after that node with its addresses.
+
 Methods, each timed on the same LB state:
 
   bpf              LbControl.apply on a freshly loaded lxc collection sized for N
@@ -81,8 +85,10 @@ from harness.kubeproxy import apply as kp
 from harness.kubeproxy import iptables as ipt
 from harness.kubeproxy import nftables as nft
 from harness.kubeproxy.model import ProxierConfig
-from harness.lb.desired import lb_state
+from harness import validate
+from harness.lb.desired import lb_state, node_addresses
 from harness.lb.model import LbState
+from harness.scenario import Scenario
 from harness.scenario.templates import load_template_scenario
 
 METHODS = ("bpf", "iptables-legacy", "iptables-nft", "iptables-nft-flush", "nft")
@@ -106,9 +112,13 @@ def available(method: str) -> str | None:
 
 
 def changed_state(state: LbState) -> tuple[LbState, str]:
-    """*state* with the first IPv4 endpoint of the last service replaced in every one of
-    its frontends (an EndpointSlice update); (new state, service)."""
-    service = state.frontends[-1].service
+    """*state* with the first IPv4 endpoint of the last service (that has one: a real
+    cluster's last frontend may have none) replaced in every one of its frontends (an
+    EndpointSlice update); (new state, service)."""
+    service = next((f.service for f in reversed(state.frontends) if f.family == 4 and f.endpoints),
+                   None)
+    if service is None:
+        raise ValueError("no Service with an IPv4 endpoint to change")
     v4 = [f for f in state.frontends if f.service == service and f.family == 4]
     old = next(f.endpoints[0] for f in v4 if f.endpoints)
     new_be = dataclasses.replace(old, address=CHANGED_ENDPOINT)
@@ -141,8 +151,33 @@ def mix_config(mix: str) -> ProxierConfig | None:
                                                       str(addressing.node_ip6(index))))
 
 
-def bench_state(services: int, mix: str = "realistic") -> LbState:
-    """The LB state the suite programs at *services* services."""
+def scenario_node(scenario: Scenario) -> str | None:
+    """The node a user's scenario is programmed as: the first of its nodes (sorted)."""
+    return scenario.nodes[0] if scenario.nodes else None
+
+
+def scenario_config(scenario: Scenario) -> ProxierConfig | None:
+    """The kube-proxy settings of a user's scenario: its first node's name and addresses
+    (harness.lb.desired.node_addresses: the plan's, or a real cluster's own), as mix_config
+    gives the template's; None when no pod names a node."""
+    node = scenario_node(scenario)
+    if node is None:
+        return None
+    return ProxierConfig(hostname=node,
+                         node_ips=tuple(str(a) for a in node_addresses(scenario)[node]))
+
+
+def load_bench_scenario(spec: str) -> Scenario:
+    """A user's scenario file (``bench control --scenario``), any valid addresses (the
+    maps are not attached, the rules load in a namespace of their own)."""
+    return validate.load(spec, plan_checked=False)
+
+
+def bench_state(services: int, mix: str = "realistic", scenario: Scenario | None = None) -> LbState:
+    """The LB state the suite programs at *services* services, or *scenario*'s (a user's
+    cluster, as its first node's maps hold it; *services* is then ignored)."""
+    if scenario is not None:
+        return lb_state(scenario, node=scenario_node(scenario))
     if mix == "clusterip":
         return synthetic_state(services, ENDPOINTS, ipv6=False, nodeport=False)
     if mix != "realistic":
@@ -178,8 +213,12 @@ def _rss() -> tuple[int, int]:
 
 
 def _load_bpf(state: LbState) -> Collection:
+    """A fresh lxc collection whose LB maps hold *state* (a user's cluster may have more
+    than ENDPOINTS backends per frontend: the maps are sized for its mean)."""
     v6 = sum(1 for f in state.frontends if f.family == 6)
-    sizes = datapath.scaled_max_entries(len(state.frontends) - v6, ENDPOINTS, v6,
+    slots = sum(len(f.backends) for f in state.frontends)
+    per = max(ENDPOINTS, -(-slots // max(len(state.frontends), 1)))
+    sizes = datapath.scaled_max_entries(len(state.frontends) - v6, per, v6,
                                         sum(1 for f in state.frontends if f.two_scopes))
     return Collection.load(str(paths.bpf_object("lxc")), rodata=datapath.service_rodata(),
                            max_entries=sizes)
@@ -361,9 +400,17 @@ def sample(method: str, state: LbState, new: LbState, service: str, timeout: flo
 # -- the suite ----------------------------------------------------------------------------
 def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
         timeout: float = 300, progress: Callable[[int, int, str], None] | None = None,
-        method_timeouts: dict[str, float] | None = None, mix: str = "realistic") -> dict:
+        method_timeouts: dict[str, float] | None = None, mix: str = "realistic",
+        scenario: str | None = None) -> dict:
     """Time every method at every scale in *rounds* interleaved rounds; a load may take
-    *timeout* seconds, or what *method_timeouts* gives its method."""
+    *timeout* seconds, or what *method_timeouts* gives its method.  With *scenario* (a
+    scenario file: a user's cluster, ``kubectl get -o yaml`` output loads as it is), its
+    Services are programmed instead of the mix, once (*scales* is ignored; the scale
+    reported is its number of Services)."""
+    loaded = load_bench_scenario(scenario) if scenario is not None else None
+    if loaded is not None:
+        scales = [len(loaded.services)]
+    config = scenario_config(loaded) if loaded is not None else mix_config(mix)
     method_timeouts = dict(method_timeouts or {})
     if rounds < 1:
         raise ValueError("rounds must be >= 1")
@@ -376,7 +423,7 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
     total = len(scales) * rounds * len(methods)
     done = 0
     for n in scales:
-        state = bench_state(n, mix)
+        state = bench_state(n, mix, loaded)
         new, service = changed_state(state)
         floor_entries: dict | None = None
         per: dict[str, dict] = {m: {"full": [], "change-one": [], "render": [], "full-writes": [],
@@ -403,7 +450,7 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
                     progress(done - 1, total, f"control: {m} @ {n} services, round {r + 1}")
                 try:
                     got = sample(m, state, new, service, method_timeouts.get(m, timeout),
-                                 measure_size=(r == 0), config=mix_config(mix),
+                                 measure_size=(r == 0), config=config,
                                  floor=floor_entries if r % 2 else None)
                 except Timeout as exc:
                     rec.update(status="timeout", detail=str(exc))
@@ -426,7 +473,11 @@ def run(scales: list[int], rounds: int = 1, methods: tuple[str, ...] = METHODS,
         if progress:
             progress(done, total, f"control: {n} services done")
         results += _summarise(n, per)
-    return {"config": {"scales": scales, "rounds": rounds, "methods": list(methods), "mix": mix,
+    return {"config": {"scales": scales, "rounds": rounds, "methods": list(methods),
+                       "mix": mix if loaded is None else "scenario",
+                       **({"scenario": loaded.source, "node": scenario_node(loaded),
+                           "frontends": len(bench_state(0, scenario=loaded).frontends)}
+                          if loaded is not None else {}),
                        "endpoints_per_service": ENDPOINTS, "timeout_s": timeout,
                        "method_timeouts_s": method_timeouts,
                        "method": "full sync from nothing, then one service changed; methods "
@@ -484,7 +535,7 @@ def run_suite(settings: ControlSettings,
     """The suite's section of the result document for *settings* (a profile's)."""
     return run(list(settings.scales), settings.rounds, timeout=settings.timeout,
                method_timeouts=dict(settings.method_timeouts), progress=progress,
-               mix=settings.mix)
+               mix=settings.mix, scenario=settings.scenario)
 
 
 # PLAN: BPF planning / kube-proxy rendering; WRITE: BPF map writes (syscalls) /

@@ -26,6 +26,8 @@ class MicroSettings:
     events: bool = True
     #: Every program on the default packet (bench.micro.suite.discover_cases).
     generic: bool = True
+    #: A user's scenario file: its LB cases (bench.micro.lb_cases.scenario_cases) too.
+    scenario: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class ControlSettings:
     #: The services programmed: "realistic" (bench/scenarios/services.yaml.j2's mix of
     #: Service features) or "clusterip" (IPv4 ClusterIPs only, as before issue 15).
     mix: str = "realistic"
+    #: A user's scenario file programmed instead of the mix (scales then ignored).
+    scenario: str | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ POD_CIDR_V6 = ipaddress.ip_network("2001:db8:1::/48")      # node i: 2001:db8:1:
 SERVICE_CIDR_V6 = ipaddress.ip_network("2001:db8:2::/108")
 NODE_UNDERLAY_V6 = ipaddress.ip_network("2001:db8:3::/64")
 WORLD_V6 = ipaddress.ip_network("2001:db8:4::/64")
+EXTERNAL_VIP_CIDR_V6 = ipaddress.ip_network("2001:db8:5::/112")  # IPv6 externalIPs, load-balancer IPs
 
 #: Ranges an address used by the project may come from.
 ALLOWED = (

@@ -87,7 +87,7 @@ def cmd_test_run(args) -> int:
     if args.scenario == "-" and args.pcap == "-":
         raise UsageError("--pcap - and --scenario -: only one of them can read standard input")
     if args.scenario:
-        scenario = _load_scenario(args, args.scenario)
+        scenario = _load_scenario(args, args.scenario, plan_checked=False)   # maps not attached
         if args.endpoint:
             endpoint = scenario.pod(args.endpoint)
     if args.repeat < 1:
@@ -128,12 +128,24 @@ def cmd_bench(args) -> int:
     if only and (args.services or args.identities):
         raise UsageError("--events-only times 1 service and 1 identity: no --services or "
                          "--identities with it")
+    mine = args.scenario is not None        # a user's own cluster instead of the templates
+    if mine:
+        if args.suite not in ("micro", "control"):
+            raise UsageError("--scenario: `chainbench bench micro --scenario FILE` or "
+                             "`bench control --scenario FILE`")
+        if only or args.mix or args.scales:
+            raise UsageError("--scenario times the scenario's own Services: no --events-only, "
+                             "--mix or --scales with it")
+        _load_scenario(args, args.scenario, plan_checked=False)   # bad input: exit 2 now
     profile = profiles.get(
-        args.profile, services=() if only else _scales_arg("--services", args.services),
-        identities=() if only else _scales_arg("--identities", args.identities),
+        args.profile, services=() if only else _scales_arg("--services", args.services)
+        or (() if mine else None),
+        identities=() if only else _scales_arg("--identities", args.identities)
+        or (() if mine else None),
         scales=_scales_arg("--scales", args.scales), samples=args.samples, repeat=args.repeat,
         rounds=args.rounds, seconds=args.seconds, timeout=args.timeout, mix=args.mix,
-        generic=False if only else None, events=True if only else None)
+        generic=False if only or mine else None, events=True if only else (False if mine else None),
+        scenario=args.scenario)
     suites = _suites()
     wanted = profiles.SUITES if args.suite == "all" else (args.suite,)
     if "micro" in wanted and suites["micro"].indicative(profile.micro):
@@ -241,7 +253,7 @@ def cmd_lb_apply(args) -> int:
 def cmd_identities(args) -> int:
     # lazy: the policy resolver and the scenario parser (~90 ms)
     from harness.policy.desired import format_identities, identity_holders, policy_state
-    scenario = _load_scenario(args)
+    scenario = _load_scenario(args, plan_checked=False)       # resolves only
     state = policy_state(scenario, np_ipblock=args.netpol_ipblock)
     docs = identity_holders(scenario, state)
     if args.output == "wide":
@@ -346,11 +358,19 @@ def cmd_scenario_check(args) -> int:
     bad = 0
     for spec in args.files:
         try:
-            s = _load_scenario(args, spec)
+            s = _load_scenario(args, spec, plan_checked=False, note=False)
             line = (f"{s.source}: {len(s.pods)} pods on {len(s.nodes)} nodes, "
                     f"{len(s.services)} services, {len(s.endpoint_slices)} endpointslices, "
                     f"{len(s.network_policies)} networkpolicies, "
                     f"{len(s.cilium_network_policies)} ciliumnetworkpolicies")
+            if s.namespaces:
+                line += f", {len(s.namespaces)} namespaces"
+            if s.skipped:
+                line += f"; skipped {sum(n for _, n in s.skipped)} objects of kinds chainbench " \
+                        f"does not use ({s.skipped_text()})"
+            foreign = _foreign_plan_note(s)
+            if foreign:
+                line += f"; {foreign}"
             if args.endpoint:
                 pod = s.pod(args.endpoint)
                 line += f"; endpoint {pod.ref} on {pod.node_name or 'no node'}"
@@ -362,12 +382,34 @@ def cmd_scenario_check(args) -> int:
     return EXIT_USAGE if bad else EXIT_OK
 
 
-def _load_scenario(args, spec: str | None = None):
+def _load_scenario(args, spec: str | None = None, *, plan_checked: bool = True,
+                   note: bool = True):
     """The scenario *spec* (default: ``-f``) names, validated as every command validates it
     (harness.validate): a file, ``-`` for standard input, or a ``.j2`` template
-    rendered with the ``-p`` parameters."""
+    rendered with the ``-p`` parameters.  *plan_checked*: addresses and node names must
+    fit the address plan (commands that touch the network); False: any valid ones
+    (commands that only render, resolve or program unattached maps).  With *note*, the
+    objects of kinds chainbench does not use are counted in one line on stderr."""
     from harness import validate            # lazy: the scenario parser (~100 ms)
-    return validate.load(args.file if spec is None else spec, dict(args.param))
+    scenario = validate.load(args.file if spec is None else spec, dict(args.param),
+                             plan_checked=plan_checked)
+    if note and scenario.skipped:
+        print(f"note: {scenario.source}: skipped {sum(n for _, n in scenario.skipped)} objects "
+              f"of kinds chainbench does not use ({scenario.skipped_text()})", file=sys.stderr)
+    return scenario
+
+
+def _foreign_plan_note(scenario) -> str:
+    """For a scenario outside the address plan (a real cluster's dump): its nodes and where
+    their addresses come from, and that ``up`` needs ``--renumber``; "" inside the plan."""
+    from harness.lb.desired import PLAN, node_address_sources
+    from harness.scenario.renumber import fits_plan
+    if fits_plan(scenario):
+        return ""
+    nodes = [f"{n} {'/'.join(map(str, addrs)) or 'no address'} ({source})"
+             for n, (addrs, source) in node_address_sources(scenario).items() if source != PLAN]
+    return ("outside the address plan (`chainbench up --renumber` maps it in)"
+            + (f"; node addresses: {', '.join(nodes)}" if nodes else ""))
 
 
 def _scenario_param(text: str) -> tuple[str, object]:
@@ -403,8 +445,20 @@ def cmd_up(args) -> int:
         NodeSettings.check_events_ring_size(args.events_ring_size)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    renumbered = None
+    if args.renumber:
+        renumbered = chaining.renumber_scenario(args.file, dict(args.param))
+        print(f"renumbered {renumbered.source} into the address plan (saved in "
+              f"{chaining.RENUMBER_MAP}):")
+        for line in renumbered.lines():
+            print(f"  {line}")
+        if renumbered.dropped:
+            print(f"  left out: {', '.join(f'{n} {k}' for k, n in renumbered.dropped)} "
+                  "(kinds chainbench does not use)")
+        sys.stdout.flush()
     state = chaining.up_scenario(
         args.file, dict(args.param), args.nodes, args.routing, args.datapath,
+        renumbered=renumbered,
         progress=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else None,
         lb_map_max=args.bpf_lb_map_max, np_ipblock=args.netpol_ipblock,
         hubble_buffer_size=args.hubble_buffer_size, monitor_aggregation=args.monitor_aggregation,
@@ -522,21 +576,50 @@ def cmd_observe(args) -> int:
 def cmd_kube_proxy_render(args) -> int:
     # lazy: the control plane and the scenario parser (~85 ms)
     from harness.kubeproxy import iptables, nftables
-    from harness.lb.desired import lb_state
-    from harness.addressing import node_index, node_ip4, node_ip6
+    from harness.lb.desired import PLAN, lb_state, node_address_sources
     from harness.kubeproxy.model import ProxierConfig
     renderer = iptables if args.mode == "iptables" else nftables
-    scenario = _load_scenario(args)
-    config = ProxierConfig(family=args.family)
+    from harness.scenario.renumber import fits_plan
+    scenario = _load_scenario(args, plan_checked=False)      # prints text only
+    # A real cluster's dump: its pod and service ranges are not the plan's.  As kube-proxy
+    # without --cluster-cidr (no local-traffic detection) and without ServiceCIDRs (no
+    # drop of unallocated ClusterIPs), unless given.
+    foreign = not fits_plan(scenario)
+    cidrs = {"cluster_cidr": _family_cidr("--cluster-cidr", args.cluster_cidr, args.family,
+                                          "" if foreign else None),
+             "service_cidrs": (lambda c: None if c is None else ((c,) if c else ()))(
+                 _family_cidr("--service-cidr", args.service_cidr, args.family,
+                              "" if foreign else None))}
+    config = ProxierConfig(family=args.family, **cidrs)
     if args.node is not None:
         if args.node not in scenario.nodes:
             raise InputError(f"--node {args.node}: not a node of the scenario "
                              f"({', '.join(scenario.nodes) or 'none'})")
-        index = node_index(args.node)
+        addrs, origin = node_address_sources(scenario)[args.node]
+        if origin != PLAN:
+            print(f"note: --node {args.node}: addresses "
+                  f"{', '.join(map(str, addrs)) or 'none'} ({origin})", file=sys.stderr)
         config = ProxierConfig(family=args.family, hostname=args.node,
-                               node_ips=(str(node_ip4(index)), str(node_ip6(index))))
+                               node_ips=tuple(str(a) for a in addrs), **cidrs)
     sys.stdout.write(renderer.render(lb_state(scenario), config))
     return EXIT_OK
+
+
+def _family_cidr(flag: str, value: str | None, family: int, default: str | None) -> str | None:
+    """The CIDR of *family* among the comma-separated *value* ("" when it names none of that
+    family); *default* when not given."""
+    import ipaddress
+    if value is None:
+        return default
+    found = ""
+    for item in (v.strip() for v in value.split(",") if v.strip()):
+        try:
+            net = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise UsageError(f"{flag} {item!r}: not a CIDR") from None
+        if net.version == family and not found:
+            found = str(net)
+    return found
 
 
 def cmd_endpoints(args) -> int:
@@ -850,6 +933,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", choices=["realistic", "clusterip"],
                    help="control: the services programmed (default realistic: "
                         "bench/scenarios/services.yaml.j2 mix=realistic)")
+    p.add_argument("--scenario", metavar="FILE",
+                   help="micro and control: time your own cluster: a scenario file (`kubectl get "
+                        "svc,endpointslices,pods -A -o yaml` output loads as it is, any "
+                        "addresses), programmed as its first node holds it, instead of the "
+                        "synthetic services (micro: its busiest IPv4 ClusterIP from one of its "
+                        "pods; control: all its Services, kube-proxy as that node)")
+    p.set_defaults(param=[])
     p.add_argument("--out", help=f"results directory (default {paths.RESULTS})")
     p.add_argument("--no-write", action="store_true", help="print only, write no result file")
     p.add_argument("--no-dashboard", action="store_true", help="do not re-render the dashboard")
@@ -959,6 +1049,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "answer only on node addresses inside these ranges ('primary': the "
                         "node's own addresses; default: every address for iptables, "
                         "'primary' for nftables)")
+    p.add_argument("--renumber", action="store_true",
+                   help="map a real cluster's objects (kubectl get -o yaml) into the address "
+                        "plan: nodes to cb-node<i>, pod, service, node and external addresses "
+                        "renumbered consistently; the mapping is printed and saved in "
+                        "/run/chainbench/renumber.json")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("kube-proxy", help="kube-proxy's rule sets, the baselines")
@@ -971,6 +1066,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "table ip or ip6 kube-proxy (default 4)")
     c.add_argument("--node", help="the node whose kube-proxy renders (its name and addresses: "
                                   "the endpoints Local traffic policies use); default none")
+    c.add_argument("--cluster-cidr", metavar="CIDR[,CIDR]",
+                   help="kube-proxy's --cluster-cidr (traffic from outside it to a ClusterIP is "
+                        "masqueraded); default: the plan's pod range, or none for a scenario "
+                        "outside the plan (a real cluster's dump), as kube-proxy without it")
+    c.add_argument("--service-cidr", metavar="CIDR[,CIDR]",
+                   help="the cluster's service CIDRs (nftables drops traffic to unallocated "
+                        "ClusterIPs in them); default: the plan's, or none for a scenario "
+                        "outside the plan")
     _add_scenario_file(c)
     c.set_defaults(func=cmd_kube_proxy_render)
 

@@ -157,10 +157,8 @@ ERRORS = [
      "must be between 1 and 86400, got 0"),
     ("clusterIP outside service CIDR", _SVC % "{clusterIP: 198.18.0.1, ports: [{port: 80}]}",
      "document 1 (Service default/web): spec.clusterIP: 198.18.0.1 is outside the service CIDR 198.19.0.0/17"),
-    ("unknown kind", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
-     "document 1 (Deployment default/d): kind: unknown kind apps/v1 Deployment (known: v1 Pod, v1 Service, "
-     "discovery.k8s.io/v1 EndpointSlice, networking.k8s.io/v1 NetworkPolicy, cilium.io/v2 CiliumNetworkPolicy, "
-     "v1 Namespace, v1 List)"),
+    ("only kinds chainbench does not use", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
+     "no objects: an empty scenario (expected Kubernetes objects: Pods, Services, ...) (skipped 1 Deployment)"),
     ("known kind, wrong apiVersion", "apiVersion: v1\nkind: NetworkPolicy\nmetadata: {name: np}\n",
      "document 1 (NetworkPolicy default/np): apiVersion: NetworkPolicy must be networking.k8s.io/v1, got 'v1'"),
     ("unknown field in a CNP", _CNP % "  endpointSelector: {}\n  ingress:\n  - fromEndpoint: [{}]\n",

@@ -219,3 +219,88 @@ def cases(services: int, floor: str = "empty:empty_tc") -> list[Case]:
         case("nodeport", "netdev", "from_netdev", netdev, "nodeport",
              _expect_nodeport_remote(NODE)),
     ]
+
+
+# -- a user's own cluster (chainbench bench micro --scenario FILE) -------------------------
+
+def _scenario_target(scenario):
+    """(frontend, client pod) a user's scenario is timed on: the IPv4 ClusterIP frontend
+    with the most active backends (first by service name on a tie), and the first pod
+    (namespace/name order) with an IPv4 address that is none of its backends."""
+    from harness.lb.desired import lb_state
+    state = lb_state(scenario, node=scenario.nodes[0] if scenario.nodes else None)
+    frontends = [f for f in state.frontends if f.type == "ClusterIP" and f.family == 4
+                 and any(b.state == ACTIVE for b in f.backends)]
+    if not frontends:
+        raise CaseCheckFailed(f"{scenario.source}: no IPv4 ClusterIP with a ready endpoint to time")
+    fe = min(frontends, key=lambda f: (-len(f.backends), f.service, f.port))
+    backends = {b.address for b in fe.backends}
+    pods = sorted((p for p in scenario.pods if not p.host_network and p.ipv4 is not None),
+                  key=lambda p: (p.meta.namespace, p.meta.name))
+    client = next((p for p in pods if p.ipv4 not in backends), None) or \
+        (pods[0] if pods else None)
+    if client is None:
+        raise CaseCheckFailed(f"{scenario.source}: no pod with an IPv4 address to send from")
+    other = next((p.ipv4 for p in pods if p is not client), None)
+    return state, fe, client, other
+
+
+def _expect_backend(fe: Frontend):
+    backends = {(b.address, b.port) for b in fe.backends}
+
+    def check(out: Outcome) -> None:
+        _accepted(out)
+        pkt = Ether(out.packet)
+        if IP not in pkt or TCP not in pkt:
+            raise CaseCheckFailed(f"expected an IPv4 TCP packet, got {pkt.summary()}")
+        got = (ipaddress.IPv4Address(pkt[IP].dst), pkt[TCP].dport)
+        if got not in backends:
+            raise CaseCheckFailed(f"expected a DNAT of {fe.address}:{fe.port} to one of its "
+                                  f"backends, got {got[0]}:{got[1]}")
+    return check
+
+
+def scenario_cases(scenario, floor: str = "empty:empty_tc") -> list[Case]:
+    """A user's scenario (a real cluster's dump loads as it is) programmed as its first
+    node's maps hold it; lxc from_container timed from one of its pods to its busiest
+    IPv4 ClusterIP (``established``, ``new-flow``) and to another pod (``non-service``)."""
+    state, fe, client, other = _scenario_target(scenario)
+    v6 = sum(1 for f in state.frontends if f.family == 6)
+    per = max([len(f.backends) for f in state.frontends] + [BACKENDS_PER_SERVICE])
+    sizes = datapath.scaled_max_entries(len(state.frontends) - v6, per, v6,
+                                        sum(1 for f in state.frontends if f.two_scopes))
+    src = str(client.ipv4)
+    pkts = {
+        "established": bytes(eth() / IP(src=src, dst=str(fe.address))
+                             / TCP(sport=40000, dport=fe.port, flags="A")),
+        "new-flow": bytes(eth() / IP(src=src, dst=str(fe.address))
+                          / TCP(sport=40002, dport=fe.port, flags="A")),
+    }
+    if other is not None:
+        pkts["non-service"] = bytes(eth() / IP(src=src, dst=str(other))
+                                    / TCP(sport=40001, dport=BACKEND_PORT, flags="A"))
+    base = {**datapath.service_rodata(),
+            **datapath.endpoint_rodata(CLIENT_EP, src, str(client.ipv6) if client.ipv6 else None)}
+    expired = {**base, "ct_lifetime_tcp": EXPIRED, "ct_lifetime_nontcp": EXPIRED,
+               "ct_lifetime_syn": EXPIRED, "ct_lifetime_close": EXPIRED}
+    tag = "scenario"
+    scale = {"services": len(scenario.services)}
+
+    def setup(coll: Collection) -> None:
+        datapath.lb_control(coll).apply(state)
+    common = dict(floor=floor, setup=setup, max_entries=sizes, scale=scale, maps="lb@scenario")
+
+    def case(short: str, rodata: dict, group: str, expect) -> Case:
+        # the name says what is timed: from the client pod to the ClusterIP (its Service),
+        # or to the other pod
+        to = f"{other}:{BACKEND_PORT}" if short == "non-service" else \
+            f"{fe.service} {fe.address}:{fe.port}"
+        return Case(f"lxc:from_container/{short}@{tag} {client.ref} -> {to}", "lxc",
+                    "from_container", pkts[short],
+                    rodata=rodata, group=f"{group}@scenario", expect=expect, variant=short,
+                    **common)
+    out = [case("established", base, "lb", _expect_backend(fe)),
+           case("new-flow", expired, "lb-new", _expect_backend(fe))]
+    if "non-service" in pkts:
+        out.append(case("non-service", base, "lb", _expect_unchanged(pkts["non-service"])))
+    return out

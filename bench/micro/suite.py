@@ -85,7 +85,7 @@ def discover_cases(packet: bytes | None = None) -> list[Case]:
 
 
 def cases_for(services: list[int], identities: list[int], generic: bool = True,
-              events: bool = False, repeat: int = MIN_REPEAT) -> list[Case]:
+              events: bool = False, repeat: int = MIN_REPEAT, scenario=None) -> list[Case]:
     """The suite's cases: every program on the default packet (*generic*), the LB
     cases at each service count, the policy cases at each identity count, and
     with *events* the events cases (bench.micro.events_cases, rings sized for
@@ -100,6 +100,8 @@ def cases_for(services: list[int], identities: list[int], generic: bool = True,
         cases += policy_cases.cases(n)
     if events:
         cases += events_cases.cases(repeat)
+    if scenario is not None:        # a user's own cluster (lb_cases.scenario_cases)
+        cases += lb_cases.scenario_cases(scenario)
     return cases
 
 
@@ -565,7 +567,7 @@ def suite(services: list[int], identities: list[int], samples: int = 7,
           progress: Callable[[int, int], None] | None = None,
           pyperf_out: Path | str | None = None, *, indicative: bool = False,
           generic: bool = True, workers: bool = True, cpu: int | None = None,
-          method: str = METHOD, events: bool = False) -> dict:
+          method: str = METHOD, events: bool = False, scenario: str | None = None) -> dict:
     """The micro suite: every program on the default packet (*generic*), the LB
     cases at each count of *services* (x 10 backends), the policy cases at each
     count of *identities*; each case beside its floor in *rounds* x *samples*
@@ -586,8 +588,13 @@ def suite(services: list[int], identities: list[int], samples: int = 7,
     if not indicative and (samples < MIN_SAMPLES or repeat < MIN_REPEAT):
         raise ValueError(f"fewer than {MIN_SAMPLES} samples or {MIN_REPEAT} runs per sample "
                          "give indicative figures only: pass indicative=True")
-    cases = cases_for(services, identities, generic, events, repeat)
-    extra = {"services": list(services), "identities": list(identities), "generic": generic}
+    loaded = None
+    if scenario is not None:        # any valid addresses: the programs are not attached
+        from harness import validate
+        loaded = validate.load(scenario, plan_checked=False)
+    cases = cases_for(services, identities, generic, events, repeat, loaded)
+    extra = {"services": list(services), "identities": list(identities), "generic": generic,
+             **({"scenario": loaded.source} if loaded is not None else {})}
     return _execute(cases, samples, repeat, rounds, cpu, progress, pyperf_out, workers,
                     indicative, extra, method)
 
@@ -615,7 +622,7 @@ def run_suite(settings: MicroSettings,
     return suite(list(settings.services), list(settings.identities), samples=settings.samples,
                  repeat=settings.repeat, rounds=settings.rounds,
                  indicative=indicative(settings), generic=settings.generic,
-                 events=settings.events,
+                 events=settings.events, scenario=settings.scenario,
                  progress=(lambda done, total: progress(done, total, "micro")) if progress
                  else None)
 

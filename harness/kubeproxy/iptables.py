@@ -385,7 +385,7 @@ class IptablesProxier:
                     f"--dport {sp.port}")
             if cfg.masquerade_all:
                 rules.append(f"-A {internal_chain} {args} -j {KUBE_MARK_MASQ}")
-            elif cfg.detect_local:
+            elif cfg.local_detector:
                 rules.append(f"-A {internal_chain} {args} {self._if_not_local()} "
                              f"-j {KUBE_MARK_MASQ}")
         # External traffic handling.
@@ -395,7 +395,7 @@ class IptablesProxier:
                 rules.append(f'-A {ext_chain} -m comment --comment "masquerade traffic for {n} '
                              f'external destinations" -j {KUBE_MARK_MASQ}')
             else:
-                if cfg.detect_local:
+                if cfg.local_detector:
                     rules.append(f'-A {ext_chain} -m comment --comment "pod traffic for {n} '
                                  f'external destinations" {self._if_local()} -j {cluster_chain}')
                 rules.append(f'-A {ext_chain} -m comment --comment "masquerade LOCAL traffic for '

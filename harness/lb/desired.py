@@ -34,7 +34,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Mapping
 
-from harness.addressing import POD_CIDR_V4, POD_CIDR_V6, node_index, node_ip4, node_ip6
+from harness.addressing import (POD_CIDR_V4, POD_CIDR_V6, AddressPlanError, node_index, node_ip4,
+                                node_ip6)
 from harness.errors import InputError
 from harness.lb.model import (ACTIVE, LB_ALGORITHM_ANNOTATION, TERMINATING, Backend,
                               Frontend, LbState)
@@ -42,9 +43,46 @@ from harness.scenario import Scenario, Service
 from harness.scenario.model import IPAddress
 
 
+#: Where node_address_sources found a node's addresses.
+PLAN, NODE_OBJECT, HOST_IP, NONE = ("the address plan's underlay", "its Node object's status.addresses",
+                                    "its pods' status.hostIP(s)", "none")
+
+
+def node_address_sources(scenario: Scenario) -> dict[str, tuple[tuple[IPAddress, ...], str]]:
+    """Every node the scenario places pods on: (its addresses, where they came from).
+
+    ``cb-node<i>``: the underlay plan's (198.19.128.<i + 1>, 2001:db8:3::<i + 1>).  Any
+    other name (a real cluster's dump): its Node object's InternalIP (else ExternalIP)
+    addresses when the dump has the Node, else the status.hostIP / hostIPs of its pods,
+    else none (its NodePorts then have no address on it)."""
+    out: dict[str, tuple[tuple[IPAddress, ...], str]] = {}
+    host_ips: dict[str, dict[int, IPAddress]] = {}
+    for pod in scenario.pods:
+        if pod.node_name and pod.host_ip is not None:
+            fams = host_ips.setdefault(pod.node_name, {})
+            fams.setdefault(pod.host_ip.version, pod.host_ip)
+            if pod.host_network:            # a hostNetwork pod's IPs are its node's
+                for addr in pod.pod_ips:
+                    fams.setdefault(addr.version, addr)
+    for n in scenario.nodes:
+        try:
+            i = node_index(n)
+            out[n] = ((node_ip4(i), node_ip6(i)), PLAN)
+            continue
+        except AddressPlanError:
+            pass
+        if scenario.node_ips.get(n):
+            out[n] = (tuple(scenario.node_ips[n]), NODE_OBJECT)
+        elif host_ips.get(n):
+            out[n] = (tuple(sorted(host_ips[n].values(), key=lambda a: a.version)), HOST_IP)
+        else:
+            out[n] = ((), NONE)
+    return out
+
+
 def node_addresses(scenario: Scenario) -> dict[str, tuple[IPAddress, ...]]:
-    """Addresses of every node the scenario places pods on: the underlay plan's."""
-    return {n: (node_ip4(node_index(n)), node_ip6(node_index(n))) for n in scenario.nodes}
+    """Addresses of every node the scenario places pods on (node_address_sources)."""
+    return {n: addrs for n, (addrs, _) in node_address_sources(scenario).items()}
 
 
 def _endpoint_state(ready: bool, serving: bool, terminating: bool) -> str | None:

@@ -276,15 +276,17 @@ def node_addresses(
     """Every node's addresses.
 
     *nodes* if given, else the address plan's underlay addresses of every
-    ``cb-node<i>`` the pods name (and of *local_node*); in both cases plus
+    ``cb-node<i>`` the pods name (and of *local_node*; another name: its Node
+    object's addresses when the scenario has one); in both cases plus
     each pod's hostIP and each hostNetwork pod's IPs, under the pod's node.
-    Raises ValueError for an address claimed by two nodes or a *local_node*
-    without addresses.
+    Raises ValueError for an address claimed by two nodes, or a *local_node*
+    without addresses in the given *nodes*.
     """
     result: dict[str, list[IPAddress]] = {}
     if nodes is None:
         for name in sorted(set(scenario.nodes) | ({local_node} if local_node else set())):
-            result[name] = list(_plan_addresses(name))
+            # a foreign node (a real cluster's dump): its Node object's addresses, if any
+            result[name] = list(_plan_addresses(name) or scenario.node_ips.get(name, ()))
     else:
         for name, addrs in nodes.items():
             result[name] = list(addrs)
@@ -300,7 +302,9 @@ def node_addresses(
             other = owner.setdefault(addr, name)
             if other != name:
                 raise ValueError(f"address {addr} belongs to both node {other} and node {name}")
-    if local_node is not None and not result.get(local_node):
+    if local_node is not None and not result.get(local_node) and nodes is not None:
+        # (without *nodes*, a real cluster's node may have no known address: no Node
+        # object, no hostIP; it then simply has no host identity address)
         raise ValueError(f"local node {local_node} has no known address")
     return {name: tuple(addrs) for name, addrs in sorted(result.items())}
 

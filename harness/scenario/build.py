@@ -1,7 +1,8 @@
 """Decoded documents → ``Scenario``, validated the way the Kubernetes API server
 would: the table of kinds and their validators (harness.scenario.pods,
 services, endpointslices, network_policies, cilium_policies, namespaces),
-object metadata, v1 Lists, then the cross-object checks (duplicate objects,
+object metadata, v1 Lists (``kind: List``, or a typed ``<Kind>List`` as the API
+server returns), then the cross-object checks (duplicate objects,
 pod IP and hostIP clashes, frontends, EndpointSlices without their Service)
 and the deterministic ClusterIP / nodePort allocation.  Everything fails with
 a one-line ``ScenarioError`` naming file, document, object and field (first
@@ -14,6 +15,13 @@ Allocation (for Services that do not set ``clusterIP``/``nodePort``)
     written explicitly anywhere in the scenario and not allocated before.
     Missing nodePorts get the lowest free port from 30000 the same way,
     visiting (namespace, name, port index).
+
+Kinds chainbench does not use (Deployments, ConfigMaps, Events, ...: anything
+with an ``apiVersion`` and a ``kind`` outside the table) are skipped and counted
+(``Scenario.skipped``), never refused, so a ``kubectl get ... -o yaml`` dump loads
+as it is; a kind of the table under another apiVersion is still refused.  Node
+objects are skipped too, but their ``status.addresses`` (InternalIP, else
+ExternalIP) are kept as ``Scenario.node_ips``: a foreign node's addresses.
 
 Deviation from Kubernetes
     Services may share a ClusterIP as long as every frontend (ClusterIP,
@@ -30,8 +38,9 @@ from typing import Any, Callable
 from harness.addressing import SERVICE_CIDR_V4, SERVICE_CIDR_V6
 from harness.scenario.cilium_policies import parse_cilium_network_policy
 from harness.scenario.endpointslices import SLICE_KEYS, parse_endpoint_slice
-from harness.scenario.errors import FieldError, ScenarioError
+from harness.scenario.errors import FieldError, PlanFieldError, ScenarioError
 from harness.scenario.fields import (
+    address_mode,
     check_keys,
     check_name,
     label_map,
@@ -40,6 +49,7 @@ from harness.scenario.fields import (
     str_field,
     string_map,
     type_name,
+    valid_address,
 )
 from harness.scenario.model import (
     SERVICE_NAME_LABEL,
@@ -104,7 +114,17 @@ _KINDS: dict[tuple[str, str], _Kind] = {
     ("v1", "Namespace"): _Kind("Namespace", "dns-label", _OBJECT_KEYS, parse_namespace),
 }
 _KNOWN = ", ".join(f"{api} {kind}" for api, kind in _KINDS) + ", v1 List"
+_KIND_NAMES = {kind: api for api, kind in _KINDS}
 _LIST_KEYS = frozenset({"apiVersion", "kind", "items", "metadata"})
+#: Node status.addresses types read as the node's addresses, in order of preference.
+_NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+
+
+def _is_list(doc: dict) -> bool:
+    """``kind: List`` (kubectl), or a typed list (``ServiceList``...) with items."""
+    kind = doc.get("kind")
+    return kind == "List" or (isinstance(kind, str) and kind.endswith("List") and len(kind) > 4
+                              and kind[:-4] in set(_KIND_NAMES) | {"Node"} and "items" in doc)
 
 
 class _Builder:
@@ -122,13 +142,16 @@ class _Builder:
         self.pod_ip_owner: dict[IPAddress, Pod] = {}
         self.node_host_ip: dict[str, Pod] = {}
         self.cache: dict = {}
+        self.skipped: dict[str, int] = {}
+        self.node_ips: dict[str, tuple[IPAddress, ...]] = {}
 
     # -- errors
 
     def fail_at(self, document: int, prefix: str, kind: str | None, ref: str | None, field: str,
-                message: str) -> ScenarioError:
+                message: str, plan: bool = False) -> ScenarioError:
         return ScenarioError(message, source=self.source, document=document, kind=kind, ref=ref,
-                             field=prefix + field if field else (prefix.rstrip(".") or None))
+                             field=prefix + field if field else (prefix.rstrip(".") or None),
+                             plan=plan)
 
     def fail(self, obj: Any, field: str, message: str) -> ScenarioError:
         meta: ObjectMeta = obj.meta
@@ -142,13 +165,18 @@ class _Builder:
         if not isinstance(doc, dict):
             raise self.fail_at(document, "", None, None, "",
                                f"a document must be a mapping (a Kubernetes object), got {type_name(doc)}")
-        if doc.get("kind") == "List" and doc.get("apiVersion") == "v1":
+        if _is_list(doc) and (doc.get("apiVersion") == "v1" or doc.get("kind") != "List"):
             try:
                 check_keys(doc, "", _LIST_KEYS)
                 items = list_field(doc, "items", "")
             except FieldError as err:
-                raise self.fail_at(document, "", "List", None, err.field, err.message) from None
+                raise self.fail_at(document, "", doc["kind"], None, err.field, err.message) from None
+            item_kind = doc["kind"][:-4] if doc["kind"] != "List" else None
             for i, item in enumerate(items):
+                if item_kind and isinstance(item, dict) and "kind" not in item:
+                    # a typed list's items carry no kind: the list's
+                    api = doc.get("apiVersion")
+                    item = {"apiVersion": api, "kind": item_kind, **item}
                 self.add_object(item, document, f"items[{i}].")
             return
         self.add_object(doc, document, "")
@@ -167,12 +195,18 @@ class _Builder:
                    else f"{ns if isinstance(ns, str) and ns else 'default'}/{meta_raw['name']}")
         try:
             spec = self._kind(api, kind)
+            if spec is None:                # a kind chainbench does not use: counted
+                self.skipped[kind] = self.skipped.get(kind, 0) + 1  # type: ignore[index]
+                if kind == "Node":
+                    self._add_node(obj)
+                return
             check_keys(obj, "", spec.top_keys)
             meta = _meta(obj, spec.name_rule, document, prefix)
             ref = meta.name if spec.kind == "Namespace" else meta.ref
             parsed = spec.parse(obj, meta, self.cache)
         except FieldError as err:
-            raise self.fail_at(document, prefix, shown_kind, ref, err.field, err.message) from None
+            raise self.fail_at(document, prefix, shown_kind, ref, err.field, err.message,
+                               plan=isinstance(err, PlanFieldError)) from None
         key = (spec.kind, "" if spec.kind == "Namespace" else meta.namespace, meta.name)
         if key in self.seen:
             raise self.fail_at(document, prefix, spec.kind, ref, "metadata.name",
@@ -192,20 +226,49 @@ class _Builder:
             self.cilium_policies.append(parsed)
 
     @staticmethod
-    def _kind(api: object, kind: object) -> _Kind:
+    def _kind(api: object, kind: object) -> _Kind | None:
+        """The kind's validator; None for a kind chainbench does not use (skipped)."""
         if api is None:
             raise FieldError("apiVersion", "required")
         if kind is None:
             raise FieldError("kind", "required")
-        spec = _KINDS.get((api, kind)) if isinstance(api, str) and isinstance(kind, str) else None
+        if not isinstance(api, str) or not api:
+            raise FieldError("apiVersion", f"must be a string, got {type_name(api)}")
+        if not isinstance(kind, str) or not kind:
+            raise FieldError("kind", f"must be a string, got {type_name(kind)}")
+        spec = _KINDS.get((api, kind))
         if spec is not None:
             return spec
-        for (known_api, known_kind) in _KINDS:
-            if known_kind == kind:
-                raise FieldError("apiVersion", f"{kind} must be {known_api}, got {api!r}")
+        if kind in _KIND_NAMES:
+            raise FieldError("apiVersion", f"{kind} must be {_KIND_NAMES[kind]}, got {api!r}")
         if kind == "List":
             raise FieldError("apiVersion", f"List must be v1, got {api!r}")
-        raise FieldError("kind", f"unknown kind {api} {kind} (known: {_KNOWN})")
+        return None
+
+    def _add_node(self, obj: dict) -> None:
+        """A Node's addresses (status.addresses: InternalIP, else ExternalIP), by name."""
+        meta = mapping(obj.get("metadata") or {}, "metadata")
+        name = str_field(meta, "name", "metadata", required=True)
+        check_name(name, "metadata.name", "dns-subdomain")  # type: ignore[arg-type]
+        status = mapping(obj.get("status") or {}, "status")
+        found: dict[str, list[IPAddress]] = {}
+        for i, item in enumerate(list_field(status, "addresses", "status")):
+            path = f"status.addresses[{i}]"
+            item = mapping(item, path)
+            kind = str_field(item, "type", path, required=True)
+            if kind not in _NODE_ADDRESS_TYPES:
+                continue                    # Hostname, InternalDNS, ExternalDNS
+            addr = valid_address(str_field(item, "address", path, required=True))  # type: ignore[arg-type]
+            if isinstance(addr, str):
+                raise FieldError(f"{path}.address", addr)
+            found.setdefault(kind, []).append(addr)
+        for kind in _NODE_ADDRESS_TYPES:
+            if found.get(kind):
+                per_family: dict[int, IPAddress] = {}
+                for addr in found[kind]:
+                    per_family.setdefault(addr.version, addr)
+                self.node_ips[name] = tuple(per_family.values())  # type: ignore[index]
+                return
 
     def _add_pod(self, pod: Pod) -> None:
         if not pod.host_network:
@@ -329,6 +392,8 @@ class _Builder:
             network_policies=tuple(self.policies),
             cilium_network_policies=tuple(self.cilium_policies),
             namespaces=tuple(self.namespaces),
+            skipped=tuple(sorted(self.skipped.items())),
+            node_ips=dict(self.node_ips),
         )
 
 
@@ -336,9 +401,13 @@ def _frontend(addr: IPAddress, port: int, protocol: str) -> str:
     return f"[{addr}]:{port}/{protocol}" if addr.version == 6 else f"{addr}:{port}/{protocol}"
 
 
-def scenario_from_documents(documents: Iterable[Any], source: str = "<string>") -> Scenario:
-    """Validate already-decoded documents (``None`` = empty document) into a Scenario."""
+def scenario_from_documents(documents: Iterable[Any], source: str = "<string>", *,
+                            plan_checked: bool = True) -> Scenario:
+    """Validate already-decoded documents (``None`` = empty document) into a Scenario.
+    *plan_checked*: addresses and node names must fit the project's address plan (what
+    touches the network needs it); False accepts any valid address and node name."""
     builder = _Builder(source)
-    for index, doc in enumerate(documents, 1):
-        builder.add_document(doc, index)
-    return builder.finish()
+    with address_mode(plan_checked):
+        for index, doc in enumerate(documents, 1):
+            builder.add_document(doc, index)
+        return builder.finish()

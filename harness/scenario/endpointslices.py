@@ -11,7 +11,7 @@ from harness.scenario.fields import (
     bool_field,
     check_keys,
     check_name,
-    checked_address,
+    address_parser,
     enum_field,
     int_field,
     list_field,
@@ -37,7 +37,7 @@ _ENDPOINT_PORT_IGNORED = frozenset({"appProtocol"})
 
 
 def _parse_endpoint(raw: object, path: str, version: int, address_type: str, namespace: str,
-                    interned: dict[tuple, Endpoint]) -> Endpoint:
+                    interned: dict[tuple, Endpoint], checked_address) -> Endpoint:
     """One endpoint.  Hot path (a million calls for 100k services): paths are built only on error,
     and equal endpoints are interned, so services sharing backends share Endpoint objects."""
     ep = raw if type(raw) is dict else mapping(raw, path)
@@ -107,8 +107,9 @@ def parse_endpoint_slice(obj: dict, meta: ObjectMeta, cache: dict) -> EndpointSl
     raw_endpoints = list_field(obj, "endpoints", "")
     if len(raw_endpoints) > 1000:
         raise FieldError("endpoints", "at most 1000 endpoints per EndpointSlice")
+    parse = address_parser()
     endpoints = tuple(
-        _parse_endpoint(raw, f"endpoints[{i}]", version, address_type, meta.namespace, cache)
+        _parse_endpoint(raw, f"endpoints[{i}]", version, address_type, meta.namespace, cache, parse)
         for i, raw in enumerate(raw_endpoints)
     )
     ports: list[EndpointPort] = []

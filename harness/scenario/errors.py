@@ -36,8 +36,12 @@ class ScenarioError(InputError):
         field: str | None = None,
         line: int | None = None,
         column: int | None = None,
+        plan: bool = False,
     ) -> None:
         self.message = one_line(message)
+        #: The object is valid but lies outside the project's address plan (a foreign
+        #: cluster's addresses or node names): ``up --renumber`` maps it in.
+        self.plan = plan
         self.source = one_line(source)
         self.document = document
         self.kind = kind
@@ -81,3 +85,8 @@ class FieldError(ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+class PlanFieldError(FieldError):
+    """A valid value outside the project's address plan (an address, a ClusterIP outside
+    the service CIDR, a node name not ``cb-node<i>``): refused only by plan-checked loads."""

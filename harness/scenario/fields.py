@@ -6,17 +6,25 @@ their allowed keys (``check_keys``: unknown, ignored and unsupported keys, a
 close match suggested for a typo); required/optional strings, booleans,
 integers in a range, lists and enumerations; the Kubernetes naming rules
 (DNS-1123 labels and subdomains, DNS-1035 labels, port names, label keys and
-values) and label/annotation maps; addresses inside the project's address plan.
+values) and label/annotation maps; addresses, checked in one of two modes
+(``address_mode``): inside the project's address plan (the default, for what
+touches the network: ``up``, ``lb apply``, ``policy apply``), or any valid
+address (commands that only render, resolve or program unattached maps).
+A plan violation is a ``PlanFieldError`` (a FieldError), so a caller can tell
+"foreign to the plan" from "malformed".
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import functools
+import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from harness.addressing import AddressPlanError, check_project_address
-from harness.scenario.errors import FieldError
+from harness.scenario.errors import FieldError, PlanFieldError
 from harness.scenario.model import IPAddress
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -207,22 +215,60 @@ def label_map(value: object, path: str) -> dict[str, str]:
 
 # ------------------------------------------------------------------ addresses
 
+#: True (the default): addresses and node names must fit the project's address plan;
+#: False: any valid address and node name (set for one load by ``address_mode``).
+_PLAN_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("plan_checked", default=True)
+
+
+@contextlib.contextmanager
+def address_mode(plan_checked: bool) -> Iterator[None]:
+    """Within the block, addresses are checked against the plan (*plan_checked*) or
+    only for validity."""
+    token = _PLAN_CHECKED.set(plan_checked)
+    try:
+        yield
+    finally:
+        _PLAN_CHECKED.reset(token)
+
+
+def plan_checked() -> bool:
+    """Whether the load in progress checks addresses and node names against the plan."""
+    return _PLAN_CHECKED.get()
+
 
 @functools.lru_cache(maxsize=65536)
 def checked_address(value: str) -> IPAddress | str:
+    """*value* parsed and inside the plan, or why not (a string)."""
     try:
         return check_project_address(value)
     except AddressPlanError as err:
         return str(err)
 
 
+@functools.lru_cache(maxsize=65536)
+def valid_address(value: str) -> IPAddress | str:
+    """*value* parsed (any address), or why not (a string)."""
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address"
+
+
+def address_parser() -> Callable[[str], IPAddress | str]:
+    """The parser of the load in progress: ``checked_address`` or ``valid_address``."""
+    return checked_address if _PLAN_CHECKED.get() else valid_address
+
+
 def project_address(value: object, path: str) -> IPAddress:
-    """A concrete address: must be a string inside the project's address plan."""
+    """A concrete address: a string, inside the project's address plan when the load
+    checks it (``address_mode``), else any valid address."""
     if not isinstance(value, str):
         raise FieldError(path, f"must be an IP address string, got {type_name(value)}")
-    result = checked_address(value)
+    result = address_parser()(value)
     if isinstance(result, str):
-        raise FieldError(path, result)
+        if isinstance(valid_address(value), str):
+            raise FieldError(path, result)          # malformed: not an address at all
+        raise PlanFieldError(path, result)
     return result
 
 

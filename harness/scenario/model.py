@@ -265,6 +265,10 @@ class Scenario:
     network_policies: tuple[NetworkPolicy, ...] = ()
     cilium_network_policies: tuple[CiliumNetworkPolicy, ...] = ()
     namespaces: tuple[Namespace, ...] = ()
+    #: Objects of kinds chainbench does not use, skipped: (kind, count), sorted by kind.
+    skipped: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+    #: Node objects' addresses (InternalIP, else ExternalIP; one per family), by node name.
+    node_ips: dict = field(default_factory=dict, compare=False)
     _pods: dict = field(init=False, repr=False, compare=False)
     _services: dict = field(init=False, repr=False, compare=False)
     _slices: dict = field(init=False, repr=False, compare=False)
@@ -276,6 +280,10 @@ class Scenario:
         object.__setattr__(self, "_pods", {(p.meta.namespace, p.meta.name): p for p in self.pods})
         object.__setattr__(self, "_services", {(s.meta.namespace, s.meta.name): s for s in self.services})
         object.__setattr__(self, "_slices", {k: tuple(v) for k, v in slices.items()})
+
+    def skipped_text(self) -> str:
+        """``skipped 2 Deployment, 1 ConfigMap`` style summary ("" when nothing was)."""
+        return ", ".join(f"{n} {kind}" for kind, n in self.skipped)
 
     @property
     def nodes(self) -> tuple[str, ...]:

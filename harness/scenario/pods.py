@@ -1,11 +1,13 @@
 """Pod validation: containers and their ports, pod and host IPs (one per IP
-family, inside the address plan), hostNetwork, and a nodeName the topology has
-(cb-node0 .. cb-node253).  Clashes between pods are harness.scenario.build's.
+family; inside the address plan when the load checks it), hostNetwork, and a
+nodeName (one the topology has, cb-node0 .. cb-node253, when the load checks
+the plan; else any DNS subdomain).  Clashes between pods are
+harness.scenario.build's.
 """
 from __future__ import annotations
 
 from harness.addressing import AddressPlanError, node_index, node_ip4
-from harness.scenario.errors import FieldError
+from harness.scenario.errors import FieldError, PlanFieldError
 from harness.scenario.fields import (
     PROTOCOLS,
     bool_field,
@@ -15,6 +17,7 @@ from harness.scenario.fields import (
     int_field,
     list_field,
     mapping,
+    plan_checked,
     project_address,
     str_field,
 )
@@ -31,6 +34,7 @@ _POD_SPEC_IGNORED = frozenset({
     "preemptionPolicy", "hostname", "subdomain", "imagePullSecrets", "runtimeClassName",
     "topologySpreadConstraints", "readinessGates", "overhead", "hostAliases", "hostPID", "hostIPC",
     "shareProcessNamespace", "initContainers", "ephemeralContainers", "setHostnameAsFQDN", "os",
+    "schedulingGates", "resourceClaims", "hostUsers", "resources",
 })
 _CONTAINER_KEYS = frozenset({"name", "ports"})
 _CONTAINER_IGNORED = frozenset({
@@ -74,10 +78,12 @@ def _ip_list(status: dict, list_key: str, single_key: str) -> tuple[IPAddress, .
 def _topology_node(name: str, path: str) -> None:
     """Pods are placed on the topology's nodes, cb-node0 .. cb-node253 (one underlay
     address each): any other name is refused here, not when ``up`` builds nodes."""
+    if not plan_checked():
+        return
     try:
         node_ip4(node_index(name))
     except AddressPlanError:
-        raise FieldError(path, f"{name!r} is not a node of the topology (nodes are named "
+        raise PlanFieldError(path, f"{name!r} is not a node of the topology (nodes are named "
                                f"cb-node0 .. cb-node{NODE_MAX_INDEX})") from None
 
 

@@ -1,5 +1,6 @@
 """Service validation: type, ports (targetPort; nodePort within
-NODE_PORT_RANGE), ClusterIPs inside the service CIDRs with the ipFamilies /
+NODE_PORT_RANGE), ClusterIPs (inside the service CIDRs when the load checks the
+address plan) with the ipFamilies /
 ipFamilyPolicy the API server would settle, session affinity, traffic
 policies and externalIPs.  A Service comes out as a ``ServiceDraft``:
 harness.scenario.build allocates its missing ClusterIPs and nodePorts.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from harness.addressing import SERVICE_CIDR_V4, SERVICE_CIDR_V6
-from harness.scenario.errors import FieldError
+from harness.scenario.errors import FieldError, PlanFieldError
 from harness.scenario.policy_fields import parse_cidr
 from harness.scenario.fields import (
     IP_FAMILIES,
@@ -24,6 +25,7 @@ from harness.scenario.fields import (
     label_map,
     list_field,
     mapping,
+    plan_checked,
     project_address,
     str_field,
 )
@@ -64,8 +66,10 @@ def _cluster_ip(value: object, path: str, family: str | None = None) -> IPAddres
     cidr = SERVICE_CIDRS[fam]
     if family is not None and fam != family:
         raise FieldError(path, f"{addr} is not an {family} address")
+    if not plan_checked():
+        return addr                 # any address: the cluster's own service CIDR is not known
     if addr not in cidr:
-        raise FieldError(path, f"{addr} is outside the service CIDR {cidr}")
+        raise PlanFieldError(path, f"{addr} is outside the service CIDR {cidr}")
     if addr == cidr.network_address or (addr.version == 4 and addr == cidr.broadcast_address):
         raise FieldError(path, f"{addr} is reserved in the service CIDR {cidr}")
     return addr
@@ -232,7 +236,8 @@ def parse_service(obj: dict, meta: ObjectMeta, cache: dict) -> ServiceDraft:
 def _ingress_ips(obj: dict, stype: str) -> tuple[IPAddress, ...]:
     """status.loadBalancer.ingress[].ip: the addresses a cloud load balancer gave the Service."""
     status = mapping(obj.get("status") or {}, "status")
-    check_keys(status, "status", frozenset({"loadBalancer"}), hints=frozenset({"loadBalancer"}))
+    # status.conditions: the API server's (e.g. LoadBalancerPortsError); ignored.
+    check_keys(status, "status", frozenset({"loadBalancer", "conditions"}), hints=frozenset({"loadBalancer"}))
     lb = mapping(status.get("loadBalancer") or {}, "status.loadBalancer")
     check_keys(lb, "status.loadBalancer", frozenset({"ingress"}))
     out: list[IPAddress] = []

@@ -28,9 +28,11 @@ remove_chained_topology(state): one topology and what its nodes own, nothing els
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import sys
+import tempfile
 from typing import Collection
 
 from harness import addressing, validate
@@ -47,6 +49,7 @@ from harness.node.record import SKIP_ANNOTATION
 from harness.node.sync import sync_node
 from harness.paths import STATE_ROOT
 from harness.scenario import source
+from harness.scenario.renumber import Renumbered, renumber_text
 from harness.topology import build as topology
 from harness.topology.cni_runtime import discover_cni_path
 from harness.topology.plan import plan_topology
@@ -277,20 +280,50 @@ def attach_host_socket_lb(state: TopologyState, nodes: list | None = None) -> No
                 link.detach()       # the pin keeps the attachment
 
 
+#: Where ``up --renumber`` saves the mapping it applied (removed by ``down``).
+RENUMBER_MAP = os.path.join(STATE_ROOT, "renumber.json")
+
+
+def renumber_scenario(spec: str, params: dict | None = None) -> Renumbered:
+    """The scenario *spec* names (a real cluster's dump), mapped into the address plan
+    (harness.scenario.renumber), validated as ``up`` validates it."""
+    text, name = source.read(spec, dict(params or {}))
+    renumbered = renumber_text(text, name)
+    validate.load_text(renumbered.text, name)
+    return renumbered
+
+
 def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
                 routing: str = "native", datapath_kind: str = "bpf", progress=None, *,
                 lb_map_max: int | None = None, np_ipblock: str | None = None,
                 hubble_buffer_size: int | None = None, monitor_aggregation: str | None = None,
                 events_ring_size: int | None = None, kube_proxy_masquerade_all: bool = False,
-                nodeport_addresses: Collection[str] = ()) -> TopologyState:
+                nodeport_addresses: Collection[str] = (),
+                renumbered: Renumbered | None = None) -> TopologyState:
     """``up`` from the scenario *spec* names (a file, ``-`` for standard input, or a
     ``.j2`` template rendered with *params*), validated first (errors name *spec* as
     given).  The CNI plugin and later commands read the scenario from a file: standard
     input and templates are kept under /run/chainbench (removed again if ``up`` fails,
-    else by ``down``)."""
-    text, name = source.read(spec, dict(params or {}))
-    validate.load_text(text, name)
-    path = source.materialize(spec, text, STATE_ROOT)
+    else by ``down``).  A scenario outside the address plan is refused in one line
+    naming ``--renumber``; *renumbered* (renumber_scenario(spec)) is what ``up
+    --renumber`` builds instead: its text kept under /run/chainbench, its mapping in
+    RENUMBER_MAP."""
+    kept: list[str] = []
+    if renumbered is not None:
+        os.makedirs(STATE_ROOT, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="scenario-renumbered-", suffix=".yaml", dir=STATE_ROOT)
+        kept.append(path)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(renumbered.text)
+        with open(RENUMBER_MAP, "w", encoding="utf-8") as f:
+            json.dump({**renumbered.to_json(), "scenario": path}, f, indent=1)
+        kept.append(RENUMBER_MAP)
+    else:
+        text, name = source.read(spec, dict(params or {}))
+        validate.load_text(text, name)      # outside the plan: one line naming --renumber
+        path = source.materialize(spec, text, STATE_ROOT)
+        if path != os.path.abspath(spec):
+            kept.append(path)
     try:
         return up(path, nodes, routing, datapath_kind, progress, lb_map_max=lb_map_max,
                   np_ipblock=np_ipblock, hubble_buffer_size=hubble_buffer_size,
@@ -298,8 +331,9 @@ def up_scenario(spec: str, params: dict | None = None, nodes: int | None = None,
                   kube_proxy_masquerade_all=kube_proxy_masquerade_all,
                   nodeport_addresses=nodeport_addresses)
     except BaseException:
-        if path != os.path.abspath(spec) and os.path.exists(path):
-            os.unlink(path)
+        for p in kept:
+            if os.path.exists(p):
+                os.unlink(p)
         raise
 
 
