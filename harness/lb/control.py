@@ -156,8 +156,9 @@ class _Plan:
     backend_values: dict[int, bytes | None] = field(default_factory=dict)
     refs: dict[int, int] = field(default_factory=dict)
     vips: dict[bytes, bytes | None] = field(default_factory=dict)
-    #: (address-only key, is a ClusterIP, EXT slots) of every new or changed frontend
-    addresses: list[tuple[bytes, bool, int]] = field(default_factory=list)
+    #: (its key, address-only key, is a ClusterIP, EXT slots) of every new or changed
+    #: frontend
+    addresses: list[tuple[bytes, bytes, bool, int]] = field(default_factory=list)
     #: backend ids named by new and changed frontends, and how many times each
     increments: tuple = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     fe_ids: _Ids | None = None
@@ -472,11 +473,15 @@ class LbControl:
         g_all = [tuple(flat_all[e - n:e]) for e, n in zip(all_end, lens.tolist())]
 
         # Reverse NAT indexes: changed frontends keep theirs, new ones take the next free.
-        olds = [have.get(k) for k in todo_keys]
-        new_rows = [j for j, rec in enumerate(olds) if rec is None]
-        rids = [0 if rec is None else rec.rev_nat_index for rec in olds]
-        for j, rid in zip(new_rows, plan.fe_ids.take(len(new_rows))):
-            rids[j] = rid
+        if have:
+            olds = [have.get(k) for k in todo_keys]
+            new_rows = [j for j, rec in enumerate(olds) if rec is None]
+            rids = [0 if rec is None else rec.rev_nat_index for rec in olds]
+            for j, rid in zip(new_rows, plan.fe_ids.take(len(new_rows))):
+                rids[j] = rid
+        else:                       # a first apply: every frontend is new
+            olds, new_rows = [None] * len(todo), list(range(len(todo)))
+            rids = plan.fe_ids.take(len(todo))
 
         # Records.
         records = plan.records
@@ -484,9 +489,8 @@ class LbControl:
             records[k] = _Record(f, rid, g_sel[eg], None if ig < 0 else g_sel[ig],
                                  g_all[eg] if ig < 0 else g_all[eg] + g_all[ig])
         # Source ranges and Maglev tables: per frontend that has (or had) them.
-        for j in [j for j, f in enumerate(todo) if f.source_ranges or f.maglev or (
-                olds[j] is not None and (olds[j].ranges or olds[j].frontend.maglev))]:
-            self._plan_extras(plan, todo[j], records[todo_keys[j]], olds[j])
+        extras = {j for j, rec in enumerate(olds)
+                  if rec is not None and (rec.ranges or rec.frontend.maglev)}
 
         # Services entries and reverse NAT, per family, in bulk.
         changed_entries: dict[bytes, dict[bytes, bytes]] = {}
@@ -538,7 +542,12 @@ class LbControl:
             # ClusterIP markers: every address these frontends are on.
             vks = c.vip_keys(fr)
             cluster = (c.flags[fr] & np.uint16(E.SVC_FLAGS["SVC_F_CLUSTERIP"])) > 0
-            plan.addresses.extend(zip(vks, cluster.tolist(), counts[eg].tolist()))
+            plan.addresses.extend(zip([todo_keys[j] for j in js.tolist()], vks,
+                                      cluster.tolist(), counts[eg].tolist()))
+            extra = np.uint16(E.SVC_FLAGS["SVC_F_SOURCE_RANGE"] | E.SVC_FLAGS["SVC_F_MAGLEV"])
+            extras.update(js[(c.flags[fr] & extra) > 0].tolist())
+        for j in sorted(extras):
+            self._plan_extras(plan, todo[j], records[todo_keys[j]], olds[j])
         return changed_entries
 
     def _plan_new_small(self, plan: _Plan, todo: list[Frontend], todo_keys: list[bytes],
@@ -583,11 +592,15 @@ class LbControl:
 
         def all_ids(t) -> tuple[int, ...]:
             return tuple(ids[C.backend_key(b)] for b in t)
-        olds = [have.get(k) for k in todo_keys]
-        new_rows = [j for j, rec in enumerate(olds) if rec is None]
-        rids = [0 if rec is None else rec.rev_nat_index for rec in olds]
-        for j, rid in zip(new_rows, plan.fe_ids.take(len(new_rows))):
-            rids[j] = rid
+        if have:
+            olds = [have.get(k) for k in todo_keys]
+            new_rows = [j for j, rec in enumerate(olds) if rec is None]
+            rids = [0 if rec is None else rec.rev_nat_index for rec in olds]
+            for j, rid in zip(new_rows, plan.fe_ids.take(len(new_rows))):
+                rids[j] = rid
+        else:                       # a first apply: every frontend is new
+            olds, new_rows = [None] * len(todo), list(range(len(todo)))
+            rids = plan.fe_ids.take(len(todo))
         increments: list[int] = []
         changed_entries: dict[bytes, dict[bytes, bytes]] = {}
         for k, f, rid, old in zip(todo_keys, todo, rids, olds):
@@ -611,7 +624,7 @@ class LbControl:
                          [E.reverse_nat_value(f)], [None])
             else:
                 changed_entries[k] = entries
-            plan.addresses.append((_vip_key(k), f.type == "ClusterIP", len(ext_ids)))
+            plan.addresses.append((k, _vip_key(k), f.type == "ClusterIP", len(ext_ids)))
         plan.increments = (np.array(increments, np.int64), np.ones(len(increments), np.int64))
         return changed_entries
 
@@ -706,7 +719,7 @@ class LbControl:
         touched: set[bytes] = set()
         for k in chain(removed, changed):
             touched.add(_vip_key(k))
-        for vk, cluster, n in plan.addresses:
+        for _, vk, cluster, n in plan.addresses:
             touched.add(vk)
             if cluster:
                 members[vk] = members.get(vk, 0) + n
@@ -770,12 +783,20 @@ class LbControl:
         return steps
 
     def _commit(self, plan: _Plan) -> None:
-        for key, rec in plan.records.items():
-            old = self._fe.get(key)
-            if old is not None:
-                self._unindex(key, old)
-            if rec is not None:
-                self._index(key, rec)
+        for key in [k for k in plan.records if k in self._fe]:
+            self._unindex(key, self._fe[key])
+        added = {k: r for k, r in plan.records.items() if r is not None}
+        self._fe.update(added)
+        by_service = self._by_service
+        for key, service in zip(added, map(attrgetter("frontend.service"), added.values())):
+            keys = by_service.get(service)
+            if keys is None:
+                by_service[service] = {key}
+            else:
+                keys.add(key)
+        for key, vk, cluster, _ in plan.addresses:
+            if cluster:
+                self._clusterips.setdefault(vk, set()).add(key)
         for vk, v in plan.vips.items():
             if v is None:
                 self._vip.pop(vk, None)
