@@ -329,55 +329,47 @@ class Map:
         check(rc, f"batch delete from map {self.name}")
         return count.value
 
+    def _raw_batches(self, chunk: int, stride: int) -> Iterator[tuple[bytes, bytes, int]]:
+        """BPF_MAP_LOOKUP_BATCH over the whole map: (keys, values, count) per call, raw,
+        values *stride* bytes each."""
+        kbuf = ctypes.create_string_buffer(self.key_size * chunk)
+        vbuf = ctypes.create_string_buffer(stride * chunk)
+        in_batch, out_batch = None, ctypes.create_string_buffer(max(self.key_size, 8))
+        while True:
+            count = ctypes.c_uint32(chunk)
+            opt = L.opts(L.MapBatchOpts)
+            rc = L.bpf_map_lookup_batch(self.fd, in_batch, out_batch, kbuf, vbuf,
+                                        ctypes.byref(count), ctypes.byref(opt))
+            if rc < 0 and rc != -_errno.ENOENT:
+                if -rc in _NO_BATCH:
+                    raise NotSupportedError(f"batch lookup in map {self.name}", -rc)
+                check(rc, f"batch lookup in map {self.name}")
+            yield kbuf.raw[:count.value * self.key_size], vbuf.raw[:count.value * stride], \
+                count.value
+            if rc == -_errno.ENOENT:
+                return
+            in_batch = ctypes.create_string_buffer(out_batch.raw, len(out_batch))
+
     def dump_packed(self, chunk: int = 65536) -> tuple[Packed, Packed]:
         """Every entry as (keys, values) Packed records, read with BPF_MAP_LOOKUP_BATCH
         and not decoded (hash-type maps, not per-CPU)."""
         if self.per_cpu:
             raise ValueError(f"map {self.name}: dump_packed reads maps with one value per key")
-        keys, values = [], []
-        kbuf = ctypes.create_string_buffer(self.key_size * chunk)
-        vbuf = ctypes.create_string_buffer(self.value_size * chunk)
-        in_batch, out_batch = None, ctypes.create_string_buffer(max(self.key_size, 8))
-        while True:
-            count = ctypes.c_uint32(chunk)
-            opt = L.opts(L.MapBatchOpts)
-            rc = L.bpf_map_lookup_batch(self.fd, in_batch, out_batch, kbuf, vbuf,
-                                        ctypes.byref(count), ctypes.byref(opt))
-            if rc < 0 and rc != -_errno.ENOENT:
-                if -rc in _NO_BATCH:
-                    raise NotSupportedError(f"batch lookup in map {self.name}", -rc)
-                check(rc, f"batch lookup in map {self.name}")
-            keys.append(kbuf.raw[:count.value * self.key_size])
-            values.append(vbuf.raw[:count.value * self.value_size])
-            if rc == -_errno.ENOENT:
-                return Packed(b"".join(keys), self.key_size), \
-                    Packed(b"".join(values), self.value_size)
-            in_batch = ctypes.create_string_buffer(out_batch.raw, len(out_batch))
+        batches = list(self._raw_batches(chunk, self.value_size))
+        return (Packed(b"".join(k for k, _, _ in batches), self.key_size),
+                Packed(b"".join(v for _, v, _ in batches), self.value_size))
 
     def lookup_batch(self, chunk: int = 4096) -> list[tuple]:
         """Read every entry with BPF_MAP_LOOKUP_BATCH (hash-type maps); returns (key, value) pairs."""
         out: list[tuple] = []
-        kbuf = ctypes.create_string_buffer(self.key_size * chunk)
-        vbuf = ctypes.create_string_buffer(self._value_stride * self.ncpus * chunk)
-        in_batch, out_batch = None, ctypes.create_string_buffer(max(self.key_size, 8))
-        while True:
-            count = ctypes.c_uint32(chunk)
-            opt = L.opts(L.MapBatchOpts)
-            rc = L.bpf_map_lookup_batch(self.fd, in_batch, out_batch, kbuf, vbuf,
-                                        ctypes.byref(count), ctypes.byref(opt))
-            if rc < 0 and rc != -_errno.ENOENT:
-                if -rc in _NO_BATCH:
-                    raise NotSupportedError(f"batch lookup in map {self.name}", -rc)
-                check(rc, f"batch lookup in map {self.name}")
-            stride = self._value_stride * self.ncpus
-            for i in range(count.value):
-                key = self.key_type.from_buffer_copy(kbuf.raw[i * self.key_size:(i + 1) * self.key_size])
-                raw = ctypes.create_string_buffer(vbuf.raw[i * stride:(i + 1) * stride], stride)
+        stride = self._value_stride * self.ncpus
+        for kraw, vraw, count in self._raw_batches(chunk, stride):
+            for i in range(count):
+                key = self.key_type.from_buffer_copy(kraw[i * self.key_size:(i + 1) * self.key_size])
+                raw = ctypes.create_string_buffer(vraw[i * stride:(i + 1) * stride], stride)
                 value = self._decode_value(raw) if self.per_cpu else self.value_type.from_buffer_copy(raw.raw[:self.value_size])
                 out.append((self._plain(key), [self._plain(v) for v in value] if self.per_cpu else self._plain(value)))
-            if rc == -_errno.ENOENT:
-                return out
-            in_batch = ctypes.create_string_buffer(out_batch.raw, len(out_batch))
+        return out
 
     # -- creation -------------------------------------------------------------------------
     @classmethod

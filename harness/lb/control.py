@@ -473,15 +473,7 @@ class LbControl:
         g_all = [tuple(flat_all[e - n:e]) for e, n in zip(all_end, lens.tolist())]
 
         # Reverse NAT indexes: changed frontends keep theirs, new ones take the next free.
-        if have:
-            olds = [have.get(k) for k in todo_keys]
-            new_rows = [j for j, rec in enumerate(olds) if rec is None]
-            rids = [0 if rec is None else rec.rev_nat_index for rec in olds]
-            for j, rid in zip(new_rows, plan.fe_ids.take(len(new_rows))):
-                rids[j] = rid
-        else:                       # a first apply: every frontend is new
-            olds, new_rows = [None] * len(todo), list(range(len(todo)))
-            rids = plan.fe_ids.take(len(todo))
+        olds, new_rows, rids = _rev_nat_ids(plan, todo_keys, have)
 
         # Records.
         records = plan.records
@@ -592,15 +584,7 @@ class LbControl:
 
         def all_ids(t) -> tuple[int, ...]:
             return tuple(ids[C.backend_key(b)] for b in t)
-        if have:
-            olds = [have.get(k) for k in todo_keys]
-            new_rows = [j for j, rec in enumerate(olds) if rec is None]
-            rids = [0 if rec is None else rec.rev_nat_index for rec in olds]
-            for j, rid in zip(new_rows, plan.fe_ids.take(len(new_rows))):
-                rids[j] = rid
-        else:                       # a first apply: every frontend is new
-            olds, new_rows = [None] * len(todo), list(range(len(todo)))
-            rids = plan.fe_ids.take(len(todo))
+        olds, new_rows, rids = _rev_nat_ids(plan, todo_keys, have)
         increments: list[int] = []
         changed_entries: dict[bytes, dict[bytes, bytes]] = {}
         for k, f, rid, old in zip(todo_keys, todo, rids, olds):
@@ -834,6 +818,20 @@ class LbControl:
                 keys.discard(key)
                 if not keys:
                     del index[name]
+
+
+def _rev_nat_ids(plan: _Plan, keys: list[bytes], have: Mapping[bytes, _Record]
+                 ) -> tuple[list, list[int], list[int]]:
+    """(each frontend's record, the rows of new ones, each one's reverse NAT index):
+    changed frontends keep theirs, new ones take the next free, in order."""
+    if not have:                # a first apply: every frontend is new
+        return [None] * len(keys), list(range(len(keys))), plan.fe_ids.take(len(keys))
+    olds = [have.get(k) for k in keys]
+    new_rows = [j for j, rec in enumerate(olds) if rec is None]
+    rids = [0 if rec is None else rec.rev_nat_index for rec in olds]
+    for j, rid in zip(new_rows, plan.fe_ids.take(len(new_rows))):
+        rids[j] = rid
+    return olds, new_rows, rids
 
 
 @contextlib.contextmanager
