@@ -77,8 +77,8 @@ PROFILES = {
         "full",
         MicroSettings(services=(1, 1_000, 10_000, 100_000), identities=(1, 1_000, 16_000),
                       samples=7, repeat=100_000, rounds=3, events=True),
-        ControlSettings(scales=(1, 1_000, 10_000, 50_000), rounds=3, timeout=900,
-                        method_timeouts=(("iptables-nft", 300),)),
+        ControlSettings(scales=(1, 1_000, 10_000, 100_000), rounds=3, timeout=900,
+                        method_timeouts=(("iptables-nft", 300), ("nft", 600))),
         MacroSettings(scales=(1, 1_000, 10_000), rounds=3, seconds=8, connections=32,
                       locust_seconds=20, locust_users=100)),
     "smoke": Profile(
