@@ -35,10 +35,14 @@ def random_keys(rng: random.Random, n: int) -> list:
     return keys
 
 
-@pytest.fixture(params=[0, maglev_bulk.BULK_MIN_TABLES], ids=["bulk", "default"])
+@pytest.fixture(params=["bulk", "default"])
 def min_tables(request, monkeypatch):
-    """Run with every group built in bulk (0), and with the module's crossover."""
-    monkeypatch.setattr(maglev_bulk, "BULK_MIN_TABLES", request.param)
+    """Run with every group of tables filled in bulk, and with the module's own
+    choice (bulk or table by table)."""
+    if request.param == "bulk":
+        monkeypatch.setattr(maglev_bulk, "BULK_MIN_TABLES", 1)
+        monkeypatch.setattr(maglev_bulk, "BULK_MIN_WALKS", 0)
+        monkeypatch.setattr(maglev_bulk, "BULK_MAX_BACKENDS", 1 << 20)
     return request.param
 
 

@@ -28,8 +28,9 @@ group at once:
    slot.
 
 The last round of a table is partial (M turns in all), as in the paper.  A
-group of few tables is filled table by table with ``maglev.populate`` on the
-same permutations, which is faster there (see ``BULK_MIN_TABLES``).
+group of few tables, or of tables of many backends, is filled table by table
+with ``maglev.populate`` on the same permutations, which is faster there (see
+``BULK_MIN_WALKS``).
 """
 from __future__ import annotations
 
@@ -41,14 +42,21 @@ from harness.bpf import Collection
 from harness.lb.maglev import (_U32_MAX, DEFAULT_TABLE_SIZE, MAGLEV_MAP, BackendKey, _check_size,
                                backend_name, permutation, populate, table_size, write_table)
 
-__all__ = ["BULK_MIN_TABLES", "build_tables", "install_tables"]
+__all__ = ["BULK_MIN_TABLES", "BULK_MIN_WALKS", "BULK_MAX_BACKENDS", "build_tables", "install_tables"]
 
-#: Groups (tables of one backend count) with fewer tables than this are filled
-#: one table at a time by ``maglev.populate``; measured crossover, see the README.
-BULK_MIN_TABLES = 8
+#: A group (tables of one backend count N) is filled in bulk when it has at least
+#: BULK_MIN_TABLES tables, tables x N >= BULK_MIN_WALKS and N <= BULK_MAX_BACKENDS; otherwise
+#: table by table by ``maglev.populate`` (faster there: a bulk fill pays numpy's
+#: per-call cost every round, M/N rounds, and many same-round conflicts at large
+#: N).  Measured at M = 16381: crossover at about 25 tables of 10 backends,
+#: 3 tables of 100 or 300; none up to 16 tables of 1000.
+BULK_MIN_TABLES = 2
+BULK_MIN_WALKS = 300
+BULK_MAX_BACKENDS = 500
 #: Tables filled together at most (bounds the scratch memory: 2 x 4 bytes x M each).
 _CHUNK = 512
 AHEAD_CAP = 16
+TAIL_FACTOR = 1.0
 
 
 def _names(backends: Sequence[BackendKey]) -> list[bytes]:
@@ -60,18 +68,23 @@ def _names(backends: Sequence[BackendKey]) -> list[bytes]:
     return names
 
 
+def _mod(x: np.ndarray, m: int) -> np.ndarray:
+    """x mod m: numpy's floor division by a scalar is several times faster than %."""
+    return x - x // m * m
+
+
 def _first_free(filled: np.ndarray, base: np.ndarray, slot: np.ndarray, skip: np.ndarray,
                 m: int, ahead: int) -> np.ndarray:
     """For every walk (row offset base, at slot, stepping skip): the first slot at or
-    after slot that is empty (< 0) in filled (the tables, flattened).  Looks at
-    *ahead* slots of every walk at once, twice as many each time for walks that
-    found none."""
+    after slot that is empty (< 0) in filled (the tables, flattened).  Looks at the
+    slot itself, then *ahead* further slots of the walks still on a filled one,
+    twice as many each time for walks that found none."""
     slot = slot.copy()
-    todo = np.arange(slot.size)
-    start = 0
+    todo = np.flatnonzero(filled[base + slot] >= 0)
+    start = 1
     while todo.size:
-        steps = np.arange(start, start + ahead, dtype=np.int64)
-        cand = (slot[todo, None] + skip[todo, None] * steps) % m
+        steps = np.arange(start, start + ahead, dtype=slot.dtype)
+        cand = _mod(slot[todo, None] + skip[todo, None] * steps, m)
         empty = filled[base[todo, None] + cand] < 0
         first = empty.argmax(axis=1)
         rows = np.arange(todo.size)
@@ -83,6 +96,16 @@ def _first_free(filled: np.ndarray, base: np.ndarray, slot: np.ndarray, skip: np
     return slot
 
 
+def _nearest_free(free: np.ndarray, row: np.ndarray, slot: np.ndarray, inverse: np.ndarray,
+                  m: int) -> np.ndarray:
+    """The same as _first_free once few slots are left, from the other side: a walk
+    at slot with skip s reaches free slot f after (f - slot) * s^-1 mod m steps;
+    take the nearest of its table's free slots (free: tables x F)."""
+    cand = free[row]
+    steps = _mod(_mod(cand - slot[:, None], m) * inverse[:, None], m)
+    return cand[np.arange(row.size), steps.argmin(axis=1)]
+
+
 def _fill_group(offsets: np.ndarray, skips: np.ndarray, m: int) -> np.ndarray:
     """populate() for T tables of N backends each (offsets, skips: T x N, in turn
     order); returns T x m slot owners (indices into each table's N)."""
@@ -90,17 +113,29 @@ def _fill_group(offsets: np.ndarray, skips: np.ndarray, m: int) -> np.ndarray:
     dtype = np.int16 if n < 2 ** 15 else np.int32
     filled = np.full(t * m, -1, dtype=dtype)
     owner = np.full(t * m, n, dtype=np.int32)          # scratch: earliest claimant of a slot
-    base_all = (np.arange(t, dtype=np.int64) * m)[:, None].repeat(n, axis=1)
+    # walks stay below 2 * m * m (a step count times a skip), tables below t * m
+    it = np.int32 if 2 * m * m + m < 2 ** 31 and t * m < 2 ** 31 else np.int64
+    rows_all = np.arange(t, dtype=it)[:, None].repeat(n, axis=1)
     who_all = np.broadcast_to(np.arange(n, dtype=np.int32), (t, n))
-    pos = offsets.astype(np.int64)
-    skips = skips.astype(np.int64)
+    pos = offsets.astype(it)
+    skips = skips.astype(it)
+    inverses = np.array([pow(int(x), -1, m) for x in skips.ravel()], dtype=it).reshape(t, n)
+    tail = max(n, int(TAIL_FACTOR * m ** 0.5))
+    free = None                                         # tables x F empty slots, in the tail
     for first_turn in range(0, m, n):
         active = min(n, m - first_turn)                 # the last round is partial
-        base = base_all[:, :active].ravel()
+        row = rows_all[:, :active].ravel()
+        base = row * m
         who = who_all[:, :active].ravel()
         step = skips[:, :active].ravel()
-        ahead = min(m, AHEAD_CAP, -(-3 * m // (m - first_turn)))   # ~3x the expected walk
-        slot = _first_free(filled, base, pos[:, :active].ravel(), step, m, ahead)
+        if m - first_turn <= tail:
+            if free is None:
+                free = np.nonzero(filled.reshape(t, m) < 0)[1].reshape(t, m - first_turn)
+            inverse = inverses[:, :active].ravel()
+            slot = _nearest_free(free, row, pos[:, :active].ravel(), inverse, m)
+        else:
+            ahead = min(AHEAD_CAP, -(-m // (m - first_turn)))     # about the expected walk
+            slot = _first_free(filled, base, pos[:, :active].ravel(), step, m, ahead)
         while True:                                     # the earlier backend keeps a shared slot
             key = base + slot
             np.minimum.at(owner, key, who)
@@ -108,10 +143,16 @@ def _fill_group(offsets: np.ndarray, skips: np.ndarray, m: int) -> np.ndarray:
             owner[key] = n
             if not lost.size:
                 break
-            slot[lost] = _first_free(filled, base[lost], (slot[lost] + step[lost]) % m,
-                                     step[lost], m, ahead)
+            restart = _mod(slot[lost] + step[lost], m)
+            if free is not None:
+                slot[lost] = _nearest_free(free, row[lost], restart, inverse[lost], m)
+            else:
+                slot[lost] = _first_free(filled, base[lost], restart, step[lost], m, ahead)
         filled[base + slot] = who
-        pos[:, :active] = ((slot + step) % m).reshape(t, active)
+        pos[:, :active] = _mod(slot + step, m).reshape(t, active)
+        if free is not None and first_turn + active < m:
+            left = free[filled[free + (np.arange(t, dtype=it) * m)[:, None]] < 0]
+            free = left.reshape(t, m - first_turn - active)
     return filled.reshape(t, m)
 
 
@@ -136,7 +177,8 @@ def build_tables(backend_lists: Sequence[Sequence[BackendKey]], m: int = DEFAULT
                 perms[name] = permutation(name, m, seed)
         groups.setdefault(len(names), []).append((k, order, [perms[names[i]] for i in order]))
     for n, members in groups.items():
-        if len(members) < BULK_MIN_TABLES:
+        if (len(members) < BULK_MIN_TABLES or len(members) * n < BULK_MIN_WALKS
+                or n > BULK_MAX_BACKENDS):
             for k, order, pairs in members:
                 tables[k] = np.asarray(order, dtype=np.int32)[populate(pairs, m)]
             continue
