@@ -42,7 +42,8 @@ from harness.bpf import Collection
 from harness.lb.maglev import (_U32_MAX, DEFAULT_TABLE_SIZE, MAGLEV_MAP, BackendKey, _check_size,
                                backend_name, permutation, populate, table_size, write_table)
 
-__all__ = ["BULK_MIN_TABLES", "BULK_MIN_WALKS", "BULK_MAX_BACKENDS", "build_tables", "install_tables"]
+__all__ = ["BULK_MIN_TABLES", "BULK_MIN_WALKS", "BULK_MAX_BACKENDS", "build_tables",
+           "install_tables"]
 
 #: A group (tables of one backend count N) is filled in bulk when it has at least
 #: BULK_MIN_TABLES tables, tables x N >= BULK_MIN_WALKS and N <= BULK_MAX_BACKENDS; otherwise
@@ -53,9 +54,12 @@ __all__ = ["BULK_MIN_TABLES", "BULK_MIN_WALKS", "BULK_MAX_BACKENDS", "build_tabl
 BULK_MIN_TABLES = 2
 BULK_MIN_WALKS = 300
 BULK_MAX_BACKENDS = 500
-#: Tables filled together at most (bounds the scratch memory: 2 x 4 bytes x M each).
-_CHUNK = 512
+#: Tables filled together at most: bounds the scratch memory (6 bytes x M a table)
+#: and keeps it in cache (128 measured faster than 64 or 512 at 1000 x 10 backends).
+_CHUNK = 128
+#: A walk past a filled slot looks ahead about M / (empty slots) slots, at most this many.
 AHEAD_CAP = 16
+#: The last TAIL_FACTOR * sqrt(M) turns find slots from the empty slots' side.
 TAIL_FACTOR = 1.0
 
 
