@@ -166,7 +166,7 @@ def build_tables(backend_lists: Sequence[Sequence[BackendKey]], m: int = DEFAULT
     row k equals ``maglev.build_table(backend_lists[k], m, seed=seed)`` (indices into
     backend_lists[k]).  T = 0 gives a 0 x m array.  Raises ValueError as
     build_table does (m not prime, m <= a list's length, an empty list, two
-    backends of a list with the same name), before anything is computed."""
+    backends of a list with the same name) before any table is filled."""
     tables = np.empty((len(backend_lists), m if isinstance(m, int) else 0), dtype=np.int32)
     perms: dict[bytes, tuple[int, int]] = {}
     groups: dict[int, list[tuple[int, list[int], list[tuple[int, int]]]]] = {}
