@@ -57,6 +57,8 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from harness.bpf import Collection, KeyNotFoundError, Map
 from harness.bpf.btf import KIND_VAR, Btf
 from harness.bpf.maps import MAP_TYPES
@@ -335,14 +337,21 @@ def write_table(collection: Collection, rev_nat_index: int, table: Sequence[int]
     d, m = _table_def(collection, outer)
     if len(table) != m:
         raise ValueError(f"table has {len(table)} entries, {outer} holds tables of {m}")
-    if any(not 0 < b <= _U32_MAX for b in table):
+    if isinstance(table, np.ndarray):          # harness.lb.maglev_bulk's rows
+        bad = table.size and (table.min() <= 0 or table.max() > _U32_MAX)
+    else:
+        bad = any(not 0 < b <= _U32_MAX for b in table)
+    if bad:
         raise ValueError("backend ids in a Maglev table must be in 1..2^32-1 "
                          "(0 means 'no backend' to the datapath)")
     if not 0 <= rev_nat_index <= _U32_MAX:
         raise ValueError(f"rev_nat_index {rev_nat_index} is out of range")
-    data = array.array("I", table)
-    if data.itemsize != 4:
-        raise RuntimeError("array('I') is not 32 bits on this platform")
+    if isinstance(table, np.ndarray):
+        data = table.astype(np.uint32)
+    else:
+        data = array.array("I", table)
+        if data.itemsize != 4:
+            raise RuntimeError("array('I') is not 32 bits on this platform")
     inner = Map.create(d.map_type, f"cb_maglev_{rev_nat_index}", d.key_size, d.value_size,
                        d.max_entries, flags=d.map_flags)
     try:
