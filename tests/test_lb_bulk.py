@@ -43,17 +43,24 @@ def contents(coll) -> dict[str, dict[bytes, bytes]]:
     return out
 
 
+def maglev_tables(coll) -> dict[int, list[int]]:
+    """Every installed Maglev table's contents, by its key."""
+    from .test_maglev_bulk import installed
+    return {int(k): installed(coll, int(k)) for k, _ in coll.maps["cb_lb_maglev"].items()}
+
+
 class Recorder:
     """Maglev install/remove callbacks that record what they were asked."""
 
     def __init__(self, coll):
-        from harness.lb import maglev
+        from harness.lb import maglev, maglev_bulk
         self.calls: list[tuple] = []
         self.coll, self.maglev = coll, maglev
+        self.tables = maglev_bulk.PreparedTables(coll)
 
     def install(self, rid, ids, keys):
         self.calls.append(("install", rid, list(ids), list(keys)))
-        self.maglev.install_table(self.coll, rid, ids, keys=keys)
+        self.tables.install(rid, ids, keys)
 
     def remove(self, rid):
         self.calls.append(("remove", rid))
@@ -61,8 +68,10 @@ class Recorder:
 
 
 def control(cls, coll) -> tuple[object, Recorder]:
+    """*cls* over *coll*'s maps; LbControl prepares its Maglev tables in bulk."""
     rec = Recorder(coll)
-    return cls(coll.maps, maglev_install=rec.install, maglev_remove=rec.remove), rec
+    extra = {"maglev_prepare": rec.tables.prepare} if cls is LbControl else {}
+    return cls(coll.maps, maglev_install=rec.install, maglev_remove=rec.remove, **extra), rec
 
 
 class World:
@@ -129,6 +138,7 @@ def check_same(new, old, coll_new, coll_old, rec_new, rec_old, got_new, got_old,
         for b in f.backends + (f.internal_backends or ()):
             assert new.backend_id(b.key) == old.backend_id(b.key)
     assert new.entry_count() == old.entry_count()
+    assert maglev_tables(coll_new) == maglev_tables(coll_old)
     assert sorted(new.records(), key=repr) == sorted(old.records(), key=repr)
 
 

@@ -56,6 +56,9 @@ from harness.lb.model import ACTIVE, Backend, Frontend, LbState, selectable
 #: Maglev permutation, so a table does not depend on how ids were assigned.
 MaglevInstall = Callable[[int, list[int], list[tuple]], None]
 MaglevRemove = Callable[[int], None]
+#: Called while planning with every (rev_nat_index, backend ids, backend keys) the
+#: apply will install, so the tables can be computed together (harness.lb.maglev_bulk).
+MaglevPrepare = Callable[[list[tuple[int, list[int], list[tuple]]]], None]
 
 
 class LbApplyError(ChainbenchError, RuntimeError):
@@ -196,7 +199,8 @@ class LbControl:
 
     def __init__(self, maps: Mapping[str, Map], maglev_install: MaglevInstall | None = None,
                  maglev_remove: MaglevRemove | None = None,
-                 journal: map_journal.Journal | None = None):
+                 journal: map_journal.Journal | None = None,
+                 maglev_prepare: MaglevPrepare | None = None):
         missing = [m for f in (4, 6) for m in (E.services_map(f), E.backends_map(f),
                                                E.reverse_nat_map(f)) if m not in maps]
         if missing:
@@ -204,6 +208,7 @@ class LbControl:
         self.maps = maps
         self._maglev_install = maglev_install
         self._maglev_remove = maglev_remove
+        self._maglev_prepare = maglev_prepare
         self._journal = journal
         self._fe: dict[bytes, _Record] = {}                 # service-entry key -> record
         self._by_service: dict[str, set[bytes]] = {}        # service -> its frontends' keys
@@ -331,6 +336,9 @@ class LbControl:
         writer = map_journal.Writer(self.maps, self._maglev_install, self._maglev_remove)
         try:
             steps = self._steps(plan)
+            if plan.maglev_install and self._maglev_prepare is not None:
+                self._maglev_prepare([(rid, ids, keys) for rid, (ids, keys)
+                                      in plan.maglev_install.items()])
         except ValueError as exc:
             raise LbApplyError(f"LB programming failed, nothing was written: {exc}", exc) from exc
         plan.stats.plan_seconds = time.perf_counter() - start

@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from harness.bpf import Collection
-from harness.lb.maglev import (_U32_MAX, DEFAULT_TABLE_SIZE, MAGLEV_MAP, BackendKey, _check_size,
+from harness.lb.maglev import (install_table, _U32_MAX, DEFAULT_TABLE_SIZE, MAGLEV_MAP, BackendKey, _check_size,
                                backend_name, permutation, populate, table_size, write_table)
 
 __all__ = ["BULK_MIN_TABLES", "BULK_MIN_WALKS", "BULK_MAX_BACKENDS", "build_tables",
@@ -221,3 +221,36 @@ def install_tables(collection: Collection,
     slots = build_tables([keys for _, _, keys in items], size, seed=seed)
     for (rev_nat_index, backend_ids, _), row in zip(items, slots):
         write_table(collection, rev_nat_index, np.asarray(backend_ids, dtype=np.int64)[row], outer)
+
+
+class PreparedTables:
+    """Maglev tables built in bulk ahead of their installs, for one collection.
+
+    ``prepare(items)`` builds the tables of (rev_nat_index, backend_ids, keys)
+    items together (``build_tables``: computing only, nothing written);
+    ``install(rev_nat_index, backend_ids, keys)`` then writes a prepared table,
+    or builds one table alone when it was not prepared (a journal replayed by
+    a later process), exactly as ``maglev.install_table`` would.  LbControl
+    prepares every table of an apply while it plans and installs each in the
+    apply's phase order."""
+
+    def __init__(self, collection: Collection, seed: bytes = b"", outer: str = MAGLEV_MAP):
+        self.collection, self.seed, self.outer = collection, seed, outer
+        self._built: dict[tuple, np.ndarray] = {}
+
+    def prepare(self, items: Sequence[tuple[int, Sequence[int], Sequence[BackendKey]]]) -> None:
+        self._built.clear()
+        size = table_size(self.collection, self.outer)
+        slots = build_tables([keys for _, _, keys in items], size, seed=self.seed)
+        for (rid, ids, keys), row in zip(items, slots):
+            self._built[(rid, tuple(ids), tuple(keys))] = \
+                np.asarray(ids, dtype=np.int64)[row]
+
+    def install(self, rev_nat_index: int, backend_ids: Sequence[int],
+                keys: Sequence[BackendKey]) -> None:
+        table = self._built.pop((rev_nat_index, tuple(backend_ids), tuple(keys)), None)
+        if table is None:
+            install_table(self.collection, rev_nat_index, backend_ids, keys=keys,
+                          seed=self.seed, outer=self.outer)
+        else:
+            write_table(self.collection, rev_nat_index, table, self.outer)

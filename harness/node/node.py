@@ -232,13 +232,12 @@ def lb_control(coll: Collection, journal: Journal | None = None):
     writes go through *journal* when given (a node's pinned maps)."""
     # Imported here: the chained plugin's ADD loads the node's objects but never
     # programs LB itself, and harness.lb.* costs ~80 ms of its start-up (-X importtime).
-    from harness.lb import maglev
+    from harness.lb import maglev, maglev_bulk
     from harness.lb.control import LbControl
-    return LbControl(coll.maps,
-                     maglev_install=lambda rid, ids, keys: maglev.install_table(
-                         coll, rid, ids, keys=keys),
+    tables = maglev_bulk.PreparedTables(coll)
+    return LbControl(coll.maps, maglev_install=tables.install,
                      maglev_remove=lambda rid: maglev.remove_table(coll, rid),
-                     journal=journal)
+                     journal=journal, maglev_prepare=tables.prepare)
 
 
 def _pinned_types() -> dict[str, tuple[type, type]]:
