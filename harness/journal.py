@@ -56,6 +56,8 @@ _VERSION = 1
 #   ("del", map, keys, olds)
 #   ("maglev", rid, ids, keys, old)      old: (ids, keys) of the table it replaces, or None
 #   ("maglev-del", rid, old)
+#   ("maglev-many", [(rid, ids, keys, old), ...])    tables installed together
+#   ("maglev-del-many", [(rid, old), ...])           tables removed together
 Step = tuple
 MaglevInstall = Callable[[int, list, list], None]
 MaglevRemove = Callable[[int], None]
@@ -73,10 +75,16 @@ class Writer:
     """Makes and undoes steps on a set of maps."""
 
     def __init__(self, maps: Mapping[str, Map], maglev_install: MaglevInstall | None = None,
-                 maglev_remove: MaglevRemove | None = None):
+                 maglev_remove: MaglevRemove | None = None,
+                 maglev_install_many: Callable[[list], None] | None = None,
+                 maglev_remove_many: Callable[[list], None] | None = None):
         self.maps = maps
         self.maglev_install = maglev_install
         self.maglev_remove = maglev_remove
+        # Many tables in one outer-map batch: each update of a map-in-map waits an RCU
+        # grace period (milliseconds), a batch once.  Without them, one at a time.
+        self.maglev_install_many = maglev_install_many
+        self.maglev_remove_many = maglev_remove_many
 
     def forward(self, steps: list[Step], done: list[Step], tolerant: bool = False) -> None:
         """Make *steps* in order, appending each to *done* before making it.
@@ -94,6 +102,18 @@ class Writer:
             elif kind == "maglev-del":
                 if self.maglev_remove is not None:
                     self.maglev_remove(step[1])
+            elif kind == "maglev-many":
+                if self.maglev_install_many is not None:
+                    self.maglev_install_many([(rid, ids, keys) for rid, ids, keys, _ in step[1]])
+                else:
+                    for rid, ids, keys, _ in step[1]:
+                        self._install(rid, ids, keys)
+            elif kind == "maglev-del-many":
+                if self.maglev_remove_many is not None:
+                    self.maglev_remove_many([rid for rid, _ in step[1]])
+                elif self.maglev_remove is not None:
+                    for rid, _ in step[1]:
+                        self.maglev_remove(rid)
             else:
                 raise ValueError(f"unknown step {kind!r}")
 
@@ -108,12 +128,17 @@ class Writer:
                         _delete_one(m, key)
                     else:
                         m.update(key, old)
+            elif kind in ("maglev-many", "maglev-del-many"):
+                for item in reversed(step[1]):
+                    self._restore_table(item[0], item[-1])
             else:
-                rid, old = step[1], step[-1]
-                if old is not None:
-                    self._install(rid, *old)
-                elif self.maglev_remove is not None:
-                    self.maglev_remove(rid)
+                self._restore_table(step[1], step[-1])
+
+    def _restore_table(self, rid: int, old: tuple | None) -> None:
+        if old is not None:
+            self._install(rid, *old)
+        elif self.maglev_remove is not None:
+            self.maglev_remove(rid)
 
     def _install(self, rid: int, ids: list, keys: list) -> None:
         if self.maglev_install is None:

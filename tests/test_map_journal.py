@@ -66,12 +66,12 @@ def _sigint_during_lb_writes(lxc):
     coll = lxc()
     ctl = datapath.lb_control(coll)
     ctl.apply(lb_state(scenario(40, 0)))
-    install = ctl._maglev_install
+    install_many, remove_many = ctl._maglev_many
 
-    def interrupting_install(rid, ids, keys):       # Ctrl-C in the middle of the writes
+    def interrupting_install(items):                # Ctrl-C in the middle of the writes
         os.kill(os.getpid(), signal.SIGINT)
-        install(rid, ids, keys)
-    ctl._maglev_install = interrupting_install
+        install_many(items)
+    ctl._maglev_many = (interrupting_install, remove_many)
     with pytest.raises(KeyboardInterrupt):
         ctl.apply(lb_state(scenario(60, 7)))
     assert snapshot(coll, LB_MAPS) == expected
@@ -93,6 +93,7 @@ def test_sigkilled_lb_apply_is_finished_from_its_journal(lxc, tmp_path):
             os.kill(os.getpid(), signal.SIGKILL)
         install(rid, ids, keys)
     ctl._maglev_install = dying_install
+    ctl._maglev_many = (None, None)     # tables one at a time, so the kill lands between two
     pid = os.fork()
     if pid == 0:                                     # the writer, sharing the maps
         try:

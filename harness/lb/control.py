@@ -200,7 +200,9 @@ class LbControl:
     def __init__(self, maps: Mapping[str, Map], maglev_install: MaglevInstall | None = None,
                  maglev_remove: MaglevRemove | None = None,
                  journal: map_journal.Journal | None = None,
-                 maglev_prepare: MaglevPrepare | None = None):
+                 maglev_prepare: MaglevPrepare | None = None,
+                 maglev_install_many: Callable[[list], None] | None = None,
+                 maglev_remove_many: Callable[[list], None] | None = None):
         missing = [m for f in (4, 6) for m in (E.services_map(f), E.backends_map(f),
                                                E.reverse_nat_map(f)) if m not in maps]
         if missing:
@@ -209,6 +211,7 @@ class LbControl:
         self._maglev_install = maglev_install
         self._maglev_remove = maglev_remove
         self._maglev_prepare = maglev_prepare
+        self._maglev_many = (maglev_install_many, maglev_remove_many)
         self._journal = journal
         self._fe: dict[bytes, _Record] = {}                 # service-entry key -> record
         self._by_service: dict[str, set[bytes]] = {}        # service -> its frontends' keys
@@ -333,7 +336,8 @@ class LbControl:
         start = time.perf_counter()
         with _no_gc():
             plan = self._plan(desired, scope)
-        writer = map_journal.Writer(self.maps, self._maglev_install, self._maglev_remove)
+        writer = map_journal.Writer(self.maps, self._maglev_install, self._maglev_remove,
+                                    *self._maglev_many)
         try:
             steps = self._steps(plan)
             if plan.maglev_install and self._maglev_prepare is not None:
@@ -756,12 +760,14 @@ class LbControl:
 
         steps: list[tuple] = []
         for phase in _PHASES:
-            if phase == "slots":
-                for rid, (ids, keys) in plan.maglev_install.items():
-                    steps.append(("maglev", rid, list(ids), list(keys), old_table(rid)))
-            if phase == "del-backends" and self._maglev_remove is not None:
-                for rid in plan.maglev_remove:
-                    steps.append(("maglev-del", rid, old_table(rid)))
+            if phase == "slots" and plan.maglev_install:
+                steps.append(("maglev-many", [(rid, list(ids), list(keys), old_table(rid))
+                                              for rid, (ids, keys)
+                                              in plan.maglev_install.items()]))
+            if phase == "del-backends" and self._maglev_remove is not None \
+                    and plan.maglev_remove:
+                steps.append(("maglev-del-many", [(rid, old_table(rid))
+                                                  for rid in plan.maglev_remove]))
             for (ph, mapname), chunks in plan.phases.items():
                 if ph != phase:
                     continue

@@ -330,11 +330,9 @@ def flow_hash_seed(collection: Collection) -> int:
     return int.from_bytes(raw[var.offset:var.offset + var.size], sys.byteorder)
 
 
-def write_table(collection: Collection, rev_nat_index: int, table: Sequence[int],
+def check_table(table: Sequence[int], rev_nat_index: int, m: int,
                 outer: str = MAGLEV_MAP) -> None:
-    """Install a ready table of backend ids (length M) for frontend *rev_nat_index*,
-    replacing any table it had in one map update."""
-    d, m = _table_def(collection, outer)
+    """ValueError unless *table* is M valid backend ids for a valid rev_nat_index."""
     if len(table) != m:
         raise ValueError(f"table has {len(table)} entries, {outer} holds tables of {m}")
     if isinstance(table, np.ndarray):          # harness.lb.maglev_bulk's rows
@@ -346,6 +344,14 @@ def write_table(collection: Collection, rev_nat_index: int, table: Sequence[int]
                          "(0 means 'no backend' to the datapath)")
     if not 0 <= rev_nat_index <= _U32_MAX:
         raise ValueError(f"rev_nat_index {rev_nat_index} is out of range")
+
+
+def write_table(collection: Collection, rev_nat_index: int, table: Sequence[int],
+                outer: str = MAGLEV_MAP) -> None:
+    """Install a ready table of backend ids (length M) for frontend *rev_nat_index*,
+    replacing any table it had in one map update."""
+    d, m = _table_def(collection, outer)
+    check_table(table, rev_nat_index, m, outer)
     if isinstance(table, np.ndarray):
         data = table.astype(np.uint32)
     else:

@@ -34,12 +34,13 @@ with ``maglev.populate`` on the same permutations, which is faster there (see
 """
 from __future__ import annotations
 
+import ctypes
 from typing import Sequence
 
 import numpy as np
 
-from harness.bpf import Collection
-from harness.lb.maglev import (install_table, _U32_MAX, DEFAULT_TABLE_SIZE, MAGLEV_MAP, BackendKey, _check_size,
+from harness.bpf import Collection, KeyNotFoundError, Map
+from harness.lb.maglev import (_table_def, check_table, install_table, remove_table, _U32_MAX, DEFAULT_TABLE_SIZE, MAGLEV_MAP, BackendKey, _check_size,
                                backend_name, permutation, populate, table_size, write_table)
 
 __all__ = ["BULK_MIN_TABLES", "BULK_MIN_WALKS", "BULK_MAX_BACKENDS", "build_tables",
@@ -245,6 +246,42 @@ class PreparedTables:
         for (rid, ids, keys), row in zip(items, slots):
             self._built[(rid, tuple(ids), tuple(keys))] = \
                 np.asarray(ids, dtype=np.int64)[row]
+
+    def install_many(self, items: Sequence[tuple[int, Sequence[int], Sequence[BackendKey]]]
+                     ) -> None:
+        """Install many tables with one batch update of the outer map: each inner map is
+        created and filled first, then all are swapped in together (each update of a
+        map-in-map waits for an RCU grace period, milliseconds; a batch waits once)."""
+        d, m = _table_def(self.collection, self.outer)
+        unprepared = [(rid, ids, keys) for rid, ids, keys in items
+                      if (rid, tuple(ids), tuple(keys)) not in self._built]
+        if unprepared:
+            self.prepare(unprepared + [(rid, ids, keys) for rid, ids, keys in items
+                                       if (rid, tuple(ids), tuple(keys)) in self._built])
+        inners = []
+        try:
+            for rid, ids, keys in items:
+                table = self._built.pop((rid, tuple(ids), tuple(keys)))
+                check_table(table, rid, m, self.outer)
+                inner = Map.create(d.map_type, f"cb_maglev_{rid}", d.key_size, d.value_size,
+                                   d.max_entries, flags=d.map_flags)
+                inners.append(inner)
+                inner.update(0, table.astype("<u4").tobytes())
+            self.collection.maps[self.outer].update_batch(
+                [ctypes.c_uint32(rid) for rid, _, _ in items],
+                [ctypes.c_uint32(inner.fd) for inner in inners])
+        finally:
+            for inner in inners:
+                inner.close()
+
+    def remove_many(self, rev_nat_indexes: Sequence[int]) -> None:
+        """Remove many frontends' tables with one batch delete (missing ones are no error)."""
+        outer = self.collection.maps[self.outer]
+        try:
+            outer.delete_batch([ctypes.c_uint32(rid) for rid in rev_nat_indexes])
+        except KeyNotFoundError:
+            for rid in rev_nat_indexes:
+                remove_table(self.collection, rid, self.outer)
 
     def install(self, rev_nat_index: int, backend_ids: Sequence[int],
                 keys: Sequence[BackendKey]) -> None:

@@ -237,7 +237,9 @@ def lb_control(coll: Collection, journal: Journal | None = None):
     tables = maglev_bulk.PreparedTables(coll)
     return LbControl(coll.maps, maglev_install=tables.install,
                      maglev_remove=lambda rid: maglev.remove_table(coll, rid),
-                     journal=journal, maglev_prepare=tables.prepare)
+                     journal=journal, maglev_prepare=tables.prepare,
+                     maglev_install_many=tables.install_many,
+                     maglev_remove_many=tables.remove_many)
 
 
 def _pinned_types() -> dict[str, tuple[type, type]]:
