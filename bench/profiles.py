@@ -39,6 +39,9 @@ class ControlSettings:
     #: The services programmed: "realistic" (bench/scenarios/services.yaml.j2's mix of
     #: Service features) or "clusterip" (IPv4 ClusterIPs only, as before issue 15).
     mix: str = "realistic"
+    #: Policy programming (bench.policy_control): identity counts of
+    #: bench/scenarios/policies.yaml.j2, each resolved and programmed as one node.
+    policy_identities: tuple[int, ...] = (1_000, 16_000)
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,15 @@ PROFILES = {
         MicroSettings(services=(1, 1_000, 10_000, 100_000), identities=(1, 1_000, 16_000),
                       samples=7, repeat=100_000, rounds=3, events=True),
         ControlSettings(scales=(1, 1_000, 10_000, 50_000), rounds=3, timeout=900,
-                        method_timeouts=(("iptables-nft", 300),)),
+                        method_timeouts=(("iptables-nft", 300),),
+                        policy_identities=(1_000, 16_000, 48_000)),
         MacroSettings(scales=(1, 1_000, 10_000), rounds=3, seconds=8, connections=32,
                       locust_seconds=20, locust_users=100)),
     "smoke": Profile(
         "smoke",
         MicroSettings(services=(1,), identities=(1,), samples=5, repeat=10_000, rounds=1,
                       events=True),
-        ControlSettings(scales=(1, 100), rounds=1, timeout=60),
+        ControlSettings(scales=(1, 100), rounds=1, timeout=60, policy_identities=(100,)),
         MacroSettings(scales=(1, 100), rounds=1, seconds=1, connections=8,
                       locust_seconds=3, locust_users=5),
         notes=["smoke profile: proves the suites run; its figures are not benchmarks"]),

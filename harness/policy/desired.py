@@ -97,6 +97,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from harness.policy import gcpause
 from harness.policy.errors import PolicyFieldError
 from harness.policy.identity import (
     RESERVED_LABELS,
@@ -125,6 +126,7 @@ from harness.policy.model import (
 )
 from harness.policy.selectors import (
     ENTITY_SELECTORS,
+    LabelIndex,
     LabelView,
     Selector,
     cnp_peer_selector,
@@ -433,14 +435,33 @@ def _compile(scenario: Scenario, ipblock_pods: bool) -> list[_Policy]:
 IPBLOCK_SET_LABEL = "chainbench:io.chainbench.ipblock-set"
 
 
+def _block_span(peer: _Peer) -> tuple[int, int, int, tuple[tuple[int, int], ...]]:
+    """A CIDR peer as integers: (version, first, last, excepts' (first, last))."""
+    def span(net: IPNetwork) -> tuple[int, int]:
+        return int(net.network_address), int(net.broadcast_address)
+    return (peer.cidr.version, *span(peer.cidr),  # type: ignore[union-attr, arg-type]
+            tuple(span(e) for e in peer.excepts if e.version == peer.cidr.version))  # type: ignore[union-attr]
+
+
+def _covered(peer: _Peer, addresses: Iterable[tuple[IPAddress, int, int]]) -> list[IPAddress]:
+    """The addresses (address, version, integer) a CIDR peer covers: _Peer.covers, on integers."""
+    version, lo, hi, excepts = _block_span(peer)
+    return [a for a, v, x in addresses
+            if v == version and lo <= x <= hi and not any(elo <= x <= ehi for elo, ehi in excepts)]
+
+
 def _split_by_ipblocks(endpoints: list[Pod], labels: Mapping[str, tuple[str, ...]],
                        policies: list[_Policy]) -> dict[IPAddress, tuple[str, ...]]:
     """Each pod address's identity labels: its pod's, plus IPBLOCK_SET_LABEL when the
     pod-selecting ipBlocks containing it differ between addresses of that label set."""
     blocks = sorted({peer for policy in policies for _, entry in policy.entries for peer in entry.peers
                      if peer.kind == "cidr" and peer.pods}, key=_block_text)
-    coverage = {addr: tuple(_block_text(b) for b in blocks if b.covers(addr))
-                for pod in endpoints for addr in pod.pod_ips}
+    addresses = [(addr, addr.version, int(addr)) for pod in endpoints for addr in pod.pod_ips]
+    coverage: dict[IPAddress, tuple[str, ...]] = {a: () for a, _, _ in addresses}
+    for block in blocks:
+        text = _block_text(block)
+        for addr in _covered(block, addresses):
+            coverage[addr] += (text,)
     seen: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
     for pod in endpoints:
         for addr in pod.pod_ips:
@@ -461,7 +482,10 @@ def _block_text(peer: _Peer) -> str:
 
 
 def _host_net(addr: IPAddress) -> IPNetwork:
-    return ipaddress.ip_network((addr, addr.max_prefixlen))
+    # From the integer: ip_network((address object, n)) parses the address's text again.
+    if addr.version == 4:
+        return ipaddress.IPv4Network((int(addr), 32))
+    return ipaddress.IPv6Network((int(addr), 128))
 
 
 def _policy_prefixes(policies: Iterable[_Policy]) -> set[IPNetwork]:
@@ -475,12 +499,28 @@ def _policy_prefixes(policies: Iterable[_Policy]) -> set[IPNetwork]:
     return out
 
 
+#: A resolved rule before it becomes a model.Rule: (deny, identity, proto, port lo, port hi).
+_RuleKey = tuple[bool, int, int, int, int]
+_ANY_RULE_PORTS = (ANY_PORT.lo, ANY_PORT.hi)
+
+
 class _Resolver:
-    """Everything per-scenario the per-endpoint expansion needs."""
+    """Everything per-scenario the per-endpoint expansion needs.
+
+    Selectors are evaluated over every identity at once through a LabelIndex
+    (selectors.py), each distinct peer once; a policy entry's rules are the same
+    for every endpoint the policy selects (except ingress named ports, which are
+    the endpoint's own), so they are computed once per entry (and named-port
+    numbers) and shared."""
 
     def __init__(self, scenario: Scenario, endpoints: list[Pod], policies: list[_Policy]) -> None:
         self.endpoints = endpoints
-        self.labels = {p.ref: security_labels(p, scenario.namespace_labels(p.meta.namespace)) for p in endpoints}
+        ns_labels: dict[str, Mapping[str, str]] = {}
+        for pod in endpoints:
+            ns = pod.meta.namespace
+            if ns not in ns_labels:
+                ns_labels[ns] = scenario.namespace_labels(ns)
+        self.labels = {p.ref: security_labels(p, ns_labels[p.meta.namespace]) for p in endpoints}
         self.addr_labels = _split_by_ipblocks(endpoints, self.labels, policies)
         self.ids = IdentityAllocator().allocate(self.addr_labels.values())
         self.cidr_ids = allocate_cidr_identities(_policy_prefixes(policies))
@@ -491,6 +531,8 @@ class _Resolver:
             self.endpoint_ids.add(i)
         for prefix, i in self.cidr_ids.items():
             self.views[i] = LabelView((cidr_label(prefix), "reserved:world"))
+        self.index = LabelIndex(self.views)
+        self._addresses = [(a, a.version, int(a)) for a in self.addr_labels]
         # (name, proto) -> ports, per endpoint and per identity
         self.pod_ports: dict[str, dict[tuple[str, int], set[int]]] = {}
         self.id_ports: dict[int, dict[tuple[str, int], set[int]]] = {}
@@ -504,6 +546,7 @@ class _Resolver:
                     for ports in theirs:
                         ports.setdefault(key, set()).add(cp.container_port)
         self._selected: dict[_Peer, frozenset[int]] = {}
+        self._entry_rules: dict[tuple, list[_RuleKey]] = {}
 
     def address_identity(self, addr: IPAddress) -> int:
         return self.ids[self.addr_labels[addr]]
@@ -527,11 +570,10 @@ class _Resolver:
                 and not any(prefix.subnet_of(e) for e in peer.excepts)  # type: ignore[arg-type]
             )
             if peer.pods:        # exact: every address of a split identity is covered alike
-                result |= {self.address_identity(a) for a in self.addr_labels if peer.covers(a)}
+                result |= {self.address_identity(a) for a in _covered(peer, self._addresses)}
         else:
             selectors = (peer.selector,) if peer.kind == "selector" else ENTITY_SELECTORS[peer.entity]
-            result = frozenset(i for i, view in self.views.items()
-                               if any(s.matches(view) for s in selectors))  # type: ignore[union-attr]
+            result = frozenset().union(*(self.index.select(s) for s in selectors))  # type: ignore[union-attr]
         self._selected[peer] = result
         return result
 
@@ -539,52 +581,97 @@ class _Resolver:
     def _single(ports: set[int] | None) -> int | None:
         return next(iter(ports)) if ports is not None and len(ports) == 1 else None
 
-    def rules(self, pod: Pod, direction: Direction, entry: _Entry, source: str) -> list[Rule]:
+    def entry_rules(self, pod: Pod, direction: Direction, entry: _Entry, key: tuple) -> list[_RuleKey]:
+        """The rules of one policy entry (*key* names it) for endpoint *pod*: shared by every
+        endpoint with the same numbers for the entry's named ports (ingress)."""
+        named = direction == "ingress" and entry.ports is not None and any(p.name for p in entry.ports)
+        if named:
+            mine = self.pod_ports[pod.ref]
+            key = key + tuple(self._single(mine.get((p.name, p.proto))) for p in entry.ports if p.name)
+        cached = self._entry_rules.get(key)
+        if cached is None:
+            cached = self._rules(pod, direction, entry)
+            self._entry_rules[key] = cached
+        return cached
+
+    def _rules(self, pod: Pod, direction: Direction, entry: _Entry) -> list[_RuleKey]:
         ids: set[int] = set()
         for peer in entry.peers:
             ids |= self.select(peer)
         if not ids:
             return []
+        deny = entry.deny
         if entry.ports is None:
-            return [Rule(entry.deny, i, ANY_PROTO, ANY_PORT, source) for i in ids]
-        out = []
+            return [(deny, i, ANY_PROTO, *_ANY_RULE_PORTS) for i in ids]
+        out: list[_RuleKey] = []
         for port in entry.ports:
             if not port.name:
-                out += [Rule(entry.deny, i, port.proto, PortRange(port.lo, port.hi), source) for i in ids]
+                out += [(deny, i, port.proto, port.lo, port.hi) for i in ids]
             elif direction == "ingress":
                 number = self._single(self.pod_ports[pod.ref].get((port.name, port.proto)))
                 if number is not None:
-                    out += [Rule(entry.deny, i, port.proto, PortRange(number, number), source) for i in ids]
+                    out += [(deny, i, port.proto, number, number) for i in ids]
             else:
                 targets = self.endpoint_ids if ANY_IDENTITY in ids else ids & self.endpoint_ids
                 for i in targets:
                     number = self._single(self.id_ports[i].get((port.name, port.proto)))
                     if number is not None:
-                        out.append(Rule(entry.deny, i, port.proto, PortRange(number, number), source))
+                        out.append((deny, i, port.proto, number, number))
         return out
 
 
-def _endpoint_policy(r: _Resolver, pod: Pod, policies: list[_Policy], allow_localhost: bool) -> EndpointPolicy:
-    view = LabelView(r.labels[pod.ref])
+def _subjects(r: _Resolver, pods: list[Pod], policies: list[_Policy]) -> dict[tuple[str, ...], list[int]]:
+    """Per distinct label set of *pods*: the indices of the policies whose subject selects it,
+    in policy order."""
+    sets = sorted({r.labels[p.ref] for p in pods})
+    index = LabelIndex({k: LabelView(lbls) for k, lbls in enumerate(sets)})
+    selected: list[list[int]] = [[] for _ in sets]
+    by_subject: dict[Selector, frozenset[int]] = {}
+    for n, policy in enumerate(policies):
+        keys = by_subject.get(policy.subject)
+        if keys is None:
+            keys = by_subject[policy.subject] = index.select(policy.subject)
+        for k in keys:
+            selected[k].append(n)
+    return {lbls: selected[k] for k, lbls in enumerate(sets)}
+
+
+_PORT_RANGES: dict[tuple[int, int], PortRange] = {}
+
+
+def _port_range(lo: int, hi: int) -> PortRange:
+    found = _PORT_RANGES.get((lo, hi))
+    if found is None:
+        found = _PORT_RANGES[(lo, hi)] = PortRange(lo, hi)
+    return found
+
+
+def _endpoint_policy(r: _Resolver, pod: Pod, policies: list[_Policy], selecting: list[int],
+                     allow_localhost: bool) -> EndpointPolicy:
+    """*pod*'s rules from the policies *selecting* it (indices into *policies*)."""
     enforced: set[str] = set()
-    rules: dict[str, dict[Rule, Rule]] = {"ingress": {}, "egress": {}}
-    for policy in policies:
-        if not policy.subject.matches(view):
-            continue
+    rules: dict[str, dict[_RuleKey, str]] = {"ingress": {}, "egress": {}}
+    for n in selecting:
+        policy = policies[n]
         enforced |= policy.enforces
-        for direction, entry in policy.entries:
-            for rule in r.rules(pod, direction, entry, policy.source):
-                rules[direction].setdefault(rule, rule)
+        for e, (direction, entry) in enumerate(policy.entries):
+            found = rules[direction]
+            for rule in r.entry_rules(pod, direction, entry, (n, e)):
+                if rule not in found:
+                    found[rule] = policy.source
     if allow_localhost and "ingress" in enforced:
-        rule = Rule(False, ID_HOST, ANY_PROTO, ANY_PORT, ALLOW_LOCALHOST_SOURCE)
-        rules["ingress"].setdefault(rule, rule)
+        rules["ingress"].setdefault((False, ID_HOST, ANY_PROTO, *_ANY_RULE_PORTS), ALLOW_LOCALHOST_SOURCE)
+
+    def build(found: dict[_RuleKey, str]) -> tuple[Rule, ...]:
+        return tuple(Rule(d, i, p, _port_range(lo, hi), found[(d, i, p, lo, hi)])
+                     for d, i, p, lo, hi in sorted(found))
     return EndpointPolicy(
         pod=pod.ref,
         identity=r.identity(pod),
         ingress_enforced="ingress" in enforced,
         egress_enforced="egress" in enforced,
-        ingress=tuple(sorted(rules["ingress"].values())),
-        egress=tuple(sorted(rules["egress"].values())),
+        ingress=build(rules["ingress"]),
+        egress=build(rules["egress"]),
     )
 
 
@@ -617,6 +704,7 @@ def policy_state(
     allow_localhost: bool = True,
     np_ipblock: str = "pods",
     workloads: Iterable[Workload] = (),
+    local_only: bool = False,
 ) -> PolicyState:
     """Resolve *scenario*'s policies for the datapath.
 
@@ -630,11 +718,21 @@ def policy_state(
     addresses get ID_HOST, every other node's ID_REMOTE_NODE (all of them
     when *local_node* is None).  *workloads* are endpoints outside the
     scenario (see "Workloads outside the scenario"): those on *local_node*
-    are endpoints of the result too.  Raises ScenarioError for policies using
-    unsupported fields.
+    are endpoints of the result too.  With *local_only* (and a *local_node*)
+    the result's endpoints are only *local_node*'s (its pods and workloads), as
+    a node's agent resolves them: identities and the ipcache stay the whole
+    cluster's.  Raises ScenarioError for policies using unsupported fields.
     """
     if np_ipblock not in NP_IPBLOCK_MODES:
         raise ValueError(f"np_ipblock {np_ipblock!r}: expected one of {', '.join(NP_IPBLOCK_MODES)}")
+    with gcpause.paused():
+        return _policy_state(scenario, nodes, local_node, allow_localhost, np_ipblock, workloads,
+                             local_only)
+
+
+def _policy_state(scenario: Scenario, nodes: Mapping[str, tuple[IPAddress, ...]] | None,
+                  local_node: str | None, allow_localhost: bool, np_ipblock: str,
+                  workloads: Iterable[Workload], local_only: bool) -> PolicyState:
     policies = _compile(scenario, np_ipblock == "pods")
     endpoints = sorted((p for p in scenario.pods if not p.host_network and p.pod_ips), key=lambda p: p.ref)
     r = _Resolver(scenario, endpoints, policies)
@@ -647,11 +745,14 @@ def policy_state(
                                      egress_enforced=False)
                       for w in sorted(workloads, key=lambda w: w.name)
                       if w.node == local_node and w.name not in pods)
+    resolved = [p for p in endpoints if p.node_name == local_node] if local_only and local_node \
+        else endpoints
+    subjects = _subjects(r, resolved, policies)
     return PolicyState(
         identities=tuple(sorted(identities)),
         ipcache=_ipcache(scenario, r, nodes, local_node, workloads),
-        endpoints=tuple(_endpoint_policy(r, pod, policies, allow_localhost) for pod in endpoints)
-        + unmanaged,
+        endpoints=tuple(_endpoint_policy(r, pod, policies, subjects[r.labels[pod.ref]], allow_localhost)
+                        for pod in resolved) + unmanaged,
     )
 
 

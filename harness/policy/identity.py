@@ -53,6 +53,7 @@ Numeric identities
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -138,8 +139,10 @@ _FILTER: tuple[tuple[bool, str, re.Pattern[str]], ...] = tuple(
 )
 
 
+@functools.lru_cache(maxsize=65536)
 def is_identity_label(source: str, key: str) -> bool:
-    """Whether Cilium's default filter keeps label *key* of *source* for identities.
+    """Whether Cilium's default filter keeps label *key* of *source* for identities
+    (cached: a cluster has few distinct label keys).
 
     A pattern matches when it matches at the start of the key; the label is
     kept unless an ignore pattern matches and no include pattern matches a
