@@ -79,7 +79,7 @@ def test_template_refuses_what_it_cannot_place():
 def test_label_index_selects_what_selectors_match(mid):
     state = policy_state(mid, local_node=NODE)
     views = {i.id: LabelView(i.labels) for i in state.identities}
-    index = LabelIndex(views)
+    indexes = (LabelIndex(views), LabelIndex.of_labels({i.id: i.labels for i in state.identities}))
     selectors = set()
     for policy in _compile(mid, True):
         selectors.add(policy.subject)
@@ -87,7 +87,8 @@ def test_label_index_selects_what_selectors_match(mid):
             selectors.update(p.selector for p in entry.peers if p.selector is not None)
     assert len(selectors) > 100
     for sel in selectors:
-        assert index.select(sel) == {i for i, v in views.items() if sel.matches(v)}, sel
+        want = {i for i, v in views.items() if sel.matches(v)}
+        assert [index.select(sel) for index in indexes] == [want, want], sel
 
 
 def test_local_only_resolves_the_local_endpoints_as_the_full_resolution(mid):

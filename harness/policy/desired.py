@@ -388,11 +388,18 @@ def _np_ports(rule: Mapping[str, Any]) -> tuple[_Port, ...] | None:
     return tuple(out)
 
 
-def _compile_np(np: NetworkPolicy, ipblock_pods: bool) -> _Policy:
+def _compile_np(np: NetworkPolicy, ipblock_pods: bool, cache: dict | None = None) -> _Policy:
+    """*np* compiled; *cache* (one per scenario) shares what many policies repeat: selectors
+    and port lists with the same text in the same namespace are compiled once."""
+    cache = {} if cache is None else cache
     spec = np.spec
     ns = np.meta.namespace
     types = spec.get("policyTypes") or (["Ingress"] + (["Egress"] if spec.get("egress") else []))
-    subject = np_pod_selector(spec.get("podSelector") or {}, ns, "spec.podSelector")
+    pod_sel = spec.get("podSelector") or {}
+    key = ("subject", ns, repr(pod_sel))
+    subject = cache.get(key)
+    if subject is None:
+        subject = cache[key] = np_pod_selector(pod_sel, ns, "spec.podSelector")
     entries: list[tuple[Direction, _Entry]] = []
     enforces = set()
     for direction, ptype, peers_key in (("ingress", "Ingress", "from"), ("egress", "Egress", "to")):
@@ -400,25 +407,41 @@ def _compile_np(np: NetworkPolicy, ipblock_pods: bool) -> _Policy:
             continue
         enforces.add(direction)
         for i, rule in enumerate(spec.get(direction) or []):
+            rule_key = ("rule", ns, ipblock_pods, direction, repr(rule))
+            entry = cache.get(rule_key)
+            if entry is not None:           # the same rule text in the same namespace
+                entries.append((direction, entry))
+                continue
             path = f"spec.{direction}[{i}]"
             peers: list[_Peer] = []
             for j, peer in enumerate(rule.get(peers_key) or []):
-                block = peer.get("ipBlock")
-                if block is not None:
-                    peers.append(_Peer("cidr", cidr=_net(block["cidr"]),
-                                       excepts=tuple(_net(e) for e in block.get("except") or ()),
-                                       pods=ipblock_pods))
-                else:
-                    peers.append(_Peer("selector", selector=np_peer_selector(peer, ns, f"{path}.{peers_key}[{j}]")))
-            entries.append((direction, _Entry(False, tuple(peers) or (_ANY_PEER,), _np_ports(rule))))  # type: ignore[arg-type]
+                key = ("peer", ns, ipblock_pods, repr(peer))
+                compiled = cache.get(key)
+                if compiled is None:
+                    block = peer.get("ipBlock")
+                    if block is not None:
+                        compiled = _Peer("cidr", cidr=_net(block["cidr"]),
+                                         excepts=tuple(_net(e) for e in block.get("except") or ()),
+                                         pods=ipblock_pods)
+                    else:
+                        compiled = _Peer("selector",
+                                         selector=np_peer_selector(peer, ns, f"{path}.{peers_key}[{j}]"))
+                    cache[key] = compiled
+                peers.append(compiled)
+            key = ("ports", repr(rule.get("ports")))
+            if key not in cache:
+                cache[key] = _np_ports(rule)
+            entry = cache[rule_key] = _Entry(False, tuple(peers) or (_ANY_PEER,), cache[key])  # type: ignore[arg-type]
+            entries.append((direction, entry))
     return _Policy(f"{np.KIND} {np.ref}", subject, frozenset(enforces), tuple(entries))
 
 
 def _compile(scenario: Scenario, ipblock_pods: bool) -> list[_Policy]:
     out: list[_Policy] = []
+    cache: dict = {}
     for np in scenario.network_policies:
         try:
-            out.append(_compile_np(np, ipblock_pods))
+            out.append(_compile_np(np, ipblock_pods, cache))
         except PolicyFieldError as err:
             raise scenario.error(np, err.field, err.message) from None
     for cnp in scenario.cilium_network_policies:
@@ -450,30 +473,32 @@ def _covered(peer: _Peer, addresses: Iterable[tuple[IPAddress, int, int]]) -> li
             if v == version and lo <= x <= hi and not any(elo <= x <= ehi for elo, ehi in excepts)]
 
 
-def _split_by_ipblocks(endpoints: list[Pod], labels: Mapping[str, tuple[str, ...]],
-                       policies: list[_Policy]) -> dict[IPAddress, tuple[str, ...]]:
-    """Each pod address's identity labels: its pod's, plus IPBLOCK_SET_LABEL when the
-    pod-selecting ipBlocks containing it differ between addresses of that label set."""
+def _split_by_ipblocks(endpoints: list[Pod], labels: list[tuple[str, ...]],
+                       policies: list[_Policy]) -> list[tuple[IPAddress, tuple[str, ...]]]:
+    """Each pod address with its identity labels: its pod's (*labels*, in the order of
+    *endpoints*), plus IPBLOCK_SET_LABEL when the pod-selecting ipBlocks containing it
+    differ between addresses of that label set."""
     blocks = sorted({peer for policy in policies for _, entry in policy.entries for peer in entry.peers
                      if peer.kind == "cidr" and peer.pods}, key=_block_text)
-    addresses = [(addr, addr.version, int(addr)) for pod in endpoints for addr in pod.pod_ips]
-    coverage: dict[IPAddress, tuple[str, ...]] = {a: () for a, _, _ in addresses}
+    owned = [(addr, lbls) for pod, lbls in zip(endpoints, labels) for addr in pod.pod_ips]
+    addresses = [(addr, addr.version, int(addr)) for addr, _ in owned]
+    coverage: dict[IPAddress, tuple[str, ...]] = {}
     for block in blocks:
         text = _block_text(block)
         for addr in _covered(block, addresses):
-            coverage[addr] += (text,)
+            coverage[addr] = coverage.get(addr, ()) + (text,)
+    if not coverage:                    # no ipBlock covers a pod: nothing to split
+        return owned
     seen: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
-    for pod in endpoints:
-        for addr in pod.pod_ips:
-            seen.setdefault(labels[pod.ref], set()).add(coverage[addr])
-    out: dict[IPAddress, tuple[str, ...]] = {}
-    for pod in endpoints:
-        for addr in pod.pod_ips:
-            lbls, covered = labels[pod.ref], coverage[addr]
-            if len(seen[lbls]) > 1 and covered:
-                digest = hashlib.sha256("\n".join(covered).encode()).hexdigest()[:12]
-                lbls = tuple(sorted(lbls + (f"{IPBLOCK_SET_LABEL}={digest}",)))
-            out[addr] = lbls
+    for addr, lbls in owned:
+        seen.setdefault(lbls, set()).add(coverage.get(addr, ()))
+    out: list[tuple[IPAddress, tuple[str, ...]]] = []
+    for addr, lbls in owned:
+        covered = coverage.get(addr, ())
+        if len(seen[lbls]) > 1 and covered:
+            digest = hashlib.sha256("\n".join(covered).encode()).hexdigest()[:12]
+            lbls = tuple(sorted(lbls + (f"{IPBLOCK_SET_LABEL}={digest}",)))
+        out.append((addr, lbls))
     return out
 
 
@@ -513,43 +538,63 @@ class _Resolver:
     the endpoint's own), so they are computed once per entry (and named-port
     numbers) and shared."""
 
-    def __init__(self, scenario: Scenario, endpoints: list[Pod], policies: list[_Policy]) -> None:
+    def __init__(self, scenario: Scenario, endpoints: list[Pod], policies: list[_Policy],
+                 refs: list[str] | None = None) -> None:
+        """*endpoints* (with their refs, *refs*, in the same order, if already known)."""
         self.endpoints = endpoints
+        refs = [p.ref for p in endpoints] if refs is None else refs
         ns_labels: dict[str, Mapping[str, str]] = {}
         for pod in endpoints:
             ns = pod.meta.namespace
             if ns not in ns_labels:
                 ns_labels[ns] = scenario.namespace_labels(ns)
-        self.labels = {p.ref: security_labels(p, ns_labels[p.meta.namespace]) for p in endpoints}
-        self.addr_labels = _split_by_ipblocks(endpoints, self.labels, policies)
-        self.ids = IdentityAllocator().allocate(self.addr_labels.values())
+        self.labels = {ref: security_labels(p, ns_labels[p.meta.namespace])
+                       for ref, p in zip(refs, endpoints)}
+        addr_labels = _split_by_ipblocks(endpoints, [self.labels[ref] for ref in refs], policies)
+        self.ids = IdentityAllocator().allocate({lbls for _, lbls in addr_labels})
         self.cidr_ids = allocate_cidr_identities(_policy_prefixes(policies))
-        self.views: dict[int, LabelView] = {i: LabelView(lbls) for i, lbls in RESERVED_LABELS.items()}
+        labels: dict[int, tuple[str, ...]] = dict(RESERVED_LABELS)
         self.endpoint_ids = set()
         for lbls, i in self.ids.items():
-            self.views[i] = LabelView(lbls)
+            labels[i] = lbls
             self.endpoint_ids.add(i)
         for prefix, i in self.cidr_ids.items():
-            self.views[i] = LabelView((cidr_label(prefix), "reserved:world"))
-        self.index = LabelIndex(self.views)
-        self._addresses = [(a, a.version, int(a)) for a in self.addr_labels]
-        # (name, proto) -> ports, per endpoint and per identity
-        self.pod_ports: dict[str, dict[tuple[str, int], set[int]]] = {}
-        self.id_ports: dict[int, dict[tuple[str, int], set[int]]] = {}
-        for pod in endpoints:
-            mine = self.pod_ports.setdefault(pod.ref, {})
-            theirs = [self.id_ports.setdefault(i, {}) for i in sorted({self.address_identity(a) for a in pod.pod_ips})]
-            for cp in pod.container_ports:
-                if cp.name:
-                    key = (cp.name.lower(), PROTOCOLS[cp.protocol])
-                    mine.setdefault(key, set()).add(cp.container_port)
-                    for ports in theirs:
-                        ports.setdefault(key, set()).add(cp.container_port)
+            labels[i] = (cidr_label(prefix), "reserved:world")
+        self.index = LabelIndex.of_labels(labels)
+        self._addresses = [(a, a.version, int(a)) for a, _ in addr_labels]
+        # (version, address as an integer) -> identity: cheaper to hash than the address
+        self._addr_ids = {(a.version, int(a)): self.ids[lbls] for a, lbls in addr_labels}
+        self._pod_ports: dict[str, dict[tuple[str, int], set[int]]] = {}
+        self._id_ports: dict[int, dict[tuple[str, int], set[int]]] | None = None
         self._selected: dict[_Peer, frozenset[int]] = {}
         self._entry_rules: dict[tuple, list[_RuleKey]] = {}
 
+    def pod_ports(self, pod: Pod) -> dict[tuple[str, int], set[int]]:
+        """(name, proto) -> the numbers *pod*'s containers give the name."""
+        mine = self._pod_ports.get(pod.ref)
+        if mine is None:
+            mine = self._pod_ports[pod.ref] = {}
+            for cp in pod.container_ports:
+                if cp.name:
+                    mine.setdefault((cp.name.lower(), PROTOCOLS[cp.protocol]), set()).add(cp.container_port)
+        return mine
+
+    @property
+    def id_ports(self) -> dict[int, dict[tuple[str, int], set[int]]]:
+        """Per identity, (name, proto) -> the numbers its pods give the name (egress named
+        ports; made at the first need)."""
+        if self._id_ports is None:
+            self._id_ports = {}
+            for pod in self.endpoints:
+                theirs = [self._id_ports.setdefault(i, {})
+                          for i in sorted({self.address_identity(a) for a in pod.pod_ips})]
+                for key, numbers in self.pod_ports(pod).items():
+                    for ports in theirs:
+                        ports.setdefault(key, set()).update(numbers)
+        return self._id_ports
+
     def address_identity(self, addr: IPAddress) -> int:
-        return self.ids[self.addr_labels[addr]]
+        return self._addr_ids[(addr.version, int(addr))]
 
     def identity(self, pod: Pod) -> int:
         """The endpoint's own identity: its primary address's."""
@@ -586,7 +631,7 @@ class _Resolver:
         endpoint with the same numbers for the entry's named ports (ingress)."""
         named = direction == "ingress" and entry.ports is not None and any(p.name for p in entry.ports)
         if named:
-            mine = self.pod_ports[pod.ref]
+            mine = self.pod_ports(pod)
             key = key + tuple(self._single(mine.get((p.name, p.proto))) for p in entry.ports if p.name)
         cached = self._entry_rules.get(key)
         if cached is None:
@@ -608,7 +653,7 @@ class _Resolver:
             if not port.name:
                 out += [(deny, i, port.proto, port.lo, port.hi) for i in ids]
             elif direction == "ingress":
-                number = self._single(self.pod_ports[pod.ref].get((port.name, port.proto)))
+                number = self._single(self.pod_ports(pod).get((port.name, port.proto)))
                 if number is not None:
                     out += [(deny, i, port.proto, number, number) for i in ids]
             else:
@@ -620,11 +665,12 @@ class _Resolver:
         return out
 
 
-def _subjects(r: _Resolver, pods: list[Pod], policies: list[_Policy]) -> dict[tuple[str, ...], list[int]]:
-    """Per distinct label set of *pods*: the indices of the policies whose subject selects it,
-    in policy order."""
-    sets = sorted({r.labels[p.ref] for p in pods})
-    index = LabelIndex({k: LabelView(lbls) for k, lbls in enumerate(sets)})
+def _subjects(r: _Resolver, label_sets: list[tuple[str, ...]],
+              policies: list[_Policy]) -> dict[tuple[str, ...], list[int]]:
+    """Per distinct one of *label_sets* (endpoints' labels): the indices of the policies whose
+    subject selects it, in policy order."""
+    sets = sorted(set(label_sets))
+    index = LabelIndex.of_labels(dict(enumerate(sets)))
     selected: list[list[int]] = [[] for _ in sets]
     by_subject: dict[Selector, frozenset[int]] = {}
     for n, policy in enumerate(policies):
@@ -646,7 +692,7 @@ def _port_range(lo: int, hi: int) -> PortRange:
     return found
 
 
-def _endpoint_policy(r: _Resolver, pod: Pod, policies: list[_Policy], selecting: list[int],
+def _endpoint_policy(r: _Resolver, pod: Pod, ref: str, policies: list[_Policy], selecting: list[int],
                      allow_localhost: bool) -> EndpointPolicy:
     """*pod*'s rules from the policies *selecting* it (indices into *policies*)."""
     enforced: set[str] = set()
@@ -666,7 +712,7 @@ def _endpoint_policy(r: _Resolver, pod: Pod, policies: list[_Policy], selecting:
         return tuple(Rule(d, i, p, _port_range(lo, hi), found[(d, i, p, lo, hi)])
                      for d, i, p, lo, hi in sorted(found))
     return EndpointPolicy(
-        pod=pod.ref,
+        pod=ref,
         identity=r.identity(pod),
         ingress_enforced="ingress" in enforced,
         egress_enforced="egress" in enforced,
@@ -677,23 +723,34 @@ def _endpoint_policy(r: _Resolver, pod: Pod, policies: list[_Policy], selecting:
 
 def _ipcache(scenario: Scenario, r: _Resolver, nodes: Mapping[str, Iterable[IPAddress]] | None,
              local_node: str | None, workloads: Iterable[Workload] = ()) -> tuple[IpcacheEntry, ...]:
-    entries: dict[IPNetwork, int] = dict(r.cidr_ids)
+    # Keyed by (version, address as an integer, prefix length): the order of the result,
+    # and cheaper to hash than network objects, which are made once, at the end.
+    entries: dict[tuple[int, int, int], int] = {
+        (n.version, int(n.network_address), n.prefixlen): i for n, i in r.cidr_ids.items()}
+    nets: dict[tuple[int, int, int], IPNetwork] = {
+        (n.version, int(n.network_address), n.prefixlen): n for n in r.cidr_ids}
     try:
         owners = node_identities(scenario, nodes, local_node)
     except ValueError as err:
         raise ScenarioError(str(err), source=scenario.source) from None
+
+    def host(addr: IPAddress) -> tuple[int, int, int]:
+        return addr.version, int(addr), addr.max_prefixlen
     for workload in workloads:          # before pods and nodes: theirs win
         for text in workload.addresses:
-            entries[_host_net(ipaddress.ip_address(text))] = ID_UNMANAGED
+            entries[host(ipaddress.ip_address(text))] = ID_UNMANAGED
     for addr, ident in owners.items():
-        entries[_host_net(addr)] = ident
+        entries[host(addr)] = ident
+    owned = {host(addr) for addr in owners}
     for pod in r.endpoints:
         for addr in pod.pod_ips:
-            if addr in owners:
+            key = host(addr)
+            if key in owned:
                 raise scenario.error(pod, "status.podIPs", f"{addr} is also an address of a node")
-            entries[_host_net(addr)] = r.address_identity(addr)
-    order = sorted(entries, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
-    return tuple(IpcacheEntry(n, entries[n]) for n in order)
+            entries[key] = r._addr_ids[key[:2]]
+    net4, net6 = ipaddress.IPv4Network, ipaddress.IPv6Network
+    return tuple(IpcacheEntry(nets.get(k) or (net4 if k[0] == 4 else net6)((k[1], k[2])), entries[k])
+                 for k in sorted(entries))
 
 
 def policy_state(
@@ -734,25 +791,27 @@ def _policy_state(scenario: Scenario, nodes: Mapping[str, tuple[IPAddress, ...]]
                   local_node: str | None, allow_localhost: bool, np_ipblock: str,
                   workloads: Iterable[Workload], local_only: bool) -> PolicyState:
     policies = _compile(scenario, np_ipblock == "pods")
-    endpoints = sorted((p for p in scenario.pods if not p.host_network and p.pod_ips), key=lambda p: p.ref)
-    r = _Resolver(scenario, endpoints, policies)
+    by_ref = sorted(((p.ref, p) for p in scenario.pods if not p.host_network and p.pod_ips),
+                    key=lambda rp: rp[0])
+    endpoints = [p for _, p in by_ref]
+    r = _Resolver(scenario, endpoints, policies, [ref for ref, _ in by_ref])
     identities = [Identity(i, lbls, "reserved") for i, lbls in RESERVED_LABELS.items()]
     identities += [Identity(i, lbls, "endpoint") for lbls, i in r.ids.items()]
     identities += [Identity(i, (cidr_label(p), "reserved:world"), "cidr") for p, i in r.cidr_ids.items()]
     workloads = tuple(workloads)
-    pods = {p.ref for p in endpoints}
+    pods = {ref for ref, _ in by_ref}
     unmanaged = tuple(EndpointPolicy(pod=w.name, identity=ID_UNMANAGED, ingress_enforced=False,
                                      egress_enforced=False)
                       for w in sorted(workloads, key=lambda w: w.name)
                       if w.node == local_node and w.name not in pods)
-    resolved = [p for p in endpoints if p.node_name == local_node] if local_only and local_node \
-        else endpoints
-    subjects = _subjects(r, resolved, policies)
+    resolved = [(ref, p) for ref, p in by_ref if p.node_name == local_node] \
+        if local_only and local_node else by_ref
+    subjects = _subjects(r, [r.labels[ref] for ref, _ in resolved], policies)
     return PolicyState(
-        identities=tuple(sorted(identities)),
+        identities=tuple(sorted(identities, key=lambda i: (i.id, i.labels, i.kind))),
         ipcache=_ipcache(scenario, r, nodes, local_node, workloads),
-        endpoints=tuple(_endpoint_policy(r, pod, policies, subjects[r.labels[pod.ref]], allow_localhost)
-                        for pod in resolved) + unmanaged,
+        endpoints=tuple(_endpoint_policy(r, pod, ref, policies, subjects[r.labels[ref]], allow_localhost)
+                        for ref, pod in resolved) + unmanaged,
     )
 
 

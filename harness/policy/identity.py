@@ -179,7 +179,14 @@ def security_labels(pod: Pod, namespace_labels: Mapping[str, str] | None = None)
         labels[NAMESPACE_META_PREFIX + key] = value
     labels[NAMESPACE_META_PREFIX + NAMESPACE_NAME_LABEL] = ns
     labels[CLUSTER_LABEL] = CLUSTER_NAME
-    return tuple(sorted(format_label("k8s", k, v) for k, v in labels.items() if is_identity_label("k8s", k)))
+    texts = [_k8s_label(k, v) for k, v in labels.items()]
+    return tuple(sorted(t for t in texts if t is not None))
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _k8s_label(key: str, value: str) -> str | None:
+    """``k8s:key=value`` if Cilium's filter keeps *key*, else None (cached: pods share labels)."""
+    return format_label("k8s", key, value) if is_identity_label("k8s", key) else None
 
 
 def cidr_label(prefix: IPNetwork) -> str:

@@ -139,6 +139,39 @@ class LabelIndex:
             for key, value in view.by_key.items():
                 self._any.setdefault(key, {}).setdefault(value, set()).add(i)
 
+    @classmethod
+    def of_labels(cls, labels: Mapping[int, Iterable[str]]) -> LabelIndex:
+        """The index of identities given by their labels (``source:key=value``): the same
+        as of their LabelViews, without making one per identity."""
+        holders: dict[str, list[int]] = {}
+        for i, lbls in labels.items():
+            for label in lbls:
+                holders.setdefault(label, []).append(i)
+        index = cls({})
+        index.all = frozenset(labels)
+        sources: dict[str, set[str]] = {}
+        for label, ids in holders.items():
+            source, _, rest = label.partition(":")
+            key, _, value = rest.partition("=")
+            index._exact.setdefault((source, key), {}).setdefault(value, set()).update(ids)
+            sources.setdefault(key, set()).add(source)
+        for key, srcs in sources.items():
+            if len(srcs) == 1:              # by_key is the one source's value
+                (source,) = srcs
+                for value, ids in index._exact[(source, key)].items():
+                    index._any.setdefault(key, {}).setdefault(value, set()).update(ids)
+        multi = {key for key, srcs in sources.items() if len(srcs) > 1}
+        if multi:                           # LabelView.by_key: the first label in sorted order
+            for i, lbls in labels.items():
+                seen: set[str] = set()
+                for label in sorted(lbls):
+                    source, _, rest = label.partition(":")
+                    key, _, value = rest.partition("=")
+                    if key in multi and key not in seen:
+                        index._any.setdefault(key, {}).setdefault(value, set()).add(i)
+                    seen.add(key)
+        return index
+
     def _values(self, source: str, key: str) -> dict[str, set[int]]:
         return self._any.get(key, {}) if source == "any" else self._exact.get((source, key), {})
 
