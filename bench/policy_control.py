@@ -15,12 +15,15 @@ Per scale and round, on a freshly loaded lxc collection (the load is not timed):
            against what the control holds (nothing: a fresh node), journal steps
   write    PolicyControl.apply's writes: the journal's steps, one batch per map and phase
   total    resolve + plan + write
+  cpu      the process's CPU time (user + system) of resolve, plan and write: on a
+           shared machine, what the total would be without waiting for a core
   floor    the raw batch-write floor: the very same packed key/value buffers the plan
            made, written into another fresh collection with one BPF_MAP_UPDATE_BATCH
            per map and nothing else (no planning, no journal): the kernel's cost of
            the entries, what no control plane can beat
 
-Rounds alternate which of apply and floor goes first, so the shared machine's noise
+PolicyControl runs without a node's journal here (no write-ahead file: ``policy apply``
+on a node adds its pickle and fsync).  Rounds alternate which of apply and floor goes first, so the shared machine's noise
 hits both alike.  ``entries`` counts what was written per map.
 
 Entry point: ``run(scales, rounds, progress)`` gives the ``policy`` list of the control
@@ -97,13 +100,15 @@ def sample(scenario: Scenario, ids: dict[str, int], floor_first: bool,
            sizes: dict[str, int] | None = None) -> dict:
     """One round at one scale: resolve, plan, write and the floor, in seconds, and the
     entries written per map."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     state = policy_state(scenario, local_node=NODE, local_only=True)
-    out: dict = {"resolve": time.perf_counter() - start}
+    out: dict = {"resolve": time.perf_counter() - start, "cpu": time.process_time() - cpu}
 
     def apply() -> None:
         with _collection(sizes or {}) as coll:
+            cpu = time.process_time()
             stats: PolicyStats = PolicyControl(coll.maps).apply(state, ids)
+            out["cpu"] += time.process_time() - cpu
             out["plan"], out["write"] = stats.plan_seconds, stats.write_seconds
 
     def floor() -> None:
@@ -139,7 +144,7 @@ def run(scales: list[int], rounds: int = 1,
                    endpoints=len(local), network_policies=len(scenario.network_policies),
                    cilium_network_policies=len(scenario.cilium_network_policies))
         samples: dict[str, list[float]] = {k: [] for k in
-                                           ("resolve", "plan", "write", "total", "floor")}
+                                           ("resolve", "plan", "write", "total", "floor", "cpu")}
         with _collection({}) as coll:       # sized from what the scale writes (not timed)
             steps, _ = PolicyControl(coll.maps).plan(
                 policy_state(scenario, local_node=NODE, local_only=True), ids)
@@ -163,17 +168,17 @@ def run(scales: list[int], rounds: int = 1,
 
 
 HEADER = ("IDENTITIES", "ENDPOINTS", "POLICIES", "ENTRIES", "RESOLVE S", "PLAN S", "WRITE S",
-          "TOTAL S", "MAD", "FLOOR S", "X FLOOR")
+          "TOTAL S", "MAD", "CPU S", "FLOOR S", "X FLOOR")
 
 
 def table(rows: list[dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """Header and rows: per scale, the medians of resolve, plan, write, total and the raw
-    batch-write floor, the total's MAD and total / floor."""
+    """Header and rows: per scale, the medians of resolve, plan, write, total, its CPU time
+    and the raw batch-write floor, the total's MAD and total / floor."""
     out = []
     for r in rows:
         if r["status"] != "ok":
             out.append((str(r["identities"]), "-", "-", "-", f"{r['status']}: {r['detail']}",
-                        "-", "-", "-", "-", "-", "-"))
+                        "-", "-", "-", "-", "-", "-", "-"))
             continue
 
         def med(key: str) -> str:
@@ -182,5 +187,5 @@ def table(rows: list[dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
                     str(r["network_policies"] + r["cilium_network_policies"]),
                     str(sum(r["entries"].values())), med("resolve_seconds"), med("plan_seconds"),
                     med("write_seconds"), med("total_seconds"), mad_pct_text(r["total_seconds"]),
-                    med("floor_seconds"), f"{r['floor_ratio']['median']:.1f}x"))
+                    med("cpu_seconds"), med("floor_seconds"), f"{r['floor_ratio']['median']:.1f}x"))
     return HEADER, out

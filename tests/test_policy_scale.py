@@ -225,3 +225,52 @@ def test_policy_section_has_every_figure_and_the_floor_is_below_the_total():
         jsonschema.validate({**section, "policy": [{**r, "total_seconds": None}]},
                             {"$schema": doc_schema["$schema"], "$defs": doc_schema["$defs"],
                              "$ref": "#/$defs/control"})
+
+
+def test_control_suite_section_carries_the_policy_list_and_the_cli_prints_its_table(capsys):
+    from bench import control
+    from bench.profiles import ControlSettings, get
+    from harness.cli import _print_bench_tables
+    assert get("quick").control.policy_identities == (1_000, 16_000)
+    section = control.run_suite(ControlSettings(scales=(), rounds=1, timeout=60,
+                                                policy_identities=(40,)))
+    assert section["results"] == [] and [r["identities"] for r in section["policy"]] == [40]
+    assert section["policy"][0]["cpu_seconds"]["median"] > 0
+    _print_bench_tables({"control": section})
+    out = capsys.readouterr().out
+    assert "IDENTITIES" in out and "FLOOR S" in out and "\n40 " in out
+
+
+def test_dashboard_shows_the_policy_table(tmp_path):
+    from bench.report.dashboard import render
+    from .test_dashboard import documents, write_results
+    doc = documents()[1]
+    summary = {"n": 3, "median": 0.5, "mad": 0.01, "mad_pct": 2.0, "min": 0.4, "max": 0.6,
+               "mean": 0.5, "stdev": 0.05}
+    doc["suites"]["control"]["policy"] = [
+        {"identities": 16000, "node": NODE, "status": "ok", "detail": None, "pods": 20002,
+         "nodes": 182, "endpoints": 110, "network_policies": 8299, "cilium_network_policies": 190,
+         "entries": {"cb_policy": 30000, "cb_policy_exact": 21000},
+         **{f"{k}_seconds": summary for k in ("resolve", "plan", "write", "total", "cpu", "floor")},
+         "floor_ratio": summary, "samples_s": {"total": [0.4, 0.5, 0.6]}},
+        {"identities": 64000, "node": NODE, "status": "error", "detail": "too many pods"}]
+    assert result_schema.validate(doc, result_schema.load()) == []
+    html = render(write_results(tmp_path, [doc])).read_text()
+    assert "Policy: resolved and programmed" in html and ">16,000<" in html
+    assert ">51,000<" in html and "too many pods" in html
+
+
+def test_label_index_of_labels_takes_the_first_source_of_a_key_as_label_views_do():
+    labels = {1: ("k8s:world=x", "reserved:world"), 2: ("reserved:world",), 3: ("k8s:world=y",),
+              4: ("k8s:app=a", "k8s:world=")}
+    views = {i: LabelView(lbls) for i, lbls in labels.items()}
+    from harness.policy.selectors import parse_selector
+    for sel in ({"matchLabels": {"world": "x"}}, {"matchLabels": {"world": ""}},
+                {"matchExpressions": [{"key": "world", "operator": "Exists"}]},
+                {"matchExpressions": [{"key": "world", "operator": "NotIn", "values": ["y"]}]},
+                {"matchExpressions": [{"key": "reserved:world", "operator": "Exists"}]},
+                {"matchExpressions": [{"key": "k8s:world", "operator": "DoesNotExist"}]}):
+        selector = parse_selector(sel, "s", cilium=True)
+        want = {i for i, v in views.items() if selector.matches(v)}
+        assert LabelIndex.of_labels(labels).select(selector) == want == \
+            LabelIndex(views).select(selector), sel

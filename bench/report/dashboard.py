@@ -456,6 +456,7 @@ def _control_policy(rows: Any, charts: _Charts) -> dict | None:
                       "write": _fmt_summary(r.get("write_seconds")),
                       "total": _fmt_summary(r.get("total_seconds")),
                       "mad_pct": _fmt_pct(r.get("total_seconds")),
+                      "cpu": _fmt_summary(r.get("cpu_seconds")),
                       "floor": _fmt_summary(r.get("floor_seconds")),
                       "ratio": _fmt_summary(r.get("floor_ratio"), "×")})
     return {"figure": {"spec": spec, "title": "policy: resolve + plan + write, and the floor",

@@ -179,8 +179,7 @@ def security_labels(pod: Pod, namespace_labels: Mapping[str, str] | None = None)
         labels[NAMESPACE_META_PREFIX + key] = value
     labels[NAMESPACE_META_PREFIX + NAMESPACE_NAME_LABEL] = ns
     labels[CLUSTER_LABEL] = CLUSTER_NAME
-    texts = [_k8s_label(k, v) for k, v in labels.items()]
-    return tuple(sorted(t for t in texts if t is not None))
+    return tuple(sorted(filter(None, [_k8s_label(k, v) for k, v in labels.items()])))
 
 
 @functools.lru_cache(maxsize=1 << 17)

@@ -38,6 +38,7 @@ Entities (pkg/policy/api/entity.go) are selectors too: see ENTITY_SELECTORS.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -243,10 +244,12 @@ def parse_selector(sel: Mapping[str, Any] | None, where: str, *, cilium: bool, k
     return Selector(tuple(reqs))
 
 
+@functools.lru_cache(maxsize=4096)
 def _in_namespace(namespace: str) -> Selector:
     return Selector((Requirement("k8s", NAMESPACE_LABEL, "In", frozenset({namespace})),))
 
 
+@functools.lru_cache(maxsize=1)
 def _some_namespace() -> Selector:
     return Selector((Requirement("k8s", NAMESPACE_LABEL, "Exists"),))
 
