@@ -274,3 +274,34 @@ def test_label_index_of_labels_takes_the_first_source_of_a_key_as_label_views_do
         want = {i for i, v in views.items() if selector.matches(v)}
         assert LabelIndex.of_labels(labels).select(selector) == want == \
             LabelIndex(views).select(selector), sel
+
+
+def test_compilation_cache_keys_tell_values_apart_and_take_any_decoded_value():
+    import datetime
+    from harness.policy.desired import _text
+    assert _text({"port": 53, "protocol": "UDP"}) == _text({"port": 53, "protocol": "UDP"})
+    assert len({_text(v) for v in ({"port": 53}, {"port": "53"}, {"port": 53.0}, {"port": True},
+                                   {"port": 1}, [53], None)}) == 7
+    assert _text({"since": datetime.date(2026, 12, 7)}) == repr({"since": datetime.date(2026, 12, 7)})
+
+
+def test_equal_rules_in_two_namespaces_select_each_its_own_pods():
+    """Rules are compiled once per namespace and text: the same podSelector text in two
+    namespaces must still mean each policy's own namespace."""
+    docs = []
+    for ns in ("a", "b"):
+        docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        for app, ip in (("web", 10), ("db", 11)):
+            docs.append({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": app, "namespace": ns, "labels": {"app": app}},
+                         "spec": {"nodeName": NODE}, "status": {"podIP": f"198.18.0.{ip + (ns == 'b') * 10}"}})
+        docs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                     "metadata": {"name": "db", "namespace": ns},
+                     "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                              "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}})
+    import json
+    scenario = load_scenario_text("\n---\n".join(json.dumps(d) for d in docs), source="two")
+    state = policy_state(scenario, local_node=NODE, local_only=True)
+    for ns in ("a", "b"):
+        web = state.endpoint(f"{ns}/web").identity
+        assert {r.identity for r in state.endpoint(f"{ns}/db").ingress} == {web, 1}   # + host
