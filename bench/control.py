@@ -56,6 +56,9 @@ Every load has a timeout: a method that exceeds it at one scale is reported
 ``timeout`` there and ``skipped`` at larger scales (it would only be slower).
 Namespaces are created and removed per sample, also on failure and Ctrl-C.
 
+Policy: resolving and programming policy at N identities, against the raw batch-write
+floor (bench.policy_control), is the section's ``policy`` list.
+
 Entry points, as every suite's (bench.micro.suite, bench.macro.suite): ``run_suite(settings,
 progress)`` (bench.profiles.ControlSettings) gives the suite's section of the result
 document, ``table(section)`` its header and rows; ``run(scales, rounds, ...)`` takes the
@@ -74,6 +77,7 @@ import subprocess
 import time
 from typing import Callable
 
+from bench import policy_control
 from bench.micro.lb_cases import synthetic_state
 from bench.profiles import ControlSettings
 from bench.stats import mad_pct_text, summary
@@ -532,10 +536,16 @@ def _summarise(n: int, per: dict[str, dict]) -> list[dict]:
 
 def run_suite(settings: ControlSettings,
               progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """The suite's section of the result document for *settings* (a profile's)."""
-    return run(list(settings.scales), settings.rounds, timeout=settings.timeout,
-               method_timeouts=dict(settings.method_timeouts), progress=progress,
-               mix=settings.mix, scenario=settings.scenario)
+    """The suite's section of the result document for *settings* (a profile's); its
+    ``policy`` list is bench.policy_control's, at settings.policy_identities (not with a
+    user's scenario, which the LB methods time alone)."""
+    section = run(list(settings.scales), settings.rounds, timeout=settings.timeout,
+                  method_timeouts=dict(settings.method_timeouts), progress=progress,
+                  mix=settings.mix, scenario=settings.scenario)
+    if settings.scenario is None:
+        section["policy"] = policy_control.run(list(settings.policy_identities),
+                                               settings.rounds, progress)
+    return section
 
 
 # PLAN: BPF planning / kube-proxy rendering; WRITE: BPF map writes (syscalls) /

@@ -43,6 +43,9 @@ class ControlSettings:
     mix: str = "realistic"
     #: A user's scenario file programmed instead of the mix (scales then ignored).
     scenario: str | None = None
+    #: Policy programming (bench.policy_control): identity counts of
+    #: bench/scenarios/policies.yaml.j2, each resolved and programmed as one node.
+    policy_identities: tuple[int, ...] = (1_000, 16_000)
 
 
 @dataclass(frozen=True)
@@ -78,14 +81,15 @@ PROFILES = {
         MicroSettings(services=(1, 1_000, 10_000, 100_000), identities=(1, 1_000, 16_000),
                       samples=7, repeat=100_000, rounds=3, events=True),
         ControlSettings(scales=(1, 1_000, 10_000, 100_000), rounds=3, timeout=900,
-                        method_timeouts=(("iptables-nft", 300), ("nft", 600))),
+                        method_timeouts=(("iptables-nft", 300), ("nft", 600)),
+                        policy_identities=(1_000, 16_000, 48_000)),
         MacroSettings(scales=(1, 1_000, 10_000), rounds=3, seconds=8, connections=32,
                       locust_seconds=20, locust_users=100)),
     "smoke": Profile(
         "smoke",
         MicroSettings(services=(1,), identities=(1,), samples=5, repeat=10_000, rounds=1,
                       events=True),
-        ControlSettings(scales=(1, 100), rounds=1, timeout=60),
+        ControlSettings(scales=(1, 100), rounds=1, timeout=60, policy_identities=(100,)),
         MacroSettings(scales=(1, 100), rounds=1, seconds=1, connections=8,
                       locust_seconds=3, locust_users=5),
         notes=["smoke profile: proves the suites run; its figures are not benchmarks"]),

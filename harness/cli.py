@@ -201,6 +201,10 @@ def _print_bench_tables(sections: dict) -> None:
         if i:
             print()
         _print_table(*suites[name].table(section))
+        if name == "control" and section.get("policy"):
+            from bench import policy_control    # lazy, as the suites
+            print()
+            _print_table(*policy_control.table(section["policy"]))
 
 
 @contextlib.contextmanager

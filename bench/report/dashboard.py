@@ -434,7 +434,44 @@ def _control(suite: Any, charts: _Charts) -> dict | None:
                       "floor": _fmt_summary(r.get("floor_seconds")),
                       "floor_ratio": _fmt_summary(r.get("ratio_to_floor"), "×"),
                       "peak_rss": _fmt_bytes(r.get("peak_rss_bytes"))})
-    return {"config": suite.get("config"), "figures": figures, "table": table}
+    return {"config": suite.get("config"), "figures": figures, "table": table,
+            "policy": _control_policy(suite.get("policy"), charts)}
+
+
+def _control_policy(rows: Any, charts: _Charts) -> dict | None:
+    """bench.policy_control's results: a chart of total and floor seconds vs identities,
+    and a table of resolve / plan / write / total / floor."""
+    if not isinstance(rows, list) or not rows:
+        return None
+    rows = sorted((r for r in rows if isinstance(r, dict)), key=lambda r: _num(r.get("identities")) or 0)
+    ok = [r for r in rows if r.get("status") == "ok"]
+    series = [charts.series("policy", name, [(_num(r.get("identities")), _median(r.get(key)),
+                                              _mad(r.get(key))) for r in ok], dashed=name == "floor")
+              for name, key in (("total", "total_seconds"), ("resolve", "resolve_seconds"),
+                                ("plan", "plan_seconds"), ("write", "write_seconds"),
+                                ("floor", "floor_seconds"))]
+    spec = charts.add("control-policy", "policy resolved and programmed (s) vs identities",
+                      {"label": "identities", "log": True},
+                      {"label": "seconds (median, log)", "log": True}, series)
+    table = []
+    for r in rows:
+        entries = r.get("entries")
+        table.append({"identities": _fmt_int(r.get("identities")),
+                      "status": str(r.get("status") or "?"), "detail": r.get("detail") or "",
+                      "endpoints": _fmt_int(r.get("endpoints")),
+                      "policies": _fmt_int((_num(r.get("network_policies")) or 0)
+                                           + (_num(r.get("cilium_network_policies")) or 0)),
+                      "entries": _fmt_int(sum(entries.values()) if isinstance(entries, dict) else None),
+                      "resolve": _fmt_summary(r.get("resolve_seconds")),
+                      "plan": _fmt_summary(r.get("plan_seconds")),
+                      "write": _fmt_summary(r.get("write_seconds")),
+                      "total": _fmt_summary(r.get("total_seconds")),
+                      "mad_pct": _fmt_pct(r.get("total_seconds")),
+                      "cpu": _fmt_summary(r.get("cpu_seconds")),
+                      "floor": _fmt_summary(r.get("floor_seconds")),
+                      "ratio": _fmt_summary(r.get("floor_ratio"), "×")})
+    return {"figure": {"spec": spec, "title": "policy: resolve + plan + write, and the floor",
+                       "missing": "no successful policy results in this run"}, "table": table}
 
 
 # ---------------------------------------------------------------- macro

@@ -10,8 +10,10 @@ rules stay live.  Endpoints whose rules did not change are not touched.
 
 A whole apply is one change: it is planned first (reading only), then written
 through ``harness.journal`` in this order: new and changed ipcache
-entries, each changed endpoint's new rules then its switch, endpoints that
-went away, the old generations' rules, stale ipcache entries.  If any write
+entries, every changed endpoint's new rules, then their switches and those
+of endpoints that went away (one batch), the old generations' rules, stale
+ipcache entries; each phase is one batch per map, written from packed
+bytes (entries.pack_rules, entries.packed_ipcache: no object per entry).  If any write
 fails, every write of the apply is undone (PolicyApplyError) and nothing
 changed; signals are held while it writes, and with a node's journal a
 SIGKILL mid-way is finished by the next command that opens the node's maps
@@ -19,6 +21,8 @@ SIGKILL mid-way is finished by the next command that opens the node's maps
 """
 from __future__ import annotations
 
+import ctypes
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -26,6 +30,7 @@ from harness.errors import ChainbenchError
 from harness import journal as map_journal
 from harness.bpf import Map
 from harness.policy import entries as E
+from harness.policy import gcpause
 from harness.policy.model import EndpointPolicy, PolicyState
 from harness.abi.structs import PolicyKey
 
@@ -44,7 +49,7 @@ class _Endpoint:
     policy: EndpointPolicy | None       # None: adopted from the maps by restore()
     generation: int
     revision: int
-    keys: dict[bytes, E.PolicyEntryKey] = field(default_factory=dict)
+    keys: dict[str, bytes] = field(default_factory=dict)    # map -> its keys, packed
 
 
 @dataclass
@@ -54,11 +59,19 @@ class PolicyStats:
     rule_deletes: int = 0
     ipcache_writes: int = 0
     ipcache_deletes: int = 0
+    #: Seconds of the apply spent planning (reading the maps, building the entries) and
+    #: writing them (the journal's steps).
+    plan_seconds: float = 0.0
+    write_seconds: float = 0.0
 
     def __str__(self) -> str:
         return (f"{self.endpoints_changed} endpoints changed; {self.rule_writes} rule entries "
                 f"written, {self.rule_deletes} deleted; ipcache {self.ipcache_writes} written, "
                 f"{self.ipcache_deletes} deleted")
+
+
+#: The rule maps, in the order their steps are written.
+RULE_MAPS = ("cb_policy_exact", "cb_policy")
 
 
 class PolicyControl:
@@ -76,63 +89,101 @@ class PolicyControl:
               files: Mapping[str, bytes] | None = None) -> PolicyStats:
         """Program *state*'s ipcache, and the endpoints named in *ids* (pod -> endpoint id);
         *files* (path -> content) are written with the maps, as part of the same change."""
+        with gcpause.paused():
+            stats = PolicyStats()
+            start = time.perf_counter()
+            steps, after = self._plan(state, ids, stats)
+            stats.plan_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            try:
+                map_journal.run(steps, map_journal.Writer(self.maps), self._journal, files)
+            except map_journal.MapWriteError as exc:
+                raise PolicyApplyError(f"policy not changed (every write undone): {exc}") \
+                    from exc.cause
+            finally:
+                stats.write_seconds = time.perf_counter() - start
+            self._ipcache, self._endpoints = after
+            return stats
+
+    # -- planning (reads only) ----------------------------------------------------------------
+    def plan(self, state: PolicyState, ids: Mapping[str, int]) -> tuple[list[tuple], PolicyStats]:
+        """The journal steps apply(state, ids) would write now (harness.journal's step
+        format) and their counts, without writing them or changing this control."""
         stats = PolicyStats()
+        with gcpause.paused():
+            steps, _ = self._plan(state, ids, stats)
+        return steps, stats
+
+    def _plan(self, state: PolicyState, ids: Mapping[str, int], stats: PolicyStats) -> tuple:
+        """The journal steps that make the maps *state* (see the module docstring for their
+        order), counted in *stats*, and (ipcache, endpoints) as they will be once written.
+        Each map gets one batch per phase, built from packed bytes (entries.pack_rules,
+        entries.packed_ipcache)."""
         steps: list[tuple] = []
         ipcache, stale = self._plan_ipcache(state, steps, stats)
         wanted = {ids[ep.pod]: ep for ep in state.endpoints if ep.pod in ids}
         endpoints = dict(self._endpoints)
-        old_rules: list[dict[bytes, E.PolicyEntryKey]] = []
+        old_rules: list[dict[str, bytes]] = []
+        new_rules: dict[str, list[dict[bytes, bytes]]] = {name: [] for name in RULE_MAPS}
+        switches: list[tuple[int, bytes]] = []
         for eid, ep in sorted(wanted.items()):
             cur = self._endpoints.get(eid)
             if cur is not None and cur.policy == ep:
                 continue
             gen = 1 - cur.generation if cur else 0
             revision = (cur.revision + 1) if cur else 1
-            new_keys = {k.to_bytes(): k for k in E.endpoint_keys(eid, gen, ep)}
-            for name, keys in self._by_map(new_keys).items():
-                steps.append(("put", name, keys, [new_keys[k].value() for k in keys],
-                              [None] * len(keys)))
-            stats.rule_writes += len(new_keys)
-            steps.append(self._endpoint_step(eid, E.endpoint_value(ep, gen, revision)))
+            packed = E.pack_rules(eid, gen, ep)
+            for name, entries in packed.by_map().items():
+                new_rules[name].append(entries)
+                stats.rule_writes += len(entries)
+            switches.append((eid, E.packed_endpoint_value(ep, gen, revision, packed.wide_flags)))
             if cur is not None:
                 old_rules.append(cur.keys)
-            endpoints[eid] = _Endpoint(ep, gen, revision, new_keys)
+            endpoints[eid] = _Endpoint(ep, gen, revision,
+                                       {name: b"".join(e) for name, e in packed.by_map().items()})
             stats.endpoints_changed += 1
+        for name in RULE_MAPS:              # every changed endpoint's new generation
+            keys = b"".join(k for entries in new_rules[name] for k in entries)
+            if keys:
+                steps.append(("put-new", name, keys,
+                              b"".join(v for entries in new_rules[name] for v in entries.values())))
         for eid in sorted(set(self._endpoints) - wanted.keys()):
-            steps.append(self._endpoint_step(eid, bytes(12)))   # unmanaged: no enforcement
+            switches.append((eid, bytes(12)))     # unmanaged: no enforcement
             old_rules.append(endpoints.pop(eid).keys)
             stats.endpoints_changed += 1
-        for keys in old_rules:
-            for name, raw in self._by_map(keys).items():
-                olds = [self._current(name, k) for k in raw]
-                present = [(k, v) for k, v in zip(raw, olds) if v is not None]
-                if present:
-                    steps.append(("del", name, [k for k, _ in present], [v for _, v in present]))
-                    stats.rule_deletes += len(present)
+        if switches:                        # then the switches, all in one batch
+            steps.append(self._endpoint_step(switches))
+        for name in RULE_MAPS:              # then the old generations go
+            raw = [k for keys in old_rules for k in _split(keys.get(name, b""), PolicyKey)]
+            olds = [self._current(name, k) for k in raw]
+            present = [(k, v) for k, v in zip(raw, olds) if v is not None]
+            if present:
+                steps.append(("del", name, [k for k, _ in present], [v for _, v in present]))
+                stats.rule_deletes += len(present)
         steps.extend(stale)
-        try:
-            map_journal.run(steps, map_journal.Writer(self.maps), self._journal, files)
-        except map_journal.MapWriteError as exc:
-            raise PolicyApplyError(f"policy not changed (every write undone): {exc}") \
-                from exc.cause
-        self._ipcache, self._endpoints = ipcache, endpoints
-        return stats
+        return steps, (ipcache, endpoints)
 
-    # -- planning (reads only) ----------------------------------------------------------------
     def _plan_ipcache(self, state: PolicyState, steps: list, stats: PolicyStats):
         """Steps writing new and changed prefixes (appended to *steps*), steps deleting
         stale ones (returned, to run last), and the ipcache as it will be."""
-        want = {(E.ipcache_map(e.prefix), E.ipcache_key(e.prefix)): E.ipcache_value(e)
-                for e in state.ipcache}
-        puts: dict[str, list] = {}
-        for (name, k), v in want.items():
-            old = self._ipcache.get((name, k))
-            if old != v:
-                puts.setdefault(name, []).append((k, v, old))
-        for name, items in puts.items():
-            steps.append(("put", name, [k for k, _, _ in items], [v for _, v, _ in items],
-                          [o for _, _, o in items]))
-            stats.ipcache_writes += len(items)
+        want: dict[tuple[str, bytes], bytes] = {}
+        for name, entries in E.packed_ipcache(state.ipcache).items():
+            fresh: list[tuple[bytes, bytes]] = []
+            changed: list[tuple[bytes, bytes, bytes]] = []
+            for k, v in entries.items():
+                want[(name, k)] = v
+                old = self._ipcache.get((name, k))
+                if old is None:
+                    fresh.append((k, v))
+                elif old != v:
+                    changed.append((k, v, old))
+            if fresh:
+                steps.append(("put-new", name, b"".join(k for k, _ in fresh),
+                              b"".join(v for _, v in fresh)))
+            if changed:
+                steps.append(("put", name, [k for k, _, _ in changed], [v for _, v, _ in changed],
+                              [o for _, _, o in changed]))
+            stats.ipcache_writes += len(fresh) + len(changed)
         dels: dict[str, list] = {}
         for name, k in [mk for mk in self._ipcache if mk not in want]:
             old = self._current(name, k)
@@ -141,19 +192,13 @@ class PolicyControl:
             stats.ipcache_deletes += 1
         stale = [("del", name, [k for k, _ in items], [o for _, o in items])
                  for name, items in dels.items()]
-        return dict(want), stale
+        return want, stale
 
-    def _endpoint_step(self, eid: int, value: bytes) -> tuple:
+    def _endpoint_step(self, switches: list[tuple[int, bytes]]) -> tuple:
         m = self.maps["cb_endpoints"]
-        old = m.get(eid)
-        key = eid.to_bytes(4, "little")
-        return ("put", "cb_endpoints", [key], [value], [bytes(old) if old is not None else None])
-
-    def _by_map(self, keys: Mapping[bytes, E.PolicyEntryKey]) -> dict[str, list[bytes]]:
-        out: dict[str, list[bytes]] = {}
-        for raw, key in keys.items():
-            out.setdefault("cb_policy_exact" if key.exact else "cb_policy", []).append(raw)
-        return out
+        olds = [m.get(eid) for eid, _ in switches]
+        return ("put", "cb_endpoints", [eid.to_bytes(4, "little") for eid, _ in switches],
+                [v for _, v in switches], [bytes(o) if o is not None else None for o in olds])
 
     def _current(self, name: str, key: bytes) -> bytes | None:
         value = self.maps[name].get(key)
@@ -174,14 +219,22 @@ class PolicyControl:
             if info is None or not info.flags & E.EP_FLAGS["EP_F_MANAGED"]:
                 continue
             gen = 1 if info.flags & E.EP_FLAGS["EP_F_GENERATION"] else 0
-            keys = {k.to_bytes(): k for k, _, _ in read_rules(self.maps, eid)}
-            self._endpoints[eid] = _Endpoint(None, gen, info.policy_revision, keys)
+            keys: dict[str, list[bytes]] = {}
+            for k, _, _ in read_rules(self.maps, eid):
+                keys.setdefault("cb_policy_exact" if k.exact else "cb_policy", []).append(k.to_bytes())
+            self._endpoints[eid] = _Endpoint(None, gen, info.policy_revision,
+                                             {name: b"".join(ks) for name, ks in keys.items()})
             adopted += 1
         return adopted
 
     # -- reading back ---------------------------------------------------------------------
     def revision(self, eid: int) -> int:
         return self._endpoints[eid].revision
+
+
+def _split(packed: bytes, ctype: type) -> list[bytes]:
+    size = ctypes.sizeof(ctype)
+    return [packed[at:at + size] for at in range(0, len(packed), size)]
 
 
 def read_rules(maps: Mapping[str, Map], eid: int) -> list[tuple[E.PolicyEntryKey, int, int]]:

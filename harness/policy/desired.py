@@ -93,10 +93,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import marshal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from harness.policy import gcpause
 from harness.policy.errors import PolicyFieldError
 from harness.policy.identity import (
     RESERVED_LABELS,
@@ -125,6 +127,7 @@ from harness.policy.model import (
 )
 from harness.policy.selectors import (
     ENTITY_SELECTORS,
+    LabelIndex,
     LabelView,
     Selector,
     cnp_peer_selector,
@@ -386,11 +389,27 @@ def _np_ports(rule: Mapping[str, Any]) -> tuple[_Port, ...] | None:
     return tuple(out)
 
 
-def _compile_np(np: NetworkPolicy, ipblock_pods: bool) -> _Policy:
+def _text(value: Any) -> bytes | str:
+    """A cache key for a decoded scenario value: equal keys only for equal values (marshal,
+    3x cheaper than repr; repr for what marshal cannot write, e.g. YAML dates)."""
+    try:
+        return marshal.dumps(value)
+    except ValueError:
+        return repr(value)
+
+
+def _compile_np(np: NetworkPolicy, ipblock_pods: bool, cache: dict | None = None) -> _Policy:
+    """*np* compiled; *cache* (one per scenario) shares what many policies repeat: selectors
+    and port lists with the same text in the same namespace are compiled once."""
+    cache = {} if cache is None else cache
     spec = np.spec
     ns = np.meta.namespace
     types = spec.get("policyTypes") or (["Ingress"] + (["Egress"] if spec.get("egress") else []))
-    subject = np_pod_selector(spec.get("podSelector") or {}, ns, "spec.podSelector")
+    pod_sel = spec.get("podSelector") or {}
+    key = ("subject", ns, _text(pod_sel))
+    subject = cache.get(key)
+    if subject is None:
+        subject = cache[key] = np_pod_selector(pod_sel, ns, "spec.podSelector")
     entries: list[tuple[Direction, _Entry]] = []
     enforces = set()
     for direction, ptype, peers_key in (("ingress", "Ingress", "from"), ("egress", "Egress", "to")):
@@ -398,25 +417,41 @@ def _compile_np(np: NetworkPolicy, ipblock_pods: bool) -> _Policy:
             continue
         enforces.add(direction)
         for i, rule in enumerate(spec.get(direction) or []):
+            rule_key = ("rule", ns, ipblock_pods, direction, _text(rule))
+            entry = cache.get(rule_key)
+            if entry is not None:           # the same rule text in the same namespace
+                entries.append((direction, entry))
+                continue
             path = f"spec.{direction}[{i}]"
             peers: list[_Peer] = []
             for j, peer in enumerate(rule.get(peers_key) or []):
-                block = peer.get("ipBlock")
-                if block is not None:
-                    peers.append(_Peer("cidr", cidr=_net(block["cidr"]),
-                                       excepts=tuple(_net(e) for e in block.get("except") or ()),
-                                       pods=ipblock_pods))
-                else:
-                    peers.append(_Peer("selector", selector=np_peer_selector(peer, ns, f"{path}.{peers_key}[{j}]")))
-            entries.append((direction, _Entry(False, tuple(peers) or (_ANY_PEER,), _np_ports(rule))))  # type: ignore[arg-type]
+                key = ("peer", ns, ipblock_pods, _text(peer))
+                compiled = cache.get(key)
+                if compiled is None:
+                    block = peer.get("ipBlock")
+                    if block is not None:
+                        compiled = _Peer("cidr", cidr=_net(block["cidr"]),
+                                         excepts=tuple(_net(e) for e in block.get("except") or ()),
+                                         pods=ipblock_pods)
+                    else:
+                        compiled = _Peer("selector",
+                                         selector=np_peer_selector(peer, ns, f"{path}.{peers_key}[{j}]"))
+                    cache[key] = compiled
+                peers.append(compiled)
+            key = ("ports", _text(rule.get("ports")))
+            if key not in cache:
+                cache[key] = _np_ports(rule)
+            entry = cache[rule_key] = _Entry(False, tuple(peers) or (_ANY_PEER,), cache[key])  # type: ignore[arg-type]
+            entries.append((direction, entry))
     return _Policy(f"{np.KIND} {np.ref}", subject, frozenset(enforces), tuple(entries))
 
 
 def _compile(scenario: Scenario, ipblock_pods: bool) -> list[_Policy]:
     out: list[_Policy] = []
+    cache: dict = {}
     for np in scenario.network_policies:
         try:
-            out.append(_compile_np(np, ipblock_pods))
+            out.append(_compile_np(np, ipblock_pods, cache))
         except PolicyFieldError as err:
             raise scenario.error(np, err.field, err.message) from None
     for cnp in scenario.cilium_network_policies:
@@ -433,26 +468,47 @@ def _compile(scenario: Scenario, ipblock_pods: bool) -> list[_Policy]:
 IPBLOCK_SET_LABEL = "chainbench:io.chainbench.ipblock-set"
 
 
-def _split_by_ipblocks(endpoints: list[Pod], labels: Mapping[str, tuple[str, ...]],
-                       policies: list[_Policy]) -> dict[IPAddress, tuple[str, ...]]:
-    """Each pod address's identity labels: its pod's, plus IPBLOCK_SET_LABEL when the
-    pod-selecting ipBlocks containing it differ between addresses of that label set."""
+def _block_span(peer: _Peer) -> tuple[int, int, int, tuple[tuple[int, int], ...]]:
+    """A CIDR peer as integers: (version, first, last, excepts' (first, last))."""
+    def span(net: IPNetwork) -> tuple[int, int]:
+        return int(net.network_address), int(net.broadcast_address)
+    return (peer.cidr.version, *span(peer.cidr),  # type: ignore[union-attr, arg-type]
+            tuple(span(e) for e in peer.excepts if e.version == peer.cidr.version))  # type: ignore[union-attr]
+
+
+def _covered(peer: _Peer, addresses: Iterable[tuple[IPAddress, int, int]]) -> list[IPAddress]:
+    """The addresses (address, version, integer) a CIDR peer covers: _Peer.covers, on integers."""
+    version, lo, hi, excepts = _block_span(peer)
+    return [a for a, v, x in addresses
+            if v == version and lo <= x <= hi and not any(elo <= x <= ehi for elo, ehi in excepts)]
+
+
+def _split_by_ipblocks(endpoints: list[Pod], labels: list[tuple[str, ...]],
+                       policies: list[_Policy]) -> list[tuple[IPAddress, tuple[str, ...]]]:
+    """Each pod address with its identity labels: its pod's (*labels*, in the order of
+    *endpoints*), plus IPBLOCK_SET_LABEL when the pod-selecting ipBlocks containing it
+    differ between addresses of that label set."""
     blocks = sorted({peer for policy in policies for _, entry in policy.entries for peer in entry.peers
                      if peer.kind == "cidr" and peer.pods}, key=_block_text)
-    coverage = {addr: tuple(_block_text(b) for b in blocks if b.covers(addr))
-                for pod in endpoints for addr in pod.pod_ips}
+    owned = [(addr, lbls) for pod, lbls in zip(endpoints, labels) for addr in pod.pod_ips]
+    addresses = [(addr, addr.version, int(addr)) for addr, _ in owned]
+    coverage: dict[IPAddress, tuple[str, ...]] = {}
+    for block in blocks:
+        text = _block_text(block)
+        for addr in _covered(block, addresses):
+            coverage[addr] = coverage.get(addr, ()) + (text,)
+    if not coverage:                    # no ipBlock covers a pod: nothing to split
+        return owned
     seen: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
-    for pod in endpoints:
-        for addr in pod.pod_ips:
-            seen.setdefault(labels[pod.ref], set()).add(coverage[addr])
-    out: dict[IPAddress, tuple[str, ...]] = {}
-    for pod in endpoints:
-        for addr in pod.pod_ips:
-            lbls, covered = labels[pod.ref], coverage[addr]
-            if len(seen[lbls]) > 1 and covered:
-                digest = hashlib.sha256("\n".join(covered).encode()).hexdigest()[:12]
-                lbls = tuple(sorted(lbls + (f"{IPBLOCK_SET_LABEL}={digest}",)))
-            out[addr] = lbls
+    for addr, lbls in owned:
+        seen.setdefault(lbls, set()).add(coverage.get(addr, ()))
+    out: list[tuple[IPAddress, tuple[str, ...]]] = []
+    for addr, lbls in owned:
+        covered = coverage.get(addr, ())
+        if len(seen[lbls]) > 1 and covered:
+            digest = hashlib.sha256("\n".join(covered).encode()).hexdigest()[:12]
+            lbls = tuple(sorted(lbls + (f"{IPBLOCK_SET_LABEL}={digest}",)))
+        out.append((addr, lbls))
     return out
 
 
@@ -461,7 +517,10 @@ def _block_text(peer: _Peer) -> str:
 
 
 def _host_net(addr: IPAddress) -> IPNetwork:
-    return ipaddress.ip_network((addr, addr.max_prefixlen))
+    # From the integer: ip_network((address object, n)) parses the address's text again.
+    if addr.version == 4:
+        return ipaddress.IPv4Network((int(addr), 32))
+    return ipaddress.IPv6Network((int(addr), 128))
 
 
 def _policy_prefixes(policies: Iterable[_Policy]) -> set[IPNetwork]:
@@ -475,38 +534,77 @@ def _policy_prefixes(policies: Iterable[_Policy]) -> set[IPNetwork]:
     return out
 
 
-class _Resolver:
-    """Everything per-scenario the per-endpoint expansion needs."""
+#: A resolved rule before it becomes a model.Rule: (deny, identity, proto, port lo, port hi).
+_RuleKey = tuple[bool, int, int, int, int]
+_ANY_RULE_PORTS = (ANY_PORT.lo, ANY_PORT.hi)
 
-    def __init__(self, scenario: Scenario, endpoints: list[Pod], policies: list[_Policy]) -> None:
+
+class _Resolver:
+    """Everything per-scenario the per-endpoint expansion needs.
+
+    Selectors are evaluated over every identity at once through a LabelIndex
+    (selectors.py), each distinct peer once; a policy entry's rules are the same
+    for every endpoint the policy selects (except ingress named ports, which are
+    the endpoint's own), so they are computed once per entry (and named-port
+    numbers) and shared."""
+
+    def __init__(self, scenario: Scenario, endpoints: list[Pod], policies: list[_Policy],
+                 refs: list[str] | None = None) -> None:
+        """*endpoints* (with their refs, *refs*, in the same order, if already known)."""
         self.endpoints = endpoints
-        self.labels = {p.ref: security_labels(p, scenario.namespace_labels(p.meta.namespace)) for p in endpoints}
-        self.addr_labels = _split_by_ipblocks(endpoints, self.labels, policies)
-        self.ids = IdentityAllocator().allocate(self.addr_labels.values())
+        refs = [p.ref for p in endpoints] if refs is None else refs
+        ns_labels: dict[str, Mapping[str, str]] = {}
+        for pod in endpoints:
+            ns = pod.meta.namespace
+            if ns not in ns_labels:
+                ns_labels[ns] = scenario.namespace_labels(ns)
+        self.labels = {ref: security_labels(p, ns_labels[p.meta.namespace])
+                       for ref, p in zip(refs, endpoints)}
+        addr_labels = _split_by_ipblocks(endpoints, [self.labels[ref] for ref in refs], policies)
+        self.ids = IdentityAllocator().allocate({lbls for _, lbls in addr_labels})
         self.cidr_ids = allocate_cidr_identities(_policy_prefixes(policies))
-        self.views: dict[int, LabelView] = {i: LabelView(lbls) for i, lbls in RESERVED_LABELS.items()}
+        labels: dict[int, tuple[str, ...]] = dict(RESERVED_LABELS)
         self.endpoint_ids = set()
         for lbls, i in self.ids.items():
-            self.views[i] = LabelView(lbls)
+            labels[i] = lbls
             self.endpoint_ids.add(i)
         for prefix, i in self.cidr_ids.items():
-            self.views[i] = LabelView((cidr_label(prefix), "reserved:world"))
-        # (name, proto) -> ports, per endpoint and per identity
-        self.pod_ports: dict[str, dict[tuple[str, int], set[int]]] = {}
-        self.id_ports: dict[int, dict[tuple[str, int], set[int]]] = {}
-        for pod in endpoints:
-            mine = self.pod_ports.setdefault(pod.ref, {})
-            theirs = [self.id_ports.setdefault(i, {}) for i in sorted({self.address_identity(a) for a in pod.pod_ips})]
+            labels[i] = (cidr_label(prefix), "reserved:world")
+        self.index = LabelIndex.of_labels(labels)
+        self._addresses = [(a, a.version, int(a)) for a, _ in addr_labels]
+        # (version, address as an integer) -> identity: cheaper to hash than the address
+        self._addr_ids = {(a.version, int(a)): self.ids[lbls] for a, lbls in addr_labels}
+        self._pod_ports: dict[str, dict[tuple[str, int], set[int]]] = {}
+        self._id_ports: dict[int, dict[tuple[str, int], set[int]]] | None = None
+        self._selected: dict[_Peer, frozenset[int]] = {}
+        self._entry_rules: dict[tuple, list[_RuleKey]] = {}
+
+    def pod_ports(self, pod: Pod) -> dict[tuple[str, int], set[int]]:
+        """(name, proto) -> the numbers *pod*'s containers give the name."""
+        mine = self._pod_ports.get(pod.ref)
+        if mine is None:
+            mine = self._pod_ports[pod.ref] = {}
             for cp in pod.container_ports:
                 if cp.name:
-                    key = (cp.name.lower(), PROTOCOLS[cp.protocol])
-                    mine.setdefault(key, set()).add(cp.container_port)
+                    mine.setdefault((cp.name.lower(), PROTOCOLS[cp.protocol]), set()).add(cp.container_port)
+        return mine
+
+    @property
+    def id_ports(self) -> dict[int, dict[tuple[str, int], set[int]]]:
+        """Per identity, (name, proto) -> the numbers its pods give the name (egress named
+        ports; made at the first need)."""
+        if self._id_ports is None:
+            self._id_ports = {}
+            for pod in self.endpoints:
+                theirs = [self._id_ports.setdefault(i, {})
+                          for i in sorted({self.address_identity(a) for a in pod.pod_ips})]
+                for key, numbers in self.pod_ports(pod).items():
                     for ports in theirs:
-                        ports.setdefault(key, set()).add(cp.container_port)
-        self._selected: dict[_Peer, frozenset[int]] = {}
+                        ports.setdefault(key, set()).update(numbers)
+        return self._id_ports
 
     def address_identity(self, addr: IPAddress) -> int:
-        return self.ids[self.addr_labels[addr]]
+        return self._addr_ids[(addr.version, int(addr))]
 
     def identity(self, pod: Pod) -> int:
         """The endpoint's own identity: its primary address's."""
@@ -527,11 +625,10 @@ class _Resolver:
                 and not any(prefix.subnet_of(e) for e in peer.excepts)  # type: ignore[arg-type]
             )
             if peer.pods:        # exact: every address of a split identity is covered alike
-                result |= {self.address_identity(a) for a in self.addr_labels if peer.covers(a)}
+                result |= {self.address_identity(a) for a in _covered(peer, self._addresses)}
         else:
             selectors = (peer.selector,) if peer.kind == "selector" else ENTITY_SELECTORS[peer.entity]
-            result = frozenset(i for i, view in self.views.items()
-                               if any(s.matches(view) for s in selectors))  # type: ignore[union-attr]
+            result = frozenset().union(*(self.index.select(s) for s in selectors))  # type: ignore[union-attr]
         self._selected[peer] = result
         return result
 
@@ -539,74 +636,131 @@ class _Resolver:
     def _single(ports: set[int] | None) -> int | None:
         return next(iter(ports)) if ports is not None and len(ports) == 1 else None
 
-    def rules(self, pod: Pod, direction: Direction, entry: _Entry, source: str) -> list[Rule]:
+    def entry_rules(self, pod: Pod, direction: Direction, entry: _Entry, key: tuple) -> list[_RuleKey]:
+        """The rules of one policy entry (*key* names it) for endpoint *pod*: shared by every
+        endpoint with the same numbers for the entry's named ports (ingress)."""
+        named = direction == "ingress" and entry.ports is not None and any(p.name for p in entry.ports)
+        if named:
+            mine = self.pod_ports(pod)
+            key = key + tuple(self._single(mine.get((p.name, p.proto))) for p in entry.ports if p.name)
+        cached = self._entry_rules.get(key)
+        if cached is None:
+            cached = self._rules(pod, direction, entry)
+            self._entry_rules[key] = cached
+        return cached
+
+    def _rules(self, pod: Pod, direction: Direction, entry: _Entry) -> list[_RuleKey]:
         ids: set[int] = set()
         for peer in entry.peers:
             ids |= self.select(peer)
         if not ids:
             return []
+        deny = entry.deny
         if entry.ports is None:
-            return [Rule(entry.deny, i, ANY_PROTO, ANY_PORT, source) for i in ids]
-        out = []
+            return [(deny, i, ANY_PROTO, *_ANY_RULE_PORTS) for i in ids]
+        out: list[_RuleKey] = []
         for port in entry.ports:
             if not port.name:
-                out += [Rule(entry.deny, i, port.proto, PortRange(port.lo, port.hi), source) for i in ids]
+                out += [(deny, i, port.proto, port.lo, port.hi) for i in ids]
             elif direction == "ingress":
-                number = self._single(self.pod_ports[pod.ref].get((port.name, port.proto)))
+                number = self._single(self.pod_ports(pod).get((port.name, port.proto)))
                 if number is not None:
-                    out += [Rule(entry.deny, i, port.proto, PortRange(number, number), source) for i in ids]
+                    out += [(deny, i, port.proto, number, number) for i in ids]
             else:
                 targets = self.endpoint_ids if ANY_IDENTITY in ids else ids & self.endpoint_ids
                 for i in targets:
                     number = self._single(self.id_ports[i].get((port.name, port.proto)))
                     if number is not None:
-                        out.append(Rule(entry.deny, i, port.proto, PortRange(number, number), source))
+                        out.append((deny, i, port.proto, number, number))
         return out
 
 
-def _endpoint_policy(r: _Resolver, pod: Pod, policies: list[_Policy], allow_localhost: bool) -> EndpointPolicy:
-    view = LabelView(r.labels[pod.ref])
+def _subjects(r: _Resolver, label_sets: list[tuple[str, ...]],
+              policies: list[_Policy]) -> dict[tuple[str, ...], list[int]]:
+    """Per distinct one of *label_sets* (endpoints' labels): the indices of the policies whose
+    subject selects it, in policy order."""
+    sets = sorted(set(label_sets))
+    index = LabelIndex.of_labels(dict(enumerate(sets)))
+    selected: list[list[int]] = [[] for _ in sets]
+    by_subject: dict[Selector, frozenset[int]] = {}
+    for n, policy in enumerate(policies):
+        keys = by_subject.get(policy.subject)
+        if keys is None:
+            keys = by_subject[policy.subject] = index.select(policy.subject)
+        for k in keys:
+            selected[k].append(n)
+    return {lbls: selected[k] for k, lbls in enumerate(sets)}
+
+
+_PORT_RANGES: dict[tuple[int, int], PortRange] = {}
+
+
+def _port_range(lo: int, hi: int) -> PortRange:
+    found = _PORT_RANGES.get((lo, hi))
+    if found is None:
+        found = _PORT_RANGES[(lo, hi)] = PortRange(lo, hi)
+    return found
+
+
+def _endpoint_policy(r: _Resolver, pod: Pod, ref: str, policies: list[_Policy], selecting: list[int],
+                     allow_localhost: bool) -> EndpointPolicy:
+    """*pod*'s rules from the policies *selecting* it (indices into *policies*)."""
     enforced: set[str] = set()
-    rules: dict[str, dict[Rule, Rule]] = {"ingress": {}, "egress": {}}
-    for policy in policies:
-        if not policy.subject.matches(view):
-            continue
+    rules: dict[str, dict[_RuleKey, str]] = {"ingress": {}, "egress": {}}
+    for n in selecting:
+        policy = policies[n]
         enforced |= policy.enforces
-        for direction, entry in policy.entries:
-            for rule in r.rules(pod, direction, entry, policy.source):
-                rules[direction].setdefault(rule, rule)
+        for e, (direction, entry) in enumerate(policy.entries):
+            found = rules[direction]
+            for rule in r.entry_rules(pod, direction, entry, (n, e)):
+                if rule not in found:
+                    found[rule] = policy.source
     if allow_localhost and "ingress" in enforced:
-        rule = Rule(False, ID_HOST, ANY_PROTO, ANY_PORT, ALLOW_LOCALHOST_SOURCE)
-        rules["ingress"].setdefault(rule, rule)
+        rules["ingress"].setdefault((False, ID_HOST, ANY_PROTO, *_ANY_RULE_PORTS), ALLOW_LOCALHOST_SOURCE)
+
+    def build(found: dict[_RuleKey, str]) -> tuple[Rule, ...]:
+        return tuple(Rule(d, i, p, _port_range(lo, hi), found[(d, i, p, lo, hi)])
+                     for d, i, p, lo, hi in sorted(found))
     return EndpointPolicy(
-        pod=pod.ref,
+        pod=ref,
         identity=r.identity(pod),
         ingress_enforced="ingress" in enforced,
         egress_enforced="egress" in enforced,
-        ingress=tuple(sorted(rules["ingress"].values())),
-        egress=tuple(sorted(rules["egress"].values())),
+        ingress=build(rules["ingress"]),
+        egress=build(rules["egress"]),
     )
 
 
 def _ipcache(scenario: Scenario, r: _Resolver, nodes: Mapping[str, Iterable[IPAddress]] | None,
              local_node: str | None, workloads: Iterable[Workload] = ()) -> tuple[IpcacheEntry, ...]:
-    entries: dict[IPNetwork, int] = dict(r.cidr_ids)
+    # Keyed by (version, address as an integer, prefix length): the order of the result,
+    # and cheaper to hash than network objects, which are made once, at the end.
+    entries: dict[tuple[int, int, int], int] = {
+        (n.version, int(n.network_address), n.prefixlen): i for n, i in r.cidr_ids.items()}
+    nets: dict[tuple[int, int, int], IPNetwork] = {
+        (n.version, int(n.network_address), n.prefixlen): n for n in r.cidr_ids}
     try:
         owners = node_identities(scenario, nodes, local_node)
     except ValueError as err:
         raise ScenarioError(str(err), source=scenario.source) from None
+
+    def host(addr: IPAddress) -> tuple[int, int, int]:
+        return addr.version, int(addr), addr.max_prefixlen
     for workload in workloads:          # before pods and nodes: theirs win
         for text in workload.addresses:
-            entries[_host_net(ipaddress.ip_address(text))] = ID_UNMANAGED
+            entries[host(ipaddress.ip_address(text))] = ID_UNMANAGED
     for addr, ident in owners.items():
-        entries[_host_net(addr)] = ident
+        entries[host(addr)] = ident
+    owned = {host(addr) for addr in owners}
     for pod in r.endpoints:
         for addr in pod.pod_ips:
-            if addr in owners:
+            key = host(addr)
+            if key in owned:
                 raise scenario.error(pod, "status.podIPs", f"{addr} is also an address of a node")
-            entries[_host_net(addr)] = r.address_identity(addr)
-    order = sorted(entries, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
-    return tuple(IpcacheEntry(n, entries[n]) for n in order)
+            entries[key] = r._addr_ids[key[:2]]
+    net4, net6 = ipaddress.IPv4Network, ipaddress.IPv6Network
+    return tuple(IpcacheEntry(nets.get(k) or (net4 if k[0] == 4 else net6)((k[1], k[2])), entries[k])
+                 for k in sorted(entries))
 
 
 def policy_state(
@@ -617,6 +771,7 @@ def policy_state(
     allow_localhost: bool = True,
     np_ipblock: str = "pods",
     workloads: Iterable[Workload] = (),
+    local_only: bool = False,
 ) -> PolicyState:
     """Resolve *scenario*'s policies for the datapath.
 
@@ -630,28 +785,43 @@ def policy_state(
     addresses get ID_HOST, every other node's ID_REMOTE_NODE (all of them
     when *local_node* is None).  *workloads* are endpoints outside the
     scenario (see "Workloads outside the scenario"): those on *local_node*
-    are endpoints of the result too.  Raises ScenarioError for policies using
-    unsupported fields.
+    are endpoints of the result too.  With *local_only* (and a *local_node*)
+    the result's endpoints are only *local_node*'s (its pods and workloads), as
+    a node's agent resolves them: identities and the ipcache stay the whole
+    cluster's.  Raises ScenarioError for policies using unsupported fields.
     """
     if np_ipblock not in NP_IPBLOCK_MODES:
         raise ValueError(f"np_ipblock {np_ipblock!r}: expected one of {', '.join(NP_IPBLOCK_MODES)}")
+    with gcpause.paused():
+        return _policy_state(scenario, nodes, local_node, allow_localhost, np_ipblock, workloads,
+                             local_only)
+
+
+def _policy_state(scenario: Scenario, nodes: Mapping[str, tuple[IPAddress, ...]] | None,
+                  local_node: str | None, allow_localhost: bool, np_ipblock: str,
+                  workloads: Iterable[Workload], local_only: bool) -> PolicyState:
     policies = _compile(scenario, np_ipblock == "pods")
-    endpoints = sorted((p for p in scenario.pods if not p.host_network and p.pod_ips), key=lambda p: p.ref)
-    r = _Resolver(scenario, endpoints, policies)
+    by_ref = sorted(((p.ref, p) for p in scenario.pods if not p.host_network and p.pod_ips),
+                    key=lambda rp: rp[0])
+    endpoints = [p for _, p in by_ref]
+    r = _Resolver(scenario, endpoints, policies, [ref for ref, _ in by_ref])
     identities = [Identity(i, lbls, "reserved") for i, lbls in RESERVED_LABELS.items()]
     identities += [Identity(i, lbls, "endpoint") for lbls, i in r.ids.items()]
     identities += [Identity(i, (cidr_label(p), "reserved:world"), "cidr") for p, i in r.cidr_ids.items()]
     workloads = tuple(workloads)
-    pods = {p.ref for p in endpoints}
+    pods = {ref for ref, _ in by_ref}
     unmanaged = tuple(EndpointPolicy(pod=w.name, identity=ID_UNMANAGED, ingress_enforced=False,
                                      egress_enforced=False)
                       for w in sorted(workloads, key=lambda w: w.name)
                       if w.node == local_node and w.name not in pods)
+    resolved = [(ref, p) for ref, p in by_ref if p.node_name == local_node] \
+        if local_only and local_node else by_ref
+    subjects = _subjects(r, [r.labels[ref] for ref, _ in resolved], policies)
     return PolicyState(
-        identities=tuple(sorted(identities)),
+        identities=tuple(sorted(identities, key=lambda i: (i.id, i.labels, i.kind))),
         ipcache=_ipcache(scenario, r, nodes, local_node, workloads),
-        endpoints=tuple(_endpoint_policy(r, pod, policies, allow_localhost) for pod in endpoints)
-        + unmanaged,
+        endpoints=tuple(_endpoint_policy(r, pod, ref, policies, subjects[r.labels[ref]], allow_localhost)
+                        for ref, pod in resolved) + unmanaged,
     )
 
 

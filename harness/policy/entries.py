@@ -7,7 +7,10 @@ exactly, as routing tables split address ranges.
 """
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from harness.abi.cheaders import defines
@@ -199,3 +202,115 @@ def _from_be16(v: int) -> int:
 
 def _be32(v: int) -> int:
     return int.from_bytes(v.to_bytes(4, "big"), "little")
+
+
+# -- packed entries, built in bulk ----------------------------------------------------------
+# The same bytes as the ctypes mirrors (PolicyKey, PolicyEntry, IpcacheKey, IpcacheEntry,
+# EndpointInfo in harness.abi.structs, which Collection.load checks against BTF), built with
+# struct instead of one ctypes object per entry.  A policy key's fields after prefixlen are
+# big-endian (an LPM key): prefixlen is packed apart, in host order.
+_KEY_HEAD = struct.Struct("<I")                  # prefixlen
+_KEY_REST = struct.Struct(">HBBIBBH")            # ep_gen, deny, egress, identity, pad, proto, dport
+_ENTRY = struct.Struct("<QQBBHI")                # packets, bytes, match_type, proto, port, pad
+_IPCACHE_KEY = struct.Struct("<IB3x16s")         # prefixlen, family, pad, addr
+_IPCACHE_VALUE = struct.Struct("<II")            # identity, tunnel_endpoint
+_ENDPOINT_VALUE = struct.Struct("<IIHH")         # identity, policy_revision, flags, pad
+for _packed, _mirror in ((_KEY_HEAD.size + _KEY_REST.size, PolicyKey), (_ENTRY.size, PolicyEntry),
+                         (_IPCACHE_KEY.size, IpcacheKey), (_IPCACHE_VALUE.size, IpcacheValue),
+                         (_ENDPOINT_VALUE.size, EndpointInfo)):
+    if _packed != ctypes.sizeof(_mirror):
+        raise ImportError(f"packed {_mirror.__name__} is {_packed} bytes, the mirror "
+                          f"{ctypes.sizeof(_mirror)}")
+_HEADS = {n: _KEY_HEAD.pack(n) for n in range(PREFIX_FIXED, PREFIX_FULL + 1)}
+_MATCH_OF = {(any_id, kind): MATCH["POLICY_MATCH_" + name] for (any_id, kind), name in {
+    (True, 0): "ALL", (False, 0): "L3_ONLY", (True, 1): "PROTO_ONLY", (False, 1): "L3_PROTO",
+    (True, 2): "L4_ONLY", (False, 2): "L3_L4"}.items()}
+
+
+@dataclass
+class PackedRules:
+    """One endpoint generation's rules as map entries: key bytes -> value bytes per map
+    (``cb_policy_exact``: single ports; ``cb_policy``: the rest), and the EP_F_*_WIDE
+    flags they need.  What endpoint_keys() and PolicyEntryKey.value() give, entry for entry."""
+    exact: dict[bytes, bytes]
+    wide: dict[bytes, bytes]
+    wide_flags: int
+
+    def by_map(self) -> dict[str, dict[bytes, bytes]]:
+        return {"cb_policy_exact": self.exact, "cb_policy": self.wide}
+
+
+def pack_rules(endpoint_id: int, generation: int, ep: EndpointPolicy) -> PackedRules:
+    """*ep*'s rules for endpoint *endpoint_id*, generation *generation*, as packed entries."""
+    ep_gen = (endpoint_id << 1) | generation
+    exact: dict[bytes, bytes] = {}
+    wide: dict[bytes, bytes] = {}
+    flags = 0
+    rest, entry = _KEY_REST.pack, _ENTRY.pack
+    values: dict[tuple, bytes] = {}
+    for egress, rules, wide_flag in ((0, ep.ingress, EP_FLAGS["EP_F_INGRESS_WIDE"]),
+                                     (1, ep.egress, EP_FLAGS["EP_F_EGRESS_WIDE"])):
+        for r in rules:
+            proto, identity, deny = r.proto, r.identity, int(r.deny)
+            lo, hi = r.ports.lo, r.ports.hi
+            if proto != ANY_PROTO and lo == hi:          # one port: the exact map
+                key = _HEADS[PREFIX_FULL] + rest(ep_gen, deny, egress, identity, 0, proto, lo)
+                if key not in exact:
+                    vkey = (identity == ANY_IDENTITY, 2, proto, lo)
+                    value = values.get(vkey)
+                    if value is None:
+                        value = values[vkey] = entry(0, 0, _MATCH_OF[vkey[:2]], proto, lo, 0)
+                    exact[key] = value
+                continue
+            if proto == ANY_PROTO:
+                blocks, kind = ((0, None),), 0
+            elif (lo, hi) == (0, 0xFFFF):
+                blocks, kind = ((0, None),), 1
+            else:
+                blocks, kind = port_blocks(lo, hi), 2
+            for start, bits in blocks:
+                prefixlen = (PREFIX_FIXED if kind == 0 else PREFIX_PROTO if kind == 1
+                             else PREFIX_PROTO + bits)
+                key = _HEADS[prefixlen] + rest(ep_gen, deny, egress, identity, 0, proto, start)
+                if prefixlen == PREFIX_FULL:
+                    target = exact
+                else:
+                    target = wide
+                    flags |= wide_flag
+                if key not in target:
+                    vkey = (identity == ANY_IDENTITY, kind, proto, start)
+                    value = values.get(vkey)
+                    if value is None:
+                        value = values[vkey] = entry(0, 0, _MATCH_OF[vkey[:2]], proto, start, 0)
+                    target[key] = value
+    return PackedRules(exact, wide, flags)
+
+
+def packed_endpoint_value(ep: EndpointPolicy, generation: int, revision: int, wide_flags: int) -> bytes:
+    """endpoint_value(), with the EP_F_*_WIDE flags given (PackedRules.wide_flags)."""
+    flags = EP_FLAGS["EP_F_MANAGED"] | wide_flags
+    if ep.ingress_enforced:
+        flags |= EP_FLAGS["EP_F_INGRESS_ENFORCED"]
+    if ep.egress_enforced:
+        flags |= EP_FLAGS["EP_F_EGRESS_ENFORCED"]
+    if any(r.deny for r in ep.ingress):
+        flags |= EP_FLAGS["EP_F_INGRESS_DENIES"]
+    if any(r.deny for r in ep.egress):
+        flags |= EP_FLAGS["EP_F_EGRESS_DENIES"]
+    if generation:
+        flags |= EP_FLAGS["EP_F_GENERATION"]
+    return _ENDPOINT_VALUE.pack(ep.identity, revision, flags, 0)
+
+
+def packed_ipcache(entries: Iterable[IpcacheEntry]) -> dict[str, dict[bytes, bytes]]:
+    """The ipcache as packed entries per map (ipcache_map, ipcache_key, ipcache_value)."""
+    hosts: dict[bytes, bytes] = {}
+    trie: dict[bytes, bytes] = {}
+    key, value = _IPCACHE_KEY.pack, _IPCACHE_VALUE.pack
+    for e in entries:
+        prefix = e.prefix
+        plen = prefix.prefixlen
+        target = hosts if plen == prefix.max_prefixlen else trie
+        target[key(IPCACHE_PREFIX_BASE + plen, prefix.version,
+                   prefix.network_address.packed)] = value(e.identity, 0)
+    return {"cb_ipcache_hosts": hosts, "cb_ipcache": trie}

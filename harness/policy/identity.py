@@ -53,6 +53,7 @@ Numeric identities
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -138,8 +139,10 @@ _FILTER: tuple[tuple[bool, str, re.Pattern[str]], ...] = tuple(
 )
 
 
+@functools.lru_cache(maxsize=65536)
 def is_identity_label(source: str, key: str) -> bool:
-    """Whether Cilium's default filter keeps label *key* of *source* for identities.
+    """Whether Cilium's default filter keeps label *key* of *source* for identities
+    (cached: a cluster has few distinct label keys).
 
     A pattern matches when it matches at the start of the key; the label is
     kept unless an ignore pattern matches and no include pattern matches a
@@ -176,7 +179,13 @@ def security_labels(pod: Pod, namespace_labels: Mapping[str, str] | None = None)
         labels[NAMESPACE_META_PREFIX + key] = value
     labels[NAMESPACE_META_PREFIX + NAMESPACE_NAME_LABEL] = ns
     labels[CLUSTER_LABEL] = CLUSTER_NAME
-    return tuple(sorted(format_label("k8s", k, v) for k, v in labels.items() if is_identity_label("k8s", k)))
+    return tuple(sorted(filter(None, [_k8s_label(k, v) for k, v in labels.items()])))
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _k8s_label(key: str, value: str) -> str | None:
+    """``k8s:key=value`` if Cilium's filter keeps *key*, else None (cached: pods share labels)."""
+    return format_label("k8s", key, value) if is_identity_label("k8s", key) else None
 
 
 def cidr_label(prefix: IPNetwork) -> str:

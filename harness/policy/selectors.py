@@ -38,6 +38,7 @@ Entities (pkg/policy/api/entity.go) are selectors too: see ENTITY_SELECTORS.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,7 @@ from harness.policy.identity import CLUSTER_LABEL, CLUSTER_NAME, NAMESPACE_LABEL
 
 __all__ = [
     "ENTITY_SELECTORS",
+    "LabelIndex",
     "LabelView",
     "Requirement",
     "Selector",
@@ -120,6 +122,104 @@ class Selector:
         return Selector(self.requirements + other.requirements)
 
 
+class LabelIndex:
+    """Many identities' labels indexed by label, so that a selector is evaluated against
+    all of them at once with set operations (Cilium's selector cache does the same):
+    ``select(selector)`` is exactly ``{i for i, view in views.items() if
+    selector.matches(view)}``, at the cost of the smallest set a requirement names
+    rather than of the number of identities."""
+
+    def __init__(self, views: Mapping[int, LabelView]) -> None:
+        self.all: frozenset[int] = frozenset(views)
+        self._exact: dict[tuple[str, str], dict[str, set[int]]] = {}
+        self._any: dict[str, dict[str, set[int]]] = {}
+        self._present: dict[tuple[str, str], frozenset[int]] = {}
+        for i, view in views.items():
+            for source_key, value in view.exact.items():
+                self._exact.setdefault(source_key, {}).setdefault(value, set()).add(i)
+            for key, value in view.by_key.items():
+                self._any.setdefault(key, {}).setdefault(value, set()).add(i)
+
+    @classmethod
+    def of_labels(cls, labels: Mapping[int, Iterable[str]]) -> LabelIndex:
+        """The index of identities given by their labels (``source:key=value``): the same
+        as of their LabelViews, without making one per identity."""
+        holders: dict[str, list[int]] = {}
+        for i, lbls in labels.items():
+            for label in lbls:
+                holders.setdefault(label, []).append(i)
+        index = cls({})
+        index.all = frozenset(labels)
+        sources: dict[str, set[str]] = {}
+        for label, ids in holders.items():
+            source, _, rest = label.partition(":")
+            key, _, value = rest.partition("=")
+            index._exact.setdefault((source, key), {}).setdefault(value, set()).update(ids)
+            sources.setdefault(key, set()).add(source)
+        for key, srcs in sources.items():
+            if len(srcs) == 1:              # by_key is the one source's value
+                (source,) = srcs
+                for value, ids in index._exact[(source, key)].items():
+                    index._any.setdefault(key, {}).setdefault(value, set()).update(ids)
+        multi = {key for key, srcs in sources.items() if len(srcs) > 1}
+        if multi:                           # LabelView.by_key: the first label in sorted order
+            for i, lbls in labels.items():
+                seen: set[str] = set()
+                for label in sorted(lbls):
+                    source, _, rest = label.partition(":")
+                    key, _, value = rest.partition("=")
+                    if key in multi and key not in seen:
+                        index._any.setdefault(key, {}).setdefault(value, set()).add(i)
+                    seen.add(key)
+        return index
+
+    def _values(self, source: str, key: str) -> dict[str, set[int]]:
+        return self._any.get(key, {}) if source == "any" else self._exact.get((source, key), {})
+
+    def _has(self, source: str, key: str) -> frozenset[int]:
+        cached = self._present.get((source, key))
+        if cached is None:
+            cached = frozenset().union(*self._values(source, key).values())
+            self._present[(source, key)] = cached
+        return cached
+
+    def _holding(self, req: Requirement) -> frozenset[int] | set[int]:
+        """The identities whose value of the requirement's label is one of its values."""
+        values = self._values(req.source, req.key)
+        found = [values[v] for v in req.values if v in values]
+        if len(found) == 1:
+            return found[0]
+        return frozenset().union(*found)
+
+    def select(self, selector: Selector) -> frozenset[int]:
+        """The identities *selector* matches (Selector.matches, for all at once)."""
+        positive: list[frozenset[int] | set[int]] = []
+        negative: list[frozenset[int] | set[int]] = []
+        for req in selector.requirements:
+            if req.op == "In":
+                positive.append(self._holding(req))
+            elif req.op == "Exists":
+                positive.append(self._has(req.source, req.key))
+            elif req.op == "NotIn":
+                negative.append(self._holding(req))
+            else:                                   # DoesNotExist (Requirement.matches)
+                negative.append(self._has(req.source, req.key))
+        if not positive:
+            result = set(self.all)
+        else:
+            positive.sort(key=len)
+            result = set(positive[0])
+            for other in positive[1:]:
+                if not result:
+                    break
+                result &= other
+        for other in negative:
+            if not result:
+                break
+            result -= other
+        return frozenset(result)
+
+
 def _split_key(key: str, where: str, cilium: bool) -> tuple[str, str]:
     if cilium and ":" in key:
         source, _, name = key.partition(":")
@@ -144,10 +244,12 @@ def parse_selector(sel: Mapping[str, Any] | None, where: str, *, cilium: bool, k
     return Selector(tuple(reqs))
 
 
+@functools.lru_cache(maxsize=4096)
 def _in_namespace(namespace: str) -> Selector:
     return Selector((Requirement("k8s", NAMESPACE_LABEL, "In", frozenset({namespace})),))
 
 
+@functools.lru_cache(maxsize=1)
 def _some_namespace() -> Selector:
     return Selector((Requirement("k8s", NAMESPACE_LABEL, "Exists"),))
 

@@ -32,7 +32,10 @@ def lb_apply(node: str, text: str, origin: str) -> str:
 def policy_apply(node: str, scenario: Scenario, np_ipblock: str) -> str:
     """Resolve *scenario*'s policies for *node* and program its endpoints (each switches
     atomically); the endpoint and identity files change with the maps, as one change."""
-    state = policy_state(scenario, local_node=node, np_ipblock=np_ipblock, workloads=workloads())
+    # Only this node's endpoints get rules (the ones it programs): at 16,000 identities the
+    # whole cluster's would be millions of rules, resolved for nothing.
+    state = policy_state(scenario, local_node=node, np_ipblock=np_ipblock, workloads=workloads(),
+                         local_only=True)
     home = Node(node)
     with home.lock():
         registry = home.endpoints
