@@ -77,9 +77,7 @@ def _sizes(entries: dict[str, int]) -> dict[str, int]:
 def _entries(steps: list[tuple], coll: Collection) -> dict[str, int]:
     out = {name: 0 for name in POLICY_MAPS}
     for step in steps:
-        if step[0] == "put-new":
-            out[step[1]] += len(step[2]) // coll.maps[step[1]].key_size
-        elif step[0] == "put":
+        if step[0] == "put":
             out[step[1]] += len(step[2])
     return out
 
@@ -89,9 +87,7 @@ def _floor(steps: list[tuple], coll: Collection) -> float:
     start = time.perf_counter()
     for step in steps:
         m = coll.maps[step[1]]
-        if step[0] == "put-new":
-            m.update_batch_raw(step[2], step[3], len(step[2]) // m.key_size)
-        elif step[0] == "put":
+        if step[0] == "put":
             m.update_batch(step[2], step[3])
     return time.perf_counter() - start
 

@@ -53,8 +53,6 @@ _VERSION = 1
 
 # A step is one of:
 #   ("put", map, keys, values, olds)     olds[i]: bytes the key held, None if absent
-#   ("put-new", map, keys, values)       keys, values: packed (count x key / value size bytes),
-#                                        every key absent before (undone by deleting each)
 #   ("del", map, keys, olds)
 #   ("maglev", rid, ids, keys, old)      old: (ids, keys) of the table it replaces, or None
 #   ("maglev-del", rid, old)
@@ -97,10 +95,6 @@ class Writer:
             if kind == "put":
                 _, name, keys, values, _ = step
                 self.maps[name].update_batch(keys, values)
-            elif kind == "put-new":
-                _, name, keys, values = step
-                m = self.maps[name]
-                m.update_batch_raw(keys, values, len(keys) // m.key_size)
             elif kind == "del":
                 self._delete(self.maps[name := step[1]], step[2], tolerant)
             elif kind == "maglev":
@@ -127,12 +121,7 @@ class Writer:
         """Undo *done* (steps possibly only partly made), last first."""
         for step in reversed(done):
             kind = step[0]
-            if kind == "put-new":
-                m, keys = self.maps[step[1]], step[2]
-                size = m.key_size
-                for at in range(len(keys) - size, -1, -size):
-                    _delete_one(m, keys[at:at + size])
-            elif kind in ("put", "del"):
+            if kind in ("put", "del"):
                 m, keys, olds = self.maps[step[1]], step[2], step[-1]
                 for key, old in zip(reversed(keys), reversed(olds)):
                     if old is None:

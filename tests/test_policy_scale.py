@@ -23,7 +23,7 @@ import pytest
 from bench import policy_control
 from bench.report import schema as result_schema
 from harness.node import datapath
-from harness.bpf import Collection
+from harness.bpf import Collection, Packed
 from harness.policy import entries as E
 from harness.policy.control import PolicyControl, endpoint_ids
 from harness.policy.desired import _compile, policy_state
@@ -187,7 +187,7 @@ def test_apply_writes_exactly_the_per_entry_bytes_fresh_and_after_a_change():
         assert steps == [] and planned.endpoints_changed == 0
 
 
-def test_update_batch_raw_writes_packed_buffers_and_checks_their_size():
+def test_packed_batches_write_as_they_are_and_check_their_size():
     with Collection.load(str(object_path("lxc")), rodata=datapath.rodata_for("lxc")) as coll:
         for name in ("cb_ipcache_hosts", "cb_ipcache"):   # a hash map and an LPM trie
             m = coll.maps[name]
@@ -197,10 +197,13 @@ def test_update_batch_raw_writes_packed_buffers_and_checks_their_size():
                                                      if prefixlen == 24 else f"198.18.0.{i}/32"), 300 + i)
                  for i in range(1, 40)])[name]
             keys, values = b"".join(entries), b"".join(entries.values())
-            assert m.update_batch_raw(memoryview(keys), values, len(entries)) == len(entries)
+            assert m.update_batch(Packed(keys, m.key_size),
+                                  Packed(values, m.value_size)) == len(entries)
             assert {bytes(k): bytes(v) for k, v in m.items()} == entries
-            with pytest.raises(ValueError, match="not 2 entries"):
-                m.update_batch_raw(keys[:10], values[:16], 2)
+            with pytest.raises(ValueError, match="are not records of"):
+                Packed(keys[:10], m.key_size)
+            with pytest.raises(ValueError, match="the map's are"):
+                m.update_batch(Packed(keys, m.key_size), Packed(keys, m.key_size))
 
 
 # -- the control suite's policy section ------------------------------------------------------

@@ -311,40 +311,6 @@ class Map:
                            f"{count.value} of {len(keys)} entries written")
         return count.value
 
-    def update_batch_raw(self, keys: bytes | memoryview, values: bytes | memoryview, count: int,
-                         flags: int = ANY) -> int:
-        """Write *count* entries from packed buffers: *keys* holds count x key_size bytes,
-        *values* count x value_size (per-CPU maps: count x ncpus x the 8-byte-rounded
-        value size), laid out as the kernel reads them.  The buffers are passed as they
-        are (no per-entry conversion); returns how many were written.  Falls back to
-        one update per entry where the kernel or map type has no batch support, as
-        update_batch does."""
-        stride = self._value_stride * self.ncpus
-        if len(keys) != count * self.key_size or len(values) != count * stride:
-            raise ValueError(f"map {self.name}: {len(keys)} key bytes and {len(values)} value "
-                             f"bytes are not {count} entries of {self.key_size} and {stride}")
-        if count == 0:
-            return 0
-        kbuf, vbuf = _raw_pointer(keys), _raw_pointer(values)
-        done = ctypes.c_uint32(count)
-        opt = L.opts(L.MapBatchOpts, elem_flags=flags)
-        rc = L.bpf_map_update_batch(self.fd, kbuf, vbuf, ctypes.byref(done), ctypes.byref(opt))
-        if -rc in _NO_BATCH and done.value == 0:
-            kaddr = ctypes.cast(kbuf, ctypes.c_void_p).value or 0
-            vaddr = ctypes.cast(vbuf, ctypes.c_void_p).value or 0
-            for i in range(count):
-                rc = L.bpf_map_update_elem(self.fd, kaddr + i * self.key_size, vaddr + i * stride,
-                                           flags)
-                if rc == -_errno.E2BIG:
-                    raise BpfError(f"update map {self.name}", -rc,
-                                   f"full: max_entries={self.max_entries}")
-                check(rc, f"update map {self.name}")
-            return count
-        if rc < 0:
-            raise BpfError(f"batch update of map {self.name}", -rc,
-                           f"{done.value} of {count} entries written")
-        return done.value
-
     def delete_batch(self, keys: Sequence) -> int:
         """Delete many entries; a missing key is an error (KeyNotFoundError)."""
         if not keys:

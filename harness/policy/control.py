@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 
 from harness.errors import ChainbenchError
 from harness import journal as map_journal
-from harness.bpf import Map
+from harness.bpf import Map, Packed
 from harness.policy import entries as E
 from harness.policy import gcpause
 from harness.policy.model import EndpointPolicy, PolicyState
@@ -145,8 +145,8 @@ class PolicyControl:
         for name in RULE_MAPS:              # every changed endpoint's new generation
             keys = b"".join(k for entries in new_rules[name] for k in entries)
             if keys:
-                steps.append(("put-new", name, keys,
-                              b"".join(v for entries in new_rules[name] for v in entries.values())))
+                steps.append(_put_new(self.maps[name], keys, b"".join(
+                    v for entries in new_rules[name] for v in entries.values())))
         for eid in sorted(set(self._endpoints) - wanted.keys()):
             switches.append((eid, bytes(12)))     # unmanaged: no enforcement
             old_rules.append(endpoints.pop(eid).keys)
@@ -178,8 +178,8 @@ class PolicyControl:
                 elif old != v:
                     changed.append((k, v, old))
             if fresh:
-                steps.append(("put-new", name, b"".join(k for k, _ in fresh),
-                              b"".join(v for _, v in fresh)))
+                steps.append(_put_new(self.maps[name], b"".join(k for k, _ in fresh),
+                                      b"".join(v for _, v in fresh)))
             if changed:
                 steps.append(("put", name, [k for k, _, _ in changed], [v for _, v, _ in changed],
                               [o for _, _, o in changed]))
@@ -250,3 +250,10 @@ def read_rules(maps: Mapping[str, Map], eid: int) -> list[tuple[E.PolicyEntryKey
     out.sort(key=lambda r: (r[0].egress, r[0].deny, r[0].identity, r[0].proto or 0,
                             r[0].port or 0))
     return out
+
+
+def _put_new(m: Map, keys: bytes, values: bytes) -> tuple:
+    """A journal step writing packed entries whose keys *m* does not hold yet (undoing
+    it deletes them)."""
+    packed = Packed(keys, m.key_size)
+    return ("put", m.name, packed, Packed(values, m.value_size), [None] * len(packed))
