@@ -35,6 +35,9 @@ from . import lbkit as K
 from .lbkit import CLIENT4, CLIENT6, assert_valid, endpoint, service
 from .support import object_path
 
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
+
 DROP = drop_reasons.CODES
 SVC_F = E.SVC_FLAGS
 NODE = "cb-node0"
