@@ -22,7 +22,8 @@ from .adversarial import drive as D
 from .adversarial import node as N
 from .support import object_path
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 #: packets this module must run (the suite's share of `make test`'s 100,000 with the
 #: differential stage)

@@ -19,7 +19,8 @@ from harness.bpf import Collection
 from tests.adversarial import gen, rfc
 from tests.support import object_path
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 TARGET = int(os.environ.get("CHAINBENCH_FUZZ_PACKETS", "60000"))
 SEED = int(os.environ.get("CHAINBENCH_FUZZ_SEED", "1"))

@@ -23,7 +23,8 @@ from .adversarial import node as N
 from .adversarial.corpus import _ext_bytes
 from .adversarial.node import CLIENT, CLIENT6, NODE4, PODS, WORLD, WORLD2, WORLD6
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 ETH = Ether(src="02:cb:00:00:00:01", dst="02:cb:00:00:00:02")
 

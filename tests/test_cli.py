@@ -15,6 +15,9 @@ from scapy.utils import wrpcap
 from harness.testrun.packets import eth
 
 V4 = dict(src="198.18.0.10", dst="198.19.0.1")
+#: tests that run no topology, pin nothing under the pin root and run no `down`
+#: (test-run, bench micro, version, completion...): ci/run-tests.sh runs them beside the others
+TEST_RUN_ONLY = pytest.mark.test_run_only
 
 
 def chainbench(*args: str, check_rc: int | None = 0) -> subprocess.CompletedProcess:
@@ -44,6 +47,7 @@ def pcap(tmp_path):
     return path, [bytes(p) for p in packets]
 
 
+@TEST_RUN_ONLY
 def test_test_run_json(pcap):
     path, packets = pcap
     proc = chainbench("test-run", "tc_parse_stats", "--pcap", str(path), "--json",
@@ -58,6 +62,7 @@ def test_test_run_json(pcap):
     assert all(isinstance(r["duration_ns"], int) for r in rows)
 
 
+@TEST_RUN_ONLY
 def test_test_run_table(pcap):
     path, _ = pcap
     proc = chainbench("test-run", "parse_stats:xdp_parse_stats", "--pcap", str(path))
@@ -66,6 +71,7 @@ def test_test_run_table(pcap):
     assert len(lines) == 4 and "XDP_PASS" in lines[1]
 
 
+@TEST_RUN_ONLY
 def test_test_run_raw_ip_pcap(tmp_path):
     from scapy.utils import PcapWriter
     path = tmp_path / "raw.pcap"
@@ -77,6 +83,7 @@ def test_test_run_raw_ip_pcap(tmp_path):
     assert bytes.fromhex(row["packet_out"])[12:14] == b"\x08\x00"
 
 
+@TEST_RUN_ONLY
 @pytest.mark.parametrize("args, message", [
     (["test-run", "no_such_prog", "--pcap", "x.pcap"], "no program 'no_such_prog'"),
     (["test-run", "empty:empty_tc", "--pcap", "/nonexistent.pcap"], "/nonexistent.pcap: no such file"),
@@ -94,6 +101,7 @@ def test_bad_input_is_one_line_exit_2(pcap, args, message):
     assert message in line
 
 
+@TEST_RUN_ONLY
 def test_not_a_pcap(tmp_path):
     bogus = tmp_path / "bogus.pcap"
     bogus.write_text("hello")
@@ -101,6 +109,7 @@ def test_not_a_pcap(tmp_path):
     assert "not a pcap/pcapng file" in line
 
 
+@TEST_RUN_ONLY
 def test_verifier_error_is_reported_not_traced(tmp_path, pcap):
     from .support import object_path
     path, _ = pcap
@@ -113,6 +122,7 @@ def test_verifier_error_is_reported_not_traced(tmp_path, pcap):
     assert "BEGIN PROG LOAD LOG" in verbose.stderr
 
 
+@TEST_RUN_ONLY
 def test_programs_lists_objects():
     rows = [line.split() for line in chainbench("programs").stdout.splitlines()]
     assert rows[0] == ["OBJECT", "PROGRAM", "TYPE"]
@@ -121,6 +131,7 @@ def test_programs_lists_objects():
     assert ["lxc", "from_container", "sched_cls"] in rows
 
 
+@TEST_RUN_ONLY
 def test_bench_micro_tiny(tmp_path):
     proc = chainbench("bench", "micro", "--samples", "2", "--repeat", "2000", "--services", "1,50",
                       "--identities", "1", "--out", str(tmp_path))
@@ -286,6 +297,7 @@ def test_policy_apply_and_get(pinned_node, tmp_path):
     assert "no endpoint default/nope" in line
 
 
+@TEST_RUN_ONLY
 def test_test_run_with_scenario_enforces_policy(tmp_path):
     from harness.scenario import SCENARIO_DIR
     pcap = tmp_path / "client.pcap"
@@ -455,6 +467,7 @@ def test_status_and_read_commands_without_a_topology():
     assert chainbench("endpoints").stdout.split()[:2] == ["NODE", "ENDPOINT"]
 
 
+@TEST_RUN_ONLY
 def test_version():
     import platform
     import re
@@ -472,6 +485,7 @@ def test_version():
     assert first.startswith("chainbench 0.1.0")
 
 
+@TEST_RUN_ONLY
 @pytest.mark.parametrize("argv, message", [
     (["endpoint"], "unknown command 'endpoint'; did you mean 'endpoints'?"),
     (["servics", "-o", "json"], "unknown command 'servics'; did you mean 'services'?"),
@@ -496,6 +510,7 @@ def _complete(line: str, tmp_path) -> list[str]:
     return [w.strip() for w in out.read_text().split("\n") if w.strip()]
 
 
+@TEST_RUN_ONLY
 def test_shell_completion(tmp_path):
     """argcomplete answers as a shell asks it (COMP_LINE/COMP_POINT/_ARGCOMPLETE)."""
     assert _complete("chainbench endp", tmp_path) == ["endpoints"]

@@ -10,7 +10,8 @@ from harness.node import conntrack
 from . import lbkit as K
 from .lbkit import endpoint, service, tcp4, udp4
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 VIP = "198.19.0.10"
 

@@ -31,6 +31,8 @@ from harness import paths
 
 SCHEMA = paths.RESULTS / "schema" / "results.schema.json"
 
+pytestmark = pytest.mark.test_run_only   # files and headless Chromium, no namespace: beside the others (ci/run-tests.sh)
+
 # ---------------------------------------------------------------- synthetic documents
 
 MICRO_SERVICES = (1, 100, 10000)

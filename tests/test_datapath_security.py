@@ -34,7 +34,8 @@ from harness.testrun.packets import checksum_errors, eth
 from . import lbkit as K
 from .nodekit import Node, verdict
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 DROP = drop_reasons.CODES
 TCP_, ICMP_, ICMP6_ = 6, 1, 58

@@ -33,7 +33,8 @@ from harness.testrun.runner import Runner
 
 from . import lbkit
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 EV = defines("lib/events.h", "CB_EVENT_")
 TRACE = defines("lib/events.h", "TRACE_")

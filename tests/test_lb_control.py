@@ -10,7 +10,8 @@ from harness.lb.desired import lb_state
 from . import lbkit as K
 from .lbkit import endpoint, service
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 LB_MAPS = ("cb_lb4_services", "cb_lb4_backends", "cb_lb4_reverse_nat")
 

@@ -19,7 +19,8 @@ from harness.abi.structs import Ct4Tuple, from_be16, from_be32
 from . import lbkit as K
 from .lbkit import CLIENT4, CLIENT6, assert_valid, endpoint, pod, service, tcp4, tcp6, udp4
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 VIP, VIP6 = "198.19.0.10", "2001:db8:2::10"
 BE = ["198.18.1.20", "198.18.1.21"]

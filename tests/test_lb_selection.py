@@ -14,7 +14,8 @@ from harness.testrun.runner import Runner
 from . import lbkit as K
 from .lbkit import endpoint, service, tcp4
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 VIP = "198.19.0.40"
 BACKENDS = [f"198.18.1.{20 + i}" for i in range(4)]

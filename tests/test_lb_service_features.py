@@ -35,6 +35,9 @@ from . import lbkit as K
 from .lbkit import CLIENT4, CLIENT6, assert_valid, endpoint, service
 from .support import object_path
 
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
+
 DROP = drop_reasons.CODES
 SVC_F = E.SVC_FLAGS
 NODE = "cb-node0"
@@ -463,40 +466,6 @@ def test_desired_state_scopes():
     assert [str(b.address) for b in by_type["ClusterIP"].backends] == [LOCAL]
     # Every backend stays in .endpoints (kube-proxy's view).
     assert sorted(str(b.address) for b in by_type["LoadBalancer"].endpoints) == [LOCAL, REMOTE]
-
-
-# --- socket LB ------------------------------------------------------------------------------
-
-def test_socket_lb_uses_the_internal_scope_and_leaves_source_ranges_to_packets():
-    """connect() from a pod: an ITP Local load-balancer IP reaches the node's own backend
-    only (INT scope); a frontend with source ranges is not translated at the socket (the
-    source is unknown at connect()): the packet path checks and translates it."""
-    from .test_socket_lb import BE4, BE_PORT, lb_packets, served_by, socket_lb_env
-    pins = bpffs.test_pin_dir(985)   # outside the pin root: no topology command sweeps it
-    eps = [endpoint(BE4[0], "cb-node0"), endpoint(BE4[1], "cb-node1")]
-    itp = service("itp", "198.19.0.41", [("http", 80, BE_PORT, "TCP")], eps,
-                  svc_type="LoadBalancer", node_ports={"http": 31081}, lb_ips=["203.0.113.81"],
-                  internal_local=True)
-    ranged = service("ranged", "198.19.0.42", [("http", 80, BE_PORT, "TCP")], eps,
-                     svc_type="LoadBalancer", node_ports={"http": 31082},
-                     lb_ips=["203.0.113.82"], source_ranges=["198.18.0.0/24"])
-    try:
-        with Collection.load(str(object_path("lxc")), pin_dir=pins) as lxc:
-            ctl = datapath.lb_control(lxc)
-            ctl.apply(lb_state(K.scenario(itp, ranged), node=NODE))
-            rid_itp = ctl.frontend_id((ipaddress.ip_address("203.0.113.81"), 80, "TCP"))
-            rid_ranged = ctl.frontend_id((ipaddress.ip_address("203.0.113.82"), 80, "TCP"))
-            with socket_lb_env(pin_dir=pins) as e:
-                results = e.client("tcp", "203.0.113.81", port=80, count=20)
-                assert all(r["peer"] == ["203.0.113.81", 80] for r in results)
-                assert {served_by(r) for r in results} == {(BE4[0], BE_PORT)}
-                assert lb_packets(lxc, rid_itp) == 20
-                [r] = e.client("tcp", "203.0.113.82", port=80, timeout=1.0)
-                assert "server" not in r and r.get("errno"), r     # no route: untranslated
-                assert lb_packets(lxc, rid_ranged) == 0
-    finally:
-        shutil.rmtree(pins, ignore_errors=True)
-    assert not os.path.exists(pins)
 
 
 def test_services_listing_from_pinned_maps_shows_scopes_and_ranges(load):

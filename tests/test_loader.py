@@ -15,7 +15,8 @@ from harness.abi.structs import MetricsKey, TrafficCounter
 from .support import object_path
 from .fixture_structs import FixtureKey, FixtureValue
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 
 def test_missing_object_is_enoent():

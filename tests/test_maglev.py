@@ -30,7 +30,8 @@ from harness.testrun.runner import Runner
 
 from .support import object_path
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 M = maglev.DEFAULT_TABLE_SIZE
 TCP_P, UDP_P = 6, 17

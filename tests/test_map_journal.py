@@ -18,7 +18,8 @@ from harness.policy.desired import policy_state
 from . import lbkit as K
 from .lbkit import endpoint, service
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 LB_MAPS = ("cb_lb4_services", "cb_lb4_backends", "cb_lb4_reverse_nat")
 POLICY_MAPS = ("cb_ipcache", "cb_ipcache_hosts", "cb_endpoints", "cb_policy", "cb_policy_exact")

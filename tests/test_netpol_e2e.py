@@ -49,7 +49,8 @@ from .netpol_e2e_cases import CASES, NAMESPACES, PODS, Case, IPBlock, Policy, Pr
 from .nodekit import Node, verdict
 from .support import object_path
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 NODE = "cb-node0"
 IDS = endpoint_ids(PODS)

@@ -17,7 +17,8 @@ from harness.abi.cheaders import enum_members
 from harness.testrun.packets import eth
 from harness.testrun.runner import Runner
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 CLASSES = {m.name: m.value for m in enum_members("lib/parse_stats.h", "stat_class")}
 V4 = dict(src="198.18.0.10", dst="198.19.0.1")

@@ -23,7 +23,8 @@ from harness.policy.control import PolicyControl, read_rules
 from harness.testrun.packets import eth
 from harness.testrun.runner import Runner
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 POD, POD6, REMOTE, REMOTE6 = "198.18.0.20", "2001:db8:1::20", "198.18.1.10", "2001:db8:1:1::10"
 OTHER = "198.18.1.11"

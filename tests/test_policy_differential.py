@@ -34,7 +34,8 @@ from harness.testrun.runner import Runner
 from .support import object_path
 from .test_policy_resolve import NODE_IPS, REMOTES_WORLD, scenarios
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 EXPECT = {"allow": "allow", "deny-default": drop_reasons.CODES["DROP_POLICY"],
           "deny-rule": drop_reasons.CODES["DROP_POLICY_DENY"]}

@@ -9,7 +9,8 @@ from harness.testrun.packets import eth
 
 from .fixture_structs import FixtureEvent
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 PKT = bytes(eth() / IP(src="198.18.0.1", dst="198.18.0.2") / UDP() / (b"x" * 10))
 

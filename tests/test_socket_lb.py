@@ -414,3 +414,43 @@ def test_cleanup_leaves_nothing_behind():
     assert not [n for n in netns.list_project() if n.startswith(f"cb-slb{os.getpid()}")]
     assert not [p for p in cgroups.list_project()
                 if os.path.basename(p).startswith(f"cb-slb{os.getpid()}")]
+
+
+# --- the service features of issue 15 at the socket (the packet-path half of them:
+# tests/test_lb_service_features.py) --------------------------------------------------------
+
+def test_socket_lb_uses_the_internal_scope_and_leaves_source_ranges_to_packets():
+    """connect() from a pod: an ITP Local load-balancer IP reaches the node's own backend
+    only (INT scope); a frontend with source ranges is not translated at the socket (the
+    source is unknown at connect()): the packet path checks and translates it."""
+    import ipaddress
+
+    from harness.lb.desired import lb_state
+    from harness.node import datapath
+
+    from .lbkit import endpoint, scenario, service
+    pins = bpffs.test_pin_dir(985)   # outside the pin root: no topology command sweeps it
+    eps = [endpoint(BE4[0], "cb-node0"), endpoint(BE4[1], "cb-node1")]
+    itp = service("itp", "198.19.0.41", [("http", 80, BE_PORT, "TCP")], eps,
+                  svc_type="LoadBalancer", node_ports={"http": 31081}, lb_ips=["203.0.113.81"],
+                  internal_local=True)
+    ranged = service("ranged", "198.19.0.42", [("http", 80, BE_PORT, "TCP")], eps,
+                     svc_type="LoadBalancer", node_ports={"http": 31082},
+                     lb_ips=["203.0.113.82"], source_ranges=["198.18.0.0/24"])
+    try:
+        with Collection.load(str(object_path("lxc")), pin_dir=pins) as lxc:
+            ctl = datapath.lb_control(lxc)
+            ctl.apply(lb_state(scenario(itp, ranged), node="cb-node0"))
+            rid_itp = ctl.frontend_id((ipaddress.ip_address("203.0.113.81"), 80, "TCP"))
+            rid_ranged = ctl.frontend_id((ipaddress.ip_address("203.0.113.82"), 80, "TCP"))
+            with socket_lb_env(pin_dir=pins) as e:
+                results = e.client("tcp", "203.0.113.81", port=80, count=20)
+                assert all(r["peer"] == ["203.0.113.81", 80] for r in results)
+                assert {served_by(r) for r in results} == {(BE4[0], BE_PORT)}
+                assert lb_packets(lxc, rid_itp) == 20
+                [r] = e.client("tcp", "203.0.113.82", port=80, timeout=1.0)
+                assert "server" not in r and r.get("errno"), r     # no route: untranslated
+                assert lb_packets(lxc, rid_ranged) == 0
+    finally:
+        shutil.rmtree(pins, ignore_errors=True)
+    assert not os.path.exists(pins)

@@ -33,7 +33,8 @@ from harness.policy.control import PolicyControl
 from . import lbkit as K
 from .lbkit import CLIENT4, CLIENT6, assert_valid, endpoint, service
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # ... and beside the fault suite (pyproject.toml)
 
 VIP, VIP6 = "198.19.0.10", "2001:db8:2::10"
 BE, BE6 = "198.18.1.20", "2001:db8:1:1::20"
