@@ -27,7 +27,8 @@ from harness.node import datapath
 
 from . import lb_control_oracle as oracle
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # and beside the fault suite: it leaves nothing behind
 
 MAPS = [m for fam in (4, 6) for m in (E.services_map(fam), E.backends_map(fam),
                                       E.reverse_nat_map(fam), E.source_range_map(fam))]

@@ -14,7 +14,8 @@ import pytest
 from harness.bpf import Map, _libbpf as L
 from harness.lb import maglev, maglev_bulk
 
-pytestmark = pytest.mark.test_run_only   # no topology: runs beside the others (ci/run-tests.sh)
+pytestmark = [pytest.mark.test_run_only,   # no topology: runs beside the others (ci/run-tests.sh)
+              pytest.mark.beside_faults]  # and beside the fault suite: it leaves nothing behind
 
 
 def random_keys(rng: random.Random, n: int) -> list:
