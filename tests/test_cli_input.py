@@ -339,3 +339,18 @@ def test_kube_proxy_render_refuses_an_unknown_node():
     line = bad_input_line(chainbench("kube-proxy", "render", "--mode", "nftables", "--node",
                                      "cb-node9", "-f", str(FEATURES)))
     assert line == "ERROR: --node cb-node9: not a node of the scenario (cb-node0, cb-node1)"
+
+
+def test_a_command_runs_on_one_thread_so_its_exit_code_survives_a_late_signal():
+    """numpy (the LB planner's arrays) starts a BLAS worker thread unless told not to;
+    a SIGINT arriving as a finished command exits could then be taken by that thread,
+    which has not blocked it, and kill the process (exit -2) after the work was done
+    (the fault suite's lb apply caught it).  Importing harness keeps the process to
+    one thread."""
+    code = ("import os, harness.lb.control, harness.cli; "
+            "print(len(os.listdir('/proc/self/task')))")
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert out.strip() == "1"
