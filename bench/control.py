@@ -557,7 +557,7 @@ HEADER = ("SERVICES", "OPERATION", "METHOD", "STATUS", "SECONDS", "MAD", "VS BPF
           "WRITE", "FLOOR", "X FLOOR", "ENTRIES", "MAP MEM", "RULES TEXT", "PEAK RSS")
 
 
-def _s(fig: dict | None, fmt: str = "{:.4f}") -> str:
+def _s(fig: dict | None, fmt: str = "{:.4g}") -> str:
     return fmt.format(fig["median"]) if fig else "-"
 
 
@@ -572,7 +572,7 @@ def table(suite: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
         rss = r.get("peak_rss_bytes")
         rows.append((str(r["services"]), r["operation"], r["method"],
                      r["status"] if r["status"] == "ok" else f"{r['status']}: {r['detail']}",
-                     _s(s), mad_pct_text(s), _s(r["ratio_to_bpf"], "{:.1f}x"),
+                     _s(s, "{:.4f}"), mad_pct_text(s), _s(r["ratio_to_bpf"], "{:.1f}x"),
                      _s(r.get("plan_seconds")), _s(write), _s(r.get("floor_seconds")),
                      _s(r.get("ratio_to_floor"), "{:.2f}x"),
                      str(r["entries"]) if r["entries"] is not None else "-",
