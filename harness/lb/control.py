@@ -406,7 +406,11 @@ class LbControl:
 
     @staticmethod
     def _keys(fes: list[Frontend]) -> tuple[list[bytes], dict[int, tuple]]:
-        """Every frontend's service-entry key, and per family (positions, columns)."""
+        """Every frontend's service-entry key, and per family (positions, columns): for a
+        few frontends (planned one by one), the keys alone."""
+        if len(fes) <= SMALL:
+            return [E.service_key(f.family, f.address, f.port, f.protocol, 0)
+                    for f in fes], {}
         cols = C.frontend_columns(fes)
         if len(cols) == 1:
             return next(iter(cols.values()))[1].keys(), cols
@@ -687,7 +691,15 @@ class LbControl:
         inc, weights = plan.increments
         dec = np.fromiter(chain.from_iterable(r.uses for r in gone), np.int64)
         ids = np.concatenate([inc, dec])
-        if len(ids):
+        if len(ids) <= 4 * SMALL:               # a few: without the array operations
+            delta: dict[int, int] = {}
+            for bid, w in zip(inc.tolist(), weights.tolist()):
+                delta[bid] = delta.get(bid, 0) + w
+            for bid in dec.tolist():
+                delta[bid] = delta.get(bid, 0) - 1
+            for bid, d in delta.items():
+                plan.refs[bid] = self._refs.get(bid, 0) + d
+        else:
             touched, inv = np.unique(ids, return_inverse=True)
             delta = np.rint(np.bincount(inv, weights=np.concatenate(
                 [weights.astype(np.float64), -np.ones(len(dec))]))).astype(np.int64)
