@@ -155,7 +155,8 @@ def endpoint_keys(endpoint_id: int, generation: int, ep: EndpointPolicy) -> list
     return list(keys.values())
 
 
-def endpoint_flags(ep: EndpointPolicy, generation: int) -> int:
+def _enforcement_flags(ep: EndpointPolicy) -> int:
+    """EP_F_MANAGED and the directions *ep* enforces and denies in."""
     flags = EP_FLAGS["EP_F_MANAGED"]
     if ep.ingress_enforced:
         flags |= EP_FLAGS["EP_F_INGRESS_ENFORCED"]
@@ -165,6 +166,11 @@ def endpoint_flags(ep: EndpointPolicy, generation: int) -> int:
         flags |= EP_FLAGS["EP_F_INGRESS_DENIES"]
     if any(r.deny for r in ep.egress):
         flags |= EP_FLAGS["EP_F_EGRESS_DENIES"]
+    return flags
+
+
+def endpoint_flags(ep: EndpointPolicy, generation: int) -> int:
+    flags = _enforcement_flags(ep)
     for egress, rules in ((False, ep.ingress), (True, ep.egress)):
         if any(not k.exact for r in rules for k in rule_keys(0, 0, egress, r)):
             flags |= EP_FLAGS["EP_F_EGRESS_WIDE" if egress else "EP_F_INGRESS_WIDE"]
@@ -288,15 +294,7 @@ def pack_rules(endpoint_id: int, generation: int, ep: EndpointPolicy) -> PackedR
 
 def packed_endpoint_value(ep: EndpointPolicy, generation: int, revision: int, wide_flags: int) -> bytes:
     """endpoint_value(), with the EP_F_*_WIDE flags given (PackedRules.wide_flags)."""
-    flags = EP_FLAGS["EP_F_MANAGED"] | wide_flags
-    if ep.ingress_enforced:
-        flags |= EP_FLAGS["EP_F_INGRESS_ENFORCED"]
-    if ep.egress_enforced:
-        flags |= EP_FLAGS["EP_F_EGRESS_ENFORCED"]
-    if any(r.deny for r in ep.ingress):
-        flags |= EP_FLAGS["EP_F_INGRESS_DENIES"]
-    if any(r.deny for r in ep.egress):
-        flags |= EP_FLAGS["EP_F_EGRESS_DENIES"]
+    flags = _enforcement_flags(ep) | wide_flags
     if generation:
         flags |= EP_FLAGS["EP_F_GENERATION"]
     return _ENDPOINT_VALUE.pack(ep.identity, revision, flags, 0)
