@@ -24,8 +24,8 @@ SVG_FILE = ROOT / "docs" / "architecture.svg"
 
 #: From the ground up: (what the layer is, the modules and packages on it).
 LAYERS = (
-    ("where things are; the address plan; the error base",
-     ("harness.paths", "harness.addressing", "harness.errors")),
+    ("where things are; the address plan; the error base; pausing the garbage collector",
+     ("harness.paths", "harness.addressing", "harness.errors", "harness.gcpause")),
     ("host facilities: netns, cgroups, bpffs, processes, signals, locks",
      ("harness.host",)),
     ("libbpf binding: objects, maps, programs, attachment",

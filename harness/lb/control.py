@@ -32,8 +32,6 @@ does; a full desired state is filtered first, which reads all of it).
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import heapq
 import ipaddress
 import time
@@ -44,6 +42,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from harness import gcpause
 from harness.errors import ChainbenchError
 from harness import journal as map_journal
 from harness.bpf import Map, Packed
@@ -182,9 +181,6 @@ SMALL = 16
 # Phases in execution order (see the module docstring).
 _PHASES = ("backends", "revnat", "ranges", "slots", "masters", "vips",
            "del-masters", "del-slots", "del-ranges", "del-revnat", "del-backends")
-
-_version = attrgetter("address._version")
-
 
 def _packed(arr: np.ndarray) -> Packed:
     return Packed(arr.tobytes(), arr.dtype.itemsize)
@@ -334,7 +330,7 @@ class LbControl:
         touched: their frontends in *desired* replace theirs, others stay."""
         scope = None if services is None else set(services)
         start = time.perf_counter()
-        with _no_gc():
+        with gcpause.paused():
             plan = self._plan(desired, scope)
         writer = map_journal.Writer(self.maps, self._maglev_install, self._maglev_remove,
                                     *self._maglev_many)
@@ -353,7 +349,7 @@ class LbControl:
         except map_journal.MapWriteError as exc:
             raise LbApplyError(f"LB programming failed and was rolled back: {exc}",
                                exc.cause) from exc.cause
-        with _no_gc():
+        with gcpause.paused():
             self._commit(plan)
         return plan.stats
 
@@ -368,10 +364,9 @@ class LbControl:
             keys, cols = self._keys(fes)
         if scope is None:
             have = self._fe
-            removed = [k for k in have if k not in want]
         else:   # by index: changing one service of 100,000 must not walk them all
             have = {k: self._fe[k] for svc in scope for k in self._by_service.get(svc, ())}
-            removed = [k for k in have if k not in want]
+        removed = [k for k in have if k not in want]
         if have:                            # new or changed, in desired order
             todo = [i for i, (k, f) in enumerate(zip(keys, fes))
                     if (rec := have.get(k)) is None or (rec.frontend is not f
@@ -858,20 +853,6 @@ def _rev_nat_ids(plan: _Plan, keys: list[bytes], have: Mapping[bytes, _Record]
     for j, rid in zip(new_rows, plan.fe_ids.take(len(new_rows))):
         rids[j] = rid
     return olds, new_rows, rids
-
-
-@contextlib.contextmanager
-def _no_gc():
-    """Planning and committing create an object or two per frontend and per backend and
-    no reference cycles; the cycle collector, triggered by those allocations, would walk
-    every object the caller holds (the whole desired state) over and over meanwhile."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _merged(chunks: list[_Chunk]) -> list[_Chunk]:

@@ -30,7 +30,7 @@ from harness.errors import ChainbenchError
 from harness import journal as map_journal
 from harness.bpf import Map, Packed
 from harness.policy import entries as E
-from harness.policy import gcpause
+from harness import gcpause
 from harness.policy.model import EndpointPolicy, PolicyState
 from harness.abi.structs import PolicyKey
 

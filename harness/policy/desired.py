@@ -98,7 +98,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from harness.policy import gcpause
+from harness import gcpause
 from harness.policy.errors import PolicyFieldError
 from harness.policy.identity import (
     RESERVED_LABELS,
@@ -128,7 +128,6 @@ from harness.policy.model import (
 from harness.policy.selectors import (
     ENTITY_SELECTORS,
     LabelIndex,
-    LabelView,
     Selector,
     cnp_peer_selector,
     cnp_subject_selector,
