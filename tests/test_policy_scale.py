@@ -101,6 +101,20 @@ def test_local_only_resolves_the_local_endpoints_as_the_full_resolution(mid):
     assert sum(len(ep.ingress) + len(ep.egress) for ep in local.endpoints) > 1000
 
 
+def test_local_only_also_resolves_the_pods_a_node_holds(mid):
+    """A node's registry may hold a pod the scenario places elsewhere (or nowhere):
+    *held* resolves it too, exactly as the full resolution does (harness.node.sync)."""
+    full = policy_state(mid, local_node=NODE)
+    ids = _local_ids(mid)
+    elsewhere = sorted(p.ref for p in mid.pods
+                       if p.node_name != NODE and not p.host_network and p.pod_ips)[:3]
+    assert elsewhere
+    local = policy_state(mid, local_node=NODE, local_only=True, held=elsewhere + ["ns/absent"])
+    assert {ep.pod for ep in local.endpoints} == set(ids) | set(elsewhere)
+    assert local.endpoints == tuple(ep for ep in full.endpoints
+                                    if ep.pod in ids or ep.pod in elsewhere)
+
+
 def test_generated_scenario_verdicts_agree_with_the_reference(mid):
     """Random connections, and connections aimed at each sampled endpoint's rules (a remote
     the ipcache gives the rule's identity, at the rule's first port)."""

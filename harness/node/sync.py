@@ -33,8 +33,10 @@ def sync_node(node: str, scenario: Scenario) -> str:
         lb = home.lb_control(coll)
         lb.restore()
         lb_stats = lb.apply(lb_state(scenario, node_addresses(scenario), node))
+        # The node's endpoints only (its pods, and any pod its registry holds): every
+        # other node's rules would be resolved for nothing (policy_state's local_only).
         state = policy_state(scenario, local_node=node, np_ipblock=home.settings.np_ipblock,
-                        workloads=workloads())
+                             workloads=workloads(), local_only=True, held=registry.records)
         for ep in state.endpoints:
             if ep.pod in registry.records:
                 registry.fill(ep.pod, identity=ep.identity)

@@ -771,6 +771,7 @@ def policy_state(
     np_ipblock: str = "pods",
     workloads: Iterable[Workload] = (),
     local_only: bool = False,
+    held: Iterable[str] = (),
 ) -> PolicyState:
     """Resolve *scenario*'s policies for the datapath.
 
@@ -787,18 +788,22 @@ def policy_state(
     are endpoints of the result too.  With *local_only* (and a *local_node*)
     the result's endpoints are only *local_node*'s (its pods and workloads), as
     a node's agent resolves them: identities and the ipcache stay the whole
-    cluster's.  Raises ScenarioError for policies using unsupported fields.
+    cluster's; *held* names pods ("namespace/name") the node holds endpoints for
+    whatever their nodeName says (its endpoint registry: a pod without a nodeName,
+    or one the scenario places elsewhere), resolved too.  Raises ScenarioError for
+    policies using unsupported fields.
     """
     if np_ipblock not in NP_IPBLOCK_MODES:
         raise ValueError(f"np_ipblock {np_ipblock!r}: expected one of {', '.join(NP_IPBLOCK_MODES)}")
     with gcpause.paused():
         return _policy_state(scenario, nodes, local_node, allow_localhost, np_ipblock, workloads,
-                             local_only)
+                             local_only, frozenset(held))
 
 
 def _policy_state(scenario: Scenario, nodes: Mapping[str, tuple[IPAddress, ...]] | None,
                   local_node: str | None, allow_localhost: bool, np_ipblock: str,
-                  workloads: Iterable[Workload], local_only: bool) -> PolicyState:
+                  workloads: Iterable[Workload], local_only: bool,
+                  held: frozenset[str]) -> PolicyState:
     policies = _compile(scenario, np_ipblock == "pods")
     by_ref = sorted(((p.ref, p) for p in scenario.pods if not p.host_network and p.pod_ips),
                     key=lambda rp: rp[0])
@@ -813,7 +818,7 @@ def _policy_state(scenario: Scenario, nodes: Mapping[str, tuple[IPAddress, ...]]
                                      egress_enforced=False)
                       for w in sorted(workloads, key=lambda w: w.name)
                       if w.node == local_node and w.name not in pods)
-    resolved = [(ref, p) for ref, p in by_ref if p.node_name == local_node] \
+    resolved = [(ref, p) for ref, p in by_ref if p.node_name == local_node or ref in held] \
         if local_only and local_node else by_ref
     subjects = _subjects(r, [r.labels[ref] for ref, _ in resolved], policies)
     return PolicyState(
