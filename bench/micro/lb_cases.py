@@ -42,7 +42,7 @@ from bench.micro.case import Case, CaseCheckFailed, Outcome
 from harness import addressing
 from harness.node import datapath
 from harness.bpf import Collection
-from harness.lb.model import ACTIVE, Backend, Frontend, LbState
+from harness.lb.model import ACTIVE, Backend, Backends, Frontend, LbState
 from harness.testrun.packets import eth
 
 __all__ = ["CaseCheckFailed", "cases", "packets", "synthetic_state"]
@@ -93,11 +93,11 @@ def synthetic_state(services: int, backends: int = BACKENDS_PER_SERVICE,
         else:
             ks = [(i * backends + j) % POD_POOL for j in range(backends)]
         name = f"bench/svc-{i}"
-        bes = tuple(Backend(_pod(k), BACKEND_PORT, "TCP", ACTIVE) for k in ks)
+        bes = Backends(Backend(_pod(k), BACKEND_PORT, "TCP", ACTIVE) for k in ks)
         vip, port = _vip(i)
         frontends.append(Frontend(name, "http", "ClusterIP", vip, port, "TCP", bes))
         if ipv6:
-            bes6 = tuple(Backend(_pod6(k), BACKEND_PORT, "TCP", ACTIVE) for k in ks)
+            bes6 = Backends(Backend(_pod6(k), BACKEND_PORT, "TCP", ACTIVE) for k in ks)
             vip6, port6 = _vip6(i)
             frontends.append(Frontend(name, "http", "ClusterIP", vip6, port6, "TCP", bes6))
         if nodeport and last:

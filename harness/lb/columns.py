@@ -4,13 +4,14 @@ Owns turning frontends and backends (harness.lb.model) into the exact bytes of
 their ``cb_lb{4,6}_services``, ``_backends`` and ``_reverse_nat`` entries as
 numpy arrays laid out by the BTF-checked mirrors of harness.abi.structs (the
 dtypes below are ``np.dtype`` of those ctypes mirrors, so a layout change
-there changes them too).  Python work per object is limited to reading
-attributes (``operator.attrgetter`` over lists, which runs in C); selecting
-backends, numbering them, expanding slots and filling keys and values are
-array operations over every frontend at once.
+there changes them too).  Python work is one attribute read per frontend and
+per set of backends: the packed records (model.BACKEND_RECORD, FRONTEND_RECORD)
+the objects made of their fields when they were created, joined in C into one
+array; selecting backends, numbering them, expanding slots and filling keys and
+values are array operations over every frontend at once.
 
 harness.lb.entries renders one frontend at a time with the same mirrors; the
-two are kept byte-identical by tests/test_lb_columns.py.
+two are kept byte-identical by tests/test_lb_bulk.py.
 
 - ``BackendRefs``: the backends of a list of backend tuples ("groups", one per
   distinct tuple object), flattened: address, port, protocol, state per
@@ -18,8 +19,8 @@ two are kept byte-identical by tests/test_lb_columns.py.
   slot order (model.selectable: active ones sorted, else terminating ones).
 - ``frontend_columns``: address, port, protocol, flags, affinity of frontends
   of one family.
-- ``service_entries``: services-map keys and values of frontend scopes, slots
-  1..n then the service entry (slot 0) per scope.
+- ``service_entries``: services-map keys and values of frontend scopes: their
+  slots 1..n, and their service entries (slot 0).
 - ``backend_values`` / ``reverse_nat_values``: those maps' values.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 from harness.abi.structs import (Lb4Backend, Lb4Key, Lb4ReverseNat, Lb6Backend, Lb6Key,
                                 Lb6ReverseNat, LbService)
 from harness.lb import entries as E
+from harness.lb import model as M
 from harness.lb.model import ACTIVE, BACKEND_STATES, PROTOCOLS, TERMINATING, Backend, Frontend
 
 
@@ -55,50 +57,48 @@ SERVICE = _dtype(LbService)
 BACKEND = {4: _dtype(Lb4Backend), 6: _dtype(Lb6Backend)}
 REVERSE_NAT = {4: _dtype(Lb4ReverseNat), 6: _dtype(Lb6ReverseNat)}
 
-#: Backend order compares protocols as strings (model.Backend is ordered by its
-#: fields): their rank in that order.
-_PROTO_RANK = {p: i for i, p in enumerate(sorted(PROTOCOLS))}
 _TYPE_FLAG = E.TYPE_FLAGS
 _F = E.SVC_FLAGS
 _M64 = (1 << 64) - 1
 
-_BACKEND_FIELDS = ("port", "protocol", "state")
-_FRONTEND_FIELDS = ("port", "protocol", "type", "affinity_timeout", "maglev", "local_scope",
-                    "internal_local", "source_ranges")
+#: The packed records Backends and Frontends carry (harness.lb.model), as numpy sees them.
+BACKEND_REC = np.dtype([(name, "<" + code) for name, code in M.BACKEND_RECORD])
+FRONTEND_REC = np.dtype([(name, "<" + code) for name, code in M.FRONTEND_RECORD])
+#: Frontend type code -> its flag (model.FRONTEND_TYPES order).
+_TYPE_FLAGS = np.array([_TYPE_FLAG[t] for t in M.FRONTEND_TYPES], np.uint16)
+_REC = attrgetter("_rec")
 
 
-def _columns(objects: list, fields: tuple[str, ...]) -> tuple:
-    """(family, address high 64 bits, low 64 bits, port, then the other *fields* as
-    sequences) of objects with an ``address`` and a ``port`` (the first of *fields*):
-    one attribute read per object, in C, then transposed."""
-    n = len(objects)
-    if n == 0:
-        empty = np.zeros(0, np.uint64)
-        return (np.zeros(0, np.uint8), empty, empty, np.zeros(0, np.uint16)) + \
-            tuple(() for _ in fields[1:])
-    rows = list(map(attrgetter("address._version", "address._ip", *fields), objects))
-    cols = list(zip(*rows))
-    fam = np.fromiter(cols[0], np.uint8, n)
-    hi = np.zeros(n, np.uint64)
-    v6 = np.flatnonzero(fam == 6)
-    if len(v6):             # 128-bit integers: split the IPv6 ones in Python
-        ints = cols[1]
-        v4 = np.flatnonzero(fam != 6)
-        lo = np.zeros(n, np.uint64)
-        if len(v4):
-            lo[v4] = [ints[i] for i in v4.tolist()]
-        big = [ints[i] for i in v6.tolist()]
-        hi[v6] = [i >> 64 for i in big]
-        lo[v6] = [i & _M64 for i in big]
-    else:
-        lo = np.fromiter(cols[1], np.uint64, n)
-    port = np.fromiter(cols[2], np.uint16, n)
-    return (fam, hi, lo, port) + tuple(cols[3:])
+def records(objects: Sequence, dtype: np.dtype) -> np.ndarray:
+    """The packed records of *objects* (Backends or Frontends) as one array: one attribute
+    read per object, in C.  ValueError names the first object that is not programmable (a
+    field that does not fit its record, or a name the model does not know)."""
+    return _decoded(lambda: b"".join(map(_REC, objects)), lambda: objects, dtype)
 
 
-def _codes(names: Sequence[str], table: dict[str, int]) -> np.ndarray:
-    """*names* as the numbers *table* gives them (every name must be in it)."""
-    return np.fromiter(map(table.__getitem__, names), np.uint8, len(names))
+def backend_records(groups: Sequence[tuple[Backend, ...]]) -> np.ndarray:
+    """The records of every Backend of *groups*, group after group: a model.Backends set's
+    as it joined them when it was made, a plain tuple's joined here."""
+    def join() -> bytes:
+        return b"".join([g._rec if type(g) is M.Backends else b"".join(map(_REC, g))
+                         for g in groups])
+    return _decoded(join, lambda: list(chain.from_iterable(groups)), BACKEND_REC)
+
+
+def _decoded(join, objects, dtype: np.dtype) -> np.ndarray:
+    try:
+        recs = np.frombuffer(join(), dtype)
+    except TypeError:       # a None record: a field that does not fit
+        bad = next(o for o in objects() if o._rec is None)
+        raise ValueError(f"{bad!r}: not programmable (a field out of range)") from None
+    unknown = np.zeros(len(recs), bool)
+    for name in ("proto", "state", "type"):
+        if name in dtype.names:
+            unknown |= recs[name] == M.UNKNOWN
+    if unknown.any():
+        bad = objects()[int(np.flatnonzero(unknown)[0])]
+        raise ValueError(f"{bad!r}: unknown protocol, state or type")
+    return recs
 
 
 def be16(values) -> np.ndarray:
@@ -108,7 +108,7 @@ def be16(values) -> np.ndarray:
 @dataclass
 class BackendRefs:
     """The backends of *groups* (tuples of Backends), flattened, one row per reference."""
-    objects: list[Backend]          # row -> the Backend
+    groups: Sequence[tuple[Backend, ...]]
     group: np.ndarray               # row -> its group
     family: np.ndarray              # 4 or 6
     hi: np.ndarray                  # address, high 64 bits (IPv6)
@@ -122,11 +122,10 @@ class BackendRefs:
     @classmethod
     def of(cls, groups: list[tuple[Backend, ...]]) -> "BackendRefs":
         lens = np.fromiter(map(len, groups), np.int64, len(groups))
-        flat = list(chain.from_iterable(groups))
         group = np.repeat(np.arange(len(groups)), lens)
-        fam, hi, lo, port, protos, states = _columns(flat, _BACKEND_FIELDS)
-        proto, rank = _codes(protos, PROTOCOLS), _codes(protos, _PROTO_RANK)
-        state = _codes(states, BACKEND_STATES)
+        recs = backend_records(groups)
+        fam, hi, lo, port = recs["family"], recs["hi"], recs["lo"], recs["port"]
+        proto, rank, state = recs["proto"], recs["rank"], recs["state"]
         # Slot order: model.selectable, group by group (the group is the primary key).
         order = np.lexsort((rank, port, lo, hi, group))
         active = state == BACKEND_STATES[ACTIVE]
@@ -134,14 +133,28 @@ class BackendRefs:
         keep = active | (~has_active[group] & (state == BACKEND_STATES[TERMINATING]))
         selected = order[keep[order]]
         counts = np.bincount(group[selected], minlength=len(groups))
-        return cls(flat, group, fam, hi, lo, port, proto, state, selected, counts)
+        return cls(groups, group, fam, hi, lo, port, proto, state, selected, counts)
+
+    @property
+    def objects(self) -> list[Backend]:
+        """Row -> the Backend (built on demand: planning reads the columns only)."""
+        return list(chain.from_iterable(self.groups))
 
     def unique(self) -> tuple[np.ndarray, np.ndarray]:
         """(first row of each distinct backend (family, address, port, protocol), in order
         of first appearance; row -> index into those)."""
-        n = len(self.objects)
+        n = len(self.group)
         if n == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if not self.hi.any() and not (self.lo >> np.uint64(32)).any():
+            # IPv4 only: the identity fits one 64-bit number, one sort instead of four.
+            ident = (self.lo << np.uint64(32)) | (self.port.astype(np.uint64) << np.uint64(16)) \
+                | (self.proto.astype(np.uint64) << np.uint64(8)) | self.family.astype(np.uint64)
+            _, first, inverse = np.unique(ident, return_index=True, return_inverse=True)
+            by_appearance = np.argsort(first, kind="stable")
+            rank = np.empty_like(by_appearance)
+            rank[by_appearance] = np.arange(len(by_appearance))
+            return first[by_appearance], rank[inverse.reshape(-1)]
         tail = (self.family.astype(np.uint64) << 32) | (self.port.astype(np.uint64) << 8) \
             | self.proto.astype(np.uint64)
         order = np.lexsort((np.arange(n), tail, self.lo, self.hi))
@@ -226,17 +239,16 @@ class FrontendColumns:
 def frontend_columns(frontends: Sequence[Frontend]) -> dict[int, tuple[np.ndarray, FrontendColumns]]:
     """Columns of *frontends*, per family: family -> (their positions in *frontends*,
     columns)."""
-    fam, hi, lo, port, protos, types, affinity, maglev, local, int_local, ranges = \
-        _columns(list(frontends), _FRONTEND_FIELDS)
-    n = len(types)
-    flags = np.fromiter(map(_TYPE_FLAG.__getitem__, types), np.uint16, n)
-    affinity = np.fromiter(affinity, np.uint32, n)
-    for values, flag in ((maglev, "SVC_F_MAGLEV"), (local, "SVC_F_LOCAL_SCOPE"),
-                         (int_local, "SVC_F_INT_LOCAL")):
-        flags[np.fromiter(values, bool, n)] |= _F[flag]
+    recs = records(frontends, FRONTEND_REC)
+    fam, hi, lo, port, proto = recs["family"], recs["hi"], recs["lo"], recs["port"], recs["proto"]
+    affinity = recs["affinity"]
+    flags = _TYPE_FLAGS[recs["type"]]
+    bits = recs["bits"]
+    for name, flag in (("maglev", "SVC_F_MAGLEV"), ("local_scope", "SVC_F_LOCAL_SCOPE"),
+                       ("internal_local", "SVC_F_INT_LOCAL"),
+                       ("source_ranges", "SVC_F_SOURCE_RANGE")):
+        flags[(bits & M.FRONTEND_BITS[name]) > 0] |= _F[flag]
     flags[affinity > 0] |= _F["SVC_F_AFFINITY"]
-    flags[np.fromiter(map(bool, ranges), bool, len(ranges))] |= _F["SVC_F_SOURCE_RANGE"]
-    proto = _codes(protos, PROTOCOLS)
     out = {}
     for family in (4, 6):
         rows = np.flatnonzero(fam == family)
@@ -268,33 +280,39 @@ def scope_flags(flags: np.ndarray, two_scopes: np.ndarray) -> tuple[np.ndarray, 
     return ext, internal
 
 
-def service_entries(cols: FrontendColumns, rows: Scopes
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(keys, values, masters, row) of the services-map entries of *rows*: per row its
-    slots 1..n then its service entry; *masters* marks the EXT service entries (slot 0,
-    scope EXT: the entry every lookup finds first), *row* gives each entry's row."""
+@dataclass
+class ServiceEntries:
+    """services-map entries of Scopes rows: every row's slots 1..n (row after row), and
+    every row's scope entry (slot 0: count, reverse NAT index, flags), one per row."""
+    slot_keys: np.ndarray
+    slot_values: np.ndarray
+    slot_row: np.ndarray            # slot -> its row
+    keys: np.ndarray                # row -> its scope entry's key
+    values: np.ndarray
+
+
+def service_entries(cols: FrontendColumns, rows: Scopes) -> ServiceEntries:
+    """The services-map entries of *rows* (see ServiceEntries)."""
     counts = rows.counts.astype(np.int64)
-    per = counts + 1
-    row = np.repeat(np.arange(len(per)), per)
-    start = np.cumsum(per) - per
-    pos = np.arange(len(row)) - start[row]
-    is_entry = pos == counts[row]
-    fe = rows.frontend[row]
-    keys = np.zeros(len(row), KEY[cols.family])
-    cols._fill_key(keys, fe)
-    keys["backend_slot"] = np.where(is_entry, 0, pos + 1)
-    keys["scope"] = rows.scope[row]
-    values = np.zeros(len(row), SERVICE)
-    slot = ~is_entry
-    id_start = np.cumsum(counts) - counts
-    values["backend_id"][slot] = rows.ids[id_start[row[slot]] + pos[slot]]
-    er = row[is_entry]
-    values["count"][is_entry] = counts[er]
-    values["rev_nat_index"][is_entry] = rows.rev_nat[er]
-    values["flags"][is_entry] = rows.flags[er]
-    values["affinity_timeout"][is_entry] = cols.affinity[rows.frontend[er]]
-    masters = is_entry & (keys["scope"] == E.SCOPE_EXT)
-    return keys, values, masters, row
+    n = len(counts)
+    slot_row = np.repeat(np.arange(n, dtype=np.int32), counts)
+    start = np.cumsum(counts) - counts
+    slot_keys = np.zeros(len(slot_row), KEY[cols.family])
+    cols._fill_key(slot_keys, rows.frontend[slot_row])
+    slot_keys["backend_slot"] = np.arange(1, len(slot_row) + 1, dtype=np.int64) - \
+        np.repeat(start, counts)
+    slot_keys["scope"] = rows.scope[slot_row]
+    slot_values = np.zeros(len(slot_row), SERVICE)
+    slot_values["backend_id"] = rows.ids
+    keys = np.zeros(n, KEY[cols.family])
+    cols._fill_key(keys, rows.frontend)
+    keys["scope"] = rows.scope
+    values = np.zeros(n, SERVICE)
+    values["count"] = counts
+    values["rev_nat_index"] = rows.rev_nat
+    values["flags"] = rows.flags
+    values["affinity_timeout"] = cols.affinity[rows.frontend]
+    return ServiceEntries(slot_keys, slot_values, slot_row, keys, values)
 
 
 def reverse_nat_values(cols: FrontendColumns) -> np.ndarray:

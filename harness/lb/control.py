@@ -36,8 +36,8 @@ import heapq
 import ipaddress
 import time
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import attrgetter
+from itertools import chain, islice, repeat
+from operator import attrgetter, is_not
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -75,7 +75,7 @@ class _Record:
     rev_nat_index: int
     backend_ids: tuple[int, ...]                # EXT scope's slots, in slot order
     internal_ids: tuple[int, ...] | None        # the INT scope's, for a two-scope frontend
-    uses: tuple[int, ...]                       # every backend its entries may name, per scope
+    uses: tuple[int, ...]                       # every backend its entries may name, per scope (any order)
     ranges: dict[bytes, bytes] | None = None    # its source-range entries
     kernel: dict[bytes, bytes] | None = None    # restored: the services entries the kernel held
 
@@ -330,11 +330,11 @@ class LbControl:
         touched: their frontends in *desired* replace theirs, others stay."""
         scope = None if services is None else set(services)
         start = time.perf_counter()
-        with gcpause.paused():
-            plan = self._plan(desired, scope)
         writer = map_journal.Writer(self.maps, self._maglev_install, self._maglev_remove,
                                     *self._maglev_many)
         try:
+            with gcpause.paused():
+                plan = self._plan(desired, scope)
             steps = self._steps(plan)
             if plan.maglev_install and self._maglev_prepare is not None:
                 self._maglev_prepare([(rid, ids, keys) for rid, (ids, keys)
@@ -419,24 +419,11 @@ class LbControl:
                   have: Mapping[bytes, _Record]) -> dict[bytes, dict[bytes, bytes]]:
         """Entries of new and changed frontends; returns the changed ones' new services
         entries (key -> value), to compare with what they had."""
-        # Backend tuples, each distinct object once, numbered in desired order.
-        gidx: dict[int, int] = {}
-        groups: list[tuple] = []
-        ext_g: list[int] = []
-        int_g: list[int] = []
-        for t, u in zip(map(attrgetter("backends"), todo),
-                        map(attrgetter("internal_backends"), todo)):
-            g = gidx.setdefault(id(t), len(groups))
-            if g == len(groups):
-                groups.append(t)
-            ext_g.append(g)
-            if u is None:
-                int_g.append(-1)
-            else:
-                g = gidx.setdefault(id(u), len(groups))
-                if g == len(groups):
-                    groups.append(u)
-                int_g.append(g)
+        # Backend tuples, each distinct object once, numbered in desired order (a
+        # frontend's EXT tuple, then its INT one).
+        ext_t = list(map(attrgetter("backends"), todo))
+        int_t = list(map(attrgetter("internal_backends"), todo))
+        groups, ext_g, int_g = _distinct(ext_t, int_t)
         refs = C.BackendRefs.of(groups)
         first, inverse = refs.unique()
         ukeys = list(zip(refs.family[first].tolist(), refs.hi[first].tolist(),
@@ -471,17 +458,25 @@ class LbControl:
         ext_a, int_a = np.array(ext_g, np.int64), np.array(int_g, np.int64)
         mult = np.bincount(ext_a, minlength=len(groups)) + \
             np.bincount(int_a[int_a >= 0], minlength=len(groups))
-        plan.increments = (ref_ids.astype(np.int64), mult[refs.group])
-        # Each group's selectable ids (slot order) and every id it names.
+        plan.increments = (ref_ids, mult[refs.group].astype(np.int32))
+        # Each group's selectable ids (slot order) and every id it names (a multiset: the
+        # reference counts' input), one tuple for both where every backend is selectable.
         counts = refs.counts
         sel_ids = ref_ids[refs.selected]
         lens = np.bincount(refs.group, minlength=len(groups)) if len(groups) else counts
-        flat_sel = sel_ids.tolist()
-        flat_all = ref_ids.tolist()
-        sel_end = np.cumsum(counts).tolist()
-        all_end = np.cumsum(lens).tolist()
-        g_sel = [tuple(flat_sel[e - n:e]) for e, n in zip(sel_end, counts.tolist())]
-        g_all = [tuple(flat_all[e - n:e]) for e, n in zip(all_end, lens.tolist())]
+        del refs, first, inverse, ext_t, int_t      # the biggest arrays: free them early
+        all_start = np.cumsum(lens) - lens
+        it = iter(sel_ids.tolist())
+        g_sel = [tuple(islice(it, n)) for n in counts.tolist()]
+        g_all = g_sel.copy()
+        same = counts == lens
+        differ = np.flatnonzero(~same)
+        if len(differ):
+            flat_all = ref_ids.tolist()
+            for g, a, n in zip(differ.tolist(), all_start[differ].tolist(),
+                               lens[differ].tolist()):
+                g_all[g] = tuple(flat_all[a:a + n])
+            del flat_all
 
         # Reverse NAT indexes: changed frontends keep theirs, new ones take the next free.
         olds, new_rows, rids = _rev_nat_ids(plan, todo_keys, have)
@@ -523,18 +518,36 @@ class LbControl:
                 flags=np.concatenate([int_flags[two], ext_flags]),
                 rev_nat=rid[frontend], counts=counts[scope_groups],
                 ids=_gather(sel_ids, sel_start[scope_groups], counts[scope_groups]))
-            skeys, svals, masters, row = C.service_entries(c, scopes)
-            owner = js[frontend][row]               # entry -> index into todo
-            new_e = is_new[owner]
+            ent = C.service_entries(c, scopes)
+            owner = js[frontend]                    # scope row -> index into todo
+            row_new = is_new[owner]
+            master = scopes.scope == E.SCOPE_EXT     # the row's entry is what lookups find
             smap = E.services_map(fam)
-            for phase, mask in (("slots", new_e & ~masters), ("masters", new_e & masters)):
-                n = int(mask.sum())
-                plan.put(phase, smap, _packed(skeys[mask]), _packed(svals[mask]), [None] * n)
-            if not new_e.all():
-                kk = skeys[~new_e].view(f"V{skeys.itemsize}").tolist()
-                vv = svals[~new_e].view(f"V{svals.itemsize}").tolist()
-                for o, k, v in zip(owner[~new_e].tolist(), kk, vv):
-                    changed_entries.setdefault(todo_keys[o], {})[k] = v
+            # New frontends' entries: slots and INT scope entries, then EXT entries.
+            if row_new.all():           # (a first apply: the slots as built, not copied)
+                slot_keys, slot_values = ent.slot_keys, ent.slot_values
+            else:
+                slot_new = row_new[ent.slot_row]
+                slot_keys, slot_values = ent.slot_keys[slot_new], ent.slot_values[slot_new]
+            plan.put("slots", smap, _packed(slot_keys), _packed(slot_values),
+                     [None] * len(slot_keys))
+            del slot_keys, slot_values
+            for phase, mask in (("slots", row_new & ~master), ("masters", row_new & master)):
+                plan.put(phase, smap, _packed(ent.keys[mask]), _packed(ent.values[mask]),
+                         [None] * int(mask.sum()))
+            # Changed frontends' entries, to compare with what they wrote.
+            if not row_new.all():
+                old_row = ~row_new
+                slot_old = old_row[ent.slot_row]
+                for ks, vs, rows_ in ((ent.slot_keys[slot_old], ent.slot_values[slot_old],
+                                       ent.slot_row[slot_old]),
+                                      (ent.keys[old_row], ent.values[old_row],
+                                       np.flatnonzero(old_row))):
+                    for o, k, v in zip(owner[rows_].tolist(),
+                                       ks.view(f"V{ks.itemsize}").tolist(),
+                                       vs.view(f"V{vs.itemsize}").tolist()):
+                        changed_entries.setdefault(todo_keys[o], {})[k] = v
+            del ent
             sub = np.flatnonzero(is_new[js])
             if len(sub):
                 rn = C.reverse_nat_values(C.FrontendColumns(
@@ -564,6 +577,8 @@ class LbControl:
                 if t is not None and id(t) not in seen:
                     seen.add(id(t))
                     groups.append(t)
+        C.records(todo, C.FRONTEND_REC)     # ValueError for what the maps cannot hold
+        C.backend_records(groups)
         first: dict[tuple, Backend] = {}
         for b in chain.from_iterable(groups):
             first.setdefault(C.backend_key(b), b)
@@ -694,11 +709,12 @@ class LbControl:
                 delta[bid] = delta.get(bid, 0) - 1
             for bid, d in delta.items():
                 plan.refs[bid] = self._refs.get(bid, 0) + d
-        else:
-            touched, inv = np.unique(ids, return_inverse=True)
-            delta = np.rint(np.bincount(inv, weights=np.concatenate(
-                [weights.astype(np.float64), -np.ones(len(dec))]))).astype(np.int64)
-            for bid, d in zip(touched.tolist(), delta.tolist()):
+        else:   # ids are allocated densely from 1: count by id, no sort
+            size = int(ids.max()) + 1
+            delta = np.bincount(inc, weights=weights, minlength=size).astype(np.int64) - \
+                np.bincount(dec, minlength=size)
+            touched = np.flatnonzero(np.bincount(ids, minlength=size))
+            for bid, d in zip(touched.tolist(), delta[touched].tolist()):
                 plan.refs[bid] = self._refs.get(bid, 0) + d
         dead = [bid for bid, n in plan.refs.items() if n <= 0]
         if full:    # unreferenced backends (adopted by restore()) go unless this apply wants them
@@ -867,6 +883,25 @@ def _merged(chunks: list[_Chunk]) -> list[_Chunk]:
         keys = [x for k, _, _ in chunks for x in k]
         values = None if chunks[0][1] is None else [x for _, v, _ in chunks for x in v]
     return [(keys, values, [o for _, _, os_ in chunks for o in os_])]
+
+
+def _distinct(ext: list[tuple], internal: list[tuple | None]
+              ) -> tuple[list[tuple], list[int], list[int]]:
+    """(the distinct objects of *ext* and *internal* (None left out), in the order
+    ext[0], internal[0], ext[1], ...; each ext's index among them; each internal's, -1
+    for None): by object identity, with the loops in C (an id names one object here:
+    they are all alive)."""
+    if any(map(is_not, internal, repeat(None))):
+        seq = [t for pair in zip(ext, internal) for t in pair if t is not None]
+        int_g = None
+    else:
+        seq, int_g = ext, [-1] * len(ext)
+    objects = dict(zip(map(id, seq), seq))              # first appearance order
+    number = dict(zip(objects, range(len(objects))))
+    ext_g = list(map(number.__getitem__, map(id, ext)))
+    if int_g is None:
+        int_g = [-1 if u is None else number[id(u)] for u in internal]
+    return list(objects.values()), ext_g, int_g
 
 
 def _gather(values: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

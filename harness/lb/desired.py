@@ -37,7 +37,7 @@ from typing import Mapping
 from harness.addressing import (POD_CIDR_V4, POD_CIDR_V6, AddressPlanError, node_index, node_ip4,
                                 node_ip6)
 from harness.errors import InputError
-from harness.lb.model import (ACTIVE, LB_ALGORITHM_ANNOTATION, TERMINATING, Backend,
+from harness.lb.model import (ACTIVE, LB_ALGORITHM_ANNOTATION, TERMINATING, Backend, Backends,
                               Frontend, LbState)
 from harness.scenario import Scenario, Service
 from harness.scenario.model import IPAddress
@@ -115,11 +115,11 @@ def _backends_for(scenario: Scenario, svc: Service, family: int, port_name: str,
                     prev = out.get(b.key)
                     if prev is None or prev.state != ACTIVE:
                         out[b.key] = b
-    return tuple(sorted(out.values()))
+    return Backends(sorted(out.values()))
 
 
 def _scoped(backends: tuple[Backend, ...], node: str | None) -> tuple[Backend, ...]:
-    return tuple(b for b in backends if b.node == node)
+    return Backends(b for b in backends if b.node == node)
 
 
 def _service_frontends(scenario: Scenario, svc: Service,
@@ -195,7 +195,7 @@ def _hostport_frontends(scenario: Scenario,
                     continue
                 be = Backend(pod_ip, cp.container_port, cp.protocol, ACTIVE, pod.node_name)
                 out.append(_sctp_checked(Frontend(pod.ref, cp.name, "HostPort", host,
-                                                  cp.host_port, cp.protocol, (be,),
+                                                  cp.host_port, cp.protocol, Backends((be,)),
                                                   node=pod.node_name),
                                          "hostPort"))
     return out

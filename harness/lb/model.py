@@ -3,6 +3,7 @@ on) with their backends and the backends' states, as harness.lb.desired derives
 them from a scenario and harness.lb.control writes them into the maps."""
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -16,6 +17,28 @@ PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 
 FRONTEND_TYPES = ("ClusterIP", "NodePort", "ExternalIP", "LoadBalancer", "HostPort")
 
+#: Backends are ordered by their fields, so protocols compare as strings: each one's rank.
+PROTOCOL_RANK = {p: i for i, p in enumerate(sorted(PROTOCOLS))}
+#: A name the tables above do not know, in a packed record (the planner refuses it).
+UNKNOWN = 0xFF
+
+# Packed records: each Backend and Frontend packs its fields once, when it is made (as an
+# agent parses an EndpointSlice when it arrives), and a Backends set joins its members',
+# so that planning many of them (harness.lb.columns) reads one bytes object per set or
+# frontend instead of one attribute per field of every object.  (name, struct code) in
+# order, little-endian, no padding; the address is split into its high and low 64 bits
+# (IPv4: low only).
+BACKEND_RECORD = (("hi", "Q"), ("lo", "Q"), ("port", "H"), ("proto", "B"), ("state", "B"),
+                  ("rank", "B"), ("family", "B"))
+#: ``bits``: FRONTEND_BITS of the fields set; ``type``: index in FRONTEND_TYPES.
+FRONTEND_RECORD = (("hi", "Q"), ("lo", "Q"), ("affinity", "I"), ("port", "H"), ("proto", "B"),
+                   ("family", "B"), ("type", "B"), ("bits", "B"))
+FRONTEND_BITS = {"maglev": 1, "local_scope": 2, "internal_local": 4, "source_ranges": 8}
+_M64 = (1 << 64) - 1
+_pack_backend = struct.Struct("<" + "".join(c for _, c in BACKEND_RECORD)).pack
+_pack_frontend = struct.Struct("<" + "".join(c for _, c in FRONTEND_RECORD)).pack
+_TYPE_CODE = {t: i for i, t in enumerate(FRONTEND_TYPES)}
+
 
 @dataclass(frozen=True, order=True)
 class Backend:
@@ -24,11 +47,39 @@ class Backend:
     protocol: str
     state: str = ACTIVE
     node: str | None = field(default=None, compare=False)
+    #: BACKEND_RECORD of the fields above; None when they do not fit it (not programmable).
+    _rec: bytes | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        try:
+            ip = self.address._ip
+            rec = _pack_backend(ip >> 64, ip & _M64, self.port,
+                                PROTOCOLS.get(self.protocol, UNKNOWN),
+                                BACKEND_STATES.get(self.state, UNKNOWN),
+                                PROTOCOL_RANK.get(self.protocol, UNKNOWN), self.address._version)
+        except (AttributeError, TypeError, struct.error):
+            rec = None
+        object.__setattr__(self, "_rec", rec)
 
     @property
     def key(self) -> tuple:
         """Identity of the backend in the backends map: address, port, protocol."""
         return (self.address, self.port, self.protocol)
+
+
+class Backends(tuple):
+    """A tuple of Backends that also keeps their records (BACKEND_RECORD each) joined:
+    how the agent holds an EndpointSlice's backends once it has parsed them, so that a
+    full sync reads one bytes object per set (harness.lb.columns).  Equal to, and
+    interchangeable with, a plain tuple of the same Backends."""
+
+    def __new__(cls, backends: Iterable[Backend] = ()):
+        self = super().__new__(cls, backends)
+        try:
+            self._rec = b"".join([b._rec for b in self])
+        except TypeError:           # a Backend that is not programmable
+            self._rec = None
+        return self
 
 
 @dataclass(frozen=True)
@@ -62,6 +113,19 @@ class Frontend:
     #: frontend whose traffic policies differ.  The datapath keeps the two as two scopes
     #: (bpf_src/lib/lb.h); None: one set for every client.
     internal_backends: tuple[Backend, ...] | None = None
+    #: FRONTEND_RECORD of the fields above; None when they do not fit it.
+    _rec: bytes | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        try:
+            ip = self.address._ip
+            bits = sum(bit for name, bit in FRONTEND_BITS.items() if getattr(self, name))
+            rec = _pack_frontend(ip >> 64, ip & _M64, self.affinity_timeout, self.port,
+                                 PROTOCOLS.get(self.protocol, UNKNOWN), self.address._version,
+                                 _TYPE_CODE.get(self.type, UNKNOWN), bits)
+        except (AttributeError, TypeError, struct.error):
+            rec = None
+        object.__setattr__(self, "_rec", rec)
 
     @property
     def key(self) -> tuple:
