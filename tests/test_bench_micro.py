@@ -15,7 +15,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
-from bench.micro import lb_cases, suite as micro, policy_cases
+from bench.micro import fresh_flows, lb_cases, suite as micro, policy_cases
 from bench.report import schema
 from bench import stats
 from harness.host import bpffs
@@ -45,8 +45,9 @@ def test_every_case_takes_its_path_at_scale_1(scale1_cases):
         for c in cases:
             bench.check(c)
     assert _no_bench_pins()
-    assert set(by_case) == {"established", "new-flow", "non-service", "ipv6-established",
-                            "nodeport", "policy-new", "policy-established", "policy-deny"}
+    assert set(by_case) == {"established", "new-flow", "new-flow-expired", "non-service",
+                            "ipv6-established", "nodeport", "policy-new", "policy-established",
+                            "policy-deny"}
     deny = by_case["policy-deny"]
     assert (deny.verdict, deny.drop_reason) == ("TC_ACT_SHOT", drop_reasons.CODES["DROP_POLICY"])
     for name in ("nodeport", "ipv6-established", "established", "policy-new"):
@@ -105,8 +106,8 @@ def test_every_timed_run_takes_the_path_and_a_loop_would_not(scale1_cases):
     by one a run); in one call of many runs only the first is: the kernel reruns the
     program on the packet the previous run rewrote."""
     from bench.micro.worker import Shot
-    translating = [scale1_cases[n] for n in ("established", "new-flow", "ipv6-established",
-                                             "nodeport")]
+    translating = [scale1_cases[n] for n in ("established", "new-flow", "new-flow-expired",
+                                             "ipv6-established", "nodeport")]
     deny = scale1_cases["policy-deny"]
     code = drop_reasons.CODES["DROP_POLICY"]
     with micro.Bench(translating + [deny]) as bench:
@@ -167,8 +168,8 @@ def test_suite_with_pyperf_workers(tmp_path):
     assert cfg["indicative"] and cfg["workers"] and cfg["samples"] == 5 and cfg["rounds"] == 1
     assert seen and seen[-1][0] == seen[-1][1]
     results = {r["case"]: r for r in suite["results"]}
-    for case in ("established", "new-flow", "non-service", "ipv6-established", "nodeport",
-                 "policy-new", "policy-established", "policy-deny",
+    for case in ("established", "new-flow", "new-flow-expired", "non-service",
+                 "ipv6-established", "nodeport", "policy-new", "policy-established", "policy-deny",
                  "tc_parse_stats", "xdp_parse_stats"):
         assert case in results, case
     for r in suite["results"]:
@@ -191,6 +192,12 @@ def test_suite_with_pyperf_workers(tmp_path):
     assert results["policy-deny"]["verdict"] == "TC_ACT_SHOT"
     assert results["policy-deny"]["drop_reason"] == drop_reasons.CODES["DROP_POLICY"]
     assert results["nodeport"]["program"] == "from_netdev"
+    # every call of new-flow, in its worker process, was a new flow: two inserts each
+    fresh = results["new-flow"]["fresh"]
+    assert fresh["calls"] == fresh_flows.calls_of_run(5, 20_000, 1) - 1    # the first check
+    assert fresh["entries_after"] - fresh["entries_before"] == 2 * fresh["calls"]
+    assert fresh["ct_max_entries"] >= fresh["entries_after"]
+    assert "fresh" not in results["new-flow-expired"]
     doc_schema = schema.load()              # what bench.report.results.write validates against
     assert schema.validate(suite, doc_schema["$defs"]["micro"], doc_schema) == []
     # The pyperf file: each case and its floor, the same figures, readable by pyperf's CLI.
@@ -208,8 +215,96 @@ def test_suite_with_pyperf_workers(tmp_path):
     assert proc.returncode == 0 and est["name"] in proc.stdout
 
 
+def test_fresh_tuples_are_new_and_their_packets_valid():
+    """Around a wrap of the port range the tuples stay distinct, the addresses are
+    pods', and both checksums are what scapy computes."""
+    template = lb_cases.packets(1)["new-flow"]
+    space = fresh_flows.FlowSpace(template)
+    P = len(fresh_flows.PORTS)
+    ks = [0, 1, P - 1, P, P + 1, 300 * P + 7]
+    seen = set()
+    for k in ks:
+        pkt = eth() / IP(space.packet(k)[14:])
+        src, sport = fresh_flows.tuple_of(k)
+        assert (pkt[IP].src, pkt[TCP].sport) == (str(src), sport)
+        assert (pkt[IP].dst, pkt[TCP].flags) == ("198.19.0.1", "S")
+        seen.add((pkt[IP].src, pkt[TCP].sport))
+        ip_sum, tcp_sum = pkt[IP].chksum, pkt[TCP].chksum
+        del pkt[IP].chksum, pkt[TCP].chksum
+        again = eth() / IP(bytes(pkt[IP]))
+        assert (again[IP].chksum, again[TCP].chksum) == (ip_sum, tcp_sum), k
+    assert len(seen) == len(ks)
+    assert str(fresh_flows.client(0)) == "198.18.2.1"
+    # a block is the same packets, back to back
+    buf = bytearray(template * 4)
+    space.fill(buf, P - 2, 4)
+    assert [bytes(buf[i * len(template):(i + 1) * len(template)]) for i in range(4)] == \
+        [space.packet(k) for k in range(P - 2, P + 2)]
+    # the space outlasts a long run (20 rounds of 15 samples of 1M calls)
+    assert fresh_flows.SPACE > fresh_flows.calls_of_run(15, 1_000_000, 20)
+
+
+def _fresh_case(**changes) -> micro.Case:
+    (case,) = [c for c in lb_cases.cases(1) if c.variant == "new-flow"]
+    return dataclasses.replace(case, **changes)
+
+
+def test_new_flow_inserts_on_every_call_in_process():
+    suite = micro.run([_fresh_case()], samples=3, repeat=2_000, workers=False)
+    (r,) = suite["results"]
+    f = r["fresh"]
+    assert f["calls"] == fresh_flows.calls_of_run(3, 2_000, 1) - 1
+    assert f["entries_after"] - f["entries_before"] == 2 * f["calls"]
+    assert f["ct_max_entries"] == fresh_flows.ct_max_entries(fresh_flows.FreshSpec(),
+                                                             f["calls"] + 1)
+    assert r["verdict"] == "TC_ACT_OK" and r["ratio_to_floor"]["median"] > 1.2
+    assert _no_bench_pins()
+
+
+def test_new_flow_with_a_per_cpu_lru_sizes_each_cpu_for_the_run():
+    from harness.bpf import _libbpf as L
+    from harness.bpf.maps import NO_COMMON_LRU
+    case = _fresh_case(map_flags={"cb_ct4": NO_COMMON_LRU})
+    suite = micro.run([case], samples=2, repeat=2_000, workers=False)
+    f = suite["results"][0]["fresh"]
+    assert f["map_flags"] == NO_COMMON_LRU
+    assert f["entries_after"] - f["entries_before"] == 2 * f["calls"]
+    assert f["ct_max_entries"] == L.libbpf_num_possible_cpus() * fresh_flows.ct_max_entries(
+        fresh_flows.FreshSpec(), f["calls"] + 1)
+
+
+def test_a_fresh_case_whose_calls_do_not_insert_fails_loudly(monkeypatch):
+    """Two ways a "new flow" is not one: a packet that makes one entry where the case
+    expects two (a pod, not a service), and tuples taken twice (every call after the
+    first finds its entries)."""
+    template = lb_cases.packets(1)["new-flow"]
+    pkt = eth() / IP(template[14:])
+    pkt[IP].dst = "198.18.1.10"
+    del pkt[IP].chksum, pkt[TCP].chksum
+    to_pod = _fresh_case(packet=bytes(pkt), expect=None, name="new-flow/to-pod")
+    with pytest.raises(micro.CaseCheckFailed,
+                       match=r"new-flow/to-pod: \d+ calls on fresh tuples inserted \d+ cb_ct4 "
+                             r"entries, not \d+ \(2 per call\)"):
+        micro.run([to_pod], samples=2, repeat=500, workers=False)
+    assert _no_bench_pins()
+    real = fresh_flows.Cursor.claim
+    # the cursor counts every call, but every sample's packets start at tuple 0 again
+    monkeypatch.setattr(fresh_flows.Cursor, "claim", lambda self, n: real(self, n) * 0)
+    with pytest.raises(micro.CaseCheckFailed, match="did not all create new flows"):
+        micro.run([_fresh_case()], samples=2, repeat=500, workers=False)
+    assert _no_bench_pins()
+
+
+def test_a_fresh_case_may_not_share_its_maps():
+    shared = _fresh_case(maps="lb@1")
+    (est,) = [c for c in lb_cases.cases(1) if c.variant == "established"]
+    with pytest.raises(ValueError, match="maps and collection are its own"):
+        micro.Bench([est, shared])
+
+
 def lb_names() -> set[str]:
-    return {"established", "new-flow", "non-service", "ipv6-established", "nodeport"}
+    return {"established", "new-flow", "new-flow-expired", "non-service", "ipv6-established",
+            "nodeport"}
 
 
 @pytest.mark.parametrize("method", ["calls", "loop"])

@@ -284,13 +284,16 @@ def test_bench_micro_times_the_dump():
     from bench.micro import lb_cases, suite
     s = load_scenario(DUMP, plan_checked=False)
     cases = lb_cases.scenario_cases(s)
-    assert [c.variant for c in cases] == ["established", "new-flow", "non-service"]
+    assert [c.variant for c in cases] == ["established", "new-flow", "new-flow-expired",
+                                          "non-service"]
     section = suite.run(cases, samples=2, repeat=20, workers=False)
     by = {r["case"]: r for r in section["results"]}
     assert by["established"]["verdict"] == "TC_ACT_OK"
     assert by["established"]["name"] == ("lxc:from_container/established@scenario "
                                          f"{CLIENT} -> shop/web 10.96.12.34:80")
     assert by["established"]["scale"] == {"services": 5}
+    fresh = by["new-flow"]["fresh"]     # every call a new flow: two inserts each
+    assert fresh["entries_after"] - fresh["entries_before"] == 2 * fresh["calls"] > 0
     from bench.report import results, schema
     doc = results.new_document({"micro": section}, profile="custom")
     assert schema.validate(doc, schema.load()) == []
@@ -341,7 +344,10 @@ def test_bench_micro_scenario_through_the_command_line():
     rows = proc.stdout.splitlines()[1:]
     assert [r.split()[0] for r in rows] == ["lxc:from_container/established@scenario",
                                             "lxc:from_container/new-flow@scenario",
+                                            "lxc:from_container/new-flow-expired@scenario",
                                             "lxc:from_container/non-service@scenario"]
-    to = [f"{CLIENT} -> shop/web 10.96.12.34:80 TC_ACT_OK"] * 2 + \
-        [f"{CLIENT} -> 10.244.1.8:8080 TC_ACT_OK"]
+    to = [f"{CLIENT} -> shop/web 10.96.12.34:80 TC_ACT_OK",
+          "fresh clients -> shop/web 10.96.12.34:80 TC_ACT_OK",
+          f"{CLIENT} -> shop/web 10.96.12.34:80 TC_ACT_OK",
+          f"{CLIENT} -> 10.244.1.8:8080 TC_ACT_OK"]
     assert all(t in " ".join(r.split()) for t, r in zip(to, rows)), rows

@@ -141,6 +141,31 @@ def test_lru_evicts_instead_of_failing(maps):
     assert m.lookup(999) == 999              # the newest entry survives
 
 
+def test_count_reads_every_entry(maps):
+    m = maps["hash_map"]
+    assert m.count() == 0
+    m.update_batch([key(i) for i in range(300)], [FixtureValue()] * 300)
+    assert m.count(chunk=64) == m.count() == len(m) == 300
+
+
+def test_map_flags_make_the_lru_per_cpu(load):
+    """With NO_COMMON_LRU each CPU has its own share of max_entries: inserts from
+    one CPU evict once that share (not the whole map) is full."""
+    from harness.bpf import _libbpf as L
+    from harness.bpf.maps import NO_COMMON_LRU
+    m = load("loader_fixture", map_flags={"lru_map": NO_COMMON_LRU}).maps["lru_map"]
+    ncpus = L.libbpf_num_possible_cpus()
+    saved = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {max(saved)})
+        for i in range(1000):
+            m.update(i, i)
+    finally:
+        os.sched_setaffinity(0, saved)
+    assert 0 < len(m) <= -(-64 // ncpus)
+    assert m.lookup(999) == 999
+
+
 def test_full_hash_map_says_so(load):
     m = load("loader_fixture", max_entries={"hash_map": 4}).maps["hash_map"]
     for i in range(4):

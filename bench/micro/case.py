@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from bench.micro.fresh_flows import FreshSpec
 from harness.errors import ChainbenchError
 from harness.bpf import Collection
 
@@ -55,6 +56,12 @@ class Case:
     events: str | None = None
     #: The case an events case loads at its level (its variant, "established").
     events_base: str | None = None
+    #: A new tuple on every call (bench.micro.fresh_flows): *packet* is the template;
+    #: the suite sizes ``fresh.ct_map`` for the run and checks every call inserted
+    #: ``fresh.entries_per_call`` entries.  None: the one packet on every call.
+    fresh: FreshSpec | None = None
+    #: Creation flags added to maps' own at load, by map name (harness.bpf.maps).
+    map_flags: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.variant:

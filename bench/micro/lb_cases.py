@@ -17,10 +17,20 @@ programs share theirs):
 Cases per scale (``case`` names):
   established       lxc from_container, a TCP ACK of an established flow to the
                     ClusterIP (CT hit, DNAT)
-  new-flow          the same, from another port, with conntrack lifetimes set to
-                    2^32-1 (every entry is already expired when read), so every
-                    run takes the first-packet path: CT misses, backend selection,
-                    two CT creates, DNAT.  Same instructions as a real first packet.
+  new-flow          a connection's first packet (TCP SYN) to the ClusterIP on a
+                    new tuple every call (bench.micro.fresh_flows: source port and
+                    address rotated), so every call inserts the two conntrack
+                    entries a new flow makes (service and egress): CT misses,
+                    backend selection, two inserts, DNAT.  Its maps are its own,
+                    the conntrack map sized by the suite so the LRU never evicts,
+                    and the suite checks the map grew by two entries per call.
+                    The client is no endpoint (endpoint_id 0: no source check),
+                    since an endpoint may send from its own address only.
+  new-flow-expired  what new-flow was until the fresh tuples: an ACK from one port
+                    with conntrack lifetimes set to 2^32-1 (every entry is already
+                    expired when read), so every run misses, selects a backend and
+                    overwrites the two existing entries in place: an update of
+                    entries, not an insert (cheaper by several hundred ns).
   non-service       a packet of an established pod-to-pod flow (service miss, CT hit)
   ipv6-established  the established case over IPv6 (v6 VIP, v6 CT hit, DNAT)
   nodeport          netdev from_netdev on cb-node0, an established flow from the
@@ -38,7 +48,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from bench.micro import fresh_flows
 from bench.micro.case import Case, CaseCheckFailed, Outcome
+from bench.micro.fresh_flows import FreshSpec
 from harness import addressing
 from harness.node import datapath
 from harness.bpf import Collection
@@ -116,8 +128,9 @@ def packets(services: int) -> dict[str, bytes]:
     return {
         "established": bytes(eth() / IP(src=CLIENT, dst=str(vip))
                              / TCP(sport=40000, dport=port, flags="A")),
-        "new-flow": bytes(eth() / IP(src=CLIENT, dst=str(vip))
-                          / TCP(sport=40002, dport=port, flags="A")),
+        "new-flow": fresh_packet(str(vip), port),
+        "new-flow-expired": bytes(eth() / IP(src=CLIENT, dst=str(vip))
+                                  / TCP(sport=40002, dport=port, flags="A")),
         "non-service": bytes(eth() / IP(src=CLIENT, dst=str(_pod(3)))
                              / TCP(sport=40001, dport=BACKEND_PORT, flags="A")),
         "ipv6-established": bytes(eth() / IPv6(src=CLIENT6, dst=str(vip6))
@@ -125,6 +138,23 @@ def packets(services: int) -> dict[str, bytes]:
         "nodeport": bytes(eth() / IP(src=WORLD, dst=node_ip)
                           / TCP(sport=50000, dport=NODE_PORT, flags="A")),
     }
+
+
+def fresh_packet(vip: str, port: int) -> bytes:
+    """The template of a fresh case: a SYN to *vip*:*port* from the first tuple of
+    bench.micro.fresh_flows' space (each call rewrites its source)."""
+    src, sport = fresh_flows.tuple_of(0)
+    return bytes(eth() / IP(src=str(src), dst=vip) / TCP(sport=sport, dport=port, flags="S",
+                                                            seq=1))
+
+
+#: The fresh case's conntrack map at load when no suite run sizes it (the suite
+#: does, for its run): room for a run of suite()'s defaults, 7 samples of 100,000.
+_DEFAULT_CALLS = fresh_flows.calls_of_run(7, 100_000, 1)
+
+
+def _fresh_sizes(sizes: dict[str, int], spec: FreshSpec) -> dict[str, int]:
+    return {**sizes, spec.ct_map: fresh_flows.ct_max_entries(spec, _DEFAULT_CALLS)}
 
 
 def _accepted(out: Outcome) -> None:
@@ -200,18 +230,25 @@ def cases(services: int, floor: str = "empty:empty_tc") -> list[Case]:
     base = {**datapath.service_rodata(), **datapath.endpoint_rodata(CLIENT_EP, CLIENT, CLIENT6)}
     expired = {**base, "ct_lifetime_tcp": EXPIRED, "ct_lifetime_nontcp": EXPIRED,
                "ct_lifetime_syn": EXPIRED, "ct_lifetime_close": EXPIRED}
+    # the source rotates: no endpoint (an endpoint may only send from its own address)
+    fresh = {**datapath.service_rodata(), **datapath.endpoint_rodata(0)}
+    spec = FreshSpec()
     netdev = datapath.rodata_for("netdev", NODE)
     tag, scale, maps = f"{services}svc", {"services": services}, f"lb@{services}"
     setup = _program(services)
     common = dict(floor=floor, setup=setup, max_entries=sizes, scale=scale, maps=maps)
 
-    def case(short: str, obj: str, prog: str, rodata: dict, group: str, expect) -> Case:
+    def case(short: str, obj: str, prog: str, rodata: dict, group: str, expect, **kw) -> Case:
         return Case(f"{obj}:{prog}/{short}@{tag}", obj, prog, pkts[short], rodata=rodata,
-                    group=f"{group}@{services}", expect=expect, variant=short, **common)
+                    group=f"{group}@{services}", expect=expect, variant=short, **{**common, **kw})
     vip = _vip(services - 1)[0]
     return [
         case("established", "lxc", "from_container", base, "lb", _expect_translated(vip)),
-        case("new-flow", "lxc", "from_container", expired, "lb-new", _expect_translated(vip)),
+        # maps of its own: its conntrack map is sized for the run and counted
+        case("new-flow", "lxc", "from_container", fresh, "lb-fresh", _expect_translated(vip),
+             fresh=spec, max_entries=_fresh_sizes(sizes, spec), maps=f"lb-fresh@{services}"),
+        case("new-flow-expired", "lxc", "from_container", expired, "lb-new",
+             _expect_translated(vip)),
         case("non-service", "lxc", "from_container", base, "lb",
              _expect_unchanged(pkts["non-service"])),
         case("ipv6-established", "lxc", "from_container", base, "lb",
@@ -263,7 +300,8 @@ def _expect_backend(fe: Frontend):
 def scenario_cases(scenario, floor: str = "empty:empty_tc") -> list[Case]:
     """A user's scenario (a real cluster's dump loads as it is) programmed as its first
     node's maps hold it; lxc from_container timed from one of its pods to its busiest
-    IPv4 ClusterIP (``established``, ``new-flow``) and to another pod (``non-service``)."""
+    IPv4 ClusterIP (``established``, ``new-flow``, ``new-flow-expired``) and to another
+    pod (``non-service``)."""
     state, fe, client, other = _scenario_target(scenario)
     v6 = sum(1 for f in state.frontends if f.family == 6)
     per = max([len(f.backends) for f in state.frontends] + [BACKENDS_PER_SERVICE])
@@ -273,8 +311,9 @@ def scenario_cases(scenario, floor: str = "empty:empty_tc") -> list[Case]:
     pkts = {
         "established": bytes(eth() / IP(src=src, dst=str(fe.address))
                              / TCP(sport=40000, dport=fe.port, flags="A")),
-        "new-flow": bytes(eth() / IP(src=src, dst=str(fe.address))
-                          / TCP(sport=40002, dport=fe.port, flags="A")),
+        "new-flow": fresh_packet(str(fe.address), fe.port),
+        "new-flow-expired": bytes(eth() / IP(src=src, dst=str(fe.address))
+                                  / TCP(sport=40002, dport=fe.port, flags="A")),
     }
     if other is not None:
         pkts["non-service"] = bytes(eth() / IP(src=src, dst=str(other))
@@ -283,6 +322,8 @@ def scenario_cases(scenario, floor: str = "empty:empty_tc") -> list[Case]:
             **datapath.endpoint_rodata(CLIENT_EP, src, str(client.ipv6) if client.ipv6 else None)}
     expired = {**base, "ct_lifetime_tcp": EXPIRED, "ct_lifetime_nontcp": EXPIRED,
                "ct_lifetime_syn": EXPIRED, "ct_lifetime_close": EXPIRED}
+    fresh = {**datapath.service_rodata(), **datapath.endpoint_rodata(0)}
+    spec = FreshSpec()
     tag = "scenario"
     scale = {"services": len(scenario.services)}
 
@@ -290,17 +331,20 @@ def scenario_cases(scenario, floor: str = "empty:empty_tc") -> list[Case]:
         datapath.lb_control(coll).apply(state)
     common = dict(floor=floor, setup=setup, max_entries=sizes, scale=scale, maps="lb@scenario")
 
-    def case(short: str, rodata: dict, group: str, expect) -> Case:
+    def case(short: str, rodata: dict, group: str, expect, **kw) -> Case:
         # the name says what is timed: from the client pod to the ClusterIP (its Service),
         # or to the other pod
         to = f"{other}:{BACKEND_PORT}" if short == "non-service" else \
             f"{fe.service} {fe.address}:{fe.port}"
-        return Case(f"lxc:from_container/{short}@{tag} {client.ref} -> {to}", "lxc",
+        src = "fresh clients" if short == "new-flow" else client.ref
+        return Case(f"lxc:from_container/{short}@{tag} {src} -> {to}", "lxc",
                     "from_container", pkts[short],
                     rodata=rodata, group=f"{group}@scenario", expect=expect, variant=short,
-                    **common)
+                    **{**common, **kw})
     out = [case("established", base, "lb", _expect_backend(fe)),
-           case("new-flow", expired, "lb-new", _expect_backend(fe))]
+           case("new-flow", fresh, "lb-fresh", _expect_backend(fe), fresh=spec,
+                max_entries=_fresh_sizes(sizes, spec), maps="lb-fresh@scenario"),
+           case("new-flow-expired", expired, "lb-new", _expect_backend(fe))]
     if "non-service" in pkts:
         out.append(case("non-service", base, "lb", _expect_unchanged(pkts["non-service"])))
     return out

@@ -23,15 +23,17 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import pyperf
 from scapy.layers.inet import IP, TCP
 
-from bench.micro import events_cases, lb_cases, policy_cases
+from bench.micro import events_cases, fresh_flows, lb_cases, policy_cases
 from bench.micro import worker as W
 from bench.micro.events_drain import EventsDrain
+from bench.micro.fresh_flows import Cursor, Flows, FlowSpace
 from bench.micro.case import MEASURE, METHOD, Case, CaseCheckFailed, Outcome
 from bench.micro.worker import PAIRS_METADATA, PairTimer
 from bench.profiles import MicroSettings
@@ -120,6 +122,12 @@ class Bench:
         names = [c.name for c in cases]
         if len(set(names)) != len(names):
             raise ValueError("case names must be unique")
+        for c in cases:
+            if c.fresh and any(o is not c and {o.maps or o.group or o.name, o.group or o.name}
+                               & {c.maps or c.group or c.name, c.group or c.name}
+                               for o in cases):
+                raise ValueError(f"{c.name}: a fresh case's maps and collection are its own "
+                                 "(its conntrack entries are counted)")
         self.cases = cases
         self.pin_dir: str | None = None
         self.programs: dict[str, Program] = {}      # case name -> program
@@ -127,6 +135,8 @@ class Bench:
         self.first: dict[str, tuple[Outcome, int]] = {}   # case name -> first run, retval
         self.floor_retval: dict[str, int] = {}      # floor spec -> its return code
         self.pins: dict[str, tuple[str, str]] = {}  # case name -> (program pin, floor pin)
+        self.flows: dict[str, Flows] = {}           # fresh case name -> its tuples
+        self.cursor_pins: dict[str, str] = {}       # fresh case name -> its cursor's pin
         self._colls: dict[str, Collection] = {}
         self._floor_colls: dict[str, Collection] = {}
         self._step = step or (lambda: None)
@@ -169,7 +179,8 @@ class Bench:
                                               os.path.join(self.pin_dir, f"maps{len(map_dirs)}"))
                 self._colls[key] = Collection.load(str(paths.bpf_object(c.object)),
                                                    rodata=c.rodata or None,
-                                                   max_entries=c.max_entries, pin_dir=pin)
+                                                   max_entries=c.max_entries, pin_dir=pin,
+                                                   map_flags=c.map_flags)
                 self._step()
             coll = self._colls[key]
             if c.setup and (c.maps or key) not in programmed:
@@ -181,6 +192,10 @@ class Bench:
             fobj, fprog = c.floor.split(":")
             self.programs[c.name] = coll.programs[c.program]
             self.floors[c.name] = self._floor_colls[fobj].programs[fprog]
+            if c.fresh:
+                pin = os.path.join(self.pin_dir, f"cursor{len(self.flows)}")
+                self.flows[c.name] = Flows(FlowSpace(c.packet), Cursor.create(pin))
+                self.cursor_pins[c.name] = pin
         for c in self.cases:
             self.first[c.name] = self.check(c)
             if self.method == "loop" and self.first[c.name][0].packet != c.packet:
@@ -195,8 +210,10 @@ class Bench:
         return self._colls[c.group or c.name]
 
     def check(self, c: Case) -> tuple[Outcome, int]:
-        """Run *c*'s packet once (untimed) and apply its expect check."""
-        r = Runner(self._colls[c.group or c.name], c.program).run(c.packet)
+        """Run *c*'s packet (a fresh case: its next fresh packet) once, untimed, and
+        apply its expect check."""
+        packet = self.flows[c.name].packet() if c.fresh else c.packet
+        r = Runner(self._colls[c.group or c.name], c.program).run(packet)
         out = Outcome(r.packet_out, r.verdict, r.drop_reason)
         if c.expect:
             try:
@@ -216,7 +233,18 @@ class Bench:
                     pinned[id(prog)] = path
             self.pins[c.name] = (pinned[id(self.programs[c.name])], pinned[id(self.floors[c.name])])
 
+    def ct_entries(self, c: Case) -> int:
+        """Entries in a fresh case's conntrack map."""
+        return self.collection(c).maps[c.fresh.ct_map].count()
+
+    def fresh_mark(self, c: Case) -> tuple[int, int]:
+        """(conntrack entries, next tuple index) of a fresh case."""
+        return self.ct_entries(c), self.flows[c.name].cursor.next
+
     def close(self) -> None:
+        for flows in self.flows.values():
+            flows.close()
+        self.flows.clear()
         for coll in [*self._colls.values(), *self._floor_colls.values()]:
             coll.close()
         self._colls.clear()
@@ -247,7 +275,8 @@ def _measure_workers(bench: Bench, cases: list[Case], measures: dict[str, str], 
     bench.pin_programs()
     plan = {"samples": samples, "rounds": rounds, "repeat": repeat, "cases": [
         {"name": c.name, "program_pin": bench.pins[c.name][0], "floor_pin": bench.pins[c.name][1],
-         "packet": c.packet.hex(), "measure": measures[c.name], "method": bench.method}
+         "packet": c.packet.hex(), "measure": measures[c.name], "method": bench.method,
+         **({"fresh": {"cursor_pin": bench.cursor_pins[c.name]}} if c.fresh else {})}
         for c in cases]}
     runner = W.make_runner(samples, rounds)
     runner.parse_args(["--quiet", f"--affinity={cpu}", "--inherit-environ",
@@ -306,7 +335,8 @@ def _measure_in_process(bench: Bench, cases: list[Case], measures: dict[str, str
     and each case's ring buffer is drained after its sample (EventsDrain.after)."""
 
     timers = {c.name: PairTimer(bench.programs[c.name].fd, bench.floors[c.name].fd, c.packet,
-                                repeat, measures[c.name], bench.method) for c in cases}
+                                repeat, measures[c.name], bench.method, bench.flows.get(c.name))
+              for c in cases}
     per_round: dict[str, list[list[dict]]] = {c.name: [] for c in cases}
     saved = os.sched_getaffinity(0)
     try:
@@ -475,6 +505,7 @@ def _execute(cases: list[Case], samples: int, repeat: int, rounds: int, cpu: int
     if not cases:
         raise ValueError("no cases to measure")
     cpu = max(os.sched_getaffinity(0)) if cpu is None else cpu
+    cases = [_sized(c, fresh_flows.calls_of_run(samples, repeat, rounds)) for c in cases]
     measures = {c.name: c.measure(method) for c in cases}
     total, done = Bench.load_steps(cases) + len(cases), 0
 
@@ -489,6 +520,7 @@ def _execute(cases: list[Case], samples: int, repeat: int, rounds: int, cpu: int
     t0 = time.monotonic()
     with Bench(cases, step, method) as bench:
         t1 = time.monotonic()
+        marks = {c.name: bench.fresh_mark(c) for c in cases if c.fresh}
         measured = {}
         if plain:
             measure = _measure_workers if workers else _measure_in_process
@@ -502,10 +534,13 @@ def _execute(cases: list[Case], samples: int, repeat: int, rounds: int, cpu: int
         t2 = time.monotonic()
         for c in cases:                 # still on its path after timing
             bench.check(c)
+        inserts = {c.name: _check_inserts(bench, c, marks[c.name]) for c in cases if c.fresh}
         results, benches = [], []
         for c in cases:
             case_bench, runs_pairs = measured[c.name]
             res, floor_bench = _result(bench, c, measures[c.name], case_bench, runs_pairs)
+            if c.fresh:
+                res["fresh"] = inserts[c.name]
             results.append(res)
             benches += [case_bench, floor_bench]
         _add_ratios_to_off(results)
@@ -536,6 +571,35 @@ def _execute(cases: list[Case], samples: int, repeat: int, rounds: int, cpu: int
                        + ("worker processes" if workers else "runs built in-process"),
     }
     return {"config": config, "results": results}
+
+
+def _sized(c: Case, calls: int) -> Case:
+    """*c*, a fresh case with its conntrack map sized for *calls* calls without an
+    LRU eviction (bench.micro.fresh_flows.ct_max_entries); any other as it is."""
+    if not c.fresh:
+        return c
+    flags = (c.map_flags or {}).get(c.fresh.ct_map, 0)
+    size = fresh_flows.ct_max_entries(c.fresh, calls, flags)
+    return replace(c, max_entries={**(c.max_entries or {}), c.fresh.ct_map: size})
+
+
+def _check_inserts(bench: Bench, c: Case, mark: tuple[int, int]) -> dict:
+    """That every call of a fresh case since *mark* (Bench.fresh_mark) inserted its
+    conntrack entries: the map grew by entries_per_call for each tuple taken.  Fewer
+    means calls found entries (a tuple taken twice) or the LRU evicted some."""
+    before, first = mark
+    after, end = bench.fresh_mark(c)
+    calls, inserted = end - first, after - before
+    expected = c.fresh.entries_per_call * calls
+    if inserted != expected:
+        raise CaseCheckFailed(
+            f"{c.name}: {calls} calls on fresh tuples inserted {inserted} {c.fresh.ct_map} "
+            f"entries, not {expected} ({c.fresh.entries_per_call} per call): the timed "
+            "calls did not all create new flows")
+    return {"ct_map": c.fresh.ct_map, "ct_max_entries": (c.max_entries or {})[c.fresh.ct_map],
+            "map_flags": (c.map_flags or {}).get(c.fresh.ct_map, 0),
+            "calls": calls, "entries_per_call": c.fresh.entries_per_call,
+            "entries_before": before, "entries_after": after}
 
 
 def _events_config(cases: list[Case], untimed: int, seconds: float) -> dict:

@@ -29,6 +29,7 @@ import time
 
 import pyperf
 
+from bench.micro.fresh_flows import Cursor, Flows, FlowSpace
 from harness import paths
 from harness.bpf import BpfError, Program
 from harness.bpf import _libbpf as L
@@ -74,27 +75,46 @@ class Shot:
                            data_size_out=len(self._dout), repeat=repeat)
         self._ref = ctypes.byref(self._opt)
 
-    def __call__(self, calls: int = 1) -> tuple[float, float, float, list[int]]:
+    def __call__(self, calls: int = 1,
+                 block: tuple[int, int] | None = None) -> tuple[float, float, float, list[int]]:
         """*calls* calls: (wall-clock ns, this thread's CPU ns, the kernel's ns, each
         per run, the kernel's figure averaged over the calls; the distinct return
-        codes)."""
+        codes).  With *block* (address, stride: bench.micro.fresh_flows.Flows.block)
+        call i runs the packet at address + i * stride instead of the one packet,
+        each of the same size."""
         if calls < 1:
             raise ValueError("calls must be >= 1")
         opt, call, fd, ref = self._opt, L.bpf_prog_test_run_opts, self.fd, self._ref
         size = len(self._dout)
         kernel, seen = 0, set()
         add = seen.add
-        cpu0 = time.thread_time_ns()
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            opt.data_size_out = size
-            rc = call(fd, ref)
-            if rc < 0:
-                raise BpfError(f"test_run of program fd {fd}", -rc)
-            kernel += opt.duration
-            add(opt.retval)
-        elapsed = time.perf_counter_ns() - start
-        cpu = time.thread_time_ns() - cpu0
+        if block is None:
+            cpu0 = time.thread_time_ns()
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                opt.data_size_out = size
+                rc = call(fd, ref)
+                if rc < 0:
+                    raise BpfError(f"test_run of program fd {fd}", -rc)
+                kernel += opt.duration
+                add(opt.retval)
+            elapsed = time.perf_counter_ns() - start
+            cpu = time.thread_time_ns() - cpu0
+        else:
+            addr, stride = block
+            cpu0 = time.thread_time_ns()
+            start = time.perf_counter_ns()
+            for i in range(calls):
+                opt.data_in = addr + i * stride
+                opt.data_size_out = size
+                rc = call(fd, ref)
+                if rc < 0:
+                    raise BpfError(f"test_run of program fd {fd}", -rc)
+                kernel += opt.duration
+                add(opt.retval)
+            elapsed = time.perf_counter_ns() - start
+            cpu = time.thread_time_ns() - cpu0
+            opt.data_in = ctypes.addressof(self._din)
         runs = calls * self.repeat
         return elapsed / runs, cpu / runs, kernel / calls, sorted(seen)
 
@@ -109,18 +129,23 @@ class PairTimer:
     the figure that is ns/packet."""
 
     def __init__(self, case_fd: int, floor_fd: int, packet: bytes, repeat: int, measure: str,
-                 method: str = "calls"):
+                 method: str = "calls", flows=None):
         if measure not in CLOCKS:
             raise ValueError(f"measure must be one of {', '.join(CLOCKS)}, not {measure!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
         if method == "calls" and measure != "kernel":
             raise ValueError("with method 'calls' only the kernel's figure measures the program")
+        if flows is not None and method != "calls":
+            raise ValueError("fresh flows need method 'calls' (one packet per call)")
         per_call = repeat if method == "loop" else 1
         self.calls = 1 if method == "loop" else repeat
         self.case = Shot(case_fd, packet, per_call)
         self.floor = Shot(floor_fd, packet, per_call)
         self.repeat, self.measure, self.method = repeat, measure, method
+        #: bench.micro.fresh_flows.Flows: a new tuple per call (both sides of a pair
+        #: run the same packets), or None: the one packet
+        self.flows = flows
         self.records: list[dict] = []
 
     def sample(self, warmup: bool = False) -> dict:
@@ -129,12 +154,13 @@ class PairTimer:
         discarded; it only brings caches and branch predictors to their state)."""
         calls = max(1, self.calls // 10) if warmup else self.calls
         case_first = len(self.records) % 2 == 1
+        block = self.flows.block(calls) if self.flows is not None else None
         if case_first:
-            c = self.case(calls)
-            f = self.floor(calls)
+            c = self.case(calls, block)
+            f = self.floor(calls, block)
         else:
-            f = self.floor(calls)
-            c = self.case(calls)
+            f = self.floor(calls, block)
+            c = self.case(calls, block)
         rec = {"runs": calls * self.case.repeat, "wall": c[0], "cpu": c[1], "kernel": c[2],
                "floor_wall": f[0], "floor_cpu": f[1], "floor_kernel": f[2],
                "retvals": c[3], "floor_retvals": f[3], "case_first": case_first}
@@ -197,8 +223,12 @@ def time_func_for(entry: dict, repeat: int):
         if not timer:
             programs[:] = [Program.from_pin(entry["program_pin"]),
                            Program.from_pin(entry["floor_pin"])]
+            flows = None
+            if entry.get("fresh"):
+                flows = Flows(FlowSpace(bytes.fromhex(entry["packet"])),
+                              Cursor.open(entry["fresh"]["cursor_pin"]))
             timer.append(PairTimer(programs[0].fd, programs[1].fd, bytes.fromhex(entry["packet"]),
-                                   repeat, entry["measure"], entry["method"]))
+                                   repeat, entry["measure"], entry["method"], flows))
             _active = timer[0]
         t = timer[0]
         rec = t.sample(warmup=not t.records)    # pyperf's one warmup comes first

@@ -52,7 +52,7 @@ HISTORY_CONTROL_SERVICES = 10000
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf",
            "#e377c2", "#8c564b", "#bcbd22", "#393b79", "#637939", "#ad494a")
 CASES = ("established", "new-flow", "non-service", "nodeport", "ipv6-established",
-         "policy-new", "policy-established")
+         "policy-new", "policy-established", "new-flow-expired")
 FAMILIES = {"case": CASES, "method": METHODS, "datapath": DATAPATHS}
 FLOOR_COLOUR = "#6f6f6f"
 

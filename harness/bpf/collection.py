@@ -54,7 +54,8 @@ class Collection:
              mirrors: dict[str, type] | None = None,
              max_entries: dict[str, int] | None = None,
              programs: list[str] | None = None,
-             pin_dir: str | None = None) -> "Collection":
+             pin_dir: str | None = None,
+             map_flags: dict[str, int] | None = None) -> "Collection":
         """Load the object at *path*.
 
         rodata: values for ``const volatile`` globals, by variable name.
@@ -68,6 +69,8 @@ class Collection:
             there under its name is reused (libbpf checks it is compatible),
             any other is created and pinned, so every collection loaded with
             the same pin_dir works on the same maps.
+        map_flags: creation flags added to a map's own before load, by map name
+            (harness.bpf.maps.NO_COMMON_LRU, say).
         """
         if not os.path.isfile(path):
             raise BpfError(f"open object {path}", _errno.ENOENT,
@@ -81,14 +84,14 @@ class Collection:
                            log.text.strip().splitlines()[-1] if log.text.strip() else "")
         try:
             return cls._load_opened(path, obj, rodata or {}, mirrors, max_entries or {}, programs,
-                                    pin_dir)
+                                    pin_dir, map_flags or {})
         except BaseException:
             L.bpf_object__close(obj)
             raise
 
     @classmethod
     def _load_opened(cls, path, obj, rodata, mirrors, max_entries, wanted,
-                     pin_dir) -> "Collection":
+                     pin_dir, map_flags) -> "Collection":
         btf = Btf(L.bpf_object__btf(obj))
         checked = check_registered(btf, mirrors)
         map_handles = _walk(L.bpf_object__next_map, obj)
@@ -102,6 +105,12 @@ class Collection:
                 raise ConfigError(f"{os.path.basename(path)}: max_entries for unknown map {name}")
             if L.bpf_map__set_max_entries(handle, entries) < 0:
                 raise BpfError(f"resize map {name}", L.errno_now() or _errno.EINVAL)
+        for name, flags in map_flags.items():
+            handle = next((h for h in map_handles if L.bpf_map__name(h).decode() == name), None)
+            if handle is None:
+                raise ConfigError(f"{os.path.basename(path)}: map_flags for unknown map {name}")
+            if L.bpf_map__set_map_flags(handle, L.bpf_map__map_flags(handle) | flags) < 0:
+                raise BpfError(f"set flags of map {name}", L.errno_now() or _errno.EINVAL)
         if pin_dir is not None:
             os.makedirs(pin_dir, exist_ok=True)
             for handle in map_handles:

@@ -31,6 +31,8 @@ PER_CPU = {"percpu_hash", "percpu_array", "lru_percpu_hash", "percpu_cgroup_stor
 
 # update flags
 ANY, NOEXIST, EXIST = 0, 1, 2
+# creation flags (map_flags)
+NO_PREALLOC, NO_COMMON_LRU = 1 << 0, 1 << 1
 
 # What the kernel answers for a map type without batch support: EINVAL on
 # older kernels, ENOTSUPP (524, kernel-internal) or EOPNOTSUPP on newer ones.
@@ -358,6 +360,11 @@ class Map:
         batches = list(self._raw_batches(chunk, self.value_size))
         return (Packed(b"".join(k for k, _, _ in batches), self.key_size),
                 Packed(b"".join(v for _, v, _ in batches), self.value_size))
+
+    def count(self, chunk: int = 65536) -> int:
+        """How many entries the map holds, counted with BPF_MAP_LOOKUP_BATCH (hash-type
+        maps; nothing is decoded, so a few million entries take well under a second)."""
+        return sum(n for _, _, n in self._raw_batches(chunk, self._value_stride * self.ncpus))
 
     def lookup_batch(self, chunk: int = 4096) -> list[tuple]:
         """Read every entry with BPF_MAP_LOOKUP_BATCH (hash-type maps); returns (key, value) pairs."""
