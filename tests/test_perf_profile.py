@@ -151,7 +151,22 @@ def test_profile_entry_per_connection_figures():
     assert [p["comm"] for p in e["processes"]] == ["sha256sum", "head"]
     assert sum(p["samples"] for p in e["processes"]) == e["busy_samples"]
     header, rows = profiling.table(profiling.section([e]))
-    assert len(header) == len(rows[0]) and rows[0][0] == "bpf-tc" and rows[0][4] == "400"
+    assert len(header) == len(rows[0]) and rows[0][0] == "bpf-tc" and rows[0][5] == "400"
+    # Neither sha256sum nor head is a process of a run, nor in the network stack.
+    assert e["run_samples"] == 0 and e["top_run"] == {"self": [], "inclusive": []}
+
+
+def test_the_runs_own_samples_are_its_processes_and_the_network_path():
+    f = flame.Folded(stacks=Counter({
+        "wrk;__libc_connect;tcp_v4_connect_[k]": 4,
+        "nginx;accept4;do_accept_[k]": 3,
+        "python;syscall;__sys_bpf_[k];do_check_common_[k]": 5,            # a verifier
+        "python;x;irq_exit_rcu_[k];handle_softirqs_[k];net_rx_action_[k];veth_poll_[k]": 2,
+        "ksoftirqd/0;ret_from_fork_[k];net_rx_action_[k]": 1}), samples=15, period_ns=1e6)
+    own = flame.select(f, profiling.is_run_sample)
+    assert own.samples == 10 and own.busy_samples == 10 and own.period_ns == 1e6
+    assert "do_check_common" not in {r["function"] for r in flame.top(own)["self"]}
+    assert {r["function"] for r in flame.top(own)["inclusive"]} >= {"net_rx_action", "veth_poll"}
 
 
 def _doc_with_profile() -> dict:

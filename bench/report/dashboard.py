@@ -534,17 +534,19 @@ def _macro(suite: Any, charts: _Charts) -> dict | None:
 
 def _macro_profile(section: Any) -> list[dict] | None:
     """``bench macro --perf`` (bench/macro/profiling.py): per datapath, its CPU, kernel
-    and BPF time per connection, its top kernel functions (self and inclusive
-    samples, µs per connection and share of busy samples) and its BPF programs."""
+    and BPF time per connection, its top kernel functions (the run's own samples by
+    self and inclusive samples, the whole machine's by self samples; µs per connection
+    and share of the samples) and its BPF programs."""
     if not isinstance(section, dict):
         return None
     out = []
     for e in sorted((e for e in section.get("datapaths") or [] if isinstance(e, dict)),
                     key=lambda e: _order(e.get("datapath"), DATAPATHS)):
-        top = e.get("top") if isinstance(e.get("top"), dict) else {}
+        machine = e.get("top") if isinstance(e.get("top"), dict) else {}
+        own = e.get("top_run") if isinstance(e.get("top_run"), dict) else machine
         bpf = e.get("bpf") if isinstance(e.get("bpf"), dict) else {}
 
-        def rows(kind: str) -> list[dict]:
+        def rows(top: dict, kind: str) -> list[dict]:
             return [{"function": r.get("function") or "?",
                      "us": _fmt(r.get("us_per_connection")),
                      "pct": "—" if _num(r.get("fraction")) is None
@@ -561,7 +563,9 @@ def _macro_profile(section: Any) -> list[dict] | None:
             "processes": ", ".join(
                 f"{p.get('comm')} {100 * p['fraction']:.0f} %" for p in e.get("processes") or []
                 if isinstance(p, dict) and _num(p.get("fraction")) is not None),
-            "self": rows("self"), "inclusive": rows("inclusive"),
+            "run_us": _fmt(e.get("run_us_per_connection")),
+            "self": rows(own, "self"), "inclusive": rows(own, "inclusive"),
+            "machine_self": rows(machine, "self"),
             "programs": [{"program": p.get("program") or "?", "type": p.get("type") or "?",
                           "instances": _fmt_int(p.get("instances")),
                           "runs_per_conn": _fmt(p.get("runs_per_connection")),

@@ -186,6 +186,17 @@ def processes(folded: Folded, n: int = 10) -> list[dict]:
             for comm, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
+def select(folded: Folded, keep) -> Folded:
+    """The busy samples of *folded* whose stack *keep* (a predicate on the folded
+    stack) accepts, as a Folded of their own (same period and event, no idle)."""
+    out = Folded(period_ns=folded.period_ns, event=folded.event)
+    for stack, count in folded.stacks.items():
+        if keep(stack):
+            out.stacks[stack] += count
+            out.samples += count
+    return out
+
+
 def kept(folded: Folded, limit: int) -> tuple[dict[str, int], int]:
     """The *limit* stacks with most samples (ties by name), and the samples of the rest."""
     ranked = sorted(folded.stacks.items(), key=lambda kv: (-kv[1], kv[0]))
