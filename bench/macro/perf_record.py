@@ -70,13 +70,22 @@ def check_available() -> None:
     finally:
         procs.remove_scratch(scratch)
     if out.returncode != 0:
-        lines = [ln.strip() for ln in (out.stderr or "").splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "paranoid" in ln or "ermission" in ln),
-                   lines[0] if lines else f"exit {out.returncode}")
         with open("/proc/sys/kernel/perf_event_paranoid") as f:
             paranoid = f.read().strip()
         raise PerfUnavailable(f"--perf: perf record -a cannot record here (kernel."
-                              f"perf_event_paranoid={paranoid}, uid {os.getuid()}): {why}")
+                              f"perf_event_paranoid={paranoid}, uid {os.getuid()}): "
+                              f"{why_not(out.stderr or '', out.returncode)}")
+
+
+def why_not(stderr: str, returncode: int) -> str:
+    """perf record's reason for failing, in one line, from its error text."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and ln.strip() != "Error:"]
+    for words in (("is limited", "ermission denied", "not permitted"),
+                  ("not supported", "No such", "failed")):
+        found = next((ln for ln in lines if any(w in ln for w in words)), None)
+        if found:
+            return found
+    return lines[0] if lines else f"exit {returncode}"
 
 
 class Recorder:
