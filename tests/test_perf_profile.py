@@ -58,6 +58,9 @@ def test_fold_counts_the_idle_loop_apart():
     assert not any(s.endswith("pv_native_safe_halt_[k]") for s in f.stacks)
     comms = Counter(s.split(";")[0] for s in f.stacks for _ in range(f.stacks[s]))
     assert comms["kdamond.0"] == 7 and comms["kworker/0:2-vir"] == 6 and comms["perf-exec"] == 2
+    by_pid = {p["comm"]: p for p in flame.processes(f)}
+    assert by_pid["perf-exec"]["samples"] == 2 and by_pid["perf-exec"]["pid"] > 0
+    assert sum(p["samples"] for p in flame.processes(f)) == f.busy_samples
 
 
 def test_top_ranks_self_and_inclusive_with_fractions_and_us_per_connection():
@@ -149,6 +152,7 @@ def test_profile_entry_per_connection_figures():
     assert e["bpf"]["ns_per_connection"] == 400 and e["bpf"]["run_time_ns"] == 40_000
     assert sum(e["folded"].values()) + e["folded_other_samples"] == e["busy_samples"]
     assert [p["comm"] for p in e["processes"]] == ["sha256sum", "head"]
+    assert all(p["pid"] > 0 for p in e["processes"])
     assert sum(p["samples"] for p in e["processes"]) == e["busy_samples"]
     header, rows = profiling.table(profiling.section([e]))
     assert len(header) == len(rows[0]) and rows[0][0] == "bpf-tc" and rows[0][5] == "400"

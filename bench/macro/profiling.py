@@ -97,9 +97,12 @@ def profile(topo, dp: str, url: str, services: int, seconds: float, connections:
     with recorder, counting:
         got = topo.wrk(dp, url, "new-conn", seconds, connections,
                        during=Measured(recorder, counting))
-    return entry(dp, services, seconds, got, recorder.folded, recorder.frequency,
-                 recorder.enabled_s, bpf_runtime.delta(counting.before, counting.after,
-                                                       got["connections_opened"]))
+    out = entry(dp, services, seconds, got, recorder.folded, recorder.frequency,
+                recorder.enabled_s, bpf_runtime.delta(counting.before, counting.after,
+                                                      got["connections_opened"]))
+    seen = topo.observer.sample() if topo.observer else None
+    out["observer_pid"] = seen[0] if seen else None   # to find it among ``processes``
+    return out
 
 
 def entry(dp: str, services: int, seconds: float, run: dict, folded: flame.Folded,

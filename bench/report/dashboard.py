@@ -561,7 +561,8 @@ def _macro_profile(section: Any) -> list[dict] | None:
             "bpf_ns": _fmt(bpf.get("ns_per_connection")),
             "samples": f"{_fmt_int(e.get('busy_samples'))} busy of {_fmt_int(e.get('samples'))}",
             "processes": ", ".join(
-                f"{p.get('comm')} {100 * p['fraction']:.0f} %" for p in e.get("processes") or []
+                f"{p.get('comm')} ({p.get('pid')}) {100 * p['fraction']:.0f} %"
+                for p in e.get("processes") or []
                 if isinstance(p, dict) and _num(p.get("fraction")) is not None),
             "run_us": _fmt(e.get("run_us_per_connection")),
             "self": rows(own, "self"), "inclusive": rows(own, "inclusive"),

@@ -58,6 +58,8 @@ class Folded:
     #: up to the next header are skipped with it), the first one kept to show.
     unread_lines: int = 0
     first_unread: str = ""
+    #: Busy samples per process: (comm, pid) -> samples.
+    by_process: Counter = field(default_factory=Counter)
 
     @property
     def busy_samples(self) -> int:
@@ -88,6 +90,7 @@ def fold(text: str) -> Folded:
     out = Folded()
     period_total = 0
     comm: str | None = None
+    pid = 0
     frames: list[tuple[str, bool]] = []
     events: Counter = Counter()
 
@@ -98,6 +101,7 @@ def fold(text: str) -> Folded:
         if frames and frames[0][1] and leaf in IDLE_LEAVES:
             out.idle_samples += 1
             return
+        out.by_process[(comm, pid)] += 1
         parts = [comm.replace(";", ":")]
         parts += [name.replace(";", ":") + (KERNEL_MARK if kernel else "")
                   for name, kernel in reversed(frames)]
@@ -123,7 +127,7 @@ def fold(text: str) -> Folded:
                 skipping = True
                 continue
             skipping = False
-            comm = m.group("comm").strip()
+            comm, pid = m.group("comm").strip(), int(m.group("pid"))
             out.samples += 1
             period_total += int(m.group("period"))
             events[m.group("event")] += 1
@@ -176,14 +180,13 @@ def top(folded: Folded, n: int = 20, connections: int | None = None) -> dict:
 
 
 def processes(folded: Folded, n: int = 10) -> list[dict]:
-    """The *n* process names (comm) with most busy samples: whose CPU a whole-machine
-    recording holds (softirq work is charged to whichever process it interrupted)."""
-    counts: Counter = Counter()
-    for stack, count in folded.stacks.items():
-        counts[stack.split(";", 1)[0]] += count
+    """The *n* processes (comm and pid) with most busy samples: whose CPU a
+    whole-machine recording holds (softirq work is charged to whichever process it
+    interrupted)."""
     busy = folded.busy_samples
-    return [{"comm": comm, "samples": c, "fraction": c / busy if busy else 0.0}
-            for comm, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+    return [{"comm": comm, "pid": pid, "samples": c, "fraction": c / busy if busy else 0.0}
+            for (comm, pid), c in sorted(folded.by_process.items(),
+                                         key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
 def select(folded: Folded, keep) -> Folded:
