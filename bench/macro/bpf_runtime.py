@@ -76,8 +76,9 @@ class Counting:
         return self
 
     def start(self) -> None:
-        self._setting = sysctl.temporarily(SETTING, "1")
-        self._setting.__enter__()
+        setting = sysctl.temporarily(SETTING, "1")
+        setting.__enter__()             # on failure it has put the value back itself
+        self._setting = setting
         self.before = snapshot(self.names, self.ids)
 
     def stop(self) -> None:

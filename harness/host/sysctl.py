@@ -14,13 +14,14 @@ import json
 import os
 from typing import Iterator
 
+from harness.errors import ChainbenchError
 from harness.host.signals import shielded
 from harness.paths import STATE_ROOT
 
 SAVED_ROOT = os.path.join(STATE_ROOT, "sysctl")
 
 
-class SysctlError(OSError):
+class SysctlError(ChainbenchError, OSError):
     """A kernel setting cannot be read or written (one line)."""
 
 
