@@ -56,6 +56,8 @@ class MacroSettings:
     connections: int
     locust_seconds: int     # 0: no locust
     locust_users: int
+    #: Profile one new-connection run per datapath (bench.macro.profiling).
+    perf: bool = False
 
 
 @dataclass(frozen=True)

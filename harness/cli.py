@@ -128,6 +128,8 @@ def cmd_bench(args) -> int:
     if only and (args.services or args.identities):
         raise UsageError("--events-only times 1 service and 1 identity: no --services or "
                          "--identities with it")
+    if args.perf and args.suite not in ("macro", "all"):
+        raise UsageError("--perf: a macro option (`chainbench bench macro --perf`)")
     mine = args.scenario is not None        # a user's own cluster instead of the templates
     if mine:
         if args.suite not in ("micro", "control"):
@@ -145,7 +147,10 @@ def cmd_bench(args) -> int:
         scales=_scales_arg("--scales", args.scales), samples=args.samples, repeat=args.repeat,
         rounds=args.rounds, seconds=args.seconds, timeout=args.timeout, mix=args.mix,
         generic=False if only or mine else None, events=True if only else (False if mine else None),
-        scenario=args.scenario)
+        scenario=args.scenario, perf=True if args.perf else None)
+    if args.perf:
+        from bench.macro import perf_record     # lazy, as the suites
+        perf_record.check_available()           # cannot record here: one line, exit 2
     suites = _suites()
     wanted = profiles.SUITES if args.suite == "all" else (args.suite,)
     if "micro" in wanted and suites["micro"].indicative(profile.micro):
@@ -164,6 +169,10 @@ def cmd_bench(args) -> int:
     if not args.no_write:
         path = results.write(doc, args.out, latest=(profile.name == "quick"))
         print(f"results written to {path}", file=sys.stderr)
+        flames = results.write_speedscope(doc, path)
+        if flames:
+            print(f"profiles written to {flames} (open it in https://www.speedscope.app)",
+                  file=sys.stderr)
         if not args.no_dashboard:
             from bench.report import dashboard   # lazy: jinja2 and the templates (~45 ms)
             page = dashboard.render(path.parent)
@@ -205,6 +214,10 @@ def _print_bench_tables(sections: dict) -> None:
             from bench import policy_control    # lazy, as the suites
             print()
             _print_table(*policy_control.table(section["policy"]))
+        if name == "macro" and section.get("profile"):
+            from bench.macro import profiling   # lazy, as the suites
+            print()
+            _print_table(*profiling.table(section["profile"]))
 
 
 @contextlib.contextmanager
@@ -933,6 +946,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", help="control and macro: service counts, e.g. 1,1000,10000")
     p.add_argument("--rounds", type=int, help="interleaved rounds of every suite")
     p.add_argument("--seconds", type=float, help="macro: seconds per wrk run")
+    p.add_argument("--perf", action="store_true",
+                   help="macro: also profile one new-connection run per datapath: perf record "
+                        "-a -g (whole machine, during that run only), top kernel functions per "
+                        "connection, BPF run time per program (kernel.bpf_stats_enabled); "
+                        "writes a speedscope file beside the result")
     p.add_argument("--timeout", type=float, help="control: seconds a load may take")
     p.add_argument("--mix", choices=["realistic", "clusterip"],
                    help="control: the services programmed (default realistic: "

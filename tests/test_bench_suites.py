@@ -318,6 +318,9 @@ def test_bench_all_smoke_writes_results_and_dashboard(tmp_path):
         assert "error" not in loc, loc
         assert loc["requests"] > 0 and loc["failures"] == 0
 
+    # Without --perf: no profile, no speedscope file, the config as before.
+    assert "profile" not in m and "perf" not in m["config"]
+    assert not list(tmp_path.glob("*.speedscope.json"))
     assert (tmp_path / "index.html").exists()
     # Nothing of the run is left: no namespaces, cgroups or topology state.
     assert leftovers() == []

@@ -44,6 +44,10 @@ are taken within each round, and so is the ratio bpf-tc-events / bpf-tc (the sec
 master, worker processes) then drives a mix of keep-alive and new connections
 over many services per datapath at the largest scale.
 
+With ``--perf`` (bench.macro.profiling), each datapath then gets one more new-connection
+run at the largest scale, profiled (perf record -a -g and the BPF programs' own run
+time) and kept apart from the rounds' samples.
+
 Traffic stays inside cb- namespaces; every run is bounded by -d; the topology,
 servers, cgroup and links are removed however the suite ends.
 
@@ -54,6 +58,7 @@ settings one by one.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import random
@@ -65,7 +70,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
-from bench.macro import locust_run, visibility
+from bench.macro import locust_run, profiling, visibility
 from bench.profiles import MacroSettings
 from bench.stats import mad_pct_text, summary
 from harness import addressing, paths
@@ -216,6 +221,7 @@ class Topology:
         self.state = None
         self.backend_ips: list[ipaddress.IPv4Address] = []
         self.sock_cgroup: str | None = None
+        self.sock_program_ids: set[int] = set()
         self.observer: visibility.ObserverProbe | None = None
 
     def __enter__(self) -> "Topology":
@@ -281,6 +287,7 @@ class Topology:
         for name in SOCK_PROGRAMS:
             link = attach_cgroup(coll.programs[name], path)
             self.stack.callback(link.detach)
+            self.sock_program_ids.add(coll.programs[name].id)
         self.sock_cgroup = path
 
     # -- programming the services --------------------------------------------------------
@@ -306,7 +313,11 @@ class Topology:
         return took
 
     # -- load ----------------------------------------------------------------------------
-    def wrk(self, dp: str, url: str, mode: str, seconds: float, connections: int) -> dict:
+    def wrk(self, dp: str, url: str, mode: str, seconds: float, connections: int,
+            during: contextlib.AbstractContextManager | None = None) -> dict:
+        """One wrk run from *dp*'s client to *url*; *during*: a context entered just
+        around wrk itself (bench.macro.profiling's measurement), after the counters
+        this reads before the run and before those it reads after."""
         cmd = ["nsenter", f"--net=/run/netns/{self.client_netns(dp)}", "--",
                shutil.which("wrk") or "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
                "--latency", "--timeout", "2s"]
@@ -316,10 +327,11 @@ class Topology:
         preexec = (lambda: cgroups.enter(self.sock_cgroup)) if dp == "bpf-sock" else None
         opens0 = _active_opens(self.client_netns(dp))
         obs0 = self.observer.sample() if self.observer else None
-        sys0, soft0 = _cpu_ticks()
-        proc = procs.run("wrk", cmd, capture_output=True, text=True, timeout=seconds + 30,
-                         preexec_fn=preexec)
-        sys1, soft1 = _cpu_ticks()
+        with during or contextlib.nullcontext():
+            sys0, soft0 = _cpu_ticks()
+            proc = procs.run("wrk", cmd, capture_output=True, text=True, timeout=seconds + 30,
+                             preexec_fn=preexec)
+            sys1, soft1 = _cpu_ticks()
         obs1 = self.observer.sample() if self.observer else None
         opens1 = _active_opens(self.client_netns(dp))
         if proc.returncode != 0:
@@ -353,8 +365,10 @@ def _iptables_backend() -> str:
 
 def run(scales: list[int], rounds: int = 1, seconds: float = 5, connections: int = 32,
         datapaths: tuple[str, ...] = DATAPATHS, locust_seconds: int = 15, locust_users: int = 50,
-        progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """The macro suite: every datapath at every scale in interleaved rounds, then locust."""
+        progress: Callable[[int, int, str], None] | None = None, perf: bool = False) -> dict:
+    """The macro suite: every datapath at every scale in interleaved rounds, then locust.
+    With *perf*, one more profiled new-connection run per datapath at the largest scale
+    (bench.macro.profiling) before locust: the section's ``profile``."""
     if rounds < 1 or seconds <= 0:
         raise ValueError("rounds must be >= 1 and seconds > 0")
     unknown = set(datapaths) - set(DATAPATHS)
@@ -367,9 +381,11 @@ def run(scales: list[int], rounds: int = 1, seconds: float = 5, connections: int
     runs: list[dict] = []
     programming: list[dict] = []
     locust: list[dict] = []
+    profiles: list[dict] = []
     plan = [(n, t) for n in scales for t in (["last", "random"] if n > 1 else ["last"])]
     total = len(plan) * rounds * len(MODES) * len(datapaths) + (len(datapaths) if locust_seconds
-                                                                 else 0)
+                                                                 else 0) \
+        + (len(datapaths) if perf else 0)
     done = 0
 
     def tick(text: str) -> None:
@@ -402,6 +418,12 @@ def run(scales: list[int], rounds: int = 1, seconds: float = 5, connections: int
                             runs.append({"datapath": dp, "services": n, "target": target,
                                          "mode": mode, "round": r, **got})
                             done += 1
+            if perf and n == max(scales):
+                for dp in datapaths:
+                    tick(f"macro: {n} services, new-conn, {dp}: perf record and BPF run time")
+                    profiles.append(profiling.profile(topo, dp, svcs.url(svcs.targets["last"]), n,
+                                                      seconds, connections))
+                    done += 1
             if locust_seconds and n == max(scales):
                 urls = ([svcs.url(i) for i in svcs.real if i not in svcs.targets.values()]
                         or [svcs.url(svcs.targets["last"])])
@@ -419,7 +441,7 @@ def run(scales: list[int], rounds: int = 1, seconds: float = 5, connections: int
         tick("macro: asking the flow observer for its account")
         observer = topo.observer.report(topo.state.pod(CLIENT[visibility.EVENTS]).ipv4)
     tick("macro: done")
-    return {"config": {"scales": scales, "rounds": rounds, "seconds": seconds,
+    section = {"config": {"scales": scales, "rounds": rounds, "seconds": seconds,
                        "connections": connections, "threads": 1, "datapaths": list(datapaths),
                        "iptables_backend": backend, "endpoints_per_service": 10,
                        "locust_seconds": locust_seconds, "locust_users": locust_users,
@@ -429,6 +451,10 @@ def run(scales: list[int], rounds: int = 1, seconds: float = 5, connections: int
                                  "within a round; CPU from /proc/stat (whole machine)"},
             "programming": programming, "samples": runs, "results": summarise(runs),
             "visibility": visibility.cost(runs, observer), "locust": locust}
+    if perf:
+        section["config"]["perf"] = True
+        section["profile"] = profiling.section(profiles)
+    return section
 
 
 def _locust_summary(stats: dict) -> dict:
@@ -477,7 +503,7 @@ def run_suite(settings: MacroSettings,
     """The suite's section of the result document for *settings* (a profile's)."""
     return run(list(settings.scales), settings.rounds, settings.seconds, settings.connections,
                locust_seconds=settings.locust_seconds, locust_users=settings.locust_users,
-               progress=progress)
+               progress=progress, perf=settings.perf)
 
 
 HEADER = ("SERVICES", "TARGET", "MODE", "DATAPATH", "REQ/S", "MAD", "P50 US", "P99 US",

@@ -38,6 +38,8 @@ KERNEL_MATRIX = "kernel-matrix.json"
 FLOWS, SERVICE_MAP = "flows.json", "service-map.html"
 #: Files of a results directory that are not documents of the history.
 NOT_HISTORY = frozenset({LATEST, KERNEL_MATRIX, FLOWS})
+#: A macro profile's stacks for speedscope, beside its document (bench.report.results).
+SPEEDSCOPE_SUFFIX = ".speedscope.json"
 
 #: Display order of control-plane methods and macro datapaths (others sort after, by name).
 METHODS = ("bpf", "iptables-legacy", "iptables-nft", "nft")
@@ -106,13 +108,15 @@ def _chronological(doc: dict) -> tuple[_dt.datetime, str]:
 def load_documents(results_dir: Path, warnings: list[str] | None = None) -> list[dict]:
     """The result documents of *results_dir*, oldest first (by ``created``).
 
-    Every ``*.json`` except ``latest.json`` and ``kernel-matrix.json``; a file
+    Every ``*.json`` except ``latest.json``, ``kernel-matrix.json`` and the
+    ``*.speedscope.json`` profiles; a file
     that is not valid JSON, or has no ``schema_version``, is left out, and a
     one-line reason is appended to *warnings* when given.
     """
     docs = []
     for path in sorted(Path(results_dir).glob("*.json")):
-        if path.name in NOT_HISTORY or not path.is_file():
+        if path.name in NOT_HISTORY or path.name.endswith(SPEEDSCOPE_SUFFIX) \
+                or not path.is_file():
             continue
         doc = _read_document(path, warnings)
         if doc is not None:
@@ -524,7 +528,52 @@ def _macro(suite: Any, charts: _Charts) -> dict | None:
                        "p50": _fmt(lat.get("p50")), "p90": _fmt(lat.get("p90")),
                        "p99": _fmt(lat.get("p99"))})
     return {"config": suite.get("config"), "figures": figures, "table": table, "locust": locust,
-            "visibility": _macro_visibility(suite.get("visibility"))}
+            "visibility": _macro_visibility(suite.get("visibility")),
+            "profile": _macro_profile(suite.get("profile"))}
+
+
+def _macro_profile(section: Any) -> list[dict] | None:
+    """``bench macro --perf`` (bench/macro/profiling.py): per datapath, its CPU, kernel
+    and BPF time per connection, its top kernel functions (the run's own samples by
+    self and inclusive samples, the whole machine's by self samples; µs per connection
+    and share of the samples) and its BPF programs."""
+    if not isinstance(section, dict):
+        return None
+    out = []
+    for e in sorted((e for e in section.get("datapaths") or [] if isinstance(e, dict)),
+                    key=lambda e: _order(e.get("datapath"), DATAPATHS)):
+        machine = e.get("top") if isinstance(e.get("top"), dict) else {}
+        own = e.get("top_run") if isinstance(e.get("top_run"), dict) else machine
+        bpf = e.get("bpf") if isinstance(e.get("bpf"), dict) else {}
+
+        def rows(top: dict, kind: str) -> list[dict]:
+            return [{"function": r.get("function") or "?",
+                     "us": _fmt(r.get("us_per_connection")),
+                     "pct": "—" if _num(r.get("fraction")) is None
+                     else f"{100 * r['fraction']:.1f} %"}
+                    for r in top.get(kind) or [] if isinstance(r, dict)]
+        out.append({
+            "datapath": e.get("datapath") or "?", "services": _fmt_int(e.get("services")),
+            "connections": _fmt_int(e.get("connections")),
+            "cpu_us": _fmt(e.get("cpu_us_per_connection")),
+            "kernel_us": _fmt(e.get("kernel_us_per_connection")),
+            "proc_stat_us": _fmt(e.get("cpu_us_per_connection_proc_stat")),
+            "bpf_ns": _fmt(bpf.get("ns_per_connection")),
+            "samples": f"{_fmt_int(e.get('busy_samples'))} busy of {_fmt_int(e.get('samples'))}",
+            "processes": ", ".join(
+                f"{p.get('comm')} ({p.get('pid')}) {100 * p['fraction']:.0f} %"
+                for p in e.get("processes") or []
+                if isinstance(p, dict) and _num(p.get("fraction")) is not None),
+            "run_us": _fmt(e.get("run_us_per_connection")),
+            "self": rows(own, "self"), "inclusive": rows(own, "inclusive"),
+            "machine_self": rows(machine, "self"),
+            "programs": [{"program": p.get("program") or "?", "type": p.get("type") or "?",
+                          "instances": _fmt_int(p.get("instances")),
+                          "runs_per_conn": _fmt(p.get("runs_per_connection")),
+                          "ns_per_run": _fmt(p.get("ns_per_run")),
+                          "ns_per_conn": _fmt(p.get("ns_per_connection"))}
+                         for p in bpf.get("programs") or [] if isinstance(p, dict)]})
+    return out
 
 
 def _macro_visibility(section: Any) -> dict | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness.facts import machine
 from harness import paths
-from bench.report import schema
+from bench.report import flame, schema
 
 SCHEMA_VERSION = 3
 
@@ -58,3 +58,27 @@ def write(doc: dict, out_dir: Path | None = None, latest: bool = True) -> Path:
     if latest:
         (out_dir / "latest.json").write_text(text)
     return path
+
+
+def speedscope_path(result_path: Path) -> Path:
+    """Where the speedscope file of the result at *result_path* goes: beside it."""
+    return result_path.with_name(result_path.stem + ".speedscope.json")
+
+
+def write_speedscope(doc: dict, result_path: Path) -> Path | None:
+    """The macro profile's folded stacks (``chainbench bench macro --perf``) as one
+    speedscope file beside the result, one profile per datapath; None without a profile."""
+    prof = ((doc.get("suites") or {}).get("macro") or {}).get("profile")
+    if not prof:
+        return None
+    profiles = {}
+    for e in prof["datapaths"]:
+        stacks = dict(e["folded"])
+        if e.get("folded_other_samples"):
+            stacks["[other stacks]"] = e["folded_other_samples"]
+        profiles[f"{e['datapath']} ({e['services']} services, new-conn, "
+                 f"{e['connections']} connections)"] = (stacks, e["period_ns"])
+    out = speedscope_path(Path(result_path))
+    doc_name = f"chainbench macro {doc['created']}"
+    out.write_text(json.dumps(flame.speedscope(profiles, name=doc_name)) + "\n")
+    return out

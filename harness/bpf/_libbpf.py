@@ -145,6 +145,8 @@ bpf_map_create = _fn("bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uint3
 bpf_obj_get = _fn("bpf_obj_get", c_int, c_char_p)
 bpf_obj_pin = _fn("bpf_obj_pin", c_int, c_int, c_char_p)
 bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, POINTER(c_uint32))
+bpf_prog_get_next_id = _fn("bpf_prog_get_next_id", c_int, c_uint32, POINTER(c_uint32))
+bpf_prog_get_fd_by_id = _fn("bpf_prog_get_fd_by_id", c_int, c_uint32)
 bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", c_int, c_int, POINTER(TestRunOpts))
 
 # --- attach points -------------------------------------------------------------

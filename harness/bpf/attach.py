@@ -68,6 +68,24 @@ def attach_tc(program: Program, ifname: str, direction: str = "ingress",
     return TcAttachment(program, ifname, direction, netns_name, ifindex, opt.handle, opt.priority)
 
 
+def tc_program_id(ifname: str, direction: str = "ingress", netns_name: str | None = None,
+                  priority: int = 1, handle: int = 1) -> int | None:
+    """The id of the program attached at (*handle*, *priority*) on *ifname*'s clsact
+    *direction* (attach_tc's defaults), None when there is none."""
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"tc direction must be ingress or egress, not {direction!r}")
+    ifindex = netns.ifindex(ifname, netns_name)
+    hook = L.opts(L.TcHook, ifindex=ifindex, attach_point=_DIRECTIONS[direction])
+    opt = L.opts(L.TcOpts, handle=handle, priority=priority)
+    with netns.entered(netns_name):
+        rc = L.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opt))
+    if rc < 0:
+        if -rc in (_errno.ENOENT, _errno.EINVAL, _errno.ENODEV):
+            return None
+        check(rc, f"query tc {direction} of {ifname}")
+    return opt.prog_id
+
+
 class XdpAttachment:
     def __init__(self, program: Program, ifname: str, netns_name: str | None, ifindex: int,
                  flags: int):

@@ -35,13 +35,75 @@ _ENOTSUPP = 524   # kernel-internal "not supported for this program type"
 
 
 class _ProgInfo(ctypes.Structure):
-    # struct bpf_prog_info prefix (uapi/linux/bpf.h), up to the name
+    # struct bpf_prog_info prefix (uapi/linux/bpf.h), up to run_cnt (Linux >= 5.1; an
+    # older kernel fills less and the rest reads as zero)
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_ubyte * 8),
                 ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
                 ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
                 ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
                 ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
-                ("name", ctypes.c_char * 16)]
+                ("name", ctypes.c_char * 16),
+                ("ifindex", ctypes.c_uint32), ("gpl_compatible", ctypes.c_uint32),
+                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
+                ("nr_jited_ksyms", ctypes.c_uint32), ("nr_jited_func_lens", ctypes.c_uint32),
+                ("jited_ksyms", ctypes.c_uint64), ("jited_func_lens", ctypes.c_uint64),
+                ("btf_id", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32),
+                ("func_info", ctypes.c_uint64), ("nr_func_info", ctypes.c_uint32),
+                ("nr_line_info", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
+                ("jited_line_info", ctypes.c_uint64), ("nr_jited_line_info", ctypes.c_uint32),
+                ("line_info_rec_size", ctypes.c_uint32),
+                ("jited_line_info_rec_size", ctypes.c_uint32), ("nr_prog_tags", ctypes.c_uint32),
+                ("prog_tags", ctypes.c_uint64),
+                ("run_time_ns", ctypes.c_uint64), ("run_cnt", ctypes.c_uint64)]
+
+
+assert _ProgInfo.run_time_ns.offset == 192, "struct bpf_prog_info layout"
+
+
+@dataclass(frozen=True)
+class ProgramStats:
+    """A loaded program's run statistics (``struct bpf_prog_info``): the kernel counts
+    them only while ``kernel.bpf_stats_enabled`` is 1 (or a BPF_ENABLE_STATS fd is open);
+    the counters only grow."""
+    id: int
+    name: str               # as the kernel holds it: at most 15 characters
+    type: str
+    run_time_ns: int
+    run_cnt: int
+
+
+def _stats_of_fd(fd: int, what: str) -> ProgramStats:
+    info = _ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    check(L.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+          f"read info of {what}")
+    return ProgramStats(info.id, info.name.decode(errors="replace"),
+                        PROG_TYPES.get(info.type, str(info.type)), info.run_time_ns, info.run_cnt)
+
+
+def loaded_program_stats(names: set[str] | None = None) -> list[ProgramStats]:
+    """Every program loaded in the kernel (by id, BPF_PROG_GET_NEXT_ID), or those whose
+    kernel name is in *names*, with their run statistics.  A program unloaded while the
+    walk runs is skipped."""
+    found = []
+    current = ctypes.c_uint32(0)
+    while True:
+        rc = L.bpf_prog_get_next_id(current.value, ctypes.byref(current))
+        if rc < 0:
+            if -rc == _errno.ENOENT:
+                return found
+            raise BpfError("walk the loaded programs", -rc)
+        fd = L.bpf_prog_get_fd_by_id(current.value)
+        if fd < 0:
+            if -fd == _errno.ENOENT:
+                continue
+            raise BpfError(f"open program id {current.value}", -fd)
+        try:
+            stats = _stats_of_fd(fd, f"program id {current.value}")
+        finally:
+            os.close(fd)
+        if names is None or stats.name in names:
+            found.append(stats)
 
 
 @dataclass(frozen=True)
@@ -142,6 +204,10 @@ class Program:
         check(L.bpf_obj_get_info_by_fd(self.fd, info, ctypes.byref(size)),
               f"read info of program {self.name}")
         return info[1]
+
+    def stats(self) -> ProgramStats:
+        """This program's run statistics (see ProgramStats)."""
+        return _stats_of_fd(self.fd, f"program {self.name}")
 
     @classmethod
     def from_pin(cls, path: str) -> "Program":

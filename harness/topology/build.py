@@ -450,7 +450,7 @@ def down() -> dict[str, list[str]]:
     other project leftover.
 
     Returns {"processes", "pods", "errors", "namespaces", "cgroups", "pins", "states",
-    "temp dirs"}.
+    "temp dirs", "sysctls"}.
     """
     ended = procs.end_all()
     summary = remove_topology()
@@ -459,4 +459,5 @@ def down() -> dict[str, list[str]]:
             "pods": summary["pods"], "errors": summary["errors"],
             "namespaces": summary["namespaces"] + rest["namespaces"], "cgroups": rest["cgroups"],
             "pins": rest["pins"], "states": rest["states"],
-            "temp dirs": ended["temp dirs"] + rest.get("temp dirs", [])}
+            "temp dirs": ended["temp dirs"] + rest.get("temp dirs", []),
+            "sysctls": rest.get("sysctls", [])}

@@ -5,19 +5,21 @@ waited for first, so none re-creates anything behind the sweep) and their
 scratch directories, project namespaces (``cb-*``), project cgroups (``cb-*``
 under the cgroup2 mount), pins under the project's bpffs directory, test and
 micro benchmark pin directories of processes that are gone (a running one's
-are its own), and the node state under /run/chainbench.  Safe to run any
-time; it touches nothing else.
+are its own), the node state under /run/chainbench, and a global kernel
+setting a killed measurement left changed (``harness.host.sysctl``, put back to
+its saved value).  Safe to run any time; it touches nothing else.
 """
 from __future__ import annotations
 
 import os
 import shutil
 
-from harness.host import bpffs, cgroups, netns, procs
+from harness.host import bpffs, cgroups, netns, procs, sysctl
 from harness.node import endpoints
 
 #: Entries of the state directory that are not node state (reported on their own).
-_NOT_STATE = {os.path.basename(procs.PROC_ROOT), os.path.basename(procs.SCRATCH_ROOT)}
+_NOT_STATE = {os.path.basename(procs.PROC_ROOT), os.path.basename(procs.SCRATCH_ROOT),
+              os.path.basename(sysctl.SAVED_ROOT)}
 
 
 def leftovers() -> dict[str, list[str]]:
@@ -47,6 +49,7 @@ def remove_leftovers() -> dict[str, list[str]]:
     for path in found["cgroups"]:
         cgroups.remove(path)
     remove_pins()
+    found["sysctls"] = sysctl.restore_saved()
     endpoints.remove_state()
     return found
 
