@@ -207,24 +207,9 @@ def test_result_gets_a_speedscope_file_beside_it_and_the_dashboard_a_table(tmp_p
     assert results.write_speedscope(results.new_document({}), path) is None
 
 
-def test_cli_refuses_perf_outside_macro(capsys):
-    from harness.cli import main
-    assert main(["bench", "control", "--perf", "--no-write"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--perf" in err[0] and "macro" in err[0]
-
-
 def test_why_perf_cannot_record_is_one_line_of_its_own_text():
     from bench.macro import perf_record
     text = (DATA / "record-unprivileged.txt").read_text()     # perf record -a as nobody
     assert perf_record.why_not(text, 255) == ("Access to performance monitoring and "
                                               "observability operations is limited.")
     assert perf_record.why_not("", 255) == "exit 255"
-
-
-def test_cli_perf_without_perf_is_one_line_and_exit_2(monkeypatch, capsys):
-    from harness.cli import main
-    monkeypatch.setenv("PATH", "/nonexistent")
-    assert main(["bench", "macro", "--perf", "--no-write"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "perf is not installed" in err[0]
