@@ -88,6 +88,8 @@ class Shot:
         size = len(self._dout)
         kernel, seen = 0, set()
         add = seen.add
+        # Two loops rather than one with a test per call: the timed loop of one packet
+        # stays exactly what the figures before fresh flows measured.
         if block is None:
             cpu0 = time.thread_time_ns()
             start = time.perf_counter_ns()
