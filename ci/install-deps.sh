@@ -9,6 +9,7 @@ PACKAGES=(
   containernetworking-plugins              # the primary CNI (ptp, bridge, host-local, portmap)
   podman runc busybox-static               # a real runtime (CNI backend) running the chained plugin
   nginx-light wrk                          # pods' HTTP server, HTTP load
+  linux-perf                               # bench macro --perf: where the CPU goes
   chromium                                 # the dashboard test renders results/index.html headless
   nodejs                                   # npm ci of web/: the service map's graph library
   prometheus                               # a real Prometheus scrapes the metrics (tests run it in a cb- netns)

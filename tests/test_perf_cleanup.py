@@ -16,8 +16,6 @@ import pytest
 from bench.macro import perf_record
 from harness.host import procs, sysctl
 
-pytestmark = pytest.mark.skipif(perf_record.perf_binary() is None, reason="perf is not installed")
-
 SETTING = "kernel.bpf_stats_enabled"
 MEASURING = """
 import time
