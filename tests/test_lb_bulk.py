@@ -79,9 +79,10 @@ def control(cls, coll) -> tuple[object, Recorder]:
 class World:
     """Random services over a shared pool of backends."""
 
-    def __init__(self, rnd: random.Random, v6_share: float = 0.3):
+    def __init__(self, rnd: random.Random, v6_share: float = 0.3, sets: float = 0.5):
         self.rnd = rnd
         self.v6_share = v6_share
+        self.sets = sets        # the share of backend tuples made as model.Backends sets
         self.pool = {4: [ipaddress.ip_address(f"198.18.1.{i}") for i in range(10, 40)],
                      6: [ipaddress.ip_address(f"2001:db8:1:1::{i:x}") for i in range(10, 40)]}
         self.states: dict = {}
@@ -95,7 +96,7 @@ class World:
             out.append(Backend(a, port, proto, state, self.rnd.choice(["cb-node0", "cb-node1"])))
         ordered = sorted(out) if self.rnd.random() < 0.8 else out
         # harness.lb.desired's sets carry their joined records; anyone else's are tuples.
-        return Backends(ordered) if self.rnd.random() < 0.5 else tuple(ordered)
+        return Backends(ordered) if self.rnd.random() < self.sets else tuple(ordered)
 
     def service(self, i: int) -> list[Frontend]:
         rnd = self.rnd
@@ -148,14 +149,16 @@ def check_same(new, old, coll_new, coll_old, rec_new, rec_old, got_new, got_old,
 
 
 @pytest.mark.parametrize("small", [0, 10**9], ids=["bulk", "one-by-one"])
-@pytest.mark.parametrize("seed", range(13))
+@pytest.mark.parametrize("seed", range(16))
 def test_bulk_planner_writes_what_the_per_object_planner_wrote(load, seed, small, monkeypatch):
     """Both of LbControl's ways to plan new and changed frontends (in bulk, and one by
     one for a few) against the oracle.  Seeds 10-12 are IPv4 only (columns.BackendRefs
-    numbers IPv4-only backends by one sort of one 64-bit identity)."""
+    numbers IPv4-only backends by one sort of one 64-bit identity); seeds 13-15 make
+    every backend tuple a model.Backends set (their slot order is not sorted again)."""
     monkeypatch.setattr(control_module, "SMALL", small)
     rnd = random.Random(seed)
-    world = World(rnd, v6_share=0.0 if seed >= 10 else 0.3)
+    world = World(rnd, v6_share=0.0 if 10 <= seed < 13 else 0.3,
+                  sets=1.0 if seed >= 13 else 0.5)
     colls = [load("lxc", rodata=datapath.rodata_for("lxc")) for _ in range(2)]
     new, rec_new = control(LbControl, colls[0])
     old, rec_old = control(oracle.LbControl, colls[1])
@@ -245,6 +248,27 @@ def test_sets_and_tuples_give_the_same_records():
         assert Backends(t) == t and hash(Backends(t)) == hash(t)
         assert C.backend_records([Backends(t)]).tobytes() == C.backend_records([t]).tobytes()
         assert Backends(t)._rec == b"".join(b._rec for b in t)
+
+
+def test_sets_place_their_slots_as_the_sort_does():
+    """BackendRefs from Backends sets (their own slot order) and from the same tuples
+    (sorted in bulk) select the same rows, in the same order, for every mix of states:
+    active ones first, terminating ones only where no backend is active."""
+    rnd = random.Random(5)
+    world = World(rnd, sets=0.0)
+    tuples = [world.backends(fam, port, "TCP") for fam in (4, 6) for port in (80, 81)
+              for _ in range(40)]
+    tuples.append(tuple(Backend(ipaddress.ip_address(f"198.18.1.{i}"), 80, "TCP", TERMINATING)
+                        for i in (9, 3, 7)))
+    tuples.append(())
+    by_sort = C.BackendRefs.of(tuples)
+    by_sets = C.BackendRefs.of([Backends(t) for t in tuples])
+    assert by_sets.selected.tolist() == by_sort.selected.tolist()
+    assert by_sets.counts.tolist() == by_sort.counts.tolist()
+    mixed = Backends((Backend(ipaddress.ip_address("198.18.1.1"), 80, "TCP"),
+                      Backend(ipaddress.ip_address("2001:db8::1"), 80, "TCP")))
+    assert mixed._slots is None            # no order across families: sorted in bulk
+    assert C.BackendRefs.of([mixed]).counts.tolist() == [2]
 
 
 @pytest.mark.parametrize("bad", [

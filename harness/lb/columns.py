@@ -67,6 +67,7 @@ FRONTEND_REC = np.dtype([(name, "<" + code) for name, code in M.FRONTEND_RECORD]
 #: Frontend type code -> its flag (model.FRONTEND_TYPES order).
 _TYPE_FLAGS = np.array([_TYPE_FLAG[t] for t in M.FRONTEND_TYPES], np.uint16)
 _REC = attrgetter("_rec")
+_SLOTS = attrgetter("_slots")
 
 
 def records(objects: Sequence, dtype: np.dtype) -> np.ndarray:
@@ -126,6 +127,13 @@ class BackendRefs:
         recs = backend_records(groups)
         fam, hi, lo, port = recs["family"], recs["hi"], recs["lo"], recs["port"]
         proto, rank, state = recs["proto"], recs["rank"], recs["state"]
+        if all(type(g) is M.Backends and g._slots is not None for g in groups):
+            # Every set knows its slot order (model.Backends._slots): place them.
+            slots = list(map(_SLOTS, groups))
+            counts = np.fromiter(map(len, slots), np.int64, len(groups)) // 4
+            local = np.frombuffer(b"".join(slots), "<u4").astype(np.int64)
+            selected = local + np.repeat(np.cumsum(lens) - lens, counts)
+            return cls(groups, group, fam, hi, lo, port, proto, state, selected, counts)
         # Slot order: model.selectable, group by group (the group is the primary key).
         order = np.lexsort((rank, port, lo, hi, group))
         active = state == BACKEND_STATES[ACTIVE]

@@ -68,10 +68,13 @@ class Backend:
 
 
 class Backends(tuple):
-    """A tuple of Backends that also keeps their records (BACKEND_RECORD each) joined:
-    how the agent holds an EndpointSlice's backends once it has parsed them, so that a
-    full sync reads one bytes object per set (harness.lb.columns).  Equal to, and
-    interchangeable with, a plain tuple of the same Backends."""
+    """A tuple of Backends that also keeps their records (BACKEND_RECORD each) joined,
+    and where its selectable backends stand in slot order (``_slots``: their positions
+    as ``selectable`` orders them, uint32 little-endian; None for a set mixing address
+    families, which has no order).  That is how the agent holds an EndpointSlice's
+    backends once it has parsed them: a full sync reads two bytes objects per set and
+    sorts nothing (harness.lb.columns).  Equal to, and interchangeable with, a plain
+    tuple of the same Backends."""
 
     def __new__(cls, backends: Iterable[Backend] = ()):
         self = super().__new__(cls, backends)
@@ -79,7 +82,18 @@ class Backends(tuple):
             self._rec = b"".join([b._rec for b in self])
         except TypeError:           # a Backend that is not programmable
             self._rec = None
+        chosen = [i for i, b in enumerate(self) if b.state == ACTIVE] or \
+            [i for i, b in enumerate(self) if b.state == TERMINATING]
+        try:
+            chosen.sort(key=self.__getitem__)
+            self._slots = _pack_slots(chosen)
+        except TypeError:           # families mixed: no order (the planner sorts them)
+            self._slots = None
         return self
+
+
+def _pack_slots(positions: list[int]) -> bytes:
+    return struct.pack(f"<{len(positions)}I", *positions)
 
 
 @dataclass(frozen=True)
