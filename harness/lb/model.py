@@ -73,7 +73,7 @@ class Backends(tuple):
     as ``selectable`` orders them, uint32 little-endian; None for a set mixing address
     families, which has no order).  That is how the agent holds an EndpointSlice's
     backends once it has parsed them: a full sync reads two bytes objects per set and
-    sorts nothing (harness.lb.columns).  Equal to, and interchangeable with, a plain
+    does not sort its backends again (harness.lb.columns).  Equal to, and interchangeable with, a plain
     tuple of the same Backends."""
 
     def __new__(cls, backends: Iterable[Backend] = ()):
